@@ -1,0 +1,83 @@
+"""Dovecot-shaped logging for every pydovecot process.
+
+Children write one line per event to stderr: ``PREFIX: Level: message``,
+where PREFIX is the process role (``auth``, ``imap-login``) or the event's
+own ``log_prefix`` (``imap(alice)<pid><session>``).  The master reads those
+lines from each child's stderr and writes them, time-stamped, to log_path.
+
+Use :class:`twisted.logger.Logger` as usual; pass ``log_prefix=`` to name a
+session.  Nothing here ever sees a password: callers must not log one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+from zope.interface import implementer
+
+LEVEL_NAMES = {
+    LogLevel.debug: "Debug",
+    LogLevel.info: "Info",
+    LogLevel.warn: "Warning",
+    LogLevel.error: "Error",
+    LogLevel.critical: "Fatal",
+}
+
+
+def format_line(event: dict, default_prefix: str) -> str | None:
+    """One Dovecot-shaped line (no time stamp, no newline) for an event."""
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    if not text:
+        return None
+    prefix = event.get("log_prefix") or default_prefix
+    level = LEVEL_NAMES.get(event.get("log_level"), "Info")
+    # One event, one line: continuation lines are indented like Dovecot's.
+    text = text.rstrip("\n").replace("\n", "\n\t")
+    return f"{prefix}: {level}: {text}"
+
+
+@implementer(ILogObserver)
+class DovecotLineObserver:
+    """Write events as ``prefix: Level: message`` lines to a stream."""
+
+    def __init__(self, stream: IO[str], prefix: str, timestamps: bool = False):
+        self.stream = stream
+        self.prefix = prefix
+        self.timestamps = timestamps
+
+    def __call__(self, event: dict) -> None:
+        line = format_line(event, self.prefix)
+        if line is None:
+            return
+        if self.timestamps:
+            stamp = time.strftime("%b %d %H:%M:%S", time.localtime(event.get("log_time")))
+            line = f"{stamp} {line}"
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def start_child_logging(prefix: str, debug: bool = False) -> None:
+    """Route this process's twisted.logger events to stderr as lines the
+    master collects.  Call once, early, in every child process."""
+    level = LogLevel.debug if debug else LogLevel.info
+    observer = FilteringLogObserver(
+        DovecotLineObserver(sys.stderr, prefix),
+        [LogLevelFilterPredicate(defaultLogLevel=level)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

@@ -1,0 +1,204 @@
+"""The storage interface: everything protocol code may do to mail.
+
+IMAP, POP3 and delivery go through these interfaces only; they never open a
+mail file or a directory themselves.  The implementation (Maildir, in
+``pydovecot.storage.maildir``) runs inside a mail process that already has
+the user's uid/gid, so it trusts its caller but not the mailbox names it is
+given: every name is validated (see :class:`MailboxNameError`).
+
+Mailbox names here are always Unicode in IMAP form with ``/`` as the
+hierarchy separator (``INBOX``, ``Archive/2024``); the protocol layer does
+the modified-UTF-7 conversion for IMAP4rev1 clients.
+
+All calls are synchronous: a mail process serves one uid from one reactor,
+and local disk I/O on Maildir is short.  Several sessions of one user share
+one :class:`IMailStorage` and one :class:`IMailbox` view per session;
+changes made by one are reported to the others via :meth:`IMailbox.sync`
+and the storage's change listeners.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from zope.interface import Attribute, Interface
+
+
+class StorageError(Exception):
+    """A storage operation failed; ``code`` is an IMAP response code."""
+
+    code = "SERVERBUG"
+
+
+class MailboxNameError(StorageError):
+    """The name is invalid or escapes the user's storage (NO [CANNOT])."""
+
+    code = "CANNOT"
+
+
+class MailboxNotFound(StorageError):
+    """No such mailbox (NO [NONEXISTENT])."""
+
+    code = "NONEXISTENT"
+
+
+class MailboxExists(StorageError):
+    """The mailbox already exists (NO [ALREADYEXISTS])."""
+
+    code = "ALREADYEXISTS"
+
+
+#: System flags, spelled as IMAP spells them.  Keywords are any other atom.
+SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+
+
+@dataclass
+class MailboxInfo:
+    """One LIST entry."""
+
+    name: str
+    attributes: set[str] = field(default_factory=set)  # \HasChildren, \Noselect, \Sent…
+
+
+@dataclass
+class MailboxStatus:
+    """What STATUS reports."""
+
+    messages: int
+    recent: int
+    uidnext: int
+    uidvalidity: int
+    unseen: int
+    size: int = 0
+    deleted: int = 0
+    highestmodseq: int = 0
+
+
+@dataclass
+class MessageInfo:
+    """One message as a mailbox view knows it.  ``flags`` never holds \\Recent."""
+
+    uid: int
+    flags: set[str]
+    size: int  # RFC822.SIZE: bytes with CRLF line ends
+    internaldate: datetime.datetime  # timezone-aware
+    modseq: int = 1
+
+
+@dataclass
+class SyncResult:
+    """What changed in a mailbox since the view's last sync.
+
+    The view's message list is already updated when this is returned:
+    ``expunged`` are UIDs gone from it, ``added`` UIDs appended at its end,
+    ``flags_changed`` UIDs still present whose flags differ.
+    """
+
+    expunged: list[int] = field(default_factory=list)
+    added: list[int] = field(default_factory=list)
+    flags_changed: list[int] = field(default_factory=list)
+
+
+class IMailbox(Interface):
+    """One session's view of one selected mailbox.
+
+    The view keeps a stable message list (``messages``, in UID order) that
+    changes only inside :meth:`sync`, so the protocol layer decides when
+    sequence numbers move (IMAP forbids EXPUNGE during some commands).
+    """
+
+    name = Attribute("str: the mailbox name")
+    readonly = Attribute("bool: opened by EXAMINE")
+    uidvalidity = Attribute("int")
+    uidnext = Attribute("int: the UID the next message will get")
+    messages = Attribute("list[MessageInfo]: the view, UID ascending")
+    recent = Attribute("set[int]: UIDs that are \\Recent in this session")
+    keywords = Attribute("list[str]: keywords defined in this mailbox (for FLAGS)")
+
+    def sync() -> SyncResult:
+        """Re-read the mailbox (new deliveries, other sessions' changes)."""
+
+    def message_file(uid: int) -> BinaryIO:
+        """Open a message's bytes (as stored, LF or CRLF) for reading."""
+
+    def store(uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
+        """Change flags: ``mode`` is ``"+"``, ``"-"`` or ``"="``.
+
+        Returns the UIDs whose flags really changed.  The view's
+        ``MessageInfo.flags`` are updated at once; other sessions see the
+        change at their next sync.  Raises StorageError if readonly.
+        """
+
+    def expunge(uids: Iterable[int] | None = None) -> list[int]:
+        """Remove \\Deleted messages (only those in ``uids`` if given).
+
+        Returns the UIDs removed; they are gone from ``messages`` too.
+        """
+
+    def close() -> None:
+        """End this view; listeners are removed."""
+
+
+class IMailStorage(Interface):
+    """One user's mail: the mailbox tree and its messages."""
+
+    user = Attribute("str: the user's name")
+
+    def list_mailboxes() -> list[MailboxInfo]:
+        """Every mailbox, INBOX first, with \\HasChildren/\\HasNoChildren."""
+
+    def create(name: str) -> None:
+        """Create a mailbox (and missing parents).  MailboxExists if present."""
+
+    def delete(name: str) -> None:
+        """Delete a mailbox and its messages.  INBOX cannot be deleted."""
+
+    def rename(old: str, new: str) -> None:
+        """Rename a mailbox and its children.  Renaming INBOX moves its
+        messages to ``new`` and leaves INBOX empty (RFC 3501)."""
+
+    def subscriptions() -> list[str]:
+        """Subscribed names, as in Dovecot's ``subscriptions`` file."""
+
+    def subscribe(name: str) -> None:
+        """Add a name to the subscriptions (need not exist)."""
+
+    def unsubscribe(name: str) -> None:
+        """Remove a name from the subscriptions."""
+
+    def status(name: str) -> MailboxStatus:
+        """Counts for STATUS without selecting."""
+
+    def open(name: str, readonly: bool = False) -> IMailbox:
+        """Open a view of a mailbox (SELECT/EXAMINE).  The first view to
+        see a new message takes its \\Recent."""
+
+    def append(
+        name: str,
+        message: BinaryIO,
+        flags: Iterable[str] = (),
+        internaldate: datetime.datetime | None = None,
+    ) -> tuple[int, int]:
+        """Save a message: tmp/, fsync, rename into new/ or cur/.
+
+        ``message`` is read from its current position to its end.  Returns
+        ``(uidvalidity, uid)`` once the message is durable.
+        """
+
+    def copy(
+        source: IMailbox, uids: Sequence[int], dest: str
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Copy messages (hard links where possible) keeping their flags.
+
+        Returns ``(dest uidvalidity, [(source uid, dest uid), …])``.
+        """
+
+    def add_listener(name: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when mailbox ``name`` changes through this
+        storage (append, store, expunge, delivery) — for IDLE."""
+
+    def remove_listener(name: str, callback: Callable[[], None]) -> None:
+        """Undo :meth:`add_listener`."""
