@@ -1,0 +1,585 @@
+"""authd's AMP servers: auth-login, auth-master and auth-userdb.
+
+:class:`AuthEngine` runs passdb and userdb chains the way Dovecot does and
+keeps the one-time login cookies.  Three AMP protocol classes, one per
+socket, expose only the commands of that socket (see authd.protocol).
+
+Trust: everything from auth-login peers (login processes, which hold the
+network's input) is untrusted; the peer's pid comes from the kernel
+(SO_PEERCRED), not from the peer.  auth-master peers (root) are trusted to
+name the login pid a client fd came from.  Passwords are never logged
+unless auth_verbose_passwords says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import grp
+import hashlib
+import ipaddress
+import json
+import os
+import pwd
+import secrets
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from authd import drivers, sasl
+from authd.interfaces import (
+    AuthBackendError,
+    AuthRequest,
+    IPassdb,
+    IUserdb,
+    PassdbResult,
+    PassdbStatus,
+)
+from authd.protocol import (
+    AuthCancel,
+    AuthContinue,
+    AuthStart,
+    MechList,
+    RedeemCookie,
+    UserLookup,
+)
+from authd.settings import AuthSettings, DbSettings, expand, expand_fields, parse_fields
+
+log = Logger()
+
+AUTH_FAILED = "Authentication failed."
+TEMP_FAILED = "Temporary authentication failure."
+MAX_EXCHANGES = 10000  # concurrent SASL exchanges per auth-login connection
+
+
+# -- cookies -----------------------------------------------------------------
+
+
+@dataclass
+class CookieEntry:
+    """What a login cookie stands for."""
+
+    user: str
+    fields: dict[str, str]
+    login_pid: int | None
+    local_ip: str
+    remote_ip: str
+    expires: float
+
+
+class CookieStore:
+    """One-time login cookies, expiring after ``lifetime`` seconds."""
+
+    def __init__(self, clock: IReactorTime, lifetime: float = 60.0):
+        self.clock = clock
+        self.lifetime = lifetime
+        self._entries: collections.OrderedDict[bytes, CookieEntry] = collections.OrderedDict()
+
+    def _prune(self) -> None:
+        now = self.clock.seconds()
+        while self._entries:
+            cookie, entry = next(iter(self._entries.items()))
+            if entry.expires > now:
+                break
+            del self._entries[cookie]
+
+    def issue(
+        self,
+        user: str,
+        fields: dict[str, str],
+        login_pid: int | None,
+        local_ip: str,
+        remote_ip: str,
+    ) -> bytes:
+        """A fresh 32-byte cookie for a successful login."""
+        self._prune()
+        cookie = secrets.token_bytes(32)
+        expires = self.clock.seconds() + self.lifetime
+        self._entries[cookie] = CookieEntry(user, fields, login_pid, local_ip, remote_ip, expires)
+        return cookie
+
+    def redeem(self, cookie: bytes, login_pid: int) -> CookieEntry:
+        """The cookie's entry, once; KeyError if unknown, expired, already
+        used or issued to another login process (the cookie is spent)."""
+        self._prune()
+        entry = self._entries.pop(cookie, None)
+        if entry is None:
+            raise KeyError("unknown or expired cookie")
+        if entry.login_pid is None or entry.login_pid != login_pid:
+            raise KeyError("cookie was issued to another login process")
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# -- the engine --------------------------------------------------------------
+
+
+@dataclass
+class AuthOutcome:
+    """The end of one authentication attempt."""
+
+    ok: bool
+    user: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+    reason: str = AUTH_FAILED
+    temporary: bool = False
+    nodelay: bool = False
+
+
+def _merge_fields(db: DbSettings, result: dict[str, str], values: dict[str, str]) -> dict[str, str]:
+    """default_fields < result < override_fields, %-expanded."""
+    merged = expand_fields(parse_fields(db.default_fields), values)
+    merged.update(result)
+    merged.update(expand_fields(parse_fields(db.override_fields), values))
+    return merged
+
+
+def _in_nets(ip: str, nets: list[str]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for net in nets:
+        try:
+            if addr in ipaddress.ip_network(net, strict=False):
+                return True
+        except ValueError:
+            log.warn("allow_nets: invalid network {net!r}", net=net)
+    return False
+
+
+class AuthEngine:
+    """Passdb/userdb chains, username rules and cookies for all sockets."""
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        reactor: Any = None,
+        passdbs: list[tuple[IPassdb, DbSettings]] | None = None,
+        userdbs: list[tuple[IUserdb, DbSettings]] | None = None,
+        getuid: Callable[[], int] = os.getuid,
+        getgid: Callable[[], int] = os.getgid,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.settings = settings
+        self.reactor = reactor
+        self.passdbs = (
+            passdbs
+            if passdbs is not None
+            else [(drivers.create_passdb(db), db) for db in settings.passdbs]
+        )
+        self.userdbs = (
+            userdbs
+            if userdbs is not None
+            else [(drivers.create_userdb(db), db) for db in settings.userdbs]
+        )
+        self.getuid = getuid
+        self.getgid = getgid
+        self.cookies = CookieStore(reactor, settings.cookie_lifetime)
+
+    # -- mechanisms and user names ------------------------------------------
+
+    def mechanisms(self, secured: bool) -> list[str]:
+        """Mechanisms to advertise on a (non-)secured connection."""
+        names = []
+        for name in self.settings.auth_mechanisms:
+            upper = name.upper()
+            if upper not in sasl.MECHANISMS:
+                continue
+            if sasl.is_plaintext(upper) and self.settings.disable_plaintext_auth and not secured:
+                continue
+            names.append(upper)
+        return names
+
+    def normalize_user(self, name: str) -> str | None:
+        """Apply translation, allowed chars, default realm and
+        auth_username_format; None if the name is not acceptable."""
+        s = self.settings
+        if s.auth_username_translation:
+            pairs = s.auth_username_translation
+            name = name.translate(str.maketrans(pairs[0::2], pairs[1::2][: len(pairs[0::2])]))
+        if not name or len(name) > 255:
+            return None
+        if s.auth_username_chars and any(c not in s.auth_username_chars for c in name):
+            return None
+        if s.auth_default_realm and "@" not in name:
+            name = f"{name}@{s.auth_default_realm}"
+        if s.auth_username_format:
+            request = AuthRequest(user=name)
+            name = expand(s.auth_username_format, request.variables())
+        return name or None
+
+    def _given_password(self, password: str) -> str:
+        mode, _, count = self.settings.auth_verbose_passwords.lower().partition(":")
+        if mode in ("", "no", "false"):
+            return ""
+        shown = hashlib.sha1(password.encode()).hexdigest() if mode == "sha1" else password
+        if count.isdigit():
+            shown = shown[: int(count)]
+        return f" (given password: {shown})"
+
+    # -- passdb ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _passdb_chain(self, request: AuthRequest, password: str):
+        """Run the passdbs in order: first OK wins; mismatches and unknown
+        users continue; an internal failure makes the end result temporary."""
+        internal = False
+        for db, db_settings in self.passdbs:
+            who = request.log_id(db.driver)
+            try:
+                result: PassdbResult = yield defer.maybeDeferred(
+                    db.verify_plain, request.user, password, request
+                )
+            except Exception as e:  # a driver bug must not leak out
+                log.failure("{who}: passdb failed", who=who)
+                result = PassdbResult(PassdbStatus.INTERNAL_FAILURE, error=str(e))
+            if result.status is PassdbStatus.OK:
+                result.extra = _merge_fields(db_settings, result.extra, request.variables())
+                return result
+            if result.status is PassdbStatus.USER_UNKNOWN:
+                if self.settings.auth_verbose:
+                    log.info("{who}: unknown user", who=who)
+            elif result.status is PassdbStatus.PASSWORD_MISMATCH:
+                if self.settings.auth_verbose:
+                    detail = f" ({result.error})" if result.error else ""
+                    log.info(
+                        "{who}: Password mismatch{detail}{given}",
+                        who=who,
+                        detail=detail,
+                        given=self._given_password(password),
+                    )
+            else:
+                internal = True
+                log.error("{who}: {error}", who=who, error=result.error or result.status.value)
+        status = PassdbStatus.INTERNAL_FAILURE if internal else PassdbStatus.PASSWORD_MISMATCH
+        return PassdbResult(status)
+
+    # -- userdb ---------------------------------------------------------------
+
+    def _resolve_id(self, value: str, kind: str) -> str:
+        if value.isdigit():
+            return value
+        try:
+            if kind == "uid":
+                return str(pwd.getpwnam(value).pw_uid)
+            return str(grp.getgrnam(value).gr_gid)
+        except KeyError:
+            raise AuthBackendError(f"Unknown {kind} name '{value}'") from None
+
+    def _finish_fields(self, user: str, fields: dict[str, str]) -> dict[str, str]:
+        """Resolve uid/gid names; fill in mail_uid/mail_gid or, when not
+        root, our own ids (a laptop demo user)."""
+        fields = dict(fields)
+        for kind, setting, current in (
+            ("uid", self.settings.mail_uid, self.getuid),
+            ("gid", self.settings.mail_gid, self.getgid),
+        ):
+            value = fields.get(kind) or setting
+            if not value:
+                if self.getuid() == 0:
+                    raise AuthBackendError(
+                        f"userdb returned no {kind} for {user} and mail_{kind} is not set"
+                    )
+                value = str(current())
+            fields[kind] = self._resolve_id(value, kind)
+        fields["user"] = user
+        return fields
+
+    @defer.inlineCallbacks
+    def _userdb_chain(self, request: AuthRequest, prefetched: dict[str, str]):
+        """Fire with the merged userdb fields, or None if no userdb knows
+        the user; AuthBackendError if it can't be told."""
+        error = None
+        for db, db_settings in self.userdbs:
+            who = request.log_id(db.driver)
+            try:
+                result = yield defer.maybeDeferred(db.lookup, request.user, request)
+            except Exception as e:
+                if not isinstance(e, AuthBackendError):
+                    log.failure("{who}: userdb failed", who=who)
+                else:
+                    log.error("{who}: {error}", who=who, error=str(e))
+                error = str(e)
+                continue
+            if result is None:
+                if self.settings.auth_verbose:
+                    log.info("{who}: unknown user (userdb)", who=who)
+                continue
+            values = dict(request.variables(), home=result.get("home", ""))
+            fields = dict(prefetched)
+            fields.update(result)
+            fields = _merge_fields(db_settings, fields, values)
+            user = fields.pop("user", "") or request.user
+            return self._finish_fields(user, fields)
+        if error is not None:
+            raise AuthBackendError(error)
+        return None
+
+    # -- entry points ---------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def authenticate(self, request: AuthRequest, authcid: str, password: str):
+        """Check a plaintext login; fires with an :class:`AuthOutcome`."""
+        user = self.normalize_user(authcid)
+        if user is None:
+            if self.settings.auth_verbose:
+                log.info(
+                    "{who}: Invalid username",
+                    who=AuthRequest(
+                        user=authcid[:64], remote_ip=request.remote_ip, session=request.session
+                    ).log_id("auth"),
+                )
+            return AuthOutcome(False)
+        request.original_user = authcid
+        request.user = user
+        result = yield self._passdb_chain(request, password)
+        if result.status is PassdbStatus.INTERNAL_FAILURE:
+            return AuthOutcome(False, reason=TEMP_FAILED, temporary=True)
+        if not result.ok:
+            return AuthOutcome(False)
+        extra = result.extra
+        nodelay = "nodelay" in extra
+        if result.nologin:
+            if self.settings.auth_verbose:
+                log.info("{who}: nologin", who=request.log_id("auth"))
+            return AuthOutcome(False, reason=extra.get("reason") or AUTH_FAILED, nodelay=nodelay)
+        nets = result.allow_nets
+        if nets and not _in_nets(request.remote_ip, nets):
+            log.info(
+                "{who}: allow_nets check failed: IP not in allowed networks",
+                who=request.log_id("auth"),
+            )
+            return AuthOutcome(False)
+        if extra.get("user"):
+            request.user = extra["user"]
+        try:
+            fields = yield self._userdb_chain(request, result.userdb_fields())
+        except AuthBackendError:
+            return AuthOutcome(False, reason=TEMP_FAILED, temporary=True)
+        if fields is None:
+            log.error("{who}: user not found from any userdb", who=request.log_id("auth"))
+            return AuthOutcome(False, reason=TEMP_FAILED, temporary=True)
+        return AuthOutcome(True, user=fields["user"], fields=fields)
+
+    @defer.inlineCallbacks
+    def user_lookup(self, name: str, service: str):
+        """UserLookup: fires with the AMP response dict."""
+        user = self.normalize_user(name)
+        if user is None:
+            return {"found": False}
+        request = AuthRequest(user=user, service=service, original_user=name)
+        try:
+            fields = yield self._userdb_chain(request, {})
+        except AuthBackendError:
+            return {"found": False, "temporary": True}
+        if fields is None:
+            return {"found": False}
+        return {"found": True, "user": fields["user"], "fields": json.dumps(fields)}
+
+
+# -- auth-login --------------------------------------------------------------
+
+
+def peer_pid(transport: Any) -> int | None:
+    """The connected UNIX peer's pid from SO_PEERCRED, or None."""
+    try:
+        sock = transport.getHandle()
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return pid
+
+
+@dataclass
+class _Exchange:
+    mech: sasl.ISASLMechanism
+    request: AuthRequest
+    busy: bool = False
+
+
+class LoginProtocol(amp.AMP):
+    """auth-login: SASL exchanges for login processes."""
+
+    def __init__(self, engine: AuthEngine):
+        super().__init__()
+        self.engine = engine
+        self.pid: int | None = None
+        self.exchanges: dict[int, _Exchange] = {}
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.pid = peer_pid(self.transport)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.exchanges.clear()
+        super().connectionLost(reason)
+
+    def _fail(self, reason: str = AUTH_FAILED, temporary: bool = False, delay: bool = True):
+        reply = {"status": "fail", "reason": reason, "temporary": temporary}
+        seconds = self.engine.settings.auth_failure_delay if delay else 0
+        if seconds <= 0:
+            return defer.succeed(reply)
+        return task.deferLater(self.engine.reactor, seconds, lambda: reply)
+
+    @MechList.responder
+    def mech_list(self, secured: bool):
+        return {"mechanisms": self.engine.mechanisms(secured)}
+
+    @AuthStart.responder
+    def auth_start(
+        self,
+        id,
+        mechanism,
+        service,
+        secured,
+        local_ip,
+        local_port,
+        remote_ip,
+        remote_port,
+        session,
+        initial=None,
+    ):  # noqa: A002
+        if id in self.exchanges:
+            return self._fail("Duplicate request id", delay=False)
+        if len(self.exchanges) >= MAX_EXCHANGES:
+            return self._fail(TEMP_FAILED, temporary=True, delay=False)
+        if mechanism.upper() not in self.engine.mechanisms(secured):
+            return self._fail("Unsupported authentication mechanism.", delay=False)
+        mech = sasl.create(mechanism)
+        if mech is None:
+            return self._fail("Unsupported authentication mechanism.", delay=False)
+        request = AuthRequest(
+            user="",
+            service=service,
+            mech=mech.name,
+            local_ip=local_ip,
+            local_port=local_port,
+            remote_ip=remote_ip,
+            remote_port=remote_port,
+            session=session,
+            secured=secured,
+        )
+        exchange = _Exchange(mech, request)
+        self.exchanges[id] = exchange
+        return self._step(id, exchange, initial)
+
+    @AuthContinue.responder
+    def auth_continue(self, id, response):  # noqa: A002
+        exchange = self.exchanges.get(id)
+        if exchange is None or exchange.busy:
+            return self._fail("Unknown or busy request id", delay=False)
+        return self._step(id, exchange, response)
+
+    @AuthCancel.responder
+    def auth_cancel(self, id):  # noqa: A002
+        self.exchanges.pop(id, None)
+        return {}
+
+    def _step(self, id: int, exchange: _Exchange, data: bytes | None):  # noqa: A002
+        step = exchange.mech.step(data)
+        if isinstance(step, sasl.Continue):
+            return {"status": "continue", "challenge": step.challenge}
+        if isinstance(step, sasl.Fail):
+            self.exchanges.pop(id, None)
+            if self.engine.settings.auth_verbose:
+                log.info(
+                    "{mech}({who}): {reason}",
+                    mech=exchange.mech.name.lower(),
+                    who=exchange.request.remote_ip,
+                    reason=step.reason,
+                )
+            return self._fail(step.reason)
+        exchange.busy = True
+        d = self.engine.authenticate(exchange.request, step.authcid, step.password)
+        d.addCallback(self._finish, id, exchange)
+        d.addErrback(self._crashed, id, exchange)
+        return d
+
+    def _finish(self, outcome: AuthOutcome, id: int, exchange: _Exchange):  # noqa: A002
+        self.exchanges.pop(id, None)
+        if not outcome.ok:
+            return self._fail(outcome.reason, outcome.temporary, delay=not outcome.nodelay)
+        request = exchange.request
+        cookie = self.engine.cookies.issue(
+            outcome.user, outcome.fields, self.pid, request.local_ip, request.remote_ip
+        )
+        log.debug("{who}: authenticated", who=request.log_id("auth"))
+        return {"status": "ok", "user": outcome.user, "cookie": cookie}
+
+    def _crashed(self, failure: Any, id: int, exchange: _Exchange):  # noqa: A002
+        self.exchanges.pop(id, None)
+        log.failure("{who}: authentication crashed", failure, who=exchange.request.log_id("auth"))
+        return self._fail(TEMP_FAILED, temporary=True)
+
+
+# -- auth-master and auth-userdb ---------------------------------------------
+
+
+class UserdbProtocol(amp.AMP):
+    """auth-userdb: user lookups only (lmtp)."""
+
+    def __init__(self, engine: AuthEngine):
+        super().__init__()
+        self.engine = engine
+
+    @UserLookup.responder
+    def user_lookup(self, user: str, service: str):
+        return self.engine.user_lookup(user, service)
+
+
+class MasterProtocol(amp.AMP):
+    """auth-master: cookie redemption and user lookups (the master)."""
+
+    def __init__(self, engine: AuthEngine):
+        super().__init__()
+        self.engine = engine
+
+    @RedeemCookie.responder
+    def redeem_cookie(self, cookie: bytes, login_pid: int):
+        try:
+            entry = self.engine.cookies.redeem(cookie, login_pid)
+        except KeyError as e:
+            log.warn("auth-master: refused cookie: {reason}", reason=e.args[0])
+            raise
+        return {"user": entry.user, "fields": json.dumps(entry.fields)}
+
+    @UserLookup.responder
+    def user_lookup(self, user: str, service: str):
+        return self.engine.user_lookup(user, service)
+
+
+class _EngineFactory(ServerFactory):
+    def __init__(self, engine: AuthEngine, protocol: type[amp.AMP]):
+        self.engine = engine
+        self.protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> amp.AMP:
+        proto = self.protocol(self.engine)
+        proto.factory = self
+        return proto
+
+
+def build_factories(
+    settings: AuthSettings, engine: AuthEngine | None = None
+) -> dict[str, ServerFactory]:
+    """Server factories keyed by socket name, sharing one engine."""
+    engine = engine or AuthEngine(settings)
+    return {
+        "auth-login": _EngineFactory(engine, LoginProtocol),
+        "auth-master": _EngineFactory(engine, MasterProtocol),
+        "auth-userdb": _EngineFactory(engine, UserdbProtocol),
+    }

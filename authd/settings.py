@@ -1,0 +1,219 @@
+"""authd's settings, decoupled from the config file.
+
+:class:`AuthSettings` holds every setting authd reads; :func:`from_config`
+builds it from a ``pydovecot.config`` Config.  Tests build AuthSettings
+directly.  Also: %-variable expansion and ``key=value`` field lists as the
+auth databases use them.  Settings are trusted (they come from root's config).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Dovecot's one-letter variables and the long names they stand for.
+SHORT_VARS = {
+    "u": "user",
+    "n": "username",
+    "d": "domain",
+    "s": "service",
+    "h": "home",
+    "l": "lip",
+    "r": "rip",
+    "a": "lport",
+    "b": "rport",
+    "m": "mech",
+    "c": "secured",
+    "p": "pid",
+}
+
+_VAR_RE = re.compile(r"%(-?\d+(?:\.\d+)?)?([LUR]*)(?:\{([^}]*)\}|(.))", re.S)
+
+DEFAULT_USERNAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@"
+
+
+def _expand_local(template: str, values: dict[str, str]) -> str:
+    """Expand Dovecot %-variables: ``%u %Ln %{user} %L{domain} %3n %%``."""
+
+    def repl(m: re.Match[str]) -> str:
+        width, mods, long_name, short = m.groups()
+        if short == "%":
+            return "%"
+        name = long_name if long_name is not None else SHORT_VARS.get(short or "", "")
+        if not name:
+            return m.group(0)
+        value = str(values.get(name, ""))
+        for mod in mods:
+            if mod == "L":
+                value = value.lower()
+            elif mod == "U":
+                value = value.upper()
+            elif mod == "R":
+                value = value[::-1]
+        if width:
+            offset, _, size = width.partition(".") if "." in width else ("0", "", width)
+            start = int(offset)
+            value = value[start:] if start >= 0 else value[start:]
+            count = int(size)
+            value = value[:count] if count >= 0 else value[count:]
+        return value
+
+    return _VAR_RE.sub(repl, template)
+
+
+def expand(template: str, values: dict[str, str]) -> str:
+    """Expand %-variables; ``values`` is keyed by long names (``user`` …)."""
+    if "%" not in template:
+        return template
+    return _expand_local(template, values)
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """Parse ``key=value key2 key3=v`` (space separated); a bare key maps to ''."""
+    fields: dict[str, str] = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        if key:
+            fields[key] = value
+    return fields
+
+
+def expand_fields(fields: dict[str, str], values: dict[str, str]) -> dict[str, str]:
+    """Expand %-variables in every value of a field dict."""
+    return {k: expand(v, values) for k, v in fields.items()}
+
+
+@dataclass
+class DbSettings:
+    """One ``passdb { }`` or ``userdb { }`` section."""
+
+    driver: str
+    args: str = ""
+    default_fields: str = ""
+    override_fields: str = ""
+    options: dict[str, str] = field(default_factory=dict)  # any other keys
+
+
+@dataclass
+class ListenerSettings:
+    """One unix_listener of the auth service (standalone runs)."""
+
+    path: str
+    mode: int = 0o600
+    user: str = ""
+    group: str = ""
+
+
+def default_listeners() -> dict[str, ListenerSettings]:
+    return {name: ListenerSettings(name) for name in ("auth-login", "auth-master", "auth-userdb")}
+
+
+@dataclass
+class AuthSettings:
+    """Everything authd needs to know."""
+
+    base_dir: str = "run"
+    auth_mechanisms: list[str] = field(default_factory=lambda: ["plain"])
+    disable_plaintext_auth: bool = True
+    auth_username_format: str = "%Lu"
+    auth_username_chars: str = DEFAULT_USERNAME_CHARS
+    auth_username_translation: str = ""
+    auth_default_realm: str = ""
+    auth_failure_delay: float = 2.0
+    auth_verbose: bool = False
+    auth_verbose_passwords: str = "no"  # no | plain | sha1, optional ":N" truncation
+    auth_debug: bool = False
+    passdbs: list[DbSettings] = field(default_factory=list)
+    userdbs: list[DbSettings] = field(default_factory=list)
+    mail_uid: str = ""
+    mail_gid: str = ""
+    cookie_lifetime: float = 60.0
+    listeners: dict[str, ListenerSettings] = field(default_factory=default_listeners)
+
+    def socket_path(self, name: str) -> str:
+        """Where a listener's socket lives (relative paths are under base_dir)."""
+        listener = self.listeners.get(name) or ListenerSettings(name)
+        return os.path.join(self.base_dir, listener.path)
+
+
+def _db(section: dict[str, Any]) -> DbSettings:
+    known = {"driver", "args", "default_fields", "override_fields"}
+    return DbSettings(
+        driver=str(section.get("driver", "")),
+        args=str(section.get("args", "") or ""),
+        default_fields=str(section.get("default_fields", "") or ""),
+        override_fields=str(section.get("override_fields", "") or ""),
+        options={k: str(v) for k, v in section.items() if k not in known},
+    )
+
+
+def _parse_mode(value: Any, default: int = 0o600) -> int:
+    if value in (None, ""):
+        return default
+    if isinstance(value, int):
+        return value
+    return int(str(value), 8)
+
+
+def _listeners_from_config(cfg: Any) -> dict[str, ListenerSettings]:
+    """The auth service's unix_listeners, if the config exposes them."""
+    listeners = default_listeners()
+    services = getattr(cfg, "services", None)
+    if not services:
+        return listeners
+    auth = services.get("auth") if isinstance(services, dict) else None
+    if auth is None and isinstance(services, list):
+        auth = next((s for s in services if s.get("name") == "auth"), None)
+    if not auth:
+        return listeners
+    unix = auth.get("unix_listeners") or auth.get("unix_listener") or []
+    if isinstance(unix, dict):
+        unix = [dict(v, name=v.get("name", k)) for k, v in unix.items()]
+    for item in unix:
+        path = str(item.get("path") or item.get("name") or "")
+        if not path:
+            continue
+        name = os.path.basename(path)
+        listeners[name] = ListenerSettings(
+            path=path,
+            mode=_parse_mode(item.get("mode")),
+            user=str(item.get("user", "") or ""),
+            group=str(item.get("group", "") or ""),
+        )
+    return listeners
+
+
+def from_config(cfg: Any) -> AuthSettings:
+    """Build AuthSettings from a ``pydovecot.config`` Config."""
+
+    def get(key: str, default: str = "") -> str:
+        value = cfg.get(key)
+        return default if value is None else str(value)
+
+    def get_bool(key: str, default: bool) -> bool:
+        if cfg.get(key) in (None, ""):
+            return default
+        return bool(cfg.get_bool(key))
+
+    mechs = cfg.get_list("auth_mechanisms") if cfg.get("auth_mechanisms") else ["plain"]
+    delay = cfg.get_time("auth_failure_delay") if cfg.get("auth_failure_delay") else 2.0
+    return AuthSettings(
+        base_dir=str(cfg.path_setting("base_dir")),
+        auth_mechanisms=[m.lower() for m in mechs],
+        disable_plaintext_auth=get_bool("disable_plaintext_auth", True),
+        auth_username_format=get("auth_username_format", "%Lu"),
+        auth_username_chars=get("auth_username_chars", DEFAULT_USERNAME_CHARS),
+        auth_username_translation=get("auth_username_translation"),
+        auth_default_realm=get("auth_default_realm"),
+        auth_failure_delay=float(delay),
+        auth_verbose=get_bool("auth_verbose", False),
+        auth_verbose_passwords=get("auth_verbose_passwords", "no"),
+        auth_debug=get_bool("auth_debug", False),
+        passdbs=[_db(s) for s in cfg.passdbs],
+        userdbs=[_db(s) for s in cfg.userdbs],
+        mail_uid=get("mail_uid"),
+        mail_gid=get("mail_gid"),
+        listeners=_listeners_from_config(cfg),
+    )

@@ -1,0 +1,693 @@
+"""Read one Dovecot 2.3 config file (with its includes) into a typed ``Config``.
+
+Syntax as Dovecot's config-parser: ``key = value``, quotes, ``#`` comments,
+``\\`` continuation, ``key = <file``, ``key = $other rest``, ``!include`` /
+``!include_try`` with globs, and ``name [arg] { … }`` sections.  Errors raise
+:class:`ConfigError` as ``FILE:LINE: message``.  The config file and the
+files it includes are trusted (root-owned, read by the master); ``Config.from_dict``
+trusts its input, which comes from the master.  Nothing here opens sockets or
+changes privileges.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydovecot.config import settings as S
+
+
+class ConfigError(Exception):
+    """A config file problem; str() is one line, ``FILE:LINE: message``."""
+
+
+@dataclass
+class InetListener:
+    """A TCP listener of a service; port 0 means off."""
+
+    name: str
+    addresses: list[str]
+    port: int
+    ssl: bool = False
+    haproxy: bool = False
+    reuse_port: bool = False
+
+
+@dataclass
+class UnixListener:
+    """A UNIX socket (or FIFO) listener; path is absolute."""
+
+    name: str
+    path: str
+    mode: int = 0o600
+    user: str = ""
+    group: str = ""
+
+
+@dataclass
+class ServiceConfig:
+    """One ``service NAME { }``: built-in defaults merged with the file's sections."""
+
+    name: str
+    settings: dict[str, str] = field(default_factory=dict)
+    inet_listeners: dict[str, InetListener] = field(default_factory=dict)
+    unix_listeners: dict[str, UnixListener] = field(default_factory=dict)
+    fifo_listeners: dict[str, UnixListener] = field(default_factory=dict)
+    default_process_limit: int = 100
+    default_client_limit: int = 1000
+    default_vsz_limit: int = 256 << 20
+
+    def get(self, key: str) -> str:
+        """A service setting as a string ("" when unset)."""
+        return self.settings.get(key, "")
+
+    def _uint(self, key: str) -> int:
+        value = self.get(key)
+        return S.parse_uint(value) if value else 0
+
+    @property
+    def process_limit(self) -> int:
+        """Max processes; 0 in the file means default_process_limit."""
+        return self._uint("process_limit") or self.default_process_limit
+
+    @property
+    def client_limit(self) -> int:
+        """Max clients per process; 0 in the file means default_client_limit."""
+        return self._uint("client_limit") or self.default_client_limit
+
+    @property
+    def process_min_avail(self) -> int:
+        return self._uint("process_min_avail")
+
+    @property
+    def service_count(self) -> int:
+        """Clients a process serves before it exits; 0 = unlimited."""
+        return self._uint("service_count")
+
+    @property
+    def vsz_limit(self) -> int:
+        """Address-space limit in bytes (default_vsz_limit when unset)."""
+        value = self.get("vsz_limit")
+        return S.parse_size(value) if value else self.default_vsz_limit
+
+    @property
+    def idle_kill(self) -> float:
+        value = self.get("idle_kill")
+        return S.parse_time(value) if value else 0.0
+
+    @property
+    def user(self) -> str:
+        return self.get("user")
+
+    @property
+    def group(self) -> str:
+        return self.get("group")
+
+    @property
+    def chroot(self) -> str:
+        return self.get("chroot")
+
+    @property
+    def protocol(self) -> str:
+        return self.get("protocol")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServiceConfig:
+        d = dict(d)
+        d["inet_listeners"] = {k: InetListener(**v) for k, v in d["inet_listeners"].items()}
+        for kind in ("unix_listeners", "fifo_listeners"):
+            d[kind] = {k: UnixListener(**v) for k, v in d[kind].items()}
+        return cls(**d)
+
+
+_MAIL_SERVICES = {"imap": ("imap-login", "imap"), "pop3": ("pop3-login", "pop3"), "lmtp": ("lmtp",)}
+
+_FILTERS = ("protocol", "local", "remote", "local_name")
+_SECTIONS_IN: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {"service", "protocol", "local", "remote", "local_name", "passdb", "userdb",
+         "namespace", "plugin", "dict", "metric", "event_exporter"}
+    ),
+    "service": frozenset({"inet_listener", "unix_listener", "fifo_listener"}),
+    "protocol": frozenset({"plugin", "local", "remote"}),
+    "local": frozenset({"protocol", "plugin"}),
+    "remote": frozenset({"protocol", "plugin"}),
+    "local_name": frozenset({"protocol", "plugin"}),
+    "namespace": frozenset({"mailbox"}),
+}  # fmt: skip
+_FREE_FORM = frozenset({"plugin", "dict", "metric", "event_exporter"})
+_NEED_NAME = frozenset(
+    {"service", "protocol", "local", "remote", "local_name", "inet_listener", "unix_listener",
+     "fifo_listener", "mailbox", "metric", "event_exporter"}
+)  # fmt: skip
+
+
+class Config:
+    """A loaded configuration: global settings, filters, auth dbs, services."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+        self.cwd = os.getcwd()
+        self.settings: dict[str, str] = {k: d for k, (_t, d) in S.IMPLEMENTED.items()}
+        self.protocol_settings: dict[str, dict[str, str]] = {}
+        self.protocol_plugin: dict[str, dict[str, str]] = {}
+        self.filters: list[dict[str, Any]] = []
+        self.passdbs: list[dict[str, str]] = []
+        self.userdbs: list[dict[str, str]] = []
+        self.services: dict[str, ServiceConfig] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.plugin: dict[str, str] = {}
+        self.dict: dict[str, str] = {}
+        self.warnings: list[str] = []
+        self.source_files: list[str] = []
+        self.origins: dict[str, str] = {}
+
+    # -- typed access ---------------------------------------------------------
+
+    def get(self, key: str, protocol: str | None = None) -> str:
+        """A global setting, or protocol's override of it; KeyError if unknown."""
+        if protocol:
+            own = self.protocol_settings.get(protocol)
+            if own is not None and key in own:
+                return own[key]
+            for name, values in self.protocol_settings.items():
+                if name.startswith("!") and name[1:] != protocol and key in values:
+                    return values[key]
+        if key in self.settings:
+            return self.settings[key]
+        if key in S.DOVECOT_DEFAULTS:
+            return S.DOVECOT_DEFAULTS[key]
+        raise KeyError(f"unknown setting {key!r}")
+
+    def _typed(self, key: str, protocol: str | None, conv: Any) -> Any:
+        value = self.get(key, protocol)
+        try:
+            return conv(value)
+        except ValueError as e:
+            raise ConfigError(f"{self.origins.get(key, self.path)}: {key}: {e}") from None
+
+    def get_bool(self, key: str, protocol: str | None = None) -> bool:
+        return self._typed(key, protocol, S.parse_bool)
+
+    def get_int(self, key: str, protocol: str | None = None) -> int:
+        return self._typed(key, protocol, S.parse_uint)
+
+    def get_size(self, key: str, protocol: str | None = None) -> int:
+        """Size in bytes ("10M", "1 G", "64k")."""
+        return self._typed(key, protocol, S.parse_size)
+
+    def get_time(self, key: str, protocol: str | None = None) -> float:
+        """Duration in seconds ("2 secs", "500 ms", "1 min")."""
+        return self._typed(key, protocol, S.parse_time)
+
+    def get_list(self, key: str, protocol: str | None = None) -> list[str]:
+        """The value split on whitespace and commas."""
+        return S.split_list(self.get(key, protocol))
+
+    def read_value(self, key: str, protocol: str | None = None) -> str:
+        """The value, or for ``key = <path`` the content of that file."""
+        value = self.get(key, protocol)
+        if not value.startswith("<"):
+            return value
+        path = value[1:]
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+        except OSError as e:
+            where = self.origins.get(key, self.path)
+            raise ConfigError(f"{where}: {key}: can't read {path}: {e.strerror}") from None
+
+    def path_setting(self, key: str, protocol: str | None = None) -> str:
+        """A path setting made absolute against the working directory at load time."""
+        value = self.get(key, protocol)
+        if not value or value == "syslog":
+            return value
+        return os.path.normpath(os.path.join(self.cwd, value))
+
+    @property
+    def protocols(self) -> list[str]:
+        """The enabled protocols pydovecot serves (imap, pop3, lmtp)."""
+        return [p for p in self.get_list("protocols") if p in S.IMPLEMENTED_PROTOCOLS]
+
+    def enabled_services(self) -> dict[str, ServiceConfig]:
+        """Services to run: auth, plus login and mail services of enabled protocols."""
+        names = ["auth"]
+        for proto in self.protocols:
+            names.extend(_MAIL_SERVICES[proto])
+        return {n: self.services[n] for n in names if n in self.services}
+
+    # -- serialisation ---------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; ``Config.from_dict(cfg.to_dict())`` is an exact copy."""
+        return {
+            "path": self.path,
+            "cwd": self.cwd,
+            "settings": dict(self.settings),
+            "protocol_settings": {k: dict(v) for k, v in self.protocol_settings.items()},
+            "protocol_plugin": {k: dict(v) for k, v in self.protocol_plugin.items()},
+            "filters": _copy(self.filters),
+            "passdbs": [dict(d) for d in self.passdbs],
+            "userdbs": [dict(d) for d in self.userdbs],
+            "services": {k: v.to_dict() for k, v in self.services.items()},
+            "namespaces": _copy(self.namespaces),
+            "plugin": dict(self.plugin),
+            "dict": dict(self.dict),
+            "warnings": list(self.warnings),
+            "source_files": list(self.source_files),
+            "origins": dict(self.origins),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Rebuild a Config made by :meth:`to_dict` (in a child process)."""
+        cfg = cls(d["path"])
+        for key, value in d.items():
+            if key == "services":
+                cfg.services = {k: ServiceConfig.from_dict(v) for k, v in value.items()}
+            else:
+                setattr(cfg, key, _copy(value))
+        return cfg
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _copy(value: Any) -> Any:
+    """Deep copy of plain JSON-like data."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+@dataclass
+class _Section:
+    kind: str
+    arg: str
+    where: str
+    data: dict[str, Any]
+    plugin: dict[str, str] = field(default_factory=dict)
+
+
+def _unescape(text: str) -> str:
+    """Dovecot's str_unescape: a backslash keeps the next character literally."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def _strip_comment(line: str) -> tuple[str, bool]:
+    """Cut a ``#`` comment outside quotes; say if the ``#`` had no space before it."""
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c in "'\"":
+            i += 1
+            while i < n and line[i] != c:
+                i += 2 if line[i] == "\\" else 1
+            if i >= n:
+                break
+        elif c == "#":
+            return line[:i], i > 0 and not line[i - 1].isspace()
+        i += 1
+    return line, False
+
+
+class _Parser:
+    def __init__(self, path: str) -> None:
+        self.cfg = Config(path)
+        self.stack: list[_Section] = []
+        self.include_chain: list[str] = []
+        self.raw_services: dict[str, dict[str, Any]] = {}
+        self.ns_counter = 0
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{where}: {message}")
+
+    # -- reading files -------------------------------------------------------
+
+    def parse_file(self, path: str, where: str | None = None) -> None:
+        real = os.path.realpath(path)
+        if real in self.include_chain:
+            raise self.fail(where or path, f"recursive include of {path}")
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as e:
+            if where is None:
+                raise ConfigError(f"{path}: can't open config file: {e.strerror}") from None
+            raise self.fail(where, f"can't open include file {path}: {e.strerror}") from None
+        self.cfg.source_files.append(os.path.abspath(path))
+        self.include_chain.append(real)
+        pending: list[str] = []
+        first = 0
+        lineno = 0
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line, ambiguous = _strip_comment(raw.strip())
+            line = line.rstrip()
+            if not pending:
+                first = lineno
+            if ambiguous:
+                self.cfg.warnings.append(
+                    f"{path}:{lineno}: ambiguous '#' character in line, treating it as "
+                    "comment (add a space before it to remove this warning)"
+                )
+            if line.endswith("\\"):
+                part = line[:-1].rstrip()
+                if part:
+                    pending.append(part + " ")
+                continue
+            if pending:
+                line = "".join(pending) + line
+                pending = []
+            if line:
+                self.parse_line(path, f"{path}:{first}", line)
+        if pending:
+            self.parse_line(path, f"{path}:{first}", "".join(pending).rstrip())
+        self.include_chain.pop()
+
+    def include(self, path: str, where: str, pattern: str, must_exist: bool) -> None:
+        if len(pattern) >= 2 and pattern[0] == pattern[-1] and pattern[0] in "'\"":
+            pattern = _unescape(pattern[1:-1])
+        if not pattern:
+            raise self.fail(where, "!include needs a path")
+        full = os.path.join(os.path.dirname(path), pattern)
+        matches = sorted(glob.glob(full))
+        if not matches:
+            if must_exist:
+                raise self.fail(where, f"!include {pattern}: no such file ({full})")
+            return
+        for match in matches:
+            self.parse_file(match, where)
+
+    # -- one logical line ------------------------------------------------------
+
+    def parse_line(self, path: str, where: str, line: str) -> None:
+        i = 0
+        while i < len(line) and not line[i].isspace() and line[i] != "=":
+            i += 1
+        key, rest = line[:i], line[i:].lstrip()
+        if key in ("!include", "!include_try"):
+            self.include(path, where, rest, key == "!include")
+            return
+        if key.startswith("!"):
+            raise self.fail(where, f"unknown directive {key}")
+        if rest.startswith("="):
+            if not key:
+                raise self.fail(where, "missing setting name before '='")
+            self.set_value(path, where, key, rest[1:].lstrip())
+            return
+        if key == "}" and not rest:
+            if not self.stack:
+                raise self.fail(where, "unexpected '}' (no section is open)")
+            self.close_section(self.stack.pop())
+            return
+        if key == "{":
+            raise self.fail(where, "section type missing before '{'")
+        if key.endswith("{"):
+            raise self.fail(where, f"missing space before '{{' in {line!r}")
+        # section_type [name] {
+        arg = ""
+        if rest.startswith('"'):
+            end = rest.find('"', 1)
+            if end < 0:
+                raise self.fail(where, "unterminated quoted section name")
+            arg, rest = _unescape(rest[1:end]), rest[end + 1 :].lstrip()
+        elif rest and not rest.startswith("{"):
+            parts = rest.split(None, 1)
+            if parts[0].endswith("{") and len(parts) == 1 and len(parts[0]) > 1:
+                parts = [parts[0][:-1], "{"]
+            arg, rest = parts[0], (parts[1] if len(parts) > 1 else "")
+            # "protocol imap pop3 {": a section argument may be several words
+            while rest and not rest.startswith("{") and self._multiword(key):
+                more = rest.split(None, 1)
+                arg, rest = f"{arg} {more[0]}", (more[1] if len(more) > 1 else "")
+        if not rest.startswith("{"):
+            if key in S.KNOWN_SETTINGS or key in S.SERVICE_SETTINGS or not rest:
+                raise self.fail(where, f"missing '=' after setting {key!r}")
+            raise self.fail(
+                where, f"syntax error in {line!r}: expecting 'key = value' or 'section {{'"
+            )
+        if rest != "{":
+            raise self.fail(where, f"garbage after '{{': {rest[1:].strip()!r}")
+        self.open_section(where, key, arg)
+
+    @staticmethod
+    def _multiword(kind: str) -> bool:
+        return kind in ("protocol", "local", "remote")
+
+    # -- values --------------------------------------------------------------
+
+    def expand_ref(self, where: str, key: str, value: str) -> str:
+        """Dovecot's ``key = $name rest``: replace the leading $name by its value."""
+        name, sep, rest = value[1:].partition(" ")
+        for section in reversed(self.stack):
+            if name in section.data and isinstance(section.data[name], str):
+                return section.data[name] + sep + rest
+        if name in self.cfg.settings:
+            return self.cfg.settings[name] + sep + rest
+        if name in S.DOVECOT_DEFAULTS:
+            return S.DOVECOT_DEFAULTS[name] + sep + rest
+        raise self.fail(where, f"unknown variable ${name} in value of {key}")
+
+    def set_value(self, path: str, where: str, key: str, raw: str) -> None:
+        is_file = raw.startswith("<")
+        if is_file:
+            target = raw[1:].strip()
+            if not target:
+                raise self.fail(where, f"{key}: '<' needs a file name")
+            value = "<" + os.path.normpath(os.path.join(os.path.dirname(path), target))
+        elif raw.startswith("$"):
+            value = self.expand_ref(where, key, raw)
+        elif len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+            value = _unescape(raw[1:-1])
+        else:
+            value = raw
+        section = self.stack[-1] if self.stack else None
+        kind = section.kind if section else ""
+        if kind in _FREE_FORM:
+            section.data[key] = value  # type: ignore[union-attr]
+            return
+        if kind in ("", *_FILTERS):
+            self.set_global(where, key, value, is_file, section)
+            return
+        allowed: dict[str, str] | frozenset[str]
+        allowed = {
+            "service": S.SERVICE_SETTINGS,
+            "inet_listener": S.INET_LISTENER_SETTINGS,
+            "unix_listener": S.UNIX_LISTENER_SETTINGS,
+            "fifo_listener": S.UNIX_LISTENER_SETTINGS,
+            "passdb": S.PASSDB_SETTINGS,
+            "userdb": S.USERDB_SETTINGS,
+            "namespace": S.NAMESPACE_SETTINGS,
+            "mailbox": S.MAILBOX_SETTINGS,
+        }[kind]
+        if key not in allowed:
+            raise self.fail(where, f"unknown setting {key!r} inside {kind} {{ }}")
+        if isinstance(allowed, dict) and not is_file:
+            self.check(where, key, allowed[key], value)
+        section.data[key] = value  # type: ignore[union-attr]
+
+    def check(self, where: str, key: str, kind: str, value: str) -> None:
+        try:
+            S.check_value(key, kind, value)
+        except ValueError as e:
+            raise self.fail(where, f"{key}: {e}") from None
+
+    def set_global(
+        self, where: str, key: str, value: str, is_file: bool, section: _Section | None
+    ) -> None:
+        if key in S.IMPLEMENTED:
+            if not is_file:
+                self.check(where, key, S.IMPLEMENTED[key][0], value)
+        elif key in S.KNOWN_SETTINGS:
+            self.cfg.warnings.append(
+                f"{where}: setting '{key}' is not supported by pydovecot yet; ignored"
+            )
+        elif key in S.SERVICE_SETTINGS or key in S.INET_LISTENER_SETTINGS:
+            raise self.fail(where, f"unknown setting {key!r} (valid only inside service {{ }})")
+        else:
+            raise self.fail(where, f"unknown setting {key!r}")
+        if section is None:
+            self.cfg.settings[key] = value
+            self.cfg.origins[key] = where
+        else:
+            section.data[key] = value
+
+    # -- sections ------------------------------------------------------------
+
+    def open_section(self, where: str, kind: str, arg: str) -> None:
+        parent = self.stack[-1] if self.stack else None
+        pkind = parent.kind if parent else ""
+        if kind not in _SECTIONS_IN.get(pkind, frozenset()):
+            inside = f" inside {pkind} {{ }}" if pkind else ""
+            raise self.fail(where, f"unknown section '{kind}'{inside}")
+        if kind in _NEED_NAME and not arg:
+            raise self.fail(where, f"section '{kind}' needs a name: {kind} NAME {{")
+        section = _Section(kind, arg, where, {})
+        if kind == "service":
+            if arg not in S.IMPLEMENTED_SERVICES:
+                if arg not in S.KNOWN_SERVICES:
+                    raise self.fail(where, f"unknown service '{arg}'")
+                self.cfg.warnings.append(
+                    f"{where}: service '{arg}' is not supported by pydovecot yet; ignored"
+                )
+            raw = self.raw_services.setdefault(
+                arg,
+                {"settings": {}, "inet_listeners": {}, "unix_listeners": {}, "fifo_listeners": {}},
+            )
+            section.data = raw["settings"]
+        elif kind.endswith("_listener"):
+            raw = self.raw_services[parent.arg]  # type: ignore[union-attr]
+            section.data = raw[kind + "s"].setdefault(arg, {})
+        elif kind in ("local", "remote", "local_name"):
+            self.cfg.warnings.append(
+                f"{where}: {kind} {arg} {{ }} filter is not supported by pydovecot yet; "
+                "its settings are ignored"
+            )
+        elif kind == "namespace":
+            name = arg
+            if not name:
+                name = f"#{self.ns_counter}"
+                self.ns_counter += 1
+            section.data = self.cfg.namespaces.setdefault(name, {"name": name})
+        elif kind == "mailbox":
+            boxes = parent.data.setdefault("mailboxes", {})  # type: ignore[union-attr]
+            section.data = boxes.setdefault(arg, {"name": arg})
+        elif kind == "plugin":
+            section.data = parent.plugin if parent is not None else self.cfg.plugin
+        elif kind == "dict":
+            section.data = self.cfg.dict
+        elif kind in ("metric", "event_exporter"):
+            self.cfg.warnings.append(
+                f"{where}: {kind} {arg} {{ }} is not supported by pydovecot yet; ignored"
+            )
+        elif kind in ("passdb", "userdb") and arg:
+            section.data["name"] = arg
+        self.stack.append(section)
+
+    def close_section(self, section: _Section) -> None:
+        kind = section.kind
+        if kind in ("passdb", "userdb"):
+            if not section.data.get("driver"):
+                raise self.fail(section.where, f"{kind} {{ }} has no driver")
+            section.data.setdefault("args", "")
+            (self.cfg.passdbs if kind == "passdb" else self.cfg.userdbs).append(section.data)
+        elif kind in _FILTERS:
+            outer = [s for s in self.stack if s.kind in _FILTERS]
+            if kind == "protocol" and not outer:
+                for name in section.arg.split():
+                    self.cfg.protocol_settings.setdefault(name, {}).update(section.data)
+                    if section.plugin:
+                        self.cfg.protocol_plugin.setdefault(name, {}).update(section.plugin)
+            elif section.data or section.plugin:
+                match = {s.kind: s.arg for s in [*outer, section]}
+                self.cfg.filters.append(
+                    {
+                        "match": match,
+                        "settings": dict(section.data),
+                        "plugin": dict(section.plugin),
+                        "origin": section.where,
+                    }
+                )
+
+    # -- after the last line -------------------------------------------------
+
+    def finish(self) -> Config:
+        if self.stack:
+            s = self.stack[-1]
+            name = f"{s.kind} {s.arg}".strip()
+            raise self.fail(s.where, f"section '{name} {{' is never closed (missing '}}')")
+        cfg = self.cfg
+        for proto in S.split_list(cfg.settings["protocols"]):
+            if proto in S.IMPLEMENTED_PROTOCOLS:
+                continue
+            where = cfg.origins.get("protocols", cfg.path)
+            if proto not in S.KNOWN_PROTOCOLS:
+                raise self.fail(where, f"protocols: unknown protocol '{proto}'")
+            if proto != "none":
+                cfg.warnings.append(
+                    f"{where}: protocol '{proto}' is not supported by pydovecot yet; ignored"
+                )
+        for name in S.IMPLEMENTED_SERVICES:
+            cfg.services[name] = self.build_service(name)
+        return cfg
+
+    def resolve(self, value: str, scope: dict[str, str]) -> str:
+        """Resolve a built-in default's leading $name against the final settings."""
+        if not value.startswith("$"):
+            return value
+        name, sep, rest = value[1:].partition(" ")
+        base = scope.get(name)
+        if base is None:
+            base = self.cfg.get(name)
+        return base + sep + rest
+
+    def build_service(self, name: str) -> ServiceConfig:
+        cfg = self.cfg
+        defaults: dict[str, Any] = S.SERVICE_DEFAULTS.get(name, {})
+        raw = self.raw_services.get(name, {})
+        settings = {k: self.resolve(v, {}) for k, v in defaults.get("settings", {}).items()}
+        settings.update(raw.get("settings", {}))
+        svc = ServiceConfig(
+            name,
+            settings,
+            default_process_limit=cfg.get_int("default_process_limit"),
+            default_client_limit=cfg.get_int("default_client_limit"),
+            default_vsz_limit=cfg.get_size("default_vsz_limit"),
+        )
+        protocol = settings.get("protocol") or None
+        base_dir = cfg.path_setting("base_dir")
+        for kind in ("inet_listeners", "unix_listeners", "fifo_listeners"):
+            merged: dict[str, dict[str, str]] = {
+                k: {kk: self.resolve(vv, {}) for kk, vv in v.items()}
+                for k, v in defaults.get(kind, {}).items()
+            }
+            for lname, values in raw.get(kind, {}).items():
+                merged.setdefault(lname, {}).update(values)
+            for lname, values in merged.items():
+                if kind == "inet_listeners":
+                    address = values.get("address", "")
+                    addresses = (
+                        S.split_list(address) if address else cfg.get_list("listen", protocol)
+                    )
+                    svc.inet_listeners[lname] = InetListener(
+                        lname,
+                        addresses,
+                        S.parse_port(values.get("port", "0")),
+                        S.parse_bool(values.get("ssl", "no")),
+                        S.parse_bool(values.get("haproxy", "no")),
+                        S.parse_bool(values.get("reuse_port", "no")),
+                    )
+                else:
+                    path = os.path.join(base_dir, values.get("path") or lname)
+                    listener = UnixListener(
+                        lname,
+                        os.path.normpath(path),
+                        S.parse_octal(values.get("mode", "0600")),
+                        values.get("user", ""),
+                        values.get("group", ""),
+                    )
+                    getattr(svc, kind)[lname] = listener
+        return svc
+
+
+def parse_config(path: str) -> Config:
+    """Parse the config file at path; raise ConfigError on any problem."""
+    path = os.path.abspath(path)
+    parser = _Parser(path)
+    parser.parse_file(path)
+    return parser.finish()

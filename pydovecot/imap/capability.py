@@ -1,0 +1,60 @@
+"""The post-login CAPABILITY list and the limits it advertises.
+
+Reads trusted configuration only (SessionContext.settings from the master).
+Advertises exactly what :mod:`pydovecot.imap.session` implements;
+``imap_capability`` replaces the list, or extends it when it starts with ``+``
+(as in Dovecot).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+BASE = (
+    "IMAP4rev1", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+    "UIDPLUS", "CHILDREN", "MOVE",
+)
+DEFAULT_APPEND_LIMIT = 64 * 1024 * 1024
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: Any, default: int) -> int:
+    """``64M``, ``65536`` or an int → bytes; ``default`` if unset/invalid."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*([bkmg]?)b?\s*", str(value), re.I)
+    if not m:
+        return default
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_seconds(value: Any, default: float) -> float:
+    """``120``, ``2 mins``, ``30s`` → seconds."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, int | float):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+)\s*(s|secs?|m|mins?|h|hours?)?\s*", str(value), re.I)
+    if not m:
+        return default
+    unit = (m.group(2) or "s")[0].lower()
+    return float(int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[unit])
+
+
+def append_limit(settings: dict[str, Any]) -> int:
+    return parse_size(settings.get("imap_append_limit", settings.get("quota_max_mail_size")),
+                      DEFAULT_APPEND_LIMIT)
+
+
+def capability_string(settings: dict[str, Any]) -> str:
+    """The space-separated capability list for this session."""
+    override = str(settings.get("imap_capability") or "").strip()
+    caps = list(BASE) + [f"APPENDLIMIT={append_limit(settings)}"]
+    if override.startswith("+"):
+        caps += [c for c in override[1:].split() if c not in caps]
+    elif override:
+        caps = override.split()
+    return " ".join(caps)

@@ -1,0 +1,240 @@
+"""FETCH: parse the item list and render ``* n FETCH (...)`` responses.
+
+Trusts the storage view it is given; the item list comes from the client
+and is validated here (unknown items and bad sections raise ParseError →
+``BAD``).  Message bodies are read through :class:`MessageLoader`, which
+CRLF-normalizes and caches parsed messages.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydovecot.imap import mime
+from pydovecot.imap.parser import Atom, ParseError, String, Token
+from pydovecot.storage.interfaces import MessageInfo
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+_BODY_RE = re.compile(rb"^(BODY|BODY\.PEEK|BINARY\.PEEK|BINARY)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?$", re.I)
+_SIMPLE = {
+    "FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY",
+    "RFC822", "RFC822.HEADER", "RFC822.TEXT",
+}
+MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
+}
+_SECTION_TEXT = {"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME", ""}
+
+
+@dataclass
+class Section:
+    numbers: list[int] = field(default_factory=list)
+    text: str = ""  # "", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: list[bytes] = field(default_factory=list)
+
+    def label(self) -> bytes:
+        out = ".".join(str(n) for n in self.numbers)
+        if self.text:
+            out = f"{out}.{self.text}" if out else self.text
+        raw = out.encode()
+        if self.text.startswith("HEADER.FIELDS"):
+            raw += b" (" + b" ".join(self.fields) + b")"
+        return raw
+
+    def is_header(self) -> bool:
+        return self.text.startswith("HEADER") or self.text == "MIME"
+
+
+@dataclass
+class FetchItem:
+    name: str  # FLAGS, UID, …, or BODY[] for sections
+    section: Section | None = None
+    peek: bool = True
+    partial: tuple[int, int] | None = None
+    label: bytes = b""  # response name for section items
+
+    def needs_message(self) -> bool:
+        return self.name not in ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
+
+
+def parse_section(raw: bytes) -> Section:
+    """``1.2.HEADER.FIELDS (A B)`` → Section; ParseError if invalid."""
+    spec, _sp, flist = raw.partition(b" ")
+    pieces = spec.split(b".") if spec else []
+    sec = Section()
+    while pieces and pieces[0].isdigit():
+        if pieces[0].startswith(b"0") or len(pieces[0]) > 9:
+            raise ParseError("Invalid section number")
+        sec.numbers.append(int(pieces.pop(0)))
+    sec.text = b".".join(pieces).decode("latin-1").upper()
+    if sec.text not in _SECTION_TEXT:
+        raise ParseError("Invalid BODY[] section")
+    if sec.text == "MIME" and not sec.numbers:
+        raise ParseError("MIME needs a part number")
+    if sec.text.startswith("HEADER.FIELDS"):
+        flist = flist.strip()
+        if not (flist.startswith(b"(") and flist.endswith(b")")):
+            raise ParseError("Missing header field list")
+        names = [n.strip(b'"') for n in flist[1:-1].split()]
+        if not names or any(not n or b":" in n for n in names):
+            raise ParseError("Invalid header field list")
+        sec.fields = [n.upper() for n in names]
+    elif flist:
+        raise ParseError("Unexpected data in section")
+    return sec
+
+
+def parse_items(tokens: list[Token]) -> list[FetchItem]:
+    """The FETCH item argument (an atom, macro or list) → FetchItems."""
+    if len(tokens) != 1:
+        raise ParseError("Invalid FETCH arguments")
+    arg = tokens[0]
+    if isinstance(arg, Atom) and arg.upper_str() in MACROS:
+        return [FetchItem(n) for n in MACROS[arg.upper_str()]]
+    atoms = arg if isinstance(arg, list) else [arg]
+    if not atoms:
+        raise ParseError("Empty FETCH item list")
+    items: list[FetchItem] = []
+    for tok in atoms:
+        if not isinstance(tok, Atom) or isinstance(tok, String):
+            raise ParseError("Invalid FETCH item")
+        items.append(parse_item(tok))
+    return items
+
+
+def parse_item(tok: bytes) -> FetchItem:
+    upper = tok.decode("latin-1").upper()
+    if upper in _SIMPLE:
+        if upper == "RFC822":
+            return FetchItem("BODY[]", Section(), peek=False, label=b"RFC822")
+        if upper == "RFC822.HEADER":
+            return FetchItem("BODY[]", Section(text="HEADER"), peek=True, label=b"RFC822.HEADER")
+        if upper == "RFC822.TEXT":
+            return FetchItem("BODY[]", Section(text="TEXT"), peek=False, label=b"RFC822.TEXT")
+        return FetchItem(upper)
+    m = _BODY_RE.match(tok)
+    if not m:
+        raise ParseError(f"Unknown FETCH item {tok[:40].decode('latin-1')!r}")
+    kind = m.group(1).upper()
+    if kind.startswith(b"BINARY"):
+        raise ParseError("BINARY is not supported")
+    section = parse_section(m.group(2))
+    partial = None
+    if m.group(3) is not None:
+        partial = (int(m.group(3)), int(m.group(4)))
+        if partial[1] == 0:
+            raise ParseError("Invalid partial length")
+    label = b"BODY[" + section.label() + b"]"
+    if partial:
+        label += b"<%d>" % partial[0]
+    return FetchItem("BODY[]", section, peek=kind.endswith(b"PEEK"), partial=partial, label=label)
+
+
+def format_internaldate(when: datetime.datetime) -> bytes:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    offset = when.utcoffset() or datetime.timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return (
+        f'"{when.day:2d}-{MONTHS[when.month - 1]}-{when.year:04d} '
+        f'{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"'
+    ).encode()
+
+
+def format_flags(flags: set[str] | list[str], recent: bool = False) -> bytes:
+    out = sorted(flags, key=lambda f: (not f.startswith("\\"), f.lower()))
+    if recent:
+        out.insert(0, "\\Recent")
+    return ("(" + " ".join(out) + ")").encode("utf-8")
+
+
+def section_bytes(msg: mime.ParsedMessage, section: Section) -> bytes:
+    """The bytes a BODY[section] names ("" if the part does not exist)."""
+    data = msg.data
+    if not section.numbers and not section.text:
+        return data
+    root = msg.root
+    if section.numbers:
+        part = mime.find_part(root, section.numbers)
+        if part is None:
+            return b""
+        if section.text == "":
+            return data[part.body_start : part.end]
+        if section.text == "MIME":
+            return data[part.start : part.body_start] if part is not root else \
+                mime.filter_header(data, root, None, False)
+        if part.message is None:
+            return b""
+        target = part.message
+    else:
+        target = root
+    if section.text == "TEXT":
+        return data[target.body_start : target.end]
+    if section.text == "HEADER":
+        return mime.filter_header(data, target, None, False)
+    return mime.filter_header(data, target, section.fields, section.text.endswith(".NOT"))
+
+
+@dataclass
+class FetchStats:
+    hdr_count: int = 0
+    hdr_bytes: int = 0
+    body_count: int = 0
+    body_bytes: int = 0
+
+
+def render(
+    seq: int,
+    info: MessageInfo,
+    items: list[FetchItem],
+    recent: bool,
+    load: Callable[[], mime.ParsedMessage],
+    stats: FetchStats,
+    add_flags: bool = False,
+) -> bytes:
+    """One ``* seq FETCH (...)`` response line (with CRLF)."""
+    out: list[bytes] = []
+    seen_flags = False
+    for item in items:
+        name = item.name
+        if name == "FLAGS":
+            if seen_flags:
+                continue
+            seen_flags = True
+            out.append(b"FLAGS " + format_flags(info.flags, recent))
+        elif name == "UID":
+            out.append(b"UID %d" % info.uid)
+        elif name == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + format_internaldate(info.internaldate))
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % info.size)
+        elif name == "ENVELOPE":
+            out.append(b"ENVELOPE " + mime.envelope(load().root))
+        elif name == "BODYSTRUCTURE":
+            out.append(b"BODYSTRUCTURE " + mime.bodystructure(load().root, True))
+        elif name == "BODY":
+            out.append(b"BODY " + mime.bodystructure(load().root, False))
+        else:
+            assert item.section is not None
+            data = section_bytes(load(), item.section)
+            if item.partial is not None:
+                start, length = item.partial
+                data = data[start : start + length]
+            if item.section.is_header():
+                stats.hdr_count += 1
+                stats.hdr_bytes += len(data)
+            else:
+                stats.body_count += 1
+                stats.body_bytes += len(data)
+            out.append(item.label + b" {%d}\r\n" % len(data) + data)
+    if add_flags and not seen_flags:
+        out.append(b"FLAGS " + format_flags(info.flags, recent))
+    return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"

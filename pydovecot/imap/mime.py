@@ -1,0 +1,525 @@
+"""MIME structure of a stored message: part offsets, ENVELOPE, BODYSTRUCTURE.
+
+Input is a message's bytes from storage, which may be hostile (a message
+anyone could have mailed): parsing never raises on malformed MIME, limits
+nesting depth, and keeps header values raw (encoded words are not decoded
+for ENVELOPE/BODYSTRUCTURE, as RFC 3501 wants).  The message is CRLF-
+normalized first; every offset refers to those normalized bytes, so
+``BODY[1.2]`` is an exact slice.  The stdlib ``email`` package (compat32)
+parses parameters and decodes RFC 2047 words / transfer encodings for
+SEARCH; byte offsets are computed here because ``email`` does not keep them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.header
+import email.utils
+import quopri
+import re
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+MAX_DEPTH = 30
+_LF_RE = re.compile(rb"\r?\n")
+_header_parser = BytesHeaderParser(policy=compat32)
+
+
+def normalize_crlf(data: bytes) -> bytes:
+    """Every line end as CRLF (IMAP's canonical form)."""
+    return _LF_RE.sub(b"\r\n", data)
+
+
+# -- IMAP output helpers -------------------------------------------------------
+
+
+def imap_string(value: bytes | str | None) -> bytes:
+    """nstring: NIL, a quoted string, or a literal if it must be one."""
+    if value is None:
+        return b"NIL"
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    if len(value) > 1024 or any(c in value for c in (0, 10, 13)) or not value.isascii():
+        return b"{%d}\r\n" % len(value) + value
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def imap_list(items: list[bytes]) -> bytes:
+    return b"(" + b" ".join(items) + b")"
+
+
+# -- headers -------------------------------------------------------------------
+
+
+@dataclass
+class HeaderField:
+    name: bytes  # as written
+    raw: bytes  # the whole field including folding and final CRLF
+    value: bytes  # after the colon, unfolded, stripped
+
+
+def parse_header_fields(block: bytes) -> list[HeaderField]:
+    """Split a CRLF header block into fields (continuation lines joined)."""
+    fields: list[HeaderField] = []
+    current: list[bytes] = []
+
+    def flush() -> None:
+        if current:
+            raw = b"".join(current)
+            name, sep, value = raw.partition(b":")
+            if sep:
+                unfolded = value.replace(b"\r\n", b"").strip(b" \t\r\n")
+                fields.append(HeaderField(name.strip(), raw, unfolded))
+            current.clear()
+
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+        else:
+            flush()
+            current.append(line)
+    flush()
+    return fields
+
+
+def header_value(fields: list[HeaderField], name: str) -> bytes | None:
+    """First field ``name`` (case-insensitive), raw and unfolded."""
+    key = name.lower().encode()
+    for f in fields:
+        if f.name.lower() == key:
+            return f.value
+    return None
+
+
+def decode_header_value(raw: bytes) -> str:
+    """RFC 2047-decoded text of a raw header value (for SEARCH)."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError, email.errors.HeaderParseError):
+        return text
+
+
+# -- the part tree ------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    """One MIME entity: ``data[start:body_start]`` is its header (with the
+    blank line), ``data[body_start:end]`` its body."""
+
+    start: int
+    body_start: int
+    end: int
+    fields: list[HeaderField]
+    maintype: str
+    subtype: str
+    params: list[tuple[str, str]]
+    children: list[Part] = field(default_factory=list)
+    multipart: bool = False
+    message: Part | None = None  # the enclosed message of message/rfc822
+    lines: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.end - self.body_start
+
+    def header(self, name: str) -> bytes | None:
+        return header_value(self.fields, name)
+
+    def is_rfc822(self) -> bool:
+        return self.maintype.lower() == "message" and self.subtype.lower() == "rfc822"
+
+
+def _content_type(fields: list[HeaderField], default: tuple[str, str]):
+    raw = header_value(fields, "Content-Type")
+    if raw is None:
+        return default[0], default[1], [], True
+    msg = Message()
+    msg["Content-Type"] = raw.decode("ascii", "surrogateescape")
+    params = msg.get_params(header="content-type", unquote=True) or []
+    if not params:
+        return default[0], default[1], [], True
+    ctype = params[0][0].strip()
+    maintype, _, subtype = ctype.partition("/")
+    if not maintype or not subtype or not re.fullmatch(r"[!-~]+", maintype + subtype):
+        return default[0], default[1], [], True
+    out: list[tuple[str, str]] = []
+    for name, value in params[1:]:
+        if isinstance(value, tuple):
+            value = email.utils.collapse_rfc2231_value(value)
+        out.append((name, str(value)))
+    return maintype, subtype.strip(), out, False
+
+
+def parse_part(
+    data: bytes, start: int, end: int, default=("text", "plain"), depth: int = 0
+) -> Part:
+    """Parse the entity in ``data[start:end]`` (CRLF line ends)."""
+    if data.startswith(b"\r\n", start) or start >= end:
+        body_start = min(start + 2, end)
+        header_end = start
+    else:
+        idx = data.find(b"\r\n\r\n", start, end)
+        if idx < 0:
+            header_end = body_start = end
+        else:
+            header_end = idx + 2
+            body_start = idx + 4
+    fields = parse_header_fields(data[start:header_end])
+    maintype, subtype, params, defaulted = _content_type(fields, default)
+    if defaulted and maintype.lower() == "text" and not params:
+        params = [("charset", "us-ascii")]
+    part = Part(start, body_start, end, fields, maintype, subtype, params)
+    body_lines = data.count(b"\n", body_start, end)
+    if end > body_start and not data.endswith(b"\n", body_start, end):
+        body_lines += 1
+    part.lines = body_lines
+    lowtype = maintype.lower()
+    boundary = dict(params).get("boundary") if lowtype == "multipart" else None
+    if lowtype == "multipart" and boundary and depth < MAX_DEPTH:
+        part.multipart = True
+        child_default = ("message", "rfc822") if subtype.lower() == "digest" else ("text", "plain")
+        for cstart, cend in _split_multipart(data, body_start, end, boundary.encode("latin-1", "replace")):
+            part.children.append(parse_part(data, cstart, cend, child_default, depth + 1))
+    elif part.is_rfc822() and depth < MAX_DEPTH:
+        part.message = parse_part(data, body_start, end, ("text", "plain"), depth + 1)
+    return part
+
+
+def _split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    delim = b"--" + boundary
+    bounds: list[tuple[int, int]] = []
+    cur: int | None = None
+    search = start
+    first = True
+    while True:
+        if first and data.startswith(delim, start, end):
+            pre = line = start
+        else:
+            i = data.find(b"\r\n" + delim, search, end)
+            if i < 0:
+                break
+            pre, line = i, i + 2
+        first = False
+        after = line + len(delim)
+        closing = data.startswith(b"--", after, end)
+        eol = data.find(b"\r\n", after, end)
+        if eol < 0:
+            eol = end
+        rest = data[after + (2 if closing else 0) : eol]
+        if rest.strip(b" \t"):
+            search = line  # boundary is only a prefix of this line
+            continue
+        if cur is not None:
+            bounds.append((cur, max(cur, pre)))
+        if closing:
+            cur = None
+            break
+        cur = min(eol + 2, end)
+        search = eol
+    if cur is not None:
+        bounds.append((cur, end))
+    return bounds
+
+
+class ParsedMessage:
+    """A message's normalized bytes and (lazily) its part tree."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self._root: Part | None = None
+
+    @property
+    def root(self) -> Part:
+        if self._root is None:
+            self._root = parse_part(self.data, 0, len(self.data))
+        return self._root
+
+
+class MessageCache:
+    """A small LRU of parsed messages keyed by (mailbox, uidvalidity, uid)."""
+
+    def __init__(self, size: int = 16, max_bytes: int = 4 * 1024 * 1024):
+        self.size = size
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, ParsedMessage] = OrderedDict()
+
+    def get(self, key: tuple) -> ParsedMessage | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: tuple, item: ParsedMessage) -> None:
+        if len(item.data) > self.max_bytes:
+            return
+        self._items[key] = item
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+# -- ENVELOPE -------------------------------------------------------------------
+
+_ADDR_TOKEN = re.compile(
+    rb'"(?:\\.|[^"\\])*"?|\((?:\\.|[^()\\])*\)?|[<>@,;:.\[\]]|[^\s<>@,;:."()\[\]]+', re.S
+)
+
+
+def _unquote(tok: bytes) -> bytes:
+    body = tok[1:-1] if tok.endswith(b'"') and len(tok) > 1 else tok[1:]
+    return re.sub(rb"\\(.)", rb"\1", body)
+
+
+def parse_addresses(raw: bytes) -> list[tuple[bytes | None, bytes | None, bytes | None, bytes | None]]:
+    """RFC 5322 address-list → (name, adl, mailbox, host) tuples, groups as
+    (NIL NIL name NIL) … (NIL NIL NIL NIL) per RFC 3501."""
+    tokens = []
+    for m in _ADDR_TOKEN.finditer(raw):
+        tok = m.group(0)
+        if tok.startswith(b"("):
+            continue  # comment
+        tokens.append(tok)
+    out: list[tuple] = []
+    words: list[bytes] = []  # as written, for phrase or addr-spec
+    in_group = False
+    i = 0
+    n = len(tokens)
+
+    def flush_addrspec() -> None:
+        if not words:
+            return
+        spec = b"".join(_unquote(w) if w.startswith(b'"') else w for w in words)
+        local, at, host = spec.rpartition(b"@")
+        if not at:
+            local, host = spec, b""
+        out.append((None, None, local, host))
+        words.clear()
+
+    while i < n:
+        tok = tokens[i]
+        if tok == b"<":
+            name = _phrase(words)
+            words.clear()
+            j = i + 1
+            inner: list[bytes] = []
+            while j < n and tokens[j] != b">":
+                inner.append(tokens[j])
+                j += 1
+            i = j + 1
+            adl = None
+            if b":" in inner and inner and inner[0] == b"@":
+                k = inner.index(b":")
+                adl = b"".join(inner[:k])
+                inner = inner[k + 1 :]
+            spec = b"".join(_unquote(w) if w.startswith(b'"') else w for w in inner)
+            local, at, host = spec.rpartition(b"@")
+            if not at:
+                local, host = spec, b""
+            out.append((name, adl, local, host))
+            continue
+        if tok == b":" and not in_group:
+            out.append((None, None, _phrase(words) or b"", None))
+            words.clear()
+            in_group = True
+        elif tok == b";":
+            flush_addrspec()
+            if in_group:
+                out.append((None, None, None, None))
+                in_group = False
+        elif tok == b",":
+            flush_addrspec()
+        else:
+            words.append(tok)
+        i += 1
+    flush_addrspec()
+    if in_group:
+        out.append((None, None, None, None))
+    return out
+
+
+def _phrase(words: list[bytes]) -> bytes | None:
+    if not words:
+        return None
+    parts: list[bytes] = []
+    for w in words:
+        if w.startswith(b'"'):
+            parts.append(_unquote(w))
+        elif w == b"." and parts:
+            parts[-1] += b"."
+        else:
+            parts.append(w)
+    return b" ".join(parts)
+
+
+def _address_list(part: Part, name: str) -> list[tuple] | None:
+    raw = part.header(name)
+    if raw is None:
+        return None
+    return parse_addresses(raw) or None
+
+
+def _format_addresses(addrs: list[tuple] | None) -> bytes:
+    if not addrs:
+        return b"NIL"
+    return b"(" + b"".join(imap_list([imap_string(x) for x in a]) for a in addrs) + b")"
+
+
+def envelope(part: Part) -> bytes:
+    """The ENVELOPE of a message-level part, exactly per RFC 3501 7.4.2."""
+    from_ = _address_list(part, "From")
+    sender = _address_list(part, "Sender") or from_
+    reply_to = _address_list(part, "Reply-To") or from_
+    items = [
+        imap_string(part.header("Date")),
+        imap_string(part.header("Subject")),
+        _format_addresses(from_),
+        _format_addresses(sender),
+        _format_addresses(reply_to),
+        _format_addresses(_address_list(part, "To")),
+        _format_addresses(_address_list(part, "Cc")),
+        _format_addresses(_address_list(part, "Bcc")),
+        imap_string(part.header("In-Reply-To")),
+        imap_string(part.header("Message-ID")),
+    ]
+    return imap_list(items)
+
+
+# -- BODYSTRUCTURE --------------------------------------------------------------
+
+
+def _param_list(params: list[tuple[str, str]]) -> bytes:
+    if not params:
+        return b"NIL"
+    return imap_list([imap_string(x) for kv in params for x in kv])
+
+
+def _disposition(part: Part) -> bytes:
+    raw = part.header("Content-Disposition")
+    if raw is None:
+        return b"NIL"
+    msg = Message()
+    msg["Content-Disposition"] = raw.decode("ascii", "surrogateescape")
+    params = msg.get_params(header="content-disposition", unquote=True) or []
+    if not params or not params[0][0]:
+        return b"NIL"
+    rest = []
+    for name, value in params[1:]:
+        if isinstance(value, tuple):
+            value = email.utils.collapse_rfc2231_value(value)
+        rest.append((name, str(value)))
+    return imap_list([imap_string(params[0][0].strip()), _param_list(rest)])
+
+
+def _language(part: Part) -> bytes:
+    raw = part.header("Content-Language")
+    if raw is None:
+        return b"NIL"
+    langs = [x.strip() for x in re.split(rb"[,\s]+", raw) if x.strip()]
+    if not langs:
+        return b"NIL"
+    if len(langs) == 1:
+        return imap_string(langs[0])
+    return imap_list([imap_string(x) for x in langs])
+
+
+def bodystructure(part: Part, extended: bool = True) -> bytes:
+    """BODYSTRUCTURE (``extended``) or BODY of a part, per RFC 3501 7.4.2."""
+    if part.multipart:
+        if part.children:
+            inner = b"".join(bodystructure(c, extended) for c in part.children)
+        else:
+            inner = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
+        out = [inner, imap_string(part.subtype)]
+        if extended:
+            params = [kv for kv in part.params]
+            out += [_param_list(params), _disposition(part), _language(part),
+                    imap_string(part.header("Content-Location"))]
+        return b"(" + b" ".join(out) + b")"
+    items = [
+        imap_string(part.maintype),
+        imap_string(part.subtype),
+        _param_list(part.params),
+        imap_string(part.header("Content-ID")),
+        imap_string(part.header("Content-Description")),
+        imap_string(part.header("Content-Transfer-Encoding") or b"7bit"),
+        b"%d" % part.size,
+    ]
+    if part.is_rfc822() and part.message is not None:
+        items += [envelope(part.message), bodystructure(part.message, extended), b"%d" % part.lines]
+    elif part.maintype.lower() == "text":
+        items.append(b"%d" % part.lines)
+    if extended:
+        items += [imap_string(part.header("Content-MD5")), _disposition(part), _language(part),
+                  imap_string(part.header("Content-Location"))]
+    return imap_list(items)
+
+
+# -- sections -----------------------------------------------------------------------
+
+
+def find_part(root: Part, numbers: list[int]) -> Part | None:
+    """The part named by ``1.2.3`` (None if it does not exist)."""
+    node = root
+    for depth, k in enumerate(numbers):
+        if depth > 0 and node.message is not None:
+            node = node.message
+        if node.multipart:
+            if not 1 <= k <= len(node.children):
+                return None
+            node = node.children[k - 1]
+        elif k != 1:
+            return None
+    return node
+
+
+def filter_header(data: bytes, part: Part, names: list[bytes] | None, exclude: bool) -> bytes:
+    """HEADER / HEADER.FIELDS / HEADER.FIELDS.NOT of a message-level part."""
+    block = data[part.start : part.body_start]
+    if names is None:
+        return block
+    wanted = {n.lower() for n in names}
+    kept = [f.raw for f in parse_header_fields(block) if (f.name.lower() in wanted) != exclude]
+    return b"".join(kept) + b"\r\n"
+
+
+# -- text for SEARCH ------------------------------------------------------------------
+
+
+def decode_body(data: bytes, part: Part) -> str:
+    """A leaf part's body, transfer-decoded and charset-decoded."""
+    body = data[part.body_start : part.end]
+    cte = (part.header("Content-Transfer-Encoding") or b"").strip().lower()
+    try:
+        if cte == b"base64":
+            body = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body) + b"==", validate=False)
+        elif cte == b"quoted-printable":
+            body = quopri.decodestring(body)
+    except (binascii.Error, ValueError):
+        pass
+    charset = dict(part.params).get("charset", "us-ascii") or "us-ascii"
+    try:
+        return body.decode(charset, "replace")
+    except LookupError:
+        return body.decode("utf-8", "replace")
+
+
+def text_parts(root: Part) -> Iterator[Part]:
+    """Leaf parts whose type is text/* (including inside message/rfc822)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.multipart:
+            stack.extend(reversed(node.children))
+        elif node.message is not None:
+            stack.append(node.message)
+        elif node.maintype.lower() == "text":
+            yield node

@@ -1,0 +1,513 @@
+"""Shared machinery of the pre-auth login protocols (imap-login, pop3-login).
+
+Provides Dovecot-style session ids, :class:`ConnectionInfo` built from a
+transport, and :class:`LoginProtocol`: the base class that frames input
+(bounded lines, one command at a time), counts bad commands and auth
+attempts, enforces the idle timeout, runs SASL exchanges against the
+:class:`~pydovecot.login.interfaces.ILoginBackend` and does the handoff
+dance (pause, hand the connection over, then relay or go quiet).
+
+Trusts: the backend (the login process around it) and its replies.  Trusts
+nothing the client sends: every byte is bounded and parsed defensively, and
+no exception from a handler ever reaches the client as a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+from collections.abc import Iterable
+from enum import Enum
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
+
+log = Logger()
+
+#: SASL mechanisms that send the password in the clear.
+PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+
+#: Returned by :meth:`LoginProtocol.process_command` when more input is needed.
+NEED_MORE = object()
+
+
+def new_session_id() -> str:
+    """A Dovecot-style session id: 16 base64 characters of 12 random bytes."""
+    return base64.b64encode(os.urandom(12)).decode("ascii")
+
+
+def parse_networks(networks: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Parse ``login_trusted_networks`` entries (``10.0.0.0/8``, ``::1``)."""
+    return [ipaddress.ip_network(n, strict=False) for n in networks if n]
+
+
+def is_trusted(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """True for loopback addresses and addresses inside ``networks``."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_loopback:
+        return True
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+def connection_info(transport, networks: Iterable = (), tls: bool = False,
+                    session_id: str | None = None) -> ConnectionInfo:
+    """Build a :class:`ConnectionInfo` from a connected transport.
+
+    Non-IP (UNIX socket) connections are local and count as trusted.
+    """
+    host, peer = transport.getHost(), transport.getPeer()
+    local_ip, local_port = getattr(host, "host", ""), getattr(host, "port", 0)
+    remote_ip, remote_port = getattr(peer, "host", ""), getattr(peer, "port", 0)
+    trusted = is_trusted(remote_ip, networks) if remote_ip else True
+    return ConnectionInfo(
+        local_ip=local_ip, local_port=local_port, remote_ip=remote_ip,
+        remote_port=remote_port, session_id=session_id or new_session_id(),
+        tls=tls, trusted=trusted,
+    )
+
+
+def decode_sasl(data: bytes) -> bytes | None:
+    """Decode a client's base64 SASL response; ``=`` is empty; None if invalid."""
+    data = data.strip()
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+class State(Enum):
+    GREETING = "greeting"  # waiting for the mechanism list
+    ACTIVE = "active"  # reading pre-auth commands
+    HANDOFF = "handoff"  # paused, the backend is handing the connection over
+    RELAY = "relay"  # TLS: forwarding to the mail process
+    GONE = "gone"  # the fd left this process, or we are closing
+
+
+class TooLong:
+    """Marker for a line that exceeded the limit; ``head`` is its start."""
+
+    def __init__(self, head: bytes):
+        self.head = head
+
+
+class LoginFactory(Factory):
+    """Factory base: holds the backend and connection-wide settings."""
+
+    protocol: type[LoginProtocol]
+
+    def __init__(self, backend: ILoginBackend, implicit_tls: bool = False,
+                 trusted_networks: Iterable[str] = (), clock: IReactorTime | None = None):
+        from twisted.internet import reactor
+
+        self.backend = backend
+        self.implicit_tls = implicit_tls
+        self.trusted_networks = parse_networks(trusted_networks)
+        self.clock = clock if clock is not None else reactor
+
+    def connection_info(self, transport) -> ConnectionInfo:
+        """The :class:`ConnectionInfo` of a new connection."""
+        return connection_info(transport, self.trusted_networks, tls=self.implicit_tls)
+
+
+class LoginProtocol(Protocol):
+    """Base of the pre-auth protocols; subclasses speak the grammar.
+
+    Subclasses implement :meth:`send_greeting`, :meth:`process_command`
+    and the reply hooks (``reply_*``).  Input is only parsed while no
+    command is running, so replies come out in order.
+    """
+
+    service = "login"
+    max_line = 8192
+    max_bad_commands = 10
+    max_auth_attempts = 3
+    idle_timeout = 180.0
+
+    factory: LoginFactory
+    conn: ConnectionInfo
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._skipping: bytes | None = None  # head of an over-long line
+        self._pending_too_long: TooLong | None = None  # it ended: answer it
+        self._busy = False
+        self._looping = False
+        self._timer = None
+        self.state = State.GREETING
+        self.bad_commands = 0
+        self.auth_attempts = 0
+        self.auth_failures = 0
+        self.user: str | None = None
+        self.relay: IRelay | None = None
+        self._lost_reason: Failure | None = None
+        self._tls_started = False
+        self._tls_data_seen = False
+        self._disconnect_reason: str | None = None
+        # SASL exchange in progress
+        self._sasl_mech: str | None = None
+        self._sasl_tag: bytes | None = None
+        self._sasl_waiting = False  # a challenge was sent; next line answers it
+
+    @property
+    def backend(self) -> ILoginBackend:
+        return self.factory.backend
+
+    # -- connection lifecycle ---------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.conn = self.factory.connection_info(self.transport)
+        self._tls_data_seen = self.conn.tls
+        self._reset_timer()
+        self._busy = True
+        d = defer.maybeDeferred(self.send_greeting)
+        d.addCallback(self._greeted)
+        d.addErrback(self._greeting_failed)
+
+    def _greeted(self, _: object) -> None:
+        if self.state is State.GREETING:
+            self.state = State.ACTIVE
+            self._busy = False
+            self._process()
+
+    def _greeting_failed(self, failure: Failure) -> None:
+        log.failure("{service}-login: cannot greet client", failure, service=self.service)
+        self.close("internal error while greeting")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is State.RELAY and self.relay is not None:
+            self.relay.from_client(data)
+            return
+        if self.state in (State.GONE, State.HANDOFF):
+            if self.state is State.HANDOFF:
+                # The transport is paused; anything that still arrives is
+                # part of the pipeline the backend did not see: drop it.
+                log.debug("dropping {n} bytes received during handoff", n=len(data))
+            return
+        self._tls_data_seen = True
+        self._reset_timer()
+        if self._skipping is not None:
+            data = self._skip(data)
+        self._buffer += data
+        self._process()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._cancel_timer()
+        if self.state is State.RELAY and self.relay is not None:
+            self.relay.client_lost()
+            return
+        if self.state is State.HANDOFF:
+            self._lost_reason = reason
+            return
+        if self.state is State.GONE and self._disconnect_reason is None:
+            return  # the fd left this process
+        if self._sasl_mech is not None:
+            self.backend.auth_cancel(self.conn)
+            self._sasl_mech = None
+        self.state = State.GONE
+        self.backend.log_disconnect(self.conn, self.service, self._reason_for(reason),
+                                    self.user, self.auth_attempts)
+
+    def _reason_for(self, reason: Failure | None) -> str:
+        if self._disconnect_reason is not None:
+            return self._disconnect_reason
+        if self._tls_started and not self._tls_data_seen:
+            text = reason.getErrorMessage() if reason is not None else "connection lost"
+            return f"TLS handshaking: {text}"
+        if not hasattr(self, "conn") or (self.state is State.GREETING):
+            return "disconnected before auth was ready"
+        if self._sasl_mech is not None:
+            return f"auth aborted, {self.auth_attempts} attempts"
+        if self.auth_attempts == 0:
+            return "no auth attempts"
+        return f"auth failed, {self.auth_attempts} attempts"
+
+    def close(self, reason: str) -> None:
+        """Disconnect the client after the queued replies have been sent."""
+        if self._disconnect_reason is None:
+            self._disconnect_reason = reason
+        self._cancel_timer()
+        self.state = State.GONE
+        self._buffer = b""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- idle timeout -------------------------------------------------------
+
+    def _reset_timer(self) -> None:
+        if self.state in (State.HANDOFF, State.RELAY, State.GONE):
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.idle_timeout)
+        else:
+            self._timer = self.factory.clock.callLater(self.idle_timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.state in (State.GREETING, State.ACTIVE):
+            self.reply_inactivity()
+            self.close("inactivity")
+
+    # -- input loop ----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the client unless the connection has left us."""
+        if self.state in (State.GREETING, State.ACTIVE):
+            self.transport.write(data)
+
+    def _skip(self, data: bytes) -> bytes:
+        """Drop the rest of an over-long line; return what follows it."""
+        i = data.find(b"\n")
+        if i < 0:
+            return b""
+        self._pending_too_long = TooLong(self._skipping or b"")
+        self._skipping = None
+        return data[i + 1:]
+
+    def extract_line(self) -> bytes | TooLong | None:
+        """Take one line (without CRLF) from the buffer, a :class:`TooLong`
+        for a line over ``max_line`` (once it ended), or None."""
+        if self._pending_too_long is None:
+            i = self._buffer.find(b"\n", 0, self.max_line + 2)
+            if i >= 0:
+                line, self._buffer = self._buffer[:i], self._buffer[i + 1:]
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(self._buffer) <= self.max_line:
+                return None
+            self.begin_skipping(self._buffer[:128])
+            if self._pending_too_long is None:
+                return None
+        pending, self._pending_too_long = self._pending_too_long, None
+        return pending
+
+    def begin_skipping(self, head: bytes) -> None:
+        """Start discarding an over-long line (it is answered when it ends)."""
+        self._skipping = head
+        self._buffer = self._skip(self._buffer)
+
+    def _process(self) -> None:
+        if self._looping:
+            return
+        self._looping = True
+        try:
+            while not self._busy and self.state is State.ACTIVE:
+                try:
+                    if self._sasl_waiting:
+                        result = self._sasl_input()
+                    else:
+                        result = self.process_command()
+                except Exception:
+                    log.failure("{service}-login: error handling a command", service=self.service)
+                    self.reply_internal_error(self._sasl_tag)
+                    self.close("internal error")
+                    break
+                if result is NEED_MORE:
+                    break
+                if isinstance(result, defer.Deferred):
+                    self._busy = True
+                    result.addErrback(self._command_failed)
+                    result.addBoth(self._command_done)
+        finally:
+            self._looping = False
+
+    def _command_failed(self, failure: Failure) -> None:
+        log.failure("{service}-login: error handling a command", failure, service=self.service)
+        if self.state is State.ACTIVE:
+            self.reply_internal_error(self._sasl_tag)
+            self.close("internal error")
+
+    def _command_done(self, _: object) -> None:
+        self._busy = False
+        self._process()
+
+    def bad_command(self) -> None:
+        """Count an invalid command; disconnect after too many."""
+        self.bad_commands += 1
+        if self.bad_commands >= self.max_bad_commands:
+            self.reply_too_many_bad()
+            self.close("too many invalid commands")
+
+    # -- SASL ---------------------------------------------------------------
+
+    def plaintext_allowed(self) -> bool:
+        return self.conn.secured or not self.backend.disable_plaintext_auth
+
+    def advertised_mechanisms(self) -> defer.Deferred:
+        """Deferred[list[str]]: mechanisms to advertise, plaintext ones
+        removed where plaintext auth is not allowed."""
+        d = defer.maybeDeferred(self.backend.mechanisms, self.conn)
+
+        def filt(mechs: list[str]) -> list[str]:
+            mechs = [m.upper() for m in mechs]
+            if not self.plaintext_allowed():
+                mechs = [m for m in mechs if m not in PLAINTEXT_MECHANISMS]
+            return mechs
+
+        return d.addCallback(filt)
+
+    def start_auth(self, tag: bytes | None, mechanism: str, initial: bytes | None) -> defer.Deferred:
+        """Run a whole SASL exchange; answers the client at its end."""
+        self.auth_attempts += 1
+        self._sasl_mech = mechanism
+        self._sasl_tag = tag
+        d = defer.maybeDeferred(self.backend.auth_start, self.conn, self.service,
+                                mechanism, initial)
+        return self._on_auth_reply(d)
+
+    def _on_auth_reply(self, d: defer.Deferred) -> defer.Deferred:
+        d.addCallbacks(self._auth_reply, self._auth_error)
+        return d
+
+    def _auth_error(self, failure: Failure) -> defer.Deferred | None:
+        log.failure("{service}-login: auth request failed", failure, service=self.service)
+        if self.state is not State.ACTIVE:
+            return None
+        tag, self._sasl_mech, self._sasl_tag = self._sasl_tag, None, None
+        self.reply_auth_temp_fail(tag)
+        return None
+
+    def _auth_reply(self, reply: AuthReply) -> defer.Deferred | None:
+        if self.state is not State.ACTIVE or self._sasl_mech is None:
+            return None  # the client went away meanwhile
+        if reply.status == "continue":
+            self.reply_challenge(base64.b64encode(reply.challenge or b""))
+            self._sasl_waiting = True
+            return None
+        tag, mech = self._sasl_tag, self._sasl_mech
+        self._sasl_mech = self._sasl_tag = None
+        if reply.status == "ok":
+            if reply.user:
+                self.user = reply.user
+            return self.handoff(reply, mech, tag)
+        if reply.user:
+            self.user = reply.user
+        if reply.temporary:
+            self.reply_auth_temp_fail(tag)
+        else:
+            self.reply_auth_failed(tag, reply.reason)
+        self.auth_failures += 1
+        if self.auth_failures >= self.max_auth_attempts:
+            self.reply_too_many_auth_failures()
+            self.close(f"auth failed, {self.auth_attempts} attempts")
+        return None
+
+    def _sasl_input(self) -> object:
+        line = self.extract_line()
+        if line is None:
+            return NEED_MORE
+        self._sasl_waiting = False
+        if isinstance(line, TooLong):
+            return self._sasl_abort("Authentication response too long.")
+        if line.strip() == b"*":
+            return self._sasl_abort("Authentication aborted by client.")
+        response = decode_sasl(line)
+        if response is None:
+            return self._sasl_abort("Invalid base64 data in continued response")
+        d = defer.maybeDeferred(self.backend.auth_continue, self.conn, response)
+        return self._on_auth_reply(d)
+
+    def _sasl_abort(self, text: str) -> None:
+        tag = self._sasl_tag
+        self.backend.auth_cancel(self.conn)
+        self._sasl_mech = self._sasl_tag = None
+        self.reply_sasl_bad(tag, text)
+        self.bad_command()
+
+    # -- handoff ------------------------------------------------------------
+
+    def handoff(self, reply: AuthReply, mechanism: str, tag: bytes | None) -> defer.Deferred:
+        """Pause and give the connection (with pipelined bytes) away."""
+        self._cancel_timer()
+        self.transport.pauseProducing()
+        self.state = State.HANDOFF
+        pending, self._buffer = self._buffer, b""
+        d = defer.maybeDeferred(self.backend.handoff, self, self.conn, reply, self.service,
+                                mechanism, tag, pending)
+        d.addCallbacks(self._handed_off, self._handoff_failed, errbackArgs=(tag,))
+        return d
+
+    def _handed_off(self, relay: IRelay | None) -> None:
+        lost = self._lost_reason
+        if relay is None:
+            self.state = State.GONE
+            return
+        self.relay = relay
+        self.state = State.RELAY
+        if lost is not None:
+            relay.client_lost()
+        else:
+            self.transport.resumeProducing()
+
+    def _handoff_failed(self, failure: Failure, tag: bytes | None) -> None:
+        log.failure("{service}-login: handoff failed", failure, service=self.service)
+        if self._lost_reason is not None:
+            self.state = State.GONE
+            self.backend.log_disconnect(self.conn, self.service, "internal login failure",
+                                        self.user, self.auth_attempts)
+            return
+        self.state = State.ACTIVE
+        self.reply_internal_error(tag)
+        self.transport.resumeProducing()
+        self.close("internal login failure")
+
+    # -- TLS ----------------------------------------------------------------
+
+    def start_tls(self) -> None:
+        """Discard pipelined plaintext and switch to TLS (after the OK)."""
+        self._buffer = b""  # STARTTLS command injection defence
+        self._tls_started = True
+        self._tls_data_seen = False
+        self.backend.start_tls(self)
+        self.conn.tls = True
+
+    # -- hooks for subclasses -------------------------------------------------
+
+    def send_greeting(self) -> defer.Deferred | None:
+        raise NotImplementedError
+
+    def process_command(self) -> object:
+        """Parse and run one command from the buffer: NEED_MORE, None or a
+        Deferred firing when the command is complete."""
+        raise NotImplementedError
+
+    def reply_challenge(self, b64: bytes) -> None:
+        self.write(b"+ " + b64 + b"\r\n")
+
+    def reply_auth_failed(self, tag: bytes | None, reason: str | None) -> None:
+        raise NotImplementedError
+
+    def reply_auth_temp_fail(self, tag: bytes | None) -> None:
+        raise NotImplementedError
+
+    def reply_sasl_bad(self, tag: bytes | None, text: str) -> None:
+        raise NotImplementedError
+
+    def reply_internal_error(self, tag: bytes | None) -> None:
+        raise NotImplementedError
+
+    def reply_too_many_bad(self) -> None:
+        raise NotImplementedError
+
+    def reply_too_many_auth_failures(self) -> None:
+        raise NotImplementedError
+
+    def reply_inactivity(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,157 @@
+"""The master's pool of mail processes, keyed by the privileges they need.
+
+Idle processes are pre-spawned and pre-imported, so a login never waits for
+an interpreter.  When a user logs in whose uid/gid no running process
+serves (or whose processes are full, ``client_limit``), an idle one is
+assigned that uid/gid for good and a new idle one is spawned behind it.
+
+Trusts: the uid/gid it is given (the master got them from authd).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from pydovecot.master.children import Child
+from pydovecot.master.protocol import Assign
+
+log = Logger()
+
+Key = tuple[int, int]
+
+
+class MailProcess:
+    """The master's view of one mail process."""
+
+    def __init__(self, child: Child):
+        self.child = child
+        self.key: Key | None = None
+        self.sessions = 0
+        self.alive = True
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid or 0
+
+    def call(self, command, **kwargs) -> defer.Deferred:
+        return self.child.channel.callRemote(command, **kwargs)
+
+
+class MailProcessPool:
+    def __init__(self, spawn_child: Callable[[], Child], prespawn: int, client_limit: int,
+                 process_limit: int):
+        self.spawn_child = spawn_child
+        self.prespawn = max(1, prespawn)
+        self.client_limit = max(1, client_limit)
+        self.process_limit = max(1, process_limit)
+        self.idle: list[MailProcess] = []
+        self.assigned: dict[Key, list[MailProcess]] = {}
+        self.by_pid: dict[int, MailProcess] = {}
+        self._assigning: dict[Key, defer.Deferred] = {}
+        self.stopping = False
+
+    # -- spawning ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.stopping = False
+        self.fill()
+
+    def fill(self) -> None:
+        while not self.stopping and len(self.idle) < self.prespawn and (
+                len(self.by_pid) < self.process_limit + self.prespawn):
+            self.idle.append(self._spawn())
+
+    def _spawn(self) -> MailProcess:
+        child = self.spawn_child()
+        process = MailProcess(child)
+        child.on_end = lambda _child, _reason: self._ended(process)
+        child.spawn()
+        self.by_pid[child.pid] = process
+        return process
+
+    def _ended(self, process: MailProcess) -> None:
+        process.alive = False
+        self.by_pid.pop(process.pid, None)
+        if process in self.idle:
+            self.idle.remove(process)
+        if process.key is not None:
+            procs = self.assigned.get(process.key, [])
+            if process in procs:
+                procs.remove(process)
+            if not procs:
+                self.assigned.pop(process.key, None)
+        if not self.stopping:
+            self.fill()
+
+    # -- assignment ----------------------------------------------------------
+
+    def process_for(self, uid: int, gid: int, label: str) -> defer.Deferred:
+        """Deferred[MailProcess] serving uid/gid with room for one more session."""
+        key = (uid, gid)
+        process = self._with_room(key)
+        if process is not None:
+            return defer.succeed(process)
+        pending = self._assigning.get(key)
+        if pending is not None:
+            # Someone is assigning a process for this key right now: share it.
+            d = defer.Deferred()
+            pending.addBoth(lambda r: (d.callback(None), r)[1])
+            d.addCallback(lambda _: self.process_for(uid, gid, label))
+            return d
+        d = self._assign(key, label)
+        self._assigning[key] = d
+        d.addBoth(self._assigned, key)
+        return d
+
+    def _assigned(self, result, key: Key):
+        self._assigning.pop(key, None)
+        return result
+
+    def _with_room(self, key: Key) -> MailProcess | None:
+        candidates = [p for p in self.assigned.get(key, ()) if p.alive
+                      and p.sessions < self.client_limit]
+        return min(candidates, key=lambda p: p.sessions, default=None)
+
+    @defer.inlineCallbacks
+    def _assign(self, key: Key, label: str):
+        if self.stopping:
+            raise RuntimeError("master is stopping")
+        busy = sum(len(p) for p in self.assigned.values())
+        if busy >= self.process_limit:
+            raise RuntimeError(f"process_limit ({self.process_limit}) reached")
+        if not self.idle:
+            self.fill()
+        process = self.idle.pop(0) if self.idle else self._spawn()
+        uid, gid = key
+        try:
+            yield process.call(Assign, uid=uid, gid=gid, groups=[gid], label=label)
+        except Exception:
+            process.child.signal(9)
+            raise
+        finally:
+            self.fill()
+        process.key = key
+        self.assigned.setdefault(key, []).append(process)
+        return process
+
+    def session_started(self, process: MailProcess) -> None:
+        process.sessions += 1
+
+    def session_ended(self, pid: int) -> None:
+        process = self.by_pid.get(pid)
+        if process is not None and process.sessions > 0:
+            process.sessions -= 1
+
+    def all_processes(self) -> list[MailProcess]:
+        return list(self.by_pid.values())
+
+    def stop(self, signo: int) -> defer.Deferred:
+        self.stopping = True
+        waits = []
+        for process in self.all_processes():
+            process.child.signal(signo)
+            waits.append(process.child.exited)
+        return defer.DeferredList(waits)

@@ -1,0 +1,538 @@
+"""The master: owns the sockets, starts and supervises every other process.
+
+It reads the config, opens the listening sockets (inet and unix), creates
+authd's sockets, and spawns authd, one login process per login service,
+lmtp and a pool of idle mail processes.  It turns a login process's
+hand-off into a session in the right mail process, after redeeming the
+login cookie with authd, and routes lmtp's deliveries the same way.
+SIGHUP reloads the config; stopping the service stops every child.
+
+Trusts: the config file and authd.  Does not trust login processes or lmtp:
+a cookie proves a login, and a delivery's recipient is looked up anew.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import stat
+
+from twisted.application.service import Service
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from authd.protocol import RedeemCookie, UserLookup
+from pydovecot import privileges
+from pydovecot.channel import ChannelAMP
+from pydovecot.config import ConfigError, load_config
+from pydovecot.config.variables import expand
+from pydovecot.log import DovecotLineObserver
+from pydovecot.master.children import Child, SupervisedChild, python_module_argv
+from pydovecot.master.mailpool import MailProcessPool
+from pydovecot.master.protocol import (
+    DeliverRequest,
+    Deliver,
+    HandOff,
+    NewClient,
+    SessionEnded,
+)
+
+log = Logger(namespace="master")
+
+LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb")
+FIRST_CHILD_FD = 4
+
+
+class AuthMasterClient:
+    """The master's connection to authd's auth-master socket; reconnects."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.protocol: amp.AMP | None = None
+        self._connecting: defer.Deferred | None = None
+
+    def _connected(self) -> defer.Deferred:
+        if self.protocol is not None and self.protocol.transport is not None:
+            return defer.succeed(self.protocol)
+        if self._connecting is None:
+            proto = ChannelAMP(on_lost=lambda _: setattr(self, "protocol", None))
+            d = connectProtocol(UNIXClientEndpoint(reactor, self.path, timeout=5), proto)
+
+            def done(result):
+                self._connecting = None
+                if isinstance(result, amp.AMP):
+                    self.protocol = result
+                return result
+
+            self._connecting = d.addBoth(done)
+        d = defer.Deferred()
+        self._connecting.addBoth(lambda r: (d.callback(r), r)[1])
+        return d
+
+    @defer.inlineCallbacks
+    def call(self, command, **kwargs):
+        proto = yield self._connected()
+        result = yield proto.callRemote(command, **kwargs)
+        return result
+
+    def close(self) -> None:
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.loseConnection()
+
+
+class LoginLocator(amp.CommandLocator):
+    """Commands a login process may send: HandOff only."""
+
+    def __init__(self, master: MasterService):
+        self.master = master
+        self.child: Child | None = None
+
+    @HandOff.responder
+    def handoff(self, **kwargs):
+        return self.master.handoff(self.child.pid, **kwargs)
+
+
+class LmtpLocator(amp.CommandLocator):
+    """Commands lmtp may send: DeliverRequest only."""
+
+    def __init__(self, master: MasterService):
+        self.master = master
+
+    @DeliverRequest.responder
+    def deliver(self, **kwargs):
+        return self.master.deliver(**kwargs)
+
+
+class MailLocator(amp.CommandLocator):
+    """Commands a mail process may send: SessionEnded only."""
+
+    def __init__(self, master: MasterService):
+        self.master = master
+        self.child: Child | None = None
+
+    @SessionEnded.responder
+    def session_ended(self, session):
+        self.master.pool.session_ended(self.child.pid)
+        return {}
+
+
+class MasterService(Service):
+    name = "pydovecot-master"
+
+    def __init__(self, config_path: str | None = None):
+        self.config_path = config_path
+        self.config = load_config(config_path)  # errors stop the start here
+        self.supervised: dict[str, list[SupervisedChild]] = {}
+        self.listeners: dict[str, list[tuple[str, socket.socket, bool]]] = {}
+        self.auth_sockets: dict[str, socket.socket] = {}
+        self.pool: MailProcessPool | None = None
+        self.auth: AuthMasterClient | None = None
+        self._log_observer = None
+        self._log_file = None
+
+    # -- start -------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._start_logging()
+        for warning in self.config.warnings:
+            log.warn("{warning}", warning=warning, log_prefix="config")
+        self._prepare_dirs()
+        self._check_users()
+        self._open_listeners()
+        self._open_auth_sockets()
+        self.auth = AuthMasterClient(os.path.join(self.base_dir, "auth-master"))
+        self._start_children()
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
+        log.info("pydovecot starting up for {protocols} (core dumps disabled)",
+                 protocols=", ".join(self.config.protocols), log_prefix="master")
+
+    @property
+    def base_dir(self) -> str:
+        return self.config.path_setting("base_dir")
+
+    @property
+    def chroot_dir(self) -> str:
+        return os.path.join(self.base_dir, "empty")
+
+    def _start_logging(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        path = self.config.path_setting("log_path")
+        if path and path not in ("syslog", "/dev/stderr"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._log_observer = DovecotLineObserver(self._log_file, "master", timestamps=True)
+            globalLogPublisher.addObserver(self._log_observer)
+
+    def _prepare_dirs(self) -> None:
+        for path in (self.base_dir, self.config.path_setting("state_dir")):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        os.makedirs(self.chroot_dir, mode=0o755, exist_ok=True)
+        if privileges.is_root():
+            st = os.stat(self.chroot_dir)
+            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o022 or os.listdir(self.chroot_dir):
+                raise ConfigError(f"{self.chroot_dir}: the login chroot must be an empty "
+                                  "directory owned by root and writable by no one else")
+
+    def _check_users(self) -> None:
+        if not privileges.is_root():
+            log.info("not running as root: processes keep uid {uid}, logins are not chrooted",
+                     uid=os.getuid(), log_prefix="master")
+            return
+        for setting in ("default_login_user", "default_internal_user"):
+            privileges.lookup_user(self.config.get(setting))  # KeyError explains the fix
+
+    def _open_listeners(self) -> None:
+        for name in self._services_with_listeners():
+            service = self.config.services[name]
+            opened = []
+            for listener in service.inet_listeners.values():
+                if not listener.port:
+                    continue
+                for address in listener.addresses:
+                    sock = _inet_socket(address, listener.port)
+                    if sock is not None:
+                        opened.append((listener.name, sock, listener.ssl))
+            for listener in service.unix_listeners.values():
+                if name == "lmtp":
+                    path = _under(self.base_dir, listener.path)
+                    opened.append((listener.name, _unix_socket(path, listener), False))
+            self.listeners[name] = opened
+
+    def _services_with_listeners(self) -> list[str]:
+        names = [s for s, proto in LOGIN_SERVICES.items() if proto in self.config.protocols]
+        if "lmtp" in self.config.protocols:
+            names.append("lmtp")
+        return names
+
+    def _open_auth_sockets(self) -> None:
+        service = self.config.services.get("auth")
+        listeners = service.unix_listeners if service is not None else {}
+        for name in AUTH_SOCKETS:
+            listener = listeners.get(name)
+            path = os.path.join(self.base_dir, name)
+            self.auth_sockets[name] = _unix_socket(path, listener, default_mode=0o600)
+
+    # -- children -------------------------------------------------------------
+
+    def _config_args(self) -> list[str]:
+        return ["-c", self.config_path] if self.config_path else []
+
+    def _start_children(self) -> None:
+        self._supervise("auth", self._make_authd)
+        for name in self._services_with_listeners():
+            if name in LOGIN_SERVICES:
+                count = max(1, _service_int(self.config.services[name], "process_min_avail", 1))
+                for _ in range(count):
+                    self._supervise(name, lambda n=name: self._make_login(n))
+            elif name == "lmtp":
+                self._supervise("lmtp", self._make_lmtp)
+        imap = self.config.services.get("imap")
+        self.pool = MailProcessPool(
+            self._make_mail,
+            prespawn=_service_int(imap, "process_min_avail", 2),
+            client_limit=_service_int(imap, "client_limit", 1000),
+            process_limit=_service_int(imap, "process_limit", 1024),
+        )
+        self.pool.start()
+
+    def _supervise(self, role: str, make) -> None:
+        supervised = SupervisedChild(role, make)
+        self.supervised.setdefault(role, []).append(supervised)
+        supervised.start()
+
+    def _make_authd(self) -> Child:
+        args, fds = [], {}
+        for number, (name, sock) in enumerate(self.auth_sockets.items(), FIRST_CHILD_FD):
+            fds[number] = sock.fileno()
+            args += ["--socket", f"{name}={number}"]
+        argv = python_module_argv("authd", *self._config_args(), *args)
+        return Child("auth", argv, extra_fds=fds)
+
+    def _listener_args(self, name: str) -> tuple[list[str], dict[int, int]]:
+        args, fds = [], {}
+        for number, (lname, sock, ssl) in enumerate(self.listeners.get(name, []), FIRST_CHILD_FD):
+            fds[number] = sock.fileno()
+            args += ["--listener", f"{lname}:{number}:{int(ssl)}"]
+        return args, fds
+
+    def _make_login(self, name: str) -> Child:
+        args, fds = self._listener_args(name)
+        argv = python_module_argv(
+            "pydovecot.login.process", *self._config_args(), "--service", name,
+            "--protocol", LOGIN_SERVICES[name], "--chroot", self.chroot_dir, *args)
+        locator = LoginLocator(self)
+        child = Child(name, argv, locator=locator, extra_fds=fds)
+        locator.child = child
+        return child
+
+    def _make_lmtp(self) -> Child:
+        args, fds = self._listener_args("lmtp")
+        argv = python_module_argv("pydovecot.lmtp.process", *self._config_args(),
+                                  "--chroot", self.chroot_dir, *args)
+        return Child("lmtp", argv, locator=LmtpLocator(self), extra_fds=fds)
+
+    def _make_mail(self) -> Child:
+        locator = MailLocator(self)
+        child = Child("mail", python_module_argv("pydovecot.mailproc.main",
+                                                 *self._config_args()), locator=locator)
+        locator.child = child
+        return child
+
+    # -- logins and deliveries ---------------------------------------------
+
+    def mail_ids(self, user: str, fields: dict) -> tuple[int, int]:
+        """The uid/gid a user's mail process must run as."""
+        if not privileges.is_root():
+            return os.getuid(), os.getgid()
+        uid = _resolve_id(fields.get("uid") or self.config.get("mail_uid"), "uid")
+        gid = _resolve_id(fields.get("gid") or self.config.get("mail_gid"), "gid", uid)
+        if uid is None or gid is None:
+            raise RuntimeError(f"user {user}: userdb gave no uid/gid and mail_uid is unset")
+        first = self.config.get_int("first_valid_uid")
+        last = self.config.get_int("last_valid_uid")
+        if uid < first or (last and uid > last) or uid == 0:
+            raise RuntimeError(f"user {user}: mail access for uid {uid} is not permitted "
+                               f"(first_valid_uid={first})")
+        return uid, gid
+
+    def prepare_home(self, user: str, fields: dict, uid: int, gid: int) -> str:
+        """Fill in ``home`` from mail_home when the userdb gave none, create
+        it for the user when it is missing, and return the fields as JSON."""
+        home = fields.get("home") or ""
+        if not home and self.config.get("mail_home"):
+            home = expand(self.config.get("mail_home"),
+                          {"user": user, "uid": str(uid), "gid": str(gid)})
+        if home:
+            home = os.path.abspath(home)  # relative to our cwd, which children share
+            fields["home"] = home
+            if not os.path.isdir(home):
+                os.makedirs(os.path.dirname(home), mode=0o755, exist_ok=True)
+                os.mkdir(home, 0o700)
+                if privileges.is_root():
+                    os.chown(home, uid, gid)
+        return json.dumps(fields)
+
+    @defer.inlineCallbacks
+    def handoff(self, login_pid: int, fd: int, cookie: bytes, service: str, pending: bytes,
+                mechanism: str, session: str, local_ip: str, local_port: int, remote_ip: str,
+                remote_port: int, secured: bool, tag: bytes | None = None):
+        try:
+            try:
+                redeemed = yield self.auth.call(RedeemCookie, cookie=cookie, login_pid=login_pid)
+            except Exception as e:
+                log.error("login from pid {pid} refused: cookie not accepted by auth ({e})",
+                          pid=login_pid, e=e, log_prefix="master")
+                raise KeyError("bad cookie") from None
+            user = redeemed["user"]
+            fields = json.loads(redeemed["fields"])
+            try:
+                uid, gid = self.mail_ids(user, fields)
+                fields_json = self.prepare_home(user, fields, uid, gid)
+                process = yield self.pool.process_for(uid, gid, user)
+                kwargs = dict(
+                    fd=fd, service=service, user=user, fields=fields_json,
+                    pending=pending, session=session, local_ip=local_ip, local_port=local_port,
+                    remote_ip=remote_ip, remote_port=remote_port, secured=secured)
+                if tag is not None:
+                    kwargs["tag"] = tag
+                yield process.call(NewClient, **kwargs)
+            except Exception as e:
+                log.error("{service}({user}): cannot start session: {e}", service=service,
+                          user=user, e=e, log_prefix="master")
+                raise RuntimeError(str(e)) from None
+            self.pool.session_started(process)
+            return {"mpid": process.pid, "user": user}
+        finally:
+            os.close(fd)
+
+    @defer.inlineCallbacks
+    def deliver(self, fd: int, user: str, sender: str, recipient: str, session: str):
+        try:
+            try:
+                found = yield self.auth.call(UserLookup, user=user, service="lmtp")
+            except Exception as e:
+                raise RuntimeError(f"userdb lookup failed: {e}") from None
+            if not found["found"]:
+                raise KeyError(user)
+            name = found["user"]
+            try:
+                fields = json.loads(found["fields"])
+                uid, gid = self.mail_ids(name, fields)
+                fields = self.prepare_home(name, fields, uid, gid)
+                process = yield self.pool.process_for(uid, gid, name)
+                result = yield process.call(Deliver, fd=fd, user=name, fields=fields,
+                                            session=session)
+            except Exception as e:
+                log.error("lmtp({user}): delivery failed: {e}", user=name, e=e,
+                          log_prefix="master")
+                raise RuntimeError(str(e)) from None
+            return result
+        finally:
+            os.close(fd)
+
+    # -- reload and stop -----------------------------------------------------
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+        except Exception as e:
+            log.error("SIGHUP: config not reloaded: {e}", e=e, log_prefix="master")
+            return
+        log.info("SIGHUP received - reloading configuration", log_prefix="master")
+        old_listeners = self._listener_map()
+        self.config = config
+        d = self._stop_children(signal.SIGTERM)
+
+        def restart(_):
+            new = self._listener_map()
+            if new != old_listeners:
+                self._close_listeners()
+                self._open_listeners()
+            self.supervised = {}
+            self._start_children()
+
+        d.addCallback(restart)
+
+    def _listener_map(self):
+        result = {}
+        for name in self._services_with_listeners():
+            service = self.config.services[name]
+            result[name] = sorted(
+                (n, tuple(lst.addresses), lst.port, lst.ssl)
+                for n, lst in service.inet_listeners.items())
+        return result
+
+    def _stop_children(self, signo: int) -> defer.Deferred:
+        waits = []
+        for group in self.supervised.values():
+            for supervised in group:
+                waits.append(supervised.stop(signo))
+        if self.pool is not None:
+            waits.append(self.pool.stop(signo))
+        d = defer.DeferredList(waits)
+        timeout = reactor.callLater(5, self._kill_all)
+        d.addBoth(lambda r: (timeout.active() and timeout.cancel(), r)[1])
+        return d
+
+    def _kill_all(self) -> None:
+        for group in self.supervised.values():
+            for supervised in group:
+                if supervised.child is not None:
+                    supervised.child.signal(signal.SIGKILL)
+        if self.pool is not None:
+            for process in self.pool.all_processes():
+                process.child.signal(signal.SIGKILL)
+
+    def _close_listeners(self) -> None:
+        for opened in self.listeners.values():
+            for _name, sock, _ssl in opened:
+                sock.close()
+        self.listeners = {}
+
+    def stopService(self):
+        super().stopService()
+        log.info("pydovecot shutting down", log_prefix="master")
+        d = self._stop_children(signal.SIGTERM)
+
+        def cleanup(_):
+            if self.auth is not None:
+                self.auth.close()
+            self._close_listeners()
+            for name, sock in self.auth_sockets.items():
+                sock.close()
+                _unlink(os.path.join(self.base_dir, name))
+            if self._log_observer is not None:
+                from twisted.logger import globalLogPublisher
+
+                globalLogPublisher.removeObserver(self._log_observer)
+                self._log_file.close()
+
+        return d.addBoth(cleanup)
+
+
+def _resolve_id(value, kind: str, uid: int | None = None) -> int | None:
+    if value in (None, ""):
+        if kind == "gid" and uid is not None:
+            try:
+                return pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                return None
+        return None
+    value = str(value)
+    if value.isdigit():
+        return int(value)
+    import grp
+
+    try:
+        return pwd.getpwnam(value).pw_uid if kind == "uid" else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise RuntimeError(f"unknown {kind} {value!r}") from None
+
+
+def _service_int(service, key: str, default: int) -> int:
+    """An integer setting of a service section, or ``default`` when unset."""
+    value = service.settings.get(key, "") if service is not None else ""
+    return int(value) if str(value).strip().isdigit() and int(value) > 0 else default
+
+
+def _under(base: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(base, path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _inet_socket(address: str, port: int) -> socket.socket | None:
+    """A listening TCP socket; '*' is every IPv4 address, '::' every IPv6."""
+    address = address.strip()
+    if address in ("*", ""):
+        family, host = socket.AF_INET, "0.0.0.0"
+    elif address == "::" or ":" in address:
+        family, host = socket.AF_INET6, address.strip("[]")
+    else:
+        family, host = socket.AF_INET, address
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if family == socket.AF_INET6 and address == "::":
+            log.warn("IPv6 listener [::]:{port} not opened: {e}", port=port, e=e,
+                     log_prefix="master")
+            return None
+        raise ConfigError(f"cannot listen on {address}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _unix_socket(path: str, listener=None, default_mode: int = 0o600) -> socket.socket:
+    _unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    mode = listener.mode if listener is not None and listener.mode is not None else default_mode
+    os.chmod(path, mode)
+    if privileges.is_root() and listener is not None and (listener.user or listener.group):
+        import grp
+
+        uid = pwd.getpwnam(listener.user).pw_uid if listener.user else -1
+        gid = grp.getgrnam(listener.group).gr_gid if listener.group else -1
+        os.chown(path, uid, gid)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

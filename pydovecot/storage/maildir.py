@@ -1,0 +1,944 @@
+"""Maildir++ storage laid out as Dovecot lays it out.
+
+INBOX is the root (``cur/ new/ tmp/``); folder ``A/B`` is ``.A.B`` with its
+own ``cur/ new/ tmp/`` and ``maildirfolder``.  Flags live in file names
+(``:2,`` + sorted system letters + keyword letters), UIDs in
+``dovecot-uidlist``, keyword letters in ``dovecot-keywords``.
+
+Runs in a mail process that already has the user's uid: it trusts its
+caller, validates every mailbox name (:mod:`pydovecot.storage.names`) and
+keeps every path inside the root.  It trusts the directory contents only
+as data: unknown files, bad names and bad uidlist lines are skipped, and a
+lost uidlist is rebuilt.  One :class:`MaildirStorage` per user per process
+keeps a per-mailbox cache (by base name) shared by every session's view.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import errno
+import itertools
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pydovecot.storage import names as N
+from pydovecot.storage.interfaces import (
+    IMailbox,
+    IMailStorage,
+    MailboxExists,
+    MailboxInfo,
+    MailboxNameError,
+    MailboxNotFound,
+    MailboxStatus,
+    MessageInfo,
+    StorageError,
+    SyncResult,
+)
+from pydovecot.storage.keywords import Keywords
+from pydovecot.storage.subscriptions import Subscriptions
+from pydovecot.storage.uidlist import (
+    Dotlock,
+    UidList,
+    UidRecord,
+    base_name,
+    read_uidlist,
+    write_atomic,
+)
+
+log = Logger()
+
+UIDLIST = "dovecot-uidlist"
+UIDVALIDITY = "dovecot-uidvalidity"
+TRASH_PREFIX = "..DOVECOT-TRASHED"
+CHUNK = 65536
+
+FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
+_CANON = {f.lower(): f for f in FLAG_LETTERS}
+
+_counter = itertools.count(1)
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name() -> str:
+    """A new Maildir base name: ``<secs>.M<usecs>P<pid>Q<n>.<host>``."""
+    now = time.time()
+    secs = int(now)
+    usecs = int((now - secs) * 1_000_000)
+    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_host()}"
+
+
+def name_sizes(base: str) -> tuple[int | None, int | None]:
+    """``S=`` (file size) and ``W=`` (RFC822.SIZE) from a base name."""
+    size = vsize = None
+    for part in base.split(",")[1:]:
+        if part.startswith("S=") and part[2:].isdigit():
+            size = int(part[2:])
+        elif part.startswith("W=") and part[2:].isdigit():
+            vsize = int(part[2:])
+    return size, vsize
+
+
+def crlf_size(f: BinaryIO) -> int:
+    """RFC822.SIZE of a stream: every LF not after CR counts 2."""
+    total = 0
+    prev = b""
+    while chunk := f.read(CHUNK):
+        bare = chunk.count(b"\n") - chunk.count(b"\r\n")
+        if prev == b"\r" and chunk.startswith(b"\n"):
+            bare -= 1
+        total += len(chunk) + bare
+        prev = chunk[-1:]
+    return total
+
+
+def copy_to_lf(src: BinaryIO, out: BinaryIO) -> tuple[int, int]:
+    """Copy with CRLF → LF (as Dovecot stores mail); (stored size, vsize)."""
+    size = vsize = 0
+    held_cr = False
+    while chunk := src.read(CHUNK):
+        if held_cr:
+            chunk = b"\r" + chunk
+        held_cr = chunk.endswith(b"\r")
+        if held_cr:
+            chunk = chunk[:-1]
+        data = chunk.replace(b"\r\n", b"\n")
+        out.write(data)
+        size += len(data)
+        vsize += len(data) + data.count(b"\n") - data.count(b"\r\n")
+    if held_cr:
+        out.write(b"\r")
+        size += 1
+        vsize += 1
+    return size, vsize
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def canon_flag(flag: str) -> str:
+    return _CANON.get(flag.lower(), flag)
+
+
+@dataclass
+class _Rec:
+    uid: int
+    base: str
+    sub: str  # "new" or "cur"
+    fname: str
+    size: int  # RFC822.SIZE
+    mtime: float
+    modseq: int
+
+    @property
+    def info(self) -> str:
+        _, sep, info = self.fname.partition(":2,")
+        return info if sep else ""
+
+
+class _Box:
+    """The process-wide cache of one mailbox (shared by its views)."""
+
+    def __init__(self, storage: MaildirStorage, name: str, path: str):
+        self.storage = storage
+        self.name = name
+        self.path = path
+        self.uidlist_path = os.path.join(path, UIDLIST)
+        self.keywords = Keywords(path)
+        self.by_base: dict[str, _Rec] = {}
+        self.by_uid: dict[int, _Rec] = {}
+        self.uids: list[int] = []
+        self.uidvalidity = 0
+        self.nextuid = 1
+        self.guid = ""
+        self.uidlist_stamp: tuple[int, int, int] | None = None
+        self.dir_stamp: tuple[int, int] | None = None
+        self.dir_recent = True
+        self.modseq = 1
+        self.log: list[tuple[int, str, int, int]] = []  # (modseq, kind, uid, origin)
+        self.pending_recent: set[int] = set()
+        self.gone: set[str] = set()  # base names confirmed missing
+        self.views: list[MaildirMailbox] = []
+        self.loaded = False
+
+    # -- disk scanning ------------------------------------------------
+
+    def _scan(self) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            try:
+                entries = os.listdir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                continue
+            for fname in entries:
+                if fname.startswith("."):
+                    continue
+                found[base_name(fname)] = (sub, fname)
+        return found
+
+    def _stat_dirs(self) -> tuple[int, int] | None:
+        try:
+            return (
+                os.stat(os.path.join(self.path, "new")).st_mtime_ns,
+                os.stat(os.path.join(self.path, "cur")).st_mtime_ns,
+            )
+        except FileNotFoundError:
+            return None
+
+    def _bump(self, kind: str, uid: int, origin: int = 0) -> int:
+        self.modseq += 1
+        self.log.append((self.modseq, kind, uid, origin))
+        if len(self.log) > 20000:
+            floor = min((v.seen_modseq for v in self.views), default=self.modseq)
+            cut = bisect.bisect_right(self.log, floor, key=lambda e: e[0])
+            del self.log[:cut]
+        return self.modseq
+
+    def _drop(self, rec: _Rec, origin: int = 0) -> None:
+        del self.by_base[rec.base]
+        del self.by_uid[rec.uid]
+        i = bisect.bisect_left(self.uids, rec.uid)
+        if i < len(self.uids) and self.uids[i] == rec.uid:
+            del self.uids[i]
+        self.pending_recent.discard(rec.uid)
+        self.gone.add(rec.base)
+        self._bump("x", rec.uid, origin)
+
+    def refresh(self, force: bool = False) -> None:
+        """Bring the cache up to date with the disk: O(1) when the new/ and
+        cur/ mtimes and the uidlist did not change."""
+        stamp = self._stat_dirs()
+        if stamp is None:  # deleted or renamed away
+            for rec in list(self.by_uid.values()):
+                self._drop(rec)
+            self.dir_stamp = None
+            return
+        self.keywords.load()
+        if not self.loaded:
+            self._load_uidlist(initial=True)
+        if not force and self.loaded and stamp == self.dir_stamp and not self.dir_recent:
+            return
+        now = time.time_ns()
+        margin = 2_000_000_000 if all(m % 1_000_000_000 == 0 for m in stamp) else 100_000_000
+        found = self._scan()
+        missing = [b for b in self.by_base if b not in found]
+        if missing:  # a concurrent rename may hide a file from one listing
+            found.update((b, v) for b, v in self._scan().items() if b not in found)
+        for b in missing:
+            if b not in found:
+                self._drop(self.by_base[b])
+        fresh: list[tuple[str, str, str]] = []
+        for b, (sub, fname) in found.items():
+            rec = self.by_base.get(b)
+            if rec is None:
+                fresh.append((b, sub, fname))
+            elif rec.fname != fname or rec.sub != sub:
+                old_info = rec.info
+                rec.sub, rec.fname = sub, fname
+                if rec.info != old_info:
+                    rec.modseq = self._bump("f", rec.uid)
+        if fresh:
+            self._add_found(fresh)
+        self.loaded = True
+        self.dir_stamp = stamp
+        self.dir_recent = any(now - m < margin for m in stamp)
+
+    def _load_uidlist(self, initial: bool = False) -> UidList | None:
+        try:
+            st = os.stat(self.uidlist_path)
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        ul = read_uidlist(self.uidlist_path)
+        if ul is None:
+            return None
+        if self.uidvalidity and ul.uidvalidity != self.uidvalidity:
+            log.warn("{path}: UIDVALIDITY changed ({old} -> {new})", path=self.uidlist_path,
+                     old=self.uidvalidity, new=ul.uidvalidity)
+            for rec in list(self.by_uid.values()):
+                self._drop(rec)
+        self.uidvalidity, self.guid = ul.uidvalidity, ul.guid
+        self.nextuid = max(self.nextuid, ul.nextuid)
+        self.uidlist_stamp = stamp
+        return ul
+
+    def _add_found(self, fresh: list[tuple[str, str, str]]) -> None:
+        ul = self._load_uidlist()
+        known = {r.basename: r for r in ul.records} if ul else {}
+        need = [b for b, _, _ in fresh if b not in known]
+        uids = self.assign(need) if need else {}
+        recs = []
+        for b, sub, fname in fresh:
+            urec = known.get(b)
+            uid = urec.uid if urec else uids.get(b)
+            if uid is None or uid in self.by_uid:
+                continue
+            path = os.path.join(self.path, sub, fname)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            _, vsize = name_sizes(b)
+            if vsize is None and urec and urec.ext.get("W", "").isdigit():
+                vsize = int(urec.ext["W"])
+            if vsize is None:
+                try:
+                    with open(path, "rb") as f:
+                        vsize = crlf_size(f)
+                except FileNotFoundError:
+                    continue
+            recs.append(_Rec(uid, b, sub, fname, vsize, st.st_mtime, 0))
+            if sub == "new":
+                self.pending_recent.add(uid)
+        self._insert(recs)
+
+    def _insert(self, recs: list[_Rec], origin: int = 0) -> None:
+        for rec in sorted(recs, key=lambda r: r.uid):
+            rec.modseq = self._bump("a", rec.uid, origin)
+            self.by_base[rec.base] = rec
+            self.by_uid[rec.uid] = rec
+            if not self.uids or rec.uid > self.uids[-1]:
+                self.uids.append(rec.uid)
+            else:
+                bisect.insort(self.uids, rec.uid)
+
+    def assign(self, bases: list[str], ext: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
+        """Give UIDs to ``bases`` under the uidlist lock; return them."""
+        result: dict[str, int] = {}
+        with Dotlock(self.uidlist_path):
+            ul = read_uidlist(self.uidlist_path)
+            if ul is None:
+                if self.uidvalidity:  # lost: rewrite what we know
+                    ul = UidList(self.uidvalidity, self.nextuid, self.guid or uuid.uuid4().hex)
+                    ul.records = [UidRecord(r.uid, r.base) for r in
+                                  sorted(self.by_uid.values(), key=lambda r: r.uid)]
+                else:
+                    ul = UidList.new(self.storage.next_uidvalidity())
+            known = {r.basename: r.uid for r in ul.records}
+            for b in bases:
+                if b in known:
+                    result[b] = known[b]
+                    continue
+                uid = ul.nextuid
+                ul.nextuid += 1
+                ul.records.append(UidRecord(uid, b, dict((ext or {}).get(b, {}))))
+                known[b] = result[b] = uid
+            if self.gone:
+                ul.records = [r for r in ul.records if r.basename not in self.gone]
+            write_atomic(self.uidlist_path, ul.serialize())
+            self.gone.clear()
+            if self.uidvalidity and ul.uidvalidity != self.uidvalidity:
+                for rec in list(self.by_uid.values()):
+                    self._drop(rec)
+            self.uidvalidity, self.guid = ul.uidvalidity, ul.guid
+            self.nextuid = max(self.nextuid, ul.nextuid)
+            st = os.stat(self.uidlist_path)
+            self.uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        return result
+
+    def ensure_uidlist(self) -> None:
+        if not self.uidvalidity and self._load_uidlist() is None:
+            self.assign([])
+
+    # -- flags --------------------------------------------------------
+
+    def flags_of(self, info: str) -> set[str]:
+        flags: set[str] = set()
+        for ch in info:
+            if ch in LETTER_FLAGS:
+                flags.add(LETTER_FLAGS[ch])
+            elif "a" <= ch <= "z":
+                kw = self.keywords.name_for(ch)
+                if kw:
+                    flags.add(kw)
+        return flags
+
+    def info_for(self, flags: Iterable[str], keep_from: str = "") -> str:
+        """The ``:2,`` info letters for IMAP ``flags`` (keeps unknown
+        uppercase letters such as P from ``keep_from``)."""
+        letters = {FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}
+        letters |= {c for c in keep_from if c.isupper() and c not in LETTER_FLAGS}
+        kws = {f for f in flags if f not in FLAG_LETTERS and not f.startswith("\\")}
+        kw_letters = ""
+        if kws:
+            kw_letters, dropped = self.keywords.letters_for(kws)
+            if dropped:
+                log.warn("{box}: too many keywords, not stored: {kw}", box=self.name,
+                         kw=" ".join(sorted(dropped)))
+        return "".join(sorted(letters)) + kw_letters
+
+    def rec_path(self, rec: _Rec) -> str:
+        return os.path.join(self.path, rec.sub, rec.fname)
+
+    def find_again(self, rec: _Rec) -> _Rec | None:
+        """After ENOENT: rescan and return the record if the file still
+        exists (renamed by someone else), else None."""
+        self.refresh(force=True)
+        return self.by_base.get(rec.base)
+
+    def rename_rec(self, rec: _Rec, info: str | Callable[[_Rec], str]) -> _Rec | None:
+        """Move a file to cur/ with new info (or ``info(rec)`` computed
+        from its current name); None if the file is gone."""
+        for _ in range(3):
+            new_info = info(rec) if callable(info) else info
+            new_fname = f"{rec.base}:2,{new_info}"
+            if rec.sub == "cur" and rec.fname == new_fname:
+                return rec
+            try:
+                os.rename(self.rec_path(rec), os.path.join(self.path, "cur", new_fname))
+            except FileNotFoundError:
+                again = self.find_again(rec)
+                if again is None:
+                    return None
+                rec = again
+                continue
+            rec.sub, rec.fname = "cur", new_fname
+            return rec
+        return None
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """One session's view of a mailbox (see :class:`IMailbox`)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, storage: MaildirStorage, box: _Box, readonly: bool):
+        self.storage = storage
+        self.box = box
+        self.name = box.name
+        self.readonly = readonly
+        self.id = next(self._ids)
+        self.messages: list[MessageInfo] = []
+        self._index: dict[int, MessageInfo] = {}
+        self.recent: set[int] = set()
+        self.seen_modseq = box.modseq
+        self.closed = False
+        box.views.append(self)
+        for uid in box.uids:
+            self._append(box.by_uid[uid])
+        self._take_recent(list(box.uids))
+
+    @property
+    def uidvalidity(self) -> int:
+        return self.box.uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        return max(self.box.nextuid, (self.messages[-1].uid + 1) if self.messages else 1)
+
+    @property
+    def keywords(self) -> list[str]:
+        self.box.keywords.load()
+        return self.box.keywords.defined()
+
+    def _append(self, rec: _Rec) -> None:
+        info = MessageInfo(
+            uid=rec.uid,
+            flags=self.box.flags_of(rec.info),
+            size=rec.size,
+            internaldate=datetime.datetime.fromtimestamp(rec.mtime, tz=datetime.UTC),
+            modseq=rec.modseq,
+        )
+        self.messages.append(info)
+        self._index[rec.uid] = info
+
+    def _take_recent(self, uids: list[int]) -> None:
+        box = self.box
+        for uid in uids:
+            if uid not in box.pending_recent:
+                continue
+            self.recent.add(uid)
+            if self.readonly:
+                continue
+            box.pending_recent.discard(uid)
+            rec = box.by_uid.get(uid)
+            if rec is not None and rec.sub == "new":
+                box.rename_rec(rec, rec.info)
+
+    def _check(self) -> None:
+        if self.closed:
+            raise StorageError("Mailbox view is closed")
+
+    def sync(self) -> SyncResult:
+        self._check()
+        box = self.box
+        box.refresh()
+        result = SyncResult()
+        start = bisect.bisect_right(box.log, self.seen_modseq, key=lambda e: e[0])
+        expunged: set[int] = set()
+        changed: set[int] = set()
+        for _modseq, kind, uid, origin in box.log[start:]:
+            if kind == "x" and uid in self._index and origin != self.id:
+                expunged.add(uid)
+            elif kind == "f" and origin != self.id:
+                changed.add(uid)
+        if expunged:
+            self.messages = [m for m in self.messages if m.uid not in expunged]
+            for uid in expunged:
+                del self._index[uid]
+            self.recent -= expunged
+            result.expunged = sorted(expunged)
+        for uid in sorted(changed - expunged):
+            info, rec = self._index.get(uid), box.by_uid.get(uid)
+            if info is None or rec is None:
+                continue
+            flags = box.flags_of(rec.info)
+            info.modseq = rec.modseq
+            if flags != info.flags:
+                info.flags = flags
+                result.flags_changed.append(uid)
+        last = self.messages[-1].uid if self.messages else 0
+        new_uids = box.uids[bisect.bisect_right(box.uids, last):]
+        for uid in new_uids:
+            self._append(box.by_uid[uid])
+        result.added = list(new_uids)
+        self._take_recent(result.added)
+        self.seen_modseq = box.modseq
+        return result
+
+    def message_file(self, uid: int) -> BinaryIO:
+        self._check()
+        rec = self.box.by_uid.get(uid)
+        for _ in range(3):
+            if rec is None:
+                err = StorageError(f"Message UID {uid} has been expunged")
+                err.code = "EXPUNGEISSUED"
+                raise err
+            try:
+                return open(self.box.rec_path(rec), "rb")
+            except FileNotFoundError:
+                rec = self.box.find_again(rec)
+        raise StorageError(f"Message UID {uid} keeps moving")
+
+    def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
+        self._check()
+        if self.readonly:
+            raise StorageError("Mailbox is read-only")
+        if mode not in ("+", "-", "="):
+            raise ValueError(f"bad store mode {mode!r}")
+        given = {canon_flag(f) for f in flags if f.lower() != "\\recent"}
+        box = self.box
+        changed: list[int] = []
+        for uid in uids:
+            info, rec = self._index.get(uid), box.by_uid.get(uid)
+            if info is None or rec is None:
+                continue
+            before = box.flags_of(rec.info)
+
+            def make_info(r: _Rec, uid: int = uid) -> str:
+                current = box.flags_of(r.info)
+                if mode == "+":
+                    new = current | given
+                elif mode == "-":
+                    new = current - given
+                else:
+                    new = set(given)
+                return box.info_for(new, keep_from=r.info)
+
+            rec = box.rename_rec(rec, make_info)
+            if rec is None:
+                continue
+            stored = box.flags_of(rec.info)
+            if stored != before:
+                rec.modseq = box._bump("f", uid, self.id)
+            if stored != info.flags:
+                info.flags = stored
+                changed.append(uid)
+            info.modseq = rec.modseq
+        if changed:
+            self.storage._notify(self.name)
+        return changed
+
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        self._check()
+        if self.readonly:
+            raise StorageError("Mailbox is read-only")
+        box = self.box
+        only = set(uids) if uids is not None else None
+        removed: list[int] = []
+        for info in list(self.messages):
+            if only is not None and info.uid not in only:
+                continue
+            rec = box.by_uid.get(info.uid)
+            if rec is None or "\\Deleted" not in box.flags_of(rec.info):
+                continue
+            for _ in range(3):
+                try:
+                    os.unlink(box.rec_path(rec))
+                except FileNotFoundError:
+                    rec = box.find_again(rec)
+                    if rec is None:
+                        break
+                    continue
+                box._drop(rec, self.id)
+                removed.append(info.uid)
+                break
+        if removed:
+            gone = set(removed)
+            self.messages = [m for m in self.messages if m.uid not in gone]
+            for uid in gone:
+                del self._index[uid]
+            self.recent -= gone
+            self.storage._notify(self.name)
+        return removed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self in self.box.views:
+                self.box.views.remove(self)
+
+
+@implementer(IMailStorage)
+class MaildirStorage:
+    """One user's Maildir++ tree (see :class:`IMailStorage`)."""
+
+    def __init__(self, user: str, root: str, utf8: bool = False):
+        self.user = user
+        self.root = os.path.abspath(root)
+        self.utf8 = utf8
+        self._boxes: dict[str, _Box] = {}
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+        self._real_root = os.path.realpath(self.root)
+        self._subs = Subscriptions(self.root, utf8)
+
+    # -- paths and caches ---------------------------------------------
+
+    def _dir(self, name: str) -> str:
+        path = os.path.join(self.root, N.to_dirname(name, self.utf8))
+        if name != "INBOX":
+            real = os.path.realpath(path)
+            if os.path.dirname(real) != self._real_root:
+                raise MailboxNameError(f"Mailbox path escapes the mail root: {name}")
+        return path
+
+    def _exists(self, name: str) -> bool:
+        return os.path.isdir(os.path.join(self._dir(name), "cur"))
+
+    def _box(self, name: str) -> _Box:
+        name = N.normalize(name)
+        box = self._boxes.get(name)
+        if box is not None and box.dir_stamp is not None:
+            box.refresh()
+            if box.dir_stamp is not None:
+                return box
+        if not self._exists(name):
+            self._boxes.pop(name, None)
+            raise MailboxNotFound(f"Mailbox doesn't exist: {name}")
+        box = _Box(self, name, self._dir(name))
+        box.refresh()
+        box.ensure_uidlist()
+        self._boxes[name] = box
+        return box
+
+    def _forget(self, name: str) -> None:
+        box = self._boxes.pop(name, None)
+        if box is not None:
+            box.refresh()  # views see everything expunged at their sync
+
+    def next_uidvalidity(self) -> int:
+        """Dovecot's scheme: ``dovecot-uidvalidity`` holds the last one
+        (hex); the next is max(now, last + 1)."""
+        path = os.path.join(self.root, UIDVALIDITY)
+        with Dotlock(path):
+            try:
+                with open(path) as f:
+                    last = int(f.read().strip() or "0", 16)
+            except (FileNotFoundError, ValueError):
+                last = 0
+            value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
+            write_atomic(path, f"{value:08x}".encode())
+        return value
+
+    def _notify(self, name: str) -> None:
+        for cb in list(self._listeners.get(name, ())):
+            try:
+                cb()
+            except Exception:
+                log.failure("mailbox change listener failed")
+
+    # -- mailbox tree -------------------------------------------------
+
+    def list_mailboxes(self) -> list[MailboxInfo]:
+        real: set[str] = {"INBOX"}
+        for entry in os.listdir(self.root):
+            if not entry.startswith(".") or entry.startswith(".."):
+                continue
+            name = N.from_dirname(entry, self.utf8)
+            if name is None:
+                continue
+            if os.path.isdir(os.path.join(self.root, entry)):
+                real.add(name)
+        implicit = {p for n in real for p in N.parents(n)} - real
+        everything = real | implicit
+        has_children = {p for n in everything for p in N.parents(n)}
+        result = []
+        for name in sorted(everything, key=lambda n: (n != "INBOX", n)):
+            attrs = {"\\HasChildren" if name in has_children else "\\HasNoChildren"}
+            if name in implicit:
+                attrs.add("\\Noselect")
+            result.append(MailboxInfo(name, attrs))
+        return result
+
+    def _make(self, name: str) -> None:
+        path = self._dir(name)
+        os.mkdir(path, 0o700)
+        for sub in ("cur", "new", "tmp"):
+            os.mkdir(os.path.join(path, sub), 0o700)
+        open(os.path.join(path, "maildirfolder"), "wb").close()
+        _fsync_dir(self.root)
+
+    def create(self, name: str) -> None:
+        name = N.normalize(name, for_create=True)
+        if name == "INBOX" or self._exists(name):
+            raise MailboxExists(f"Mailbox already exists: {name}")
+        for parent in N.parents(name):
+            if parent != "INBOX" and not os.path.exists(self._dir(parent)):
+                try:
+                    self._make(parent)
+                except FileExistsError:
+                    pass
+        try:
+            self._make(name)
+        except FileExistsError:
+            raise MailboxExists(f"Mailbox already exists: {name}") from None
+
+    def delete(self, name: str) -> None:
+        name = N.normalize(name)
+        if name == "INBOX":
+            raise StorageError("INBOX can't be deleted.")
+        path = self._dir(name)
+        if not os.path.isdir(path):
+            raise MailboxNotFound(f"Mailbox doesn't exist: {name}")
+        trash = os.path.join(self.root, f"{TRASH_PREFIX}.{uuid.uuid4().hex}")
+        os.rename(path, trash)  # atomic: children (separate dirs) stay
+        shutil.rmtree(trash, ignore_errors=True)
+        self._forget(name)
+        self._notify(name)
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = N.normalize(old), N.normalize(new, for_create=True)
+        if new == "INBOX" or self._exists(new):
+            raise MailboxExists(f"Mailbox already exists: {new}")
+        if new.startswith(old + "/"):
+            raise MailboxNameError("Can't rename a mailbox under itself")
+        if old == "INBOX":
+            self._rename_inbox(new)
+            return
+        children = [m.name for m in self.list_mailboxes()
+                    if m.name.startswith(old + "/") and "\\Noselect" not in m.attributes]
+        if not os.path.isdir(self._dir(old)) and not children:
+            raise MailboxNotFound(f"Mailbox doesn't exist: {old}")
+        moves = [(n, new + n[len(old):]) for n in [old, *children]]
+        for _, dst in moves:
+            N.normalize(dst)
+            if os.path.exists(self._dir(dst)):
+                raise MailboxExists(f"Mailbox already exists: {dst}")
+        for parent in N.parents(new):
+            if parent != "INBOX" and not os.path.exists(self._dir(parent)):
+                self._make(parent)
+        for src, dst in moves:
+            if os.path.isdir(self._dir(src)):
+                os.rename(self._dir(src), self._dir(dst))
+            self._forget(src)
+        _fsync_dir(self.root)
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501: move INBOX's messages to ``new``; INBOX stays, empty,
+        with its UIDVALIDITY and next UID."""
+        inbox = self._box("INBOX")
+        self.create(new)
+        dest = self._dir(new)
+        with Dotlock(inbox.uidlist_path):
+            ul = read_uidlist(inbox.uidlist_path) or UidList.new(self.next_uidvalidity())
+            moved = UidList(self.next_uidvalidity(), ul.nextuid, uuid.uuid4().hex)
+            moved.records = ul.records
+            write_atomic(os.path.join(dest, UIDLIST), moved.serialize())
+            kw = os.path.join(inbox.path, "dovecot-keywords")
+            if os.path.exists(kw):
+                shutil.copyfile(kw, os.path.join(dest, "dovecot-keywords"))
+            for sub in ("new", "cur"):
+                for fname in os.listdir(os.path.join(inbox.path, sub)):
+                    os.rename(os.path.join(inbox.path, sub, fname), os.path.join(dest, sub, fname))
+                _fsync_dir(os.path.join(dest, sub))
+            ul.records = []
+            write_atomic(inbox.uidlist_path, ul.serialize())
+        inbox.refresh(force=True)
+        self._notify("INBOX")
+
+    # -- subscriptions ------------------------------------------------
+
+    def subscriptions(self) -> list[str]:
+        return self._subs.read()
+
+    def subscribe(self, name: str) -> None:
+        self._subs.change(N.normalize(name), True)
+
+    def unsubscribe(self, name: str) -> None:
+        self._subs.change(N.normalize(name), False)
+
+    # -- messages -----------------------------------------------------
+
+    def status(self, name: str) -> MailboxStatus:
+        box = self._box(name)
+        recs = box.by_uid.values()
+        unseen = deleted = size = 0
+        for rec in recs:
+            info = rec.info
+            unseen += "S" not in info
+            deleted += "T" in info
+            size += rec.size
+        return MailboxStatus(
+            messages=len(box.uids),
+            recent=len(box.pending_recent) + sum(len(v.recent) for v in box.views),
+            uidnext=box.nextuid,
+            uidvalidity=box.uidvalidity,
+            unseen=unseen,
+            size=size,
+            deleted=deleted,
+            highestmodseq=box.modseq,
+        )
+
+    def open(self, name: str, readonly: bool = False) -> MaildirMailbox:
+        return MaildirMailbox(self, self._box(name), readonly)
+
+    def _flags_info(self, box: _Box, flags: Iterable[str]) -> str:
+        return box.info_for({canon_flag(f) for f in flags if f.lower() != "\\recent"})
+
+    def append(
+        self,
+        name: str,
+        message: BinaryIO,
+        flags: Iterable[str] = (),
+        internaldate: datetime.datetime | None = None,
+    ) -> tuple[int, int]:
+        box = self._box(name)
+        flags = list(flags)
+        info = self._flags_info(box, flags)
+        tmpname = unique_name()
+        tmppath = os.path.join(box.path, "tmp", tmpname)
+        try:
+            fd = os.open(tmppath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                size, vsize = copy_to_lf(message, out)
+                out.flush()
+                os.fsync(out.fileno())
+            if internaldate is not None:
+                ts = internaldate.timestamp()
+                os.utime(tmppath, (ts, ts))
+            base = f"{tmpname},S={size},W={vsize}"
+            sub = "cur" if flags else "new"
+            fname = f"{base}:2,{info}" if flags else base
+            os.rename(tmppath, os.path.join(box.path, sub, fname))
+            _fsync_dir(os.path.join(box.path, sub))
+        except OSError as e:
+            try:
+                os.unlink(tmppath)
+            except OSError:
+                pass
+            err = StorageError(f"Saving the message failed: {e.strerror}")
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                err.code = "OVERQUOTA"
+            raise err from e
+        mtime = os.stat(os.path.join(box.path, sub, fname)).st_mtime
+        uid = box.assign([base])[base]
+        box._insert([_Rec(uid, base, sub, fname, vsize, mtime, 0)])
+        box.pending_recent.add(uid)
+        self._notify(box.name)
+        return box.uidvalidity, uid
+
+    def copy(
+        self, source: IMailbox, uids: Sequence[int], dest: str
+    ) -> tuple[int, list[tuple[int, int]]]:
+        if not isinstance(source, MaildirMailbox):
+            raise StorageError("Can't copy from a foreign mailbox")
+        dbox = self._box(dest)
+        sbox = source.box
+        made: list[tuple[int, str, str, str, int, float]] = []
+        for uid in uids:
+            rec = sbox.by_uid.get(uid)
+            if rec is None or uid not in source._index:
+                continue
+            info = dbox.info_for(sbox.flags_of(rec.info), keep_from=rec.info)
+            tail = "".join("," + p for p in rec.base.split(",")[1:])
+            base = unique_name() + tail
+            fname = f"{base}:2,{info}"
+            dst = os.path.join(dbox.path, "cur", fname)
+            for _ in range(3):
+                try:
+                    try:
+                        os.link(sbox.rec_path(rec), dst)
+                    except OSError as e:
+                        if e.errno in (errno.ENOENT,):
+                            raise
+                        self._copy_file(sbox.rec_path(rec), dbox, fname)
+                    break
+                except FileNotFoundError:
+                    rec = sbox.find_again(rec)
+                    if rec is None:
+                        break
+            else:
+                rec = None
+            if rec is not None:
+                made.append((uid, base, "cur", fname, rec.size, rec.mtime))
+        if not made:
+            return dbox.uidvalidity, []
+        _fsync_dir(os.path.join(dbox.path, "cur"))
+        assigned = dbox.assign([m[1] for m in made])
+        recs = [_Rec(assigned[b], b, sub, fn, size, mt, 0) for _, b, sub, fn, size, mt in made]
+        dbox._insert(recs)
+        dbox.pending_recent.update(r.uid for r in recs)
+        self._notify(dbox.name)
+        return dbox.uidvalidity, [(m[0], assigned[m[1]]) for m in made]
+
+    def _copy_file(self, src: str, dbox: _Box, fname: str) -> None:
+        tmp = os.path.join(dbox.path, "tmp", base_name(fname))
+        shutil.copyfile(src, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        st = os.stat(src)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(tmp, os.path.join(dbox.path, "cur", fname))
+
+    # -- listeners ----------------------------------------------------
+
+    def add_listener(self, name: str, callback: Callable[[], None]) -> None:
+        self._listeners.setdefault(N.normalize(name), []).append(callback)
+
+    def remove_listener(self, name: str, callback: Callable[[], None]) -> None:
+        cbs = self._listeners.get(N.normalize(name), [])
+        if callback in cbs:
+            cbs.remove(callback)
+
+
+__all__ = ["MaildirStorage", "MaildirMailbox", "unique_name"]

@@ -1,0 +1,340 @@
+"""Tests for pydovecot.login.imap: real imaplib clients over 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import socket
+
+from twisted.internet import defer, threads
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from pydovecot.login.imap import IMAPLoginFactory, parse_arguments
+from tests.login_fakes import (
+    FakeLoginBackend,
+    ListeningMixin,
+    UntrustedMixin,
+    client_tls_context,
+    server_tls_context,
+)
+
+
+class UntrustedIMAPFactory(UntrustedMixin, IMAPLoginFactory):
+    pass
+
+
+def raw_exchange(port: int, data: bytes, until: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` in one packet and read until ``until`` shows up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        got = b""
+        while b"\r\n" not in got:
+            got += s.recv(4096)
+        s.sendall(data)
+        while until not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+class IMAPLoginTests(ListeningMixin, unittest.TestCase):
+    def setUp(self):
+        self.backend = FakeLoginBackend()
+        self.port = self.listen(IMAPLoginFactory(self.backend, False))
+
+    def client(self, **kw) -> imaplib.IMAP4:
+        return imaplib.IMAP4("127.0.0.1", self.port, **kw)
+
+    @defer.inlineCallbacks
+    def test_greeting_and_capability(self):
+        def run():
+            m = self.client()
+            welcome = m.welcome
+            typ, data = m.capability()
+            m.logout()
+            return welcome, typ, data
+        welcome, typ, data = yield threads.deferToThread(run)
+        self.assertTrue(welcome.startswith(b"* OK [CAPABILITY IMAP4rev1 SASL-IR"))
+        self.assertTrue(welcome.endswith(b"pydovecot ready."))
+        self.assertEqual(typ, "OK")
+        caps = data[0].split()
+        self.assertIn(b"AUTH=PLAIN", caps)
+        self.assertIn(b"LITERAL+", caps)
+        self.assertNotIn(b"STARTTLS", caps)
+        self.assertNotIn(b"LOGINDISABLED", caps)
+        self.assertEqual(self.backend.disconnects[-1][1], "Aborted login by logging out")
+
+    @defer.inlineCallbacks
+    def test_login_ok(self):
+        def run():
+            m = self.client()
+            typ, data = m.login("alice", "secret")
+            m.shutdown()
+            return typ, data
+        typ, data = yield threads.deferToThread(run)
+        self.assertEqual((typ, data), ("OK", [b"Logged in"]))
+        h = self.backend.handoffs[0]
+        self.assertEqual((h["user"], h["service"], h["mechanism"]), ("alice", "imap", "PLAIN"))
+        self.assertEqual(h["pending"], b"")
+        self.assertEqual(self.backend.disconnects, [])
+
+    @defer.inlineCallbacks
+    def test_login_wrong_password(self):
+        def run():
+            m = self.client()
+            try:
+                m.login("alice", "wrong")
+            except imaplib.IMAP4.error as e:
+                err = str(e)
+            m.logout()
+            return err
+        err = yield threads.deferToThread(run)
+        self.assertIn("[AUTHENTICATIONFAILED] Authentication failed.", err)
+        self.assertEqual(self.backend.disconnects[-1][2:], ("alice", 1))
+
+    @defer.inlineCallbacks
+    def test_too_many_failures_disconnect(self):
+        data = b"".join(b"a%d LOGIN alice wrong\r\n" % i for i in range(3))
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"* BYE")
+        self.assertEqual(got.count(b"NO [AUTHENTICATIONFAILED]"), 3)
+        self.assertIn(b"* BYE Too many failed authentication attempts.", got)
+
+    @defer.inlineCallbacks
+    def test_authenticate_plain_continuation(self):
+        def run():
+            m = self.client()
+            typ, data = m.authenticate("PLAIN", lambda _: b"\0alice\0secret")
+            m.shutdown()
+            return typ
+        typ = yield threads.deferToThread(run)
+        self.assertEqual(typ, "OK")
+        self.assertEqual(self.backend.handoffs[0]["mechanism"], "PLAIN")
+
+    @defer.inlineCallbacks
+    def test_authenticate_login_mechanism(self):
+        answers = iter([b"alice", b"secret"])
+
+        def run():
+            m = self.client()
+            typ, data = m.authenticate("LOGIN", lambda _: next(answers))
+            m.shutdown()
+            return typ
+        typ = yield threads.deferToThread(run)
+        self.assertEqual(typ, "OK")
+        self.assertEqual(self.backend.handoffs[0]["mechanism"], "LOGIN")
+
+    @defer.inlineCallbacks
+    def test_authenticate_sasl_ir(self):
+        ir = base64.b64encode(b"\0alice\0secret").decode()
+
+        def run():
+            m = self.client()
+            typ, data = m._simple_command("AUTHENTICATE", "PLAIN", ir)
+            m.shutdown()
+            return typ
+        typ = yield threads.deferToThread(run)
+        self.assertEqual(typ, "OK")
+
+    @defer.inlineCallbacks
+    def test_authenticate_cancel_and_bad_base64(self):
+        data = b"a AUTHENTICATE PLAIN\r\n*\r\nb AUTHENTICATE PLAIN\r\n!!!\r\nc NOOP\r\n"
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"c OK")
+        self.assertIn(b"a BAD Authentication aborted by client.", got)
+        self.assertIn(b"b BAD Invalid base64 data in continued response", got)
+        self.assertEqual(self.backend.cancelled, 2)
+
+    @defer.inlineCallbacks
+    def test_authenticate_unknown_mechanism(self):
+        got = yield threads.deferToThread(raw_exchange, self.port,
+                                          b"a AUTHENTICATE X-FOO\r\n", b"a ")
+        self.assertIn(b"a BAD Unsupported authentication mechanism.", got)
+
+    @defer.inlineCallbacks
+    def test_login_literal(self):
+        def run():
+            m = self.client()
+            m.literal = b"secret"
+            typ, data = m._simple_command("LOGIN", "alice")
+            m.shutdown()
+            return typ
+        typ = yield threads.deferToThread(run)
+        self.assertEqual(typ, "OK")
+        self.assertEqual(self.backend.handoffs[0]["user"], "alice")
+
+    @defer.inlineCallbacks
+    def test_login_literal_plus_and_quoted(self):
+        data = b'a LOGIN {5+}\r\nalice "sec\\\\ret"\r\nb LOGIN "alice" {6+}\r\nsecret\r\n'
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"b OK")
+        self.assertIn(b"a NO [AUTHENTICATIONFAILED]", got)
+        self.assertIn(b"b OK Logged in", got)
+        self.assertNotIn(b"+ OK", got)
+
+    @defer.inlineCallbacks
+    def test_pipelined_bytes_reach_handoff(self):
+        data = b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc FETCH 1 (FLAGS)\r\n"
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"a OK")
+        self.assertIn(b"a OK Logged in", got)
+        self.assertNotIn(b"b ", got)
+        self.assertEqual(self.backend.handoffs[0]["pending"],
+                         b"b SELECT INBOX\r\nc FETCH 1 (FLAGS)\r\n")
+
+    @defer.inlineCallbacks
+    def test_malformed_lines(self):
+        data = (b"a FOO\r\nb SELECT INBOX\r\n\"x NOOP\r\nc LOGIN alice\r\n"
+                b'd LOGIN "alice secret\r\ne ID ("a")\r\nf ID NIL\r\nz NOOP\r\n')
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"z OK")
+        self.assertIn(b"a BAD Error in IMAP command FOO: Unknown command.", got)
+        self.assertIn(b"b BAD Error in IMAP command SELECT: Not logged in.", got)
+        self.assertIn(b"* BAD Error in IMAP command received by server.", got)
+        self.assertIn(b"c BAD Error in IMAP command LOGIN: Invalid arguments.", got)
+        self.assertIn(b"d BAD Error in IMAP command LOGIN: Missing '\"'.", got)
+        self.assertIn(b"e BAD Error in IMAP command ID: Invalid parameters.", got)
+        self.assertIn(b'* ID ("name" "pydovecot")\r\nf OK ID completed.', got)
+        self.assertNotIn(b"Traceback", got)
+
+    @defer.inlineCallbacks
+    def test_too_many_bad_commands(self):
+        data = b"".join(b"x%d BOGUS\r\n" % i for i in range(12))
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"* BYE")
+        self.assertEqual(got.count(b"Unknown command."), 10)
+        self.assertIn(b"* BYE Too many invalid IMAP commands.", got)
+
+    @defer.inlineCallbacks
+    def test_overlong_line_refused_session_continues(self):
+        data = b"a NOOP " + b"x" * 20000 + b"\r\nb LOGIN alice secret\r\n"
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"b OK")
+        self.assertIn(b"a BAD Error in IMAP command: Too long argument.", got)
+        self.assertIn(b"b OK Logged in", got)
+
+    @defer.inlineCallbacks
+    def test_huge_sync_literal_refused(self):
+        data = b"a LOGIN alice {100000}\r\nb NOOP\r\n"
+        got = yield threads.deferToThread(raw_exchange, self.port, data, b"b OK")
+        self.assertIn(b"a BAD Error in IMAP command: Too long argument.", got)
+        self.assertNotIn(b"+ OK", got)
+
+    @defer.inlineCallbacks
+    def test_temporary_failure(self):
+        self.backend.temporary_failure = True
+        got = yield threads.deferToThread(raw_exchange, self.port,
+                                          b"a LOGIN alice secret\r\n", b"a ")
+        self.assertIn(b"a NO [UNAVAILABLE] Temporary authentication failure.", got)
+
+    @defer.inlineCallbacks
+    def test_handoff_failure(self):
+        self.backend.handoff_fails = True
+        got = yield threads.deferToThread(raw_exchange, self.port,
+                                          b"a LOGIN alice secret\r\n", b"a ")
+        self.assertIn(b"a NO [UNAVAILABLE] Internal error occurred.", got)
+        self.flushLoggedErrors(RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_starttls_unavailable(self):
+        got = yield threads.deferToThread(raw_exchange, self.port, b"a STARTTLS\r\n", b"a ")
+        self.assertIn(b"a BAD TLS support isn't enabled.", got)
+
+
+class UntrustedIMAPTests(ListeningMixin, unittest.TestCase):
+    def setUp(self):
+        self.backend = FakeLoginBackend(server_tls_context())
+        self.port = self.listen(UntrustedIMAPFactory(self.backend, False))
+
+    @defer.inlineCallbacks
+    def test_plaintext_refused(self):
+        def run():
+            m = imaplib.IMAP4("127.0.0.1", self.port)
+            caps = m.capabilities
+            try:
+                m.login("alice", "secret")
+            except imaplib.IMAP4.error as e:
+                err = str(e)
+            typ, data = m._simple_command(
+                "AUTHENTICATE", "PLAIN", base64.b64encode(b"\0alice\0secret").decode())
+            m.logout()
+            return caps, err, typ, data
+        caps, err, typ, data = yield threads.deferToThread(run)
+        self.assertIn("LOGINDISABLED", caps)
+        self.assertIn("STARTTLS", caps)
+        self.assertNotIn("AUTH=PLAIN", caps)
+        self.assertIn("[PRIVACYREQUIRED] Plaintext authentication disallowed", err)
+        self.assertEqual(typ, "NO")
+        self.assertEqual(self.backend.handoffs, [])
+
+    @defer.inlineCallbacks
+    def test_starttls_then_login(self):
+        def run():
+            m = imaplib.IMAP4("127.0.0.1", self.port)
+            m.starttls(ssl_context=client_tls_context())
+            caps = m.capabilities
+            typ, _ = m.login("alice", "secret")
+            typ2, _ = m.noop()
+            m.logout()
+            return caps, typ, typ2
+        caps, typ, typ2 = yield threads.deferToThread(run)
+        self.assertNotIn("STARTTLS", caps)
+        self.assertNotIn("LOGINDISABLED", caps)
+        self.assertIn("AUTH=PLAIN", caps)
+        self.assertEqual((typ, typ2), ("OK", "OK"))
+        h = self.backend.handoffs[0]
+        self.assertTrue(h["tls"])
+        self.assertIn("relay", h)
+
+    @defer.inlineCallbacks
+    def test_starttls_discards_pipelined_commands(self):
+        def run():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                s.recv(4096)
+                s.sendall(b"a STARTTLS\r\nb LOGIN alice secret\r\n")
+                got = b""
+                while b"a OK" not in got:
+                    got += s.recv(4096)
+                tls = client_tls_context().wrap_socket(s, server_hostname="localhost")
+                tls.sendall(b"c NOOP\r\n")
+                got2 = b""
+                while b"c OK" not in got2:
+                    got2 += tls.recv(4096)
+                tls.sendall(b"d LOGOUT\r\n")
+                while b"d OK" not in got2:
+                    got2 += tls.recv(4096)
+                return got, got2
+        got, got2 = yield threads.deferToThread(run)
+        self.assertIn(b"a OK Begin TLS negotiation now.", got)
+        self.assertNotIn(b"b ", got + got2)
+        self.assertEqual(self.backend.handoffs, [])
+
+
+class IdleTimeoutTests(unittest.TestCase):
+    def test_inactivity(self):
+        clock = Clock()
+        backend = FakeLoginBackend()
+        factory = IMAPLoginFactory(backend, False, clock=clock)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"* OK [CAPABILITY"))
+        clock.advance(100)
+        proto.dataReceived(b"a NOOP\r\n")
+        clock.advance(100)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(81)
+        self.assertIn(b"* BYE Disconnected for inactivity.\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(backend.disconnects, [("imap", "inactivity", None, 0)])
+
+    def test_implicit_tls_flag(self):
+        factory = IMAPLoginFactory(FakeLoginBackend(server_tls_context()), True, clock=Clock())
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        self.assertTrue(proto.conn.tls)
+        self.assertTrue(proto.conn.secured)
+        self.assertEqual(len(proto.conn.session_id), 16)
+
+
+class ParserTests(unittest.TestCase):
+    def test_arguments(self):
+        args = parse_arguments(b'"a\\"b" atom {3}\r\nxyz (1 "two" NIL)')
+        self.assertEqual(args, [b'a"b', b"atom", b"xyz", [b"1", b"two", b"NIL"]])
