@@ -149,70 +149,61 @@ def _db(section: dict[str, Any]) -> DbSettings:
     )
 
 
-def _parse_mode(value: Any, default: int = 0o600) -> int:
-    if value in (None, ""):
-        return default
-    if isinstance(value, int):
-        return value
-    return int(str(value), 8)
-
-
 def _listeners_from_config(cfg: Any) -> dict[str, ListenerSettings]:
-    """The auth service's unix_listeners, if the config exposes them."""
+    """The auth service's unix_listeners (``cfg.services['auth']``)."""
     listeners = default_listeners()
-    services = getattr(cfg, "services", None)
-    if not services:
-        return listeners
+    services = getattr(cfg, "services", None) or {}
     auth = services.get("auth") if isinstance(services, dict) else None
-    if auth is None and isinstance(services, list):
-        auth = next((s for s in services if s.get("name") == "auth"), None)
-    if not auth:
-        return listeners
-    unix = auth.get("unix_listeners") or auth.get("unix_listener") or []
-    if isinstance(unix, dict):
-        unix = [dict(v, name=v.get("name", k)) for k, v in unix.items()]
-    for item in unix:
-        path = str(item.get("path") or item.get("name") or "")
-        if not path:
-            continue
-        name = os.path.basename(path)
+    for name, item in (getattr(auth, "unix_listeners", None) or {}).items():
         listeners[name] = ListenerSettings(
-            path=path,
-            mode=_parse_mode(item.get("mode")),
-            user=str(item.get("user", "") or ""),
-            group=str(item.get("group", "") or ""),
+            path=item.path, mode=item.mode, user=item.user or "", group=item.group or ""
         )
     return listeners
+
+
+def _absolute_passwd_file(db: DbSettings, config_dir: str) -> DbSettings:
+    """Relative passwd-file paths are relative to the config file's directory."""
+    if db.driver != "passwd-file" or not config_dir:
+        return db
+    from authd.drivers import split_args
+
+    options, path = split_args(db.args, {"scheme", "username_format"})
+    if path and not os.path.isabs(path):
+        path = os.path.join(config_dir, path)
+        db.args = " ".join([*(f"{k}={v}" for k, v in options.items()), path])
+    return db
 
 
 def from_config(cfg: Any) -> AuthSettings:
     """Build AuthSettings from a ``pydovecot.config`` Config."""
 
     def get(key: str, default: str = "") -> str:
-        value = cfg.get(key)
-        return default if value is None else str(value)
-
-    def get_bool(key: str, default: bool) -> bool:
-        if cfg.get(key) in (None, ""):
+        try:
+            value = cfg.get(key)
+        except KeyError:
             return default
-        return bool(cfg.get_bool(key))
+        return default if value in (None, "") else str(value)
 
-    mechs = cfg.get_list("auth_mechanisms") if cfg.get("auth_mechanisms") else ["plain"]
-    delay = cfg.get_time("auth_failure_delay") if cfg.get("auth_failure_delay") else 2.0
+    def typed(getter: str, key: str, default: Any) -> Any:
+        if not get(key):
+            return default
+        return getattr(cfg, getter)(key)
+
+    config_dir = os.path.dirname(os.path.abspath(cfg.path)) if getattr(cfg, "path", "") else ""
     return AuthSettings(
         base_dir=str(cfg.path_setting("base_dir")),
-        auth_mechanisms=[m.lower() for m in mechs],
-        disable_plaintext_auth=get_bool("disable_plaintext_auth", True),
+        auth_mechanisms=[m.lower() for m in typed("get_list", "auth_mechanisms", ["plain"])],
+        disable_plaintext_auth=typed("get_bool", "disable_plaintext_auth", True),
         auth_username_format=get("auth_username_format", "%Lu"),
         auth_username_chars=get("auth_username_chars", DEFAULT_USERNAME_CHARS),
         auth_username_translation=get("auth_username_translation"),
         auth_default_realm=get("auth_default_realm"),
-        auth_failure_delay=float(delay),
-        auth_verbose=get_bool("auth_verbose", False),
+        auth_failure_delay=float(typed("get_time", "auth_failure_delay", 2.0)),
+        auth_verbose=typed("get_bool", "auth_verbose", False),
         auth_verbose_passwords=get("auth_verbose_passwords", "no"),
-        auth_debug=get_bool("auth_debug", False),
-        passdbs=[_db(s) for s in cfg.passdbs],
-        userdbs=[_db(s) for s in cfg.userdbs],
+        auth_debug=typed("get_bool", "auth_debug", False),
+        passdbs=[_absolute_passwd_file(_db(s), config_dir) for s in cfg.passdbs],
+        userdbs=[_absolute_passwd_file(_db(s), config_dir) for s in cfg.userdbs],
         mail_uid=get("mail_uid"),
         mail_gid=get("mail_gid"),
         listeners=_listeners_from_config(cfg),

@@ -60,6 +60,7 @@ class Master:
     login_user: str | None = None  # default_login_user when root
     internal_user: str | None = None
     mail_uid: str = ""
+    mail_prespawn: int = 1
     process: subprocess.Popen | None = None
 
     def __post_init__(self):
@@ -135,7 +136,7 @@ service lmtp {{
   }}
 }}
 service imap {{
-  process_min_avail = 1
+  process_min_avail = {self.mail_prespawn}
 }}
 {self.extra_config}
 """

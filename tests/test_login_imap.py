@@ -6,7 +6,7 @@ import base64
 import imaplib
 import socket
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -304,6 +304,28 @@ class UntrustedIMAPTests(ListeningMixin, unittest.TestCase):
         self.assertIn(b"a OK Begin TLS negotiation now.", got)
         self.assertNotIn(b"b ", got + got2)
         self.assertEqual(self.backend.handoffs, [])
+
+    @defer.inlineCallbacks
+    def test_tls_handshake_failure_reason(self):
+        def run():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                s.recv(4096)
+                s.sendall(b"a STARTTLS\r\n")
+                got = b""
+                while b"a OK" not in got:
+                    got += s.recv(4096)
+                s.sendall(b"this is not a TLS client hello\r\n" * 4)
+                try:
+                    while s.recv(4096):
+                        pass
+                except OSError:
+                    pass
+        yield threads.deferToThread(run)
+        for _ in range(50):
+            if self.backend.disconnects:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue(self.backend.disconnects[0][1].startswith("TLS handshaking: "))
 
 
 class IdleTimeoutTests(unittest.TestCase):

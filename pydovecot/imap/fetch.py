@@ -138,7 +138,7 @@ def parse_item(tok: bytes) -> FetchItem:
 
 def format_internaldate(when: datetime.datetime) -> bytes:
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     offset = when.utcoffset() or datetime.timedelta(0)
     minutes = int(offset.total_seconds() // 60)
     sign = "-" if minutes < 0 else "+"

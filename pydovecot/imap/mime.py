@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
 import email.header
 import email.utils
 import quopri

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pydovecot.imap import mime
 from pydovecot.imap.fetch import MONTHS
 from pydovecot.imap.parser import (
-    STAR,
     Atom,
     NumberSet,
     ParseError,
@@ -209,17 +208,16 @@ class SearchParser:
 
             return uid_in
         if tok[:1].isdigit() or tok[:1] == b"*":
-            ranges = parse_sequence_set(tok)
-            if any(a == STAR or b == STAR for a, b in ranges) or True:
-                seqs: dict[int, NumberSet] = {}
+            seq_ranges = parse_sequence_set(tok)
+            seqs: dict[int, NumberSet] = {}
 
-                def seq_in(c: SearchContext) -> bool:
-                    nset = seqs.get(c.max_seq)
-                    if nset is None:
-                        nset = seqs[c.max_seq] = NumberSet(ranges, c.max_seq)
-                    return c.seq in nset
+            def seq_in(c: SearchContext) -> bool:
+                nset = seqs.get(c.max_seq)
+                if nset is None:
+                    nset = seqs[c.max_seq] = NumberSet(seq_ranges, c.max_seq)
+                return c.seq in nset
 
-                return seq_in
+            return seq_in
         raise ParseError(f"Unknown search key {name[:40]!r}")
 
 

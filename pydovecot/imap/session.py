@@ -1,0 +1,948 @@
+"""The IMAP4rev1 protocol for the AUTHENTICATED and SELECTED states.
+
+Runs inside a per-user mail process: the login process has already
+authenticated the client, so the user is trusted as given by the master
+(SessionContext), while every byte from the client is untrusted.  Commands
+are read by :class:`~pydovecot.imap.parser.CommandReader`, queued, and run
+strictly in order (a handler may return a Deferred); each command's output
+is collected and written in large chunks.  Storage is reached only through
+:class:`~pydovecot.storage.interfaces.IMailStorage`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pydovecot.imap import capability, fetch, mime, mutf7
+from pydovecot.imap.parser import (
+    STAR,
+    Atom,
+    CommandReader,
+    Literal,
+    NumberSet,
+    ParseError,
+    RawCommand,
+    ReaderError,
+    String,
+    Token,
+    as_bytes,
+    as_file,
+    compress,
+    extract_tag,
+    parse_sequence_set,
+    tokenize,
+)
+from pydovecot.imap.search import BadCharset, SearchContext, SearchParser
+from pydovecot.session import SessionContext
+from pydovecot.storage.interfaces import (
+    SYSTEM_FLAGS,
+    IMailbox,
+    IMailStorage,
+    MailboxInfo,
+    MailboxNotFound,
+    MessageInfo,
+    StorageError,
+)
+
+SERVERBUG = b"NO [SERVERBUG] Internal error occurred. Refer to server log for more information."
+FLUSH_SIZE = 128 * 1024
+FETCH_BATCH = 200  # messages rendered per reactor turn
+QUEUE_PAUSE = 64  # pause reading when this many commands wait
+NO_EXPUNGE = {"FETCH", "STORE", "SEARCH"}
+NO_SYNC = {"LOGOUT", "SELECT", "EXAMINE", "CLOSE", "UNSELECT", "IDLE"}
+_SYSTEM = {f.lower(): f for f in SYSTEM_FLAGS}
+_DATETIME_RE = re.compile(
+    rb"^([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$"
+)
+_ASTRING_SAFE = re.compile(rb"^[!#$&'*+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+$")
+
+
+class CommandError(Exception):
+    """A handler's refusal: ``response`` is the tagged line after the tag."""
+
+    def __init__(self, response: bytes):
+        super().__init__(response)
+        self.response = response
+
+
+def _bad(msg: str) -> CommandError:
+    return CommandError(b"BAD " + msg.encode())
+
+
+def astring(value: bytes) -> bytes:
+    """An atom if it can be one, else a quoted string or literal."""
+    if _ASTRING_SAFE.match(value) and value.upper() != b"NIL":
+        return value
+    return mime.imap_string(value)
+
+
+def encode_mailbox(name: str) -> bytes:
+    return astring(mutf7.encode(name))
+
+
+def decode_mailbox(tok: Token) -> str:
+    raw = as_bytes(tok)
+    try:
+        name = mutf7.decode(raw)
+    except ValueError:
+        raise CommandError(b"NO [CANNOT] Invalid mailbox name: not modified UTF-7") from None
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX/"):
+        return "INBOX" + name[5:]
+    return name
+
+
+def parse_datetime(raw: bytes) -> datetime.datetime:
+    m = _DATETIME_RE.match(raw)
+    if not m:
+        raise _bad("Invalid date-time")
+    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+    try:
+        month = [x.lower() for x in fetch.MONTHS].index(mon.decode().lower()) + 1
+        offset = datetime.timedelta(hours=int(zh), minutes=int(zm))
+        tz = datetime.timezone(-offset if sign == b"-" else offset)
+        return datetime.datetime(int(year), month, int(day), int(hh), int(mm), int(ss), tzinfo=tz)
+    except ValueError:
+        raise _bad("Invalid date-time") from None
+
+
+def parse_flags(tokens: list[Token]) -> list[str]:
+    """Flag atoms → canonical names; BAD for \\Recent, unknown \\X, non-atoms."""
+    out: list[str] = []
+    for tok in tokens:
+        if not isinstance(tok, Atom):
+            raise _bad("Invalid flag")
+        name = tok.decode("utf-8", "replace")
+        if name.startswith("\\"):
+            canon = _SYSTEM.get(name.lower())
+            if canon is None:
+                raise _bad(f"Invalid system flag {name}")
+            name = canon
+        elif any(c in name for c in "[]%*\\") or not name:
+            raise _bad(f"Invalid keyword {name}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def list_pattern(pattern: str) -> re.Pattern[str]:
+    """A LIST pattern (``*``, ``%``) as a regex on full names."""
+    regex = "".join(
+        ".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern
+    )
+    return re.compile(f"^{regex}$", re.S)
+
+
+class IMAPSession(Protocol):
+    """One authenticated IMAP4rev1 client connection."""
+
+    log = Logger(namespace="pydovecot.imap")
+
+    def __init__(self, storage: IMailStorage, ctx: SessionContext):
+        self.storage = storage
+        self.ctx = ctx
+        self.prefix = ctx.log_prefix("imap")
+        settings = ctx.settings or {}
+        self.max_line = capability.parse_size(settings.get("imap_max_line_length"), 65536)
+        self.append_limit = capability.append_limit(settings)
+        self.idle_interval = capability.parse_seconds(
+            settings.get("imap_idle_notify_interval"), 120.0
+        )
+        self.capabilities = capability.capability_string(settings).encode()
+        self.reader = CommandReader(
+            self._enqueue, self._want_continuation, self.max_line, self.append_limit
+        )
+        self.mailbox: IMailbox | None = None
+        self.cache = mime.MessageCache()
+        self.stats = fetch.FetchStats()
+        self.counters = {"deleted": 0, "expunged": 0, "trashed": 0}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._queue: deque[RawCommand | ReaderError] = deque()
+        self._busy = False
+        self._pumping = False
+        self._paused = False
+        self._cont_pending = False
+        self._started = False
+        self._early: list[bytes] = []
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._logged_out = False
+        self._closed = False
+        self._idle: defer.Deferred[bytes] | None = None
+        self._idle_timer: task.LoopingCall | None = None
+        self._idle_listener: Callable[[], None] | None = None
+        self._idle_started = 0.0
+        self._last_command = ""
+        self._last_done = 0.0
+        self.clock: Any = None  # IReactorTime; the global reactor unless set
+
+    # -- connection ----------------------------------------------------------
+
+    def _reactor(self) -> Any:
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = reactor
+        return self.clock
+
+    def start(self, tag: bytes | None, pending: bytes) -> None:
+        """Answer the login command and process bytes pipelined after it."""
+        if tag is not None:
+            self._send(tag + b" OK [CAPABILITY " + self.capabilities + b"] Logged in\r\n")
+            self._flush()
+        self._started = True
+        early, self._early = b"".join(self._early), []
+        if pending or early:
+            self.reader.feed(pending + early)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._logged_out:
+            return
+        if not self._started:
+            self._early.append(data)
+            return
+        self.reader.feed(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closed = True
+        self._stop_idle()
+        for item in self._queue:
+            if isinstance(item, RawCommand):
+                item.close()
+        self._queue.clear()
+        if self.mailbox is not None:
+            try:
+                self.mailbox.close()
+            except Exception:
+                self.log.failure("Closing mailbox failed", log_prefix=self.prefix)
+            self.mailbox = None
+        stats = self._logout_stats()
+        if self._logged_out:
+            self.log.info("Disconnected: Logged out " + stats, log_prefix=self.prefix)
+        else:
+            if self._idle_started:
+                why = f"IDLE running for {time.monotonic() - self._idle_started:.3f} secs"
+            elif self._last_command:
+                why = f"{self._last_command} finished {time.monotonic() - self._last_done:.3f} secs ago"
+            else:
+                why = "No commands sent"
+            self.log.info(
+                "Disconnected: Connection closed ({why}) " + stats, why=why, log_prefix=self.prefix
+            )
+
+    def _logout_stats(self) -> str:
+        s = self.stats
+        c = self.counters
+        return (
+            f"in={self.bytes_in} out={self.bytes_out} deleted={c['deleted']} "
+            f"expunged={c['expunged']} trashed={c['trashed']} hdr_count={s.hdr_count} "
+            f"hdr_bytes={s.hdr_bytes} body_count={s.body_count} body_bytes={s.body_bytes}"
+        ).replace("{", "{{").replace("}", "}}")
+
+    # -- output ----------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out = []
+        self._out_size = 0
+        if self._closed or self.transport is None:
+            return
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
+    # -- the command queue --------------------------------------------------------
+
+    def _enqueue(self, item: RawCommand | ReaderError) -> None:
+        if self._idle is not None and not self._queue:
+            self._idle_input(item)
+            return
+        self._queue.append(item)
+        if len(self._queue) >= QUEUE_PAUSE and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pauseProducing()
+        self._pump()
+
+    def _want_continuation(self) -> None:
+        if self._busy or self._queue:
+            self._cont_pending = True
+        else:
+            self._send(b"+ OK\r\n")
+            self._flush()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and not self._busy and not self._logged_out and not self._closed:
+                item = self._queue.popleft()
+                if isinstance(item, ReaderError):
+                    self._send((item.tag or b"*") + b" " + item.response + b"\r\n")
+                    self._flush()
+                    continue
+                self._busy = True
+                d = defer.maybeDeferred(self._execute, item)
+                d.addBoth(self._command_done)
+            if self._paused and len(self._queue) < QUEUE_PAUSE // 4 and self.transport:
+                self._paused = False
+                self.transport.resumeProducing()
+            if not self._queue and not self._busy and self._cont_pending and not self._closed:
+                self._cont_pending = False
+                self._send(b"+ OK\r\n")
+                self._flush()
+        finally:
+            self._pumping = False
+
+    def _command_done(self, result: object) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("Unhandled error in command queue", result, log_prefix=self.prefix)
+        self._busy = False
+        self._last_done = time.monotonic()
+        self._flush()
+        self._pump()
+
+    def _execute(self, raw: RawCommand) -> defer.Deferred[None] | None:
+        try:
+            tokens = tokenize(raw)
+        except ParseError as e:
+            raw.close()
+            self._tagged(raw.tag(), b"BAD Error in IMAP command: " + str(e).encode())
+            return None
+        tag = tokens[0] if tokens else None
+        if not isinstance(tag, Atom) or extract_tag(tag) != tag:
+            self._tagged(None, b"BAD Error in IMAP tag.")
+            raw.close()
+            return None
+        if len(tokens) < 2 or not isinstance(tokens[1], Atom):
+            self._tagged(tag, b"BAD Error in IMAP command: Missing command name.")
+            raw.close()
+            return None
+        name = tokens[1].upper_str()
+        args = tokens[2:]
+        uid = False
+        if name == "UID":
+            if not args or not isinstance(args[0], Atom):
+                self._tagged(tag, b"BAD Error in IMAP command UID: Missing command.")
+                return None
+            name = args[0].upper_str()
+            args = args[1:]
+            uid = True
+            if name not in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"):
+                self._tagged(tag, b"BAD Error in IMAP command UID: Unknown command.")
+                return None
+        shown = ("UID " if uid else "") + name
+        self._last_command = shown
+        handler = getattr(self, "cmd_" + name.lower(), None) if name.isalpha() else None
+        if handler is None:
+            self._tagged(tag, b"BAD Error in IMAP command %s: Unknown command." % shown[:40].encode())
+            return None
+        if name in SELECTED_ONLY and self.mailbox is None:
+            self._tagged(tag, b"BAD No mailbox selected.")
+            return None
+
+        def ok(response: bytes) -> None:
+            self._finish(tag, response, name, uid)
+
+        def failed(f: Failure) -> None:
+            if f.check(_Silent):
+                return
+            if f.check(CommandError):
+                response = f.value.response
+                if response.startswith(b"BAD ") and not response.startswith(b"BAD ["):
+                    response = b"BAD Error in IMAP command %s: %s" % (shown.encode(), response[4:])
+                self._finish(tag, response, name, uid)
+            elif f.check(ParseError):
+                msg = str(f.value).encode()
+                self._finish(tag, b"BAD Error in IMAP command %s: %s" % (shown.encode(), msg), name, uid)
+            elif f.check(StorageError):
+                err = f.value
+                text = str(err) or type(err).__name__
+                self._finish(tag, b"NO [%s] %s" % (err.code.encode(), text.encode()), name, uid)
+            else:
+                self.log.failure("{cmd} failed", f, cmd=shown, log_prefix=self.prefix)
+                self._finish(tag, SERVERBUG, name, uid)
+
+        try:
+            kwargs = {"uid": uid} if name in UID_COMMANDS else {}
+            result = handler(tag, args, **kwargs)
+        except BaseException:
+            failed(Failure())
+            return None
+        finally:
+            raw.close()
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(ok, failed)
+            result.addErrback(lambda f: self.log.failure("finishing", f, log_prefix=self.prefix))
+            return result
+        ok(result)
+        return None
+
+    def _finish(self, tag: bytes, response: bytes, name: str, uid: bool) -> None:
+        if self._closed:
+            return
+        if self.mailbox is not None and name not in NO_SYNC and not self._logged_out:
+            try:
+                self._sync(allow_expunge=uid or name not in NO_EXPUNGE)
+            except Exception:
+                self.log.failure("sync failed", log_prefix=self.prefix)
+        self._tagged(tag, response)
+        self._flush()
+
+    def _tagged(self, tag: bytes | None, response: bytes) -> None:
+        self._send((tag or b"*") + b" " + response + b"\r\n")
+
+    # -- mailbox changes ---------------------------------------------------------
+
+    def _sync(self, allow_expunge: bool = True) -> None:
+        """Report other sessions' changes as untagged responses."""
+        mbox = self.mailbox
+        if mbox is None or not allow_expunge:
+            return  # the view may only move between commands that allow EXPUNGE
+        old_uids = [m.uid for m in mbox.messages]
+        old_count = len(old_uids)
+        old_recent = len(mbox.recent)
+        result = mbox.sync()
+        self._report_expunges(old_uids, result.expunged)
+        if result.added or len(mbox.messages) != old_count:
+            self._send(b"* %d EXISTS\r\n" % len(mbox.messages))
+        if len(mbox.recent) != old_recent or result.added:
+            self._send(b"* %d RECENT\r\n" % len(mbox.recent))
+        if result.flags_changed:
+            changed = set(result.flags_changed)
+            for seq, info in enumerate(mbox.messages, 1):
+                if info.uid in changed:
+                    self._send(
+                        b"* %d FETCH (UID %d FLAGS %s)\r\n"
+                        % (seq, info.uid, fetch.format_flags(info.flags, info.uid in mbox.recent))
+                    )
+
+    def _report_expunges(self, old_uids: list[int], expunged: list[int]) -> None:
+        if not expunged:
+            return
+        gone = set(expunged)
+        seqs = [i for i, u in enumerate(old_uids, 1) if u in gone]
+        for seq in reversed(seqs):
+            self._send(b"* %d EXPUNGE\r\n" % seq)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _selected(self) -> IMailbox:
+        assert self.mailbox is not None
+        return self.mailbox
+
+    def _resolve(self, raw: Token, uid: bool) -> list[tuple[int, MessageInfo]]:
+        """A sequence set → [(seq, info)] in mailbox order."""
+        if not isinstance(raw, Atom):
+            raise _bad("Invalid messageset")
+        ranges = parse_sequence_set(raw)
+        messages = self._selected().messages
+        if uid:
+            star = messages[-1].uid if messages else 0
+            if not messages:
+                return []
+            nset = NumberSet(ranges, star)
+            return [(i, m) for i, m in enumerate(messages, 1) if m.uid in nset]
+        count = len(messages)
+        for a, b in ranges:
+            if (a == STAR or b == STAR) and count == 0:
+                raise CommandError(b"BAD Error in IMAP command: No messages")
+            if a > count or b > count:
+                raise _bad("Invalid messageset")
+        nset = NumberSet(ranges, count)
+        return [(i, messages[i - 1]) for i in nset]
+
+    def _load(self, info: MessageInfo) -> mime.ParsedMessage:
+        mbox = self._selected()
+        key = (mbox.name, mbox.uidvalidity, info.uid)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        with mbox.message_file(info.uid) as f:
+            data = mime.normalize_crlf(f.read())
+        parsed = mime.ParsedMessage(data)
+        self.cache.put(key, parsed)
+        return parsed
+
+    def _list_entries(
+        self, infos: list[MailboxInfo], reference: str, pattern: str
+    ) -> list[tuple[str, set[str]]]:
+        if pattern.upper().startswith("INBOX") and not reference:
+            pattern = "INBOX" + pattern[5:]
+        full = reference + pattern
+        if reference.upper() == "INBOX" or reference.upper().startswith("INBOX/"):
+            full = "INBOX" + full[5:]
+        regex = list_pattern(full)
+        names = {i.name: set(i.attributes) for i in infos}
+        virtual: dict[str, set[str]] = {}
+        for name in names:
+            parts = name.split("/")
+            for k in range(1, len(parts)):
+                parent = "/".join(parts[:k])
+                if parent not in names:
+                    virtual[parent] = {"\\Noselect", "\\HasChildren"}
+        out = []
+        for name, attrs in list(names.items()) + list(virtual.items()):
+            if regex.match(name):
+                out.append((name, attrs))
+        return out
+
+    # -- any state -------------------------------------------------------------------
+
+    def cmd_capability(self, tag: bytes, args: list[Token]) -> bytes:
+        self._send(b"* CAPABILITY " + self.capabilities + b"\r\n")
+        return b"OK Capability completed."
+
+    def cmd_noop(self, tag: bytes, args: list[Token]) -> bytes:
+        return b"OK NOOP completed."
+
+    def cmd_check(self, tag: bytes, args: list[Token]) -> bytes:
+        return b"OK Check completed."
+
+    def cmd_logout(self, tag: bytes, args: list[Token]) -> bytes:
+        self._send(b"* BYE Logging out\r\n")
+        self._tagged(tag, b"OK Logout completed.")
+        self._flush()
+        self._logged_out = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+        raise _Silent()
+
+    def cmd_login(self, tag: bytes, args: list[Token]) -> bytes:
+        raise CommandError(b"BAD Error in IMAP command LOGIN: Already logged in.")
+
+    cmd_authenticate = cmd_login
+
+    def cmd_starttls(self, tag: bytes, args: list[Token]) -> bytes:
+        raise CommandError(b"BAD TLS is already active or not available in this state.")
+
+    def cmd_id(self, tag: bytes, args: list[Token]) -> bytes:
+        if len(args) != 1:
+            raise _bad("Invalid ID arguments")
+        self._send(b'* ID ("name" "pydovecot")\r\n')
+        return b"OK ID completed."
+
+    def cmd_enable(self, tag: bytes, args: list[Token]) -> bytes:
+        if not args or not all(isinstance(a, Atom) for a in args):
+            raise _bad("Missing capabilities")
+        self._send(b"* ENABLED\r\n")
+        return b"OK Enabled."
+
+    def cmd_namespace(self, tag: bytes, args: list[Token]) -> bytes:
+        self._send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        return b"OK Namespace completed."
+
+    # -- mailboxes ------------------------------------------------------------------
+
+    def cmd_list(self, tag: bytes, args: list[Token], lsub: bool = False) -> bytes:
+        if len(args) != 2 or any(isinstance(a, list) for a in args):
+            raise _bad("Invalid arguments")
+        kind = b"LSUB" if lsub else b"LIST"
+        raw_ref, raw_pat = as_bytes(args[0]), as_bytes(args[1])
+        if not raw_pat and not lsub:
+            self._send(b'* LIST (\\Noselect) "/" ""\r\n')
+            return b"OK List completed."
+        try:
+            reference, pattern = mutf7.decode(raw_ref), mutf7.decode(raw_pat)
+        except ValueError:
+            return b"OK %s completed." % kind.capitalize()
+        infos = self.storage.list_mailboxes()
+        if lsub:
+            existing = {i.name for i in infos}
+            infos = [
+                MailboxInfo(n, set() if n in existing else {"\\Noselect"})
+                for n in self.storage.subscriptions()
+            ]
+        for name, attrs in self._list_entries(infos, reference, pattern):
+            if lsub:
+                attrs = {a for a in attrs if a == "\\Noselect"}
+            attr = " ".join(sorted(attrs)).encode()
+            self._send(b"* %s (%s) \"/\" %s\r\n" % (kind, attr, encode_mailbox(name)))
+        return b"OK %s completed." % kind.capitalize()
+
+    def cmd_lsub(self, tag: bytes, args: list[Token]) -> bytes:
+        return self.cmd_list(tag, args, lsub=True)
+
+    def _one_mailbox(self, args: list[Token], count: int = 1) -> list[str]:
+        if len(args) != count or any(isinstance(a, list) for a in args):
+            raise _bad("Invalid arguments")
+        return [decode_mailbox(a) for a in args]
+
+    def cmd_create(self, tag: bytes, args: list[Token]) -> bytes:
+        (name,) = self._one_mailbox(args)
+        name = name.rstrip("/")
+        if not name:
+            raise CommandError(b"NO [CANNOT] Invalid mailbox name")
+        self.storage.create(name)
+        return b"OK Create completed."
+
+    def cmd_delete(self, tag: bytes, args: list[Token]) -> bytes:
+        (name,) = self._one_mailbox(args)
+        if self.mailbox is not None and self.mailbox.name == name:
+            self.mailbox.close()
+            self.mailbox = None
+        self.storage.delete(name)
+        return b"OK Delete completed."
+
+    def cmd_rename(self, tag: bytes, args: list[Token]) -> bytes:
+        old, new = self._one_mailbox(args, 2)
+        self.storage.rename(old, new.rstrip("/"))
+        return b"OK Rename completed."
+
+    def cmd_subscribe(self, tag: bytes, args: list[Token]) -> bytes:
+        (name,) = self._one_mailbox(args)
+        self.storage.subscribe(name)
+        return b"OK Subscribe completed."
+
+    def cmd_unsubscribe(self, tag: bytes, args: list[Token]) -> bytes:
+        (name,) = self._one_mailbox(args)
+        self.storage.unsubscribe(name)
+        return b"OK Unsubscribe completed."
+
+    def cmd_status(self, tag: bytes, args: list[Token]) -> bytes:
+        if len(args) != 2 or not isinstance(args[1], list) or not args[1]:
+            raise _bad("Invalid arguments")
+        name = decode_mailbox(args[0])
+        wanted = []
+        for item in args[1]:
+            if not isinstance(item, Atom):
+                raise _bad("Invalid status item")
+            key = item.upper_str()
+            if key not in ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"):
+                raise _bad(f"Invalid status item {key[:30]}")
+            wanted.append(key)
+        status = self.storage.status(name)
+        values = b" ".join(
+            b"%s %d" % (k.encode(), getattr(status, k.lower())) for k in wanted
+        )
+        self._send(b"* STATUS %s (%s)\r\n" % (encode_mailbox(name), values))
+        return b"OK Status completed."
+
+    def cmd_select(self, tag: bytes, args: list[Token], readonly: bool = False) -> bytes:
+        if len(args) != 1 or isinstance(args[0], list):
+            raise _bad("Invalid arguments")
+        name = decode_mailbox(args[0])
+        if self.mailbox is not None:
+            self.mailbox.close()
+            self.mailbox = None
+        mbox = self.storage.open(name, readonly=readonly)
+        self.mailbox = mbox
+        keywords = list(mbox.keywords)
+        flags = " ".join(["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *keywords])
+        self._send(b"* FLAGS (%s)\r\n" % flags.encode())
+        if readonly:
+            self._send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n")
+        else:
+            self._send(b"* OK [PERMANENTFLAGS (%s \\*)] Flags permitted.\r\n" % flags.encode())
+        self._send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(mbox.messages), len(mbox.recent)))
+        for seq, info in enumerate(mbox.messages, 1):
+            if "\\Seen" not in info.flags:
+                self._send(b"* OK [UNSEEN %d] First unseen.\r\n" % seq)
+                break
+        self._send(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
+        self._send(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
+        if readonly or mbox.readonly:
+            return b"OK [READ-ONLY] Examine completed." if readonly else b"OK [READ-ONLY] Select completed."
+        return b"OK [READ-WRITE] Select completed."
+
+    def cmd_examine(self, tag: bytes, args: list[Token]) -> bytes:
+        return self.cmd_select(tag, args, readonly=True)
+
+    def cmd_append(self, tag: bytes, args: list[Token]) -> bytes:
+        if len(args) < 2:
+            raise _bad("Missing arguments")
+        name = decode_mailbox(args[0])
+        rest = args[1:]
+        flags: list[str] = []
+        when = None
+        if isinstance(rest[0], list):
+            flags = parse_flags(rest[0])
+            rest = rest[1:]
+        if len(rest) == 2 and isinstance(rest[0], String):
+            when = parse_datetime(bytes(rest[0]))
+            rest = rest[1:]
+        if len(rest) != 1 or not isinstance(rest[0], String | Literal):
+            raise _bad("Invalid arguments")
+        message = rest[0]
+        size = message.size if isinstance(message, Literal) else len(message)
+        try:
+            if size == 0:
+                raise CommandError(b"NO Can't save a zero byte message.")
+            if size > self.append_limit:
+                raise CommandError(b"NO [TOOBIG] Mail is larger than the APPENDLIMIT.")
+            try:
+                uidvalidity, new_uid = self.storage.append(name, as_file(message), flags, when)
+            except MailboxNotFound:
+                raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)) from None
+        finally:
+            if isinstance(message, Literal):
+                message.close()
+        return b"OK [APPENDUID %d %d] Append completed." % (uidvalidity, new_uid)
+
+    # -- selected state -------------------------------------------------------------
+
+    def cmd_close(self, tag: bytes, args: list[Token]) -> bytes:
+        mbox = self._selected()
+        if not mbox.readonly:
+            self.counters["expunged"] += len(mbox.expunge())
+        mbox.close()
+        self.mailbox = None
+        return b"OK Close completed."
+
+    def cmd_unselect(self, tag: bytes, args: list[Token]) -> bytes:
+        self._selected().close()
+        self.mailbox = None
+        return b"OK Unselect completed."
+
+    def cmd_expunge(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+        mbox = self._selected()
+        if mbox.readonly:
+            raise CommandError(b"NO [READ-ONLY] Mailbox is read-only.")
+        uids = None
+        if uid:
+            if len(args) != 1:
+                raise _bad("Missing messageset")
+            uids = [m.uid for _s, m in self._resolve(args[0], True)]
+        elif args:
+            raise _bad("Unexpected arguments")
+        old = [m.uid for m in mbox.messages]
+        removed = mbox.expunge(uids)
+        self.counters["expunged"] += len(removed)
+        self._report_expunges(old, removed)
+        return b"OK Expunge completed."
+
+    def cmd_search(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+        mbox = self._selected()
+        if args and isinstance(args[0], Atom) and args[0].upper() == b"RETURN":
+            raise _bad("SEARCH RETURN is not supported")
+        try:
+            pred = SearchParser.parse(args)
+        except BadCharset:
+            raise CommandError(b"NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset") from None
+        messages = mbox.messages
+        max_seq = len(messages)
+        max_uid = messages[-1].uid if messages else 0
+        hits: list[int] = []
+        recent = mbox.recent
+        for seq, info in enumerate(messages, 1):
+            ctx = SearchContext(seq, info, info.uid in recent,
+                                lambda info=info: self._load(info), max_seq, max_uid)
+            try:
+                if pred(ctx):
+                    hits.append(info.uid if uid else seq)
+            except (OSError, StorageError):
+                continue
+        self._send(b"* SEARCH" + b"".join(b" %d" % n for n in hits) + b"\r\n")
+        return b"OK Search completed."
+
+    def cmd_fetch(self, tag: bytes, args: list[Token], uid: bool = False):
+        mbox = self._selected()
+        if len(args) < 2:
+            raise _bad("Missing arguments")
+        if len(args) > 2:
+            raise _bad("FETCH modifiers are not supported")
+        items = fetch.parse_items(args[1:])
+        if uid and not any(i.name == "UID" for i in items):
+            items.insert(0, fetch.FetchItem("UID"))
+        targets = self._resolve(args[0], uid)
+        set_seen = not mbox.readonly and any(
+            i.section is not None and not i.peek for i in items
+        )
+        changed: set[int] = set()
+        if set_seen:
+            unseen = [m.uid for _s, m in targets if "\\Seen" not in m.flags]
+            if unseen:
+                changed = set(mbox.store(unseen, ["\\Seen"], "+"))
+        if len(targets) <= FETCH_BATCH:
+            missing = self._fetch_range(targets, items, changed)
+            return self._fetch_result(missing)
+        state = {"missing": 0}
+
+        def work() -> Generator[None, None, None]:
+            for start in range(0, len(targets), FETCH_BATCH):
+                if self._closed:
+                    return
+                state["missing"] += self._fetch_range(
+                    targets[start : start + FETCH_BATCH], items, changed
+                )
+                self._flush()
+                yield None
+
+        d = task.cooperate(work()).whenDone()
+        d.addCallback(lambda _: self._fetch_result(state["missing"]))
+        return d
+
+    def _fetch_result(self, missing: int) -> bytes:
+        if missing:
+            return b"NO [EXPUNGEISSUED] Some messages were expunged."
+        return b"OK Fetch completed."
+
+    def _fetch_range(self, targets, items: list[fetch.FetchItem], changed: set[int]) -> int:
+        recent = self._selected().recent
+        missing = 0
+        for seq, info in targets:
+            try:
+                line = fetch.render(
+                    seq, info, items, info.uid in recent,
+                    lambda info=info: self._load(info), self.stats,
+                    add_flags=info.uid in changed,
+                )
+            except (OSError, StorageError):
+                missing += 1
+                continue
+            self._send(line)
+        return missing
+
+    def cmd_store(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+        mbox = self._selected()
+        if len(args) < 3:
+            raise _bad("Missing arguments")
+        if not isinstance(args[1], Atom):
+            raise _bad("Invalid STORE item")
+        item = args[1].upper_str()
+        silent = item.endswith(".SILENT")
+        base = item[: -len(".SILENT")] if silent else item
+        modes = {"FLAGS": "=", "+FLAGS": "+", "-FLAGS": "-"}
+        if base not in modes:
+            raise _bad(f"Invalid STORE item {item[:30]}")
+        flag_tokens = args[2] if len(args) == 3 and isinstance(args[2], list) else args[2:]
+        flags = parse_flags(flag_tokens)
+        if mbox.readonly:
+            raise CommandError(b"NO [READ-ONLY] Mailbox is read-only.")
+        targets = self._resolve(args[0], uid)
+        mode = modes[base]
+        before_deleted = {m.uid for _s, m in targets if "\\Deleted" in m.flags}
+        mbox.store([m.uid for _s, m in targets], flags, mode)
+        recent = mbox.recent
+        for seq, info in targets:
+            if "\\Deleted" in info.flags and info.uid not in before_deleted:
+                self.counters["deleted"] += 1
+            if not silent:
+                uid_part = b"UID %d " % info.uid if uid else b""
+                self._send(b"* %d FETCH (%sFLAGS %s)\r\n" % (
+                    seq, uid_part, fetch.format_flags(info.flags, info.uid in recent)))
+        return b"OK Store completed."
+
+    def _copy(self, args: list[Token], uid: bool) -> tuple[str, list[int], bytes]:
+        if len(args) != 2:
+            raise _bad("Invalid arguments")
+        dest = decode_mailbox(args[1])
+        targets = self._resolve(args[0], uid)
+        uids = [m.uid for _s, m in targets]
+        if not uids:
+            return dest, [], b""
+        try:
+            validity, pairs = self.storage.copy(self._selected(), uids, dest)
+        except MailboxNotFound:
+            raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(dest)) from None
+        if dest.lower() == "trash" or dest.lower().endswith("/trash"):
+            self.counters["trashed"] += len(pairs)
+        code = b"COPYUID %d %s %s" % (
+            validity, compress([s for s, _d in pairs]), compress([d for _s, d in pairs])
+        )
+        return dest, uids, code
+
+    def cmd_copy(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+        _dest, uids, code = self._copy(args, uid)
+        if not uids:
+            return b"OK No messages found."
+        return b"OK [%s] Copy completed." % code
+
+    def cmd_move(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+        mbox = self._selected()
+        if mbox.readonly:
+            raise CommandError(b"NO [READ-ONLY] Mailbox is read-only.")
+        _dest, uids, code = self._copy(args, uid)
+        if not uids:
+            return b"OK No messages found."
+        self._send(b"* OK [%s] Moved UIDs.\r\n" % code)
+        old = [m.uid for m in mbox.messages]
+        mbox.store(uids, ["\\Deleted"], "+")
+        removed = mbox.expunge(uids)
+        self.counters["expunged"] += len(removed)
+        self._report_expunges(old, removed)
+        return b"OK Move completed."
+
+    # -- IDLE -------------------------------------------------------------------------
+
+    def cmd_idle(self, tag: bytes, args: list[Token]) -> defer.Deferred[bytes]:
+        if args:
+            raise _bad("Unexpected arguments")
+        if self.mailbox is not None:
+            self._sync()
+        self._send(b"+ idling\r\n")
+        self._flush()
+        self._idle = defer.Deferred()
+        self._idle_started = time.monotonic()
+        if self.mailbox is not None:
+            self._idle_listener = self._idle_changed
+            self.storage.add_listener(self.mailbox.name, self._idle_listener)
+        if self.idle_interval > 0:
+            self._idle_timer = task.LoopingCall(self._idle_tick)
+            self._idle_timer.clock = self._reactor()
+            self._idle_timer.start(self.idle_interval, now=False)
+        return self._idle
+
+    def _idle_changed(self) -> None:
+        if self._idle is None or self._closed:
+            return
+        try:
+            self._sync()
+        except Exception:
+            self.log.failure("IDLE sync failed", log_prefix=self.prefix)
+        self._flush()
+
+    def _idle_tick(self) -> None:
+        self._idle_changed()
+        self._send(b"* OK Still here\r\n")
+        self._flush()
+
+    def _stop_idle(self) -> defer.Deferred[bytes] | None:
+        d, self._idle = self._idle, None
+        self._idle_started = 0.0
+        if self._idle_timer is not None and self._idle_timer.running:
+            self._idle_timer.stop()
+        self._idle_timer = None
+        if self._idle_listener is not None and self.mailbox is not None:
+            self.storage.remove_listener(self.mailbox.name, self._idle_listener)
+        self._idle_listener = None
+        return d
+
+    def _idle_input(self, item: RawCommand | ReaderError) -> None:
+        d = self._stop_idle()
+        assert d is not None
+        if isinstance(item, RawCommand):
+            line = item.first_line.strip().upper()
+            item.close()
+            if line == b"DONE" and len(item.segments) == 1:
+                d.callback(b"OK Idle completed.")
+                return
+        d.errback(CommandError(b"BAD Expected DONE."))
+
+
+class _Silent(Exception):
+    """Raised by LOGOUT: the tagged reply is already sent."""
+
+
+SELECTED_ONLY = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+UID_COMMANDS = {"EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}

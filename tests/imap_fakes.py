@@ -1,0 +1,257 @@
+"""An in-memory IMailStorage for IMAP unit tests.
+
+Trusts its caller completely; implements just enough of
+``pydovecot.storage.interfaces`` (views, \\Recent, listeners, sync
+reporting other views' changes) to exercise the protocol layer.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from zope.interface import implementer
+
+from pydovecot.storage.interfaces import (
+    IMailbox,
+    IMailStorage,
+    MailboxExists,
+    MailboxInfo,
+    MailboxNotFound,
+    MailboxStatus,
+    MessageInfo,
+    StorageError,
+    SyncResult,
+)
+
+
+@dataclass
+class _Stored:
+    uid: int
+    data: bytes
+    flags: set[str]
+    internaldate: datetime.datetime
+    recent_taken: bool = False
+
+
+@dataclass
+class _Box:
+    messages: list[_Stored] = field(default_factory=list)
+    uidvalidity: int = 1234
+    uidnext: int = 1
+
+
+@implementer(IMailbox)
+class FakeMailbox:
+    def __init__(self, storage: FakeStorage, name: str, readonly: bool):
+        self.storage = storage
+        self.name = name
+        self.readonly = readonly
+        box = storage.boxes[name]
+        self.uidvalidity = box.uidvalidity
+        self.recent: set[int] = set()
+        self.messages: list[MessageInfo] = []
+        self.keywords: list[str] = []
+        self._take(box.messages)
+        self.storage.views.append(self)
+
+    @property
+    def uidnext(self) -> int:
+        return self.storage.boxes[self.name].uidnext
+
+    def _info(self, m: _Stored) -> MessageInfo:
+        size = len(m.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        return MessageInfo(m.uid, set(m.flags), size, m.internaldate)
+
+    def _take(self, stored: list[_Stored]) -> list[int]:
+        added = []
+        for m in stored:
+            if not self.readonly and not m.recent_taken:
+                m.recent_taken = True
+                self.recent.add(m.uid)
+            self.messages.append(self._info(m))
+            added.append(m.uid)
+        return added
+
+    def sync(self) -> SyncResult:
+        box = self.storage.boxes.get(self.name, _Box())
+        current = {m.uid: m for m in box.messages}
+        result = SyncResult()
+        kept = []
+        for info in self.messages:
+            m = current.get(info.uid)
+            if m is None:
+                result.expunged.append(info.uid)
+                self.recent.discard(info.uid)
+                continue
+            if m.flags != info.flags:
+                info.flags = set(m.flags)
+                result.flags_changed.append(info.uid)
+            kept.append(info)
+        self.messages = kept
+        last = self.messages[-1].uid if self.messages else 0
+        result.added = self._take([m for m in box.messages if m.uid > last])
+        return result
+
+    def message_file(self, uid: int) -> BinaryIO:
+        import io
+
+        for m in self.storage.boxes[self.name].messages:
+            if m.uid == uid:
+                return io.BytesIO(m.data)
+        raise StorageError("expunged")
+
+    def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
+        if self.readonly:
+            raise StorageError("read-only")
+        flags = set(flags)
+        wanted = set(uids)
+        changed = []
+        stored = {m.uid: m for m in self.storage.boxes[self.name].messages}
+        for info in self.messages:
+            if info.uid not in wanted or info.uid not in stored:
+                continue
+            new = {"+": info.flags | flags, "-": info.flags - flags, "=": set(flags)}[mode]
+            if new != info.flags:
+                info.flags = new
+                stored[info.uid].flags = set(new)
+                changed.append(info.uid)
+        for kw in flags:
+            if not kw.startswith("\\") and kw not in self.keywords:
+                self.keywords.append(kw)
+        if changed:
+            self.storage.notify(self.name)
+        return changed
+
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        wanted = set(uids) if uids is not None else None
+        box = self.storage.boxes[self.name]
+        gone = [
+            i.uid for i in self.messages
+            if "\\Deleted" in i.flags and (wanted is None or i.uid in wanted)
+        ]
+        box.messages = [m for m in box.messages if m.uid not in gone]
+        self.messages = [i for i in self.messages if i.uid not in gone]
+        if gone:
+            self.storage.notify(self.name)
+        return gone
+
+    def close(self) -> None:
+        if self in self.storage.views:
+            self.storage.views.remove(self)
+
+
+@implementer(IMailStorage)
+class FakeStorage:
+    def __init__(self, user: str = "alice"):
+        self.user = user
+        self.boxes: dict[str, _Box] = {"INBOX": _Box()}
+        self.subs: list[str] = []
+        self.views: list[FakeMailbox] = []
+        self.listeners: dict[str, list[Callable[[], None]]] = {}
+
+    def notify(self, name: str) -> None:
+        for cb in list(self.listeners.get(name, [])):
+            cb()
+
+    def list_mailboxes(self) -> list[MailboxInfo]:
+        out = []
+        for name in sorted(self.boxes, key=lambda n: (n != "INBOX", n)):
+            kids = any(o.startswith(name + "/") for o in self.boxes)
+            out.append(MailboxInfo(name, {"\\HasChildren" if kids else "\\HasNoChildren"}))
+        return out
+
+    def create(self, name: str) -> None:
+        if name in self.boxes:
+            raise MailboxExists("Mailbox already exists")
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            self.boxes.setdefault("/".join(parts[:k]), _Box())
+        self.boxes[name] = _Box()
+
+    def delete(self, name: str) -> None:
+        if name == "INBOX":
+            raise StorageError("INBOX can't be deleted.")
+        if name not in self.boxes:
+            raise MailboxNotFound("Mailbox doesn't exist")
+        del self.boxes[name]
+
+    def rename(self, old: str, new: str) -> None:
+        if old not in self.boxes:
+            raise MailboxNotFound("Mailbox doesn't exist")
+        if new in self.boxes:
+            raise MailboxExists("Mailbox already exists")
+        for name in list(self.boxes):
+            if name == old or name.startswith(old + "/"):
+                self.boxes[new + name[len(old):]] = self.boxes.pop(name)
+
+    def subscriptions(self) -> list[str]:
+        return list(self.subs)
+
+    def subscribe(self, name: str) -> None:
+        if name not in self.subs:
+            self.subs.append(name)
+
+    def unsubscribe(self, name: str) -> None:
+        if name in self.subs:
+            self.subs.remove(name)
+
+    def status(self, name: str) -> MailboxStatus:
+        box = self.boxes.get(name)
+        if box is None:
+            raise MailboxNotFound("Mailbox doesn't exist")
+        return MailboxStatus(
+            messages=len(box.messages),
+            recent=sum(1 for m in box.messages if not m.recent_taken),
+            uidnext=box.uidnext,
+            uidvalidity=box.uidvalidity,
+            unseen=sum(1 for m in box.messages if "\\Seen" not in m.flags),
+        )
+
+    def open(self, name: str, readonly: bool = False) -> FakeMailbox:
+        if name not in self.boxes:
+            raise MailboxNotFound("Mailbox doesn't exist")
+        return FakeMailbox(self, name, readonly)
+
+    def append(
+        self,
+        name: str,
+        message: BinaryIO,
+        flags: Iterable[str] = (),
+        internaldate: datetime.datetime | None = None,
+    ) -> tuple[int, int]:
+        box = self.boxes.get(name)
+        if box is None:
+            raise MailboxNotFound("Mailbox doesn't exist")
+        when = internaldate or datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.UTC)
+        uid = box.uidnext
+        box.uidnext += 1
+        box.messages.append(_Stored(uid, message.read(), set(flags), when))
+        self.notify(name)
+        return box.uidvalidity, uid
+
+    def copy(
+        self, source: FakeMailbox, uids: Sequence[int], dest: str
+    ) -> tuple[int, list[tuple[int, int]]]:
+        box = self.boxes.get(dest)
+        if box is None:
+            raise MailboxNotFound("Mailbox doesn't exist")
+        src = {m.uid: m for m in self.boxes[source.name].messages}
+        pairs = []
+        for uid in uids:
+            m = src[uid]
+            new = box.uidnext
+            box.uidnext += 1
+            box.messages.append(_Stored(new, m.data, set(m.flags), m.internaldate))
+            pairs.append((uid, new))
+        self.notify(dest)
+        return box.uidvalidity, pairs
+
+    def add_listener(self, name: str, callback: Callable[[], None]) -> None:
+        self.listeners.setdefault(name, []).append(callback)
+
+    def remove_listener(self, name: str, callback: Callable[[], None]) -> None:
+        if callback in self.listeners.get(name, []):
+            self.listeners[name].remove(callback)
