@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fd in args.socket:
             if name not in factories:
                 log.warn("ignoring unknown socket {name}", name=name)
+                os.close(fd)
                 continue
             reactor.adoptStreamPort(fd, socket.AF_UNIX, factories[name])
             os.close(fd)

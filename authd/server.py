@@ -367,7 +367,8 @@ class AuthEngine:
             request.user = extra["user"]
         try:
             fields = yield self._userdb_chain(request, result.userdb_fields())
-        except AuthBackendError:
+        except AuthBackendError as e:
+            log.error("{who}: userdb lookup failed: {error}", who=request.log_id("auth"), error=e)
             return AuthOutcome(False, reason=TEMP_FAILED, temporary=True)
         if fields is None:
             log.error("{who}: user not found from any userdb", who=request.log_id("auth"))
@@ -383,7 +384,8 @@ class AuthEngine:
         request = AuthRequest(user=user, service=service, original_user=name)
         try:
             fields = yield self._userdb_chain(request, {})
-        except AuthBackendError:
+        except AuthBackendError as e:
+            log.error("{who}: userdb lookup failed: {error}", who=request.log_id("auth"), error=e)
             return {"found": False, "temporary": True}
         if fields is None:
             return {"found": False}

@@ -182,7 +182,9 @@ class SyntaxTests(_Files):
         self.assertEqual(cfg.passdbs, [{"driver": "pam", "args": ""}])
 
     def test_unsupported_settings_warn(self) -> None:
-        cfg = self.load("mail_cache_fields = flags date\nprotocol imap {\n  imap_metadata = yes\n}\n")
+        cfg = self.load(
+            "mail_cache_fields = flags date\nprotocol imap {\n  imap_metadata = yes\n}\n"
+        )
         self.assertEqual(cfg.get("mail_cache_fields"), "flags date")
         self.assertEqual(len(cfg.warnings), 2)
         self.assertRegex(
@@ -446,12 +448,8 @@ class SectionTests(_Files):
 
     def test_listen_per_protocol(self) -> None:
         cfg = self.load("listen = 127.0.0.1\nprotocol pop3 {\n  listen = 127.0.0.2\n}\n")
-        self.assertEqual(
-            cfg.services["pop3-login"].inet_listeners["pop3"].addresses, ["127.0.0.2"]
-        )
-        self.assertEqual(
-            cfg.services["imap-login"].inet_listeners["imap"].addresses, ["127.0.0.1"]
-        )
+        self.assertEqual(cfg.services["pop3-login"].inet_listeners["pop3"].addresses, ["127.0.0.2"])
+        self.assertEqual(cfg.services["imap-login"].inet_listeners["imap"].addresses, ["127.0.0.1"])
 
     def test_local_remote_filters_kept_and_warned(self) -> None:
         cfg = self.load(

@@ -62,8 +62,13 @@ class DbTests(unittest.TestCase):
         self.assertEqual(result.allow_nets, ["127.0.0.0/8"])
         self.assertEqual(
             result.userdb_fields(),
-            {"mail": "maildir:~/Maildir", "quota_rule": "*:storage=1G", "uid": "1000",
-             "gid": "1000", "home": "/home/alice"},
+            {
+                "mail": "maildir:~/Maildir",
+                "quota_rule": "*:storage=1G",
+                "uid": "1000",
+                "gid": "1000",
+                "home": "/home/alice",
+            },
         )
         self.assertEqual(self.verify("alice", "wrong").status, PassdbStatus.PASSWORD_MISMATCH)
         self.assertEqual(self.verify("nobody", "x").status, PassdbStatus.USER_UNKNOWN)
@@ -76,8 +81,13 @@ class DbTests(unittest.TestCase):
         fields = self.successResultOf(self.db.lookup("alice", self.req))
         self.assertEqual(
             fields,
-            {"uid": "1000", "gid": "1000", "home": "/home/alice", "mail": "maildir:~/Maildir",
-             "quota_rule": "*:storage=1G"},
+            {
+                "uid": "1000",
+                "gid": "1000",
+                "home": "/home/alice",
+                "mail": "maildir:~/Maildir",
+                "quota_rule": "*:storage=1G",
+            },
         )
         self.assertEqual(self.successResultOf(self.db.lookup("bob", self.req)), {})
         self.assertIsNone(self.successResultOf(self.db.lookup("nobody", self.req)))
@@ -129,7 +139,9 @@ class StaticTests(unittest.TestCase):
         db = static.StaticUserdb("uid=vmail gid=vmail home=/var/vmail/%d/%n allow_all_users=yes")
         req = AuthRequest(user="alice@example.org")
         fields = self.successResultOf(db.lookup("alice@example.org", req))
-        self.assertEqual(fields, {"uid": "vmail", "gid": "vmail", "home": "/var/vmail/example.org/alice"})
+        self.assertEqual(
+            fields, {"uid": "vmail", "gid": "vmail", "home": "/var/vmail/example.org/alice"}
+        )
 
     def test_passdb(self) -> None:
         db = static.StaticPassdb("password=secret")

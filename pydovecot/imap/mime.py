@@ -175,8 +175,8 @@ def parse_part(
             header_end = idx + 2
             body_start = idx + 4
     fields = parse_header_fields(data[start:header_end])
-    maintype, subtype, params, defaulted = _content_type(fields, default)
-    if defaulted and maintype.lower() == "text" and not params:
+    maintype, subtype, params, _defaulted = _content_type(fields, default)
+    if maintype.lower() == "text" and not params:
         params = [("charset", "us-ascii")]
     part = Part(start, body_start, end, fields, maintype, subtype, params)
     body_lines = data.count(b"\n", body_start, end)

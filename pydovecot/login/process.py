@@ -228,9 +228,10 @@ def start(args) -> defer.Deferred:
 
     backend = LoginBackend(config, protocol_name, auth, master, tls_context)
     factory_class = PROTOCOL_FACTORIES[protocol_name]
+    trusted = config.get_list("login_trusted_networks")
     for spec in args.listener:
         name, fd, implicit_tls = parse_listener(spec)
-        factory = factory_class(backend, implicit_tls)
+        factory = factory_class(backend, implicit_tls, trusted_networks=trusted)
         if implicit_tls:
             if tls_context is None:
                 log.error("listener {name} wants ssl but no ssl_cert/ssl_key is set", name=name)

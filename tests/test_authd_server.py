@@ -1,0 +1,330 @@
+"""End-to-end tests of authd's AMP servers on real UNIX sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.logger import globalLogPublisher
+from twisted.protocols import amp
+from twisted.trial import unittest
+
+from authd.protocol import AuthContinue, AuthStart, MechList, RedeemCookie, UserLookup
+from authd.server import AuthEngine, build_factories
+from authd.settings import AuthSettings, DbSettings
+
+USERS = """\
+alice:{PLAIN}secret:1000:1001::/home/alice::userdb_mail=maildir:~/Maildir
+bob:{PLAIN}builder:::::
+"""
+
+
+def start_args(initial: bytes | None, mech: str = "PLAIN", **kw) -> dict:
+    args = dict(
+        id=1,
+        mechanism=mech,
+        service="imap",
+        secured=True,
+        local_ip="127.0.0.1",
+        local_port=143,
+        remote_ip="127.0.0.1",
+        remote_port=50000,
+        session="sess1",
+    )
+    if initial is not None:
+        args["initial"] = initial
+    args.update(kw)
+    return args
+
+
+class ServerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        # Short path: AF_UNIX paths are limited to 108 bytes.
+        self.dir = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.passwd = os.path.join(self.dir, "users")
+        with open(self.passwd, "w") as f:
+            f.write(USERS)
+        self.settings = AuthSettings(
+            base_dir=self.dir,
+            auth_mechanisms=["plain", "login"],
+            auth_username_format="%Ln",
+            auth_failure_delay=0.05,
+            auth_verbose=True,
+            passdbs=[DbSettings("passwd-file", f"scheme=PLAIN {self.passwd}")],
+            userdbs=[DbSettings("passwd-file", self.passwd)],
+            mail_uid="",
+        )
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    @defer.inlineCallbacks
+    def serve(self, engine: AuthEngine | None = None):
+        factories = build_factories(self.settings, engine)
+        self.clients = {}
+        for name, factory in factories.items():
+            path = os.path.join(self.dir, name)
+            port = reactor.listenUNIX(path, factory)
+            self.addCleanup(port.stopListening)
+            proto = yield connectProtocol(UNIXClientEndpoint(reactor, path), amp.AMP())
+            self.addCleanup(proto.transport.loseConnection)
+            self.clients[name] = proto
+
+    def log_text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) for e in self.events)
+
+    @defer.inlineCallbacks
+    def login(self, initial: bytes | None, **kw):
+        """AuthStart; the reply without unset optional keys."""
+        if not hasattr(self, "clients"):
+            yield self.serve()
+        reply = yield self.clients["auth-login"].callRemote(AuthStart, **start_args(initial, **kw))
+        return {k: v for k, v in reply.items() if v is not None}
+
+    @defer.inlineCallbacks
+    def test_mech_list(self):
+        yield self.serve()
+        login = self.clients["auth-login"]
+        plain = yield login.callRemote(MechList, secured=False)
+        self.assertEqual(plain["mechanisms"], [])
+        secured = yield login.callRemote(MechList, secured=True)
+        self.assertEqual(secured["mechanisms"], ["PLAIN", "LOGIN"])
+        self.settings.disable_plaintext_auth = False
+        plain = yield login.callRemote(MechList, secured=False)
+        self.assertEqual(plain["mechanisms"], ["PLAIN", "LOGIN"])
+
+    @defer.inlineCallbacks
+    def test_plaintext_refused_when_not_secured(self):
+        reply = yield self.login(b"\0alice\0secret", secured=False)
+        self.assertEqual(reply["status"], "fail")
+
+    @defer.inlineCallbacks
+    def test_plain_ok_cookie_redeemed_once(self):
+        reply = yield self.login(b"\0alice\0secret")
+        self.assertEqual(reply["status"], "ok")
+        self.assertEqual(reply["user"], "alice")
+        self.assertEqual(len(reply["cookie"]), 32)
+        master = self.clients["auth-master"]
+        redeemed = yield master.callRemote(
+            RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid()
+        )
+        self.assertEqual(redeemed["user"], "alice")
+        fields = json.loads(redeemed["fields"])
+        self.assertEqual(
+            fields,
+            {
+                "user": "alice",
+                "uid": "1000",
+                "gid": "1001",
+                "home": "/home/alice",
+                "mail": "maildir:~/Maildir",
+            },
+        )
+        yield self.assertFailure(
+            master.callRemote(RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid()), KeyError
+        )
+        self.assertNotIn("secret", self.log_text())
+
+    @defer.inlineCallbacks
+    def test_wrong_pid_refused(self):
+        reply = yield self.login(b"\0alice\0secret")
+        master = self.clients["auth-master"]
+        yield self.assertFailure(
+            master.callRemote(RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid() + 1),
+            KeyError,
+        )
+        yield self.assertFailure(
+            master.callRemote(RedeemCookie, cookie=b"x" * 32, login_pid=os.getpid()), KeyError
+        )
+
+    @defer.inlineCallbacks
+    def test_cookie_expires(self):
+        clock = task.Clock()
+        yield self.serve(AuthEngine(self.settings))
+        engine = AuthEngine(self.settings, reactor=clock)
+        cookie = engine.cookies.issue("alice", {}, os.getpid(), "", "")
+        clock.advance(61)
+        self.assertRaises(KeyError, engine.cookies.redeem, cookie, os.getpid())
+
+    @defer.inlineCallbacks
+    def test_failures_identical_and_delayed(self):
+        start = time.monotonic()
+        wrong = yield self.login(b"\0alice\0wrong", id=1)
+        unknown = yield self.login(b"\0mallory\0wrong", id=2)
+        self.assertGreaterEqual(time.monotonic() - start, 0.1)
+        self.assertEqual(wrong, unknown)
+        self.assertEqual(
+            wrong, {"status": "fail", "reason": "Authentication failed.", "temporary": False}
+        )
+        text = self.log_text()
+        self.assertIn("passwd-file(alice,127.0.0.1,<sess1>): Password mismatch", text)
+        self.assertIn("passwd-file(mallory,127.0.0.1,<sess1>): unknown user", text)
+        self.assertNotIn("wrong", text)
+
+    @defer.inlineCallbacks
+    def test_verbose_passwords(self):
+        self.settings.auth_verbose_passwords = "plain"
+        yield self.login(b"\0alice\0hunter2")
+        self.assertIn("Password mismatch (given password: hunter2)", self.log_text())
+        self.settings.auth_verbose_passwords = "sha1:8"
+        yield self.login(b"\0alice\0hunter2", id=2)
+        self.assertIn("(given password: f3bbbd66)", self.log_text())
+
+    @defer.inlineCallbacks
+    def test_username_format(self):
+        reply = yield self.login(b"\0Alice@Example.ORG\0secret")
+        self.assertEqual((reply["status"], reply["user"]), ("ok", "alice"))
+
+    @defer.inlineCallbacks
+    def test_invalid_username_chars(self):
+        reply = yield self.login(b"\0ali ce\0secret")
+        self.assertEqual(reply["reason"], "Authentication failed.")
+
+    @defer.inlineCallbacks
+    def test_login_mechanism(self):
+        login = yield self.login(None, mech="LOGIN")
+        self.assertEqual(login, {"status": "continue", "challenge": b"Username:"})
+        proto = self.clients["auth-login"]
+        reply = yield proto.callRemote(AuthContinue, id=1, response=b"alice")
+        self.assertEqual(reply["challenge"], b"Password:")
+        reply = yield proto.callRemote(AuthContinue, id=1, response=b"secret")
+        self.assertEqual(reply["status"], "ok")
+
+    @defer.inlineCallbacks
+    def test_malformed_sasl(self):
+        reply = yield self.login(b"garbage")
+        self.assertEqual(reply["status"], "fail")
+        reply = yield self.clients["auth-login"].callRemote(AuthContinue, id=99, response=b"x")
+        self.assertEqual(reply["status"], "fail")
+        reply = yield self.login(b"\0alice\0secret\0extra", id=3)
+        self.assertEqual(reply["status"], "fail")
+
+    @defer.inlineCallbacks
+    def test_backend_failure_is_temporary(self):
+        os.unlink(self.passwd)
+        reply = yield self.login(b"\0alice\0secret")
+        self.assertEqual(
+            reply,
+            {"status": "fail", "reason": "Temporary authentication failure.", "temporary": True},
+        )
+        self.assertIn(self.passwd, self.log_text())
+
+    @defer.inlineCallbacks
+    def test_missing_uid_as_root(self):
+        yield self.serve(AuthEngine(self.settings, getuid=lambda: 0))
+        reply = yield self.login(b"\0bob\0builder")
+        self.assertTrue(reply["temporary"])
+        self.assertIn("no uid for bob", self.log_text())
+
+    @defer.inlineCallbacks
+    def test_missing_uid_unprivileged_and_mail_uid(self):
+        yield self.serve(AuthEngine(self.settings, getuid=lambda: 4242, getgid=lambda: 4343))
+        lookup = yield self.clients["auth-master"].callRemote(
+            UserLookup, user="bob", service="lmtp"
+        )
+        self.assertEqual(json.loads(lookup["fields"])["uid"], "4242")
+        self.settings.mail_uid, self.settings.mail_gid = "0", "0"
+        engine = AuthEngine(self.settings, getuid=lambda: 0)
+        result = yield engine.user_lookup("bob", "lmtp")
+        self.assertEqual(json.loads(result["fields"])["gid"], "0")
+
+    @defer.inlineCallbacks
+    def test_user_lookup(self):
+        yield self.serve()
+        for name in ("auth-master", "auth-userdb"):
+            found = yield self.clients[name].callRemote(UserLookup, user="ALICE", service="lmtp")
+            self.assertEqual((found["found"], found["user"]), (True, "alice"))
+            self.assertEqual(json.loads(found["fields"])["home"], "/home/alice")
+            missing = yield self.clients[name].callRemote(UserLookup, user="zed", service="lmtp")
+            self.assertEqual(missing["found"], False)
+
+    @defer.inlineCallbacks
+    def test_userdb_socket_is_restricted(self):
+        yield self.serve()
+        userdb = self.clients["auth-userdb"]
+        yield self.assertFailure(
+            userdb.callRemote(AuthStart, **start_args(b"\0alice\0secret")), amp.UnhandledCommand
+        )
+        yield self.assertFailure(
+            userdb.callRemote(RedeemCookie, cookie=b"x", login_pid=1), amp.UnhandledCommand
+        )
+        yield self.assertFailure(
+            self.clients["auth-login"].callRemote(RedeemCookie, cookie=b"x", login_pid=1),
+            amp.UnhandledCommand,
+        )
+
+
+class SubprocessTests(unittest.TestCase):
+    """``python -m authd -c CONFIG`` as a real process."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_standalone(self):
+        try:
+            import pydovecot.config  # noqa: F401
+        except ImportError as e:
+            raise unittest.SkipTest(f"pydovecot.config is not importable yet: {e}") from None
+        from twisted.internet import protocol
+
+        base = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, base, True)
+        with open(os.path.join(base, "users"), "w") as f:
+            f.write(f"alice:{{PLAIN}}secret:{os.getuid()}:{os.getgid()}::/tmp::\n")
+        conf = os.path.join(base, "pydovecot.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"base_dir = {base}/run\nauth_mechanisms = plain login\nauth_failure_delay = 0\n"
+                "auth_verbose = yes\npassdb {\n  driver = passwd-file\n  args = users\n}\n"
+                "userdb {\n  driver = passwd-file\n  args = users\n}\n"
+            )
+
+        class Proc(protocol.ProcessProtocol):
+            def __init__(self):
+                self.ended = defer.Deferred()
+                self.err = b""
+
+            def errReceived(self, data):
+                self.err += data
+
+            def processEnded(self, reason):
+                self.ended.callback(reason)
+
+        proc = Proc()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        transport = reactor.spawnProcess(
+            proc,
+            sys.executable,
+            [sys.executable, "-m", "authd", "-c", conf],
+            env=dict(os.environ, PYTHONPATH=root),
+            path=root,
+        )
+        sock = os.path.join(base, "run", "auth-login")
+        try:
+            for _ in range(200):
+                if os.path.exists(sock):
+                    break
+                yield task.deferLater(reactor, 0.05, lambda: None)
+            self.assertTrue(os.path.exists(sock), proc.err.decode())
+            self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
+            client = yield connectProtocol(UNIXClientEndpoint(reactor, sock), amp.AMP())
+            reply = yield client.callRemote(AuthStart, **start_args(b"\0alice\0secret"))
+            self.assertEqual(reply["status"], "ok")
+            wrong = yield client.callRemote(AuthStart, **start_args(b"\0alice\0nope", id=2))
+            self.assertEqual(wrong["status"], "fail")
+            client.transport.loseConnection()
+        finally:
+            transport.signalProcess("TERM")
+            reason = yield proc.ended
+        self.assertEqual(reason.value.exitCode, 0, proc.err.decode())
+        self.assertIn(b"Password mismatch", proc.err)
+        self.assertNotIn(b"nope", proc.err)
