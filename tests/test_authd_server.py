@@ -11,6 +11,7 @@ import time
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial import unittest
@@ -297,7 +298,7 @@ class SubprocessTests(unittest.TestCase):
                 self.err += data
 
             def processEnded(self, reason):
-                self.ended.callback(reason)
+                self.ended.callback(reason.value)
 
         proc = Proc()
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -305,26 +306,34 @@ class SubprocessTests(unittest.TestCase):
             proc,
             sys.executable,
             [sys.executable, "-m", "authd", "-c", conf],
-            env=dict(os.environ, PYTHONPATH=root),
+            env=dict(
+                os.environ,
+                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            ),
             path=root,
         )
         sock = os.path.join(base, "run", "auth-login")
         try:
-            for _ in range(200):
-                if os.path.exists(sock):
+            client = None
+            for _ in range(200):  # wait until authd listens
+                if proc.ended.called:
                     break
-                yield task.deferLater(reactor, 0.05, lambda: None)
-            self.assertTrue(os.path.exists(sock), proc.err.decode())
+                try:
+                    client = yield connectProtocol(UNIXClientEndpoint(reactor, sock), amp.AMP())
+                    break
+                except (ConnectError, OSError):
+                    yield task.deferLater(reactor, 0.05, lambda: None)
+            self.assertIsNotNone(client, proc.err.decode())
             self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
-            client = yield connectProtocol(UNIXClientEndpoint(reactor, sock), amp.AMP())
             reply = yield client.callRemote(AuthStart, **start_args(b"\0alice\0secret"))
             self.assertEqual(reply["status"], "ok")
             wrong = yield client.callRemote(AuthStart, **start_args(b"\0alice\0nope", id=2))
             self.assertEqual(wrong["status"], "fail")
             client.transport.loseConnection()
         finally:
-            transport.signalProcess("TERM")
+            if transport.pid is not None:
+                transport.signalProcess("TERM")
             reason = yield proc.ended
-        self.assertEqual(reason.value.exitCode, 0, proc.err.decode())
+        self.assertEqual(reason.exitCode, 0, proc.err.decode())
         self.assertIn(b"Password mismatch", proc.err)
         self.assertNotIn(b"nope", proc.err)

@@ -470,15 +470,18 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
 def find_part(root: Part, numbers: list[int]) -> Part | None:
     """The part named by ``1.2.3`` (None if it does not exist)."""
     node = root
+    at_message = True
     for depth, k in enumerate(numbers):
         if depth > 0 and node.message is not None:
             node = node.message
+            at_message = True
         if node.multipart:
             if not 1 <= k <= len(node.children):
                 return None
             node = node.children[k - 1]
-        elif k != 1:
+        elif k != 1 or not at_message:
             return None
+        at_message = False
     return node
 
 

@@ -127,7 +127,7 @@ class SearchParser:
     def string(self) -> str:
         raw = as_bytes(self.next())
         try:
-            return raw.decode("utf-8" if self.charset == "UTF-8" else "ascii").casefold()
+            return raw.decode("utf-8").casefold()  # US-ASCII is a subset
         except UnicodeDecodeError:
             raise ParseError("Search string is not valid in its charset") from None
 

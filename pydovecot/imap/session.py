@@ -501,9 +501,10 @@ class IMAPSession(Protocol):
                 parent = "/".join(parts[:k])
                 if parent not in names:
                     virtual[parent] = {"\\Noselect", "\\HasChildren"}
-        out = []
-        for name, attrs in list(names.items()) + list(virtual.items()):
-            if regex.match(name):
+        out = [(name, attrs) for name, attrs in names.items() if regex.match(name)]
+        for name, attrs in virtual.items():
+            # A missing parent is shown only where no child of it matched.
+            if regex.match(name) and not any(n.startswith(name + "/") for n, _a in out):
                 out.append((name, attrs))
         return out
 
@@ -529,7 +530,7 @@ class IMAPSession(Protocol):
         raise _Silent()
 
     def cmd_login(self, tag: bytes, args: list[Token]) -> bytes:
-        raise CommandError(b"BAD Error in IMAP command LOGIN: Already logged in.")
+        raise _bad("Already logged in.")
 
     cmd_authenticate = cmd_login
 

@@ -229,17 +229,19 @@ class MasterService(Service):
         self._supervise("auth", self._make_authd)
         for name in self._services_with_listeners():
             if name in LOGIN_SERVICES:
-                count = max(1, _service_int(self.config.services[name], "process_min_avail", 1))
+                count = max(1, self.config.services[name].process_min_avail)
                 for _ in range(count):
                     self._supervise(name, lambda n=name: self._make_login(n))
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
-        imap = self.config.services.get("imap")
+        # imap and pop3 sessions share the per-uid mail processes; the imap
+        # service's limits govern them.
+        imap = self.config.services["imap"]
         self.pool = MailProcessPool(
             self._make_mail,
-            prespawn=_service_int(imap, "process_min_avail", 2),
-            client_limit=_service_int(imap, "client_limit", 1000),
-            process_limit=_service_int(imap, "process_limit", 1024),
+            prespawn=imap.process_min_avail or 2,
+            client_limit=imap.client_limit,
+            process_limit=imap.process_limit,
         )
         self.pool.start()
 
@@ -475,12 +477,6 @@ def _resolve_id(value, kind: str, uid: int | None = None) -> int | None:
         return pwd.getpwnam(value).pw_uid if kind == "uid" else grp.getgrnam(value).gr_gid
     except KeyError:
         raise RuntimeError(f"unknown {kind} {value!r}") from None
-
-
-def _service_int(service, key: str, default: int) -> int:
-    """An integer setting of a service section, or ``default`` when unset."""
-    value = service.settings.get(key, "") if service is not None else ""
-    return int(value) if str(value).strip().isdigit() and int(value) > 0 else default
 
 
 def _under(base: str, path: str) -> str:
