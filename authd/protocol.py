@@ -29,9 +29,9 @@ AUTH_REPLY = [
     # "fail": ``reason`` is safe to show; ``temporary`` says backend trouble
     #         (answer NO [UNAVAILABLE]) rather than a wrong password.
     (b"status", amp.Unicode()),
-    (b"challenge", amp.Bytes(optional=True)),
+    (b"challenge", amp.String(optional=True)),
     (b"user", amp.Unicode(optional=True)),
-    (b"cookie", amp.Bytes(optional=True)),
+    (b"cookie", amp.String(optional=True)),
     (b"reason", amp.Unicode(optional=True)),
     (b"temporary", amp.Boolean(optional=True)),
 ]
@@ -55,7 +55,7 @@ class AuthStart(amp.Command):
         (b"id", amp.Integer()),
         (b"mechanism", amp.Unicode()),
         (b"service", amp.Unicode()),  # "imap", "pop3", "smtp", …
-        (b"initial", amp.Bytes(optional=True)),  # SASL-IR, already decoded
+        (b"initial", amp.String(optional=True)),  # SASL-IR, already decoded
         (b"secured", amp.Boolean()),  # TLS or trusted network
         (b"local_ip", amp.Unicode()),
         (b"local_port", amp.Integer()),
@@ -69,7 +69,7 @@ class AuthStart(amp.Command):
 class AuthContinue(amp.Command):
     """The client's answer (already base64-decoded) to the last challenge."""
 
-    arguments = [(b"id", amp.Integer()), (b"response", amp.Bytes())]
+    arguments = [(b"id", amp.Integer()), (b"response", amp.String())]
     response = AUTH_REPLY
 
 
@@ -87,7 +87,7 @@ class RedeemCookie(amp.Command):
     authd refuses the cookie unless it was issued to that pid.
     """
 
-    arguments = [(b"cookie", amp.Bytes()), (b"login_pid", amp.Integer())]
+    arguments = [(b"cookie", amp.String()), (b"login_pid", amp.Integer())]
     response = [(b"user", amp.Unicode()), (b"fields", amp.Unicode())]
     errors = {KeyError: b"BAD_COOKIE"}
 

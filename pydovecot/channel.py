@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp, unix
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
 MASTER_FD = 3
+
+
+class ChannelLocator(amp.CommandLocator):
+    """A responder object for a :class:`ChannelAMP`.
+
+    AMP resolves ``amp.Descriptor`` arguments through the responder object,
+    so a locator that receives file descriptors borrows its channel's.
+    """
+
+    channel: amp.AMP | None = None
+
+    def _getDescriptor(self, number: int) -> int:
+        return self.channel._getDescriptor(number)
 
 
 class ChannelAMP(amp.AMP):
@@ -22,6 +36,8 @@ class ChannelAMP(amp.AMP):
     def __init__(self, locator=None, on_lost=None):
         super().__init__(locator=locator)
         self.on_lost = on_lost
+        if isinstance(locator, ChannelLocator):
+            locator.channel = self
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -38,3 +54,23 @@ def adopt_channel(fd: int, protocol: amp.AMP):
     transport = reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
     os.close(fd)
     return transport
+
+
+def adopt_listener(fd: int, factory):
+    """Serve ``factory`` on an inherited listening socket, then close ``fd``.
+
+    A UNIX socket keeps the mode the master gave it (Twisted would chmod it
+    to 0666) and is not unlinked when this process stops: it is the master's.
+    """
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.family != socket.AF_UNIX:
+            return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+        path = sock.getsockname()
+        port = unix.Port._fromListeningDescriptor(reactor, sock.fileno(), factory)
+        port.mode = stat.S_IMODE(os.stat(path).st_mode)
+        port.connectionLost = lambda reason: tcp.Port.connectionLost(port, reason)
+        port.startListening()
+        return port
+    finally:
+        sock.close()

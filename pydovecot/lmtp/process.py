@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from authd.protocol import UserLookup
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel
+from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener
 from pydovecot.config import load_config
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
 from pydovecot.lmtp.protocol import LMTPFactory
@@ -102,10 +102,7 @@ def start(args):
         config, "lmtp_max_message_size") else 64 * 1024 * 1024
     for spec in args.listener:
         _name, fd, _ssl = spec.rsplit(":", 2)
-        sock = socket.socket(fileno=int(fd))
-        reactor.adoptStreamPort(sock.fileno(), sock.family,
-                                LMTPFactory(backend, hostname, max_size))
-        sock.close()
+        adopt_listener(int(fd), LMTPFactory(backend, hostname, max_size))
 
     if privileges.is_root():
         uid, gid = privileges.lookup_user(config.get("default_internal_user"))

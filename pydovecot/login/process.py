@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from authd.protocol import AuthCancel, AuthContinue, AuthStart, MechList
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel
+from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener
 from pydovecot.config import load_config
 from pydovecot.log import start_child_logging
 from pydovecot.login.imap import IMAPLoginFactory
@@ -238,9 +238,7 @@ def start(args) -> defer.Deferred:
                 os.close(fd)
                 continue
             factory = TLSMemoryBIOFactory(tls_context, False, factory)
-        sock = socket.socket(fileno=fd)
-        reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-        sock.close()
+        adopt_listener(fd, factory)
 
     if privileges.is_root():
         uid, gid = privileges.lookup_user(config.get("default_login_user"))

@@ -13,6 +13,7 @@ clients' bytes, which the protocol engines parse.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel
+from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel
 from pydovecot.config import load_config
 from pydovecot.config.variables import expand
 from pydovecot.imap.session import IMAPSession
@@ -53,7 +54,7 @@ PRELOAD_CODECS = (
 def preload_codecs() -> None:
     for name in PRELOAD_CODECS:
         try:
-            b"x".decode(name)
+            codecs.lookup(name)
         except LookupError:
             pass
 
@@ -171,7 +172,7 @@ SESSION_SETTINGS = (
 )
 
 
-class MailLocator(amp.CommandLocator):
+class MailLocator(ChannelLocator):
     """The commands the master may send a mail process."""
 
     def __init__(self, process: MailProcess):

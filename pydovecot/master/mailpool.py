@@ -10,9 +10,10 @@ Trusts: the uid/gid it is given (the master got them from authd).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
 from pydovecot.master.children import Child
@@ -52,6 +53,8 @@ class MailProcessPool:
         self.by_pid: dict[int, MailProcess] = {}
         self._assigning: dict[Key, defer.Deferred] = {}
         self.stopping = False
+        self.refill_delay = 0.0  # grows while fresh processes keep dying
+        self._refill_call = None
 
     # -- spawning ----------------------------------------------------------
 
@@ -83,8 +86,22 @@ class MailProcessPool:
                 procs.remove(process)
             if not procs:
                 self.assigned.pop(process.key, None)
-        if not self.stopping:
+        if self.stopping:
+            return
+        if time.monotonic() - process.child.started_at < 5:
+            self.refill_delay = min(max(self.refill_delay * 2, 0.5), 60.0)
+        else:
+            self.refill_delay = 0.0
+        if self.refill_delay and self._refill_call is None:
+            log.warn("service(mail): processes die young; refilling the pool in {d:.1f}s",
+                     d=self.refill_delay, log_prefix="master")
+            self._refill_call = reactor.callLater(self.refill_delay, self._refill)
+        elif not self.refill_delay:
             self.fill()
+
+    def _refill(self) -> None:
+        self._refill_call = None
+        self.fill()
 
     # -- assignment ----------------------------------------------------------
 
@@ -150,6 +167,9 @@ class MailProcessPool:
 
     def stop(self, signo: int) -> defer.Deferred:
         self.stopping = True
+        if self._refill_call is not None and self._refill_call.active():
+            self._refill_call.cancel()
+        self._refill_call = None
         waits = []
         for process in self.all_processes():
             process.child.signal(signo)

@@ -37,10 +37,10 @@ class HandOff(amp.Command):
 
     arguments = [
         (b"fd", amp.Descriptor()),
-        (b"cookie", amp.Bytes()),
+        (b"cookie", amp.String()),
         (b"service", amp.Unicode()),  # "imap" | "pop3"
-        (b"tag", amp.Bytes(optional=True)),
-        (b"pending", amp.Bytes()),
+        (b"tag", amp.String(optional=True)),
+        (b"pending", amp.String()),
         (b"mechanism", amp.Unicode()),
         *CONNECTION_ARGS,
     ]
@@ -82,8 +82,8 @@ class NewClient(amp.Command):
         (b"service", amp.Unicode()),
         (b"user", amp.Unicode()),
         (b"fields", amp.Unicode()),  # userdb fields, JSON
-        (b"tag", amp.Bytes(optional=True)),
-        (b"pending", amp.Bytes()),
+        (b"tag", amp.String(optional=True)),
+        (b"pending", amp.String()),
         *CONNECTION_ARGS,
     ]
     response: list = []

@@ -28,7 +28,7 @@ from twisted.protocols import amp
 
 from authd.protocol import RedeemCookie, UserLookup
 from pydovecot import privileges
-from pydovecot.channel import ChannelAMP
+from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand
 from pydovecot.log import DovecotLineObserver
@@ -86,7 +86,7 @@ class AuthMasterClient:
             self.protocol.transport.loseConnection()
 
 
-class LoginLocator(amp.CommandLocator):
+class LoginLocator(ChannelLocator):
     """Commands a login process may send: HandOff only."""
 
     def __init__(self, master: MasterService):
@@ -98,7 +98,7 @@ class LoginLocator(amp.CommandLocator):
         return self.master.handoff(self.child.pid, **kwargs)
 
 
-class LmtpLocator(amp.CommandLocator):
+class LmtpLocator(ChannelLocator):
     """Commands lmtp may send: DeliverRequest only."""
 
     def __init__(self, master: MasterService):
@@ -109,7 +109,7 @@ class LmtpLocator(amp.CommandLocator):
         return self.master.deliver(**kwargs)
 
 
-class MailLocator(amp.CommandLocator):
+class MailLocator(ChannelLocator):
     """Commands a mail process may send: SessionEnded only."""
 
     def __init__(self, master: MasterService):
