@@ -12,7 +12,6 @@ import argparse
 import grp
 import os
 import pwd
-import socket
 import sys
 
 from twisted.logger import Logger
@@ -84,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
+    from pydovecot.channel import adopt_listener
+
     try:
         factories = build_factories(settings)
     except ValueError as e:
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 log.warn("ignoring unknown socket {name}", name=name)
                 os.close(fd)
                 continue
-            reactor.adoptStreamPort(fd, socket.AF_UNIX, factories[name])
-            os.close(fd)
+            # Keeps the master's mode and leaves the socket file in place.
+            adopt_listener(fd, factories[name])
     else:
         listen_standalone(reactor, settings, factories)
     reactor.run()

@@ -30,7 +30,7 @@ def server_context_factory(config) -> twisted_ssl.CertificateOptions | None:
     minimum = MIN_PROTOCOLS.get(config.get("ssl_min_protocol"), twisted_ssl.TLSVersion.TLSv1_2)
     return twisted_ssl.CertificateOptions(
         privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
-        raiseMinimumTo=minimum, method=None,
+        raiseMinimumTo=minimum,
     )
 
 
