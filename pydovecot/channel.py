@@ -59,17 +59,22 @@ def adopt_channel(fd: int, protocol: amp.AMP):
 def adopt_listener(fd: int, factory):
     """Serve ``factory`` on an inherited listening socket, then close ``fd``.
 
-    A UNIX socket keeps the mode the master gave it (Twisted would chmod it
-    to 0666) and is not unlinked when this process stops: it is the master's.
+    The socket is shared with the master and this process's successors, so
+    closing it here must not shutdown() it.  A UNIX socket keeps the mode the
+    master gave it (Twisted would chmod it to 0666) and is not unlinked when
+    this process stops.
     """
     sock = socket.socket(fileno=fd)
     try:
         if sock.family != socket.AF_UNIX:
-            return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-        path = sock.getsockname()
-        port = unix.Port._fromListeningDescriptor(reactor, sock.fileno(), factory)
-        port.mode = stat.S_IMODE(os.stat(path).st_mode)
-        port.connectionLost = lambda reason: tcp.Port.connectionLost(port, reason)
+            port = tcp.Port._fromListeningDescriptor(reactor, sock.fileno(), sock.family,
+                                                     factory)
+        else:
+            path = sock.getsockname()
+            port = unix.Port._fromListeningDescriptor(reactor, sock.fileno(), factory)
+            port.mode = stat.S_IMODE(os.stat(path).st_mode)
+            port.connectionLost = lambda reason: tcp.Port.connectionLost(port, reason)
+        port._shouldShutdown = False
         port.startListening()
         return port
     finally:

@@ -136,7 +136,7 @@ class Child:
                       how=_describe_exit(reason), log_prefix="master")
         if self.on_end is not None:
             self.on_end(self, reason)
-        self.exited.callback(reason)
+        self.exited.callback(None)
 
 
 def _describe_exit(reason) -> str:
