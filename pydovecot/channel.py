@@ -12,9 +12,13 @@ import stat
 
 from twisted.internet import reactor, tcp, unix
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols import amp
 
 MASTER_FD = 3
+
+log = Logger()
+_stopping = False
 
 
 class ChannelLocator(amp.CommandLocator):
@@ -79,3 +83,14 @@ def adopt_listener(fd: int, factory):
         return port
     finally:
         sock.close()
+
+
+def stop_process(why: str) -> None:
+    """Stop this child's reactor once, saying why (master or authd gone…)."""
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
+    log.warn("stopping: {why}", why=why)
+    if reactor.running:
+        reactor.callLater(0, reactor.stop)

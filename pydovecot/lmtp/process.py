@@ -13,13 +13,13 @@ Trusts: the master and authd.  Does not trust: the MTA's bytes, parsed by
 from __future__ import annotations
 
 import argparse
+import encodings.idna  # noqa: F401  (before the chroot)
 import json
 import os
 import signal
 import socket
 import sys
 
-import encodings.idna  # noqa: F401  (before the chroot)
 import setproctitle
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from authd.protocol import UserLookup
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener
+from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener, stop_process
 from pydovecot.config import load_config
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
 from pydovecot.lmtp.protocol import LMTPFactory
@@ -90,9 +90,9 @@ def start(args):
     config = load_config(args.config)
     base_dir = config.path_setting("base_dir")
 
-    master = ChannelAMP(on_lost=lambda _: stop_soon("master went away"))
+    master = ChannelAMP(on_lost=lambda _: stop_process("master went away"))
     adopt_channel(MASTER_FD, master)
-    auth = ChannelAMP(on_lost=lambda _: stop_soon("lost the connection to authd"))
+    auth = ChannelAMP(on_lost=lambda _: stop_process("lost the connection to authd"))
     endpoint = UNIXClientEndpoint(reactor, os.path.join(base_dir, "auth-userdb"), timeout=10)
     yield connectProtocol(endpoint, auth)
 
@@ -120,11 +120,6 @@ def _known(config, key: str) -> bool:
         return False
 
 
-def stop_soon(why: str) -> None:
-    log.warn("stopping: {why}", why=why)
-    if reactor.running:
-        reactor.callLater(0, reactor.stop)
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pydovecot-lmtp")
@@ -137,10 +132,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def failed(failure):
         log.failure("lmtp failed to start", failure)
-        stop_soon("start failed")
+        stop_process("start failed")
 
     reactor.callWhenRunning(lambda: start(args).addErrback(failed))
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    signal.signal(signal.SIGTERM,
+                  lambda *_: reactor.callFromThread(stop_process, "SIGTERM from the master"))
     reactor.run(installSignalHandlers=False)
     sys.exit(0)
 

@@ -13,14 +13,15 @@ which only the protocol classes parse.  It never sees a password hash.
 from __future__ import annotations
 
 import argparse
+
+# Everything this process will ever import, before the chroot.
+import encodings.idna  # noqa: F401
 import itertools
 import os
 import signal
 import socket
 import sys
 
-# Everything this process will ever import, before the chroot.
-import encodings.idna  # noqa: F401
 import setproctitle
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -32,7 +33,7 @@ from zope.interface import implementer
 
 from authd.protocol import AuthCancel, AuthContinue, AuthStart, MechList
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener
+from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener, stop_process
 from pydovecot.config import load_config
 from pydovecot.log import start_child_logging
 from pydovecot.login.imap import IMAPLoginFactory
@@ -219,10 +220,10 @@ def start(args) -> defer.Deferred:
     base_dir = config.path_setting("base_dir")
     tls_context = server_context_factory(config)
 
-    master = ChannelAMP(on_lost=lambda _: stop_soon("master went away"))
+    master = ChannelAMP(on_lost=lambda _: stop_process("master went away"))
     adopt_channel(MASTER_FD, master)
 
-    auth = ChannelAMP(on_lost=lambda _: stop_soon("lost the connection to authd"))
+    auth = ChannelAMP(on_lost=lambda _: stop_process("lost the connection to authd"))
     endpoint = UNIXClientEndpoint(reactor, os.path.join(base_dir, "auth-login"), timeout=10)
     yield connectProtocol(endpoint, auth)
 
@@ -251,11 +252,6 @@ def start(args) -> defer.Deferred:
         log.info("not started as root: running unchrooted as uid {uid}", uid=os.getuid())
 
 
-def stop_soon(why: str) -> None:
-    log.warn("stopping: {why}", why=why)
-    if reactor.running:
-        reactor.callLater(0, reactor.stop)
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pydovecot-login")
@@ -270,10 +266,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def failed(failure):
         log.failure("login process failed to start", failure)
-        stop_soon("start failed")
+        stop_process("start failed")
 
     reactor.callWhenRunning(lambda: start(args).addErrback(failed))
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    signal.signal(signal.SIGTERM,
+                  lambda *_: reactor.callFromThread(stop_process, "SIGTERM from the master"))
     reactor.run(installSignalHandlers=False)
     sys.exit(0)
 

@@ -14,24 +14,24 @@ from __future__ import annotations
 
 import argparse
 import codecs
+
+# Imported before any privilege drop: after it, nothing new can be imported
+# when the interpreter lives under a 0700 directory.
+import email.parser  # noqa: F401
+import encodings.idna  # noqa: F401
 import json
 import os
 import signal
 import socket
 import sys
 
-# Imported before any privilege drop: after it, nothing new can be imported
-# when the interpreter lives under a 0700 directory.
-import email.parser  # noqa: F401
-import encodings.idna  # noqa: F401
 import setproctitle
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel
+from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel, stop_process
 from pydovecot.config import load_config
 from pydovecot.config.variables import expand
 from pydovecot.imap.session import IMAPSession
@@ -204,24 +204,19 @@ def main(argv: list[str] | None = None) -> None:
     def master_gone(_reason):
         # The master is our only reason to exist.
         process.shutdown()
-        if reactor.running:
-            reactor.callLater(0.5, reactor.stop)
+        stop_process("master went away")
 
     channel = ChannelAMP(MailLocator(process), on_lost=master_gone)
     process.channel = channel
     adopt_channel(MASTER_FD, channel)
 
     def on_term(*_):
-        reactor.callFromThread(_stop, process)
+        reactor.callFromThread(process.shutdown)
+        reactor.callFromThread(stop_process, "SIGTERM from the master")
 
     signal.signal(signal.SIGTERM, on_term)
     reactor.run(installSignalHandlers=False)
     sys.exit(0)
-
-
-def _stop(process: MailProcess) -> None:
-    process.shutdown()
-    reactor.callLater(0.2, reactor.stop)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ from pydovecot.log import DovecotLineObserver
 from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
-    DeliverRequest,
     Deliver,
+    DeliverRequest,
     HandOff,
     NewClient,
     SessionEnded,
