@@ -565,6 +565,8 @@ class MasterProtocol(amp.AMP):
 
 
 class _EngineFactory(ServerFactory):
+    noisy = False
+
     def __init__(self, engine: AuthEngine, protocol: type[amp.AMP]):
         self.engine = engine
         self.protocol = protocol

@@ -11,15 +11,18 @@ session.  Nothing here ever sees a password: callers must not log one.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import IO
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogBeginner,
 )
@@ -72,12 +75,30 @@ class DovecotLineObserver:
             pass
 
 
+#: Twisted's own chatter about factories and ports, which Dovecot's logs
+#: don't have; kept at debug level.
+NOISE = re.compile(
+    r"^(Starting|Stopping) factory|connection (established|lost) \(HOST:|"
+    r"^\(\w+ Port .* Closed\)$|^Main loop terminated\.$|starting on '|^\w+ starting on \d+$"
+)
+
+
+@implementer(ILogFilterPredicate)
+class QuietTwisted:
+    """Drop Twisted's info-level chatter unless debugging."""
+
+    def __call__(self, event: dict):
+        if event.get("log_level") == LogLevel.info and NOISE.search(formatEvent(event) or ""):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
 def start_child_logging(prefix: str, debug: bool = False) -> None:
     """Route this process's twisted.logger events to stderr as lines the
     master collects.  Call once, early, in every child process."""
     level = LogLevel.debug if debug else LogLevel.info
     observer = FilteringLogObserver(
         DovecotLineObserver(sys.stderr, prefix),
-        [LogLevelFilterPredicate(defaultLogLevel=level)],
+        [LogLevelFilterPredicate(defaultLogLevel=level), *([] if debug else [QuietTwisted()])],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

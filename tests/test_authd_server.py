@@ -301,6 +301,13 @@ class SubprocessTests(unittest.TestCase):
                 self.ended.callback(reason.value)
 
         proc = Proc()
+        self.addCleanup(
+            lambda: (
+                proc.err and sys.stderr.write(proc.err.decode())
+                if os.environ.get("AUTHD_TEST_DEBUG")
+                else None
+            )
+        )
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         transport = reactor.spawnProcess(
             proc,

@@ -23,7 +23,7 @@ import stat
 from twisted.application.service import Service
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.logger import Logger
+from twisted.logger import FilteringLogObserver, Logger
 from twisted.protocols import amp
 
 from authd.protocol import RedeemCookie, UserLookup
@@ -31,7 +31,7 @@ from pydovecot import privileges
 from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand
-from pydovecot.log import DovecotLineObserver
+from pydovecot.log import DovecotLineObserver, QuietTwisted
 from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
@@ -168,7 +168,8 @@ class MasterService(Service):
         if path and path not in ("syslog", "/dev/stderr"):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self._log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-            self._log_observer = DovecotLineObserver(self._log_file, "master", timestamps=True)
+            self._log_observer = FilteringLogObserver(
+                DovecotLineObserver(self._log_file, "master", timestamps=True), [QuietTwisted()])
             globalLogPublisher.addObserver(self._log_observer)
 
     def _prepare_dirs(self) -> None:
