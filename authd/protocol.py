@@ -83,11 +83,17 @@ class AuthCancel(amp.Command):
 class RedeemCookie(amp.Command):
     """Master: turn a login cookie into the user's userdb fields, once.
 
-    ``login_pid`` is the pid of the login process the client fd came from;
-    authd refuses the cookie unless it was issued to that pid.
+    ``login_pid`` is the pid of the login process the client fd came from,
+    and the addresses are the connection's as that process reported them;
+    authd refuses the cookie unless it was issued for the same ones.
     """
 
-    arguments = [(b"cookie", amp.String()), (b"login_pid", amp.Integer())]
+    arguments = [
+        (b"cookie", amp.String()),
+        (b"login_pid", amp.Integer()),
+        (b"local_ip", amp.Unicode()),
+        (b"remote_ip", amp.Unicode()),
+    ]
     response = [(b"user", amp.Unicode()), (b"fields", amp.Unicode())]
     errors = {KeyError: b"BAD_COOKIE"}
 

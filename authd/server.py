@@ -105,15 +105,20 @@ class CookieStore:
         self._entries[cookie] = CookieEntry(user, fields, login_pid, local_ip, remote_ip, expires)
         return cookie
 
-    def redeem(self, cookie: bytes, login_pid: int) -> CookieEntry:
+    def redeem(self, cookie: bytes, login_pid: int, local_ip: str | None = None,
+               remote_ip: str | None = None) -> CookieEntry:
         """The cookie's entry, once; KeyError if unknown, expired, already
-        used or issued to another login process (the cookie is spent)."""
+        used, issued to another login process or for another connection
+        (the cookie is spent either way)."""
         self._prune()
         entry = self._entries.pop(cookie, None)
         if entry is None:
             raise KeyError("unknown or expired cookie")
         if entry.login_pid is None or entry.login_pid != login_pid:
             raise KeyError("cookie was issued to another login process")
+        if (local_ip, remote_ip) != (None, None) and (local_ip, remote_ip) != (
+                entry.local_ip, entry.remote_ip):
+            raise KeyError("cookie was issued for another connection")
         return entry
 
     def __len__(self) -> int:
@@ -551,9 +556,9 @@ class MasterProtocol(amp.AMP):
         self.engine = engine
 
     @RedeemCookie.responder
-    def redeem_cookie(self, cookie: bytes, login_pid: int):
+    def redeem_cookie(self, cookie: bytes, login_pid: int, local_ip: str, remote_ip: str):
         try:
-            entry = self.engine.cookies.redeem(cookie, login_pid)
+            entry = self.engine.cookies.redeem(cookie, login_pid, local_ip, remote_ip)
         except KeyError as e:
             log.warn("auth-master: refused cookie: {reason}", reason=e.args[0])
             raise

@@ -9,9 +9,10 @@ auth databases use them.  Settings are trusted (they come from root's config).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydovecot.config import variables
 
 #: Dovecot's one-letter variables and the long names they stand for.
 SHORT_VARS = {
@@ -29,45 +30,22 @@ SHORT_VARS = {
     "p": "pid",
 }
 
-_VAR_RE = re.compile(r"%(-?\d+(?:\.\d+)?)?([LUR]*)(?:\{([^}]*)\}|(.))", re.S)
-
 DEFAULT_USERNAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@"
 
 
-def _expand_local(template: str, values: dict[str, str]) -> str:
-    """Expand Dovecot %-variables: ``%u %Ln %{user} %L{domain} %3n %%``."""
-
-    def repl(m: re.Match[str]) -> str:
-        width, mods, long_name, short = m.groups()
-        if short == "%":
-            return "%"
-        name = long_name if long_name is not None else SHORT_VARS.get(short or "", "")
-        if not name:
-            return m.group(0)
-        value = str(values.get(name, ""))
-        for mod in mods:
-            if mod == "L":
-                value = value.lower()
-            elif mod == "U":
-                value = value.upper()
-            elif mod == "R":
-                value = value[::-1]
-        if width:
-            offset, _, size = width.partition(".") if "." in width else ("0", "", width)
-            start = int(offset)
-            value = value[start:] if start >= 0 else value[start:]
-            count = int(size)
-            value = value[:count] if count >= 0 else value[count:]
-        return value
-
-    return _VAR_RE.sub(repl, template)
-
-
 def expand(template: str, values: dict[str, str]) -> str:
-    """Expand %-variables; ``values`` is keyed by long names (``user`` …)."""
+    """Expand %-variables (``values`` keyed by long names: ``user`` …).
+
+    The config package's expander, with Dovecot's auth behaviour on top: a
+    variable the request has no value for expands to nothing.
+    """
     if "%" not in template:
         return template
-    return _expand_local(template, values)
+    known = {k: str(v) for k, v in values.items() if v is not None}
+    for name in SHORT_VARS.values():
+        if name not in known and variables.derived(name, known) is None:
+            known[name] = ""
+    return variables.expand(template, known)
 
 
 def parse_fields(text: str) -> dict[str, str]:

@@ -26,6 +26,9 @@ bob:{PLAIN}builder:::::
 """
 
 
+ADDRS = {"local_ip": "127.0.0.1", "remote_ip": "127.0.0.1"}
+
+
 def start_args(initial: bytes | None, mech: str = "PLAIN", **kw) -> dict:
     args = dict(
         id=1,
@@ -116,7 +119,7 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(len(reply["cookie"]), 32)
         master = self.clients["auth-master"]
         redeemed = yield master.callRemote(
-            RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid()
+            RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid(), **ADDRS
         )
         self.assertEqual(redeemed["user"], "alice")
         fields = json.loads(redeemed["fields"])
@@ -131,7 +134,8 @@ class ServerTests(unittest.TestCase):
             },
         )
         yield self.assertFailure(
-            master.callRemote(RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid()), KeyError
+            master.callRemote(RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid(), **ADDRS),
+            KeyError,
         )
         self.assertNotIn("secret", self.log_text())
 
@@ -140,11 +144,29 @@ class ServerTests(unittest.TestCase):
         reply = yield self.login(b"\0alice\0secret")
         master = self.clients["auth-master"]
         yield self.assertFailure(
-            master.callRemote(RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid() + 1),
+            master.callRemote(
+                RedeemCookie, cookie=reply["cookie"], login_pid=os.getpid() + 1, **ADDRS
+            ),
             KeyError,
         )
         yield self.assertFailure(
-            master.callRemote(RedeemCookie, cookie=b"x" * 32, login_pid=os.getpid()), KeyError
+            master.callRemote(RedeemCookie, cookie=b"x" * 32, login_pid=os.getpid(), **ADDRS),
+            KeyError,
+        )
+
+    @defer.inlineCallbacks
+    def test_cookie_bound_to_the_connection(self):
+        reply = yield self.login(b"\0alice\0secret")
+        master = self.clients["auth-master"]
+        yield self.assertFailure(
+            master.callRemote(
+                RedeemCookie,
+                cookie=reply["cookie"],
+                login_pid=os.getpid(),
+                local_ip="127.0.0.1",
+                remote_ip="192.0.2.1",
+            ),
+            KeyError,
         )
 
     @defer.inlineCallbacks
@@ -256,10 +278,10 @@ class ServerTests(unittest.TestCase):
             userdb.callRemote(AuthStart, **start_args(b"\0alice\0secret")), amp.UnhandledCommand
         )
         yield self.assertFailure(
-            userdb.callRemote(RedeemCookie, cookie=b"x", login_pid=1), amp.UnhandledCommand
+            userdb.callRemote(RedeemCookie, cookie=b"x", login_pid=1, **ADDRS), amp.UnhandledCommand
         )
         yield self.assertFailure(
-            self.clients["auth-login"].callRemote(RedeemCookie, cookie=b"x", login_pid=1),
+            self.clients["auth-login"].callRemote(RedeemCookie, cookie=b"x", login_pid=1, **ADDRS),
             amp.UnhandledCommand,
         )
 

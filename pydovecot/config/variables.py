@@ -103,7 +103,7 @@ MODIFIERS: dict[str, Callable[[str, _Ctx], str]] = {
 }
 
 
-def _derived(name: str, values: Mapping[str, str]) -> str | None:
+def derived(name: str, values: Mapping[str, str]) -> str | None:
     """Values Dovecot derives when the caller did not give them."""
     user = values.get("user", values.get("u"))
     if name == "username" and user is not None:
@@ -131,7 +131,7 @@ def _lookup(name: str, values: Mapping[str, str]) -> str | None:
     short = _LONG_TO_SHORT.get(long)
     if short is not None and short in values:
         return values[short]
-    return _derived(long, values)
+    return derived(long, values)
 
 
 def _long_var(key: str, values: Mapping[str, str], template: str) -> str:

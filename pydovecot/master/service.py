@@ -329,7 +329,8 @@ class MasterService(Service):
                 remote_port: int, secured: bool, tag: bytes | None = None):
         try:
             try:
-                redeemed = yield self.auth.call(RedeemCookie, cookie=cookie, login_pid=login_pid)
+                redeemed = yield self.auth.call(RedeemCookie, cookie=cookie, login_pid=login_pid,
+                                                local_ip=local_ip, remote_ip=remote_ip)
             except Exception as e:
                 log.error("login from pid {pid} refused: cookie not accepted by auth ({e})",
                           pid=login_pid, e=e, log_prefix="master")
