@@ -176,6 +176,8 @@ def bench_pydovecot(args) -> dict:
         result = {"warm": login_times(port, [f"u{i % 100:03d}" for i in range(50)])}
         time.sleep(2)
         result["cold"] = login_times(port, [f"c{i:03d}" for i in range(50)], pause=0.6)
+        if args.skip_memory:
+            return result
         # Cold users' processes are not needed for the memory figure.
         master.stop()
         master.users = users[:100]
@@ -284,6 +286,7 @@ def bench_dovecot(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-dovecot", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--connections", type=int, default=1000)
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -416,3 +416,72 @@ class ConfigErrorTests(SynchronousTestCase):
         with self.assertRaises(RuntimeError) as cm:
             master.start(timeout=20)
         self.assertRegex(str(cm.exception), r"pydovecot\.conf:\d+: .*no_such_setting")
+
+
+class EmbeddedDefaultTests(SynchronousTestCase):
+    """``twistd -n pydovecot`` with no config: the README's first command."""
+
+    def test_embedded_default_serves_the_demo_user(self) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        from tests.harness import MASTER_SCRIPT, ROOT
+
+        for port in (10143, 10110, 10024):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    raise SkipTest(f"port {port} is taken; the embedded default needs it")
+        workdir = tempfile.mkdtemp(prefix="pydovecot-default-")
+        os.chmod(workdir, 0o755)
+        out = open(os.path.join(workdir, "twistd.out"), "wb")  # noqa: SIM115
+        self.addCleanup(out.close)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", MASTER_SCRIPT.format(root=ROOT), "-n", "--pidfile=",
+             "pydovecot"], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+
+        def stop():
+            proc.terminate()
+            proc.wait(20)
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with smtplib.LMTP("127.0.0.1", 10024, timeout=10) as lmtp:
+                    lmtp.sendmail("bob@example.org", ["demo@example.org"],
+                                  MESSAGE.format(subject="tour"))
+                break
+            except (OSError, smtplib.SMTPException):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    with open(os.path.join(workdir, "twistd.out")) as f:
+                        self.fail(f"embedded default did not come up:\n{f.read()[-5000:]}")
+                time.sleep(0.2)
+        client = imaplib.IMAP4("127.0.0.1", 10143, timeout=20)
+        client.login("demo", "demo")
+        client.select("INBOX")
+        self.assertIn(b"Subject: tour", client.fetch("1", "(BODY[])")[1][0][1])
+        client.logout()
+        self.assertTrue(os.path.exists(os.path.join(workdir, "state", "pydovecot.log")))
+        self.assertTrue(os.path.isdir(os.path.join(workdir, "state", "home", "demo", "Maildir")))
+
+
+class SupervisionTests(MasterTestCase):
+    def test_killed_authd_is_replaced_and_logins_work_again(self) -> None:
+        old = self.master.children("pydovecot/auth")
+        self.assertEqual(len(old), 1)
+        os.kill(old[0], signal.SIGKILL)
+        self.master.wait_for(
+            lambda: [p for p in self.master.children("pydovecot/auth") if p not in old],
+            15, "a new authd")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = imap(self.master)
+                break
+            except (OSError, imaplib.IMAP4.error):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        client.logout()
+        deliver(self.master, "alice", "after-authd-restart")

@@ -30,6 +30,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+import pydovecot.storage.maildir  # noqa: F401  (open_storage imports it lazily)
 from pydovecot import privileges
 from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel, stop_process
 from pydovecot.config import load_config

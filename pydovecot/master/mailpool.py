@@ -23,6 +23,9 @@ log = Logger()
 
 Key = tuple[int, int]
 
+#: Seconds between an assignment and spawning its idle replacement.
+REFILL_AFTER = 0.05
+
 
 class MailProcess:
     """The master's view of one mail process."""
@@ -149,7 +152,8 @@ class MailProcessPool:
             process.child.signal(9)
             raise
         finally:
-            self.fill()
+            # Spawning forks this process: keep it off the login that waits.
+            reactor.callLater(REFILL_AFTER, self.fill)
         process.key = key
         self.assigned.setdefault(key, []).append(process)
         return process
