@@ -168,7 +168,7 @@ def bench_pydovecot(args) -> dict:
     # Cold users: each its own uid (no passwd entry needed).
     users += [plain_user(f"c{i:03d}", "pw", str(30000 + i), str(30000 + i)) for i in range(50)]
     master = Master(users=users, login_user="pydovecot-null", internal_user="pydovecot",
-                    mail_uid="pdvmail", mail_prespawn=2, extra_config="auth_verbose = no\n")
+                    mail_uid="pdvmail", extra_config="auth_verbose = no\n")
     try:
         master.start()
         port = master.ports["imap"]
