@@ -30,7 +30,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.harness import Master, User, ensure_system_user, free_port  # noqa: E402
+from tests.harness import (  # noqa: E402
+    Master,
+    User,
+    descendants,
+    ensure_system_user,
+    free_port,
+)
 
 
 def plain_user(name: str, password: str, uid: str = "", gid: str = "", home: str = "") -> User:
@@ -103,33 +109,15 @@ def title(pid: int) -> str:
         return "?"
 
 
-def descendants(root_pid: int) -> list[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    found, frontier = [root_pid], [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid]
-        found += kids
-        frontier += kids
-    return found
-
-
 def idle_memory(port: int, root_pid: int, users: list[str], connections: int) -> dict:
-    baseline = sum(pss_kib(descendants(root_pid)).values())
+    baseline = sum(pss_kib([root_pid, *descendants(root_pid)]).values())
     conns = []
     for i in range(connections):
         conn = Conn(port)
         conn.login(users[i % len(users)], "pw")
         conns.append(conn)
     time.sleep(2)
-    per_process = pss_kib(descendants(root_pid))
+    per_process = pss_kib([root_pid, *descendants(root_pid)])
     total = sum(per_process.values())
     for conn in conns:
         conn.close()

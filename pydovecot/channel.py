@@ -94,3 +94,27 @@ def stop_process(why: str) -> None:
     log.warn("stopping: {why}", why=why)
     if reactor.running:
         reactor.callLater(0, reactor.stop)
+
+
+def run_child(role: str, start) -> None:
+    """Run a child process's reactor: log as ``role``, title it, call
+    ``start()`` (returning a Deferred) once running, stop on SIGTERM."""
+    import signal
+    import sys
+
+    import setproctitle
+
+    from pydovecot.log import start_child_logging
+
+    start_child_logging(role)
+    setproctitle.setproctitle(f"pydovecot/{role}")
+
+    def failed(failure):
+        log.failure("{role} failed to start", failure, role=role)
+        stop_process("start failed")
+
+    reactor.callWhenRunning(lambda: start().addErrback(failed))
+    signal.signal(signal.SIGTERM,
+                  lambda *_: reactor.callFromThread(stop_process, "SIGTERM from the master"))
+    reactor.run(installSignalHandlers=False)
+    sys.exit(0)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from passlib.hash import sha512_crypt
 
+from tests.certs import self_signed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI") == "true"
 
@@ -222,24 +224,7 @@ service imap {{
             return f.read()
 
     def descendants(self) -> list[int]:
-        if self.process is None:
-            return []
-        parents = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        stat = f.read()
-                    parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-        found, frontier = [], [self.process.pid]
-        while frontier:
-            pid = frontier.pop()
-            kids = [p for p, pp in parents.items() if pp == pid]
-            found += kids
-            frontier += kids
-        return found
+        return descendants(self.process.pid) if self.process is not None else []
 
     def children(self, title_prefix: str) -> list[int]:
         result = []
@@ -247,6 +232,25 @@ service imap {{
             if title(pid).startswith(title_prefix):
                 result.append(pid)
         return result
+
+
+def descendants(root_pid: int) -> list[int]:
+    """Every process below ``root_pid`` (not itself), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == pid]
+        found += kids
+        frontier += kids
+    return found
 
 
 def title(pid: int) -> str:
@@ -270,28 +274,12 @@ def proc_ids(pid: int) -> tuple[int, int]:
 
 
 def write_self_signed(cert_path: str, key_path: str) -> None:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(key, hashes.SHA256()))
+    """A self-signed localhost certificate and its key, as PEM files."""
+    cert_pem, key_pem = self_signed("localhost")
     with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(cert_pem)
     with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(key_pem)
     os.chmod(key_path, 0o600)
 
 

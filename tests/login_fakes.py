@@ -8,36 +8,23 @@ and cleans every server connection up.  Trusts nothing; tests only.
 
 from __future__ import annotations
 
-import datetime
 import os
 import ssl as stdlib_ssl
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, reactor, ssl, task
 from zope.interface import implementer
 
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
+from tests.certs import self_signed
 
 USERS = {b"alice": b"secret"}
 
 
 def server_tls_context() -> ssl.CertificateOptions:
     """A server context with a fresh self-signed certificate (CN=localhost)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()) + cert.public_bytes(
-        serialization.Encoding.PEM)
+    cert_pem, key_pem = self_signed("localhost", days=1)
+    pem = key_pem + cert_pem
     return ssl.PrivateCertificate.loadPEM(pem).options()
 
 

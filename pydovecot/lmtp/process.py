@@ -16,11 +16,8 @@ import argparse
 import encodings.idna  # noqa: F401  (before the chroot)
 import json
 import os
-import signal
 import socket
-import sys
 
-import setproctitle
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.logger import Logger
@@ -28,11 +25,17 @@ from zope.interface import implementer
 
 from authd.protocol import UserLookup
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener, stop_process
+from pydovecot.channel import (
+    MASTER_FD,
+    ChannelAMP,
+    adopt_channel,
+    adopt_listener,
+    run_child,
+    stop_process,
+)
 from pydovecot.config import load_config
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
 from pydovecot.lmtp.protocol import LMTPFactory
-from pydovecot.log import start_child_logging
 from pydovecot.master.protocol import DeliverRequest
 
 log = Logger()
@@ -127,18 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listener", action="append", default=[])
     parser.add_argument("--chroot", required=True)
     args = parser.parse_args(argv)
-    start_child_logging("lmtp")
-    setproctitle.setproctitle("pydovecot/lmtp")
-
-    def failed(failure):
-        log.failure("lmtp failed to start", failure)
-        stop_process("start failed")
-
-    reactor.callWhenRunning(lambda: start(args).addErrback(failed))
-    signal.signal(signal.SIGTERM,
-                  lambda *_: reactor.callFromThread(stop_process, "SIGTERM from the master"))
-    reactor.run(installSignalHandlers=False)
-    sys.exit(0)
+    run_child("lmtp", lambda: start(args))
 
 
 if __name__ == "__main__":

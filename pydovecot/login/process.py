@@ -18,11 +18,8 @@ import argparse
 import encodings.idna  # noqa: F401
 import itertools
 import os
-import signal
 import socket
-import sys
 
-import setproctitle
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -33,9 +30,15 @@ from zope.interface import implementer
 
 from authd.protocol import AuthCancel, AuthContinue, AuthStart, MechList
 from pydovecot import privileges
-from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener, stop_process
+from pydovecot.channel import (
+    MASTER_FD,
+    ChannelAMP,
+    adopt_channel,
+    adopt_listener,
+    run_child,
+    stop_process,
+)
 from pydovecot.config import load_config
-from pydovecot.log import start_child_logging
 from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.login.pop3 import POP3LoginFactory
@@ -261,18 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listener", action="append", default=[])
     parser.add_argument("--chroot", required=True)
     args = parser.parse_args(argv)
-    start_child_logging(args.service)
-    setproctitle.setproctitle(f"pydovecot/{args.service}")
-
-    def failed(failure):
-        log.failure("login process failed to start", failure)
-        stop_process("start failed")
-
-    reactor.callWhenRunning(lambda: start(args).addErrback(failed))
-    signal.signal(signal.SIGTERM,
-                  lambda *_: reactor.callFromThread(stop_process, "SIGTERM from the master"))
-    reactor.run(installSignalHandlers=False)
-    sys.exit(0)
+    run_child(args.service, lambda: start(args))
 
 
 if __name__ == "__main__":
