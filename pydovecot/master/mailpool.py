@@ -10,6 +10,7 @@ Trusts: the uid/gid it is given (the master got them from authd).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 
@@ -157,6 +158,17 @@ class MailProcessPool:
         process.key = key
         self.assigned.setdefault(key, []).append(process)
         return process
+
+    def reconfigure(self, prespawn: int, client_limit: int, process_limit: int) -> None:
+        """New limits after a reload; idle spares (which read the old
+        config) are replaced, assigned processes keep their sessions."""
+        self.prespawn = max(1, prespawn)
+        self.client_limit = max(1, client_limit)
+        self.process_limit = max(1, process_limit)
+        retired, self.idle = self.idle, []
+        for process in retired:
+            process.child.signal(signal.SIGTERM)
+        self.fill()
 
     def session_started(self, process: MailProcess) -> None:
         process.sessions += 1

@@ -45,7 +45,7 @@ from pydovecot.master.protocol import (
 log = Logger(namespace="master")
 
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
-AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb")
+AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
 FIRST_CHILD_FD = 4
 
 
@@ -220,6 +220,11 @@ class MasterService(Service):
             listener = listeners.get(name)
             path = os.path.join(self.base_dir, name)
             self.auth_sockets[name] = _unix_socket(path, listener, default_mode=0o600)
+        # Any other listener (Dovecot's `unix_listener /var/spool/postfix/private/auth`)
+        # is one more auth-client socket, at its own path (absolute or under base_dir).
+        for name, listener in listeners.items():
+            if name not in AUTH_SOCKETS:
+                self.auth_sockets[name] = _unix_socket(listener.path, listener)
 
     # -- children -------------------------------------------------------------
 
@@ -227,14 +232,7 @@ class MasterService(Service):
         return ["-c", self.config_path] if self.config_path else []
 
     def _start_children(self) -> None:
-        self._supervise("auth", self._make_authd)
-        for name in self._services_with_listeners():
-            if name in LOGIN_SERVICES:
-                count = max(1, self.config.services[name].process_min_avail)
-                for _ in range(count):
-                    self._supervise(name, lambda n=name: self._make_login(n))
-            elif name == "lmtp":
-                self._supervise("lmtp", self._make_lmtp)
+        self._start_services()
         # imap and pop3 sessions share the per-uid mail processes; the imap
         # service's limits govern them.
         imap = self.config.services["imap"]
@@ -248,6 +246,17 @@ class MasterService(Service):
         )
         self.pool.start()
 
+    def _start_services(self) -> None:
+        """authd, the login processes and lmtp."""
+        self._supervise("auth", self._make_authd)
+        for name in self._services_with_listeners():
+            if name in LOGIN_SERVICES:
+                count = max(1, self.config.services[name].process_min_avail)
+                for _ in range(count):
+                    self._supervise(name, lambda n=name: self._make_login(n))
+            elif name == "lmtp":
+                self._supervise("lmtp", self._make_lmtp)
+
     def _supervise(self, role: str, make) -> None:
         supervised = SupervisedChild(role, make)
         self.supervised.setdefault(role, []).append(supervised)
@@ -257,7 +266,8 @@ class MasterService(Service):
         args, fds = [], {}
         for number, (name, sock) in enumerate(self.auth_sockets.items(), FIRST_CHILD_FD):
             fds[number] = sock.fileno()
-            args += ["--socket", f"{name}={number}"]
+            kind = name if name in AUTH_SOCKETS else "auth-client"
+            args += ["--socket", f"{kind}={number}"]
         argv = python_module_argv("authd", *self._config_args(), *args)
         return Child("auth", argv, extra_fds=fds)
 
@@ -395,7 +405,13 @@ class MasterService(Service):
         log.info("SIGHUP received - reloading configuration", log_prefix="master")
         old_listeners = self._listener_map()
         self.config = config
-        d = self._stop_children(signal.SIGTERM)
+        # Running sessions keep their mail processes (and the config those
+        # started with), as in Dovecot; idle spares are replaced.
+        d = defer.DeferredList([s.stop(signal.SIGTERM) for group in self.supervised.values()
+                                for s in group])
+        imap = config.services["imap"]
+        self.pool.reconfigure(imap.process_min_avail or 1, imap.client_limit,
+                              imap.process_limit)
 
         def restart(_):
             new = self._listener_map()
@@ -403,7 +419,7 @@ class MasterService(Service):
                 self._close_listeners()
                 self._open_listeners()
             self.supervised = {}
-            self._start_children()
+            self._start_services()
 
         d.addCallback(restart)
 
