@@ -39,7 +39,12 @@ def split_args(args: str, known: set[str]) -> tuple[dict[str, str], str]:
 
 
 def _load() -> None:
+    import authd.drivers.ldap  # noqa: F401  (registers the "ldap" driver)
+    import authd.drivers.sql  # noqa: F401  (registers the "sql" driver)
+    from authd import oauth
     from authd.drivers import passwd_file, static
+
+    register_passdb("oauth2", oauth.OAuth2Passdb)
 
     register_passdb("passwd-file", passwd_file.PasswdFileDb)
     register_userdb("passwd-file", passwd_file.PasswdFileDb)
