@@ -108,6 +108,14 @@ class AuthSettings:
     mail_uid: str = ""
     mail_gid: str = ""
     cookie_lifetime: float = 60.0
+    # SASL mechanisms (authd.exchange, authd.mechanisms).
+    auth_master_user_separator: str = ""  # e.g. "*": "alice*admin"
+    auth_anonymous_username: str = "anonymous"
+    # Auth cache (authd.cache) and penalty (authd.penalty).
+    auth_cache_size: int = 0  # bytes; 0 = no cache
+    auth_cache_ttl: float = 3600.0
+    auth_cache_negative_ttl: float = 3600.0
+    login_trusted_networks: list[str] = field(default_factory=list)
     listeners: dict[str, ListenerSettings] = field(default_factory=default_listeners)
 
     def socket_path(self, name: str) -> str:
@@ -139,13 +147,23 @@ def _listeners_from_config(cfg: Any) -> dict[str, ListenerSettings]:
     return listeners
 
 
-def _absolute_passwd_file(db: DbSettings, config_dir: str) -> DbSettings:
-    """Relative passwd-file paths are relative to the config file's directory."""
-    if db.driver != "passwd-file" or not config_dir:
+#: Drivers whose ``args`` end in a file path, and the options before it.
+FILE_ARG_DRIVERS = {
+    "passwd-file": {"scheme", "username_format"},
+    "ldap": set(),
+    "sql": set(),
+    "oauth2": set(),
+}
+
+
+def _absolute_file_args(db: DbSettings, config_dir: str) -> DbSettings:
+    """Relative file paths in ``args`` (passwd-file, and the ldap, sql and
+    oauth2 ``.conf.ext`` files) are relative to the config file's directory."""
+    if db.driver not in FILE_ARG_DRIVERS or not config_dir or not db.args:
         return db
     from authd.drivers import split_args
 
-    options, path = split_args(db.args, {"scheme", "username_format"})
+    options, path = split_args(db.args, FILE_ARG_DRIVERS[db.driver])
     if path and not os.path.isabs(path):
         path = os.path.join(config_dir, path)
         db.args = " ".join([*(f"{k}={v}" for k, v in options.items()), path])
@@ -180,9 +198,15 @@ def from_config(cfg: Any) -> AuthSettings:
         auth_verbose=typed("get_bool", "auth_verbose", False),
         auth_verbose_passwords=get("auth_verbose_passwords", "no"),
         auth_debug=typed("get_bool", "auth_debug", False),
-        passdbs=[_absolute_passwd_file(_db(s), config_dir) for s in cfg.passdbs],
-        userdbs=[_absolute_passwd_file(_db(s), config_dir) for s in cfg.userdbs],
+        passdbs=[_absolute_file_args(_db(s), config_dir) for s in cfg.passdbs],
+        userdbs=[_absolute_file_args(_db(s), config_dir) for s in cfg.userdbs],
         mail_uid=get("mail_uid"),
+        auth_master_user_separator=get("auth_master_user_separator"),
+        auth_anonymous_username=get("auth_anonymous_username", "anonymous"),
         mail_gid=get("mail_gid"),
+        auth_cache_size=int(typed("get_size", "auth_cache_size", 0)),
+        auth_cache_ttl=float(typed("get_time", "auth_cache_ttl", 3600.0)),
+        auth_cache_negative_ttl=float(typed("get_time", "auth_cache_negative_ttl", 3600.0)),
+        login_trusted_networks=typed("get_list", "login_trusted_networks", []),
         listeners=_listeners_from_config(cfg),
     )

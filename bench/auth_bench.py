@@ -113,14 +113,54 @@ class PasswdFileBackend:
     def pydovecot_config(self) -> str:
         return f"passdb {{\n  driver = passwd-file\n  args = {self.path}\n}}\n"
 
-    def dovecot_config(self) -> str:
-        return f"passdb {{\n  driver = passwd-file\n  args = {self.path}\n}}\n"
+    dovecot_config = pydovecot_config
 
     def teardown(self) -> None:
         pass
 
 
-BACKENDS = {"passwd-file": PasswdFileBackend}
+def ensure_packages(*names: str) -> None:
+    """Debian packages the Dovecot side needs, without starting services."""
+    missing = [n for n in names
+               if subprocess.run(["dpkg", "-s", n], capture_output=True).returncode != 0]
+    if missing:
+        with open("/usr/sbin/policy-rc.d", "w") as f:
+            f.write("#!/bin/sh\nexit 101\n")
+        os.chmod("/usr/sbin/policy-rc.d", 0o755)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+class LdapBackend:
+    """auth-bind against a private slapd holding the bench users."""
+
+    name = "LDAP auth-bind"
+
+    def setup(self, workdir: str) -> None:
+        from tests import slapd
+
+        ensure_packages("dovecot-ldap")
+        slapd.USERS = {f"b{i:03d}": (PASSWORD, "SSHA", 5000 + i) for i in range(USERS)}
+        self.server = slapd.Slapd()
+        self.server.start()
+        self.path = os.path.join(workdir, "dovecot-ldap.conf.ext")
+        with open(self.path, "w") as f:
+            f.write(f"uris = {self.server.uri}\n"
+                    f"dn = {slapd.SERVICE_DN}\ndnpass = {slapd.SERVICE_PW}\n"
+                    f"auth_bind = yes\nbase = {slapd.PEOPLE}\nscope = subtree\n"
+                    "pass_filter = (&(objectClass=posixAccount)(uid=%n))\n")
+        os.chmod(self.path, 0o600)
+
+    def pydovecot_config(self) -> str:
+        return f"passdb {{\n  driver = ldap\n  args = {self.path}\n}}\n"
+
+    dovecot_config = pydovecot_config
+
+    def teardown(self) -> None:
+        self.server.cleanup()
+
+
+BACKENDS = {"passwd-file": PasswdFileBackend, "ldap": LdapBackend}
 
 
 # -- servers -------------------------------------------------------------------

@@ -50,6 +50,7 @@ def _load() -> None:
     register_userdb("passwd-file", passwd_file.PasswdFileDb)
     register_passdb("static", static.StaticPassdb)
     register_userdb("static", static.StaticUserdb)
+    from authd.drivers import pam  # noqa: F401  (registers pam and passwd)
 
 
 def create_passdb(db: DbSettings) -> IPassdb:
