@@ -160,7 +160,48 @@ class LdapBackend:
         self.server.cleanup()
 
 
-BACKENDS = {"passwd-file": PasswdFileBackend, "ldap": LdapBackend}
+class PgsqlBackend:
+    """password_query on the machine's PostgreSQL, in a database made for
+    the run; SHA512-CRYPT hashes, as in the passwd-file case."""
+
+    name = "PostgreSQL password_query"
+
+    def setup(self, workdir: str) -> None:
+        import psycopg
+
+        ensure_packages("dovecot-pgsql")
+        self.db = f"pydovecot_bench_{os.getpid()}"
+        self.admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {self.db}")
+        with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={self.db}",
+                             autocommit=True) as conn:
+            conn.execute("CREATE TABLE users (userid text PRIMARY KEY, password text)")
+            for i in range(USERS):
+                conn.execute("INSERT INTO users VALUES (%s, %s)",
+                             (f"b{i:03d}", schemes.generate(PASSWORD, "SHA512-CRYPT")))
+        self.path = os.path.join(workdir, "dovecot-sql.conf.ext")
+        with open(self.path, "w") as f:
+            f.write("driver = pgsql\n"
+                    f"connect = host=127.0.0.1 port=5432 user=postgres dbname={self.db}\n"
+                    "default_pass_scheme = SHA512-CRYPT\n"
+                    "password_query = SELECT userid AS user, password FROM users "
+                    "WHERE userid = '%u'\n")
+        os.chmod(self.path, 0o600)
+
+    def pydovecot_config(self) -> str:
+        return f"passdb {{\n  driver = sql\n  args = {self.path}\n}}\n"
+
+    dovecot_config = pydovecot_config
+
+    def teardown(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+
+
+BACKENDS = {"passwd-file": PasswdFileBackend, "ldap": LdapBackend, "pgsql": PgsqlBackend}
 
 
 # -- servers -------------------------------------------------------------------
