@@ -10,7 +10,7 @@ Sockets (under base_dir) and who may call what:
   one-time cookie bound to its own pid (authd reads it with SO_PEERCRED) and
   to the connection's addresses.
 - ``auth-master`` (master, root only): :class:`RedeemCookie`,
-  :class:`UserLookup`.
+  :class:`UserLookup`, :class:`FlushCache`.
 - ``auth-userdb`` (lmtp): :class:`UserLookup` only.
 
 Userdb fields travel as one JSON object (``fields``), keys as Dovecot names
@@ -62,6 +62,14 @@ class AuthStart(amp.Command):
         (b"remote_ip", amp.Unicode()),
         (b"remote_port", amp.Integer()),
         (b"session", amp.Unicode()),  # session id for logs
+        # TLS channel binding (SCRAM-*-PLUS): "tls-unique" or "tls-exporter"
+        # and its data, computed by the login process from the TLS session.
+        (b"channel_binding_type", amp.Unicode(optional=True)),
+        (b"channel_binding", amp.String(optional=True)),
+        # EXTERNAL: the client certificate's user name
+        # (ssl_cert_username_field) and whether it verified against ssl_ca.
+        (b"client_cert_user", amp.Unicode(optional=True)),
+        (b"valid_client_cert", amp.Boolean(optional=True)),
     ]
     response = AUTH_REPLY
 
@@ -112,3 +120,12 @@ class UserLookup(amp.Command):
         (b"user", amp.Unicode(optional=True)),
         (b"fields", amp.Unicode(optional=True)),
     ]
+
+
+class FlushCache(amp.Command):
+    """Master/admin: drop auth cache entries of ``users`` (names as given,
+    auth_username_format is applied); an empty list flushes everything.
+    ``count`` is the number of entries removed."""
+
+    arguments = [(b"users", amp.ListOf(amp.Unicode()))]
+    response = [(b"count", amp.Integer())]

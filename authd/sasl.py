@@ -3,14 +3,24 @@
 Each exchange gets a fresh mechanism object; :meth:`ISASLMechanism.step`
 takes the client's (already base64-decoded) bytes and returns what to do
 next.  Input is untrusted: anything malformed ends in :class:`Fail` with a
-reason safe to show, never an exception.  Mechanisms never see a passdb;
-they hand the server :class:`PlainCredentials` to verify.
+reason safe to show, never an exception.  Mechanisms never see a passdb:
+they hand the exchange (authd.exchange) :class:`PlainCredentials` to
+verify, or ask it for stored credentials with :class:`NeedCredentials` and
+say :class:`Verified` once the client proved who it is.  What a mechanism
+knows about the connection (TLS channel binding, client certificate)
+arrives in a :class:`SASLContext` filled by authd from the login process's
+AuthStart, which authd trusts (the kernel tells it the peer is the login
+process, and only that process sees the TLS session).
+
+PLAIN and LOGIN live here; the others in :mod:`authd.mechanisms`, which
+registers them on import.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
 
@@ -36,9 +46,54 @@ class Fail:
     """The exchange failed; ``reason`` may be shown to the client."""
 
     reason: str
+    temporary: bool = False
 
 
-Step = Continue | PlainCredentials | Fail
+@dataclass(frozen=True)
+class NeedCredentials:
+    """Fetch ``authcid``'s stored password from the passdbs and call
+    :meth:`ISASLMechanism.credentials` with it.  ``schemes`` are tried in
+    order on each passdb (e.g. ``("PLAIN", "CRAM-MD5")``)."""
+
+    authcid: str
+    schemes: tuple[str, ...]
+    authzid: str = ""
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The client proved it is ``authcid``.
+
+    After :class:`NeedCredentials` the passdb that supplied them has also
+    supplied its extra fields.  Otherwise (EXTERNAL) ``passdb_lookup`` makes
+    the exchange look the user up without a password; ANONYMOUS skips the
+    passdb entirely.  ``authzid`` is the identity to log in as, if other."""
+
+    authcid: str
+    authzid: str = ""
+    passdb_lookup: bool = True
+
+
+Step = Continue | PlainCredentials | Fail | NeedCredentials | Verified
+
+
+@dataclass
+class SASLContext:
+    """What a mechanism may know about the request and its connection."""
+
+    settings: Any = None  # authd.settings.AuthSettings (trusted)
+    service: str = ""
+    secured: bool = False
+    #: "tls-unique" or "tls-exporter" and its data, when the client is on TLS.
+    channel_binding_type: str = ""
+    channel_binding: bytes = b""
+    #: Username from the client's TLS certificate (ssl_cert_username_field).
+    client_cert_user: str = ""
+    valid_client_cert: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def setting(self, name: str, default: Any = "") -> Any:
+        return getattr(self.settings, name, default) if self.settings is not None else default
 
 
 class ISASLMechanism(Interface):
@@ -49,6 +104,14 @@ class ISASLMechanism(Interface):
 
     def step(data: bytes | None) -> Step:  # type: ignore[valid-type]
         """Advance with the client's data (None: no initial response)."""
+
+    # Optional (mechanisms that ask for NeedCredentials):
+    #   credentials(scheme: str, data: str) -> Step
+    #       The stored password, ``data`` being what follows ``{SCHEME}``.
+    # Optional (mechanisms with their own failure dialogue, OAUTHBEARER):
+    #   failed(reason: str, temporary: bool) -> Step | None
+    #       The credentials were refused; a Continue here is sent to the
+    #       client before the exchange fails.
 
 
 def _text(data: bytes) -> str | None:
@@ -65,7 +128,7 @@ class PlainMechanism:
     name = "PLAIN"
     plaintext = True
 
-    def __init__(self) -> None:
+    def __init__(self, context: SASLContext | None = None) -> None:
         self._asked = False
 
     def step(self, data: bytes | None) -> Step:
@@ -95,7 +158,7 @@ class LoginMechanism:
     name = "LOGIN"
     plaintext = True
 
-    def __init__(self) -> None:
+    def __init__(self, context: SASLContext | None = None) -> None:
         self._user: str | None = None
         self._started = False
 
@@ -121,30 +184,61 @@ class LoginMechanism:
 
 
 #: Registered mechanisms: name → factory of a fresh exchange.
-MECHANISMS: dict[str, Callable[[], ISASLMechanism]] = {}
-
-
-def register(name: str, factory: Callable[[], ISASLMechanism], plaintext: bool) -> None:
-    """Make a mechanism available (auth_mechanisms still has to list it)."""
-    MECHANISMS[name.upper()] = factory
-    if plaintext:
-        PLAINTEXT.add(name.upper())
-    else:
-        PLAINTEXT.discard(name.upper())
-
+MECHANISMS: dict[str, Callable[..., ISASLMechanism]] = {}
 
 #: Names of mechanisms that send the password in clear.
 PLAINTEXT: set[str] = set()
+
+#: Mechanisms that need stored credentials (CRAM-MD5, SCRAM-*).
+NEEDS_CREDENTIALS: set[str] = set()
+
+#: Mechanisms that need TLS channel binding data (SCRAM-*-PLUS).
+NEEDS_CHANNEL_BINDING: set[str] = set()
+
+#: Mechanisms whose "password" is an OAuth2 token (needs an oauth2 passdb).
+NEEDS_OAUTH2: set[str] = set()
+
+
+def register(
+    name: str,
+    factory: Callable[..., ISASLMechanism],
+    plaintext: bool,
+    *,
+    credentials: bool = False,
+    channel_binding: bool = False,
+    oauth2: bool = False,
+) -> None:
+    """Make a mechanism available (auth_mechanisms still has to list it).
+
+    ``factory`` is called with a :class:`SASLContext` (or nothing)."""
+    upper = name.upper()
+    MECHANISMS[upper] = factory
+    for flag, names in (
+        (plaintext, PLAINTEXT),
+        (credentials, NEEDS_CREDENTIALS),
+        (channel_binding, NEEDS_CHANNEL_BINDING),
+        (oauth2, NEEDS_OAUTH2),
+    ):
+        if flag:
+            names.add(upper)
+        else:
+            names.discard(upper)
+
 
 register("PLAIN", PlainMechanism, plaintext=True)
 register("LOGIN", LoginMechanism, plaintext=True)
 
 
-def create(name: str) -> ISASLMechanism | None:
+def create(name: str, context: SASLContext | None = None) -> ISASLMechanism | None:
     """A fresh exchange for ``name``, or None if no such mechanism."""
     factory = MECHANISMS.get(name.upper())
-    return factory() if factory is not None else None
+    if factory is None:
+        return None
+    return factory(context if context is not None else SASLContext())
 
 
 def is_plaintext(name: str) -> bool:
     return name.upper() in PLAINTEXT
+
+
+import authd.mechanisms  # noqa: E402,F401  (registers the other mechanisms)

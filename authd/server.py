@@ -34,6 +34,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from authd import drivers, sasl
+from authd.cache import AuthCache
+from authd.chain import PassdbChain, UserdbChain
+from authd.exchange import Reply, SASLExchange, available_mechanisms
 from authd.interfaces import (
     AuthBackendError,
     AuthRequest,
@@ -42,10 +45,12 @@ from authd.interfaces import (
     PassdbResult,
     PassdbStatus,
 )
+from authd.penalty import AuthPenalty
 from authd.protocol import (
     AuthCancel,
     AuthContinue,
     AuthStart,
+    FlushCache,
     MechList,
     RedeemCookie,
     UserLookup,
@@ -193,6 +198,13 @@ class AuthEngine:
         self.getuid = getuid
         self.getgid = getgid
         self.cookies = CookieStore(reactor, settings.cookie_lifetime)
+        self.cache = AuthCache(
+            reactor, settings.auth_cache_size, settings.auth_cache_ttl,
+            settings.auth_cache_negative_ttl,
+        )
+        self.penalty = AuthPenalty(reactor, settings.login_trusted_networks)
+        self.passdb_chain = PassdbChain(self.passdbs, settings, self.cache, self._given_password)
+        self.userdb_chain = UserdbChain(self.userdbs, settings, self.cache)
 
     # -- mechanisms and user names ------------------------------------------
 
@@ -237,40 +249,16 @@ class AuthEngine:
 
     # -- passdb ---------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def _passdb_chain(self, request: AuthRequest, password: str):
-        """Run the passdbs in order: first OK wins; mismatches and unknown
-        users continue; an internal failure makes the end result temporary."""
-        internal = False
-        for db, db_settings in self.passdbs:
-            who = request.log_id(db.driver)
-            try:
-                result: PassdbResult = yield defer.maybeDeferred(
-                    db.verify_plain, request.user, password, request
-                )
-            except Exception as e:  # a driver bug must not leak out
-                log.failure("{who}: passdb failed", who=who)
-                result = PassdbResult(PassdbStatus.INTERNAL_FAILURE, error=str(e))
-            if result.status is PassdbStatus.OK:
-                result.extra = _merge_fields(db_settings, result.extra, request.variables())
-                return result
-            if result.status is PassdbStatus.USER_UNKNOWN:
-                if self.settings.auth_verbose:
-                    log.info("{who}: unknown user", who=who)
-            elif result.status is PassdbStatus.PASSWORD_MISMATCH:
-                if self.settings.auth_verbose:
-                    detail = f" ({result.error})" if result.error else ""
-                    log.info(
-                        "{who}: Password mismatch{detail}{given}",
-                        who=who,
-                        detail=detail,
-                        given=self._given_password(password),
-                    )
-            else:
-                internal = True
-                log.error("{who}: {error}", who=who, error=result.error or result.status.value)
-        status = PassdbStatus.INTERNAL_FAILURE if internal else PassdbStatus.PASSWORD_MISMATCH
-        return PassdbResult(status)
+    def _passdb_chain(self, request: AuthRequest, password: str) -> defer.Deferred:
+        """Run the passdb chain (authd.chain: result_* rules, skip, deny,
+        master, the auth cache); fires with a PassdbResult whose
+        INTERNAL_FAILURE means a temporary failure."""
+        return self.passdb_chain.verify_plain(request, password)
+
+    def lookup_credentials(self, request: AuthRequest, scheme: str) -> defer.Deferred:
+        """Stored credentials of ``request.user`` in ``scheme`` through the
+        chain's rules; fires with a PassdbResult (``credentials`` on OK)."""
+        return self.passdb_chain.lookup_credentials(request, scheme)
 
     # -- userdb ---------------------------------------------------------------
 
@@ -306,38 +294,17 @@ class AuthEngine:
     @defer.inlineCallbacks
     def _userdb_chain(self, request: AuthRequest, prefetched: dict[str, str]):
         """Fire with the merged userdb fields, or None if no userdb knows
-        the user; AuthBackendError if it can't be told."""
-        error = None
-        for db, db_settings in self.userdbs:
-            who = request.log_id(db.driver)
-            try:
-                result = yield defer.maybeDeferred(db.lookup, request.user, request)
-            except Exception as e:
-                if not isinstance(e, AuthBackendError):
-                    log.failure("{who}: userdb failed", who=who)
-                else:
-                    log.error("{who}: {error}", who=who, error=str(e))
-                error = str(e)
-                continue
-            if result is None:
-                if self.settings.auth_verbose:
-                    log.info("{who}: unknown user (userdb)", who=who)
-                continue
-            values = dict(request.variables(), home=result.get("home", ""))
-            fields = dict(prefetched)
-            fields.update(result)
-            fields = _merge_fields(db_settings, fields, values)
-            user = fields.pop("user", "") or request.user
-            return self._finish_fields(user, fields)
-        if error is not None:
-            raise AuthBackendError(error)
-        return None
+        the user; AuthBackendError if it can't be told (authd.chain)."""
+        fields = yield self.userdb_chain.lookup(request, prefetched)
+        if fields is None:
+            return None
+        fields = dict(fields)
+        user = fields.pop("user", "") or request.user
+        return self._finish_fields(user, fields)
 
     # -- entry points ---------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def authenticate(self, request: AuthRequest, authcid: str, password: str):
-        """Check a plaintext login; fires with an :class:`AuthOutcome`."""
+    def _set_user(self, request: AuthRequest, authcid: str) -> bool:
         user = self.normalize_user(authcid)
         if user is None:
             if self.settings.auth_verbose:
@@ -347,14 +314,72 @@ class AuthEngine:
                         user=authcid[:64], remote_ip=request.remote_ip, session=request.session
                     ).log_id("auth"),
                 )
-            return AuthOutcome(False)
+            return False
         request.original_user = authcid
         request.user = user
-        result = yield self._passdb_chain(request, password)
+        return True
+
+    def authenticate(self, request: AuthRequest, authcid: str, password: str) -> defer.Deferred:
+        """Check a plaintext login; fires with an :class:`AuthOutcome`."""
+        if not self._set_user(request, authcid):
+            return defer.succeed(AuthOutcome(False))
+        d = self._passdb_chain(request, password)
+        d.addCallback(self._after_passdb, request)
+        return d.addCallback(self._penalty_reset, request)
+
+    def authenticate_master(
+        self, request: AuthRequest, login_user: str, master_user: str, password: str
+    ) -> defer.Deferred:
+        """``login_user*master_user`` (auth_master_user_separator) with the
+        master user's password: the master passdbs verify it, then the login
+        user goes on as after a normal passdb success (see authd.chain);
+        fires with an :class:`AuthOutcome` whose fields carry
+        ``master_user``."""
+        master = self.normalize_user(master_user)
+        if master is None or not self._set_user(request, login_user):
+            return defer.succeed(AuthOutcome(False))
+        login = request.user
+        d = self.passdb_chain.verify_master(request, login, master, password)
+        d.addCallback(self._after_passdb, request)
+
+        def add_master(outcome: AuthOutcome) -> AuthOutcome:
+            if outcome.ok:
+                outcome.fields["master_user"] = master
+            return outcome
+
+        d.addCallback(add_master)
+        return d.addCallback(self._penalty_reset, request)
+
+    def _penalty_reset(self, outcome: AuthOutcome, request: AuthRequest) -> AuthOutcome:
+        if outcome.ok:
+            self.penalty.succeeded(request.remote_ip)
+        return outcome
+
+    def failure_delay(self, remote_ip: str | None = None, temporary: bool = False) -> float:
+        """Count a failed login from ``remote_ip`` (not for temporary
+        failures) and return how long to wait before saying so
+        (authd.penalty's model; auth_failure_delay without an IP)."""
+        base = self.settings.auth_failure_delay
+        if not temporary:
+            self.penalty.failed(remote_ip)
+        return self.penalty.delay(remote_ip, base)
+
+    def flush_cache(self, users: list[str]) -> int:
+        """FlushCache: drop the auth cache entries of ``users`` (all if empty)."""
+        names = [n for n in (self.normalize_user(u) for u in users) if n]
+        if users and not names:
+            return 0
+        count = self.cache.flush(names)
+        log.info("auth cache flushed: {count} entries", count=count)
+        return count
+
+    @defer.inlineCallbacks
+    def _after_passdb(self, result: PassdbResult, request: AuthRequest):
+        """nologin, allow_nets and the userdb chain after the passdb chain."""
         if result.status is PassdbStatus.INTERNAL_FAILURE:
             return AuthOutcome(False, reason=TEMP_FAILED, temporary=True)
         if not result.ok:
-            return AuthOutcome(False)
+            return AuthOutcome(False, reason=result.extra.get("reason") or AUTH_FAILED)
         extra = result.extra
         nodelay = "nodelay" in extra
         if result.nologin:
@@ -411,40 +436,40 @@ def peer_pid(transport: Any) -> int | None:
     return pid
 
 
-@dataclass
-class _Exchange:
-    mech: sasl.ISASLMechanism
-    request: AuthRequest
-    busy: bool = False
-
-
 class LoginProtocol(amp.AMP):
-    """auth-login: SASL exchanges for login processes."""
+    """auth-login: SASL exchanges for login processes.
+
+    The exchanges themselves run in :class:`authd.exchange.SASLExchange`;
+    this adds the request ids, the failure delay and, on success, the login
+    cookie bound to the peer's pid and the connection's addresses."""
 
     def __init__(self, engine: AuthEngine):
         super().__init__()
         self.engine = engine
         self.pid: int | None = None
-        self.exchanges: dict[int, _Exchange] = {}
+        self.exchanges: dict[int, SASLExchange] = {}
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.pid = peer_pid(self.transport)
 
     def connectionLost(self, reason: Any) -> None:
+        for exchange in self.exchanges.values():
+            exchange.cancel()
         self.exchanges.clear()
         super().connectionLost(reason)
 
-    def _fail(self, reason: str = AUTH_FAILED, temporary: bool = False, delay: bool = True):
+    def _fail(self, reason: str = AUTH_FAILED, temporary: bool = False, delay: bool = True,
+              remote_ip: str | None = None):
         reply = {"status": "fail", "reason": reason, "temporary": temporary}
-        seconds = self.engine.settings.auth_failure_delay if delay else 0
+        seconds = self.engine.failure_delay(remote_ip, temporary) if delay else 0
         if seconds <= 0:
             return defer.succeed(reply)
         return task.deferLater(self.engine.reactor, seconds, lambda: reply)
 
     @MechList.responder
     def mech_list(self, secured: bool):
-        return {"mechanisms": self.engine.mechanisms(secured)}
+        return {"mechanisms": available_mechanisms(self.engine, secured)}
 
     @AuthStart.responder
     def auth_start(
@@ -459,20 +484,19 @@ class LoginProtocol(amp.AMP):
         remote_port,
         session,
         initial=None,
+        channel_binding_type=None,
+        channel_binding=None,
+        client_cert_user=None,
+        valid_client_cert=None,
     ):  # noqa: A002
         if id in self.exchanges:
             return self._fail("Duplicate request id", delay=False)
         if len(self.exchanges) >= MAX_EXCHANGES:
             return self._fail(TEMP_FAILED, temporary=True, delay=False)
-        if mechanism.upper() not in self.engine.mechanisms(secured):
-            return self._fail("Unsupported authentication mechanism.", delay=False)
-        mech = sasl.create(mechanism)
-        if mech is None:
-            return self._fail("Unsupported authentication mechanism.", delay=False)
         request = AuthRequest(
             user="",
             service=service,
-            mech=mech.name,
+            mech=mechanism.upper(),
             local_ip=local_ip,
             local_port=local_port,
             remote_ip=remote_ip,
@@ -480,57 +504,47 @@ class LoginProtocol(amp.AMP):
             session=session,
             secured=secured,
         )
-        exchange = _Exchange(mech, request)
+        context = sasl.SASLContext(
+            settings=self.engine.settings,
+            service=service,
+            secured=secured,
+            channel_binding_type=channel_binding_type or "",
+            channel_binding=channel_binding or b"",
+            client_cert_user=client_cert_user or "",
+            valid_client_cert=bool(valid_client_cert),
+        )
+        exchange = SASLExchange(self.engine, mechanism, request, context)
         self.exchanges[id] = exchange
-        return self._step(id, exchange, initial)
+        return exchange.start(initial).addCallback(self._reply, id, exchange)
 
     @AuthContinue.responder
     def auth_continue(self, id, response):  # noqa: A002
         exchange = self.exchanges.get(id)
         if exchange is None or exchange.busy:
             return self._fail("Unknown or busy request id", delay=False)
-        return self._step(id, exchange, response)
+        return exchange.next(response).addCallback(self._reply, id, exchange)
 
     @AuthCancel.responder
     def auth_cancel(self, id):  # noqa: A002
-        self.exchanges.pop(id, None)
+        exchange = self.exchanges.pop(id, None)
+        if exchange is not None:
+            exchange.cancel()
         return {}
 
-    def _step(self, id: int, exchange: _Exchange, data: bytes | None):  # noqa: A002
-        step = exchange.mech.step(data)
-        if isinstance(step, sasl.Continue):
-            return {"status": "continue", "challenge": step.challenge}
-        if isinstance(step, sasl.Fail):
-            self.exchanges.pop(id, None)
-            if self.engine.settings.auth_verbose:
-                log.info(
-                    "{mech}({who}): {reason}",
-                    mech=exchange.mech.name.lower(),
-                    who=exchange.request.remote_ip,
-                    reason=step.reason,
-                )
-            return self._fail(step.reason)
-        exchange.busy = True
-        d = self.engine.authenticate(exchange.request, step.authcid, step.password)
-        d.addCallback(self._finish, id, exchange)
-        d.addErrback(self._crashed, id, exchange)
-        return d
-
-    def _finish(self, outcome: AuthOutcome, id: int, exchange: _Exchange):  # noqa: A002
-        self.exchanges.pop(id, None)
-        if not outcome.ok:
-            return self._fail(outcome.reason, outcome.temporary, delay=not outcome.nodelay)
+    def _reply(self, reply: Reply, id: int, exchange: SASLExchange):  # noqa: A002
+        if reply.status == "continue":
+            return {"status": "continue", "challenge": reply.challenge}
+        if self.exchanges.get(id) is exchange:
+            del self.exchanges[id]
+        if reply.status != "ok":
+            return self._fail(reply.reason, reply.temporary, delay=not reply.nodelay,
+                              remote_ip=exchange.request.remote_ip)
         request = exchange.request
         cookie = self.engine.cookies.issue(
-            outcome.user, outcome.fields, self.pid, request.local_ip, request.remote_ip
+            reply.user, reply.fields, self.pid, request.local_ip, request.remote_ip
         )
         log.debug("{who}: authenticated", who=request.log_id("auth"))
-        return {"status": "ok", "user": outcome.user, "cookie": cookie}
-
-    def _crashed(self, failure: Any, id: int, exchange: _Exchange):  # noqa: A002
-        self.exchanges.pop(id, None)
-        log.failure("{who}: authentication crashed", failure, who=exchange.request.log_id("auth"))
-        return self._fail(TEMP_FAILED, temporary=True)
+        return {"status": "ok", "user": reply.user, "cookie": cookie}
 
 
 # -- auth-master and auth-userdb ---------------------------------------------
@@ -568,6 +582,10 @@ class MasterProtocol(amp.AMP):
     def user_lookup(self, user: str, service: str):
         return self.engine.user_lookup(user, service)
 
+    @FlushCache.responder
+    def flush_cache(self, users: list[str]):
+        return {"count": self.engine.flush_cache(users)}
+
 
 class _EngineFactory(ServerFactory):
     noisy = False
@@ -586,9 +604,12 @@ def build_factories(
     settings: AuthSettings, engine: AuthEngine | None = None
 ) -> dict[str, ServerFactory]:
     """Server factories keyed by socket name, sharing one engine."""
+    from authd.client_protocol import AuthClientFactory
+
     engine = engine or AuthEngine(settings)
     return {
         "auth-login": _EngineFactory(engine, LoginProtocol),
         "auth-master": _EngineFactory(engine, MasterProtocol),
         "auth-userdb": _EngineFactory(engine, UserdbProtocol),
+        "auth-client": AuthClientFactory(engine),
     }

@@ -9,7 +9,8 @@ trust nothing from the client and never see a password hash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from zope.interface import Attribute, Interface
 
@@ -25,6 +26,9 @@ class ConnectionInfo:
     session_id: str
     tls: bool = False  # TLS is on (implicit or after STARTTLS/STLS)
     trusted: bool = False  # loopback or login_trusted_networks
+    #: The client's transport, for what only the TLS session knows (channel
+    #: binding, the client certificate); set by the login process.
+    transport: Any = field(default=None, repr=False, compare=False)
 
     @property
     def secured(self) -> bool:

@@ -43,7 +43,7 @@ from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.login.pop3 import POP3LoginFactory
 from pydovecot.master.protocol import HandOff
-from pydovecot.tls import server_context_factory
+from pydovecot.tls import channel_binding, client_cert_user, server_context_factory, tls_connection
 
 log = Logger()
 
@@ -109,8 +109,31 @@ class LoginBackend:
 
     def mechanisms(self, conn: ConnectionInfo):
         d = self.auth.callRemote(MechList, secured=conn.secured)
-        d.addCallback(lambda r: list(r["mechanisms"]))
+        # Channel binding (SCRAM-*-PLUS) needs a TLS session under us.
+        bindable = self._tls_connection(conn) is not None
+        d.addCallback(lambda r: [m for m in r["mechanisms"]
+                                 if bindable or not m.upper().endswith("-PLUS")])
         return d
+
+    @staticmethod
+    def _tls_connection(conn: ConnectionInfo):
+        if not conn.tls or conn.transport is None:
+            return None
+        return tls_connection(conn.transport)
+
+    def _tls_auth_args(self, conn: ConnectionInfo) -> dict:
+        """AuthStart's channel binding and client certificate arguments."""
+        tls = self._tls_connection(conn)
+        if tls is None:
+            return {}
+        args: dict = {}
+        binding = channel_binding(tls)
+        if binding is not None:
+            args["channel_binding_type"], args["channel_binding"] = binding
+        user, valid = client_cert_user(tls, self.config.get("ssl_cert_username_field"))
+        if user:
+            args["client_cert_user"], args["valid_client_cert"] = user, valid
+        return args
 
     def auth_start(self, conn: ConnectionInfo, service: str, mechanism: str, initial):
         request_id = next(self._ids)
@@ -122,6 +145,7 @@ class LoginBackend:
         )
         if initial is not None:
             kwargs["initial"] = initial
+        kwargs.update(self._tls_auth_args(conn))
         return self._reply(conn, self.auth.callRemote(AuthStart, **kwargs))
 
     def auth_continue(self, conn: ConnectionInfo, response: bytes):
@@ -210,6 +234,18 @@ class LoginBackend:
             session=conn.session_id)
 
 
+def _keep_transport(factory) -> None:
+    """Let each ConnectionInfo keep its transport (for the TLS session)."""
+    build = factory.connection_info
+
+    def connection_info(transport) -> ConnectionInfo:
+        conn = build(transport)
+        conn.transport = transport
+        return conn
+
+    factory.connection_info = connection_info
+
+
 def parse_listener(spec: str) -> tuple[str, int, bool]:
     """``name:fd:ssl`` as the master passes it."""
     name, fd, ssl = spec.rsplit(":", 2)
@@ -236,6 +272,7 @@ def start(args) -> defer.Deferred:
     for spec in args.listener:
         name, fd, implicit_tls = parse_listener(spec)
         factory = factory_class(backend, implicit_tls, trusted_networks=trusted)
+        _keep_transport(factory)
         if implicit_tls:
             if tls_context is None:
                 log.error("listener {name} wants ssl but no ssl_cert/ssl_key is set", name=name)

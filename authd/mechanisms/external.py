@@ -1,0 +1,83 @@
+"""EXTERNAL (RFC 4422 appendix A) and ANONYMOUS (RFC 4505).
+
+EXTERNAL logs in as the user named by the client's TLS certificate
+(``ssl_cert_username_field``, commonName by default), which the login
+process extracted after verifying the certificate against ``ssl_ca``.  It
+succeeds only with a valid certificate and an empty authzid or one equal to
+that name; the passdb must still know the user (looked up without a
+password).  ANONYMOUS logs in as ``auth_anonymous_username`` and only when
+auth_mechanisms lists it; the trace string is logged, never trusted.
+
+Trusts the :class:`~authd.sasl.SASLContext` (the login process's word on
+the certificate); the client's authzid and trace are untrusted.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from authd import sasl
+
+log = Logger()
+
+MAX_TRACE = 255  # RFC 4505: up to 255 characters
+
+
+@implementer(sasl.ISASLMechanism)
+class ExternalMechanism:
+    name = "EXTERNAL"
+    plaintext = False
+
+    def __init__(self, context: sasl.SASLContext | None = None):
+        self.context = context if context is not None else sasl.SASLContext()
+        self._asked = False
+
+    def step(self, data: bytes | None) -> sasl.Step:
+        if data is None:
+            if self._asked:
+                return sasl.Fail("Invalid input")
+            self._asked = True
+            return sasl.Continue(b"")
+        ctx = self.context
+        if not ctx.client_cert_user or not ctx.valid_client_cert:
+            return sasl.Fail("Client didn't present valid SSL certificate")
+        try:
+            authzid = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return sasl.Fail("Invalid input (not UTF-8)")
+        if "\0" in authzid:
+            return sasl.Fail("Invalid input")
+        if authzid and authzid != ctx.client_cert_user:
+            return sasl.Fail("Authorization as another user is not allowed")
+        return sasl.Verified(ctx.client_cert_user, passdb_lookup=True)
+
+
+@implementer(sasl.ISASLMechanism)
+class AnonymousMechanism:
+    name = "ANONYMOUS"
+    plaintext = False
+
+    def __init__(self, context: sasl.SASLContext | None = None):
+        self.context = context if context is not None else sasl.SASLContext()
+        self._asked = False
+
+    def step(self, data: bytes | None) -> sasl.Step:
+        if data is None:
+            if self._asked:
+                return sasl.Fail("Invalid input")
+            self._asked = True
+            return sasl.Continue(b"")
+        try:
+            trace = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return sasl.Fail("Invalid input (not UTF-8)")
+        if len(trace) > MAX_TRACE or "\0" in trace:
+            return sasl.Fail("Invalid input")
+        user = self.context.setting("auth_anonymous_username", "anonymous") or "anonymous"
+        log.info("anonymous login, trace={trace!r}", trace=trace)
+        return sasl.Verified(user, passdb_lookup=False)
+
+
+sasl.register("EXTERNAL", ExternalMechanism, plaintext=False)
+sasl.register("ANONYMOUS", AnonymousMechanism, plaintext=False)
