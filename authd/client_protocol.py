@@ -178,6 +178,7 @@ class _Request:
     pending: defer.Deferred | None = None  # the running step's whole chain
     delay: defer.Deferred | None = None  # auth_failure_delay in progress
     timeout: IDelayedCall | None = None  # waiting for the client's CONT
+    no_penalty: bool = False  # the client asked us not to count its failures
 
 
 class AuthClientProtocol(LineOnlyReceiver):
@@ -326,7 +327,8 @@ class AuthClientProtocol(LineOnlyReceiver):
         context = sasl.SASLContext(settings=self.settings, service=request.service,
                                    secured=secured,
                                    valid_client_cert="valid-client-cert" in params)
-        req = _Request(SASLExchange(self.engine, name, request, context), request)
+        req = _Request(SASLExchange(self.engine, name, request, context), request,
+                       no_penalty="no-penalty" in params)
         self.requests[rid] = req
         initial: bytes | None = None
         if "resp" in params:
@@ -375,8 +377,15 @@ class AuthClientProtocol(LineOnlyReceiver):
         return _fail(TEMP_FAILED, temporary=True)
 
     def _delayed(self, reply: Reply, req: _Request) -> Any:
-        seconds = self.settings.auth_failure_delay
-        if reply.status != "fail" or reply.nodelay or seconds <= 0 or self.lost:
+        """auth_failure_delay, grown by the remote IP's penalty (authd.penalty)
+        unless the client sent ``no-penalty``."""
+        if reply.status != "fail" or reply.nodelay or self.lost:
+            return reply
+        if req.no_penalty:
+            seconds = self.settings.auth_failure_delay
+        else:
+            seconds = self.engine.failure_delay(req.request.remote_ip, reply.temporary)
+        if seconds <= 0:
             return reply
         req.delay = task.deferLater(self.engine.reactor, seconds, lambda: reply)
         return req.delay

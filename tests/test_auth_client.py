@@ -192,6 +192,30 @@ class AuthClientTests(unittest.TestCase):
         self.assertEqual((yield client.line()), "OK\t3\tuser=alice")
 
     @defer.inlineCallbacks
+    def timed_failure(self, client: RawClient, rid: int, extra: str = ""):
+        started = time.monotonic()
+        client.send(f"AUTH\t{rid}\tPLAIN\tservice=smtp\tsecured\trip=192.0.2.7{extra}"
+                    f"\tresp={ALICE_WRONG}")
+        self.assertEqual((yield client.line()), f"FAIL\t{rid}\tuser=alice")
+        return time.monotonic() - started
+
+    @defer.inlineCallbacks
+    def test_failures_from_one_ip_are_penalised(self):
+        client = yield self.connect()
+        first = yield self.timed_failure(client, 1)
+        second = yield self.timed_failure(client, 2)
+        self.assertLess(first, DELAY * 1.5)
+        self.assertGreaterEqual(second, DELAY * 1.8)
+
+    @defer.inlineCallbacks
+    def test_no_penalty(self):
+        client = yield self.connect()
+        for rid in (1, 2):
+            elapsed = yield self.timed_failure(client, rid, "\tno-penalty")
+            self.assertGreaterEqual(elapsed, DELAY * 0.9)
+            self.assertLess(elapsed, DELAY * 1.5)
+
+    @defer.inlineCallbacks
     def test_unknown_user_fails(self):
         client = yield self.connect()
         client.send(f"AUTH\t2\tPLAIN\tservice=smtp\tsecured\tresp={NOBODY}")
