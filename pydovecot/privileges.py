@@ -7,6 +7,7 @@ uids with no passwd entry (virtual users): it never calls initgroups.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import ctypes.util
 import os
@@ -35,8 +36,17 @@ def drop_to(uid: int, gid: int, groups: list[int] | None = None) -> None:
         raise OSError("privilege drop did not take effect")
 
 
+#: Codecs that libraries look up lazily (pyOpenSSL reads certificate names
+#: with "charmap"; getaddrinfo uses "idna"): they can't be imported once the
+#: process is chrooted to an empty directory.
+CHROOT_CODECS = ("charmap", "ascii", "latin-1", "utf-8", "utf-16", "idna", "punycode")
+
+
 def enter_chroot(path: str) -> None:
-    """chroot to ``path`` (an empty, root-owned directory) and cd into it."""
+    """chroot to ``path`` (an empty, root-owned directory) and cd into it,
+    after loading what cannot be loaded from inside."""
+    for name in CHROOT_CODECS:
+        codecs.lookup(name)
     os.chroot(path)
     os.chdir("/")
 

@@ -12,6 +12,7 @@ import imaplib
 import os
 import poplib
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -92,7 +93,12 @@ class MasterTestCase(SynchronousTestCase):
             ensure_system_user("pdvmail")
             kwargs = dict(login_user="pydovecot-null", internal_user="pydovecot",
                           mail_uid="pdvmail")
-        self.master = Master(users=list(self.users), ssl=self.ssl, **kwargs)
+        self.master = Master(users=list(self.users), ssl=self.ssl,
+                             extra_config=getattr(self, "extra", ""), **kwargs)
+        certs = getattr(self, "certs", None)
+        if certs:
+            shutil.copy(certs["server"], self.master.cert_path)
+            shutil.copy(certs["server"].replace(".pem", ".key"), self.master.key_path)
         self.addCleanup(self.master.cleanup)
         self.master.start()
 
@@ -501,3 +507,93 @@ class SupervisionTests(MasterTestCase):
                 time.sleep(0.3)
         client.logout()
         deliver(self.master, "alice", "after-authd-restart")
+
+
+def _ca_signed_pair(directory: str) -> dict[str, str]:
+    """A CA, a server cert (localhost) and a client cert (CN=alice) it signed."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(stem: str, cert, key) -> None:
+        with open(os.path.join(directory, f"{stem}.pem"), "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(os.path.join(directory, f"{stem}.key"), "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+
+    def issue(cn: str, ca_cert, ca_key, client: bool):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(cn))
+                   .issuer_name(ca_cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30)))
+        if client:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(
+                [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(cn)]), False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (x509.CertificateBuilder().subject_name(name("pydovecot test CA"))
+               .issuer_name(name("pydovecot test CA")).public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+               .sign(ca_key, hashes.SHA256()))
+    write("ca", ca_cert, ca_key)
+    write("server", *issue("localhost", ca_cert, ca_key, client=False))
+    write("alice", *issue("alice", ca_cert, ca_key, client=True))
+    return {stem: os.path.join(directory, f"{stem}.pem") for stem in ("ca", "server", "alice")}
+
+
+class ExternalAuthTests(MasterTestCase):
+    """SASL EXTERNAL with a real TLS client certificate, through the real
+    login path."""
+
+    ssl = True
+
+    def setUp(self) -> None:
+        import tempfile
+
+        self.certdir = tempfile.mkdtemp(prefix="pydovecot-certs-")
+        self.certs = _ca_signed_pair(self.certdir)
+        # The harness's own self-signed cert is replaced by the CA-signed one.
+        self.extra = (f"ssl_ca = <{self.certs['ca']}\nssl_verify_client_cert = yes\n"
+                      "ssl_require_crl = no\n"
+                      "auth_mechanisms = plain login external\n")
+        super().setUp()
+
+    def test_external_with_a_client_certificate(self) -> None:
+        ctx = ssl.create_default_context(cafile=self.certs["ca"])
+        ctx.check_hostname = False
+        ctx.load_cert_chain(self.certs["alice"], os.path.join(self.certdir, "alice.key"))
+        client = imaplib.IMAP4_SSL("127.0.0.1", self.master.ports["imaps"], ssl_context=ctx,
+                                   timeout=20)
+        self.assertIn("AUTH=EXTERNAL", client.capabilities)
+        typ, _ = client.authenticate("EXTERNAL", lambda _challenge: b"")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(client.select("INBOX")[0], "OK")
+        client.logout()
+
+    def test_external_without_a_certificate_fails(self) -> None:
+        ctx = ssl.create_default_context(cafile=self.certs["ca"])
+        ctx.check_hostname = False
+        client = imaplib.IMAP4_SSL("127.0.0.1", self.master.ports["imaps"], ssl_context=ctx,
+                                   timeout=20)
+        with self.assertRaises(imaplib.IMAP4.error):
+            client.authenticate("EXTERNAL", lambda _challenge: b"")
+        client.logout()

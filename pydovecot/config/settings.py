@@ -72,6 +72,17 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "auth_realms": (LIST, ""),
     "auth_master_user_separator": (STR, ""),
     "auth_anonymous_username": (STR, "anonymous"),
+    "auth_username_chars": (
+        STR, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@"),
+    "auth_username_translation": (STR, ""),
+    "auth_cache_size": (SIZE, "0"),
+    "auth_cache_ttl": (TIME, "1 hours"),
+    "auth_cache_negative_ttl": (TIME, "1 hours"),
+    "auth_ssl_require_client_cert": (BOOL, "no"),
+    "ssl_ca": (STR, ""),
+    "ssl_verify_client_cert": (BOOL, "no"),
+    "ssl_require_crl": (BOOL, "yes"),
+    "ssl_cert_username_field": (STR, "commonName"),
     "login_trusted_networks": (LIST, ""),
     "login_log_format_elements": (
         STR,
