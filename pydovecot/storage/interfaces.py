@@ -85,7 +85,8 @@ class MessageInfo:
     flags: set[str]
     size: int  # RFC822.SIZE: bytes with CRLF line ends
     internaldate: datetime.datetime  # timezone-aware
-    modseq: int = 1
+    modseq: int = 1  # CONDSTORE: the modseq of the last change to this message
+    savedate: datetime.datetime | None = None  # SAVEDATE (RFC 8514): when it was saved here
 
 
 @dataclass
@@ -118,8 +119,32 @@ class IMailbox(Interface):
     recent = Attribute("set[int]: UIDs that are \\Recent in this session")
     keywords = Attribute("list[str]: keywords defined in this mailbox (for FLAGS)")
 
-    def sync() -> SyncResult:
-        """Re-read the mailbox (new deliveries, other sessions' changes)."""
+    highestmodseq = Attribute("int: CONDSTORE HIGHESTMODSEQ, persistent across restarts")
+
+    def sync(allow_expunge: bool = True) -> SyncResult:
+        """Re-read the mailbox (new deliveries, other sessions' changes).
+
+        With ``allow_expunge`` false (during FETCH, STORE, SEARCH, where IMAP
+        forbids EXPUNGE responses) messages that are gone stay in the view,
+        still readable if their file can be found, and are reported by a later
+        ``sync(True)``.
+        """
+
+    def vanished_since(modseq: int) -> list[int]:
+        """QRESYNC: UIDs expunged with a modseq above ``modseq`` (may over-report
+        when the expunge log was trimmed, as RFC 7162 allows)."""
+
+    def store_unchanged_since(uids: Iterable[int], flags: Iterable[str], mode: str,
+                              unchangedsince: int) -> tuple[list[int], list[int]]:
+        """CONDSTORE STORE (UNCHANGEDSINCE n): ``(changed, failed)`` where
+        ``failed`` are UIDs whose modseq is above ``unchangedsince``."""
+
+    def cached(uid: int, key: str) -> object | None:
+        """A value the index keeps for a message (``envelope``,
+        ``bodystructure``, ``header.<name>``, ``preview`` …), or None."""
+
+    def set_cached(uid: int, key: str, value: object) -> None:
+        """Keep a JSON-able value in the index for a message."""
 
     def message_file(uid: int) -> BinaryIO:
         """Open a message's bytes (as stored, LF or CRLF) for reading."""
