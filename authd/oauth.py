@@ -273,3 +273,12 @@ class OAuth2Passdb:
             return PassdbResult(PassdbStatus.INTERNAL_FAILURE, error="oauth2: request timed out")
         return PassdbResult(PassdbStatus.INTERNAL_FAILURE,
                             error=f"oauth2: {failure.getErrorMessage()}")
+
+
+def _register() -> None:
+    from authd import drivers
+
+    drivers.register_passdb("oauth2", OAuth2Passdb)
+
+
+_register()

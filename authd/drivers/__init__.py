@@ -6,6 +6,7 @@ takes the section's ``args`` string and returns an IPassdb / IUserdb.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -38,25 +39,39 @@ def split_args(args: str, known: set[str]) -> tuple[dict[str, str], str]:
     return options, " ".join(words)
 
 
-def _load() -> None:
-    import authd.drivers.ldap  # noqa: F401  (registers the "ldap" driver)
-    import authd.drivers.sql  # noqa: F401  (registers the "sql" driver)
-    from authd import oauth
-    from authd.drivers import passwd_file, static
+#: Drivers whose module is imported only when a config names them, so
+#: authd does not carry ldap3, SQLAlchemy, libpam or joserfc it won't use.
+#: Each module registers its drivers when imported.
+LAZY_DRIVERS = {
+    "ldap": "authd.drivers.ldap",
+    "sql": "authd.drivers.sql",
+    "pam": "authd.drivers.pam",
+    "passwd": "authd.drivers.pam",
+    "oauth2": "authd.oauth",
+}
 
-    register_passdb("oauth2", oauth.OAuth2Passdb)
+
+def _load() -> None:
+    """Register the built-in drivers (cheap; always present)."""
+    from authd.drivers import passwd_file, static
 
     register_passdb("passwd-file", passwd_file.PasswdFileDb)
     register_userdb("passwd-file", passwd_file.PasswdFileDb)
     register_passdb("static", static.StaticPassdb)
     register_userdb("static", static.StaticUserdb)
-    from authd.drivers import pam  # noqa: F401  (registers pam and passwd)
+
+
+def _ensure(name: str) -> None:
+    if "passwd-file" not in PASSDB_DRIVERS:
+        _load()
+    module = LAZY_DRIVERS.get(name)
+    if module is not None and name not in PASSDB_DRIVERS and name not in USERDB_DRIVERS:
+        importlib.import_module(module)
 
 
 def create_passdb(db: DbSettings) -> IPassdb:
     """Build the passdb for one ``passdb { }`` section."""
-    if not PASSDB_DRIVERS:
-        _load()
+    _ensure(db.driver)
     try:
         factory = PASSDB_DRIVERS[db.driver]
     except KeyError:
@@ -66,8 +81,7 @@ def create_passdb(db: DbSettings) -> IPassdb:
 
 def create_userdb(db: DbSettings) -> IUserdb:
     """Build the userdb for one ``userdb { }`` section."""
-    if not USERDB_DRIVERS:
-        _load()
+    _ensure(db.driver)
     try:
         factory = USERDB_DRIVERS[db.driver]
     except KeyError:
