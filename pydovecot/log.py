@@ -83,11 +83,25 @@ NOISE = re.compile(
 )
 
 
+#: Session log prefixes whose events are dropped (a mail process's own
+#: rehearsal sessions).
+SILENCED: set[str] = set()
+
+
+def silence_prefix(prefix: str) -> None:
+    """Drop events whose ``log_prefix`` starts with ``prefix``."""
+    SILENCED.add(prefix)
+
+
 @implementer(ILogFilterPredicate)
 class QuietTwisted:
-    """Drop Twisted's info-level chatter unless debugging."""
+    """Drop Twisted's info-level chatter unless debugging, and silenced
+    session prefixes always."""
 
     def __call__(self, event: dict):
+        prefix = event.get("log_prefix") or ""
+        if prefix and any(prefix.startswith(s) for s in SILENCED):
+            return PredicateResult.no
         if event.get("log_level") == LogLevel.info and NOISE.search(formatEvent(event) or ""):
             return PredicateResult.no
         return PredicateResult.maybe

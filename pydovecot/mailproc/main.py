@@ -37,6 +37,7 @@ from pydovecot.config import load_config
 from pydovecot.config.variables import expand
 from pydovecot.imap.session import IMAPSession
 from pydovecot.log import start_child_logging
+from pydovecot.mailproc.rehearsal import rehearse
 from pydovecot.master.protocol import Assign, Deliver, NewClient, SessionEnded
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
@@ -209,7 +210,14 @@ def main(argv: list[str] | None = None) -> None:
 
     channel = ChannelAMP(MailLocator(process), on_lost=master_gone)
     process.channel = channel
-    adopt_channel(MASTER_FD, channel)
+
+    def begin():
+        # Rehearse while still privileged, then take the master's commands
+        # (they wait in the socket meanwhile).
+        d = rehearse(process.session_settings("imap"))
+        d.addBoth(lambda _: adopt_channel(MASTER_FD, channel))
+
+    reactor.callWhenRunning(begin)
 
     def on_term(*_):
         reactor.callFromThread(process.shutdown)
