@@ -24,6 +24,8 @@ class SessionContext:
     secured: bool = False  # TLS (via the login relay) or trusted network
     fields: dict[str, Any] = field(default_factory=dict)  # userdb fields
     settings: dict[str, Any] = field(default_factory=dict)  # config settings
+    #: ``namespace { mailbox { } }`` sections (Config.namespaces): SPECIAL-USE, autocreate
+    namespaces: dict[str, Any] = field(default_factory=dict)
 
     def log_prefix(self, service: str) -> str:
         """``imap(alice)<1234><sessionid>`` as Dovecot writes it."""

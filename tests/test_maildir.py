@@ -148,6 +148,13 @@ class StorageTests(unittest.TestCase):
         self.st.append("INBOX", io.BytesIO(MSG))
         v = self.st.status("INBOX").uidvalidity
         os.unlink(os.path.join(self.root, "dovecot-uidlist"))
+        # the index still knows the UIDs: the uidlist is rewritten from it
+        s = MaildirStorage("u", self.root).status("INBOX")
+        self.assertEqual((s.messages, s.uidvalidity), (2, v))
+        self.assertEqual(read_uidlist(os.path.join(self.root, "dovecot-uidlist")).uidvalidity, v)
+        # without uidlist and index the mailbox is new to every client
+        os.unlink(os.path.join(self.root, "dovecot-uidlist"))
+        os.unlink(os.path.join(self.root, "dovecot.index.pydovecot"))
         st2 = MaildirStorage("u", self.root)
         s = st2.status("INBOX")
         self.assertEqual(s.messages, 2)

@@ -100,6 +100,7 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "imap_capability": (STR, ""),
     "imap_idle_notify_interval": (TIME, "2 mins"),
     "imap_max_line_length": (SIZE, "64 k"),
+    "imap_literal_minus": (BOOL, "no"),  # LITERAL- instead of LITERAL+ (imap.parser)
     "imap_logout_format": (
         STR,
         "in=%i out=%o deleted=%{deleted} expunged=%{expunged} trashed=%{trashed} "

@@ -12,8 +12,16 @@ import re
 from typing import Any
 
 BASE = (
-    "IMAP4rev1", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+    "IMAP4rev1", "LITERAL+", "IMAP4rev2", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
     "UIDPLUS", "CHILDREN", "MOVE",
+    "CONDSTORE", "QRESYNC", "NOTIFY",  # pydovecot.imap.ext_sync
+    "URLAUTH", "URLAUTH=BINARY", "URL-PARTIAL",  # pydovecot.imap.urlauth
+    "ESEARCH", "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT",  # imap.ext_search
+    "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "CONTEXT=SEARCH", "CONTEXT=SORT",
+    "UTF8=ACCEPT", "MULTIAPPEND", "CATENATE", "BINARY",  # pydovecot.imap.rev2
+    "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",  # imap.ext_mailbox
+    "STATUS=SIZE", "SAVEDATE", "PREVIEW",  # imap.ext_mailbox, imap.ext_fetch
+    "COMPRESS=DEFLATE",  # pydovecot.imap.compress
 )
 DEFAULT_APPEND_LIMIT = 64 * 1024 * 1024
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -53,6 +61,8 @@ def capability_string(settings: dict[str, Any]) -> str:
     """The space-separated capability list for this session."""
     override = str(settings.get("imap_capability") or "").strip()
     caps = list(BASE) + [f"APPENDLIMIT={append_limit(settings)}"]
+    if str(settings.get("imap_literal_minus") or "").strip().lower() in ("yes", "y", "true", "1"):
+        caps[caps.index("LITERAL+")] = "LITERAL-"  # RFC 7888; IMAP4rev2 implies it anyway
     if override.startswith("+"):
         caps += [c for c in override[1:].split() if c not in caps]
     elif override:

@@ -12,8 +12,9 @@ import datetime
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from pydovecot.imap import mime
+from pydovecot.imap import ext_fetch, mime
 from pydovecot.imap.parser import Atom, ParseError, String, Token
 from pydovecot.storage.interfaces import MessageInfo
 
@@ -22,8 +23,9 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 _BODY_RE = re.compile(rb"^(BODY|BODY\.PEEK|BINARY\.PEEK|BINARY)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?$", re.I)
 _SIMPLE = {
     "FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY",
-    "RFC822", "RFC822.HEADER", "RFC822.TEXT",
+    "RFC822", "RFC822.HEADER", "RFC822.TEXT", "SAVEDATE", "PREVIEW", "MODSEQ",
 }
+_BINARY_SIZE_RE = re.compile(rb"^BINARY\.SIZE\[([0-9.]*)\]$", re.I)
 MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
     "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
@@ -60,7 +62,8 @@ class FetchItem:
     label: bytes = b""  # response name for section items
 
     def needs_message(self) -> bool:
-        return self.name not in ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE")
+        return self.name not in ("FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "SAVEDATE",
+                                 "MODSEQ")
 
 
 def parse_section(raw: bytes) -> Section:
@@ -102,6 +105,12 @@ def parse_items(tokens: list[Token]) -> list[FetchItem]:
         raise ParseError("Empty FETCH item list")
     items: list[FetchItem] = []
     for tok in atoms:
+        if isinstance(tok, list) and items and items[-1].name == "PREVIEW" and not items[-1].label:
+            # RFC 8970 PREVIEW (LAZY): we always compute, so LAZY changes nothing.
+            if not tok or any(not isinstance(m, Atom) or m.upper() != b"LAZY" for m in tok):
+                raise ParseError("Invalid PREVIEW modifier")
+            items[-1].label = b"PREVIEW"
+            continue
         if not isinstance(tok, Atom) or isinstance(tok, String):
             raise ParseError("Invalid FETCH item")
         items.append(parse_item(tok))
@@ -118,22 +127,34 @@ def parse_item(tok: bytes) -> FetchItem:
         if upper == "RFC822.TEXT":
             return FetchItem("BODY[]", Section(text="TEXT"), peek=False, label=b"RFC822.TEXT")
         return FetchItem(upper)
+    m = _BINARY_SIZE_RE.match(tok)
+    if m:
+        section = _binary_section(m.group(1))
+        return FetchItem("BINARY.SIZE", section, label=b"BINARY.SIZE[" + section.label() + b"]")
     m = _BODY_RE.match(tok)
     if not m:
         raise ParseError(f"Unknown FETCH item {tok[:40].decode('latin-1')!r}")
     kind = m.group(1).upper()
-    if kind.startswith(b"BINARY"):
-        raise ParseError("BINARY is not supported")
-    section = parse_section(m.group(2))
+    binary = kind.startswith(b"BINARY")
+    section = _binary_section(m.group(2)) if binary else parse_section(m.group(2))
     partial = None
     if m.group(3) is not None:
         partial = (int(m.group(3)), int(m.group(4)))
         if partial[1] == 0:
             raise ParseError("Invalid partial length")
-    label = b"BODY[" + section.label() + b"]"
+    label = (b"BINARY[" if binary else b"BODY[") + section.label() + b"]"
     if partial:
         label += b"<%d>" % partial[0]
-    return FetchItem("BODY[]", section, peek=kind.endswith(b"PEEK"), partial=partial, label=label)
+    name = "BINARY[]" if binary else "BODY[]"
+    return FetchItem(name, section, peek=kind.endswith(b"PEEK"), partial=partial, label=label)
+
+
+def _binary_section(raw: bytes) -> Section:
+    """RFC 3516 section-binary: part numbers only."""
+    sec = parse_section(raw)
+    if sec.text:
+        raise ParseError("BINARY sections take part numbers only")
+    return sec
 
 
 def format_internaldate(when: datetime.datetime) -> bytes:
@@ -199,8 +220,12 @@ def render(
     load: Callable[[], mime.ParsedMessage],
     stats: FetchStats,
     add_flags: bool = False,
+    mailbox: Any = None,
 ) -> bytes:
-    """One ``* seq FETCH (...)`` response line (with CRLF)."""
+    """One ``* seq FETCH (...)`` response line (with CRLF).
+
+    ``mailbox`` (the IMailbox, optional) gives PREVIEW its index cache.
+    """
     out: list[bytes] = []
     seen_flags = False
     for item in items:
@@ -222,6 +247,24 @@ def render(
             out.append(b"BODYSTRUCTURE " + mime.bodystructure(load().root, True))
         elif name == "BODY":
             out.append(b"BODY " + mime.bodystructure(load().root, False))
+        elif name == "MODSEQ":  # CONDSTORE (RFC 7162)
+            out.append(b"MODSEQ (%d)" % info.modseq)
+        elif name == "SAVEDATE":
+            out.append(ext_fetch.savedate(info))
+        elif name == "PREVIEW":
+            out.append(ext_fetch.preview(info, load, mailbox))
+        elif name in ("BINARY[]", "BINARY.SIZE"):
+            assert item.section is not None
+            data = ext_fetch.binary_section(load(), item.section.numbers)
+            if name == "BINARY.SIZE":
+                out.append(item.label + b" %d" % len(data))
+                continue
+            if item.partial is not None:
+                start, length = item.partial
+                data = data[start : start + length]
+            stats.body_count += 1
+            stats.body_bytes += len(data)
+            out.append(item.label + b" " + ext_fetch.binary_literal(data))
         else:
             assert item.section is not None
             data = section_bytes(load(), item.section)

@@ -1,11 +1,16 @@
 """IMAP command grammar: an incremental command reader and a tokenizer.
 
 Everything here handles untrusted client bytes.  :class:`CommandReader`
-splits the stream into commands (lines plus synchronizing ``{n}`` and
-LITERAL+ ``{n+}`` literals) under hard limits: a line longer than the
-limit is discarded without being buffered, literals over the APPENDLIMIT
-are refused before they are read, and large literals are spooled to a
-temporary file.  :func:`tokenize` turns one command into nested Python
+splits the stream into commands (lines plus synchronizing ``{n}``,
+LITERAL+/LITERAL- ``{n+}`` and BINARY ``~{n}`` literals) under hard limits:
+a line longer than the limit is discarded without being buffered, literals
+over the APPENDLIMIT are refused before they are read, in LITERAL- mode a
+non-synchronizing literal over 4096 bytes is read, dropped and answered
+``BAD [TOOBIG]`` (RFC 7888), a command may carry at most
+:data:`MAX_COMMAND_LITERALS` literals and :data:`MAX_COMMAND_BYTES` bytes of
+them (``NO [LIMIT]`` / ``NO [TOOBIG]``), and large literals are spooled to a
+temporary file.  Lists nest at most :data:`MAX_LIST_DEPTH` deep (``BAD
+[LIMIT]``); after UTF8=ACCEPT quoted strings must be valid UTF-8 (RFC 6855).  :func:`tokenize` turns one command into nested Python
 values; :func:`parse_sequence_set` reads ``1:*,5``.  Errors are
 :class:`ParseError` (answered with ``BAD``), never anything else.
 """
@@ -23,18 +28,37 @@ from typing import BinaryIO, Union
 DEFAULT_MAX_LINE = 65536
 DEFAULT_MAX_LITERAL = 64 * 1024 * 1024
 MAX_LIST_DEPTH = 32
+#: RFC 7888: the largest non-synchronizing literal a LITERAL- server accepts.
+LITERAL_MINUS_MAX = 4096
+#: Literals one command may carry (MULTIAPPEND/CATENATE), and their total size.
+MAX_COMMAND_LITERALS = 1000
+MAX_COMMAND_BYTES = 1024 * 1024 * 1024
 #: Literals up to this size become plain bytes; larger ones stay spooled.
 SMALL_LITERAL = 64 * 1024
 #: SpooledTemporaryFile keeps this much in memory before going to disk.
 SPOOL_MEMORY = 256 * 1024
 
-_LITERAL_RE = re.compile(rb"\{(\d{1,20})(\+?)\}$")
+_LITERAL_RE = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}$")
 _TAG_RE = re.compile(rb"^[\x21-\x7e]+")
 _TAG_BAD = frozenset(b'(){%*"\\+')
 
 
 class ParseError(Exception):
-    """The command is malformed: answer ``BAD <message>``."""
+    """The command is malformed: answer ``BAD <message>``.
+
+    ``code`` is an optional response code (``LIMIT`` when a parser limit
+    was hit) for :func:`bad_response`.
+    """
+
+    def __init__(self, message: str = "", code: str = ""):
+        super().__init__(message)
+        self.code = code
+
+
+def bad_response(error: ParseError) -> bytes:
+    """The tagged ``BAD`` line (after the tag) for a tokenizer error."""
+    code = b"[%s] " % error.code.encode() if error.code else b""
+    return b"BAD " + code + b"Error in IMAP command: " + str(error).encode()
 
 
 class Atom(bytes):
@@ -48,11 +72,20 @@ class String(bytes):
     """A quoted string or a small literal."""
 
 
+class LiteralString(String):
+    """A small literal's bytes (a String that was sent as ``{n}``)."""
+
+
+class Binary(LiteralString):
+    """A small BINARY literal8 (``~{n}``, RFC 3516): may hold NUL bytes."""
+
+
 class Literal:
     """A literal too large to keep as bytes: a spooled temporary file."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, binary: bool = False):
         self.size = size
+        self.binary = binary  # sent as a literal8 ``~{n}``
         self.file: BinaryIO = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # type: ignore[assignment]
 
     def getvalue(self) -> bytes:
@@ -128,6 +161,8 @@ class CommandReader:
         self.continuation = continuation
         self.max_line = max_line
         self.max_literal = max_literal
+        #: LITERAL- (RFC 7888) instead of LITERAL+: cap non-sync literals.
+        self.literal_minus = False
         self._buf = bytearray()
         self._reset()
         self._discard_line = False
@@ -141,6 +176,8 @@ class CommandReader:
         self._discard_left = 0
         self._failed: ReaderError | None = None
         self._tag: bytes | None = None
+        self._literal_count = 0
+        self._literal_bytes = 0
 
     def _abort(self, error: ReaderError) -> None:
         for _t, lit in self._segments:
@@ -213,11 +250,14 @@ class CommandReader:
             self._segments.append((line, None))
             self._finish()
             return
-        size = int(m.group(1))
-        plus = bool(m.group(2))
+        binary = bool(m.group(1))
+        size = int(m.group(2))
+        plus = bool(m.group(3))
         text = line[: m.start()]
-        if size > self.max_literal or self._failed is not None:
-            error = self._failed or ReaderError(self._tag, b"NO [TOOBIG] Literal too large")
+        self._literal_count += 1
+        self._literal_bytes += size
+        error = self._failed or self._literal_error(size, plus)
+        if error is not None:
             if plus:
                 # The client sends it anyway: read and drop it, then the rest.
                 self._failed = error
@@ -226,7 +266,7 @@ class CommandReader:
             else:
                 self._abort(error)
             return
-        literal = Literal(size)
+        literal = Literal(size, binary)
         self._segments.append((text, literal))
         self._literal = literal
         self._literal_left = size
@@ -234,6 +274,20 @@ class CommandReader:
             self._end_literal()
         elif not plus:
             self.continuation()
+
+    def _literal_error(self, size: int, plus: bool) -> ReaderError | None:
+        """Why the literal just announced may not be read, or None."""
+        if size > self.max_literal:
+            return ReaderError(self._tag, b"NO [TOOBIG] Literal too large")
+        if plus and self.literal_minus and size > LITERAL_MINUS_MAX:
+            return ReaderError(
+                self._tag, b"BAD [TOOBIG] Non-synchronizing literal larger than 4096 bytes"
+            )
+        if self._literal_count > MAX_COMMAND_LITERALS:
+            return ReaderError(self._tag, b"NO [LIMIT] Too many literals in one command")
+        if self._literal_bytes > MAX_COMMAND_BYTES:
+            return ReaderError(self._tag, b"NO [TOOBIG] Command's literals are too large")
+        return None
 
     def _end_literal(self) -> None:
         self._literal = None
@@ -252,8 +306,12 @@ class CommandReader:
 _ATOM_STOP = frozenset(b' ()"{')
 
 
-def tokenize(cmd: RawCommand, max_depth: int = MAX_LIST_DEPTH) -> list[Token]:
-    """All tokens of a command (tag and name included), lists nested."""
+def tokenize(cmd: RawCommand, max_depth: int = MAX_LIST_DEPTH, utf8: bool = False) -> list[Token]:
+    """All tokens of a command (tag and name included), lists nested.
+
+    With ``utf8`` (after ENABLE UTF8=ACCEPT or IMAP4rev2) quoted strings
+    must be valid UTF-8.
+    """
     stack: list[list[Token]] = [[]]
     for text, literal in cmd.segments:
         pos = 0
@@ -264,7 +322,7 @@ def tokenize(cmd: RawCommand, max_depth: int = MAX_LIST_DEPTH) -> list[Token]:
                 pos += 1
             elif c == 0x28:  # (
                 if len(stack) > max_depth:
-                    raise ParseError("Too deep parenthesized list")
+                    raise ParseError("Too deep parenthesized list", "LIMIT")
                 new: list[Token] = []
                 stack[-1].append(new)
                 stack.append(new)
@@ -276,6 +334,11 @@ def tokenize(cmd: RawCommand, max_depth: int = MAX_LIST_DEPTH) -> list[Token]:
                 pos += 1
             elif c == 0x22:  # "
                 value, pos = _quoted(text, pos + 1)
+                if utf8 and not value.isascii():
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ParseError("Invalid UTF-8 in quoted string") from None
                 stack[-1].append(String(value))
             elif c == 0x7B:  # {
                 raise ParseError("Literal not at end of line")
@@ -284,7 +347,8 @@ def tokenize(cmd: RawCommand, max_depth: int = MAX_LIST_DEPTH) -> list[Token]:
                 stack[-1].append(Atom(value))
         if literal is not None:
             if literal.size <= SMALL_LITERAL:
-                stack[-1].append(String(literal.getvalue()))
+                kind = Binary if literal.binary else LiteralString
+                stack[-1].append(kind(literal.getvalue()))
             else:
                 stack[-1].append(literal)
     if len(stack) != 1:

@@ -1,35 +1,74 @@
-"""SEARCH: parse RFC 3501 search keys into a predicate and evaluate it.
+"""SEARCH keys: parse RFC 3501/9051 search criteria into a predicate and run it.
+
+Covers every RFC 9051 search key, sequence sets and ``$`` (RFC 5182),
+parenthesized lists, CHARSET (any Python text codec), WITHIN (RFC 5032:
+OLDER/YOUNGER), SAVEDATE (RFC 8514: SAVEDBEFORE/SAVEDON/SAVEDSINCE/
+SAVEDATESUPPORTED) and the CONDSTORE ``MODSEQ`` key (RFC 7162).
 
 The key list is untrusted client input: parsing raises ParseError (→ BAD)
-or :class:`BadCharset` (→ NO [BADCHARSET]).  Evaluation trusts the storage
-view and reads message content only for keys that need it, through the
-session's loader (so header/body keys cost a parse, flag keys do not).
+or :class:`BadCharset` (→ ``NO [BADCHARSET (UTF-8 US-ASCII)]``).
+Evaluation trusts the storage view (:class:`MessageInfo`) and reads message
+content only for keys that need it: flag, size, date, UID, MODSEQ and
+sequence keys never open a message file.  Header keys first ask the index
+(``mailbox.cached(uid, "header.<name>")``) and fill it with ``set_cached``;
+the cached value is the list of the field's raw unfolded values, decoded as
+latin-1 (lossless, JSON-able).  Body keys parse the message.
 """
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import email.utils
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydovecot.imap import mime
 from pydovecot.imap.fetch import MONTHS
 from pydovecot.imap.parser import (
     Atom,
+    Literal,
     NumberSet,
     ParseError,
+    RawCommand,
+    String,
     Token,
     as_bytes,
     parse_sequence_set,
+    tokenize,
 )
-from pydovecot.storage.interfaces import MessageInfo
+from pydovecot.storage.interfaces import MessageInfo, StorageError
 
+#: What BADCHARSET lists (any Python text codec is accepted).
+ADVERTISED_CHARSETS = b"UTF-8 US-ASCII"
+#: Kept for callers of the old module.
 SUPPORTED_CHARSETS = {"US-ASCII", "UTF-8"}
+MAX_MODSEQ = 2**63 - 1
 
 
 class BadCharset(Exception):
-    """Unknown CHARSET: answer ``NO [BADCHARSET (US-ASCII UTF-8)]``."""
+    """Unknown CHARSET: answer ``NO [BADCHARSET (UTF-8 US-ASCII)]``."""
+
+
+def charset_codec(name: str) -> str:
+    """The Python codec for an IMAP CHARSET name; BadCharset if none.
+
+    US-ASCII is read as UTF-8 (its superset), which is what clients that
+    send 8-bit strings without CHARSET mean.  Codecs that are not text
+    encodings (base64, rot13, zlib…) are refused.
+    """
+    upper = name.upper()
+    if upper in ("US-ASCII", "ASCII", "UTF-8", "UTF8"):
+        return "utf-8"
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError):
+        raise BadCharset(name) from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise BadCharset(name)
+    return info.name
 
 
 @dataclass
@@ -42,9 +81,94 @@ class SearchContext:
     load: Callable[[], mime.ParsedMessage]
     max_seq: int
     max_uid: int
+    mailbox: Any = None  # the IMailbox, for cached()/set_cached()
+    now: float = 0.0
+    saved: frozenset[int] = frozenset()  # the SEARCHRES ``$`` UIDs
+    headers: dict[str, list[str]] = field(default_factory=dict)
 
 
 Predicate = Callable[[SearchContext], bool]
+
+
+# -- header and body access ---------------------------------------------------
+
+
+def header_values(ctx: SearchContext, name: str) -> list[str]:
+    """Raw unfolded values of field ``name`` (latin-1 text), from the index
+    cache when it has them; fills the cache otherwise."""
+    key = name.lower()
+    got = ctx.headers.get(key)
+    if got is not None:
+        return got
+    mbox = ctx.mailbox
+    cached = None
+    getter = getattr(mbox, "cached", None)
+    if getter is not None:
+        try:
+            cached = getter(ctx.info.uid, "header." + key)
+        except (KeyError, StorageError, NotImplementedError):
+            cached = None
+    if isinstance(cached, list) and all(isinstance(v, str) for v in cached):
+        values: list[str] = cached
+    else:
+        wanted = key.encode("latin-1", "replace")
+        values = [
+            f.value.decode("latin-1") for f in ctx.load().root.fields if f.name.lower() == wanted
+        ]
+        setter = getattr(mbox, "set_cached", None)
+        if setter is not None:
+            try:
+                setter(ctx.info.uid, "header." + key, values)
+            except (StorageError, NotImplementedError, OSError):
+                pass
+    ctx.headers[key] = values
+    return values
+
+
+def decode_value(raw: str) -> str:
+    """A cached raw value (latin-1 text) → RFC 2047-decoded Unicode."""
+    return mime.decode_header_value(raw.encode("latin-1"))
+
+
+def first_header(ctx: SearchContext, name: str) -> bytes | None:
+    values = header_values(ctx, name)
+    return values[0].encode("latin-1") if values else None
+
+
+def sent_datetime(ctx: SearchContext) -> datetime.datetime | None:
+    """The Date: field as an aware datetime (its own zone), or None."""
+    raw = first_header(ctx, "Date")
+    if raw is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(raw.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        tz = datetime.timezone(datetime.timedelta(seconds=parsed[9] or 0))
+        return datetime.datetime(*parsed[:6], tzinfo=tz)  # type: ignore[misc]
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
+def _sent_date(ctx: SearchContext) -> datetime.date | None:
+    when = sent_datetime(ctx)
+    return when.date() if when is not None else None
+
+
+def _contains(haystacks: Iterable[str], needle: str) -> bool:
+    return any(needle in h.casefold() for h in haystacks)
+
+
+def _body_text(ctx: SearchContext) -> Iterable[str]:
+    msg = ctx.load()
+    return (mime.decode_body(msg.data, p) for p in mime.text_parts(msg.root))
+
+
+def _flag(name: str, present: bool = True) -> Predicate:
+    return lambda c: (name in c.info.flags) == present
 
 
 def parse_date(tok: Token) -> datetime.date:
@@ -52,70 +176,63 @@ def parse_date(tok: Token) -> datetime.date:
     try:
         day, mon, year = raw.split("-")
         month = [m.lower() for m in MONTHS].index(mon.lower()) + 1
+        if not day.isdigit() or not year.isdigit() or len(year) != 4 or len(day) > 2:
+            raise ValueError(raw)
         return datetime.date(int(year), month, int(day))
     except (ValueError, IndexError):
         raise ParseError("Invalid search date") from None
 
 
-def _sent_date(ctx: SearchContext) -> datetime.date | None:
-    raw = ctx.load().root.header("Date")
-    if raw is None:
-        return None
-    parsed = email.utils.parsedate_tz(raw.decode("latin-1"))
-    if parsed is None:
-        return None
-    try:
-        return datetime.date(parsed[0], parsed[1], parsed[2])
-    except ValueError:
-        return None
+# -- the parsed query ---------------------------------------------------------------
 
 
-def _header_text(ctx: SearchContext, name: str) -> list[str]:
-    key = name.lower().encode()
-    return [
-        mime.decode_header_value(f.value)
-        for f in ctx.load().root.fields
-        if f.name.lower() == key
-    ]
+@dataclass
+class SearchQuery:
+    """A parsed key list: the predicate and what it needs."""
 
-
-def _contains(haystacks: list[str], needle: str) -> bool:
-    return any(needle in h.casefold() for h in haystacks)
-
-
-def _body_text(ctx: SearchContext) -> list[str]:
-    msg = ctx.load()
-    return [mime.decode_body(msg.data, p) for p in mime.text_parts(msg.root)]
-
-
-def _flag(name: str, present: bool = True) -> Predicate:
-    return lambda c: (name in c.info.flags) == present
+    pred: Predicate
+    charset: str = "US-ASCII"
+    uses_modseq: bool = False  # answer carries (MODSEQ n) (RFC 7162 3.1.5)
+    uses_saved: bool = False  # refers to ``$``
+    needs_content: bool = False  # reads headers or bodies
 
 
 class SearchParser:
-    """Turns the argument tokens of SEARCH into one predicate."""
+    """Turns the argument tokens of SEARCH into one :class:`SearchQuery`."""
 
-    def __init__(self, tokens: list[Token], charset: str = "US-ASCII"):
+    def __init__(self, tokens: list[Token], codec: str = "utf-8"):
         self.tokens = tokens
         self.pos = 0
-        self.charset = charset
+        self.codec = codec
+        self.uses_modseq = False
+        self.uses_saved = False
+        self.needs_content = False
 
     @classmethod
-    def parse(cls, tokens: list[Token]) -> Predicate:
-        """Parse ``[CHARSET x] key…``; raises ParseError / BadCharset."""
-        charset = "US-ASCII"
-        if len(tokens) >= 2 and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
-            charset = as_bytes(tokens[1]).decode("latin-1").upper()
-            if charset not in SUPPORTED_CHARSETS:
-                raise BadCharset(charset)
-            tokens = tokens[2:]
+    def parse_query(cls, tokens: list[Token], charset: str | None = None) -> SearchQuery:
+        """Parse ``[CHARSET x] key…`` (or just ``key…`` when the caller
+        already took the charset, as SORT/THREAD do)."""
+        if charset is None:
+            charset = "US-ASCII"
+            if len(tokens) >= 2 and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
+                if isinstance(tokens[1], list):
+                    raise ParseError("Invalid charset")
+                charset = as_bytes(tokens[1]).decode("latin-1")
+                tokens = tokens[2:]
+        codec = charset_codec(charset)
         if not tokens:
             raise ParseError("Missing search keys")
-        parser = cls(tokens, charset)
+        parser = cls(tokens, codec)
         preds = []
         while parser.pos < len(tokens):
             preds.append(parser.key())
-        return _and(preds)
+        return SearchQuery(_and(preds), charset.upper(), parser.uses_modseq,
+                           parser.uses_saved, parser.needs_content)
+
+    @classmethod
+    def parse(cls, tokens: list[Token]) -> Predicate:
+        """Compatibility: only the predicate of :meth:`parse_query`."""
+        return cls.parse_query(tokens).pred
 
     def next(self) -> Token:
         if self.pos >= len(self.tokens):
@@ -125,27 +242,36 @@ class SearchParser:
         return tok
 
     def string(self) -> str:
-        raw = as_bytes(self.next())
+        tok = self.next()
+        if isinstance(tok, list):
+            raise ParseError("Expected a string")
+        raw = as_bytes(tok)
         try:
-            return raw.decode("utf-8").casefold()  # US-ASCII is a subset
-        except UnicodeDecodeError:
+            return raw.decode(self.codec).casefold()
+        except (UnicodeDecodeError, LookupError):
             raise ParseError("Search string is not valid in its charset") from None
 
-    def number(self) -> int:
+    def number(self, limit: int = 0xFFFFFFFF, nonzero: bool = False) -> int:
         tok = self.next()
-        if not isinstance(tok, Atom) or not tok.isdigit():
+        if not isinstance(tok, Atom) or not tok.isdigit() or len(tok) > 20:
             raise ParseError("Expected a number")
-        return int(tok)
+        value = int(tok)
+        if value > limit or (nonzero and value == 0):
+            raise ParseError("Number out of range")
+        return value
 
     def key(self) -> Predicate:
         tok = self.next()
         if isinstance(tok, list):
-            sub = SearchParser(tok, self.charset)
             if not tok:
                 raise ParseError("Empty search list")
+            sub = SearchParser(tok, self.codec)
             preds = []
             while sub.pos < len(tok):
                 preds.append(sub.key())
+            self.uses_modseq |= sub.uses_modseq
+            self.uses_saved |= sub.uses_saved
+            self.needs_content |= sub.needs_content
             return _and(preds)
         if not isinstance(tok, Atom):
             raise ParseError("Expected a search key")
@@ -160,33 +286,38 @@ class SearchParser:
             a, b = self.key(), self.key()
             return lambda c: a(c) or b(c)
         if name in ("BCC", "CC", "FROM", "SUBJECT", "TO"):
-            needle = self.string()
-            header = name.capitalize() if name != "BCC" else "Bcc"
-            return lambda c: _contains(_header_text(c, header), needle)
+            return self._header(name.capitalize(), self.string())
         if name == "HEADER":
-            field = as_bytes(self.next()).decode("latin-1")
-            needle = self.string()
-            if not needle:
-                return lambda c: bool(c.load().root.header(field) is not None)
-            return lambda c: _contains(_header_text(c, field), needle)
+            fname_tok = self.next()
+            if isinstance(fname_tok, list):
+                raise ParseError("Expected a header name")
+            fname = as_bytes(fname_tok).decode("latin-1")
+            if not fname or any(c <= " " or c == ":" for c in fname):
+                raise ParseError("Invalid header name")
+            return self._header(fname, self.string())
         if name == "BODY":
             needle = self.string()
+            self.needs_content = True
             return lambda c: _contains(_body_text(c), needle)
         if name == "TEXT":
             needle = self.string()
+            self.needs_content = True
 
             def text(c: SearchContext) -> bool:
                 msg = c.load()
-                head = [mime.decode_header_value(f.raw.rstrip()) for f in msg.root.fields]
+                head = (mime.decode_header_value(f.raw.rstrip()) for f in msg.root.fields)
                 return _contains(head, needle) or _contains(_body_text(c), needle)
 
             return text
         if name in ("KEYWORD", "UNKEYWORD"):
-            kw = as_bytes(self.next()).decode("utf-8", "replace")
+            kw_tok = self.next()
+            if not isinstance(kw_tok, Atom):
+                raise ParseError("Invalid keyword")
+            kw = kw_tok.decode("utf-8", "replace").lower()
             present = name == "KEYWORD"
-            return lambda c: any(f.lower() == kw.lower() for f in c.info.flags) == present
+            return lambda c: any(f.lower() == kw for f in c.info.flags) == present
         if name in ("LARGER", "SMALLER"):
-            n = self.number()
+            n = self.number(2**63 - 1)
             if name == "LARGER":
                 return lambda c: c.info.size > n
             return lambda c: c.info.size < n
@@ -195,30 +326,83 @@ class SearchParser:
             return _date_pred(name, day, lambda c: c.info.internaldate.date())
         if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             day = parse_date(self.next())
+            self.needs_content = True
             return _date_pred(name[4:], day, _sent_date)
+        if name in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+            day = parse_date(self.next())
+            return _date_pred(name[5:], day, _save_date)
+        if name in ("OLDER", "YOUNGER"):
+            secs = self.number(nonzero=True)
+            if name == "OLDER":
+                return lambda c: c.info.internaldate.timestamp() <= c.now - secs
+            return lambda c: c.info.internaldate.timestamp() > c.now - secs
+        if name == "MODSEQ":
+            return self._modseq()
         if name == "UID":
-            ranges = parse_sequence_set(as_bytes(self.next()))
-            cache: dict[int, NumberSet] = {}
-
-            def uid_in(c: SearchContext) -> bool:
-                nset = cache.get(c.max_uid)
-                if nset is None:
-                    nset = cache[c.max_uid] = NumberSet(ranges, c.max_uid)
-                return c.info.uid in nset
-
-            return uid_in
+            raw = self.next()
+            if not isinstance(raw, Atom):
+                raise ParseError("Invalid UID set")
+            if raw == b"$":
+                self.uses_saved = True
+                return lambda c: c.info.uid in c.saved
+            return _set_pred(parse_sequence_set(raw), lambda c: (c.info.uid, c.max_uid))
+        if tok == b"$":
+            self.uses_saved = True
+            return lambda c: c.info.uid in c.saved
         if tok[:1].isdigit() or tok[:1] == b"*":
-            seq_ranges = parse_sequence_set(tok)
-            seqs: dict[int, NumberSet] = {}
+            return _set_pred(parse_sequence_set(tok), lambda c: (c.seq, c.max_seq))
+        raise ParseError(f"Unknown search key {name[:40]}")
 
-            def seq_in(c: SearchContext) -> bool:
-                nset = seqs.get(c.max_seq)
-                if nset is None:
-                    nset = seqs[c.max_seq] = NumberSet(seq_ranges, c.max_seq)
-                return c.seq in nset
+    def _header(self, fname: str, needle: str) -> Predicate:
+        self.needs_content = True
+        if not needle:
+            return lambda c: bool(header_values(c, fname))
+        ascii_needle = needle.isascii()
 
-            return seq_in
-        raise ParseError(f"Unknown search key {name[:40]!r}")
+        def pred(c: SearchContext) -> bool:
+            for raw in header_values(c, fname):
+                # A plain-ASCII needle in a value without encoded words needs
+                # no RFC 2047 decoding.
+                if ascii_needle and "=?" not in raw and raw.isascii():
+                    if needle in raw.casefold():
+                        return True
+                elif needle in decode_value(raw).casefold():
+                    return True
+            return False
+
+        return pred
+
+    def _modseq(self) -> Predicate:
+        tok = self.next()
+        if isinstance(tok, String | Literal):
+            entry_type = self.next()
+            if not isinstance(entry_type, Atom) or entry_type.upper() not in (
+                b"PRIV", b"SHARED", b"ALL"
+            ):
+                raise ParseError("Invalid MODSEQ entry type")
+        else:
+            self.pos -= 1
+        value = self.number(MAX_MODSEQ)
+        self.uses_modseq = True
+        return lambda c: c.info.modseq >= value
+
+
+def _save_date(c: SearchContext) -> datetime.date | None:
+    when = c.info.savedate or c.info.internaldate
+    return when.date()
+
+
+def _set_pred(ranges: list[tuple[int, int]], get: Callable[[SearchContext], tuple[int, int]]) -> Predicate:
+    sets: dict[int, NumberSet] = {}
+
+    def pred(c: SearchContext) -> bool:
+        value, star = get(c)
+        nset = sets.get(star)
+        if nset is None:
+            nset = sets[star] = NumberSet(ranges, star)
+        return value in nset
+
+    return pred
 
 
 def _date_pred(op: str, day: datetime.date, get: Callable[[SearchContext], datetime.date | None]) -> Predicate:
@@ -256,4 +440,67 @@ _SIMPLE: dict[str, Predicate] = {
     "RECENT": lambda c: c.recent,
     "OLD": lambda c: not c.recent,
     "NEW": lambda c: c.recent and "\\Seen" not in c.info.flags,
+    "SAVEDATESUPPORTED": lambda c: True,
 }
+
+
+# -- running a query -------------------------------------------------------------------
+
+
+def message_loader(mailbox: Any, info: MessageInfo) -> Callable[[], mime.ParsedMessage]:
+    """A loader reading a message straight from the mailbox (no LRU)."""
+    state: dict[str, mime.ParsedMessage] = {}
+
+    def load() -> mime.ParsedMessage:
+        msg = state.get("m")
+        if msg is None:
+            with mailbox.message_file(info.uid) as f:
+                msg = state["m"] = mime.ParsedMessage(mime.normalize_crlf(f.read()))
+        return msg
+
+    return load
+
+
+def run_query(
+    mailbox: Any,
+    query: SearchQuery,
+    messages: list[MessageInfo] | None = None,
+    load: Callable[[MessageInfo], Callable[[], mime.ParsedMessage]] | None = None,
+    saved: frozenset[int] = frozenset(),
+    now: float | None = None,
+    candidates: Iterable[int] | None = None,
+) -> list[tuple[int, MessageInfo]]:
+    """``[(seq, info)]`` of the messages (of ``mailbox.messages``) matching.
+
+    ``load(info)`` gives a content loader (default: read the file);
+    ``candidates`` limits the test to those sequence numbers.  A message
+    whose file vanished meanwhile does not match.
+    """
+    msgs = mailbox.messages if messages is None else messages
+    recent = mailbox.recent
+    max_seq = len(msgs)
+    max_uid = msgs[-1].uid if msgs else 0
+    when = time.time() if now is None else now
+    make = load or (lambda info: message_loader(mailbox, info))
+    pred = query.pred
+    hits: list[tuple[int, MessageInfo]] = []
+    seqs: Iterable[int] = range(1, max_seq + 1) if candidates is None else candidates
+    for seq in seqs:
+        info = msgs[seq - 1]
+        ctx = SearchContext(seq, info, info.uid in recent, make(info), max_seq, max_uid,
+                            mailbox, when, saved)
+        try:
+            if pred(ctx):
+                hits.append((seq, info))
+        except (OSError, StorageError):
+            continue
+    return hits
+
+
+def bench_search(mailbox: Any, keys: bytes, uid: bool = True) -> list[int]:
+    """For benchmarks: run search keys given as IMAP text (``b'SUBJECT foo'``,
+    ``b'CHARSET UTF-8 BODY bar'``) on an open IMailbox; UIDs (or sequence
+    numbers) of the matches.  No session, no message LRU."""
+    tokens = tokenize(RawCommand([(b"t SEARCH " + keys, None)]))[2:]
+    query = SearchParser.parse_query(tokens)
+    return [info.uid if uid else seq for seq, info in run_query(mailbox, query)]

@@ -23,26 +23,29 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pydovecot.imap import capability, fetch, mime, mutf7
+from pydovecot.imap import capability, ext_fetch, fetch, mime, mutf7
+from pydovecot.imap.compress import CompressMixin
+from pydovecot.imap.ext_mailbox import MailboxExtMixin
+from pydovecot.imap.ext_search import SearchMixin
+from pydovecot.imap.ext_sync import SyncMixin
 from pydovecot.imap.parser import (
     STAR,
     Atom,
     CommandReader,
-    Literal,
     NumberSet,
     ParseError,
     RawCommand,
     ReaderError,
-    String,
     Token,
     as_bytes,
-    as_file,
+    bad_response,
     compress,
     extract_tag,
     parse_sequence_set,
     tokenize,
 )
-from pydovecot.imap.search import BadCharset, SearchContext, SearchParser
+from pydovecot.imap.rev2 import Rev2Mixin
+from pydovecot.imap.urlauth import URLAuthMixin
 from pydovecot.session import SessionContext
 from pydovecot.storage.interfaces import (
     SYSTEM_FLAGS,
@@ -58,7 +61,7 @@ SERVERBUG = b"NO [SERVERBUG] Internal error occurred. Refer to server log for mo
 FLUSH_SIZE = 128 * 1024
 FETCH_BATCH = 200  # messages rendered per reactor turn
 QUEUE_PAUSE = 64  # pause reading when this many commands wait
-NO_EXPUNGE = {"FETCH", "STORE", "SEARCH"}
+NO_EXPUNGE = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 NO_SYNC = {"LOGOUT", "SELECT", "EXAMINE", "CLOSE", "UNSELECT", "IDLE"}
 _SYSTEM = {f.lower(): f for f in SYSTEM_FLAGS}
 _DATETIME_RE = re.compile(
@@ -144,7 +147,7 @@ def list_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$", re.S)
 
 
-class IMAPSession(Protocol):
+class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressMixin, SearchMixin, Protocol):
     """One authenticated IMAP4rev1 client connection."""
 
     log = Logger(namespace="pydovecot.imap")
@@ -187,6 +190,8 @@ class IMAPSession(Protocol):
         self._last_command = ""
         self._last_done = 0.0
         self.clock: Any = None  # IReactorTime; the global reactor unless set
+        self.after_sync_hooks: list[Callable[[], None]] = []  # e.g. CONTEXT=SEARCH updates
+        self.init_extensions()  # rev2: LITERAL-, special-use, autocreate
 
     # -- connection ----------------------------------------------------------
 
@@ -324,10 +329,10 @@ class IMAPSession(Protocol):
 
     def _execute(self, raw: RawCommand) -> defer.Deferred[None] | None:
         try:
-            tokens = tokenize(raw)
+            tokens = tokenize(raw, utf8=self.utf8)
         except ParseError as e:
             raw.close()
-            self._tagged(raw.tag(), b"BAD Error in IMAP command: " + str(e).encode())
+            self._tagged(raw.tag(), bad_response(e))
             return None
         tag = tokens[0] if tokens else None
         if not isinstance(tag, Atom) or extract_tag(tag) != tag:
@@ -348,7 +353,7 @@ class IMAPSession(Protocol):
             name = args[0].upper_str()
             args = args[1:]
             uid = True
-            if name not in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"):
+            if name not in ("FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "SORT", "THREAD"):
                 self._tagged(tag, b"BAD Error in IMAP command UID: Unknown command.")
                 return None
         shown = ("UID " if uid else "") + name
@@ -415,30 +420,13 @@ class IMAPSession(Protocol):
     # -- mailbox changes ---------------------------------------------------------
 
     def _sync(self, allow_expunge: bool = True) -> None:
-        """Report other sessions' changes as untagged responses."""
-        mbox = self.mailbox
-        if mbox is None or not allow_expunge:
-            return  # the view may only move between commands that allow EXPUNGE
-        old_uids = [m.uid for m in mbox.messages]
-        old_count = len(old_uids)
-        old_recent = len(mbox.recent)
-        result = mbox.sync()
-        self._report_expunges(old_uids, result.expunged)
-        if result.added or len(mbox.messages) != old_count:
-            self._send(b"* %d EXISTS\r\n" % len(mbox.messages))
-        if len(mbox.recent) != old_recent or result.added:
-            self._send(b"* %d RECENT\r\n" % len(mbox.recent))
-        if result.flags_changed:
-            changed = set(result.flags_changed)
-            for seq, info in enumerate(mbox.messages, 1):
-                if info.uid in changed:
-                    self._send(
-                        b"* %d FETCH (UID %d FLAGS %s)\r\n"
-                        % (seq, info.uid, fetch.format_flags(info.flags, info.uid in mbox.recent))
-                    )
+        """Report other sessions' changes as untagged responses (ext_sync)."""
+        self._sync_changes(allow_expunge)
+        for hook in self.after_sync_hooks:
+            hook()
 
     def _report_expunges(self, old_uids: list[int], expunged: list[int]) -> None:
-        if not expunged:
+        if not expunged or self._vanished(expunged):
             return
         gone = set(expunged)
         seqs = [i for i, u in enumerate(old_uids, 1) if u in gone]
@@ -455,6 +443,8 @@ class IMAPSession(Protocol):
         """A sequence set → [(seq, info)] in mailbox order."""
         if not isinstance(raw, Atom):
             raise _bad("Invalid messageset")
+        if raw == b"$":
+            return self.resolve_saved()  # SEARCHRES (ext_search)
         ranges = parse_sequence_set(raw)
         messages = self._selected().messages
         if uid:
@@ -546,7 +536,7 @@ class IMAPSession(Protocol):
     def cmd_enable(self, tag: bytes, args: list[Token]) -> bytes:
         if not args or not all(isinstance(a, Atom) for a in args):
             raise _bad("Missing capabilities")
-        self._send(b"* ENABLED\r\n")
+        self._send(b"* ENABLED" + self._enable_rev2(args) + self._enable_ext(args) + b"\r\n")
         return b"OK Enabled."
 
     def cmd_namespace(self, tag: bytes, args: list[Token]) -> bytes:
@@ -556,30 +546,7 @@ class IMAPSession(Protocol):
     # -- mailboxes ------------------------------------------------------------------
 
     def cmd_list(self, tag: bytes, args: list[Token], lsub: bool = False) -> bytes:
-        if len(args) != 2 or any(isinstance(a, list) for a in args):
-            raise _bad("Invalid arguments")
-        kind = b"LSUB" if lsub else b"LIST"
-        raw_ref, raw_pat = as_bytes(args[0]), as_bytes(args[1])
-        if not raw_pat and not lsub:
-            self._send(b'* LIST (\\Noselect) "/" ""\r\n')
-            return b"OK List completed."
-        try:
-            reference, pattern = mutf7.decode(raw_ref), mutf7.decode(raw_pat)
-        except ValueError:
-            return b"OK %s completed." % kind.capitalize()
-        infos = self.storage.list_mailboxes()
-        if lsub:
-            existing = {i.name for i in infos}
-            infos = [
-                MailboxInfo(n, set() if n in existing else {"\\Noselect"})
-                for n in self.storage.subscriptions()
-            ]
-        for name, attrs in self._list_entries(infos, reference, pattern):
-            if lsub:
-                attrs = {a for a in attrs if a == "\\Noselect"}
-            attr = " ".join(sorted(attrs)).encode()
-            self._send(b"* %s (%s) \"/\" %s\r\n" % (kind, attr, encode_mailbox(name)))
-        return b"OK %s completed." % kind.capitalize()
+        return self.list_command(tag, args, lsub)  # ext_mailbox: LIST-EXTENDED
 
     def cmd_lsub(self, tag: bytes, args: list[Token]) -> bytes:
         return self.cmd_list(tag, args, lsub=True)
@@ -587,15 +554,10 @@ class IMAPSession(Protocol):
     def _one_mailbox(self, args: list[Token], count: int = 1) -> list[str]:
         if len(args) != count or any(isinstance(a, list) for a in args):
             raise _bad("Invalid arguments")
-        return [decode_mailbox(a) for a in args]
+        return [self.decode_mailbox(a) for a in args]
 
     def cmd_create(self, tag: bytes, args: list[Token]) -> bytes:
-        (name,) = self._one_mailbox(args)
-        name = name.rstrip("/")
-        if not name:
-            raise CommandError(b"NO [CANNOT] Invalid mailbox name")
-        self.storage.create(name)
-        return b"OK Create completed."
+        return self.create_command(tag, args)  # ext_mailbox: CREATE (USE)
 
     def cmd_delete(self, tag: bytes, args: list[Token]) -> bytes:
         (name,) = self._one_mailbox(args)
@@ -621,31 +583,17 @@ class IMAPSession(Protocol):
         return b"OK Unsubscribe completed."
 
     def cmd_status(self, tag: bytes, args: list[Token]) -> bytes:
-        if len(args) != 2 or not isinstance(args[1], list) or not args[1]:
-            raise _bad("Invalid arguments")
-        name = decode_mailbox(args[0])
-        wanted = []
-        for item in args[1]:
-            if not isinstance(item, Atom):
-                raise _bad("Invalid status item")
-            key = item.upper_str()
-            if key not in ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"):
-                raise _bad(f"Invalid status item {key[:30]}")
-            wanted.append(key)
-        status = self.storage.status(name)
-        values = b" ".join(
-            b"%s %d" % (k.encode(), getattr(status, k.lower())) for k in wanted
-        )
-        self._send(b"* STATUS %s (%s)\r\n" % (encode_mailbox(name), values))
-        return b"OK Status completed."
+        return self.status_command(tag, args)  # ext_mailbox: SIZE, DELETED, APPENDLIMIT
 
     def cmd_select(self, tag: bytes, args: list[Token], readonly: bool = False) -> bytes:
+        args, select_params = self._select_params(args)
         if len(args) != 1 or isinstance(args[0], list):
             raise _bad("Invalid arguments")
-        name = decode_mailbox(args[0])
+        name = self.decode_mailbox(args[0])
         if self.mailbox is not None:
             self.mailbox.close()
             self.mailbox = None
+            self._send(b"* OK [CLOSED] Previous mailbox closed.\r\n")
         mbox = self.storage.open(name, readonly=readonly)
         self.mailbox = mbox
         keywords = list(mbox.keywords)
@@ -655,13 +603,16 @@ class IMAPSession(Protocol):
             self._send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n")
         else:
             self._send(b"* OK [PERMANENTFLAGS (%s \\*)] Flags permitted.\r\n" % flags.encode())
-        self._send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(mbox.messages), len(mbox.recent)))
+        self._send(b"* %d EXISTS\r\n" % len(mbox.messages))
+        if not self.rev2:  # RFC 9051 has no RECENT
+            self._send(b"* %d RECENT\r\n" % len(mbox.recent))
         for seq, info in enumerate(mbox.messages, 1):
             if "\\Seen" not in info.flags:
                 self._send(b"* OK [UNSEEN %d] First unseen.\r\n" % seq)
                 break
         self._send(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
         self._send(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
+        self._select_done(mbox, select_params)
         if readonly or mbox.readonly:
             return b"OK [READ-ONLY] Examine completed." if readonly else b"OK [READ-ONLY] Select completed."
         return b"OK [READ-WRITE] Select completed."
@@ -670,35 +621,7 @@ class IMAPSession(Protocol):
         return self.cmd_select(tag, args, readonly=True)
 
     def cmd_append(self, tag: bytes, args: list[Token]) -> bytes:
-        if len(args) < 2:
-            raise _bad("Missing arguments")
-        name = decode_mailbox(args[0])
-        rest = args[1:]
-        flags: list[str] = []
-        when = None
-        if isinstance(rest[0], list):
-            flags = parse_flags(rest[0])
-            rest = rest[1:]
-        if len(rest) == 2 and isinstance(rest[0], String):
-            when = parse_datetime(bytes(rest[0]))
-            rest = rest[1:]
-        if len(rest) != 1 or not isinstance(rest[0], String | Literal):
-            raise _bad("Invalid arguments")
-        message = rest[0]
-        size = message.size if isinstance(message, Literal) else len(message)
-        try:
-            if size == 0:
-                raise CommandError(b"NO Can't save a zero byte message.")
-            if size > self.append_limit:
-                raise CommandError(b"NO [TOOBIG] Mail is larger than the APPENDLIMIT.")
-            try:
-                uidvalidity, new_uid = self.storage.append(name, as_file(message), flags, when)
-            except MailboxNotFound:
-                raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)) from None
-        finally:
-            if isinstance(message, Literal):
-                message.close()
-        return b"OK [APPENDUID %d %d] Append completed." % (uidvalidity, new_uid)
+        return self.append_command(tag, args)  # rev2: MULTIAPPEND, CATENATE, BINARY
 
     # -- selected state -------------------------------------------------------------
 
@@ -730,42 +653,20 @@ class IMAPSession(Protocol):
         removed = mbox.expunge(uids)
         self.counters["expunged"] += len(removed)
         self._report_expunges(old, removed)
-        return b"OK Expunge completed."
+        return self._expunge_result(b"OK Expunge completed.")
 
-    def cmd_search(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
-        mbox = self._selected()
-        if args and isinstance(args[0], Atom) and args[0].upper() == b"RETURN":
-            raise _bad("SEARCH RETURN is not supported")
-        try:
-            pred = SearchParser.parse(args)
-        except BadCharset:
-            raise CommandError(b"NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset") from None
-        messages = mbox.messages
-        max_seq = len(messages)
-        max_uid = messages[-1].uid if messages else 0
-        hits: list[int] = []
-        recent = mbox.recent
-        for seq, info in enumerate(messages, 1):
-            ctx = SearchContext(seq, info, info.uid in recent,
-                                lambda info=info: self._load(info), max_seq, max_uid)
-            try:
-                if pred(ctx):
-                    hits.append(info.uid if uid else seq)
-            except (OSError, StorageError):
-                continue
-        self._send(b"* SEARCH" + b"".join(b" %d" % n for n in hits) + b"\r\n")
-        return b"OK Search completed."
+    def cmd_search(self, tag: bytes, args: list[Token], uid: bool = False):
+        return self.search_command(tag, args, uid)  # ext_search.SearchMixin
 
     def cmd_fetch(self, tag: bytes, args: list[Token], uid: bool = False):
         mbox = self._selected()
         if len(args) < 2:
             raise _bad("Missing arguments")
-        if len(args) > 2:
-            raise _bad("FETCH modifiers are not supported")
-        items = fetch.parse_items(args[1:])
+        fetch_mods = self._fetch_modifiers(args[2:], uid)
+        items = fetch.parse_items(args[1:2])
         if uid and not any(i.name == "UID" for i in items):
             items.insert(0, fetch.FetchItem("UID"))
-        targets = self._resolve(args[0], uid)
+        targets = self._fetch_targets(args, self._resolve(args[0], uid), items, fetch_mods, uid)
         set_seen = not mbox.readonly and any(
             i.section is not None and not i.peek for i in items
         )
@@ -799,15 +700,17 @@ class IMAPSession(Protocol):
         return b"OK Fetch completed."
 
     def _fetch_range(self, targets, items: list[fetch.FetchItem], changed: set[int]) -> int:
-        recent = self._selected().recent
+        recent = self.recent_view()
         missing = 0
         for seq, info in targets:
             try:
                 line = fetch.render(
                     seq, info, items, info.uid in recent,
                     lambda info=info: self._load(info), self.stats,
-                    add_flags=info.uid in changed,
+                    add_flags=info.uid in changed, mailbox=self.mailbox,
                 )
+            except ext_fetch.UnknownCTE:
+                raise
             except (OSError, StorageError):
                 missing += 1
                 continue
@@ -816,6 +719,7 @@ class IMAPSession(Protocol):
 
     def cmd_store(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
         mbox = self._selected()
+        args, unchanged = self._store_modifiers(args)
         if len(args) < 3:
             raise _bad("Missing arguments")
         if not isinstance(args[1], Atom):
@@ -833,21 +737,19 @@ class IMAPSession(Protocol):
         targets = self._resolve(args[0], uid)
         mode = modes[base]
         before_deleted = {m.uid for _s, m in targets if "\\Deleted" in m.flags}
-        mbox.store([m.uid for _s, m in targets], flags, mode)
-        recent = mbox.recent
+        before_modseq = {m.uid: m.modseq for _s, m in targets}
+        failed = self._store_flags(mbox, targets, flags, mode, unchanged)
         for seq, info in targets:
             if "\\Deleted" in info.flags and info.uid not in before_deleted:
                 self.counters["deleted"] += 1
-            if not silent:
-                uid_part = b"UID %d " % info.uid if uid else b""
-                self._send(b"* %d FETCH (%sFLAGS %s)\r\n" % (
-                    seq, uid_part, fetch.format_flags(info.flags, info.uid in recent)))
-        return b"OK Store completed."
+            if info.uid not in failed:
+                self._store_response(seq, info, uid, silent, unchanged, before_modseq[info.uid])
+        return self._store_result(targets, failed, uid)
 
     def _copy(self, args: list[Token], uid: bool) -> tuple[str, list[int], bytes]:
         if len(args) != 2:
             raise _bad("Invalid arguments")
-        dest = decode_mailbox(args[1])
+        dest = self.decode_mailbox(args[1])
         targets = self._resolve(args[0], uid)
         uids = [m.uid for _s, m in targets]
         if not uids:
@@ -855,7 +757,7 @@ class IMAPSession(Protocol):
         try:
             validity, pairs = self.storage.copy(self._selected(), uids, dest)
         except MailboxNotFound:
-            raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(dest)) from None
+            raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + self.encode_mailbox(dest)) from None
         if dest.lower() == "trash" or dest.lower().endswith("/trash"):
             self.counters["trashed"] += len(pairs)
         code = b"COPYUID %d %s %s" % (
@@ -945,5 +847,6 @@ class _Silent(Exception):
     """Raised by LOGOUT: the tagged reply is already sent."""
 
 
-SELECTED_ONLY = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
-UID_COMMANDS = {"EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+SELECTED_ONLY = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
+                 "SORT", "THREAD", "CANCELUPDATE"}
+UID_COMMANDS = {"EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT", "THREAD"}

@@ -107,6 +107,7 @@ class MailProcess:
                 user=user, session_id=session, remote_ip=remote_ip, remote_port=remote_port,
                 local_ip=local_ip, local_port=local_port, secured=secured, fields=userdb,
                 settings=self.session_settings(service),
+                namespaces=getattr(self.config, "namespaces", None) or {},
             )
             if service == "pop3":
                 proto = POP3Session(storage, ctx)
@@ -168,7 +169,7 @@ class MailProcess:
 
 
 SESSION_SETTINGS = (
-    "imap_max_line_length", "imap_idle_notify_interval", "imap_capability",
+    "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
     "imap_logout_format", "pop3_uidl_format", "pop3_logout_format", "mail_max_userip_connections",
     "hostname",
 )

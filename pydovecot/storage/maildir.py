@@ -24,14 +24,22 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydovecot.storage import names as N
+from pydovecot.storage.index import (
+    EXPUNGE_KEEP,
+    CacheFile,
+    IndexRecord,
+    IndexState,
+    MailboxIndex,
+    no_gc,
+)
 from pydovecot.storage.interfaces import (
     IMailbox,
     IMailStorage,
@@ -52,6 +60,7 @@ from pydovecot.storage.uidlist import (
     UidRecord,
     base_name,
     read_uidlist,
+    read_uidlist_header,
     write_atomic,
 )
 
@@ -144,24 +153,54 @@ def canon_flag(flag: str) -> str:
     return _CANON.get(flag.lower(), flag)
 
 
-@dataclass
-class _Rec:
-    uid: int
-    base: str
-    sub: str  # "new" or "cur"
-    fname: str
-    size: int  # RFC822.SIZE
-    mtime: float
-    modseq: int
+_Rec = IndexRecord
 
-    @property
-    def info(self) -> str:
-        _, sep, info = self.fname.partition(":2,")
-        return info if sep else ""
+
+def _name_time(base: str) -> float | None:
+    """The creation time in a Maildir base name (``<secs>.M<usecs>…``)."""
+    secs, _, rest = base.partition(".")
+    if not secs.isdigit():
+        return None
+    if rest.startswith("M"):
+        usecs = rest[1:].split("P", 1)[0]
+        if usecs.isdigit():
+            return int(secs) + int(usecs) / 1_000_000
+    return float(secs)
+
+
+def _recent_margin(stamp: tuple[int, int]) -> int:
+    return 2_000_000_000 if all(m % 1_000_000_000 == 0 for m in stamp) else 100_000_000
+
+
+def _is_recent(stamp: tuple[int, int]) -> bool:
+    """Changes within the file system's timestamp granularity of ``stamp``
+    could still be invisible: such a stamp is not trusted."""
+    return time.time_ns() - max(stamp) < _recent_margin(stamp)
+
+
+#: compact the change log into a new snapshot past this size
+LOG_COMPACT_BYTES = 1 << 20
+#: events kept in memory for views' syncs
+EVENTS_KEEP = 20000
+
+_Event = tuple[int, str, int, int, "_Rec | None"]  # (modseq, kind, uid, origin, rec)
+
+
+def _encode_cached(value: object) -> object:
+    if isinstance(value, bytes | bytearray):
+        return {"$b": bytes(value).decode("latin-1")}
+    return value
+
+
+def _decode_cached(value: object) -> object:
+    if isinstance(value, dict) and len(value) == 1 and "$b" in value:
+        return str(value["$b"]).encode("latin-1")
+    return value
 
 
 class _Box:
-    """The process-wide cache of one mailbox (shared by its views)."""
+    """The process-wide state of one mailbox (shared by its views), kept in
+    step with the disk and with other processes through the index."""
 
     def __init__(self, storage: MaildirStorage, name: str, path: str):
         self.storage = storage
@@ -169,6 +208,8 @@ class _Box:
         self.path = path
         self.uidlist_path = os.path.join(path, UIDLIST)
         self.keywords = Keywords(path)
+        self.index = MailboxIndex(path)
+        self.cache = CacheFile(self.index.cache_path)
         self.by_base: dict[str, _Rec] = {}
         self.by_uid: dict[int, _Rec] = {}
         self.uids: list[int] = []
@@ -178,12 +219,286 @@ class _Box:
         self.uidlist_stamp: tuple[int, int, int] | None = None
         self.dir_stamp: tuple[int, int] | None = None
         self.dir_recent = True
+        self.dangling = False  # the index log ends inside a transaction
+        self.persisted: tuple[tuple[int, int] | None, bool] = (None, False)
         self.modseq = 1
-        self.log: list[tuple[int, str, int, int]] = []  # (modseq, kind, uid, origin)
+        self.ceiling = 0
+        self.expunged: list[tuple[int, int]] = []  # (modseq, uid), the QRESYNC log
+        self.vanished_floor = 0
+        self.log: list[_Event] = []
         self.pending_recent: set[int] = set()
         self.gone: set[str] = set()  # base names confirmed missing
         self.views: list[MaildirMailbox] = []
         self.loaded = False
+        self._tx_ops: list[list] | None = None
+
+    # -- modseqs, events, index ops ------------------------------------------
+
+    def _alloc(self) -> int:
+        """The next modseq (callers hold the index lock, so it is global)."""
+        self.modseq += 1
+        if self.modseq > self.ceiling:
+            try:
+                self.ceiling = self.index.raise_ceiling(self.modseq)
+            except OSError:  # mailbox deleted under us
+                pass
+        return self.modseq
+
+    def _event(self, modseq: int, kind: str, uid: int, origin: int = 0, rec: _Rec | None = None) -> None:
+        self.log.append((modseq, kind, uid, origin, rec))
+        if len(self.log) > EVENTS_KEEP:
+            floor = min((v.seen_modseq for v in self.views), default=self.modseq)
+            cut = bisect.bisect_right(self.log, floor, key=lambda e: e[0])
+            del self.log[:cut]
+
+    def _op(self, op: list) -> None:
+        if self._tx_ops is not None:
+            self._tx_ops.append(op)
+
+    def _bump(self, kind: str, uid: int, origin: int = 0) -> int:
+        modseq = self._alloc()
+        self._event(modseq, kind, uid, origin)
+        return modseq
+
+    def _drop(self, rec: _Rec, origin: int = 0, modseq: int | None = None) -> None:
+        del self.by_base[rec.base]
+        del self.by_uid[rec.uid]
+        i = bisect.bisect_left(self.uids, rec.uid)
+        if i < len(self.uids) and self.uids[i] == rec.uid:
+            del self.uids[i]
+        self.pending_recent.discard(rec.uid)
+        self.gone.add(rec.base)
+        if modseq is None:
+            modseq = self._alloc()
+            self._op(["x", rec.uid, modseq])
+        self.expunged.append((modseq, rec.uid))
+        if len(self.expunged) > 2 * EXPUNGE_KEEP:
+            cut = len(self.expunged) - EXPUNGE_KEEP
+            self.vanished_floor = max(self.vanished_floor, self.expunged[cut - 1][0])
+            del self.expunged[:cut]
+        self._event(modseq, "x", rec.uid, origin, rec)
+
+    def _put(self, rec: _Rec) -> None:
+        self.by_base[rec.base] = rec
+        self.by_uid[rec.uid] = rec
+        if not self.uids or rec.uid > self.uids[-1]:
+            self.uids.append(rec.uid)
+        else:
+            bisect.insort(self.uids, rec.uid)
+
+    def _insert(self, recs: list[_Rec], origin: int = 0, shared: bool = False) -> None:
+        """Add new messages, each with a fresh modseq (one for all when
+        ``shared``, as for a rescan)."""
+        modseq = self._alloc() if shared and recs else 0
+        for rec in sorted(recs, key=lambda r: r.uid):
+            if rec.uid in self.by_uid or rec.base in self.by_base:
+                continue
+            rec.modseq = modseq or self._alloc()
+            self._put(rec)
+            self._op(["a", rec.uid, rec.modseq, rec.sub, rec.fname, rec.size, rec.mtime, rec.savedate])
+            self._event(rec.modseq, "a", rec.uid, origin)
+
+    def _renamed(self, rec: _Rec, flags_changed: bool, origin: int = 0) -> None:
+        """Record a rename (a new modseq if the flags changed)."""
+        if flags_changed:
+            rec.modseq = self._alloc()
+            self._event(rec.modseq, "f", rec.uid, origin)
+        self._op(["f", rec.uid, rec.modseq, rec.sub, rec.fname])
+
+    def _drop_all(self) -> None:
+        for rec in list(self.by_uid.values()):
+            self._drop(rec)
+
+    # -- the index -------------------------------------------------------------
+
+    def _state(self) -> IndexState:
+        stamp, confirmed = self.persisted
+        return IndexState(self.uidvalidity, self.nextuid, self.modseq, stamp, confirmed,
+                          self.by_uid, list(self.expunged), self.vanished_floor, True)
+
+    def _from_state(self, state: IndexState) -> None:
+        """Fill an empty box from a loaded index (adopting its records)."""
+        self.by_uid = state.records
+        self.by_base = {r.base: r for r in state.records.values()}
+        self.uids = sorted(self.by_uid)
+        self.pending_recent = {r.uid for r in state.records.values() if r.sub == "new"}
+        self.uidvalidity = self.uidvalidity or state.uidvalidity
+        self.nextuid = max(self.nextuid, state.nextuid)
+        self.modseq = max(self.modseq, state.modseq)
+        self.expunged = list(state.expunged)
+        self.vanished_floor = state.vanished_floor
+        self.dir_stamp = state.stamp
+        self.dir_recent = not state.confirmed
+        self.dangling = not state.clean
+        self.persisted = (state.stamp, state.confirmed and state.clean)
+
+    def _open(self) -> None:
+        """First load: the index if it fits the uidlist, else a rebuild."""
+        hdr = read_uidlist_header(self.uidlist_path)
+        self.ceiling = self.index.read_ceiling()
+        try:
+            state = self.index.load()
+        except OSError:
+            state = None
+        if state is not None and hdr is not None and state.uidvalidity != hdr[0]:
+            state = None  # a different mailbox now: rebuild
+        if hdr is not None:
+            self.uidvalidity, self.nextuid = hdr
+        if state is not None:
+            self._from_state(state)
+            if hdr is not None and hdr[1] > state.nextuid:
+                self.dir_recent = True  # someone assigned UIDs we don't know of
+        else:
+            # modseqs restart above anything ever handed out
+            self.modseq = max(self.modseq, self.ceiling)
+            self.dir_stamp = None
+        self.loaded = True
+
+    def _apply_ops(self, ops: list[list]) -> None:
+        """Another process's changes, from the index log."""
+        for op in ops:
+            kind = op[0]
+            if kind == "a":
+                _, uid, modseq, sub, fname, size, mtime, savedate = op
+                self.modseq = max(self.modseq, modseq)
+                self.nextuid = max(self.nextuid, uid + 1)
+                b = base_name(fname)
+                if uid in self.by_uid or b in self.by_base:
+                    continue
+                rec = _Rec(uid, b, sub, fname, size, mtime, modseq, savedate)
+                self._put(rec)
+                if sub == "new":
+                    self.pending_recent.add(uid)
+                self._event(modseq, "a", uid)
+            elif kind == "f":
+                _, uid, modseq, sub, fname = op
+                self.modseq = max(self.modseq, modseq)
+                rec = self.by_uid.get(uid)
+                if rec is not None and base_name(fname) == rec.base:
+                    rec.sub, rec.fname = sub, fname
+                    if modseq > rec.modseq:
+                        rec.modseq = modseq
+                        self._event(modseq, "f", uid)
+            elif kind == "x":
+                _, uid, modseq = op
+                self.modseq = max(self.modseq, modseq)
+                rec = self.by_uid.get(uid)
+                if rec is not None:
+                    self._drop(rec, modseq=modseq)
+                    self.gone.discard(rec.base)
+            elif kind == "b":
+                self.dangling = True
+            elif kind == "e":
+                _, new_ns, cur_ns, confirmed, uidvalidity, nextuid, modseq = op
+                if self.uidvalidity and uidvalidity != self.uidvalidity:
+                    self.dir_recent = True
+                    continue
+                self.dir_stamp = (new_ns, cur_ns)
+                self.dir_recent = not confirmed
+                self.persisted = (self.dir_stamp, bool(confirmed))
+                self.nextuid = max(self.nextuid, nextuid)
+                self.modseq = max(self.modseq, modseq)
+                self.dangling = False
+            elif kind == "v":
+                self._drop_all()
+                self.uidvalidity = op[1]
+
+    def _reconcile(self, state: IndexState) -> None:
+        """Another process compacted the index: adopt its full state."""
+        if self.uidvalidity and state.uidvalidity != self.uidvalidity:
+            self.dir_recent = True  # let the rescan sort it out against the uidlist
+            return
+        modseq = max(state.modseq, self.modseq + 1)
+        for uid in [u for u in self.by_uid if u not in state.records]:
+            self._drop(self.by_uid[uid], modseq=modseq)
+        for uid, r in state.records.items():
+            rec = self.by_uid.get(uid)
+            if rec is None:
+                b = base_name(r.fname)
+                if b in self.by_base:
+                    continue
+                rec = _Rec(uid, b, r.sub, r.fname, r.size, r.mtime, r.modseq, r.savedate)
+                self._put(rec)
+                if rec.sub == "new":
+                    self.pending_recent.add(uid)
+                self._event(modseq, "a", uid)
+            elif rec.fname != r.fname or rec.sub != r.sub or r.modseq > rec.modseq:
+                rec.sub, rec.fname = r.sub, r.fname
+                rec.modseq = max(rec.modseq, r.modseq)
+                self._event(modseq, "f", uid)
+        self.modseq = modseq
+        self.nextuid = max(self.nextuid, state.nextuid)
+        self.expunged = sorted(set(self.expunged) | set(state.expunged))
+        self.vanished_floor = max(self.vanished_floor, state.vanished_floor)
+        self.dir_stamp = state.stamp
+        self.dir_recent = not state.confirmed
+        self.dangling = not state.clean
+        self.persisted = (state.stamp, state.confirmed and state.clean)
+
+    def _catch_up(self) -> None:
+        """Apply what other processes logged (caller holds the lock)."""
+        ops = self.index.read_new()
+        if ops is not None:
+            self._apply_ops(ops)
+            return
+        try:
+            state = self.index.load()
+        except OSError:
+            state = None
+        if state is None:
+            self.index.log_ino = 0  # missing or corrupt: our next write rewrites it
+            return
+        self._reconcile(state)
+
+    def _log_current(self) -> bool:
+        ident = self.index.log_identity()
+        if ident is None:
+            return self.index.log_ino == 0
+        return ident == (self.index.log_ino, self.index.log_offset)
+
+    @contextmanager
+    def tx(self, scan: bool = False) -> Iterator[None]:
+        """A change under the index lock: catch up with other processes,
+        rescan if the directories changed behind the index, then log the
+        changes made inside (with the resulting directory mtimes)."""
+        if self._tx_ops is not None:  # nested
+            if scan:
+                self._rescan()
+            yield
+            return
+        with self.index.locked():
+            self._catch_up()
+            self._tx_ops = [["b"]]
+            try:
+                pre = self._stat_dirs()
+                if pre is not None and (scan or self.dangling or pre != self.dir_stamp):
+                    self._rescan()
+                yield
+            finally:
+                ops, self._tx_ops = self._tx_ops, None
+                self._commit(ops)
+
+    def _commit(self, ops: list[list]) -> None:
+        post = self._stat_dirs()
+        if post is None:
+            return  # the mailbox is gone
+        confirmed = not _is_recent(post)
+        self.dir_stamp, self.dir_recent = post, not confirmed
+        if len(ops) == 1 and self.persisted == (post, confirmed) and not self.dangling:
+            return
+        ops.append(["e", post[0], post[1], confirmed, self.uidvalidity, self.nextuid, self.modseq])
+        self.persisted = (post, confirmed)
+        self.dangling = False
+        try:
+            if (self.index.log_ino == 0 or len(ops) > 2000
+                    or self.index.log_offset > LOG_COMPACT_BYTES):
+                self.index.write_snapshot(self._state())
+                self.vanished_floor = max(self.vanished_floor, self._state().vanished_floor)
+            else:
+                self.index.append(ops)
+        except (OSError, RuntimeError) as e:  # the index is a cache: mail is safe
+            log.warn("{path}: index not written: {err}", path=self.index.path, err=e)
+            self.index.log_ino = 0
 
     # -- disk scanning ------------------------------------------------
 
@@ -197,7 +512,7 @@ class _Box:
             for fname in entries:
                 if fname.startswith("."):
                     continue
-                found[base_name(fname)] = (sub, fname)
+                found[fname.split(":", 1)[0]] = (sub, fname)
         return found
 
     def _stat_dirs(self) -> tuple[int, int] | None:
@@ -209,41 +524,25 @@ class _Box:
         except FileNotFoundError:
             return None
 
-    def _bump(self, kind: str, uid: int, origin: int = 0) -> int:
-        self.modseq += 1
-        self.log.append((self.modseq, kind, uid, origin))
-        if len(self.log) > 20000:
-            floor = min((v.seen_modseq for v in self.views), default=self.modseq)
-            cut = bisect.bisect_right(self.log, floor, key=lambda e: e[0])
-            del self.log[:cut]
-        return self.modseq
-
-    def _drop(self, rec: _Rec, origin: int = 0) -> None:
-        del self.by_base[rec.base]
-        del self.by_uid[rec.uid]
-        i = bisect.bisect_left(self.uids, rec.uid)
-        if i < len(self.uids) and self.uids[i] == rec.uid:
-            del self.uids[i]
-        self.pending_recent.discard(rec.uid)
-        self.gone.add(rec.base)
-        self._bump("x", rec.uid, origin)
-
     def refresh(self, force: bool = False) -> None:
-        """Bring the cache up to date with the disk: O(1) when the new/ and
-        cur/ mtimes and the uidlist did not change."""
+        """Bring the state up to date with the disk and other processes:
+        a few stat() calls when nothing changed."""
         stamp = self._stat_dirs()
         if stamp is None:  # deleted or renamed away
-            for rec in list(self.by_uid.values()):
-                self._drop(rec)
+            self._drop_all()
             self.dir_stamp = None
             return
         self.keywords.load()
         if not self.loaded:
-            self._load_uidlist(initial=True)
-        if not force and self.loaded and stamp == self.dir_stamp and not self.dir_recent:
+            self._open()
+        if (not force and stamp == self.dir_stamp and not self.dir_recent and not self.dangling
+                and self._log_current()):
             return
-        now = time.time_ns()
-        margin = 2_000_000_000 if all(m % 1_000_000_000 == 0 for m in stamp) else 100_000_000
+        with self.tx(scan=force or self.dir_recent or self.dangling):
+            pass
+
+    def _rescan(self) -> None:
+        """Compare the directories with the state (under the lock)."""
         found = self._scan()
         missing = [b for b in self.by_base if b not in found]
         if missing:  # a concurrent rename may hide a file from one listing
@@ -252,20 +551,17 @@ class _Box:
             if b not in found:
                 self._drop(self.by_base[b])
         fresh: list[tuple[str, str, str]] = []
+        by_base = self.by_base
         for b, (sub, fname) in found.items():
-            rec = self.by_base.get(b)
+            rec = by_base.get(b)
             if rec is None:
                 fresh.append((b, sub, fname))
             elif rec.fname != fname or rec.sub != sub:
                 old_info = rec.info
                 rec.sub, rec.fname = sub, fname
-                if rec.info != old_info:
-                    rec.modseq = self._bump("f", rec.uid)
+                self._renamed(rec, rec.info != old_info)
         if fresh:
             self._add_found(fresh)
-        self.loaded = True
-        self.dir_stamp = stamp
-        self.dir_recent = any(now - m < margin for m in stamp)
 
     def _load_uidlist(self, initial: bool = False) -> UidList | None:
         try:
@@ -279,8 +575,8 @@ class _Box:
         if self.uidvalidity and ul.uidvalidity != self.uidvalidity:
             log.warn("{path}: UIDVALIDITY changed ({old} -> {new})", path=self.uidlist_path,
                      old=self.uidvalidity, new=ul.uidvalidity)
-            for rec in list(self.by_uid.values()):
-                self._drop(rec)
+            self._drop_all()
+            self._op(["v", ul.uidvalidity])
         self.uidvalidity, self.guid = ul.uidvalidity, ul.guid
         self.nextuid = max(self.nextuid, ul.nextuid)
         self.uidlist_stamp = stamp
@@ -311,20 +607,11 @@ class _Box:
                         vsize = crlf_size(f)
                 except FileNotFoundError:
                     continue
-            recs.append(_Rec(uid, b, sub, fname, vsize, st.st_mtime, 0))
+            saved = _name_time(b) or st.st_mtime
+            recs.append(_Rec(uid, b, sub, fname, vsize, st.st_mtime, 0, saved))
             if sub == "new":
                 self.pending_recent.add(uid)
-        self._insert(recs)
-
-    def _insert(self, recs: list[_Rec], origin: int = 0) -> None:
-        for rec in sorted(recs, key=lambda r: r.uid):
-            rec.modseq = self._bump("a", rec.uid, origin)
-            self.by_base[rec.base] = rec
-            self.by_uid[rec.uid] = rec
-            if not self.uids or rec.uid > self.uids[-1]:
-                self.uids.append(rec.uid)
-            else:
-                bisect.insort(self.uids, rec.uid)
+        self._insert(recs, shared=True)
 
     def assign(self, bases: list[str], ext: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
         """Give UIDs to ``bases`` under the uidlist lock; return them."""
@@ -352,8 +639,8 @@ class _Box:
             write_atomic(self.uidlist_path, ul.serialize())
             self.gone.clear()
             if self.uidvalidity and ul.uidvalidity != self.uidvalidity:
-                for rec in list(self.by_uid.values()):
-                    self._drop(rec)
+                self._drop_all()
+                self._op(["v", ul.uidvalidity])
             self.uidvalidity, self.guid = ul.uidvalidity, ul.guid
             self.nextuid = max(self.nextuid, ul.nextuid)
             st = os.stat(self.uidlist_path)
@@ -361,8 +648,10 @@ class _Box:
         return result
 
     def ensure_uidlist(self) -> None:
-        if not self.uidvalidity and self._load_uidlist() is None:
-            self.assign([])
+        """Create the uidlist, or rewrite a lost one from the index."""
+        if read_uidlist_header(self.uidlist_path) is None:
+            with self.tx():
+                self.assign([])
 
     # -- flags --------------------------------------------------------
 
@@ -400,9 +689,17 @@ class _Box:
         self.refresh(force=True)
         return self.by_base.get(rec.base)
 
+    def dropped_rec(self, uid: int) -> _Rec | None:
+        """The last known record of an expunged message, if still known."""
+        for _m, kind, u, _o, rec in reversed(self.log):
+            if kind == "x" and u == uid:
+                return rec
+        return None
+
     def rename_rec(self, rec: _Rec, info: str | Callable[[_Rec], str]) -> _Rec | None:
         """Move a file to cur/ with new info (or ``info(rec)`` computed
-        from its current name); None if the file is gone."""
+        from its current name); None if the file is gone.  The caller
+        records the rename (:meth:`_renamed`)."""
         for _ in range(3):
             new_info = info(rec) if callable(info) else info
             new_fname = f"{rec.base}:2,{new_info}"
@@ -421,6 +718,42 @@ class _Box:
         return None
 
 
+_fromts = datetime.datetime.fromtimestamp
+_UTC = datetime.UTC
+
+
+class _Info(MessageInfo):
+    """A MessageInfo whose dates are made from timestamps when first read
+    (100k datetimes cost more than the rest of a SELECT)."""
+
+    def __init__(self, uid: int, flags: set[str], size: int, mtime: float, modseq: int,
+                 savedate: float):
+        self.uid, self.flags, self.size, self.modseq = uid, flags, size, modseq
+        self._ts = (mtime, savedate)
+
+    @property  # type: ignore[override]
+    def internaldate(self) -> datetime.datetime:
+        value = self.__dict__.get("_idate")
+        if value is None:
+            value = self.__dict__["_idate"] = _fromts(self._ts[0], tz=_UTC)
+        return value
+
+    @internaldate.setter
+    def internaldate(self, value: datetime.datetime) -> None:
+        self.__dict__["_idate"] = value
+
+    @property  # type: ignore[override]
+    def savedate(self) -> datetime.datetime | None:
+        if "_sdate" not in self.__dict__:
+            ts = self._ts[1]
+            self.__dict__["_sdate"] = _fromts(ts, tz=_UTC) if ts else None
+        return self.__dict__["_sdate"]
+
+    @savedate.setter
+    def savedate(self, value: datetime.datetime | None) -> None:
+        self.__dict__["_sdate"] = value
+
+
 @implementer(IMailbox)
 class MaildirMailbox:
     """One session's view of a mailbox (see :class:`IMailbox`)."""
@@ -435,13 +768,30 @@ class MaildirMailbox:
         self.id = next(self._ids)
         self.messages: list[MessageInfo] = []
         self._index: dict[int, MessageInfo] = {}
+        self._ghosts: dict[int, tuple[int, _Rec | None]] = {}  # expunged, not yet reported
         self.recent: set[int] = set()
         self.seen_modseq = box.modseq
         self.closed = False
         box.views.append(self)
+        flags_memo: dict[str, set[str]] = {}
+        by_uid = box.by_uid
+        messages = self.messages
+        index = self._index
+        with no_gc():
+            self._fill(box, by_uid, flags_memo, messages, index)
+        self._take_recent(list(box.pending_recent))
+
+    def _fill(self, box: _Box, by_uid: dict[int, _Rec], flags_memo: dict[str, set[str]],
+              messages: list[MessageInfo], index: dict[int, MessageInfo]) -> None:
         for uid in box.uids:
-            self._append(box.by_uid[uid])
-        self._take_recent(list(box.uids))
+            rec = by_uid[uid]
+            info = rec.info
+            flags = flags_memo.get(info)
+            if flags is None:
+                flags = flags_memo[info] = box.flags_of(info)
+            mi = _Info(uid, set(flags), rec.size, rec.mtime, rec.modseq, rec.savedate)
+            messages.append(mi)
+            index[uid] = mi
 
     @property
     def uidvalidity(self) -> int:
@@ -452,60 +802,70 @@ class MaildirMailbox:
         return max(self.box.nextuid, (self.messages[-1].uid + 1) if self.messages else 1)
 
     @property
+    def highestmodseq(self) -> int:
+        """What this view has reported: not past an expunge it holds back."""
+        if self._ghosts:
+            return min(self.seen_modseq, min(m for m, _ in self._ghosts.values()) - 1)
+        return self.seen_modseq
+
+    @property
     def keywords(self) -> list[str]:
         self.box.keywords.load()
         return self.box.keywords.defined()
 
     def _append(self, rec: _Rec) -> None:
-        info = MessageInfo(
-            uid=rec.uid,
-            flags=self.box.flags_of(rec.info),
-            size=rec.size,
-            internaldate=datetime.datetime.fromtimestamp(rec.mtime, tz=datetime.UTC),
-            modseq=rec.modseq,
-        )
+        info = _Info(rec.uid, self.box.flags_of(rec.info), rec.size, rec.mtime, rec.modseq,
+                     rec.savedate)
         self.messages.append(info)
         self._index[rec.uid] = info
 
     def _take_recent(self, uids: list[int]) -> None:
         box = self.box
-        for uid in uids:
-            if uid not in box.pending_recent:
-                continue
-            self.recent.add(uid)
-            if self.readonly:
-                continue
-            box.pending_recent.discard(uid)
-            rec = box.by_uid.get(uid)
-            if rec is not None and rec.sub == "new":
-                box.rename_rec(rec, rec.info)
+        mine = [u for u in uids if u in box.pending_recent and u in self._index]
+        if not mine:
+            return
+        self.recent.update(mine)
+        if self.readonly:
+            return
+        box.pending_recent.difference_update(mine)
+        moves = [box.by_uid[u] for u in mine if u in box.by_uid and box.by_uid[u].sub == "new"]
+        if not moves:
+            return
+        with box.tx():
+            for rec in moves:
+                if rec.sub != "new" or box.by_uid.get(rec.uid) is not rec:
+                    continue
+                moved = box.rename_rec(rec, rec.info)
+                if moved is not None:
+                    box._renamed(moved, False)
 
     def _check(self) -> None:
         if self.closed:
             raise StorageError("Mailbox view is closed")
 
-    def sync(self) -> SyncResult:
+    def sync(self, allow_expunge: bool = True) -> SyncResult:
         self._check()
         box = self.box
         box.refresh()
         result = SyncResult()
         start = bisect.bisect_right(box.log, self.seen_modseq, key=lambda e: e[0])
-        expunged: set[int] = set()
         changed: set[int] = set()
-        for _modseq, kind, uid, origin in box.log[start:]:
+        for modseq, kind, uid, origin, rec in box.log[start:]:
             if kind == "x" and uid in self._index and origin != self.id:
-                expunged.add(uid)
+                self._ghosts.setdefault(uid, (modseq, rec))
             elif kind == "f" and origin != self.id:
                 changed.add(uid)
-        if expunged:
+        if allow_expunge and self._ghosts:
+            expunged = set(self._ghosts)
             self.messages = [m for m in self.messages if m.uid not in expunged]
             for uid in expunged:
                 del self._index[uid]
             self.recent -= expunged
             result.expunged = sorted(expunged)
-        for uid in sorted(changed - expunged):
+            self._ghosts.clear()
+        for uid in sorted(changed):
             info, rec = self._index.get(uid), box.by_uid.get(uid)
-            if info is None or rec is None:
+            if info is None or rec is None or uid in self._ghosts:
                 continue
             flags = box.flags_of(rec.info)
             info.modseq = rec.modseq
@@ -521,21 +881,43 @@ class MaildirMailbox:
         self.seen_modseq = box.modseq
         return result
 
+    def _expunge_issued(self, uid: int) -> StorageError:
+        err = StorageError(f"Message UID {uid} has been expunged")
+        err.code = "EXPUNGEISSUED"
+        return err
+
     def message_file(self, uid: int) -> BinaryIO:
         self._check()
-        rec = self.box.by_uid.get(uid)
+        box = self.box
+        rec = box.by_uid.get(uid)
+        if rec is None:
+            # expunged: readable while its file is still there
+            ghost = self._ghosts.get(uid)
+            old = ghost[1] if ghost else (box.dropped_rec(uid) if uid in self._index else None)
+            if old is None:
+                raise self._expunge_issued(uid)
+            try:
+                return open(box.rec_path(old), "rb")
+            except FileNotFoundError:
+                raise self._expunge_issued(uid) from None
         for _ in range(3):
             if rec is None:
-                err = StorageError(f"Message UID {uid} has been expunged")
-                err.code = "EXPUNGEISSUED"
-                raise err
+                raise self._expunge_issued(uid)
             try:
-                return open(self.box.rec_path(rec), "rb")
+                return open(box.rec_path(rec), "rb")
             except FileNotFoundError:
-                rec = self.box.find_again(rec)
+                rec = box.find_again(rec)
         raise StorageError(f"Message UID {uid} keeps moving")
 
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
+        return self._store(uids, flags, mode, None)[0]
+
+    def store_unchanged_since(self, uids: Iterable[int], flags: Iterable[str], mode: str,
+                              unchangedsince: int) -> tuple[list[int], list[int]]:
+        return self._store(uids, flags, mode, unchangedsince)
+
+    def _store(self, uids: Iterable[int], flags: Iterable[str], mode: str,
+               unchangedsince: int | None) -> tuple[list[int], list[int]]:
         self._check()
         if self.readonly:
             raise StorageError("Mailbox is read-only")
@@ -544,35 +926,64 @@ class MaildirMailbox:
         given = {canon_flag(f) for f in flags if f.lower() != "\\recent"}
         box = self.box
         changed: list[int] = []
-        for uid in uids:
-            info, rec = self._index.get(uid), box.by_uid.get(uid)
-            if info is None or rec is None:
-                continue
-            before = box.flags_of(rec.info)
+        failed: list[int] = []
+        with box.tx():
+            for uid in uids:
+                info, rec = self._index.get(uid), box.by_uid.get(uid)
+                if info is None or rec is None:
+                    continue
+                if unchangedsince is not None and rec.modseq > unchangedsince:
+                    failed.append(uid)
+                    continue
+                before = box.flags_of(rec.info)
 
-            def make_info(r: _Rec, uid: int = uid) -> str:
-                current = box.flags_of(r.info)
-                if mode == "+":
-                    new = current | given
-                elif mode == "-":
-                    new = current - given
-                else:
-                    new = set(given)
-                return box.info_for(new, keep_from=r.info)
+                def make_info(r: _Rec) -> str:
+                    current = box.flags_of(r.info)
+                    if mode == "+":
+                        new = current | given
+                    elif mode == "-":
+                        new = current - given
+                    else:
+                        new = set(given)
+                    return box.info_for(new, keep_from=r.info)
 
-            rec = box.rename_rec(rec, make_info)
-            if rec is None:
-                continue
-            stored = box.flags_of(rec.info)
-            if stored != before:
-                rec.modseq = box._bump("f", uid, self.id)
-            if stored != info.flags:
-                info.flags = stored
-                changed.append(uid)
-            info.modseq = rec.modseq
+                old_fname = rec.fname
+                rec = box.rename_rec(rec, make_info)
+                if rec is None:
+                    continue
+                stored = box.flags_of(rec.info)
+                if stored != before or rec.fname != old_fname:
+                    box._renamed(rec, stored != before, self.id)
+                if stored != info.flags:
+                    info.flags = stored
+                    changed.append(uid)
+                info.modseq = rec.modseq
         if changed:
             self.storage._notify(self.name)
-        return changed
+        return changed, failed
+
+    def vanished_since(self, modseq: int) -> list[int]:
+        box = self.box
+        present = set(box.uids) | set(self._ghosts)
+        if modseq < box.vanished_floor:
+            # forgotten: every UID that is not here may have vanished
+            return [u for u in range(1, box.nextuid) if u not in present]
+        i = bisect.bisect_right(box.expunged, (modseq, 1 << 62))
+        return sorted({u for _m, u in box.expunged[i:] if u not in present})
+
+    def cached(self, uid: int, key: str) -> object | None:
+        values = self.box.cache.load(self.box.uidvalidity)
+        value = values.get(uid, {}).get(key)
+        return None if value is None else _decode_cached(value)
+
+    def set_cached(self, uid: int, key: str, value: object) -> None:
+        box = self.box
+        if uid not in box.by_uid:
+            return
+        try:
+            box.cache.add(box.uidvalidity, uid, key, _encode_cached(value))
+        except OSError as e:
+            log.warn("{path}: cache not written: {err}", path=box.cache.path, err=e)
 
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         self._check()
@@ -581,28 +992,30 @@ class MaildirMailbox:
         box = self.box
         only = set(uids) if uids is not None else None
         removed: list[int] = []
-        for info in list(self.messages):
-            if only is not None and info.uid not in only:
-                continue
-            rec = box.by_uid.get(info.uid)
-            if rec is None or "\\Deleted" not in box.flags_of(rec.info):
-                continue
-            for _ in range(3):
-                try:
-                    os.unlink(box.rec_path(rec))
-                except FileNotFoundError:
-                    rec = box.find_again(rec)
-                    if rec is None:
-                        break
+        with box.tx():
+            for info in list(self.messages):
+                if only is not None and info.uid not in only:
                     continue
-                box._drop(rec, self.id)
-                removed.append(info.uid)
-                break
+                rec = box.by_uid.get(info.uid)
+                if rec is None or "\\Deleted" not in box.flags_of(rec.info):
+                    continue
+                for _ in range(3):
+                    try:
+                        os.unlink(box.rec_path(rec))
+                    except FileNotFoundError:
+                        rec = box.find_again(rec)
+                        if rec is None:
+                            break
+                        continue
+                    box._drop(rec, self.id)
+                    removed.append(info.uid)
+                    break
         if removed:
             gone = set(removed)
             self.messages = [m for m in self.messages if m.uid not in gone]
             for uid in gone:
                 del self._index[uid]
+                self._ghosts.pop(uid, None)
             self.recent -= gone
             self.storage._notify(self.name)
         return removed
@@ -856,8 +1269,12 @@ class MaildirStorage:
             base = f"{tmpname},S={size},W={vsize}"
             sub = "cur" if flags else "new"
             fname = f"{base}:2,{info}" if flags else base
-            os.rename(tmppath, os.path.join(box.path, sub, fname))
-            _fsync_dir(os.path.join(box.path, sub))
+            with box.tx():
+                os.rename(tmppath, os.path.join(box.path, sub, fname))
+                _fsync_dir(os.path.join(box.path, sub))
+                mtime = os.stat(os.path.join(box.path, sub, fname)).st_mtime
+                uid = box.assign([base])[base]
+                box._insert([_Rec(uid, base, sub, fname, vsize, mtime, 0, time.time())])
         except OSError as e:
             try:
                 os.unlink(tmppath)
@@ -867,9 +1284,6 @@ class MaildirStorage:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 err.code = "OVERQUOTA"
             raise err from e
-        mtime = os.stat(os.path.join(box.path, sub, fname)).st_mtime
-        uid = box.assign([base])[base]
-        box._insert([_Rec(uid, base, sub, fname, vsize, mtime, 0)])
         box.pending_recent.add(uid)
         self._notify(box.name)
         return box.uidvalidity, uid
@@ -881,42 +1295,50 @@ class MaildirStorage:
             raise StorageError("Can't copy from a foreign mailbox")
         dbox = self._box(dest)
         sbox = source.box
-        made: list[tuple[int, str, str, str, int, float]] = []
-        for uid in uids:
-            rec = sbox.by_uid.get(uid)
-            if rec is None or uid not in source._index:
-                continue
-            info = dbox.info_for(sbox.flags_of(rec.info), keep_from=rec.info)
-            tail = "".join("," + p for p in rec.base.split(",")[1:])
-            base = unique_name() + tail
-            fname = f"{base}:2,{info}"
-            dst = os.path.join(dbox.path, "cur", fname)
-            for _ in range(3):
-                try:
+        todo = [(uid, sbox.by_uid[uid]) for uid in uids
+                if uid in sbox.by_uid and uid in source._index]
+        made: list[tuple[int, _Rec]] = []
+        now = time.time()
+        for _round in range(3):
+            if not todo:
+                break
+            retry: list[tuple[int, _Rec]] = []
+            with dbox.tx():
+                recs = []
+                for uid, rec in todo:
+                    info = dbox.info_for(sbox.flags_of(rec.info), keep_from=rec.info)
+                    tail = "".join("," + p for p in rec.base.split(",")[1:])
+                    base = unique_name() + tail
+                    fname = f"{base}:2,{info}"
                     try:
-                        os.link(sbox.rec_path(rec), dst)
-                    except OSError as e:
-                        if e.errno in (errno.ENOENT,):
-                            raise
-                        self._copy_file(sbox.rec_path(rec), dbox, fname)
-                    break
-                except FileNotFoundError:
-                    rec = sbox.find_again(rec)
-                    if rec is None:
-                        break
-            else:
-                rec = None
-            if rec is not None:
-                made.append((uid, base, "cur", fname, rec.size, rec.mtime))
+                        try:
+                            os.link(sbox.rec_path(rec), os.path.join(dbox.path, "cur", fname))
+                        except OSError as e:
+                            if e.errno == errno.ENOENT:
+                                raise
+                            self._copy_file(sbox.rec_path(rec), dbox, fname)
+                    except FileNotFoundError:
+                        retry.append((uid, rec))
+                        continue
+                    recs.append((uid, _Rec(0, base, "cur", fname, rec.size, rec.mtime, 0, now)))
+                if recs:
+                    _fsync_dir(os.path.join(dbox.path, "cur"))
+                    assigned = dbox.assign([r.base for _, r in recs])
+                    for _uid, r in recs:
+                        r.uid = assigned[r.base]
+                    dbox._insert([r for _, r in recs])
+                    made += recs
+            todo = []
+            for uid, rec in retry:  # renamed (flags) or expunged meanwhile
+                again = sbox.find_again(rec)
+                if again is not None:
+                    todo.append((uid, again))
         if not made:
             return dbox.uidvalidity, []
-        _fsync_dir(os.path.join(dbox.path, "cur"))
-        assigned = dbox.assign([m[1] for m in made])
-        recs = [_Rec(assigned[b], b, sub, fn, size, mt, 0) for _, b, sub, fn, size, mt in made]
-        dbox._insert(recs)
-        dbox.pending_recent.update(r.uid for r in recs)
+        dbox.pending_recent.update(r.uid for _, r in made)
         self._notify(dbox.name)
-        return dbox.uidvalidity, [(m[0], assigned[m[1]]) for m in made]
+        made.sort(key=lambda m: m[1].uid)
+        return dbox.uidvalidity, [(uid, r.uid) for uid, r in made]
 
     def _copy_file(self, src: str, dbox: _Box, fname: str) -> None:
         tmp = os.path.join(dbox.path, "tmp", base_name(fname))

@@ -134,6 +134,29 @@ def read_uidlist(path: str) -> UidList | None:
         return None
 
 
+def read_uidlist_header(path: str) -> tuple[int, int] | None:
+    """(UIDVALIDITY, next UID) without parsing every record: the header
+    and the last line (Dovecot appends records without rewriting the
+    header).  None if missing or unusable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.readline()
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(len(head), size - 4096))
+            tail = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        ul = UidList.parse(head)
+    except (ValueError, UnicodeError):
+        return None
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].split(b" ", 1)[0]
+    nextuid = ul.nextuid
+    if last.isdigit():
+        nextuid = max(nextuid, int(last) + 1)
+    return ul.uidvalidity, nextuid
+
+
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write a temp file next to ``path``, fsync, rename over it."""
     tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"

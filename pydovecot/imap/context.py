@@ -1,0 +1,173 @@
+"""CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267): live search/sort results.
+
+A ``SEARCH``/``SORT … RETURN (UPDATE)`` leaves an :class:`UpdateContext`
+behind.  The session calls :meth:`UpdateContexts.on_sync` from its
+``after_sync_hooks`` after each sync has sent EXISTS/EXPUNGE/FETCH; the
+context compares the view with its own snapshot (UIDs, modseqs, flags), so
+it sees this session's own STOREs as well as other sessions' changes, and
+sends ``ADDTO`` for messages that now match and ``REMOVEFROM`` for those
+that no longer do.  Expunged messages get a ``REMOVEFROM`` only in UID
+contexts: for sequence-number contexts the EXPUNGE response already told
+the client (and renumbered its result).  SEARCH contexts use position 0;
+SORT contexts give each added message its 1-based position in the new sort
+order.  Everything here trusts the session and the view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydovecot.imap.parser import NumberSet
+from pydovecot.imap.search import SearchContext, SearchQuery, run_query
+
+#: At most this many live contexts per session (Dovecot has a similar cap).
+MAX_CONTEXTS = 16
+
+
+@dataclass
+class UpdateContext:
+    """One live result: ``uids`` in answer order (ascending or sort order)."""
+
+    tag: bytes
+    uid: bool
+    query: SearchQuery
+    criteria: list[tuple[str, bool]] | None
+    options: set[str]
+    mailbox: Any
+    uids: list[int]
+    members: set[int] = field(default_factory=set)
+    snapshot: dict[int, tuple[int, frozenset[str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.members = set(self.uids)
+        self.snapshot = take_snapshot(self.mailbox)
+
+
+def take_snapshot(mailbox: Any) -> dict[int, tuple[int, frozenset[str]]]:
+    return {m.uid: (m.modseq, frozenset(m.flags)) for m in mailbox.messages}
+
+
+def _tag(tag: bytes) -> bytes:
+    return b'"' + tag.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def _set(ids: list[int]) -> bytes:
+    return NumberSet([(i, i) for i in ids], 0).to_imap()
+
+
+class UpdateContexts:
+    """The live contexts of one session."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self.contexts: dict[bytes, UpdateContext] = {}
+
+    def add(self, ctx: UpdateContext) -> None:
+        self.contexts.pop(ctx.tag, None)
+        if len(self.contexts) >= MAX_CONTEXTS:
+            self.contexts.pop(next(iter(self.contexts)))
+        self.contexts[ctx.tag] = ctx
+
+    def has(self, tag: bytes) -> bool:
+        return tag in self.contexts
+
+    def cancel(self, tag: bytes) -> None:
+        self.contexts.pop(tag, None)
+
+    def _line(self, ctx: UpdateContext, body: bytes) -> bytes:
+        return (b"* ESEARCH (TAG " + _tag(ctx.tag) + b")" + (b" UID" if ctx.uid else b"")
+                + b" " + body + b"\r\n")
+
+    def on_sync(self) -> None:
+        """The session's after-sync hook."""
+        mbox = self.session.mailbox
+        for tag, ctx in list(self.contexts.items()):
+            if ctx.mailbox is not mbox or mbox is None:
+                del self.contexts[tag]  # another mailbox was selected
+                continue
+            if self._update(ctx):
+                self._summary(ctx)
+
+    def _update(self, ctx: UpdateContext) -> bool:
+        """Send ADDTO/REMOVEFROM; True if the result changed."""
+        mbox = ctx.mailbox
+        messages = mbox.messages
+        old = ctx.snapshot
+        new = take_snapshot(mbox)
+        ctx.snapshot = new
+        if new == old:
+            return False
+        seq_of = {m.uid: i for i, m in enumerate(messages, 1)}
+        gone = [u for u in ctx.members if u not in new]
+        touched = [u for u, state in new.items() if old.get(u) != state]
+        changed = False
+        if gone:
+            gone_set = set(gone)
+            ctx.uids = [u for u in ctx.uids if u not in gone_set]
+            ctx.members -= gone_set
+            changed = True
+            if ctx.uid:
+                self.session._send(self._line(ctx, b"REMOVEFROM (0 " + _set(gone) + b")"))
+        if not touched:
+            return changed
+        seqs = sorted(seq_of[u] for u in touched)
+        hits = run_query(mbox, ctx.query, messages, self.session._loader,
+                         self.session.saved_uids(), candidates=seqs)
+        matched = {info.uid for _s, info in hits}
+        removed = [u for u in touched if u in ctx.members and u not in matched]
+        added = [u for u in sorted(matched) if u not in ctx.members]
+        if removed:
+            ids = [u if ctx.uid else seq_of[u] for u in removed]
+            rs = set(removed)
+            ctx.uids = [u for u in ctx.uids if u not in rs]
+            ctx.members -= rs
+            self.session._send(self._line(ctx, b"REMOVEFROM (0 " + _set(ids) + b")"))
+        if added:
+            ctx.members |= set(added)
+            if ctx.criteria is None:
+                ctx.uids = sorted(ctx.members)
+                ids = [u if ctx.uid else seq_of[u] for u in added]
+                self.session._send(self._line(ctx, b"ADDTO (0 " + _set(ids) + b")"))
+            else:
+                self._resort(ctx, added, seq_of)
+        return changed or bool(removed or added)
+
+    def _resort(self, ctx: UpdateContext, added: list[int], seq_of: dict[int, int]) -> None:
+        from pydovecot.imap.sort import sort_contexts
+
+        mbox = ctx.mailbox
+        messages = mbox.messages
+        max_uid = messages[-1].uid if messages else 0
+        ctxs = [
+            SearchContext(seq_of[u], messages[seq_of[u] - 1], u in mbox.recent,
+                          self.session._loader(messages[seq_of[u] - 1]), len(messages),
+                          max_uid, mbox)
+            for u in sorted(ctx.members, key=lambda u: seq_of.get(u, 0)) if u in seq_of
+        ]
+        ordered = [c.info.uid for c in sort_contexts(ctxs, ctx.criteria or [])]
+        ctx.uids = ordered
+        new = set(added)
+        for pos, u in enumerate(ordered, 1):
+            if u in new:
+                ident = u if ctx.uid else seq_of[u]
+                self.session._send(self._line(ctx, b"ADDTO (%d %d)" % (pos, ident)))
+
+    def _summary(self, ctx: UpdateContext) -> None:
+        """Fresh MIN/MAX/COUNT when the client asked for them."""
+        wanted = ctx.options & {"MIN", "MAX", "COUNT"}
+        if not wanted:
+            return
+        mbox = ctx.mailbox
+        seq_of = {m.uid: i for i, m in enumerate(mbox.messages, 1)}
+        ids = [u if ctx.uid else seq_of.get(u, 0) for u in ctx.uids]
+        ordered = ctx.criteria is not None
+        parts = []
+        if ids and "MIN" in wanted:
+            parts.append(b"MIN %d" % (ids[0] if ordered else min(ids)))
+        if ids and "MAX" in wanted:
+            parts.append(b"MAX %d" % (ids[-1] if ordered else max(ids)))
+        if "COUNT" in wanted:
+            parts.append(b"COUNT %d" % len(ids))
+        if parts:
+            self.session._send(self._line(ctx, b" ".join(parts)))

@@ -1,0 +1,444 @@
+"""NOTIFY (RFC 5465): parse NOTIFY SET/NONE and push mailbox events.
+
+The command arguments are untrusted client input: :func:`parse` raises
+ParseError (→ ``BAD``) or :class:`BadEvent` (→ ``NO [BADEVENT …]``).  A
+:class:`Notifier` belongs to one session and trusts its storage: it
+registers the storage's per-mailbox change listeners on every mailbox the
+filters match (changes by this user's other sessions and by deliveries all
+go through the one storage of the mail process), and turns changes into
+``* STATUS`` for other mailboxes and EXISTS/EXPUNGE/FETCH for the selected
+one.  Mailbox tree changes (MailboxName, SubscriptionChange) come from the
+storage's ``add_tree_listener`` when it has one, else from a per-storage
+:class:`TreeHub` that wraps the storage's tree methods.
+
+Notifications are written only between commands (or during IDLE); while a
+command runs they wait, and the selected mailbox never gets an expunge
+in the middle of FETCH, STORE or SEARCH.  Too many waiting notifications
+end in ``* OK [NOTIFICATIONOVERFLOW]`` and notifications stop, as RFC 5465
+§5.8 describes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydovecot.imap import fetch, mutf7
+from pydovecot.imap.parser import Atom, ParseError, Token, as_bytes
+
+if TYPE_CHECKING:
+    from pydovecot.imap.session import IMAPSession
+
+MESSAGE_EVENTS = {"MessageNew", "MessageExpunge", "FlagChange"}
+TREE_EVENTS = {"MailboxName", "SubscriptionChange"}
+EVENTS = {e.upper(): e for e in MESSAGE_EVENTS | TREE_EVENTS}
+SUPPORTED_EVENTS = b"MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange"
+UNSUPPORTED = {"ANNOTATIONCHANGE", "MAILBOXMETADATACHANGE", "SERVERMETADATACHANGE"}
+FILTERS = {"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE",
+           "MAILBOXES"}
+STATUS_ITEMS = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
+OVERFLOW_LIMIT = 1000  # waiting notifications before NOTIFICATIONOVERFLOW
+RETRY = 0.05  # seconds between checks for the end of a running command
+
+
+class BadEvent(Exception):
+    """An event this server does not support (``NO [BADEVENT (…)]``)."""
+
+
+@dataclass
+class Filter:
+    kind: str
+    names: list[str] = field(default_factory=list)
+    events: set[str] = field(default_factory=set)
+    fetch_items: list[fetch.FetchItem] = field(default_factory=list)
+
+    def selected(self) -> bool:
+        return self.kind.startswith("SELECTED")
+
+    def matches(self, name: str, subscribed: Callable[[], list[str]]) -> bool:
+        if self.kind == "PERSONAL":
+            return True
+        if self.kind == "INBOXES":
+            return name == "INBOX"
+        if self.kind == "SUBSCRIBED":
+            return name in subscribed()
+        if self.kind == "SUBTREE":
+            return any(name == n or name.startswith(n + "/") for n in self.names)
+        if self.kind == "MAILBOXES":
+            return name in self.names
+        return False
+
+
+@dataclass
+class NotifySpec:
+    status: bool
+    filters: list[Filter]
+
+
+def _mailbox(tok: Token) -> str:
+    from pydovecot.imap.session import decode_mailbox
+
+    if isinstance(tok, list):
+        raise ParseError("Expected a mailbox name")
+    as_bytes(tok)
+    return decode_mailbox(tok)
+
+
+def _events(tok: Token, selected: bool) -> tuple[set[str], list[fetch.FetchItem]]:
+    if isinstance(tok, Atom) and tok.upper_str() == "NONE":
+        return set(), []
+    if not isinstance(tok, list) or not tok:
+        raise ParseError("Invalid NOTIFY event list")
+    events: set[str] = set()
+    items: list[fetch.FetchItem] = []
+    i = 0
+    while i < len(tok):
+        ev = tok[i]
+        if not isinstance(ev, Atom):
+            raise ParseError("Invalid NOTIFY event")
+        name = ev.upper_str()
+        i += 1
+        if name in UNSUPPORTED:
+            raise BadEvent(name)
+        if name not in EVENTS:
+            raise ParseError(f"Unknown NOTIFY event {name[:30]}")
+        events.add(EVENTS[name])
+        if name == "MESSAGENEW" and i < len(tok) and isinstance(tok[i], list):
+            if not selected:
+                raise ParseError("MessageNew fetch attributes need SELECTED")
+            items = fetch.parse_items([tok[i]])
+            i += 1
+    if ("MessageNew" in events) != ("MessageExpunge" in events):
+        raise ParseError("MessageNew and MessageExpunge go together")
+    if "FlagChange" in events and "MessageNew" not in events:
+        raise ParseError("FlagChange needs MessageNew and MessageExpunge")
+    return events, items
+
+
+def parse(args: list[Token]) -> NotifySpec | None:
+    """NOTIFY's arguments → a spec, or None for ``NOTIFY NONE``."""
+    if not args or not isinstance(args[0], Atom):
+        raise ParseError("Missing NOTIFY arguments")
+    op = args[0].upper_str()
+    if op == "NONE":
+        if len(args) != 1:
+            raise ParseError("Unexpected arguments")
+        return None
+    if op != "SET":
+        raise ParseError("Expected NOTIFY SET or NONE")
+    rest = args[1:]
+    spec = NotifySpec(False, [])
+    if rest and isinstance(rest[0], Atom) and rest[0].upper_str() == "STATUS":
+        spec.status = True
+        rest = rest[1:]
+    if not rest:
+        raise ParseError("Missing NOTIFY event groups")
+    for group in rest:
+        if not isinstance(group, list) or len(group) < 2 or not isinstance(group[0], Atom):
+            raise ParseError("Invalid NOTIFY event group")
+        kind = group[0].upper_str()
+        if kind not in FILTERS:
+            raise ParseError(f"Unknown NOTIFY filter {kind[:30]}")
+        f = Filter(kind)
+        pos = 1
+        if kind in ("SUBTREE", "MAILBOXES"):
+            boxes = group[1]
+            f.names = [_mailbox(b) for b in boxes] if isinstance(boxes, list) else [_mailbox(boxes)]
+            if not f.names:
+                raise ParseError("Missing mailbox names")
+            pos = 2
+        if len(group) != pos + 1:
+            raise ParseError("Invalid NOTIFY event group")
+        f.events, f.fetch_items = _events(group[pos], f.selected())
+        if f.selected() and f.events & TREE_EVENTS:
+            raise ParseError("Mailbox events are not for SELECTED")
+        spec.filters.append(f)
+    if sum(f.selected() for f in spec.filters) > 1:
+        raise ParseError("SELECTED given twice")
+    return spec
+
+
+class TreeHub:
+    """Tree changes (create, delete, rename, (un)subscribe) of one storage,
+    for storages without ``add_tree_listener``: the storage's tree methods
+    are wrapped once, and every change goes to the registered callbacks."""
+
+    _hubs: weakref.WeakKeyDictionary[Any, TreeHub] = weakref.WeakKeyDictionary()
+
+    def __init__(self, storage: Any):
+        self.callbacks: list[Callable[[str, str, str | None], None]] = []
+        for method, kind in (("create", "create"), ("delete", "delete"), ("rename", "rename"),
+                             ("subscribe", "subscribe"), ("unsubscribe", "unsubscribe")):
+            setattr(storage, method, self._wrap(getattr(storage, method), kind))
+
+    @classmethod
+    def add(cls, storage: Any, callback: Callable[[str, str, str | None], None]) -> None:
+        if hasattr(storage, "add_tree_listener"):
+            storage.add_tree_listener(callback)
+            return
+        hub = cls._hubs.get(storage)
+        if hub is None:
+            hub = cls._hubs[storage] = cls(storage)
+        hub.callbacks.append(callback)
+
+    @classmethod
+    def remove(cls, storage: Any, callback: Callable[[str, str, str | None], None]) -> None:
+        if hasattr(storage, "remove_tree_listener"):
+            storage.remove_tree_listener(callback)
+            return
+        hub = cls._hubs.get(storage)
+        if hub is not None and callback in hub.callbacks:
+            hub.callbacks.remove(callback)
+
+    def _wrap(self, method: Callable[..., Any], kind: str) -> Callable[..., Any]:
+        def wrapper(name: str, *args: Any) -> Any:
+            result = method(name, *args)
+            new = args[0] if kind == "rename" and args else None
+            for cb in list(self.callbacks):
+                cb(kind, name, new)
+            return result
+
+        return wrapper
+
+
+class Notifier:
+    """One session's NOTIFY SET: listeners, waiting lines, overflow."""
+
+    overflow_limit = OVERFLOW_LIMIT
+
+    def __init__(self, session: IMAPSession, spec: NotifySpec):
+        self.session = session
+        self.spec = spec
+        self.listeners: dict[str, Callable[[], None]] = {}
+        self.snapshots: dict[str, tuple[int, ...]] = {}
+        self.pending_status: dict[str, None] = {}
+        self.pending_lines: list[bytes] = []
+        self.selected_dirty = False
+        self.stopped = False
+        self._retry: Any = None
+        self._subs: list[str] | None = None
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> None:
+        TreeHub.add(self.session.storage, self._tree_changed)
+        self._rewatch()
+        if self.spec.status:
+            for name in self._watched_names():
+                if self._is_selected(name):
+                    continue
+                f = self._filter_for(name)
+                if f is not None and f.events & MESSAGE_EVENTS:
+                    line = self.session._status_line(name, STATUS_ITEMS)
+                    if line is not None:
+                        self.session._send(line)
+
+    def stop(self) -> None:
+        self.stopped = True
+        storage = self.session.storage
+        for name, cb in self.listeners.items():
+            storage.remove_listener(name, cb)
+        self.listeners.clear()
+        TreeHub.remove(storage, self._tree_changed)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def selected(self, name: str) -> None:
+        """The session selected ``name``: watch it if a SELECTED filter asks."""
+        self._rewatch()
+
+    # -- which mailboxes ----------------------------------------------------
+
+    def _subscribed(self) -> list[str]:
+        if self._subs is None:
+            self._subs = self.session.storage.subscriptions()
+        return self._subs
+
+    def _is_selected(self, name: str) -> bool:
+        mbox = self.session.mailbox
+        return mbox is not None and mbox.name == name
+
+    def _filter_for(self, name: str) -> Filter | None:
+        for f in self.spec.filters:
+            if not f.selected() and f.matches(name, self._subscribed):
+                return f
+        return None
+
+    def _selected_filter(self) -> Filter | None:
+        for f in self.spec.filters:
+            if f.selected():
+                return f
+        mbox = self.session.mailbox
+        return self._filter_for(mbox.name) if mbox is not None else None
+
+    def _watched_names(self) -> list[str]:
+        self._subs = None
+        try:
+            infos = self.session.storage.list_mailboxes()
+        except Exception:
+            infos = []
+        names = [i.name for i in infos if "\\Noselect" not in i.attributes
+                 and "\\NonExistent" not in i.attributes]
+        return [n for n in names if self._filter_for(n) is not None]
+
+    def _rewatch(self) -> None:
+        if self.stopped:
+            return
+        wanted = set(self._watched_names())
+        mbox = self.session.mailbox
+        if mbox is not None and any(f.selected() for f in self.spec.filters):
+            wanted.add(mbox.name)
+        storage = self.session.storage
+        for name in list(self.listeners):
+            if name not in wanted:
+                storage.remove_listener(name, self.listeners.pop(name))
+        for name in sorted(wanted - set(self.listeners)):
+            cb = self._listener(name)
+            self.listeners[name] = cb
+            storage.add_listener(name, cb)
+            self.snapshots[name] = self._snapshot(name)
+
+    def _listener(self, name: str) -> Callable[[], None]:
+        def changed() -> None:
+            self._changed(name)
+
+        return changed
+
+    def _snapshot(self, name: str) -> tuple[int, ...]:
+        try:
+            st = self.session.storage.status(name)
+        except Exception:
+            return ()
+        return (st.messages, st.uidnext, st.uidvalidity, st.unseen, st.highestmodseq)
+
+    # -- events -------------------------------------------------------------
+
+    def _changed(self, name: str) -> None:
+        if self.stopped:
+            return
+        if self.session._closed:
+            self.stop()
+            return
+        if self._is_selected(name):
+            f = self._selected_filter()
+            if f is not None and f.events & MESSAGE_EVENTS:
+                self.selected_dirty = True
+                self._schedule()
+            return
+        f = self._filter_for(name)
+        if f is None or not f.events & MESSAGE_EVENTS:
+            return
+        old = self.snapshots.get(name, ())
+        new = self._snapshot(name)
+        self.snapshots[name] = new
+        if old and new and old[:3] == new[:3] and "FlagChange" not in f.events:
+            return
+        if old == new:
+            return
+        self.pending_status[name] = None
+        self._schedule()
+
+    def _tree_changed(self, kind: str, name: str, new: str | None) -> None:
+        if self.stopped:
+            return
+        if self.session._closed:
+            self.stop()
+            return
+        from pydovecot.imap.session import encode_mailbox
+
+        self._subs = None
+        event = "SubscriptionChange" if kind in ("subscribe", "unsubscribe") else "MailboxName"
+        target = new or name
+        f = self._filter_for(target) or self._filter_for(name)
+        if f is not None and event in f.events:
+            enc = encode_mailbox(target)
+            if kind == "create":
+                line = b'* LIST () "/" %s\r\n' % enc
+            elif kind == "delete":
+                line = b'* LIST (\\NonExistent) "/" %s\r\n' % enc
+            elif kind == "rename":
+                old = mutf7.encode(name).replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+                line = b'* LIST () "/" %s ("OLDNAME" ("%s"))\r\n' % (enc, old)
+            elif kind == "subscribe":
+                line = b'* LIST (\\Subscribed) "/" %s\r\n' % enc
+            else:
+                line = b'* LIST () "/" %s\r\n' % enc
+            self.pending_lines.append(line)
+            self._schedule()
+        if kind != "subscribe" and kind != "unsubscribe" or any(
+            f.kind == "SUBSCRIBED" for f in self.spec.filters
+        ):
+            self._rewatch()
+
+    # -- delivery -----------------------------------------------------------
+
+    def _count(self) -> int:
+        return len(self.pending_status) + len(self.pending_lines)
+
+    def _schedule(self) -> None:
+        if self._count() > self.overflow_limit:
+            self._overflow()
+            return
+        if self.session._notify_idle_point():
+            self.flush_pending()
+            self.session._flush()
+        elif self._retry is None or not self._retry.active():
+            self._retry = self.session._reactor().callLater(RETRY, self._retry_flush)
+
+    def _retry_flush(self) -> None:
+        self._retry = None
+        if self.stopped or self.session._closed:
+            return
+        if not (self.selected_dirty or self._count()):
+            return
+        self._schedule()
+
+    def _overflow(self) -> None:
+        self.pending_status.clear()
+        self.pending_lines.clear()
+        self.selected_dirty = False
+        self.stop()
+        self.session.notifier = None
+        self.session._send(b"* OK [NOTIFICATIONOVERFLOW] Too many notifications.\r\n")
+        if self.session._notify_idle_point():
+            self.session._flush()
+
+    def flush_pending(self) -> None:
+        """Write what waits; called between commands and at command ends
+        (from the session's sync, where expunges are already handled)."""
+        session = self.session
+        if self.selected_dirty and session.mailbox is not None and session._notify_idle_point():
+            self.selected_dirty = False
+            self._push_selected()
+        lines, self.pending_lines = self.pending_lines, []
+        for line in lines:
+            session._send(line)
+        names, self.pending_status = list(self.pending_status), {}
+        for name in names:
+            if self._is_selected(name):
+                continue
+            line = session._status_line(name, STATUS_ITEMS)
+            if line is not None:
+                session._send(line)
+
+    def _push_selected(self) -> None:
+        session = self.session
+        mbox = session.mailbox
+        assert mbox is not None
+        last = mbox.messages[-1].uid if mbox.messages else 0
+        session._sync_changes(True)
+        f = self._selected_filter()
+        if f is None or not f.fetch_items:
+            return
+        recent = mbox.recent
+        for seq, info in enumerate(mbox.messages, 1):
+            if info.uid <= last:
+                continue
+            try:
+                session._send(fetch.render(seq, info, f.fetch_items, info.uid in recent,
+                                           lambda info=info: session._load(info), session.stats))
+            except Exception:
+                continue

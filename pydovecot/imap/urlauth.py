@@ -1,0 +1,564 @@
+"""URLAUTH (RFC 4467) with extended URLFETCH (RFC 5524) and URL-PARTIAL
+(RFC 5550), plus :func:`resolve_url` for CATENATE (RFC 4469).
+
+:class:`URLAuthMixin` adds GENURLAUTH, RESETKEY and URLFETCH to
+:class:`~pydovecot.imap.session.IMAPSession`.  Only the ``INTERNAL``
+mechanism exists: a URL's token is ``01`` + HMAC-SHA256 over the rump URL
+(the text up to and including ``;URLAUTH=<access>``), hex, keyed by a
+random 256-bit key per mailbox.  Keys live in ``pydovecot-urlauth-keys``
+(JSON, mode 0600) in the user's Maildir root, bound to the mailbox's
+UIDVALIDITY so that a deleted and re-created mailbox does not inherit them;
+RESETKEY replaces them, which invalidates every URL signed with them.
+
+Trust: the session's user (``ctx.user``, from the master) and its storage
+are trusted; every URL is untrusted.  This process serves one uid, but
+virtual users may share it, so a URL is only ever resolved against the
+session's own storage and only when the URL names the session's user —
+anything else is ``NIL`` before storage is touched.  Access identifiers:
+``anonymous`` and ``authuser`` pass for any logged-in session, ``user+X``
+and ``submit+X`` only for user X.  (Dovecot reserves ``submit+`` for its
+submission service's imap-urlauth connection; here a submission agent
+reaches the mail as the owner, who may read it anyway, so nothing is
+granted that FETCH would not give.)
+
+``imap_urlauth_host`` (if set; ``*`` = any host) and ``imap_urlauth_port``
+(default 143) restrict the URLs' authority as in Dovecot; unset, any host
+and port are accepted, since the token covers the whole rump URL anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import quopri
+import re
+import secrets
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from pydovecot.imap import fetch, mime
+from pydovecot.imap.imapurl import ImapURL, URLError, apply_partial
+from pydovecot.imap.imapurl import parse as parse_url
+from pydovecot.imap.parser import Atom, Literal, ParseError, String, Token, as_bytes
+from pydovecot.storage.interfaces import IMailbox, StorageError
+
+log = Logger(namespace="pydovecot.imap.urlauth")
+
+KEY_FILE = "pydovecot-urlauth-keys"
+KEY_LEN = 32
+TOKEN_VERSION = "01"
+MECHANISMS = ("INTERNAL",)
+CAPABILITIES = ("URLAUTH", "URLAUTH=BINARY", "URL-PARTIAL")
+_IDENTITY_CTE = {b"", b"7bit", b"8bit", b"binary"}
+
+
+def canon_mailbox(name: str) -> str:
+    """INBOX is case-insensitive, as in the session's mailbox arguments."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX/"):
+        return "INBOX" + name[5:]
+    return name
+
+
+# -- keys ---------------------------------------------------------------------------
+
+
+class KeyStore:
+    """Per-mailbox URLAUTH keys of one user.
+
+    With a ``path`` they are kept in a small JSON file (re-read on every
+    use, so several processes serving the user agree; writes are atomic
+    renames under an flock); without one, in memory (test storages).
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._memory: dict[str, dict[str, Any]] = {}
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.path is None:
+            yield
+            return
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if self.path is None:
+            return self._memory
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return {}
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(1024 * 1024)
+        try:
+            data = json.loads(raw)
+            keys = data["keys"]
+            if not isinstance(keys, dict):
+                raise ValueError("keys is not an object")
+            return keys
+        except (ValueError, KeyError, TypeError):
+            log.error("Corrupt URLAUTH key file {path}: ignored (its URLs stop working)",
+                      path=self.path)
+            return {}
+
+    def _write(self, keys: dict[str, dict[str, Any]]) -> None:
+        if self.path is None:
+            self._memory = keys
+            return
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        data = json.dumps({"version": 1, "keys": keys}, sort_keys=True).encode()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def get(self, mailbox: str, uidvalidity: int, create: bool) -> bytes | None:
+        """The mailbox's key; a new one if ``create`` and there is none
+        (or only one from an earlier mailbox of that name)."""
+        entry = self._read().get(mailbox)
+        key = self._valid(entry, uidvalidity)
+        if key is not None or not create:
+            return key
+        with self._locked():
+            keys = self._read()
+            key = self._valid(keys.get(mailbox), uidvalidity)
+            if key is None:
+                key = secrets.token_bytes(KEY_LEN)
+                keys = dict(keys)
+                keys[mailbox] = {"uidvalidity": uidvalidity, "key": key.hex()}
+                self._write(keys)
+            return key
+
+    @staticmethod
+    def _valid(entry: Any, uidvalidity: int) -> bytes | None:
+        if not isinstance(entry, dict) or entry.get("uidvalidity") != uidvalidity:
+            return None
+        try:
+            key = bytes.fromhex(entry.get("key", ""))
+        except (TypeError, ValueError):
+            return None
+        return key if len(key) == KEY_LEN else None
+
+    def reset(self, mailbox: str | None = None) -> None:
+        """Forget one mailbox's key, or all of them."""
+        with self._locked():
+            keys = self._read()
+            if mailbox is None:
+                if keys:
+                    self._write({})
+            elif mailbox in keys:
+                keys = dict(keys)
+                del keys[mailbox]
+                self._write(keys)
+
+
+_stores: weakref.WeakKeyDictionary[Any, KeyStore] = weakref.WeakKeyDictionary()
+
+
+def keystore_for(storage: Any) -> KeyStore:
+    """The KeyStore of a storage: a file in its Maildir root if it has one."""
+    try:
+        store = _stores.get(storage)
+    except TypeError:  # not weakly referenceable: keep it on the storage
+        store = getattr(storage, "_pydovecot_urlauth_keys", None)
+    if store is None:
+        root = getattr(storage, "root", None)
+        store = KeyStore(os.path.join(root, KEY_FILE) if isinstance(root, str) else None)
+        try:
+            _stores[storage] = store
+        except TypeError:
+            storage._pydovecot_urlauth_keys = store
+    return store
+
+
+def make_token(key: bytes, rump: str) -> str:
+    return TOKEN_VERSION + hmac.new(key, rump.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def verify_token(key: bytes, rump: str, token: str) -> bool:
+    return hmac.compare_digest(make_token(key, rump), token.lower())
+
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def check_hostport(url: ImapURL, settings: dict[str, Any]) -> str | None:
+    """Why the URL's authority is not this server's, or None."""
+    host = str(settings.get("imap_urlauth_host") or "").strip().lower()
+    if not host:
+        return None
+    if host != "*" and url.host != host:
+        return "Invalid URL: Inappropriate host name"
+    try:
+        port = int(str(settings.get("imap_urlauth_port") or 143))
+    except ValueError:
+        port = 143
+    if (url.port or 143) != port:
+        return "Invalid URL: Inappropriate server port"
+    return None
+
+
+def check_access(url: ImapURL, user: str, anonymous: bool = False) -> str | None:
+    """Why ``user`` may not use the URL's access identifier, or None."""
+    kind = url.access_kind
+    if kind == "anonymous":
+        return None
+    if kind == "authuser":
+        return "No 'authuser' access allowed for anonymous user" if anonymous else None
+    if kind in ("user", "submit"):
+        if anonymous or url.access_user != user:
+            return f"No '{kind}+' access allowed for this user"
+        return None
+    return "URL is missing URLAUTH"
+
+
+def expired(url: ImapURL, now: datetime.datetime | None = None) -> bool:
+    if url.expire is None:
+        return False
+    return (now or datetime.datetime.now(datetime.UTC)) > url.expire
+
+
+# -- message parts ----------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """What a URL names inside a message."""
+
+    message: mime.ParsedMessage
+    section: fetch.Section
+    part: mime.Part | None  # the MIME part for BINARY/BODYPARTSTRUCTURE, if any
+    data: bytes  # BODY[section] bytes, before ;PARTIAL=
+
+
+class URLNotFound(Exception):
+    """The URL names nothing that exists (mailbox, UIDVALIDITY, UID, part)."""
+
+
+def _find_section(msg: mime.ParsedMessage, text: str | None) -> tuple[fetch.Section, mime.Part | None]:
+    if text is None:
+        return fetch.Section(), msg.root
+    try:
+        section = fetch.parse_section(text.encode("utf-8"))
+    except (ParseError, UnicodeError):
+        raise URLNotFound("Invalid section") from None
+    part: mime.Part | None = msg.root
+    if section.numbers:
+        part = mime.find_part(msg.root, section.numbers)
+        if part is None:
+            raise URLNotFound("No such section")
+        if section.text not in ("", "MIME"):
+            if part.message is None:
+                raise URLNotFound("No such section")
+            part = part.message
+    if section.text not in ("", "TEXT"):
+        part = None  # a header block has no structure of its own
+    return section, part
+
+
+def load_target(storage: Any, selected: IMailbox | None, url: ImapURL) -> Target:
+    """Read what ``url`` names from ``storage`` (URLNotFound/StorageError).
+
+    Uses the selected view when the URL names that mailbox, else a
+    short-lived read-only view (which takes no \\Recent)."""
+    assert url.mailbox is not None and url.uid is not None
+    name = canon_mailbox(url.mailbox)
+    view = selected if selected is not None and selected.name == name else None
+    opened = None
+    if view is None:
+        opened = view = storage.open(name, readonly=True)
+    try:
+        if url.uidvalidity is not None and url.uidvalidity != view.uidvalidity:
+            raise URLNotFound("UIDVALIDITY mismatch")
+        if not any(info.uid == url.uid for info in view.messages):
+            raise URLNotFound("No such message")
+        with view.message_file(url.uid) as f:
+            msg = mime.ParsedMessage(mime.normalize_crlf(f.read()))
+    finally:
+        if opened is not None:
+            opened.close()
+    section, part = _find_section(msg, url.section)
+    return Target(msg, section, part, fetch.section_bytes(msg, section))
+
+
+def binary_data(target: Target) -> bytes | None:
+    """RFC 5524 BINARY: the part with its transfer encoding undone, or None."""
+    part = target.part
+    if part is None or target.section.text not in ("",):
+        return None
+    cte = (part.header("Content-Transfer-Encoding") or b"").strip().lower()
+    if part.multipart or part.message is not None or cte in _IDENTITY_CTE:
+        return target.data if cte in _IDENTITY_CTE else None
+    body = target.data
+    try:
+        if cte == b"base64":
+            return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body), validate=True)
+        if cte == b"quoted-printable":
+            return quopri.decodestring(body)
+    except (binascii.Error, ValueError):
+        return None
+    return None
+
+
+# -- CATENATE ---------------------------------------------------------------------------
+
+
+def resolve_url(session: Any, url: str | bytes) -> bytes | None:
+    """The bytes a CATENATE URL part names, or None if it is not valid.
+
+    Relative URLs are taken against the session's user and selected
+    mailbox.  Absolute ones must name the session's user (or no user), and
+    the configured host if one is set.  A URLAUTH URL must also pass every
+    URLFETCH check.  ``;PARTIAL=`` (URL-PARTIAL) is applied.
+    """
+    try:
+        return _resolve(session, url)
+    except (URLError, URLNotFound, StorageError, OSError) as e:
+        log.debug("CATENATE URL refused: {why}", why=str(e))
+        return None
+
+
+def _resolve(session: Any, text: str | bytes) -> bytes | None:
+    user = session.ctx.user
+    mbox = session.mailbox
+    base = ImapURL(user=user)
+    if mbox is not None:
+        base.mailbox, base.uidvalidity = mbox.name, mbox.uidvalidity
+    url = parse_url(text, base)
+    if url.mailbox is None or url.uid is None or url.search is not None:
+        return None
+    if url.is_absolute:
+        if url.user is not None and url.user != user:
+            return None
+        if check_hostport(url, session.ctx.settings or {}) is not None:
+            return None
+    if url.access is not None:
+        if fetch_check(session, url) is not None:
+            return None
+        target, _why = _verified_target(session, url)
+        if target is None:
+            return None
+    else:
+        target = load_target(session.storage, mbox, url)
+    return apply_partial(target.data, url.partial)
+
+
+# -- URLFETCH helpers -------------------------------------------------------------------
+
+
+def fetch_check(session: Any, url: ImapURL) -> str | None:
+    """Every URLFETCH check that needs no storage; the reason, or None."""
+    if not url.is_urlauth():
+        return "Invalid URL: Must be a full URLAUTH URL"
+    if url.user is None:
+        return "Invalid URLAUTH: Missing user name"
+    if url.user != session.ctx.user:
+        return "Not permitted to fetch URLAUTH for this user"
+    assert url.mechanism is not None
+    if url.mechanism.upper() not in MECHANISMS:
+        return "Unsupported URLAUTH mechanism"
+    if expired(url):
+        return "URLAUTH has expired"
+    why = check_access(url, session.ctx.user)
+    if why is not None:
+        return why
+    return check_hostport(url, session.ctx.settings or {})
+
+
+def _verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
+    """Verify the token against the mailbox key, then load the target."""
+    assert url.mailbox is not None and url.rump is not None and url.token is not None
+    name = canon_mailbox(url.mailbox)
+    try:
+        status = session.storage.status(name)
+    except StorageError:
+        # RFC 4467: compute a token with a plausible key anyway (timing).
+        verify_token(secrets.token_bytes(KEY_LEN), url.rump, url.token)
+        return None, "Invalid URLAUTH: Mailbox doesn't exist"
+    key = keystore_for(session.storage).get(name, status.uidvalidity, create=False)
+    if key is None:
+        verify_token(secrets.token_bytes(KEY_LEN), url.rump, url.token)
+        return None, "URLAUTH verification failed"
+    if not verify_token(key, url.rump, url.token):
+        return None, "URLAUTH verification failed"
+    try:
+        return load_target(session.storage, session.mailbox, url), ""
+    except (URLNotFound, StorageError, OSError) as e:
+        return None, f"Invalid URLAUTH: {e}"
+
+
+def _url_text(tok: Token) -> str:
+    if not isinstance(tok, bytes | Literal) or (isinstance(tok, Atom) and tok.upper() == b"NIL"):
+        raise ParseError("Invalid URL")
+    raw = as_bytes(tok)
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _literal(data: bytes, binary: bool = False) -> bytes:
+    tilde = b"~" if binary and b"\0" in data else b""
+    return tilde + b"{%d}\r\n" % len(data) + data
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+class URLAuthMixin:
+    """GENURLAUTH, RESETKEY, URLFETCH for IMAPSession (see module docs)."""
+
+    storage: Any
+    ctx: Any
+    mailbox: IMailbox | None
+
+    _send: Callable[[bytes], None]  # provided by IMAPSession
+
+    def cmd_genurlauth(self, tag: bytes, args: list[Token]) -> bytes:
+        if not args or len(args) % 2:
+            raise ParseError("Invalid arguments.")
+        urls: list[bytes] = []
+        for i in range(0, len(args), 2):
+            raw, mech = args[i], args[i + 1]
+            if not isinstance(mech, Atom) or isinstance(mech, String):
+                raise ParseError("Invalid arguments.")
+            text = _url_text(raw)
+            urls.append(self._genurlauth(text, mech.decode("latin-1")).encode("ascii"))
+        self._send(b"* GENURLAUTH " + b" ".join(mime.imap_string(u) for u in urls) + b"\r\n")
+        return b"OK GENURLAUTH completed."
+
+    def _genurlauth(self, text: str, mechanism: str) -> str:
+        if mechanism.upper() not in MECHANISMS:
+            raise ParseError(f"Unsupported URLAUTH mechanism: {mechanism[:30]}")
+        try:
+            url = parse_url(text)
+        except URLError as e:
+            raise ParseError(f"Invalid URL: {e}") from None
+        if not url.is_rump():
+            raise ParseError("Invalid URL: Must be an URLAUTH rump URL")
+        if expired(url):
+            raise ParseError("URLAUTH has already expired")
+        if url.user is None:
+            raise ParseError("Invalid URL: Missing user name")
+        if url.user != self.ctx.user:
+            raise ParseError("Not permitted to generate URLAUTH for this user")
+        why = check_hostport(url, self.ctx.settings or {})
+        if why is not None:
+            raise ParseError(why)
+        try:
+            load_target(self.storage, self.mailbox, url)
+        except (URLNotFound, StorageError) as e:
+            raise ParseError(f"Invalid URL: {e}") from None
+        assert url.mailbox is not None and url.rump is not None
+        name = canon_mailbox(url.mailbox)
+        uidvalidity = self.storage.status(name).uidvalidity
+        key = keystore_for(self.storage).get(name, uidvalidity, create=True)
+        assert key is not None
+        return f"{url.rump}:internal:{make_token(key, url.rump)}"
+
+    def cmd_resetkey(self, tag: bytes, args: list[Token]) -> bytes:
+        store = keystore_for(self.storage)
+        if not args:
+            store.reset(None)
+            return b"OK All keys removed."
+        if isinstance(args[0], list):
+            raise ParseError("Invalid arguments.")
+        for mech in args[1:]:
+            if not isinstance(mech, bytes) or isinstance(mech, String):
+                raise ParseError("Invalid arguments.")
+            if mech.decode("latin-1").upper() not in MECHANISMS:
+                return b"NO Unsupported URLAUTH mechanism."
+        from pydovecot.imap.session import decode_mailbox
+
+        name = decode_mailbox(args[0])
+        self.storage.status(name)  # NO [NONEXISTENT] if it does not exist
+        store.reset(name)
+        return b"OK [URLMECH INTERNAL] Key removed."
+
+    def cmd_urlfetch(self, tag: bytes, args: list[Token]) -> bytes:
+        if not args:
+            raise ParseError("Invalid arguments.")
+        requests: list[tuple[str, set[str] | None]] = []
+        for arg in args:
+            if isinstance(arg, list):
+                if not arg:
+                    raise ParseError("Invalid arguments.")
+                text = _url_text(arg[0])
+                params: set[str] = set()
+                for p in arg[1:]:
+                    if not isinstance(p, Atom) or isinstance(p, String):
+                        raise ParseError("Invalid URL fetch parameter.")
+                    name = p.upper_str()
+                    if name not in ("BODY", "BINARY", "BODYPARTSTRUCTURE"):
+                        raise ParseError(f"Unknown URL fetch parameter: {name[:30]}")
+                    params.add(name)
+                if {"BODY", "BINARY"} <= params:
+                    raise ParseError("URL cannot have both BODY and BINARY fetch parameters.")
+                if not params:
+                    params.add("BODY")
+                requests.append((text, params))
+            else:
+                requests.append((_url_text(arg), None))
+        for text, params in requests:
+            self._send(self._urlfetch_one(text, params))
+        return b"OK URLFETCH completed."
+
+    def _urlfetch_one(self, text: str, params: set[str] | None) -> bytes:
+        head = b"* URLFETCH " + mime.imap_string(text.encode("latin-1"))
+        target, why = None, ""
+        try:
+            url = parse_url(text)
+        except URLError as e:
+            why = f"Invalid URLAUTH: {e}"
+        else:
+            why = fetch_check(self, url) or ""
+            if not why:
+                target, why = _verified_target(self, url)
+        if target is None:
+            return head + b" NIL\r\n* NO " + why.encode("utf-8", "replace")[:200] + b".\r\n"
+        data = apply_partial(target.data, url.partial)
+        if params is None:
+            return head + b" " + _literal(data) + b"\r\n"
+        out = [head]
+        if "BODYPARTSTRUCTURE" in params and target.part is not None:
+            out.append(b" (BODYPARTSTRUCTURE " + mime.bodystructure(target.part, True) + b")")
+        if "BODY" in params:
+            out.append(b" (BODY " + _literal(data) + b")")
+        elif "BINARY" in params:
+            binary = binary_data(target)
+            value = b"NIL" if binary is None else _literal(apply_partial(binary, url.partial), True)
+            out.append(b" (BINARY " + value + b")")
+        if len(out) == 1:
+            out.append(b" NIL")
+        return b"".join(out) + b"\r\n"

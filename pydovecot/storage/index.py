@@ -1,0 +1,503 @@
+"""pydovecot's per-mailbox index: a rebuildable cache next to the mail.
+
+Files in the mailbox directory (named so they never collide with
+Dovecot's own ``dovecot.index*``):
+
+``dovecot.index.pydovecot``
+    The snapshot: a magic line, a JSON header line (UIDVALIDITY, next UID,
+    HIGHESTMODSEQ, the ``new/``/``cur/`` mtimes it reflects, the expunge log,
+    the id of the change log that continues it), packed binary rows (UID,
+    modseq, RFC822.SIZE, internal date, save date, in ``new/``), the file
+    names joined by LF, and ``END <crc32> <count>``.  Written as temp file +
+    fsync + rename; loading 100k messages takes about 0.13 s.
+``dovecot.index.pydovecot.log``
+    The append-only change log that continues the snapshot: ``L <id>``, then
+    one ``<crc32> <json>`` line per change, appended and fsynced under the
+    lock.  A log whose id is not the snapshot's is stale and ignored.
+``dovecot.index.pydovecot.cache``
+    Cached values (envelope, bodystructure, headers): ``<crc32> <json>``
+    lines ``[uid, key, value]`` after a ``C <uidvalidity>`` header.
+``dovecot.index.pydovecot.modseq``
+    A ceiling above every modseq ever handed out, so HIGHESTMODSEQ stays
+    monotonic when the index is lost and rebuilt.
+``dovecot.index.pydovecot.lock``
+    ``flock`` target serialising writers across processes (released by the
+    kernel when a writer is killed).
+
+Trusts nothing it reads: a bad magic, version, checksum or truncated
+snapshot makes :meth:`MailboxIndex.load` return None (the caller rebuilds
+from the mail files and ``dovecot-uidlist``); a torn or corrupt log line
+ends the replay and marks the state unconfirmed, which forces a rescan.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import json
+import os
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pydovecot.storage.uidlist import write_atomic
+
+INDEX = "dovecot.index.pydovecot"
+MAGIC = b"PYDOVECOT-INDEX 2\n"
+#: modseqs handed out ahead of the persisted ceiling
+CEILING_STEP = 4096
+#: expunge log entries kept; older expunges are over-reported
+EXPUNGE_KEEP = 10000
+
+Stamp = tuple[int, int]  # new/ and cur/ mtime_ns
+#: a snapshot row: uid, modseq, RFC822.SIZE, internal date, save date, in new/
+_ROW = struct.Struct("<IQQdd?")
+
+
+@dataclass(slots=True)
+class IndexRecord:
+    """One message: what the Maildir storage keeps in memory too."""
+
+    uid: int
+    base: str  # the file name without its ``:2,`` info
+    sub: str  # "new" or "cur"
+    fname: str
+    size: int  # RFC822.SIZE
+    mtime: float  # internal date
+    modseq: int
+    savedate: float = 0.0
+
+    @property
+    def info(self) -> str:
+        _, sep, info = self.fname.partition(":2,")
+        return info if sep else ""
+
+
+@dataclass
+class IndexState:
+    """What the snapshot plus its change log say."""
+
+    uidvalidity: int = 0
+    nextuid: int = 1
+    modseq: int = 1
+    stamp: Stamp | None = None  # dir mtimes this state reflects
+    confirmed: bool = False  # the stamp was old enough to be trusted
+    records: dict[int, IndexRecord] = field(default_factory=dict)
+    expunged: list[tuple[int, int]] = field(default_factory=list)  # (modseq, uid)
+    vanished_floor: int = 0  # expunges at or below this modseq are forgotten
+    clean: bool = True  # the log ended on a complete transaction
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic GC while building many objects (it would walk all
+    of them again and again: 2-3x slower on a 100k-message mailbox)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _crc(data: bytes) -> str:
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+
+
+def encode_op(op: list) -> bytes:
+    data = json.dumps(op, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return _crc(data).encode() + b" " + data + b"\n"
+
+
+def decode_op(line: bytes) -> list | None:
+    """One log/cache line (without its newline); None if corrupt."""
+    crc, _, data = line.partition(b" ")
+    if len(crc) != 8 or _crc(data).encode() != crc:
+        return None
+    try:
+        op = json.loads(data.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return None
+    return op if isinstance(op, list) and op else None
+
+
+def apply_op(state: IndexState, op: list) -> tuple[str, int] | None:
+    """Apply one change-log op to ``state``; returns (kind, uid) for
+    message changes.  Ops:
+
+    ``["a", uid, modseq, sub, fname, size, mtime, savedate]`` added,
+    ``["f", uid, modseq, sub, fname]`` renamed (flags or new/ → cur/),
+    ``["x", uid, modseq]`` expunged,
+    ``["b"]`` a transaction begins,
+    ``["e", new_ns, cur_ns, confirmed, uidvalidity, nextuid, modseq]`` it ends,
+    ``["v", uidvalidity]`` UIDVALIDITY changed: every message is gone.
+    """
+    kind = op[0]
+    if kind == "a":
+        _, uid, modseq, sub, fname, size, mtime, savedate = op
+        state.records[uid] = IndexRecord(uid, fname.split(":", 1)[0], sub, fname, size, mtime,
+                                         modseq, savedate)
+        state.modseq = max(state.modseq, modseq)
+        state.nextuid = max(state.nextuid, uid + 1)
+        return ("a", uid)
+    if kind == "f":
+        _, uid, modseq, sub, fname = op
+        rec = state.records.get(uid)
+        if rec is not None:
+            rec.sub, rec.fname = sub, fname
+            rec.modseq = max(rec.modseq, modseq)
+        state.modseq = max(state.modseq, modseq)
+        return ("f", uid)
+    if kind == "x":
+        _, uid, modseq = op
+        state.records.pop(uid, None)
+        state.expunged.append((modseq, uid))
+        state.modseq = max(state.modseq, modseq)
+        return ("x", uid)
+    if kind == "b":
+        state.clean = False
+        return None
+    if kind == "e":
+        _, new_ns, cur_ns, confirmed, uidvalidity, nextuid, modseq = op
+        state.stamp = (new_ns, cur_ns)
+        state.confirmed = bool(confirmed)
+        state.uidvalidity = uidvalidity
+        state.nextuid = max(state.nextuid, nextuid)
+        state.modseq = max(state.modseq, modseq)
+        state.clean = True
+        return None
+    if kind == "v":
+        state.uidvalidity = op[1]
+        state.records.clear()
+        state.expunged.clear()
+        state.vanished_floor = state.modseq
+        return None
+    raise ValueError(f"unknown index op {kind!r}")
+
+
+def trim_expunged(state: IndexState) -> None:
+    if len(state.expunged) > EXPUNGE_KEEP:
+        cut = len(state.expunged) - EXPUNGE_KEEP
+        state.vanished_floor = max(state.vanished_floor, state.expunged[cut - 1][0])
+        del state.expunged[:cut]
+
+
+class MailboxIndex:
+    """The index files of one mailbox directory."""
+
+    def __init__(self, mailbox_path: str):
+        self.dir = mailbox_path
+        base = os.path.join(mailbox_path, INDEX)
+        self.path = base
+        self.log_path = base + ".log"
+        self.cache_path = base + ".cache"
+        self.ceiling_path = base + ".modseq"
+        self.lock_path = base + ".lock"
+        self.log_id = ""
+        self.log_ino = 0
+        self.log_offset = 0  # bytes of the log already applied
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+
+    # -- locking ----------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive across processes (flock), re-entrant within one."""
+        if self._lock_depth == 0:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+
+    # -- modseq ceiling -----------------------------------------------------
+
+    def read_ceiling(self) -> int:
+        try:
+            with open(self.ceiling_path, "rb") as f:
+                return int(f.read().strip() or b"0")
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def raise_ceiling(self, modseq: int) -> int:
+        """Persist a ceiling above ``modseq``; returns it."""
+        ceiling = modseq + CEILING_STEP
+        write_atomic(self.ceiling_path, b"%d\n" % ceiling)
+        return ceiling
+
+    # -- snapshot + log -----------------------------------------------------
+
+    def log_identity(self) -> tuple[int, int] | None:
+        """(inode, size) of the change log, or None if missing."""
+        try:
+            st = os.stat(self.log_path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size
+
+    def load(self) -> IndexState | None:
+        """Snapshot + log; None if missing or corrupt (rebuild)."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        with no_gc():
+            state = parse_snapshot(data)
+        if state is None:
+            return None
+        log_id = state_log_id(data)
+        self.log_id, self.log_ino, self.log_offset = log_id, 0, 0
+        try:
+            with open(self.log_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                head = f.readline()
+                if head.rstrip(b"\n") == b"L " + log_id.encode():
+                    self.log_ino = st.st_ino
+                    self.log_offset = len(head)
+                    ops = self._read_ops(f)
+                    for op in ops:
+                        apply_op(state, op)
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, KeyError):
+            return None
+        return state
+
+    def _read_ops(self, f) -> list[list]:
+        """Complete, valid ops from the current position; advances
+        ``log_offset`` past them.  Stops at the first torn/corrupt line."""
+        f.seek(self.log_offset)
+        data = f.read()
+        ops: list[list] = []
+        pos = 0
+        while True:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break
+            op = decode_op(data[pos:nl])
+            if op is None:
+                break
+            ops.append(op)
+            pos = nl + 1
+        self.log_offset += pos
+        return ops
+
+    def read_new(self) -> list[list] | None:
+        """Ops appended by others since the last read; None if the log was
+        replaced (compacted) and the caller must :meth:`load` again."""
+        try:
+            with open(self.log_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != self.log_ino:
+                    return None
+                if st.st_size == self.log_offset:
+                    return []
+                return self._read_ops(f)
+        except FileNotFoundError:
+            return None
+
+    def append(self, ops: list[list]) -> None:
+        """Append ops (caller holds the lock), fsync."""
+        if not ops:
+            return
+        data = b"".join(encode_op(op) for op in ops)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND)
+        try:
+            st = os.fstat(fd)
+            if st.st_ino != self.log_ino:
+                raise RuntimeError("index log replaced under the lock")
+            if st.st_size != self.log_offset:  # a torn tail: cut it off
+                os.ftruncate(fd, self.log_offset)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.log_offset += len(data)
+
+    def write_snapshot(self, state: IndexState) -> None:
+        """Compaction (caller holds the lock): a new snapshot and a new,
+        empty change log with a fresh id."""
+        log_id = uuid.uuid4().hex
+        trim_expunged(state)
+        header = {
+            "uidvalidity": state.uidvalidity,
+            "nextuid": state.nextuid,
+            "modseq": state.modseq,
+            "stamp": list(state.stamp) if state.stamp else None,
+            "confirmed": state.confirmed and state.clean,
+            "expunged": state.expunged,
+            "floor": state.vanished_floor,
+            "log": log_id,
+        }
+        recs = [r for r in sorted(state.records.values(), key=lambda r: r.uid)
+                if "\n" not in r.fname]
+        if len(recs) != len(state.records):  # unrepresentable names: rescan next time
+            header["confirmed"] = False
+        header["count"] = len(recs)
+        names = "\n".join(r.fname for r in recs).encode("utf-8", "surrogateescape")
+        nums = b"".join(_ROW.pack(r.uid, r.modseq, r.size, r.mtime, r.savedate, r.sub == "new")
+                        for r in recs)
+        body = b"".join([MAGIC, json.dumps(header, separators=(",", ":")).encode(), b"\n",
+                         nums, names, b"\n"])
+        body += f"END {_crc(body)} {len(recs)}\n".encode()
+        tmp_log = f"{self.log_path}.{os.getpid()}.tmp"
+        head = f"L {log_id}\n".encode()
+        _write_file(tmp_log, head)
+        write_atomic(self.path, body)
+        os.rename(tmp_log, self.log_path)
+        self.log_id = log_id
+        self.log_ino = os.stat(self.log_path).st_ino
+        self.log_offset = len(head)
+
+    def remove(self) -> None:
+        for path in (self.path, self.log_path, self.cache_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_log_id(data: bytes) -> str:
+    header = data[len(MAGIC):data.index(b"\n", len(MAGIC))]
+    return str(json.loads(header)["log"])
+
+
+def parse_snapshot(data: bytes) -> IndexState | None:
+    """A snapshot's state, or None if it is not a valid, complete one.
+
+    Layout: magic line, JSON header line (``count`` messages), ``count``
+    packed rows (:data:`_ROW`: uid, modseq, size, internal date, save date,
+    in new/), the ``count`` file names joined by LF, LF, ``END <crc32 of
+    everything before> <count>`` LF.
+    """
+    if not data.startswith(MAGIC) or not data.endswith(b"\n"):
+        return None
+    end = data.rfind(b"\nEND ", 0, len(data) - 1) + 1
+    if end <= 0:
+        return None
+    try:
+        _, crc, count_s = data[end:-1].decode().split(" ")
+        if crc != _crc(data[:end]):
+            return None
+        hl = data.index(b"\n", len(MAGIC))
+        header = json.loads(data[len(MAGIC):hl])
+        count = int(header["count"])
+        if count != int(count_s):
+            return None
+        state = IndexState(
+            uidvalidity=int(header["uidvalidity"]),
+            nextuid=int(header["nextuid"]),
+            modseq=int(header["modseq"]),
+            stamp=tuple(header["stamp"]) if header["stamp"] else None,  # type: ignore[arg-type]
+            confirmed=bool(header["confirmed"]),
+            expunged=[(int(m), int(u)) for m, u in header["expunged"]],
+            vanished_floor=int(header["floor"]),
+        )
+        start = hl + 1
+        names_at = start + count * _ROW.size
+        rows = _ROW.iter_unpack(data[start:names_at])
+        names = data[names_at:end - 1].decode("utf-8", "surrogateescape").split("\n") if count else []
+        if len(names) != count:
+            return None
+        records = state.records
+        rec = IndexRecord
+        for (uid, modseq, size, mtime, savedate, new), fname in zip(rows, names, strict=True):
+            records[uid] = rec(uid, fname.partition(":")[0], "new" if new else "cur", fname,
+                               size, mtime, modseq, savedate)
+    except (ValueError, KeyError, TypeError, UnicodeError, struct.error):
+        return None
+    return state
+
+
+class CacheFile:
+    """Append-only cached values, loaded lazily."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.values: dict[int, dict[str, object]] | None = None
+        self.uidvalidity = 0
+        self.entries = 0
+
+    def load(self, uidvalidity: int) -> dict[int, dict[str, object]]:
+        if self.values is not None and self.uidvalidity == uidvalidity:
+            return self.values
+        self.values, self.uidvalidity, self.entries = {}, uidvalidity, 0
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return self.values
+        head, _, rest = data.partition(b"\n")
+        if head != b"C %d" % uidvalidity:
+            return self.values
+        for line in rest.split(b"\n"):
+            op = decode_op(line) if line else None
+            if op is None or len(op) != 3:
+                continue
+            uid, key, value = op
+            self.values.setdefault(uid, {})[key] = value
+            self.entries += 1
+        return self.values
+
+    def add(self, uidvalidity: int, uid: int, key: str, value: object) -> None:
+        values = self.load(uidvalidity)
+        values.setdefault(uid, {})[key] = value
+        line = encode_op([uid, key, value])
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            self.rewrite(uidvalidity, set(values))
+            return
+        try:
+            st = os.fstat(fd)
+            if st.st_size == 0:
+                os.write(fd, b"C %d\n" % uidvalidity)
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        self.entries += 1
+
+    def rewrite(self, uidvalidity: int, live: set[int]) -> None:
+        """Compact: keep only values of ``live`` UIDs."""
+        values = self.load(uidvalidity)
+        for uid in [u for u in values if u not in live]:
+            del values[uid]
+        out = [b"C %d\n" % uidvalidity]
+        n = 0
+        for uid, kv in values.items():
+            for key, value in kv.items():
+                out.append(encode_op([uid, key, value]))
+                n += 1
+        write_atomic(self.path, b"".join(out))
+        self.entries = n
+
+
+__all__ = ["MailboxIndex", "IndexState", "IndexRecord", "CacheFile", "apply_op", "encode_op",
+           "decode_op", "parse_snapshot", "INDEX"]
