@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from pydovecot.imap import notify
 from pydovecot.imap.parser import ParseError, RawCommand, tokenize
+from pydovecot.imap.session import decode_mailbox
 from tests import test_imap_e2e
 from tests.test_imap_concurrency import Raw
 from tests.test_imap_condstore import client, filled, message
@@ -25,12 +26,12 @@ def args(line: bytes):
 
 class ParseTests(unittest.TestCase):
     def test_set(self):
-        spec = notify.parse(args(b"a " + SET))
+        spec = notify.parse(args(b"a " + SET), decode_mailbox)
         self.assertEqual([f.kind for f in spec.filters], ["SELECTED", "PERSONAL"])
         self.assertEqual(spec.filters[0].events, {"MessageNew", "MessageExpunge", "FlagChange"})
-        self.assertIsNone(notify.parse(args(b"a NOTIFY NONE")))
+        self.assertIsNone(notify.parse(args(b"a NOTIFY NONE"), decode_mailbox))
         spec = notify.parse(args(b'a NOTIFY SET STATUS (MAILBOXES (INBOX "a b") (MessageNew '
-                                 b"MessageExpunge)) (SUBTREE Work NONE)"))
+                                 b"MessageExpunge)) (SUBTREE Work NONE)"), decode_mailbox)
         self.assertTrue(spec.status)
         self.assertEqual(spec.filters[0].names, ["INBOX", "a b"])
         self.assertEqual(spec.filters[1].names, ["Work"])
@@ -41,9 +42,9 @@ class ParseTests(unittest.TestCase):
                     b"a NOTIFY SET (PERSONAL (MessageNew (UID) MessageExpunge))",
                     b"a NOTIFY SET (SELECTED (MailboxName))",
                     b"a NOTIFY SET (SELECTED NONE) (SELECTED-DELAYED NONE)"):
-            self.assertRaises(ParseError, notify.parse, args(bad))
+            self.assertRaises(ParseError, notify.parse, args(bad), decode_mailbox)
         self.assertRaises(notify.BadEvent, notify.parse,
-                          args(b"a NOTIFY SET (PERSONAL (AnnotationChange))"))
+                          args(b"a NOTIFY SET (PERSONAL (AnnotationChange))"), decode_mailbox)
 
 
 class NotifySessionTests(unittest.TestCase):

@@ -57,7 +57,7 @@ class IMAPLoginTests(ListeningMixin, unittest.TestCase):
             m.logout()
             return welcome, typ, data
         welcome, typ, data = yield threads.deferToThread(run)
-        self.assertTrue(welcome.startswith(b"* OK [CAPABILITY IMAP4rev1 SASL-IR"))
+        self.assertTrue(welcome.startswith(b"* OK [CAPABILITY IMAP4rev1 IMAP4rev2 SASL-IR"))
         self.assertTrue(welcome.endswith(b"pydovecot ready."))
         self.assertEqual(typ, "OK")
         caps = data[0].split()

@@ -28,7 +28,6 @@ from pydovecot.imap.parser import (
     Token,
     as_bytes,
     compress,
-    parse_sequence_set,
 )
 from pydovecot.imap.search import (
     ADVERTISED_CHARSETS,
@@ -40,7 +39,13 @@ from pydovecot.imap.search import (
     first_header,
     run_query,
 )
-from pydovecot.imap.sort import base_subject, parse_criteria, sent_timestamp, sort_contexts
+from pydovecot.imap.sort import (
+    base_subject,
+    collate,
+    parse_criteria,
+    sent_timestamp,
+    sort_contexts,
+)
 from pydovecot.imap.thread import ThreadMessage, message_ids, ordered_subject, references, render
 from pydovecot.storage.interfaces import MessageInfo
 
@@ -410,7 +415,7 @@ def thread_message(ctx: SearchContext, uid: bool) -> ThreadMessage:
         ident=ctx.info.uid if uid else ctx.seq,
         order=ctx.seq,
         date=sent_timestamp(ctx),
-        subject=subject.casefold(),
+        subject=collate(subject),
         reply=reply,
         message_id=ids[0] if ids else None,
         references=refs,
@@ -423,10 +428,3 @@ def thread_hits(ctxs: list[SearchContext], algorithm: str, uid: bool) -> str:
     roots = references(msgs) if algorithm == "REFERENCES" else ordered_subject(msgs)
     return render(roots)
 
-
-def parse_saved_or_set(raw: bytes) -> list[tuple[int, int]] | None:
-    """None for ``$``; else the parsed sequence set (for callers resolving
-    sets outside the session)."""
-    if raw == b"$":
-        return None
-    return parse_sequence_set(raw)

@@ -144,14 +144,14 @@ class SyncMixin:
         self._report_expunges(old_uids, result.expunged)
         if result.added or len(mbox.messages) != len(old_uids) - len(result.expunged):
             self._send(b"* %d EXISTS\r\n" % len(mbox.messages))
-        if result.added:  # RECENT goes with new messages, as in Dovecot
+        if result.added and not self.rev2:  # RECENT goes with new messages, as in Dovecot
             self._send(b"* %d RECENT\r\n" % len(mbox.recent))
         if result.flags_changed:
             changed = set(result.flags_changed)
             for seq, info in enumerate(mbox.messages, 1):
                 if info.uid in changed:
                     self._send(b"* %d FETCH (UID %d FLAGS %s%s)\r\n" % (
-                        seq, info.uid, fetch.format_flags(info.flags, info.uid in mbox.recent),
+                        seq, info.uid, fetch.format_flags(info.flags, info.uid in self.recent_view()),
                         self._modseq_part(info)))
         if self.notifier is not None:
             if allow_expunge:
@@ -229,7 +229,7 @@ class SyncMixin:
             for seq, info in enumerate(mbox.messages, 1):
                 if info.modseq > q.modseq:
                     self._send(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
-                        seq, info.uid, fetch.format_flags(info.flags, info.uid in mbox.recent),
+                        seq, info.uid, fetch.format_flags(info.flags, info.uid in self.recent_view()),
                         info.modseq))
         if self.notifier is not None:
             self.notifier.selected(mbox.name)
@@ -344,7 +344,7 @@ class SyncMixin:
         uid_part = b"UID %d " % info.uid if uid else b""
         if not silent:
             self._send(b"* %d FETCH (%sFLAGS %s%s)\r\n" % (
-                seq, uid_part, fetch.format_flags(info.flags, info.uid in mbox.recent),
+                seq, uid_part, fetch.format_flags(info.flags, info.uid in self.recent_view()),
                 self._modseq_part(info)))
         elif unchanged is not None and info.modseq != before:
             self._send(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, uid_part, info.modseq))
@@ -373,7 +373,7 @@ class SyncMixin:
 
     def cmd_notify(self: IMAPSession, tag: bytes, args: list[Token]) -> bytes:
         try:
-            spec = notify.parse(args)
+            spec = notify.parse(args, self.decode_mailbox)
         except notify.BadEvent:
             from pydovecot.imap.session import CommandError
 
@@ -391,8 +391,6 @@ class SyncMixin:
     # -- helpers for notify.Notifier ----------------------------------------------
 
     def _status_line(self: IMAPSession, name: str, items: list[str]) -> bytes | None:
-        from pydovecot.imap.session import encode_mailbox
-
         try:
             status = self.storage.status(name)
         except Exception:
@@ -400,7 +398,7 @@ class SyncMixin:
         if self.condstore and "HIGHESTMODSEQ" not in items:
             items = [*items, "HIGHESTMODSEQ"]
         values = b" ".join(b"%s %d" % (k.encode(), getattr(status, k.lower())) for k in items)
-        return b"* STATUS %s (%s)\r\n" % (encode_mailbox(name), values)
+        return b"* STATUS %s (%s)\r\n" % (self.encode_mailbox(name), values)
 
     def _notify_idle_point(self: IMAPSession) -> bool:
         """True when no command runs, so unsolicited data may be sent now."""

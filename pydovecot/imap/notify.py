@@ -77,13 +77,11 @@ class NotifySpec:
     filters: list[Filter]
 
 
-def _mailbox(tok: Token) -> str:
-    from pydovecot.imap.session import decode_mailbox
-
+def _mailbox(tok: Token, decode: Callable[[Token], str]) -> str:
     if isinstance(tok, list):
         raise ParseError("Expected a mailbox name")
     as_bytes(tok)
-    return decode_mailbox(tok)
+    return decode(tok)
 
 
 def _events(tok: Token, selected: bool) -> tuple[set[str], list[fetch.FetchItem]]:
@@ -117,8 +115,9 @@ def _events(tok: Token, selected: bool) -> tuple[set[str], list[fetch.FetchItem]
     return events, items
 
 
-def parse(args: list[Token]) -> NotifySpec | None:
-    """NOTIFY's arguments → a spec, or None for ``NOTIFY NONE``."""
+def parse(args: list[Token], decode: Callable[[Token], str]) -> NotifySpec | None:
+    """NOTIFY's arguments → a spec, or None for ``NOTIFY NONE``.  ``decode``
+    is the session's mailbox-name decoder (modified UTF-7 or UTF-8)."""
     if not args or not isinstance(args[0], Atom):
         raise ParseError("Missing NOTIFY arguments")
     op = args[0].upper_str()
@@ -145,7 +144,8 @@ def parse(args: list[Token]) -> NotifySpec | None:
         pos = 1
         if kind in ("SUBTREE", "MAILBOXES"):
             boxes = group[1]
-            f.names = [_mailbox(b) for b in boxes] if isinstance(boxes, list) else [_mailbox(boxes)]
+            f.names = ([_mailbox(b, decode) for b in boxes] if isinstance(boxes, list)
+                       else [_mailbox(boxes, decode)])
             if not f.names:
                 raise ParseError("Missing mailbox names")
             pos = 2
@@ -347,14 +347,12 @@ class Notifier:
         if self.session._closed:
             self.stop()
             return
-        from pydovecot.imap.session import encode_mailbox
-
         self._subs = None
         event = "SubscriptionChange" if kind in ("subscribe", "unsubscribe") else "MailboxName"
         target = new or name
         f = self._filter_for(target) or self._filter_for(name)
         if f is not None and event in f.events:
-            enc = encode_mailbox(target)
+            enc = self.session.encode_mailbox(target)
             if kind == "create":
                 line = b'* LIST () "/" %s\r\n' % enc
             elif kind == "delete":

@@ -224,6 +224,8 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
         self._stop_idle()
+        if getattr(self, "notifier", None) is not None:
+            self.notifier.stop()  # NOTIFY's storage listeners
         for item in self._queue:
             if isinstance(item, RawCommand):
                 item.close()

@@ -4,14 +4,15 @@ Parses the untrusted sort-criteria list (ParseError → BAD) and orders
 search hits.  Message data comes from the trusted storage view
 (:class:`MessageInfo`) and from header fields read through
 :func:`pydovecot.imap.search.header_values`, so cached headers never open
-a file.  Strings are compared after Unicode case folding (the
-i;unicode-casemap collation Dovecot uses); exact ties keep mailbox order,
+a file.  Strings are compared by :func:`collate` (the i;unicode-casemap
+collation of RFC 5051 that Dovecot uses); exact ties keep mailbox order,
 as RFC 5256 requires.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -66,11 +67,17 @@ def base_subject(subject: str) -> tuple[str, bool]:
         return s, reply
 
 
+def collate(text: str) -> str:
+    """i;unicode-casemap (RFC 5051): case-folded, then NFKD-decomposed, so
+    ``Émile`` sorts with ``emile`` and before ``zed``."""
+    return unicodedata.normalize("NFKD", text.casefold())
+
+
 def subject_key(ctx: SearchContext) -> str:
     raw = first_header(ctx, "Subject")
     if raw is None:
         return ""
-    return base_subject(mime.decode_header_value(raw))[0].casefold()
+    return collate(base_subject(mime.decode_header_value(raw))[0])
 
 
 def _first_address(ctx: SearchContext, name: str) -> tuple[bytes | None, bytes, bytes] | None:
@@ -89,7 +96,7 @@ def address_key(ctx: SearchContext, name: str) -> str:
     addr = _first_address(ctx, name)
     if addr is None:
         return ""
-    return addr[1].decode("utf-8", "replace").casefold()
+    return collate(addr[1].decode("utf-8", "replace"))
 
 
 def display_key(ctx: SearchContext, name: str) -> str:
@@ -102,9 +109,9 @@ def display_key(ctx: SearchContext, name: str) -> str:
     if disp:
         text = decode_value(disp.decode("latin-1")).strip()
         if text:
-            return text.casefold()
+            return collate(text)
     spec = mailbox + (b"@" + host if host else b"")
-    return spec.decode("utf-8", "replace").casefold()
+    return collate(spec.decode("utf-8", "replace"))
 
 
 def sent_timestamp(ctx: SearchContext) -> float:

@@ -499,9 +499,7 @@ class URLAuthMixin:
                 raise ParseError("Invalid arguments.")
             if mech.decode("latin-1").upper() not in MECHANISMS:
                 return b"NO Unsupported URLAUTH mechanism."
-        from pydovecot.imap.session import decode_mailbox
-
-        name = decode_mailbox(args[0])
+        name = self.decode_mailbox(args[0])
         self.storage.status(name)  # NO [NONEXISTENT] if it does not exist
         store.reset(name)
         return b"OK [URLMECH INTERNAL] Key removed."

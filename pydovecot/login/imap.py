@@ -29,7 +29,7 @@ from pydovecot.login.common import (
 
 log = Logger()
 
-BASE_CAPABILITIES = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+"
+BASE_CAPABILITIES = "IMAP4rev1 IMAP4rev2 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+"
 
 #: Commands only valid after login: answered "Not logged in", not "Unknown".
 POST_AUTH_COMMANDS = frozenset("""

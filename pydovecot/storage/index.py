@@ -198,8 +198,9 @@ class MailboxIndex:
         self.ceiling_path = base + ".modseq"
         self.lock_path = base + ".lock"
         self.log_id = ""
-        self.log_ino = 0
+        self.log_ino = 0  # 0: no usable log (write a snapshot next)
         self.log_offset = 0  # bytes of the log already applied
+        self.log_stamp: tuple[int, int, int] | None = None  # (ino, size, mtime_ns) seen
         self._lock_fd: int | None = None
         self._lock_depth = 0
 
@@ -242,13 +243,17 @@ class MailboxIndex:
 
     # -- snapshot + log -----------------------------------------------------
 
-    def log_identity(self) -> tuple[int, int] | None:
-        """(inode, size) of the change log, or None if missing."""
+    def log_identity(self) -> tuple[int, int, int] | None:
+        """(inode, size, mtime_ns) of the change log, or None if missing."""
         try:
             st = os.stat(self.log_path)
         except FileNotFoundError:
             return None
-        return st.st_ino, st.st_size
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _seen(self, fd: int) -> None:
+        st = os.fstat(fd)
+        self.log_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def load(self) -> IndexState | None:
         """Snapshot + log; None if missing or corrupt (rebuild)."""
@@ -273,6 +278,7 @@ class MailboxIndex:
                     ops = self._read_ops(f)
                     for op in ops:
                         apply_op(state, op)
+                    self._seen(f.fileno())
         except FileNotFoundError:
             pass
         except (ValueError, TypeError, KeyError):
@@ -300,15 +306,19 @@ class MailboxIndex:
 
     def read_new(self) -> list[list] | None:
         """Ops appended by others since the last read; None if the log was
-        replaced (compacted) and the caller must :meth:`load` again."""
+        replaced (compacted: another id) and the caller must :meth:`load`."""
         try:
             with open(self.log_path, "rb") as f:
                 st = os.fstat(f.fileno())
                 if st.st_ino != self.log_ino:
                     return None
-                if st.st_size == self.log_offset:
-                    return []
-                return self._read_ops(f)
+                if f.readline().rstrip(b"\n") != b"L " + self.log_id.encode():
+                    return None  # replaced by a file that got the same inode
+                if st.st_size < self.log_offset:
+                    return None
+                ops = self._read_ops(f) if st.st_size > self.log_offset else []
+                self._seen(f.fileno())
+                return ops
         except FileNotFoundError:
             return None
 
@@ -328,9 +338,10 @@ class MailboxIndex:
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
+            self.log_offset += len(data)
+            self._seen(fd)
         finally:
             os.close(fd)
-        self.log_offset += len(data)
 
     def write_snapshot(self, state: IndexState) -> None:
         """Compaction (caller holds the lock): a new snapshot and a new,
@@ -364,8 +375,10 @@ class MailboxIndex:
         write_atomic(self.path, body)
         os.rename(tmp_log, self.log_path)
         self.log_id = log_id
-        self.log_ino = os.stat(self.log_path).st_ino
+        ident = self.log_identity()
+        self.log_ino = ident[0] if ident else 0
         self.log_offset = len(head)
+        self.log_stamp = ident
 
     def remove(self) -> None:
         for path in (self.path, self.log_path, self.cache_path):

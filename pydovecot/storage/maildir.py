@@ -349,8 +349,10 @@ class _Box:
             if hdr is not None and hdr[1] > state.nextuid:
                 self.dir_recent = True  # someone assigned UIDs we don't know of
         else:
-            # modseqs restart above anything ever handed out
+            # modseqs restart above anything ever handed out; expunges
+            # before now are unknown (vanished_since over-reports them)
             self.modseq = max(self.modseq, self.ceiling)
+            self.vanished_floor = self.modseq
             self.dir_stamp = None
         self.loaded = True
 
@@ -454,7 +456,7 @@ class _Box:
         ident = self.index.log_identity()
         if ident is None:
             return self.index.log_ino == 0
-        return ident == (self.index.log_ino, self.index.log_offset)
+        return ident == self.index.log_stamp
 
     @contextmanager
     def tx(self, scan: bool = False) -> Iterator[None]:
@@ -585,6 +587,8 @@ class _Box:
     def _add_found(self, fresh: list[tuple[str, str, str]]) -> None:
         ul = self._load_uidlist()
         known = {r.basename: r for r in ul.records} if ul else {}
+        # new UIDs in the order the files were made (their names say when)
+        fresh.sort(key=lambda f: (_name_time(f[0]) or 0.0, f[0]))
         need = [b for b, _, _ in fresh if b not in known]
         uids = self.assign(need) if need else {}
         recs = []
