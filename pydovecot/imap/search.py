@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import datetime
 import email.utils
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class SearchContext:
     now: float = 0.0
     saved: frozenset[int] = frozenset()  # the SEARCHRES ``$`` UIDs
     headers: dict[str, list[str]] = field(default_factory=dict)
+    block: bytes | None = None  # the top-level header block, once read
 
 
 Predicate = Callable[[SearchContext], bool]
@@ -112,9 +114,7 @@ def header_values(ctx: SearchContext, name: str) -> list[str]:
         values: list[str] = cached
     else:
         wanted = key.encode("latin-1", "replace")
-        values = [
-            f.value.decode("latin-1") for f in ctx.load().root.fields if f.name.lower() == wanted
-        ]
+        values = [value.decode("latin-1") for value in field_values(ctx, wanted)]
         setter = getattr(mbox, "set_cached", None)
         if setter is not None:
             try:
@@ -123,6 +123,52 @@ def header_values(ctx: SearchContext, name: str) -> list[str]:
                 pass
     ctx.headers[key] = values
     return values
+
+
+#: Bytes read at a time while looking for the end of a message's header.
+HEADER_CHUNK = 8192
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FIELD_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
+
+
+def _field_pattern(name: bytes) -> re.Pattern[bytes]:
+    """``Name:`` at a line start, with its continuation lines."""
+    pattern = _FIELD_PATTERNS.get(name)
+    if pattern is None:
+        pattern = _FIELD_PATTERNS[name] = re.compile(
+            rb"^" + re.escape(name) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+    return pattern
+
+
+def header_block(ctx: SearchContext) -> bytes:
+    """The message's top-level header block, read from the file only as far
+    as its end (a header key need not read or parse the whole message)."""
+    if ctx.block is None:
+        block = b""
+        with ctx.mailbox.message_file(ctx.info.uid) as f:
+            while True:
+                chunk = f.read(HEADER_CHUNK)
+                block += chunk
+                end = _HEADER_END.search(block)
+                if end is not None:
+                    block = block[:end.start()]
+                    break
+                if not chunk:
+                    break
+        ctx.block = block
+    return ctx.block
+
+
+def field_values(ctx: SearchContext, name: bytes) -> list[bytes]:
+    """Every value of top-level field ``name``: unfolded and stripped, as
+    :func:`pydovecot.imap.mime.parse_header_fields` gives them."""
+    if ctx.mailbox is None or not hasattr(ctx.mailbox, "message_file"):
+        return [f.value for f in ctx.load().root.fields if f.name.lower() == name]
+    return [_UNFOLD.sub(b"", m.group(1)).strip(b" \t\r\n")
+            for m in _field_pattern(name).finditer(header_block(ctx))]
+
+
+_UNFOLD = re.compile(rb"\r?\n")
 
 
 def decode_value(raw: str) -> str:
