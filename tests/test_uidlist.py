@@ -42,6 +42,25 @@ class UidListTests(unittest.TestCase):
         self.assertEqual((ul.uidvalidity, ul.nextuid), (1000, 5))
         self.assertEqual(ul.records[0].basename, "123.M1P2.host")
 
+    def test_append_and_header(self) -> None:
+        from pydovecot.storage.uidlist import UidRecord, append_records, read_uidlist_header
+
+        d = self.mktemp()
+        os.mkdir(d)
+        path = os.path.join(d, "dovecot-uidlist")
+        with open(path, "wb") as f:
+            f.write(DOVECOT_WRITTEN.replace(b"garbage line\n", b""))
+        self.assertEqual(read_uidlist_header(path), (1795380208, 3))
+        self.assertTrue(append_records(path, [UidRecord(3, "c"), UidRecord(4, "d", {"W": "9"})]))
+        self.assertEqual(read_uidlist_header(path), (1795380208, 5))
+        ul = read_uidlist(path)
+        self.assertEqual([(r.uid, r.basename, r.ext.get("W")) for r in ul.records][2:],
+                         [(3, "c", None), (4, "d", "9")])
+        with open(path, "ab") as f:
+            f.write(b"5 :torn")  # no LF: appending would glue lines
+        self.assertFalse(append_records(path, [UidRecord(6, "e")]))
+        self.assertIsNone(read_uidlist_header(os.path.join(d, "missing")))
+
     def test_bad(self) -> None:
         self.assertRaises(ValueError, UidList.parse, b"7 junk\n")
         d = self.mktemp()

@@ -137,6 +137,8 @@ def apply_op(state: IndexState, op: list) -> tuple[str, int] | None:
     ``["v", uidvalidity]`` UIDVALIDITY changed: every message is gone.
     """
     kind = op[0]
+    if kind in ("a", "f") and (op[3] not in ("new", "cur") or "/" in op[4]):
+        raise ValueError("bad file name in the index log")
     if kind == "a":
         _, uid, modseq, sub, fname, size, mtime, savedate = op
         state.records[uid] = IndexRecord(uid, fname.split(":", 1)[0], sub, fname, size, mtime,
@@ -441,6 +443,8 @@ def parse_snapshot(data: bytes) -> IndexState | None:
             return None
         records = state.records
         rec = IndexRecord
+        if any("/" in n for n in names):
+            return None  # never a Maildir file name: not ours
         for (uid, modseq, size, mtime, savedate, new), fname in zip(rows, names, strict=True):
             records[uid] = rec(uid, fname.partition(":")[0], "new" if new else "cur", fname,
                                size, mtime, modseq, savedate)
@@ -457,11 +461,13 @@ class CacheFile:
         self.values: dict[int, dict[str, object]] | None = None
         self.uidvalidity = 0
         self.entries = 0
+        self.header_ok = False
 
     def load(self, uidvalidity: int) -> dict[int, dict[str, object]]:
         if self.values is not None and self.uidvalidity == uidvalidity:
             return self.values
         self.values, self.uidvalidity, self.entries = {}, uidvalidity, 0
+        self.header_ok = False
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -469,7 +475,8 @@ class CacheFile:
             return self.values
         head, _, rest = data.partition(b"\n")
         if head != b"C %d" % uidvalidity:
-            return self.values
+            return self.values  # another mailbox's: rewritten on the next add
+        self.header_ok = True
         for line in rest.split(b"\n"):
             op = decode_op(line) if line else None
             if op is None or len(op) != 3:
@@ -483,16 +490,16 @@ class CacheFile:
         values = self.load(uidvalidity)
         values.setdefault(uid, {})[key] = value
         line = encode_op([uid, key, value])
+        if not self.header_ok:
+            self.rewrite(uidvalidity, set(values))
+            return
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         except FileNotFoundError:
             self.rewrite(uidvalidity, set(values))
             return
         try:
-            st = os.fstat(fd)
-            if st.st_size == 0:
-                os.write(fd, b"C %d\n" % uidvalidity)
-            os.write(fd, line)
+            os.write(fd, line)  # one write: a torn line fails its checksum
         finally:
             os.close(fd)
         self.entries += 1
@@ -510,6 +517,7 @@ class CacheFile:
                 n += 1
         write_atomic(self.path, b"".join(out))
         self.entries = n
+        self.header_ok = True
 
 
 __all__ = ["MailboxIndex", "IndexState", "IndexRecord", "CacheFile", "apply_op", "encode_op",

@@ -10,7 +10,18 @@ caller, validates every mailbox name (:mod:`pydovecot.storage.names`) and
 keeps every path inside the root.  It trusts the directory contents only
 as data: unknown files, bad names and bad uidlist lines are skipped, and a
 lost uidlist is rebuilt.  One :class:`MaildirStorage` per user per process
-keeps a per-mailbox cache (by base name) shared by every session's view.
+keeps a per-mailbox state (:class:`_Box`, by UID and base name) shared by
+every session's view.
+
+The state is persisted in the index (:mod:`pydovecot.storage.index`): a
+warm open reads it instead of the directories when their mtimes match.
+Every change runs in a transaction (:meth:`_Box.tx`) under the index's
+flock: catch up with what other processes logged, rescan if the
+directories changed behind the index (another server, a shell, a writer
+killed mid-change), do the file operation, log it with a fresh modseq.
+Modseqs are therefore global across pydovecot processes; the file name
+stays the truth for flags, the uidlist for UIDs (its dotlock is taken
+inside the index lock, never the other way round).
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ from pydovecot.storage.uidlist import (
     Dotlock,
     UidList,
     UidRecord,
+    append_records,
     base_name,
     read_uidlist,
     read_uidlist_header,
@@ -169,7 +181,10 @@ def _name_time(base: str) -> float | None:
 
 
 def _recent_margin(stamp: tuple[int, int]) -> int:
-    return 2_000_000_000 if all(m % 1_000_000_000 == 0 for m in stamp) else 100_000_000
+    """How long a directory mtime may still hide a later change: file
+    systems with whole-second times need 2 s; others stamp with the
+    kernel's coarse clock (a jiffy, at most 10 ms) — 20 ms is safe."""
+    return 2_000_000_000 if all(m % 1_000_000_000 == 0 for m in stamp) else 20_000_000
 
 
 def _is_recent(stamp: tuple[int, int]) -> bool:
@@ -216,7 +231,7 @@ class _Box:
         self.uidvalidity = 0
         self.nextuid = 1
         self.guid = ""
-        self.uidlist_stamp: tuple[int, int, int] | None = None
+        self._ul: tuple[tuple[int, int, int], UidList, dict[str, UidRecord]] | None = None
         self.dir_stamp: tuple[int, int] | None = None
         self.dir_recent = True
         self.dangling = False  # the index log ends inside a transaction
@@ -349,9 +364,12 @@ class _Box:
             if hdr is not None and hdr[1] > state.nextuid:
                 self.dir_recent = True  # someone assigned UIDs we don't know of
         else:
-            # modseqs restart above anything ever handed out; expunges
-            # before now are unknown (vanished_since over-reports them)
-            self.modseq = max(self.modseq, self.ceiling)
+            # modseqs restart above anything ever handed out: above the
+            # ceiling file, and — should that be gone too (``rm
+            # dovecot.index*``) — above the clock in microseconds, which no
+            # earlier modseq can have passed at one change per microsecond.
+            # Expunges before now are unknown (vanished_since over-reports).
+            self.modseq = max(self.modseq, self.ceiling, time.time_ns() // 1000)
             self.vanished_floor = self.modseq
             self.dir_stamp = None
         self.loaded = True
@@ -360,6 +378,8 @@ class _Box:
         """Another process's changes, from the index log."""
         for op in ops:
             kind = op[0]
+            if kind in ("a", "f") and (op[3] not in ("new", "cur") or "/" in op[4]):
+                raise ValueError("bad file name in the index log")
             if kind == "a":
                 _, uid, modseq, sub, fname, size, mtime, savedate = op
                 self.modseq = max(self.modseq, modseq)
@@ -441,7 +461,12 @@ class _Box:
         """Apply what other processes logged (caller holds the lock)."""
         ops = self.index.read_new()
         if ops is not None:
-            self._apply_ops(ops)
+            try:
+                self._apply_ops(ops)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                log.warn("{path}: bad index log, rescanning: {err}", path=self.index.log_path, err=e)
+                self.index.log_ino = 0  # rewritten at the end of this transaction
+                self.dangling = True
             return
         try:
             state = self.index.load()
@@ -494,8 +519,13 @@ class _Box:
         try:
             if (self.index.log_ino == 0 or len(ops) > 2000
                     or self.index.log_offset > LOG_COMPACT_BYTES):
-                self.index.write_snapshot(self._state())
-                self.vanished_floor = max(self.vanished_floor, self._state().vanished_floor)
+                state = self._state()
+                with no_gc():
+                    self.index.write_snapshot(state)
+                if self.cache.entries > 2 * len(self.by_uid) + 1000:
+                    self.cache.rewrite(self.uidvalidity, set(self.by_uid))
+                self.vanished_floor = max(self.vanished_floor, state.vanished_floor)
+                self.expunged = list(state.expunged)
             else:
                 self.index.append(ops)
         except (OSError, RuntimeError) as e:  # the index is a cache: mail is safe
@@ -503,19 +533,6 @@ class _Box:
             self.index.log_ino = 0
 
     # -- disk scanning ------------------------------------------------
-
-    def _scan(self) -> dict[str, tuple[str, str]]:
-        found: dict[str, tuple[str, str]] = {}
-        for sub in ("new", "cur"):
-            try:
-                entries = os.listdir(os.path.join(self.path, sub))
-            except FileNotFoundError:
-                continue
-            for fname in entries:
-                if fname.startswith("."):
-                    continue
-                found[fname.split(":", 1)[0]] = (sub, fname)
-        return found
 
     def _stat_dirs(self) -> tuple[int, int] | None:
         try:
@@ -536,26 +553,57 @@ class _Box:
             return
         self.keywords.load()
         if not self.loaded:
-            self._open()
+            with no_gc():
+                self._open()
         if (not force and stamp == self.dir_stamp and not self.dir_recent and not self.dangling
                 and self._log_current()):
             return
         with self.tx(scan=force or self.dir_recent or self.dangling):
             pass
 
+    def _list(self) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for sub in ("new", "cur"):
+            try:
+                found[sub] = set(os.listdir(os.path.join(self.path, sub)))
+            except FileNotFoundError:
+                found[sub] = set()
+        return found
+
     def _rescan(self) -> None:
-        """Compare the directories with the state (under the lock)."""
-        found = self._scan()
-        missing = [b for b in self.by_base if b not in found]
+        """Compare the directories with the state (under the lock); only
+        the names that differ are looked at."""
+        with no_gc():
+            self._rescan_nogc()
+
+    def _rescan_nogc(self) -> None:
+        present = self._list()
+        known: dict[str, set[str]] = {"new": set(), "cur": set()}
+        k_new, k_cur = known["new"], known["cur"]
+        for r in self.by_uid.values():
+            (k_new if r.sub == "new" else k_cur).add(r.fname)
+        if present == known:
+            return
+        appeared: dict[str, tuple[str, str]] = {}
+        vanished: set[str] = set()
+        for sub in ("new", "cur"):
+            for fname in present[sub] - known[sub]:
+                if not fname.startswith("."):
+                    appeared[fname.split(":", 1)[0]] = (sub, fname)
+            vanished.update(f.split(":", 1)[0] for f in known[sub] - present[sub])
+        missing = [b for b in vanished if b not in appeared and b in self.by_base]
         if missing:  # a concurrent rename may hide a file from one listing
-            found.update((b, v) for b, v in self._scan().items() if b not in found)
+            again = self._list()
+            names = {f.split(":", 1)[0]: (sub, f) for sub in again for f in again[sub] - known[sub]}
+            for b in missing:
+                if b in names:
+                    appeared[b] = names[b]
         for b in missing:
-            if b not in found:
+            if b not in appeared:
                 self._drop(self.by_base[b])
         fresh: list[tuple[str, str, str]] = []
-        by_base = self.by_base
-        for b, (sub, fname) in found.items():
-            rec = by_base.get(b)
+        for b, (sub, fname) in appeared.items():
+            rec = self.by_base.get(b)
             if rec is None:
                 fresh.append((b, sub, fname))
             elif rec.fname != fname or rec.sub != sub:
@@ -565,15 +613,30 @@ class _Box:
         if fresh:
             self._add_found(fresh)
 
-    def _load_uidlist(self, initial: bool = False) -> UidList | None:
+    def _read_ul(self) -> tuple[UidList, dict[str, UidRecord]] | None:
+        """The uidlist and its records by base name, parsed again only when
+        the file changed (100k records take 0.3 s to parse)."""
         try:
             st = os.stat(self.uidlist_path)
         except FileNotFoundError:
+            self._ul = None
             return None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._ul is not None and self._ul[0] == stamp:
+            return self._ul[1], self._ul[2]
         ul = read_uidlist(self.uidlist_path)
         if ul is None:
+            self._ul = None
             return None
+        known = {r.basename: r for r in ul.records}
+        self._ul = (stamp, ul, known)
+        return ul, known
+
+    def _load_uidlist(self) -> UidList | None:
+        got = self._read_ul()
+        if got is None:
+            return None
+        ul = got[0]
         if self.uidvalidity and ul.uidvalidity != self.uidvalidity:
             log.warn("{path}: UIDVALIDITY changed ({old} -> {new})", path=self.uidlist_path,
                      old=self.uidvalidity, new=ul.uidvalidity)
@@ -581,12 +644,11 @@ class _Box:
             self._op(["v", ul.uidvalidity])
         self.uidvalidity, self.guid = ul.uidvalidity, ul.guid
         self.nextuid = max(self.nextuid, ul.nextuid)
-        self.uidlist_stamp = stamp
         return ul
 
     def _add_found(self, fresh: list[tuple[str, str, str]]) -> None:
-        ul = self._load_uidlist()
-        known = {r.basename: r for r in ul.records} if ul else {}
+        known = self._read_ul()[1] if self._load_uidlist() is not None else {}
+        known = dict(known)  # assign() below adds to the cached one
         # new UIDs in the order the files were made (their names say when)
         fresh.sort(key=lambda f: (_name_time(f[0]) or 0.0, f[0]))
         need = [b for b, _, _ in fresh if b not in known]
@@ -618,37 +680,51 @@ class _Box:
         self._insert(recs, shared=True)
 
     def assign(self, bases: list[str], ext: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
-        """Give UIDs to ``bases`` under the uidlist lock; return them."""
+        """Give UIDs to ``bases`` under the uidlist lock; return them.  New
+        records are appended (as Dovecot does); the file is rewritten when
+        it is new, lost, torn, or holds many records of expunged files."""
         result: dict[str, int] = {}
         with Dotlock(self.uidlist_path):
-            ul = read_uidlist(self.uidlist_path)
-            if ul is None:
+            got = self._read_ul()
+            if got is None:
                 if self.uidvalidity:  # lost: rewrite what we know
                     ul = UidList(self.uidvalidity, self.nextuid, self.guid or uuid.uuid4().hex)
                     ul.records = [UidRecord(r.uid, r.base) for r in
                                   sorted(self.by_uid.values(), key=lambda r: r.uid)]
                 else:
                     ul = UidList.new(self.storage.next_uidvalidity())
-            known = {r.basename: r.uid for r in ul.records}
+                known = {r.basename: r for r in ul.records}
+            else:
+                ul, known = got
+            added: list[UidRecord] = []
             for b in bases:
                 if b in known:
-                    result[b] = known[b]
+                    result[b] = known[b].uid
                     continue
-                uid = ul.nextuid
+                rec = UidRecord(ul.nextuid, b, dict((ext or {}).get(b, {})))
                 ul.nextuid += 1
-                ul.records.append(UidRecord(uid, b, dict((ext or {}).get(b, {}))))
-                known[b] = result[b] = uid
-            if self.gone:
-                ul.records = [r for r in ul.records if r.basename not in self.gone]
-            write_atomic(self.uidlist_path, ul.serialize())
-            self.gone.clear()
+                ul.records.append(rec)
+                known[b] = rec
+                added.append(rec)
+                result[b] = rec.uid
+            prune = len(self.gone) > max(100, len(ul.records) // 20)
+            try:
+                if got is None or prune or (added and not append_records(self.uidlist_path, added)):
+                    if self.gone:
+                        ul.records = [r for r in ul.records if r.basename not in self.gone]
+                        known = {r.basename: r for r in ul.records}
+                    write_atomic(self.uidlist_path, ul.serialize())
+                    self.gone.clear()
+            except BaseException:
+                self._ul = None
+                raise
             if self.uidvalidity and ul.uidvalidity != self.uidvalidity:
                 self._drop_all()
                 self._op(["v", ul.uidvalidity])
             self.uidvalidity, self.guid = ul.uidvalidity, ul.guid
             self.nextuid = max(self.nextuid, ul.nextuid)
             st = os.stat(self.uidlist_path)
-            self.uidlist_stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            self._ul = ((st.st_ino, st.st_size, st.st_mtime_ns), ul, known)
         return result
 
     def ensure_uidlist(self) -> None:

@@ -36,6 +36,11 @@ class UidRecord:
     basename: str
     ext: dict[str, str] = field(default_factory=dict)  # letter → value
 
+    def line(self) -> str:
+        """The record as a version 3 line (without LF)."""
+        exts = "".join(f" {k}{v}" for k, v in self.ext.items())
+        return f"{self.uid}{exts} :{self.basename}"
+
 
 @dataclass
 class UidList:
@@ -94,9 +99,7 @@ class UidList:
             head.append(f"G{self.guid}")
         head += [f"{k}{v}" for k, v in self.header_ext.items()]
         out = [" ".join(head)]
-        for rec in self.records:
-            exts = "".join(f" {k}{v}" for k, v in rec.ext.items())
-            out.append(f"{rec.uid}{exts} :{rec.basename}")
+        out += [rec.line() for rec in self.records]
         return ("\n".join(out) + "\n").encode("utf-8", "surrogateescape")
 
 
@@ -155,6 +158,24 @@ def read_uidlist_header(path: str) -> tuple[int, int] | None:
     if last.isdigit():
         nextuid = max(nextuid, int(last) + 1)
     return ul.uidvalidity, nextuid
+
+
+def append_records(path: str, records: list[UidRecord]) -> bool:
+    """Append records as Dovecot does (header untouched, fsync); False if
+    the file does not end with a complete line (then rewrite it)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) != b"\n":
+            return False
+        data = "".join(r.line() + "\n" for r in records).encode("utf-8", "surrogateescape")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
