@@ -66,6 +66,23 @@ class FetchItem:
                                  "MODSEQ")
 
 
+#: Items answered from the top-level header alone.
+HEADER_ONLY_ITEMS = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "SAVEDATE", "MODSEQ",
+                     "ENVELOPE", "RFC822.HEADER"}
+
+
+def header_only(items: list[FetchItem]) -> bool:
+    """True when every item needs no more than the message's top-level
+    header (so FETCH need not read or parse the body)."""
+    for item in items:
+        if item.name in HEADER_ONLY_ITEMS:
+            continue
+        section = item.section
+        if section is None or section.numbers or not section.text.startswith("HEADER"):
+            return False
+    return True
+
+
 def parse_section(raw: bytes) -> Section:
     """``1.2.HEADER.FIELDS (A B)`` → Section; ParseError if invalid."""
     spec, _sp, flist = raw.partition(b" ")

@@ -90,6 +90,29 @@ def parse_header_fields(block: bytes) -> list[HeaderField]:
     return fields
 
 
+#: Bytes read at a time while looking for the end of a message's header.
+HEADER_CHUNK = 8192
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def read_header_block(f) -> tuple[bytes, bool]:
+    """Read a message file only as far as the end of its top-level header.
+
+    Returns ``(block, complete)``: the header without its terminating blank
+    line, and whether that blank line was found (without it, the whole
+    file was read and the block is all of it).
+    """
+    block = b""
+    while True:
+        chunk = f.read(HEADER_CHUNK)
+        block += chunk
+        end = _HEADER_END.search(block)
+        if end is not None:
+            return block[:end.start()], True
+        if not chunk:
+            return block, False
+
+
 def header_value(fields: list[HeaderField], name: str) -> bytes | None:
     """First field ``name`` (case-insensitive), raw and unfolded."""
     key = name.lower().encode()

@@ -125,9 +125,6 @@ def header_values(ctx: SearchContext, name: str) -> list[str]:
     return values
 
 
-#: Bytes read at a time while looking for the end of a message's header.
-HEADER_CHUNK = 8192
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
 
 
@@ -144,18 +141,8 @@ def header_block(ctx: SearchContext) -> bytes:
     """The message's top-level header block, read from the file only as far
     as its end (a header key need not read or parse the whole message)."""
     if ctx.block is None:
-        block = b""
         with ctx.mailbox.message_file(ctx.info.uid) as f:
-            while True:
-                chunk = f.read(HEADER_CHUNK)
-                block += chunk
-                end = _HEADER_END.search(block)
-                if end is not None:
-                    block = block[:end.start()]
-                    break
-                if not chunk:
-                    break
-        ctx.block = block
+            ctx.block, _complete = mime.read_header_block(f)
     return ctx.block
 
 

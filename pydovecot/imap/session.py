@@ -476,6 +476,19 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self.cache.put(key, parsed)
         return parsed
 
+    def _load_header(self, info: MessageInfo) -> mime.ParsedMessage:
+        """A message parsed from its top-level header only, for FETCH items
+        that need nothing more (a whole message already cached serves too)."""
+        mbox = self._selected()
+        cached = self.cache.get((mbox.name, mbox.uidvalidity, info.uid))
+        if cached is not None:
+            return cached
+        with mbox.message_file(info.uid) as f:
+            block, complete = mime.read_header_block(f)
+        if not complete:  # no body separator: parse it all, as _load would
+            return self._load(info)
+        return mime.ParsedMessage(mime.normalize_crlf(block) + b"\r\n\r\n")
+
     def _list_entries(
         self, infos: list[MailboxInfo], reference: str, pattern: str
     ) -> list[tuple[str, set[str]]]:
@@ -704,11 +717,12 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
     def _fetch_range(self, targets, items: list[fetch.FetchItem], changed: set[int]) -> int:
         recent = self.recent_view()
         missing = 0
+        load = self._load_header if fetch.header_only(items) else self._load
         for seq, info in targets:
             try:
                 line = fetch.render(
                     seq, info, items, info.uid in recent,
-                    lambda info=info: self._load(info), self.stats,
+                    lambda info=info: load(info), self.stats,
                     add_flags=info.uid in changed, mailbox=self.mailbox,
                 )
             except ext_fetch.UnknownCTE:
