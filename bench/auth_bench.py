@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from authd import schemes  # noqa: E402
-from tests.harness import Master, User, ensure_system_user, free_port  # noqa: E402
+from bench.dovecot import PrivateDovecot, ensure_packages  # noqa: E402
+from tests.harness import Master, User, ensure_system_user  # noqa: E402
 
 USERS = 50
 PASSWORD = "bench-pw"
@@ -117,18 +118,6 @@ class PasswdFileBackend:
 
     def teardown(self) -> None:
         pass
-
-
-def ensure_packages(*names: str) -> None:
-    """Debian packages the Dovecot side needs, without starting services."""
-    missing = [n for n in names
-               if subprocess.run(["dpkg", "-s", n], capture_output=True).returncode != 0]
-    if missing:
-        with open("/usr/sbin/policy-rc.d", "w") as f:
-            f.write("#!/bin/sh\nexit 101\n")
-        os.chmod("/usr/sbin/policy-rc.d", 0o755)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
 class LdapBackend:
@@ -235,64 +224,26 @@ def run_pydovecot(backend, args) -> dict:
         master.cleanup()
 
 
-DOVECOT_CONF = """
-protocols = imap
-listen = 127.0.0.1
-base_dir = {dir}/run
-state_dir = {dir}/state
-log_path = {dir}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:~/Maildir
-first_valid_uid = 100
-{passdb}
-userdb {{
+DOVECOT_USERDB = """
+userdb {
   driver = static
   args = uid=pdvmail gid=pdvmail home={dir}/home/%u
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
+}
 """
 
 
 def run_dovecot(backend, args) -> dict:
-    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    workdir = tempfile.mkdtemp(prefix="dovecot-auth-bench-")
-    os.chmod(workdir, 0o755)
-    import pwd
-
+    server = PrivateDovecot(backend.dovecot_config() + DOVECOT_USERDB, "dovecot-auth-bench-")
     vmail = pwd.getpwnam("pdvmail")
-    os.makedirs(os.path.join(workdir, "home"))
-    os.chown(os.path.join(workdir, "home"), vmail.pw_uid, vmail.pw_gid)
-    port = free_port()
-    conf = os.path.join(workdir, "dovecot.conf")
-    with open(conf, "w") as f:
-        f.write(DOVECOT_CONF.format(dir=workdir, port=port, passdb=backend.dovecot_config()))
-    subprocess.run([dovecot, "-c", conf], check=True)
+    os.makedirs(server.path("home"))
+    os.chown(server.path("home"), vmail.pw_uid, vmail.pw_gid)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        server.start()
         users = [f"b{i:03d}" for i in range(USERS)]
-        throughput(port, users, args.threads, 2)
-        return throughput(port, users, args.threads, args.seconds)
+        throughput(server.port, users, args.threads, 2)
+        return throughput(server.port, users, args.threads, args.seconds)
     finally:
-        subprocess.run([dovecot, "-c", conf, "stop"], check=False)
-        time.sleep(1)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.cleanup()
 
 
 def main() -> None:

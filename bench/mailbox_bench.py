@@ -48,8 +48,9 @@ from collections.abc import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.dovecot import PrivateDovecot  # noqa: E402
 from bench.generate import MailGenerator, write_maildir  # noqa: E402
-from tests.harness import Master, User, descendants, ensure_system_user, free_port  # noqa: E402
+from tests.harness import Master, User, ensure_system_user  # noqa: E402
 
 COMMAND_TIMEOUT = 900.0
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)]"
@@ -57,34 +58,16 @@ SUBJECT_WORD = "budget"
 BODY_WORD = "zebrafish"  # in no message: every body is scanned
 STORE_COUNT = 10_000
 
-DOVECOT_CONF = """
-protocols = imap
-listen = 127.0.0.1
-base_dir = {dir}/run
-state_dir = {dir}/state
-log_path = {dir}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:~/Maildir
-first_valid_uid = 100
-passdb {{
+DOVECOT_SECTIONS = """
+passdb {
   driver = passwd-file
   args = {dir}/users.passwd
-}}
-userdb {{
+}
+userdb {
   driver = passwd-file
   args = {dir}/users.passwd
   default_fields = uid=pdvmail gid=pdvmail home={dir}/home/%u
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
+}
 """
 
 
@@ -202,45 +185,19 @@ class Dovecot(Server):
     name = "Dovecot"
 
     def __init__(self, pristine: str, vmail: tuple[int, int]):
-        self.binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
-        if not os.path.exists(self.binary):
-            raise RuntimeError("Dovecot not installed (Debian package dovecot-imapd)")
-        self.dir = tempfile.mkdtemp(prefix="dovecot-mailbox-bench-")
-        os.chmod(self.dir, 0o755)
-        self.port = free_port()
-        with open(os.path.join(self.dir, "users.passwd"), "w") as f:
+        self.server = PrivateDovecot(DOVECOT_SECTIONS, "dovecot-mailbox-bench-")
+        self.port = self.server.port
+        with open(self.server.path("users.passwd"), "w") as f:
             f.write("alice:{PLAIN}pw::::::\n")
-        self.conf = os.path.join(self.dir, "dovecot.conf")
-        with open(self.conf, "w") as f:
-            f.write(DOVECOT_CONF.format(dir=self.dir, port=self.port))
-        self.maildir = os.path.join(self.dir, "home", "alice", "Maildir")
+        self.maildir = self.server.path("home", "alice", "Maildir")
         copy_maildir(pristine, self.maildir, vmail)
-        os.chown(os.path.join(self.dir, "home"), *vmail)
-
-    def master_pid(self) -> int | None:
-        try:
-            with open(os.path.join(self.dir, "run", "master.pid")) as f:
-                return int(f.read())
-        except (OSError, ValueError):
-            return None
+        os.chown(self.server.path("home"), *vmail)
 
     def start(self) -> None:
-        subprocess.run([self.binary, "-c", self.conf], check=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        self.server.start()
 
     def stop(self) -> None:
-        pid = self.master_pid()
-        kids = descendants(pid) if pid else []
-        subprocess.run([self.binary, "-c", self.conf, "stop"], check=False)
-        wait_gone([pid, *kids] if pid else kids)
+        self.server.stop()
 
     def delete_index(self) -> list[str]:
         files = (glob.glob(os.path.join(self.maildir, "dovecot.index*"))
@@ -250,9 +207,7 @@ class Dovecot(Server):
         return [os.path.basename(p) for p in files]
 
     def cleanup(self) -> None:
-        if self.master_pid() and os.path.exists(f"/proc/{self.master_pid()}"):
-            self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.server.cleanup()
 
 
 def wait_gone(pids: list[int], timeout: float = 30) -> None:
