@@ -121,14 +121,15 @@ def _text(data: bytes) -> str | None:
         return None
 
 
-@implementer(ISASLMechanism)
-class PlainMechanism:
-    """RFC 4616 PLAIN: ``[authzid] NUL authcid NUL passwd``."""
+class ClientFirstMechanism:
+    """A mechanism whose client speaks first.  Without an initial response
+    it sends one empty challenge; the client's message goes to
+    :meth:`respond`."""
 
-    name = "PLAIN"
-    plaintext = True
+    plaintext = False
 
     def __init__(self, context: SASLContext | None = None) -> None:
+        self.context = context if context is not None else SASLContext()
         self._asked = False
 
     def step(self, data: bytes | None) -> Step:
@@ -137,6 +138,20 @@ class PlainMechanism:
                 return Fail("Invalid input")
             self._asked = True
             return Continue(b"")
+        return self.respond(data)
+
+    def respond(self, data: bytes) -> Step:
+        raise NotImplementedError
+
+
+@implementer(ISASLMechanism)
+class PlainMechanism(ClientFirstMechanism):
+    """RFC 4616 PLAIN: ``[authzid] NUL authcid NUL passwd``."""
+
+    name = "PLAIN"
+    plaintext = True
+
+    def respond(self, data: bytes) -> Step:
         parts = data.split(b"\0")
         if len(parts) != 3:
             return Fail("Invalid input")

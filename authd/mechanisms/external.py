@@ -25,20 +25,10 @@ MAX_TRACE = 255  # RFC 4505: up to 255 characters
 
 
 @implementer(sasl.ISASLMechanism)
-class ExternalMechanism:
+class ExternalMechanism(sasl.ClientFirstMechanism):
     name = "EXTERNAL"
-    plaintext = False
 
-    def __init__(self, context: sasl.SASLContext | None = None):
-        self.context = context if context is not None else sasl.SASLContext()
-        self._asked = False
-
-    def step(self, data: bytes | None) -> sasl.Step:
-        if data is None:
-            if self._asked:
-                return sasl.Fail("Invalid input")
-            self._asked = True
-            return sasl.Continue(b"")
+    def respond(self, data: bytes) -> sasl.Step:
         ctx = self.context
         if not ctx.client_cert_user or not ctx.valid_client_cert:
             return sasl.Fail("Client didn't present valid SSL certificate")
@@ -54,20 +44,10 @@ class ExternalMechanism:
 
 
 @implementer(sasl.ISASLMechanism)
-class AnonymousMechanism:
+class AnonymousMechanism(sasl.ClientFirstMechanism):
     name = "ANONYMOUS"
-    plaintext = False
 
-    def __init__(self, context: sasl.SASLContext | None = None):
-        self.context = context if context is not None else sasl.SASLContext()
-        self._asked = False
-
-    def step(self, data: bytes | None) -> sasl.Step:
-        if data is None:
-            if self._asked:
-                return sasl.Fail("Invalid input")
-            self._asked = True
-            return sasl.Continue(b"")
+    def respond(self, data: bytes) -> sasl.Step:
         try:
             trace = data.decode("utf-8")
         except UnicodeDecodeError:

@@ -50,23 +50,13 @@ def _bearer(auth: str | None) -> str | None:
 
 
 @implementer(sasl.ISASLMechanism)
-class OAuthBearerMechanism:
+class OAuthBearerMechanism(sasl.ClientFirstMechanism):
     """RFC 7628: ``gs2-header \\x01host=…\\x01port=…\\x01auth=Bearer T\\x01\\x01``."""
 
     name = "OAUTHBEARER"
-    plaintext = False
     scope = ""
 
-    def __init__(self, context: sasl.SASLContext | None = None):
-        self.context = context if context is not None else sasl.SASLContext()
-        self._asked = False
-
-    def step(self, data: bytes | None) -> sasl.Step:
-        if data is None:
-            if self._asked:
-                return sasl.Fail("Invalid input")
-            self._asked = True
-            return sasl.Continue(b"")
+    def respond(self, data: bytes) -> sasl.Step:
         head, sep, rest = data.partition(b",")
         if not sep or head not in (b"n", b"y"):
             return sasl.Fail("Invalid input (malformed gs2 header)")
@@ -95,22 +85,12 @@ class OAuthBearerMechanism:
 
 
 @implementer(sasl.ISASLMechanism)
-class XOAuth2Mechanism:
+class XOAuth2Mechanism(sasl.ClientFirstMechanism):
     """``user=U\\x01auth=Bearer T\\x01\\x01``."""
 
     name = "XOAUTH2"
-    plaintext = False
 
-    def __init__(self, context: sasl.SASLContext | None = None):
-        self.context = context if context is not None else sasl.SASLContext()
-        self._asked = False
-
-    def step(self, data: bytes | None) -> sasl.Step:
-        if data is None:
-            if self._asked:
-                return sasl.Fail("Invalid input")
-            self._asked = True
-            return sasl.Continue(b"")
+    def respond(self, data: bytes) -> sasl.Step:
         pairs = _kvpairs(data)
         if pairs is None or set(pairs) != {"user", "auth"} or not pairs["user"]:
             return sasl.Fail("Invalid input")
