@@ -17,8 +17,9 @@ from twisted.protocols import amp
 from twisted.trial import unittest
 
 from authd.protocol import AuthContinue, AuthStart, MechList, RedeemCookie, UserLookup
-from authd.server import AuthEngine, build_factories
+from authd.server import AuthEngine
 from authd.settings import AuthSettings, DbSettings
+from tests.authd_clients import serve_authd, start_args
 
 USERS = """\
 alice:{PLAIN}secret:1000:1001::/home/alice::userdb_mail=maildir:~/Maildir
@@ -27,24 +28,6 @@ bob:{PLAIN}builder:::::
 
 
 ADDRS = {"local_ip": "127.0.0.1", "remote_ip": "127.0.0.1"}
-
-
-def start_args(initial: bytes | None, mech: str = "PLAIN", **kw) -> dict:
-    args = dict(
-        id=1,
-        mechanism=mech,
-        service="imap",
-        secured=True,
-        local_ip="127.0.0.1",
-        local_port=143,
-        remote_ip="127.0.0.1",
-        remote_port=50000,
-        session="sess1",
-    )
-    if initial is not None:
-        args["initial"] = initial
-    args.update(kw)
-    return args
 
 
 class ServerTests(unittest.TestCase):
@@ -71,15 +54,7 @@ class ServerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def serve(self, engine: AuthEngine | None = None):
-        factories = build_factories(self.settings, engine)
-        self.clients = {}
-        for name, factory in factories.items():
-            path = os.path.join(self.dir, name)
-            port = reactor.listenUNIX(path, factory)
-            self.addCleanup(port.stopListening)
-            proto = yield connectProtocol(UNIXClientEndpoint(reactor, path), amp.AMP())
-            self.addCleanup(proto.transport.loseConnection)
-            self.clients[name] = proto
+        self.clients = yield serve_authd(self, self.settings, engine, self.dir)
 
     def log_text(self) -> str:
         from twisted.logger import formatEvent

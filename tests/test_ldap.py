@@ -13,9 +13,7 @@ import tempfile
 import time
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.protocols import amp
 from twisted.trial import unittest
 
 from authd import drivers, ldapconf
@@ -23,9 +21,10 @@ from authd.drivers import ldap as ldap_driver
 from authd.interfaces import AuthBackendError, AuthRequest, PassdbStatus
 from authd.ldapconf import AttrMap, LdapConfigError
 from authd.protocol import AuthStart, RedeemCookie
-from authd.server import AuthEngine, build_factories
+from authd.server import AuthEngine
 from authd.settings import AuthSettings, DbSettings
 from tests import slapd as slapd_harness
+from tests.authd_clients import serve_authd, start_args
 
 _shared: slapd_harness.Slapd | None = None
 
@@ -548,29 +547,11 @@ class EndToEndTests(_LdapTestBase):
         engine = AuthEngine(self.settings)
         for db, _ in engine.passdbs + engine.userdbs:
             self.addCleanup(db.close)
-        self.clients = {}
-        for name, factory in build_factories(self.settings, engine).items():
-            path = os.path.join(self.dir, name)
-            port = reactor.listenUNIX(path, factory)
-            self.addCleanup(port.stopListening)
-            proto = yield connectProtocol(UNIXClientEndpoint(reactor, path), amp.AMP())
-            self.addCleanup(proto.transport.loseConnection)
-            self.clients[name] = proto
+        self.clients = yield serve_authd(self, self.settings, engine, self.dir)
 
     def start(self, initial: bytes) -> defer.Deferred:
         return self.clients["auth-login"].callRemote(
-            AuthStart,
-            id=1,
-            mechanism="PLAIN",
-            service="imap",
-            secured=True,
-            local_ip="127.0.0.1",
-            local_port=143,
-            remote_ip="127.0.0.1",
-            remote_port=5000,
-            session="e2e",
-            initial=initial,
-        )
+            AuthStart, **start_args(initial, remote_port=5000, session="e2e"))
 
     @defer.inlineCallbacks
     def test_plain_login(self):

@@ -16,19 +16,18 @@ import tempfile
 import time
 
 from sqlalchemy import create_engine, text
-from twisted.internet import defer, reactor, task
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet import defer, task
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.protocols import amp
 from twisted.trial import unittest
 
 from authd import drivers, schemes
 from authd.drivers.sql import SqlPassdb, SqlUserdb
 from authd.interfaces import AuthBackendError, AuthRequest, PassdbStatus
 from authd.protocol import AuthStart, RedeemCookie
-from authd.server import AuthEngine, build_factories
+from authd.server import AuthEngine
 from authd.settings import AuthSettings, DbSettings
 from authd.sqlconf import SqlConfigError, connect_url, parse_file, parse_query
+from tests.authd_clients import serve_authd, start_args
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -629,29 +628,11 @@ class AuthServerTests(unittest.TestCase):
         self.engine = AuthEngine(settings)
         for db_, _ in self.engine.passdbs + self.engine.userdbs:
             self.addCleanup(db_.close)
-        self.clients = {}
-        for name, factory in build_factories(settings, self.engine).items():
-            path = os.path.join(self.dir, name)
-            port = reactor.listenUNIX(path, factory)
-            self.addCleanup(port.stopListening)
-            proto = yield connectProtocol(UNIXClientEndpoint(reactor, path), amp.AMP())
-            self.addCleanup(proto.transport.loseConnection)
-            self.clients[name] = proto
+        self.clients = yield serve_authd(self, settings, self.engine, self.dir)
 
     def start(self, initial: bytes) -> defer.Deferred:
         return self.clients["auth-login"].callRemote(
-            AuthStart,
-            id=1,
-            mechanism="PLAIN",
-            service="imap",
-            secured=True,
-            local_ip="127.0.0.1",
-            local_port=143,
-            remote_ip="127.0.0.1",
-            remote_port=50000,
-            session="s1",
-            initial=initial,
-        )
+            AuthStart, **start_args(initial, session="s1"))
 
     @defer.inlineCallbacks
     def test_plain_login_and_cookie(self):
