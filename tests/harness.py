@@ -31,6 +31,51 @@ MASTER_SCRIPT = (
 )
 
 
+class LineClient:
+    """A line-oriented IMAP client on a raw socket, for exact protocol
+    checks (a test controls every byte)."""
+
+    def __init__(self, port: int, timeout: float = 10, greeting: bool = False):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout)
+        self.buffer = b""
+        self.n = 0
+        if greeting:
+            self.line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buffer)
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def until_tagged(self, tag: bytes) -> list[bytes]:
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def next_tag(self) -> bytes:
+        self.n += 1
+        return b"t%d" % self.n
+
+    def tagged(self, text: bytes) -> list[bytes]:
+        """Send one command under a fresh tag; every line up to its reply."""
+        tag = self.next_tag()
+        self.send(tag + b" " + text + b"\r\n")
+        return self.until_tagged(tag)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

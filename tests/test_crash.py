@@ -22,14 +22,13 @@ import imaplib
 import os
 import re
 import signal
-import socket
 import threading
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydovecot.storage import index as I
-from tests.harness import Master, User, ensure_system_user
+from tests.harness import LineClient, Master, User, ensure_system_user
 
 IS_ROOT = os.geteuid() == 0
 SUBJECT = re.compile(rb"Subject: (\S+)")
@@ -41,37 +40,18 @@ def message(subject: str, filler: int = 0) -> bytes:
             + body * (filler // 78 + 1))
 
 
-class Raw:
+class Raw(LineClient):
     """A minimal IMAP client on a socket (so a test controls every byte)."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), 20)
-        self.buf = b""
-        self.n = 0
-        self.line()  # greeting
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("connection closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+        super().__init__(port, timeout=20, greeting=True)
 
     def command(self, text: bytes) -> bytes:
-        self.n += 1
-        tag = b"t%d" % self.n
-        self.sock.sendall(tag + b" " + text + b"\r\n")
-        while True:
-            line = self.line()
-            if line.startswith(tag + b" "):
-                return line
+        return self.tagged(text)[-1]
 
     def append(self, box: str, flags: str, data: bytes, pause_after: int | None = None,
                on_pause=None) -> bytes:
-        self.n += 1
-        tag = b"t%d" % self.n
+        tag = self.next_tag()
         self.sock.sendall(tag + b" APPEND %s (%s) {%d}\r\n" % (box.encode(), flags.encode(), len(data)))
         if not self.line().startswith(b"+"):
             raise AssertionError("no continuation")
@@ -81,13 +61,7 @@ class Raw:
             self.sock.sendall(data[pause_after:] + b"\r\n")
         else:
             self.sock.sendall(data + b"\r\n")
-        while True:
-            line = self.line()
-            if line.startswith(tag + b" "):
-                return line
-
-    def close(self) -> None:
-        self.sock.close()
+        return self.until_tagged(tag)[-1]
 
 
 class CrashTests(SynchronousTestCase):

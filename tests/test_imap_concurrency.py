@@ -12,45 +12,25 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 import time
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from tests import test_imap_e2e
+from tests.harness import LineClient
 from tests.test_imap_condstore import client, filled
 from tests.test_process import MasterTestCase, deliver, imap
 
 
-class Raw:
+class Raw(LineClient):
     """A line client for exact protocol checks."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-        self.n = 0
-        self.line()  # greeting
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+        super().__init__(port, greeting=True)
 
     def cmd(self, text: str) -> list[bytes]:
-        self.n += 1
-        tag = b"t%d" % self.n
-        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
-        lines = []
-        while True:
-            line = self.line()
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
+        return self.tagged(text.encode())
 
     def close(self) -> None:
         self.cmd("LOGOUT")

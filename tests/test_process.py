@@ -22,6 +22,7 @@ import time
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.harness import IN_CI, Master, User, ensure_system_user, proc_ids, title
+from tests.harness import LineClient as RawClient
 
 MESSAGE = (
     "From: Bob <bob@example.org>\r\n"
@@ -46,37 +47,6 @@ def imap(master: Master, user: str = "alice", password: str = "secret") -> imapl
     client = imaplib.IMAP4("127.0.0.1", master.ports["imap"], timeout=20)
     client.login(user, password)
     return client
-
-
-class RawClient:
-    """A line-oriented client for exact protocol checks."""
-
-    def __init__(self, port: int, timeout: float = 10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout)
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buffer)
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line
-
-    def until_tagged(self, tag: bytes) -> list[bytes]:
-        lines = []
-        while True:
-            line = self.line()
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class MasterTestCase(SynchronousTestCase):
