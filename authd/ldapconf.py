@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pydovecot.config.parser import strip_comment
+
 #: Dovecot 2.3's defaults (db-ldap.c).
 DEFAULT_PASS_ATTRS = "uid=user,userPassword=password"
 DEFAULT_USER_ATTRS = "homeDirectory=home,uidNumber=uid,gidNumber=gid"
@@ -178,22 +180,6 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _strip_comment(line: str) -> str:
-    """Cut a ``#`` comment that is not inside quotes (as Dovecot does)."""
-    quote = ""
-    for i, c in enumerate(line):
-        if quote:
-            if c == "\\":
-                continue
-            if c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c == "#":
-            return line[:i]
-    return line
-
-
 def _logical_lines(text: str) -> list[tuple[int, str]]:
     """(first line number, line) with comments cut and ``\\``-continuations joined."""
     out: list[tuple[int, str]] = []
@@ -205,7 +191,7 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
             start = number
             if line.startswith("#"):
                 continue
-        line = _strip_comment(line).rstrip()
+        line = strip_comment(line).rstrip()
         if line.endswith("\\"):
             pending += line[:-1]
             continue

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import URL, make_url
 
 from authd.settings import expand
+from pydovecot.config.parser import strip_comment
 
 DRIVERS = {"pgsql", "mysql", "sqlite"}
 
@@ -97,23 +98,6 @@ class SqlConfig:
 # -- the file ----------------------------------------------------------------
 
 
-def _strip_comment(line: str) -> str:
-    """Cut a ``#`` comment that is not inside quotes (Dovecot's rule)."""
-    i, n = 0, len(line)
-    while i < n:
-        c = line[i]
-        if c in "'\"":
-            i += 1
-            while i < n and line[i] != c:
-                i += 2 if line[i] == "\\" and i + 1 < n else 1
-            if i >= n:
-                break
-        elif c == "#":
-            return line[:i]
-        i += 1
-    return line
-
-
 def _unescape(value: str) -> str:
     """Dovecot's str_unescape: ``\\x`` → ``x``."""
     return re.sub(r"\\(.)", r"\1", value)
@@ -133,7 +117,7 @@ def read_settings(path: str, _depth: int = 0) -> tuple[dict[str, str], dict[str,
     pending: list[str] = []
     start = 0
     for number, raw in enumerate(lines, 1):
-        line = _strip_comment(raw.strip()).rstrip()
+        line = strip_comment(raw.strip()).rstrip()
         if not line:
             continue  # blank and comment lines, even inside a continuation
         if not pending:

@@ -309,8 +309,9 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-def _strip_comment(line: str) -> tuple[str, bool]:
-    """Cut a ``#`` comment outside quotes; say if the ``#`` had no space before it."""
+def comment_start(line: str) -> int | None:
+    """Where a ``#`` comment starts outside quotes (Dovecot's rule, also for
+    its ``.conf.ext`` driver files), or None."""
     i, n = 0, len(line)
     while i < n:
         c = line[i]
@@ -321,9 +322,23 @@ def _strip_comment(line: str) -> tuple[str, bool]:
             if i >= n:
                 break
         elif c == "#":
-            return line[:i], i > 0 and not line[i - 1].isspace()
+            return i
         i += 1
-    return line, False
+    return None
+
+
+def strip_comment(line: str) -> str:
+    """``line`` without its ``#`` comment (see :func:`comment_start`)."""
+    i = comment_start(line)
+    return line if i is None else line[:i]
+
+
+def _strip_comment(line: str) -> tuple[str, bool]:
+    """Cut a ``#`` comment outside quotes; say if the ``#`` had no space before it."""
+    i = comment_start(line)
+    if i is None:
+        return line, False
+    return line[:i], i > 0 and not line[i - 1].isspace()
 
 
 class _Parser:
