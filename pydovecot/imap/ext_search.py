@@ -252,16 +252,21 @@ class SearchMixin:
 
     # -- SEARCH ---------------------------------------------------------------------
 
+    def _return_options(self, args: list[Token]) -> tuple[ReturnOptions | None, list[Token]]:
+        """A leading ``RETURN (…)`` (ESEARCH/ESORT) and the arguments after it.
+        With SAVE, ``$`` is emptied first: a failing command leaves it empty."""
+        if not (args and isinstance(args[0], Atom) and args[0].upper() == b"RETURN"):
+            return None, args
+        if len(args) < 2:
+            raise ParseError("Missing RETURN options")
+        opts = ReturnOptions.parse(args[1])
+        if "SAVE" in opts.names:
+            self._save(())
+        return opts, args[2:]
+
     def search_command(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
-        opts = None
-        if args and isinstance(args[0], Atom) and args[0].upper() == b"RETURN":
-            if len(args) < 2:
-                raise ParseError("Missing RETURN options")
-            opts = ReturnOptions.parse(args[1])
-            args = args[2:]
-            if "SAVE" in opts.names:
-                self._save(())  # a failing search leaves $ empty
+        opts, args = self._return_options(args)
         query = self._parse_query(args)
         result = self.run_search(query)
         if isinstance(result, defer.Deferred):
@@ -331,14 +336,7 @@ class SearchMixin:
 
     def cmd_sort(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
-        opts = None
-        if args and isinstance(args[0], Atom) and args[0].upper() == b"RETURN":
-            if len(args) < 2:
-                raise ParseError("Missing RETURN options")
-            opts = ReturnOptions.parse(args[1])
-            args = args[2:]
-            if "SAVE" in opts.names:
-                self._save(())
+        opts, args = self._return_options(args)
         if len(args) < 3:
             raise ParseError("Missing SORT arguments")
         criteria = parse_criteria(args[0])
