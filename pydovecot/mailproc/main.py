@@ -70,6 +70,7 @@ class MailProcess:
         self.sessions: set = set()
         self.assigned = False
         self.channel: ChannelAMP | None = None
+        self._settings: dict[str, dict] = {}
 
     # -- from the master ---------------------------------------------------
 
@@ -142,7 +143,13 @@ class MailProcess:
         return {"uid": uid, "mailbox": "INBOX"}
 
     def session_settings(self, service: str) -> dict:
-        return {key: self.config.get(key, protocol=service) for key in SESSION_SETTINGS}
+        """The settings a session reads, per protocol; looked up once (the
+        config never changes in a mail process), copied for each session."""
+        settings = self._settings.get(service)
+        if settings is None:
+            settings = self._settings[service] = {
+                key: self.config.get(key, protocol=service) for key in SESSION_SETTINGS}
+        return dict(settings)
 
     # -- sessions ----------------------------------------------------------
 
