@@ -261,10 +261,6 @@ class BadInputTests(MasterTestCase):
 class TLSTests(MasterTestCase):
     ssl = True
 
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.master.cert_path)
-        return ctx
-
     def test_imap_starttls_then_login(self) -> None:
         deliver(self.master, "alice", "over-tls")
         client = imaplib.IMAP4("127.0.0.1", self.master.ports["imap"], timeout=20)
