@@ -151,10 +151,15 @@ class FakeStorage:
         self.subs: list[str] = []
         self.views: list[FakeMailbox] = []
         self.listeners: dict[str, list[Callable[[], None]]] = {}
+        self.tree_listeners: list[Callable[[str, str, str | None], None]] = []
 
     def notify(self, name: str) -> None:
         for cb in list(self.listeners.get(name, [])):
             cb()
+
+    def tree_changed(self, kind: str, name: str, new: str | None = None) -> None:
+        for cb in list(self.tree_listeners):
+            cb(kind, name, new)
 
     def list_mailboxes(self) -> list[MailboxInfo]:
         out = []
@@ -170,6 +175,7 @@ class FakeStorage:
         for k in range(1, len(parts)):
             self.boxes.setdefault("/".join(parts[:k]), _Box())
         self.boxes[name] = _Box()
+        self.tree_changed("create", name)
 
     def delete(self, name: str) -> None:
         if name == "INBOX":
@@ -177,6 +183,7 @@ class FakeStorage:
         if name not in self.boxes:
             raise MailboxNotFound("Mailbox doesn't exist")
         del self.boxes[name]
+        self.tree_changed("delete", name)
 
     def rename(self, old: str, new: str) -> None:
         if old not in self.boxes:
@@ -186,6 +193,7 @@ class FakeStorage:
         for name in list(self.boxes):
             if name == old or name.startswith(old + "/"):
                 self.boxes[new + name[len(old):]] = self.boxes.pop(name)
+        self.tree_changed("rename", old, new)
 
     def subscriptions(self) -> list[str]:
         return list(self.subs)
@@ -193,10 +201,12 @@ class FakeStorage:
     def subscribe(self, name: str) -> None:
         if name not in self.subs:
             self.subs.append(name)
+        self.tree_changed("subscribe", name)
 
     def unsubscribe(self, name: str) -> None:
         if name in self.subs:
             self.subs.remove(name)
+        self.tree_changed("unsubscribe", name)
 
     def status(self, name: str) -> MailboxStatus:
         box = self.boxes.get(name)
@@ -255,3 +265,10 @@ class FakeStorage:
     def remove_listener(self, name: str, callback: Callable[[], None]) -> None:
         if callback in self.listeners.get(name, []):
             self.listeners[name].remove(callback)
+
+    def add_tree_listener(self, callback: Callable[[str, str, str | None], None]) -> None:
+        self.tree_listeners.append(callback)
+
+    def remove_tree_listener(self, callback: Callable[[str, str, str | None], None]) -> None:
+        if callback in self.tree_listeners:
+            self.tree_listeners.remove(callback)

@@ -8,8 +8,7 @@ filters match (changes by this user's other sessions and by deliveries all
 go through the one storage of the mail process), and turns changes into
 ``* STATUS`` for other mailboxes and EXISTS/EXPUNGE/FETCH for the selected
 one.  Mailbox tree changes (MailboxName, SubscriptionChange) come from the
-storage's ``add_tree_listener`` when it has one, else from a per-storage
-:class:`TreeHub` that wraps the storage's tree methods.
+storage's tree listeners (``IMailStorage.add_tree_listener``).
 
 Notifications are written only between commands (or during IDLE); while a
 command runs they wait, and the selected mailbox never gets an expunge
@@ -20,7 +19,6 @@ end in ``* OK [NOTIFICATIONOVERFLOW]`` and notifications stop, as RFC 5465
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -160,49 +158,6 @@ def parse(args: list[Token], decode: Callable[[Token], str]) -> NotifySpec | Non
     return spec
 
 
-class TreeHub:
-    """Tree changes (create, delete, rename, (un)subscribe) of one storage,
-    for storages without ``add_tree_listener``: the storage's tree methods
-    are wrapped once, and every change goes to the registered callbacks."""
-
-    _hubs: weakref.WeakKeyDictionary[Any, TreeHub] = weakref.WeakKeyDictionary()
-
-    def __init__(self, storage: Any):
-        self.callbacks: list[Callable[[str, str, str | None], None]] = []
-        for method, kind in (("create", "create"), ("delete", "delete"), ("rename", "rename"),
-                             ("subscribe", "subscribe"), ("unsubscribe", "unsubscribe")):
-            setattr(storage, method, self._wrap(getattr(storage, method), kind))
-
-    @classmethod
-    def add(cls, storage: Any, callback: Callable[[str, str, str | None], None]) -> None:
-        if hasattr(storage, "add_tree_listener"):
-            storage.add_tree_listener(callback)
-            return
-        hub = cls._hubs.get(storage)
-        if hub is None:
-            hub = cls._hubs[storage] = cls(storage)
-        hub.callbacks.append(callback)
-
-    @classmethod
-    def remove(cls, storage: Any, callback: Callable[[str, str, str | None], None]) -> None:
-        if hasattr(storage, "remove_tree_listener"):
-            storage.remove_tree_listener(callback)
-            return
-        hub = cls._hubs.get(storage)
-        if hub is not None and callback in hub.callbacks:
-            hub.callbacks.remove(callback)
-
-    def _wrap(self, method: Callable[..., Any], kind: str) -> Callable[..., Any]:
-        def wrapper(name: str, *args: Any) -> Any:
-            result = method(name, *args)
-            new = args[0] if kind == "rename" and args else None
-            for cb in list(self.callbacks):
-                cb(kind, name, new)
-            return result
-
-        return wrapper
-
-
 class Notifier:
     """One session's NOTIFY SET: listeners, waiting lines, overflow."""
 
@@ -223,7 +178,7 @@ class Notifier:
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> None:
-        TreeHub.add(self.session.storage, self._tree_changed)
+        self.session.storage.add_tree_listener(self._tree_changed)
         self._rewatch()
         if self.spec.status:
             for name in self._watched_names():
@@ -241,7 +196,7 @@ class Notifier:
         for name, cb in self.listeners.items():
             storage.remove_listener(name, cb)
         self.listeners.clear()
-        TreeHub.remove(storage, self._tree_changed)
+        storage.remove_tree_listener(self._tree_changed)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None

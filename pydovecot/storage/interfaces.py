@@ -227,3 +227,11 @@ class IMailStorage(Interface):
 
     def remove_listener(name: str, callback: Callable[[], None]) -> None:
         """Undo :meth:`add_listener`."""
+
+    def add_tree_listener(callback: Callable[[str, str, str | None], None]) -> None:
+        """Call ``callback(kind, name, new_name)`` after a successful create,
+        delete, rename (``new_name`` set), subscribe or unsubscribe through
+        this storage — for NOTIFY's MailboxName/SubscriptionChange events."""
+
+    def remove_tree_listener(callback: Callable[[str, str, str | None], None]) -> None:
+        """Undo :meth:`add_tree_listener`."""

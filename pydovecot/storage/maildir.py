@@ -1117,6 +1117,7 @@ class MaildirStorage:
         self.utf8 = utf8
         self._boxes: dict[str, _Box] = {}
         self._listeners: dict[str, list[Callable[[], None]]] = {}
+        self._tree_listeners: list[Callable[[str, str, str | None], None]] = []
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
@@ -1222,6 +1223,7 @@ class MaildirStorage:
             self._make(name)
         except FileExistsError:
             raise MailboxExists(f"Mailbox already exists: {name}") from None
+        self._tree_changed("create", name)
 
     def delete(self, name: str) -> None:
         name = N.normalize(name)
@@ -1235,6 +1237,7 @@ class MaildirStorage:
         shutil.rmtree(trash, ignore_errors=True)
         self._forget(name)
         self._notify(name)
+        self._tree_changed("delete", name)
 
     def rename(self, old: str, new: str) -> None:
         old, new = N.normalize(old), N.normalize(new, for_create=True)
@@ -1244,6 +1247,7 @@ class MaildirStorage:
             raise MailboxNameError("Can't rename a mailbox under itself")
         if old == "INBOX":
             self._rename_inbox(new)
+            self._tree_changed("rename", old, new)
             return
         children = [m.name for m in self.list_mailboxes()
                     if m.name.startswith(old + "/") and "\\Noselect" not in m.attributes]
@@ -1262,6 +1266,7 @@ class MaildirStorage:
                 os.rename(self._dir(src), self._dir(dst))
             self._forget(src)
         _fsync_dir(self.root)
+        self._tree_changed("rename", old, new)
 
     def _rename_inbox(self, new: str) -> None:
         """RFC 3501: move INBOX's messages to ``new``; INBOX stays, empty,
@@ -1293,9 +1298,11 @@ class MaildirStorage:
 
     def subscribe(self, name: str) -> None:
         self._subs.change(N.normalize(name), True)
+        self._tree_changed("subscribe", name)
 
     def unsubscribe(self, name: str) -> None:
         self._subs.change(N.normalize(name), False)
+        self._tree_changed("unsubscribe", name)
 
     # -- messages -----------------------------------------------------
 
@@ -1441,6 +1448,17 @@ class MaildirStorage:
         cbs = self._listeners.get(N.normalize(name), [])
         if callback in cbs:
             cbs.remove(callback)
+
+    def add_tree_listener(self, callback: Callable[[str, str, str | None], None]) -> None:
+        self._tree_listeners.append(callback)
+
+    def remove_tree_listener(self, callback: Callable[[str, str, str | None], None]) -> None:
+        if callback in self._tree_listeners:
+            self._tree_listeners.remove(callback)
+
+    def _tree_changed(self, kind: str, name: str, new: str | None = None) -> None:
+        for cb in list(self._tree_listeners):
+            cb(kind, name, new)
 
 
 __all__ = ["MaildirStorage", "MaildirMailbox", "unique_name"]
