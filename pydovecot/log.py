@@ -37,6 +37,29 @@ LEVEL_NAMES = {
 }
 
 
+#: Dovecot's str_sanitize() limit for client values in log lines.
+SANITIZE_MAX = 256
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def sanitize(value: object, max_len: int = SANITIZE_MAX) -> str:
+    """A client-supplied value made safe for one log line, as Dovecot's
+    ``str_sanitize``: control characters become ``?``, and a value over
+    ``max_len`` characters is cut and ends in ``...``.  Pass the result
+    as a format argument, or use :func:`sanitize_fmt` inside the format."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    text = _UNSAFE.sub("?", str(value))
+    if len(text) > max_len:
+        text = text[: max_len - 3] + "..."
+    return text
+
+
+def sanitize_fmt(value: object, max_len: int = SANITIZE_MAX) -> str:
+    """:func:`sanitize`, with braces doubled for use inside a format string."""
+    return sanitize(value, max_len).replace("{", "{{").replace("}", "}}")
+
+
 def format_line(event: dict, default_prefix: str) -> str | None:
     """One Dovecot-shaped line (no time stamp, no newline) for an event."""
     text = formatEvent(event)

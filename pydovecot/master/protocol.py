@@ -17,6 +17,16 @@ from __future__ import annotations
 
 from twisted.protocols import amp
 
+
+class LimitExceeded(Exception):
+    """A connection limit (``mail_max_userip_connections``) refused a
+    session; the message is the reason, as Dovecot words it."""
+
+
+class DeliveryFailed(Exception):
+    """A delivery failed for this recipient only (temporary: LMTP 4xx);
+    the message is the reason."""
+
 CONNECTION_ARGS = [
     (b"session", amp.Unicode()),
     (b"local_ip", amp.Unicode()),
@@ -45,7 +55,7 @@ class HandOff(amp.Command):
         *CONNECTION_ARGS,
     ]
     response = [(b"mpid", amp.Integer()), (b"user", amp.Unicode())]
-    errors = {KeyError: b"BAD_COOKIE", RuntimeError: b"UNAVAILABLE"}
+    errors = {KeyError: b"BAD_COOKIE", RuntimeError: b"UNAVAILABLE", LimitExceeded: b"LIMIT"}
 
 
 class DeliverRequest(amp.Command):
