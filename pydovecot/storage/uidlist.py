@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 LOCK_STALE_SECS = 120  #: as Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT
 LOCK_WAIT_SECS = 30
+EMPTY_LOCK_STALE_SECS = 5
 
 
 class LockTimeout(OSError):
@@ -215,6 +216,8 @@ class Dotlock:
         try:
             with open(self.path) as f:
                 pid_s, _, host = f.read().strip().partition(":")
+            if not pid_s and time.time() - st.st_mtime > EMPTY_LOCK_STALE_SECS:
+                return True  # an owner that died before writing (older versions)
             if host == socket.gethostname() and pid_s.isdigit():
                 os.kill(int(pid_s), 0)
         except ProcessLookupError:
@@ -226,9 +229,10 @@ class Dotlock:
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait
         delay = 0.001
+        owner = f"{os.getpid()}:{socket.gethostname()}".encode()
         while True:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                self._create(owner)
             except FileExistsError:
                 if self._is_stale():
                     try:
@@ -241,12 +245,24 @@ class Dotlock:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
                 continue
-            try:
-                os.write(fd, f"{os.getpid()}:{socket.gethostname()}".encode())
-            finally:
-                os.close(fd)
             self._held = True
             return
+
+    def _create(self, owner: bytes) -> None:
+        """Create the lock with its owner already in it, as Dovecot's
+        file_dotlock does (write a temp file, then ``link()`` it): a process
+        killed while locking never leaves an empty lock that only the
+        120-second staleness rule could clear."""
+        tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, owner)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, self.path)
+        finally:
+            os.unlink(tmp)
 
     def release(self) -> None:
         if self._held:
