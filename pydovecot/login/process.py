@@ -127,9 +127,10 @@ class AuthUnavailable(Exception):
 class AuthLink:
     """The login process's connection to authd's auth-login socket.
 
-    Reconnects whenever it is lost (authd crashed or was restarted; the
-    master keeps the listening socket, so a new connection waits in its
-    backlog until the next authd accepts it).  :meth:`call` gives every
+    Reconnects whenever it is lost (authd crashed or was restarted).  After
+    the chroot, ``path`` is the link the master keeps in it (the master
+    owns the listening socket, so a new connection waits in its backlog
+    until the next authd accepts it).  :meth:`call` gives every
     request ``timeout`` seconds, waiting for a connection included, and
     then fails it with :class:`AuthUnavailable`; a late answer is dropped.
     """
@@ -164,6 +165,9 @@ class AuthLink:
 
     def _connected(self, proto: ChannelAMP) -> None:
         self._connecting = False
+        if proto.transport is None or getattr(proto.transport, "disconnected", False):
+            self._schedule()  # gone again before we saw it
+            return
         self.amp = proto
         self._retry = self.MIN_RETRY
         waiters, self._waiters = self._waiters, []
@@ -173,7 +177,7 @@ class AuthLink:
 
     def _failed(self, failure) -> None:
         self._connecting = False
-        log.warn("cannot connect to {path}: {error}; retrying", path=self.path,
+        log.warn("cannot connect to authd ({path}): {error}; retrying", path=self.path,
                  error=failure.getErrorMessage())
         self._schedule()
 
@@ -454,6 +458,7 @@ def start(args) -> defer.Deferred:
         uid, gid = privileges.lookup_user(config.get("default_login_user"))
         chroot = args.chroot
         privileges.enter_chroot(chroot)
+        auth.path = "/auth-login"  # the master's link to the socket, in the chroot
         privileges.drop_to(uid, gid)
         privileges.set_no_new_privs()
         log.debug("chrooted to {chroot}, running as uid {uid}", chroot=chroot, uid=uid)
