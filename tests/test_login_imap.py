@@ -501,3 +501,44 @@ class LimitExceededTests(unittest.TestCase):
         proto.connectionLost(None)
         self.assertEqual(backend.disconnects, [("imap", reason, "alice", 1)])
         self.flushLoggedErrors()
+
+
+class AuthLinkTests(unittest.TestCase):
+    """The login process's authd connection: a request never hangs."""
+
+    def link(self):
+        from pydovecot.login.process import AuthLink
+
+        class Silent:
+            transport = object()
+
+            def __init__(self):
+                self.sent = []
+
+            def callRemote(self, command, **kwargs):
+                self.sent.append(command)
+                return defer.Deferred()  # authd stopped: no answer, ever
+
+        clock = Clock()
+        link = AuthLink("/nonexistent", timeout=2, clock=clock)
+        link.amp = Silent()
+        return link, clock
+
+    def test_unanswered_request_fails_after_the_timeout(self):
+        from pydovecot.login.process import AuthUnavailable
+
+        link, clock = self.link()
+        d = link.call(object)
+        clock.advance(1.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.failureResultOf(d, AuthUnavailable)
+
+    def test_waiting_for_a_connection_counts_too(self):
+        from pydovecot.login.process import AuthUnavailable
+
+        link, clock = self.link()
+        link.amp = None
+        d = link.call(object)
+        clock.advance(2.1)
+        self.failureResultOf(d, AuthUnavailable)
