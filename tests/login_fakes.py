@@ -84,7 +84,12 @@ class FakeLoginBackend:
         self.disconnects: list[tuple] = []
         self.cancelled = 0
         self.handoff_fails = False
+        self.handoff_error: Exception | None = None  # e.g. LimitExceeded(...)
         self.temporary_failure = False
+        self.hold_auth = False  # auth_start answers only when released
+        self.held: list[defer.Deferred] = []
+        self.active = 0  # SASL exchanges in flight
+        self.max_active = 0
 
     def mechanisms(self, conn: ConnectionInfo):
         return defer.succeed(list(self.mech_list))
@@ -97,6 +102,22 @@ class FakeLoginBackend:
         return AuthReply("fail", user=user.decode("utf-8", "replace"))
 
     def auth_start(self, conn, service, mechanism, initial):
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        d = self._auth_start(conn, service, mechanism, initial)
+        if self.hold_auth:
+            held: defer.Deferred = defer.Deferred()
+            self.held.append(held)
+            held.addCallback(lambda _, answer=d: answer)
+            d = held
+
+        def done(reply):
+            self.active -= 1
+            return reply
+
+        return d.addBoth(done)
+
+    def _auth_start(self, conn, service, mechanism, initial):
         self.exchanges[conn.session_id] = [mechanism]
         if mechanism == "PLAIN":
             if initial is None:
@@ -130,6 +151,8 @@ class FakeLoginBackend:
     def handoff(self, protocol, conn, reply, service, mechanism, tag, pending):
         if self.handoff_fails:
             return defer.fail(RuntimeError("master is gone"))
+        if self.handoff_error is not None:
+            return defer.fail(self.handoff_error)
         self.handoffs.append(dict(user=reply.user, service=service, mechanism=mechanism,
                                   tag=tag, pending=pending, tls=conn.tls, protocol=protocol))
         transport = protocol.transport

@@ -11,7 +11,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from pydovecot.login.common import ClientRegistry
 from pydovecot.login.imap import IMAPLoginFactory, parse_arguments
+from pydovecot.master.protocol import LimitExceeded
 from tests.login_fakes import (
     FakeLoginBackend,
     ListeningMixin,
@@ -337,11 +339,12 @@ class IdleTimeoutTests(unittest.TestCase):
         transport = StringTransport()
         proto.makeConnection(transport)
         self.assertTrue(transport.value().startswith(b"* OK [CAPABILITY"))
-        clock.advance(100)
-        proto.dataReceived(b"a NOOP\r\n")
-        clock.advance(100)
+        # The login timeout counts from connect: input does not extend it.
+        for _ in range(179):
+            clock.advance(1)
+            proto.dataReceived(b"a")
         self.assertFalse(transport.disconnecting)
-        clock.advance(81)
+        clock.advance(1)
         self.assertIn(b"* BYE Disconnected for inactivity.\r\n", transport.value())
         self.assertTrue(transport.disconnecting)
         proto.connectionLost(None)
@@ -360,3 +363,182 @@ class ParserTests(unittest.TestCase):
     def test_arguments(self):
         args = parse_arguments(b'"a\\"b" atom {3}\r\nxyz (1 "two" NIL)')
         self.assertEqual(args, [b'a"b', b"atom", b"xyz", [b"1", b"two", b"NIL"]])
+
+
+def _connected(factory, transport=None):
+    """A protocol from ``factory`` on a StringTransport (peer 192.168.1.1),
+    greeted; plaintext auth allowed."""
+    factory.backend.disable_plaintext_auth = False
+    proto = factory.buildProtocol(None)
+    transport = transport or StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+class InputBoundTests(unittest.TestCase):
+    """Pre-login input is bounded: while a command runs, and inside an
+    over-long command (its literals included)."""
+
+    def setUp(self):
+        self.backend = FakeLoginBackend()
+        self.factory = IMAPLoginFactory(self.backend, False, clock=Clock())
+
+    def test_reading_stops_past_max_inbuf_while_auth_runs(self):
+        self.backend.hold_auth = True
+        proto, t = _connected(self.factory)
+        proto.dataReceived(b"a LOGIN alice secret\r\n")
+        self.assertEqual(len(self.backend.held), 1)
+        proto.dataReceived(b"b NOOP\r\n" * 100)  # 800 bytes: kept
+        self.assertEqual(t.producerState, "producing")
+        proto.dataReceived(b"c NOOP\r\n" * 100)  # past 1 KiB: stop reading
+        self.assertEqual(t.producerState, "paused")
+        self.assertFalse(t.disconnecting)
+        self.backend.held[0].callback(None)
+        # The pipeline went with the handoff, unparsed.
+        self.assertEqual(self.backend.handoffs[0]["pending"],
+                         b"b NOOP\r\n" * 100 + b"c NOOP\r\n" * 100)
+
+    def test_reading_resumes_after_a_failed_auth(self):
+        self.backend.hold_auth = True
+        proto, t = _connected(self.factory)
+        proto.dataReceived(b"a LOGIN alice wrong\r\n" + b"b NOOP\r\n" * 200)
+        self.assertEqual(t.producerState, "paused")
+        self.backend.held[0].callback(None)
+        self.assertEqual(t.producerState, "producing")
+        self.assertEqual(t.value().count(b" OK NOOP completed."), 200)
+
+    def test_input_buffer_full_disconnects(self):
+        self.backend.hold_auth = True
+        proto, t = _connected(self.factory)
+        proto.dataReceived(b"a LOGIN alice secret\r\n" + b"x" * 70000)
+        self.assertIn(b"* BYE Input buffer full, aborting\r\n", t.value())
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(proto._buffer, b"")
+        proto.connectionLost(None)
+        self.assertEqual(self.backend.disconnects[-1][1], "Input buffer full")
+        self.assertEqual(self.backend.handoffs, [])
+
+    def test_overlong_literal_plus_is_skipped_whole(self):
+        proto, t = _connected(self.factory)
+        size = 1_000_000
+        proto.dataReceived(b"a LOGIN {%d+}\r\n" % size)
+        body = (b"b LOGOUT\r\nc LOGIN alice secret\r\n" * (size // 30 + 1))[:size]
+        # In odd-sized pieces, so the literal's end falls anywhere.
+        for i in range(0, size, 7919):
+            proto.dataReceived(body[i:i + 7919])
+        proto.dataReceived(b" {3+}\r\n\r\n\n secret\r\nd NOOP\r\n")
+        out = t.value()
+        self.assertIn(b"a BAD Error in IMAP command: Too long argument.\r\n", out)
+        self.assertIn(b"d OK NOOP completed.\r\n", out)
+        self.assertNotIn(b"BYE", out)
+        self.assertNotIn(b"c ", out)
+        self.assertEqual(self.backend.handoffs, [])
+        self.assertLess(len(proto._buffer), 100)
+
+    def test_login_timeout_counts_from_connect(self):
+        clock = Clock()
+        factory = IMAPLoginFactory(self.backend, False, clock=clock, login_timeout=10)
+        proto, t = _connected(factory)
+        for _ in range(9):
+            clock.advance(1)
+            proto.dataReceived(b"a NOOP\r\n")
+        self.assertFalse(t.disconnecting)
+        clock.advance(1)
+        self.assertIn(b"* BYE Disconnected for inactivity.\r\n", t.value())
+        self.assertTrue(t.disconnecting)
+
+    def test_one_sasl_exchange_at_a_time(self):
+        self.backend.hold_auth = True
+        proto, t = _connected(self.factory)
+        ir = base64.b64encode(b"\0alice\0wrong")
+        proto.dataReceived(b"".join(b"a%d AUTHENTICATE PLAIN %s\r\n" % (i, ir) for i in range(3)))
+        self.assertEqual(len(self.backend.held), 1)
+        while len(self.backend.held) < 3:
+            self.backend.held[-1].callback(None)
+        self.backend.held[-1].callback(None)
+        self.assertEqual(self.backend.max_active, 1)
+        self.assertEqual(t.value().count(b"NO [AUTHENTICATIONFAILED]"), 3)
+
+
+class ClientLimitTests(unittest.TestCase):
+    def test_client_limit_disconnects_the_oldest_prelogin_client(self):
+        registry = ClientRegistry(client_limit=2)
+        factory = IMAPLoginFactory(FakeLoginBackend(), False, clock=Clock(), registry=registry)
+        (p1, t1), (p2, t2), (p3, t3) = (_connected(factory) for _ in range(3))
+        self.assertIn(b"* BYE Connection queue full\r\n", t1.value())
+        self.assertTrue(t1.disconnecting)
+        self.assertFalse(t2.disconnecting or t3.disconnecting)
+        self.assertEqual(list(registry.clients), [p2, p3])
+
+    def test_per_ip_cap(self):
+        registry = ClientRegistry(max_ip_connections=2)
+        factory = IMAPLoginFactory(FakeLoginBackend(), False, clock=Clock(), registry=registry)
+        conns = [_connected(factory) for _ in range(3)]
+        self.assertFalse(conns[0][1].disconnecting or conns[1][1].disconnecting)
+        self.assertEqual(conns[2][1].value(),
+                         b"* BYE [LIMIT] Maximum number of connections from your IP exceeded "
+                         b"(login_max_ip_connections=2)\r\n")
+        self.assertTrue(conns[2][1].disconnecting)
+        conns[0][0].connectionLost(None)
+        p, t = _connected(factory)
+        self.assertTrue(t.value().startswith(b"* OK [CAPABILITY"))
+        # A login frees the slot too.
+        conns[1][0].dataReceived(b"a LOGIN alice secret\r\n")
+        self.assertEqual(registry.preauth_by_ip, {"192.168.1.1": 1})
+
+
+class LimitExceededTests(unittest.TestCase):
+    def test_userip_limit_is_bye_limit(self):
+        backend = FakeLoginBackend()
+        reason = ("Maximum number of connections from user+IP exceeded "
+                  "(mail_max_userip_connections=10)")
+        backend.handoff_error = LimitExceeded(reason)
+        proto, t = _connected(IMAPLoginFactory(backend, False, clock=Clock()))
+        proto.dataReceived(b"a LOGIN alice secret\r\n")
+        self.assertTrue(t.value().endswith(b"* BYE [LIMIT] " + reason.encode() + b"\r\n"))
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(t.producerState, "producing")
+        proto.connectionLost(None)
+        self.assertEqual(backend.disconnects, [("imap", reason, "alice", 1)])
+        self.flushLoggedErrors()
+
+
+class AuthLinkTests(unittest.TestCase):
+    """The login process's authd connection: a request never hangs."""
+
+    def link(self):
+        from pydovecot.login.process import AuthLink
+
+        class Silent:
+            transport = object()
+
+            def __init__(self):
+                self.sent = []
+
+            def callRemote(self, command, **kwargs):
+                self.sent.append(command)
+                return defer.Deferred()  # authd stopped: no answer, ever
+
+        clock = Clock()
+        link = AuthLink("/nonexistent", timeout=2, clock=clock)
+        link.amp = Silent()
+        return link, clock
+
+    def test_unanswered_request_fails_after_the_timeout(self):
+        from pydovecot.login.process import AuthUnavailable
+
+        link, clock = self.link()
+        d = link.call(object)
+        clock.advance(1.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.failureResultOf(d, AuthUnavailable)
+
+    def test_waiting_for_a_connection_counts_too(self):
+        from pydovecot.login.process import AuthUnavailable
+
+        link, clock = self.link()
+        link.amp = None
+        d = link.call(object)
+        clock.advance(2.1)
+        self.failureResultOf(d, AuthUnavailable)

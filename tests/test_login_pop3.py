@@ -11,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from pydovecot.login.pop3 import POP3LoginFactory
+from pydovecot.master.protocol import LimitExceeded
 from tests.login_fakes import (
     FakeLoginBackend,
     ListeningMixin,
@@ -167,3 +168,32 @@ class POP3IdleTests(unittest.TestCase):
         clock.advance(181)
         self.assertIn(b"-ERR Disconnected for inactivity.\r\n", transport.value())
         self.assertTrue(transport.disconnecting)
+
+
+class POP3LimitTests(unittest.TestCase):
+    def connect(self, backend):
+        backend.disable_plaintext_auth = False
+        proto = POP3LoginFactory(backend, False, clock=Clock()).buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_userip_limit_is_sys_temp(self):
+        backend = FakeLoginBackend()
+        reason = ("Maximum number of connections from user+IP exceeded "
+                  "(mail_max_userip_connections=10)")
+        backend.handoff_error = LimitExceeded(reason)
+        proto, t = self.connect(backend)
+        proto.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        self.assertTrue(t.value().endswith(b"-ERR [SYS/TEMP] " + reason.encode() + b"\r\n"))
+        self.assertTrue(t.disconnecting)
+
+    def test_input_buffer_full(self):
+        backend = FakeLoginBackend()
+        backend.hold_auth = True
+        proto, t = self.connect(backend)
+        proto.dataReceived(b"USER alice\r\nPASS secret\r\n" + b"NOOP\r\n" * 200)
+        self.assertEqual(t.producerState, "paused")
+        proto.dataReceived(b"NOOP\r\n" * 2000)
+        self.assertIn(b"-ERR Input buffer full, aborting\r\n", t.value())
+        self.assertTrue(t.disconnecting)

@@ -84,6 +84,12 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "ssl_require_crl": (BOOL, "yes"),
     "ssl_cert_username_field": (STR, "commonName"),
     "login_trusted_networks": (LIST, ""),
+    # pydovecot-only: Dovecot's login processes have these built in
+    # (LOGIN_MAX_INBUF_SIZE, CLIENT_LOGIN_TIMEOUT_MSECS); the last two are new.
+    "login_max_inbuf_size": (SIZE, "1k"),
+    "login_timeout": (TIME, "3 mins"),
+    "login_auth_timeout": (TIME, "30 secs"),
+    "login_max_ip_connections": (UINT, "100"),
     "login_log_format_elements": (
         STR,
         "user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{session}>",

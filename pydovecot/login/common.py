@@ -1,11 +1,21 @@
 """Shared machinery of the pre-auth login protocols (imap-login, pop3-login).
 
 Provides Dovecot-style session ids, :class:`ConnectionInfo` built from a
-transport, and :class:`LoginProtocol`: the base class that frames input
-(bounded lines, one command at a time), counts bad commands and auth
-attempts, enforces the idle timeout, runs SASL exchanges against the
+transport, :class:`ClientRegistry` (per-process ``client_limit`` and the
+per-IP cap on pre-login connections) and :class:`LoginProtocol`: the base
+class that frames input (bounded lines, one command at a time), counts bad
+commands and auth attempts, enforces the login timeout (counted from
+connect), runs SASL exchanges against the
 :class:`~pydovecot.login.interfaces.ILoginBackend` and does the handoff
 dance (pause, hand the connection over, then relay or go quiet).
+
+Input bounds, as Dovecot's login processes have them: one command (with
+its literals) is at most ``max_line`` bytes, and an over-long one is
+skipped whole, literals included, then answered; while a command or the
+auth delay is pending, at most ``max_inbuf`` unprocessed bytes are kept
+before the socket stops being read, and a client whose pending input
+still exceeds ``max_line`` is told ``Input buffer full, aborting`` and
+disconnected.
 
 Trusts: the backend (the login process around it) and its replies.  Trusts
 nothing the client sends: every byte is bounded and parsed defensively, and
@@ -27,7 +37,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pydovecot.log import sanitize
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
+from pydovecot.master.protocol import LimitExceeded
 
 log = Logger()
 
@@ -50,15 +62,22 @@ def parse_networks(networks: Iterable[str]) -> list[ipaddress.IPv4Network | ipad
 
 def is_trusted(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     """True for loopback addresses and addresses inside ``networks``."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    addr = _address(ip)
+    if addr is None:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     if addr.is_loopback:
         return True
     return any(addr.version == net.version and addr in net for net in networks)
+
+
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr
 
 
 def connection_info(transport, networks: Iterable = (), tls: bool = False,
@@ -104,19 +123,92 @@ class TooLong:
         self.head = head
 
 
+class ClientRegistry:
+    """The clients of one login process, for its limits.
+
+    ``client_limit`` counts every connection the process holds, pre-login
+    and relayed TLS sessions alike (Dovecot's login processes count their
+    SSL proxies too).  When it is reached, the oldest pre-login client is
+    disconnected with "Connection queue full" to make room, as Dovecot's
+    ``client_destroy_oldest`` does; with no pre-login client to spare, the
+    new one is refused.  ``max_ip_connections`` caps the pre-login
+    connections from one remote IP (0: no cap); trusted networks are exempt.
+    """
+
+    def __init__(self, client_limit: int = 0, max_ip_connections: int = 0,
+                 exempt_networks: Iterable[str] = ()):
+        self.client_limit = client_limit
+        self.max_ip_connections = max_ip_connections
+        self.exempt = parse_networks(exempt_networks)
+        self.clients: dict[LoginProtocol, None] = {}  # in connect order
+        self.preauth_by_ip: dict[str, int] = {}
+        self._preauth: set[LoginProtocol] = set()
+
+    def admit(self, protocol: LoginProtocol) -> str | None:
+        """Register a new client; the reason it is refused, or None."""
+        ip = protocol.conn.remote_ip
+        if (self.max_ip_connections and ip
+                and self.preauth_by_ip.get(ip, 0) >= self.max_ip_connections
+                and not any(_in_network(ip, n) for n in self.exempt)):
+            return "ip"
+        if self.client_limit and len(self.clients) >= self.client_limit:
+            oldest = next((c for c in self.clients if c in self._preauth), None)
+            if oldest is None:
+                return "full"
+            oldest.disconnect_queue_full()
+            self.remove(oldest)
+        self.clients[protocol] = None
+        self._preauth.add(protocol)
+        if ip:
+            self.preauth_by_ip[ip] = self.preauth_by_ip.get(ip, 0) + 1
+        return None
+
+    def logged_in(self, protocol: LoginProtocol) -> None:
+        """The client left the pre-login state (it may still be relayed)."""
+        if protocol in self._preauth:
+            self._preauth.discard(protocol)
+            ip = protocol.conn.remote_ip
+            left = self.preauth_by_ip.get(ip, 0) - 1
+            if left > 0:
+                self.preauth_by_ip[ip] = left
+            else:
+                self.preauth_by_ip.pop(ip, None)
+
+    def remove(self, protocol: LoginProtocol) -> None:
+        """The client is gone from this process."""
+        self.logged_in(protocol)
+        self.clients.pop(protocol, None)
+
+
+def _in_network(ip: str, net) -> bool:
+    addr = _address(ip)
+    return addr is not None and addr.version == net.version and addr in net
+
+
 class LoginFactory(Factory):
-    """Factory base: holds the backend and connection-wide settings."""
+    """Factory base: holds the backend and connection-wide settings.
+
+    ``login_timeout`` (seconds from connect to login), ``max_inbuf``
+    (unprocessed bytes kept while a command runs) and ``registry`` (the
+    process-wide :class:`ClientRegistry`, shared by all its listeners)
+    default to Dovecot's built-in values and no limits.
+    """
 
     protocol: type[LoginProtocol]
 
     def __init__(self, backend: ILoginBackend, implicit_tls: bool = False,
-                 trusted_networks: Iterable[str] = (), clock: IReactorTime | None = None):
+                 trusted_networks: Iterable[str] = (), clock: IReactorTime | None = None,
+                 login_timeout: float | None = None, max_inbuf: int | None = None,
+                 registry: ClientRegistry | None = None):
         from twisted.internet import reactor
 
         self.backend = backend
         self.implicit_tls = implicit_tls
         self.trusted_networks = parse_networks(trusted_networks)
         self.clock = clock if clock is not None else reactor
+        self.login_timeout = login_timeout
+        self.max_inbuf = max_inbuf
+        self.registry = registry if registry is not None else ClientRegistry()
 
     def connection_info(self, transport) -> ConnectionInfo:
         """The :class:`ConnectionInfo` of a new connection."""
@@ -132,10 +224,11 @@ class LoginProtocol(Protocol):
     """
 
     service = "login"
-    max_line = 8192
+    max_line = 8192  # one command, literals included
+    max_inbuf = 1024  # unprocessed input kept while a command runs (Dovecot's)
     max_bad_commands = 10
     max_auth_attempts = 3
-    idle_timeout = 180.0
+    login_timeout = 180.0  # from connect (Dovecot's CLIENT_LOGIN_TIMEOUT)
 
     factory: LoginFactory
     conn: ConnectionInfo
@@ -143,6 +236,9 @@ class LoginProtocol(Protocol):
     def __init__(self) -> None:
         self._buffer = b""
         self._skipping: bytes | None = None  # head of an over-long line
+        self._skip_literal = 0  # literal bytes of that line still to drop
+        self._skip_tail = b""  # the end of its current line, for {N+}
+        self._input_paused = False  # reading stopped: max_inbuf reached
         self._pending_too_long: TooLong | None = None  # it ended: answer it
         self._busy = False
         self._looping = False
@@ -171,8 +267,21 @@ class LoginProtocol(Protocol):
     def connectionMade(self) -> None:
         self.conn = self.factory.connection_info(self.transport)
         self._tls_data_seen = self.conn.tls
-        self._reset_timer()
+        if self.factory.login_timeout is not None:
+            self.login_timeout = self.factory.login_timeout
+        if self.factory.max_inbuf is not None:
+            self.max_inbuf = self.factory.max_inbuf
         self._busy = True
+        refused = self.factory.registry.admit(self)
+        if refused is not None:
+            if refused == "ip":
+                self.reply_ip_limit(self.factory.registry.max_ip_connections)
+                self.close("Too many connections from this IP")
+            else:
+                self.reply_queue_full()
+                self.close("Connection queue full")
+            return
+        self._start_timer()
         d = defer.maybeDeferred(self.send_greeting)
         d.addCallback(self._greeted)
         d.addErrback(self._greeting_failed)
@@ -182,6 +291,8 @@ class LoginProtocol(Protocol):
             self.state = State.ACTIVE
             self._busy = False
             self._process()
+            if not self._busy:
+                self._unblock_input()
 
     def _greeting_failed(self, failure: Failure) -> None:
         log.failure("{service}-login: cannot greet client", failure, service=self.service)
@@ -198,14 +309,37 @@ class LoginProtocol(Protocol):
                 log.debug("dropping {n} bytes received during handoff", n=len(data))
             return
         self._tls_data_seen = True
-        self._reset_timer()
         if self._skipping is not None:
             data = self._skip(data)
         self._buffer += data
         self._process()
+        self._bound_input()
+
+    def _bound_input(self) -> None:
+        """While a command runs, stop reading past ``max_inbuf`` unprocessed
+        bytes; past ``max_line`` (what one read can still bring) give up."""
+        if not self._busy or self.state not in (State.GREETING, State.ACTIVE):
+            return
+        if len(self._buffer) > max(self.max_line, self.max_inbuf):
+            self.reply_inbuf_full()
+            self.close("Input buffer full")
+        elif len(self._buffer) > self.max_inbuf and not self._input_paused:
+            self._input_paused = True
+            self.transport.pauseProducing()
+
+    def _unblock_input(self) -> None:
+        if self._input_paused and self.state in (State.GREETING, State.ACTIVE):
+            self._input_paused = False
+            self.transport.resumeProducing()
+
+    def disconnect_queue_full(self) -> None:
+        """Make room for a newer client (the process is at client_limit)."""
+        self.reply_queue_full()
+        self.close("Connection queue full")
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._cancel_timer()
+        self.factory.registry.remove(self)
         if self.state is State.RELAY and self.relay is not None:
             self.relay.client_lost()
             return
@@ -245,15 +379,13 @@ class LoginProtocol(Protocol):
         if self.transport is not None:
             self.transport.loseConnection()
 
-    # -- idle timeout -------------------------------------------------------
+    # -- login timeout ------------------------------------------------------
 
-    def _reset_timer(self) -> None:
-        if self.state in (State.HANDOFF, State.RELAY, State.GONE):
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self.idle_timeout)
-        else:
-            self._timer = self.factory.clock.callLater(self.idle_timeout, self._timed_out)
+    def _start_timer(self) -> None:
+        """The whole pre-login phase must end within ``login_timeout`` of
+        the connect: input does not extend it (a byte a minute won't do)."""
+        self._cancel_timer()
+        self._timer = self.factory.clock.callLater(self.login_timeout, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -274,13 +406,34 @@ class LoginProtocol(Protocol):
             self.transport.write(data)
 
     def _skip(self, data: bytes) -> bytes:
-        """Drop the rest of an over-long line; return what follows it."""
-        i = data.find(b"\n")
-        if i < 0:
-            return b""
-        self._pending_too_long = TooLong(self._skipping or b"")
-        self._skipping = None
-        return data[i + 1:]
+        """Drop the rest of an over-long command, the content of its
+        literals included (never parsed as commands); return what follows."""
+        while data:
+            if self._skip_literal:
+                n = min(len(data), self._skip_literal)
+                self._skip_literal -= n
+                data = data[n:]
+                continue
+            i = data.find(b"\n")
+            if i < 0:
+                self._skip_tail = (self._skip_tail + data[-32:])[-32:]
+                return b""
+            tail = (self._skip_tail + data[max(0, i - 32):i])[-32:]
+            self._skip_tail = b""
+            data = data[i + 1:]
+            size = self.literal_follows(tail.rstrip(b"\r"))
+            if size is not None:
+                self._skip_literal = size
+                continue
+            self._pending_too_long = TooLong(self._skipping or b"")
+            self._skipping = None
+            return data
+        return b""
+
+    def literal_follows(self, line_end: bytes) -> int | None:
+        """The size of a non-synchronising literal announced at the end of
+        a line (IMAP's ``{N+}``), else None.  No literals in the base."""
+        return None
 
     def extract_line(self) -> bytes | TooLong | None:
         """Take one line (without CRLF) from the buffer, a :class:`TooLong`
@@ -301,6 +454,8 @@ class LoginProtocol(Protocol):
     def begin_skipping(self, head: bytes) -> None:
         """Start discarding an over-long line (it is answered when it ends)."""
         self._skipping = head
+        self._skip_literal = 0
+        self._skip_tail = b""
         self._buffer = self._skip(self._buffer)
 
     def _process(self) -> None:
@@ -337,6 +492,8 @@ class LoginProtocol(Protocol):
     def _command_done(self, _: object) -> None:
         self._busy = False
         self._process()
+        if not self._busy:
+            self._unblock_input()
 
     def bad_command(self) -> None:
         """Count an invalid command; disconnect after too many."""
@@ -436,8 +593,11 @@ class LoginProtocol(Protocol):
     def handoff(self, reply: AuthReply, mechanism: str, tag: bytes | None) -> defer.Deferred:
         """Pause and give the connection (with pipelined bytes) away."""
         self._cancel_timer()
-        self.transport.pauseProducing()
+        if not self._input_paused:
+            self.transport.pauseProducing()
+        self._input_paused = False
         self.state = State.HANDOFF
+        self.factory.registry.logged_in(self)
         pending, self._buffer = self._buffer, b""
         d = defer.maybeDeferred(self.backend.handoff, self, self.conn, reply, self.service,
                                 mechanism, tag, pending)
@@ -448,6 +608,7 @@ class LoginProtocol(Protocol):
         lost = self._lost_reason
         if relay is None:
             self.state = State.GONE
+            self.factory.registry.remove(self)
             return
         self.relay = relay
         self.state = State.RELAY
@@ -457,13 +618,21 @@ class LoginProtocol(Protocol):
             self.transport.resumeProducing()
 
     def _handoff_failed(self, failure: Failure, tag: bytes | None) -> None:
-        log.failure("{service}-login: handoff failed", failure, service=self.service)
+        limited = failure.check(LimitExceeded) is not None
+        if not limited:
+            log.failure("{service}-login: handoff failed", failure, service=self.service)
         if self._lost_reason is not None:
             self.state = State.GONE
             self.backend.log_disconnect(self.conn, self.service, "internal login failure",
                                         self.user, self.auth_attempts)
             return
         self.state = State.ACTIVE
+        if limited:
+            reason = sanitize(failure.getErrorMessage()) or "Connection limit exceeded"
+            self.reply_limit_exceeded(tag, reason)
+            self.transport.resumeProducing()
+            self.close(reason)
+            return
         self.reply_internal_error(tag)
         self.transport.resumeProducing()
         self.close("internal login failure")
@@ -510,4 +679,22 @@ class LoginProtocol(Protocol):
         raise NotImplementedError
 
     def reply_inactivity(self) -> None:
+        raise NotImplementedError
+
+    def reply_disconnect(self, text: str, code: str | None = None) -> None:
+        """An unsolicited goodbye (IMAP ``* BYE [code] text``, POP3 ``-ERR``)."""
+        raise NotImplementedError
+
+    def reply_inbuf_full(self) -> None:
+        self.reply_disconnect("Input buffer full, aborting")
+
+    def reply_queue_full(self) -> None:
+        self.reply_disconnect("Connection queue full")
+
+    def reply_ip_limit(self, limit: int) -> None:
+        self.reply_disconnect("Maximum number of connections from your IP exceeded "
+                              f"(login_max_ip_connections={limit})", code="LIMIT")
+
+    def reply_limit_exceeded(self, tag: bytes | None, reason: str) -> None:
+        """The master refused the login (mail_max_userip_connections)."""
         raise NotImplementedError

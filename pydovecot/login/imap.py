@@ -7,7 +7,8 @@ Successful logins are handed to the backend (see
 sends the tagged OK.
 
 Trusts: the :class:`~pydovecot.login.interfaces.ILoginBackend`.  Client
-input is bounded (8 KiB per command including literals) and parsed
+input is bounded (8 KiB per command including literals; the content of an
+over-long literal is skipped whole, never read as commands) and parsed
 defensively; errors become tagged BAD replies, never tracebacks.
 """
 
@@ -18,6 +19,7 @@ import re
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from pydovecot.log import sanitize
 from pydovecot.login.common import (
     NEED_MORE,
     PLAINTEXT_MECHANISMS,
@@ -238,6 +240,16 @@ class IMAPLoginProtocol(LoginProtocol):
     def reply_inactivity(self) -> None:
         self.write(b"* BYE Disconnected for inactivity.\r\n")
 
+    def reply_disconnect(self, text: str, code: str | None = None) -> None:
+        self.write(f"* BYE {f'[{code}] ' if code else ''}{text}\r\n".encode())
+
+    def reply_limit_exceeded(self, tag: bytes | None, reason: str) -> None:
+        self.reply_disconnect(reason, code="LIMIT")
+
+    def literal_follows(self, line_end: bytes) -> int | None:
+        m = LITERAL_AT_END.search(line_end)
+        return int(m.group(1)) if m is not None and m.group(2) else None
+
     def bad(self, tag: bytes | None, text: str) -> None:
         self.tagged(tag, f"BAD {text}")
         self.bad_command()
@@ -316,7 +328,8 @@ class IMAPLoginProtocol(LoginProtocol):
                     else v.decode("utf-8", "replace")
                 for k, v in zip(fields[0::2], fields[1::2], strict=True)
             }
-            log.debug("imap-login: client ID: {id}", id=self.client_id)
+            log.debug("imap-login: client ID: {id}", id=sanitize(
+                ", ".join(f"{k}={v}" for k, v in self.client_id.items()), 1024))
         self.write(b'* ID ("name" "pydovecot")\r\n')
         self.tagged(tag, "OK ID completed.")
 

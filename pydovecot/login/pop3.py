@@ -64,6 +64,14 @@ class POP3LoginProtocol(LoginProtocol):
     def reply_inactivity(self) -> None:
         self.err("Disconnected for inactivity.")
 
+    def reply_disconnect(self, text: str, code: str | None = None) -> None:
+        # POP3 has no [LIMIT]: a refusal for a limit is a temporary failure.
+        self.err(f"[SYS/TEMP] {text}" if code else text)
+
+    def reply_limit_exceeded(self, tag: bytes | None, reason: str) -> None:
+        # Dovecot 2.3 pop3-login: a temporary failure of the login.
+        self.err(f"[SYS/TEMP] {reason}")
+
     def bad(self, text: str) -> None:
         self.err(text)
         self.bad_command()

@@ -6,8 +6,16 @@ auth-login socket, adopts the listeners, loads the TLS certificate, then
 chroots to an empty directory, drops to the null user and sets
 no_new_privs.  Run without root, it skips that and says so in the log.
 
+authd may go away and come back (the master restarts it): the
+:class:`AuthLink` reconnects, relayed TLS sessions never notice, and a
+login that finds no authd answering within ``login_auth_timeout`` gets a
+temporary failure (``NO [UNAVAILABLE]``), never a hang.  A TLS relay moves
+plaintext under back-pressure both ways, so neither a client that stops
+reading nor a mail process that stops reading grows this process.
+
 Trusts: the master and authd.  Does not trust: anything from the network,
-which only the protocol classes parse.  It never sees a password hash.
+which only the protocol classes parse; every client value it logs goes
+through :func:`pydovecot.log.sanitize`.  It never sees a password hash.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from authd.protocol import AuthCancel, AuthContinue, AuthStart, MechList
@@ -39,6 +48,8 @@ from pydovecot.channel import (
     stop_process,
 )
 from pydovecot.config import load_config
+from pydovecot.log import sanitize
+from pydovecot.login.common import ClientRegistry
 from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.login.pop3 import POP3LoginFactory
@@ -66,7 +77,13 @@ class _RelayProtocol(Protocol):
 @implementer(IRelay)
 class TLSRelay:
     """Moves plaintext between a client's TLS transport and a socketpair
-    whose other end lives in the user's mail process."""
+    whose other end lives in the user's mail process.
+
+    Each transport is the other's producer: when the client's TLS output
+    is above its buffer size, the socketpair is not read, and when the
+    socketpair's output is, the client is not read.  So what sits in this
+    process per session is bounded by the transports' buffer sizes plus
+    one read, whatever either end does."""
 
     def __init__(self, client_transport, sock: socket.socket):
         self.client_transport = client_transport
@@ -75,27 +92,156 @@ class TLSRelay:
         self.transport = reactor.adoptStreamConnection(
             sock.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: self.protocol))
         sock.close()
+        client_transport.registerProducer(self.transport, True)
+        self.transport.registerProducer(client_transport, True)
 
     def from_client(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)
 
+    def _unregister(self) -> None:
+        # A registered (maybe paused) producer would hold a close back.
+        for consumer in (self.client_transport, self.transport):
+            try:
+                consumer.unregisterProducer()
+            except Exception:  # already gone
+                pass
+
     def client_lost(self) -> None:
         if not self.closed:
             self.closed = True
+            self._unregister()
             self.transport.loseConnection()
 
     def mail_side_lost(self) -> None:
         if not self.closed:
             self.closed = True
+            self._unregister()
         self.client_transport.loseConnection()
+
+
+class AuthUnavailable(Exception):
+    """authd did not answer within login_auth_timeout."""
+
+
+class AuthLink:
+    """The login process's connection to authd's auth-login socket.
+
+    Reconnects whenever it is lost (authd crashed or was restarted).  After
+    the chroot, ``path`` is the link the master keeps in it (the master
+    owns the listening socket, so a new connection waits in its backlog
+    until the next authd accepts it).  :meth:`call` gives every
+    request ``timeout`` seconds, waiting for a connection included, and
+    then fails it with :class:`AuthUnavailable`; a late answer is dropped.
+    """
+
+    MIN_RETRY = 0.05
+    MAX_RETRY = 0.5
+
+    def __init__(self, path: str, timeout: float, clock=None):
+        self.path = path
+        self.timeout = timeout
+        self.clock = clock if clock is not None else reactor
+        self.amp: ChannelAMP | None = None
+        self._waiters: list[defer.Deferred] = []
+        self._connecting = False
+        self._retry = self.MIN_RETRY
+        self.stopped = False
+
+    def connect(self) -> defer.Deferred:
+        """Deferred firing once the first connection is up."""
+        d = self._wait()
+        self._connect()
+        return d
+
+    def _connect(self) -> None:
+        if self._connecting or self.amp is not None or self.stopped:
+            return
+        self._connecting = True
+        proto = ChannelAMP()
+        proto.on_lost = lambda _reason: self._lost(proto)
+        endpoint = UNIXClientEndpoint(reactor, self.path, timeout=5)
+        connectProtocol(endpoint, proto).addCallbacks(self._connected, self._failed)
+
+    def _connected(self, proto: ChannelAMP) -> None:
+        self._connecting = False
+        if proto.transport is None or getattr(proto.transport, "disconnected", False):
+            self._schedule()  # gone again before we saw it
+            return
+        self.amp = proto
+        self._retry = self.MIN_RETRY
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(proto)
+
+    def _failed(self, failure) -> None:
+        self._connecting = False
+        log.warn("cannot connect to authd ({path}): {error}; retrying", path=self.path,
+                 error=failure.getErrorMessage())
+        self._schedule()
+
+    def _lost(self, proto: ChannelAMP) -> None:
+        if self.amp is not proto:
+            return
+        self.amp = None
+        if not self.stopped:
+            log.warn("lost the connection to authd; reconnecting")
+            self._schedule()
+
+    def _schedule(self) -> None:
+        delay, self._retry = self._retry, min(self._retry * 2, self.MAX_RETRY)
+        self.clock.callLater(delay, self._connect)
+
+    def _wait(self) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        if self.amp is not None:
+            d.callback(self.amp)
+        else:
+            self._waiters.append(d)
+        return d
+
+    @property
+    def connected(self) -> bool:
+        return self.amp is not None and self.amp.transport is not None
+
+    def call(self, command, **kwargs) -> defer.Deferred:
+        """callRemote on authd, failing with AuthUnavailable after timeout."""
+        result: defer.Deferred = defer.Deferred()
+
+        def expire() -> None:
+            if not result.called:
+                result.errback(AuthUnavailable(
+                    f"authd did not answer within {self.timeout:g} s"))
+
+        timer = self.clock.callLater(self.timeout, expire)
+
+        def answered(value):
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                if isinstance(value, Failure):
+                    result.errback(value)
+                else:
+                    result.callback(value)
+
+        def send(proto: ChannelAMP):
+            return proto.callRemote(command, **kwargs)
+
+        self._wait().addCallback(send).addBoth(answered)
+        return result
+
+    def send_only(self, command, **kwargs) -> None:
+        """Fire and forget (AuthCancel), only on a live connection."""
+        if self.connected:
+            self.amp.callRemote(command, **kwargs).addErrback(lambda _: None)
 
 
 @implementer(ILoginBackend)
 class LoginBackend:
     """Connects login protocols to authd and the master."""
 
-    def __init__(self, config, service: str, auth: amp.AMP, master: amp.AMP, tls_context):
+    def __init__(self, config, service: str, auth: AuthLink, master: amp.AMP, tls_context):
         self.config = config
         self.service = service
         self.auth = auth
@@ -106,13 +252,31 @@ class LoginBackend:
         self.greeting = config.get("login_greeting")
         self._ids = itertools.count(1)
         self._exchanges: dict[str, int] = {}  # session id → authd request id
+        self._mechs: dict[bool, list[str]] = {}  # authd's MechList, by secured
+
+    def _mech_list(self, secured: bool) -> defer.Deferred:
+        """authd's mechanisms, asked once (they change only with the config,
+        which restarts this process); while authd is down, the configured
+        auth_mechanisms."""
+        if secured in self._mechs:
+            return defer.succeed(self._mechs[secured])
+
+        def got(result) -> list[str]:
+            self._mechs[secured] = list(result["mechanisms"])
+            return self._mechs[secured]
+
+        def failed(failure) -> list[str]:
+            log.warn("authd gave no mechanism list: {error}", error=failure.getErrorMessage())
+            return [m.upper() for m in self.config.get_list("auth_mechanisms")]
+
+        return self.auth.call(MechList, secured=secured).addCallbacks(got, failed)
 
     def mechanisms(self, conn: ConnectionInfo):
-        d = self.auth.callRemote(MechList, secured=conn.secured)
+        d = self._mech_list(conn.secured)
         # Channel binding (SCRAM-*-PLUS) needs a TLS session under us.
         bindable = self._tls_connection(conn) is not None
-        d.addCallback(lambda r: [m for m in r["mechanisms"]
-                                 if bindable or not m.upper().endswith("-PLUS")])
+        d.addCallback(lambda mechs: [m for m in mechs
+                                     if bindable or not m.upper().endswith("-PLUS")])
         return d
 
     @staticmethod
@@ -146,19 +310,19 @@ class LoginBackend:
         if initial is not None:
             kwargs["initial"] = initial
         kwargs.update(self._tls_auth_args(conn))
-        return self._reply(conn, self.auth.callRemote(AuthStart, **kwargs))
+        return self._reply(conn, self.auth.call(AuthStart, **kwargs))
 
     def auth_continue(self, conn: ConnectionInfo, response: bytes):
         request_id = self._exchanges.get(conn.session_id)
         if request_id is None:
             return defer.succeed(AuthReply("fail", reason="No authentication in progress."))
-        return self._reply(conn, self.auth.callRemote(AuthContinue, id=request_id,
-                                                      response=response))
+        return self._reply(conn, self.auth.call(AuthContinue, id=request_id,
+                                                response=response))
 
     def auth_cancel(self, conn: ConnectionInfo) -> None:
         request_id = self._exchanges.pop(conn.session_id, None)
-        if request_id is not None and self.auth.transport is not None:
-            self.auth.callRemote(AuthCancel, id=request_id).addErrback(lambda _: None)
+        if request_id is not None:
+            self.auth.send_only(AuthCancel, id=request_id)
 
     def _reply(self, conn: ConnectionInfo, d):
         def done(result):
@@ -171,8 +335,11 @@ class LoginBackend:
             return reply
 
         def failed(failure):
-            log.error("auth request failed: {error}", error=failure.getErrorMessage())
-            self._exchanges.pop(conn.session_id, None)
+            log.error("auth request failed: {error}, session=<{session}>",
+                      error=sanitize(failure.getErrorMessage()), session=conn.session_id)
+            request_id = self._exchanges.pop(conn.session_id, None)
+            if request_id is not None and failure.check(AuthUnavailable):
+                self.auth.send_only(AuthCancel, id=request_id)
             return AuthReply("fail", reason="Temporary authentication failure.", temporary=True)
 
         return d.addCallbacks(done, failed)
@@ -222,15 +389,15 @@ class LoginBackend:
         log.info(
             "Login: user=<{user}>, method={method}, rip={rip}, lip={lip}, mpid={mpid}"
             "{extra}, session=<{session}>",
-            user=user, method=mechanism, rip=conn.remote_ip, lip=conn.local_ip, mpid=mpid,
-            extra=extra, session=conn.session_id)
+            user=sanitize(user), method=sanitize(mechanism, 32), rip=conn.remote_ip,
+            lip=conn.local_ip, mpid=mpid, extra=extra, session=conn.session_id)
 
     def log_disconnect(self, conn, service, reason, user, auth_attempts) -> None:
-        who = f"user=<{user}>, " if user else ""
+        who = f"user=<{sanitize(user)}>, " if user else ""
         extra = ", TLS" if conn.tls else ""
         log.info(
             "Disconnected ({reason}): {who}rip={rip}, lip={lip}{extra}, session=<{session}>",
-            reason=reason, who=who, rip=conn.remote_ip, lip=conn.local_ip, extra=extra,
+            reason=sanitize(reason), who=who, rip=conn.remote_ip, lip=conn.local_ip, extra=extra,
             session=conn.session_id)
 
 
@@ -262,16 +429,22 @@ def start(args) -> defer.Deferred:
     master = ChannelAMP(on_lost=lambda _: stop_process("master went away"))
     adopt_channel(MASTER_FD, master)
 
-    auth = ChannelAMP(on_lost=lambda _: stop_process("lost the connection to authd"))
-    endpoint = UNIXClientEndpoint(reactor, os.path.join(base_dir, "auth-login"), timeout=10)
-    yield connectProtocol(endpoint, auth)
+    auth = AuthLink(os.path.join(base_dir, "auth-login"), config.get_time("login_auth_timeout"))
+    yield auth.connect()
 
     backend = LoginBackend(config, protocol_name, auth, master, tls_context)
     factory_class = PROTOCOL_FACTORIES[protocol_name]
     trusted = config.get_list("login_trusted_networks")
+    service = config.services.get(args.service)
+    registry = ClientRegistry(
+        client_limit=service.client_limit if service is not None else 0,
+        max_ip_connections=config.get_int("login_max_ip_connections"),
+        exempt_networks=trusted)
+    limits = dict(login_timeout=config.get_time("login_timeout"),
+                  max_inbuf=config.get_size("login_max_inbuf_size"), registry=registry)
     for spec in args.listener:
         name, fd, implicit_tls = parse_listener(spec)
-        factory = factory_class(backend, implicit_tls, trusted_networks=trusted)
+        factory = factory_class(backend, implicit_tls, trusted_networks=trusted, **limits)
         _keep_transport(factory)
         if implicit_tls:
             if tls_context is None:
@@ -285,6 +458,7 @@ def start(args) -> defer.Deferred:
         uid, gid = privileges.lookup_user(config.get("default_login_user"))
         chroot = args.chroot
         privileges.enter_chroot(chroot)
+        auth.path = "/auth-login"  # the master's link to the socket, in the chroot
         privileges.drop_to(uid, gid)
         privileges.set_no_new_privs()
         log.debug("chrooted to {chroot}, running as uid {uid}", chroot=chroot, uid=uid)

@@ -46,6 +46,10 @@ log = Logger(namespace="master")
 
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
 AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
+#: Sockets hard-linked into the login chroot (as Dovecot keeps the login
+#: processes' auth socket in their chroot), so a login process can
+#: reconnect to a restarted authd; the link keeps the socket's mode.
+CHROOT_SOCKETS = ("auth-login",)
 FIRST_CHILD_FD = 4
 
 
@@ -176,6 +180,8 @@ class MasterService(Service):
         for path in (self.base_dir, self.config.path_setting("state_dir")):
             os.makedirs(path, mode=0o755, exist_ok=True)
         os.makedirs(self.chroot_dir, mode=0o755, exist_ok=True)
+        for name in CHROOT_SOCKETS:  # our own links, from the last run
+            _unlink(os.path.join(self.chroot_dir, name))
         if privileges.is_root():
             st = os.stat(self.chroot_dir)
             if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o022 or os.listdir(self.chroot_dir):
@@ -220,6 +226,10 @@ class MasterService(Service):
             listener = listeners.get(name)
             path = os.path.join(self.base_dir, name)
             self.auth_sockets[name] = _unix_socket(path, listener, default_mode=0o600)
+            if name in CHROOT_SOCKETS:
+                link = os.path.join(self.chroot_dir, name)
+                _unlink(link)
+                os.link(path, link)
         # Any other listener (Dovecot's `unix_listener /var/spool/postfix/private/auth`)
         # is one more auth-client socket, at its own path (absolute or under base_dir).
         for name, listener in listeners.items():
@@ -471,6 +481,8 @@ class MasterService(Service):
             for name, sock in self.auth_sockets.items():
                 sock.close()
                 _unlink(os.path.join(self.base_dir, name))
+                if name in CHROOT_SOCKETS:
+                    _unlink(os.path.join(self.chroot_dir, name))
             if self._log_observer is not None:
                 from twisted.logger import globalLogPublisher
 
