@@ -107,7 +107,11 @@ class DeliverTestCase(SynchronousTestCase):
                           mail_uid="pdvmail")
         self.master = Master(users=list(self.users), extra_config=self.extra, **kwargs)
         self.addCleanup(self.master.cleanup)
+        self.configure(self.master)
         self.master.start()
+
+    def configure(self, master: Master) -> None:
+        """Change the config once the master's directory is known."""
 
     def login(self, user: str, password: str) -> tuple[LineClient, int]:
         """A logged-in raw IMAP client and the pid of its mail process."""
@@ -179,7 +183,10 @@ class PathTests(DeliverTestCase):
         static = "allow_all_users=yes"
         if IS_ROOT:
             static = "uid=pdvmail gid=pdvmail " + static
-        self.extra = f"userdb {{\n  driver = static\n  args = {static}\n}}\n"
+        # auth_username_chars lets '/' and '%' through authd, so the path
+        # checks themselves are what is tested.
+        self.extra = ("auth_username_chars = abcdefghijklmnopqrstuvwxyz0123456789./%@\n"
+                      f"userdb {{\n  driver = static\n  args = {static}\n}}\n")
         super().setUp()
 
     def tree(self) -> set[str]:
@@ -224,8 +231,35 @@ class PathTests(DeliverTestCase):
             reply = client.tagged(b'LOGIN "%s" pw' % user.encode())[-1]
             self.assertEqual(reply.split()[1], b"NO", reply)
             client.close()
-        self.assertEqual(os.listdir(os.path.join(self.master.dir, "home")), [])
-        self.assertNotIn("Traceback", self.master.log())
+        home_root = os.path.join(self.master.dir, "home")
+        self.assertFalse(os.path.exists(home_root) and os.listdir(home_root))
+        refused = [ln for ln in self.master.log().splitlines()
+                   if "master: Error" in ln and "not allowed in a path" in ln]
+        self.assertEqual(len(refused), 2, refused)  # once per login, with the reason
+
+
+class UserdbHomeTests(PathTests):
+    """The same names with a home the (static) userdb expands itself."""
+
+    def configure(self, master: Master) -> None:
+        master.extra_config = master.extra_config.replace(
+            "allow_all_users=yes", f"home={master.dir}/home/%d/%n allow_all_users=yes")
+        master.write_config()
+
+    def test_lmtp_to_hostile_names_creates_nothing_outside_the_root(self) -> None:
+        home_root = os.path.join(self.master.dir, "home")
+        before = {p for p in self.tree() if not p.startswith(home_root)}
+        client = LMTPClient(self.master.ports["lmtp"])
+        client.command(b"LHLO test")
+        for name in (b"../../../etc/x@dom", b"x@..", b"../x@.."):
+            rcpt, data = client.transaction([name], MESSAGE.replace(b"{subject}", b"evil"))
+            self.assertEqual(rcpt[0][:3], b"250")
+            self.assertRegex(data[0], rb"^451 4\.3\.0 ", name)
+        client.close()
+        self.assertEqual({p for p in self.tree() if not p.startswith(home_root)} - before,
+                         set())
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(self.master.dir), "etc")))
+        self.assertIn("is not an absolute, normalised path", self.master.log())
 
 
 class LMTPBoundsTests(DeliverTestCase):
@@ -328,7 +362,7 @@ class CodecTests(DeliverTestCase):
 
         self.assertEqual(client.tagged(b'CREATE "Entw&APw-rfe"')[-1].split()[1], b"OK")
         listed = client.tagged(b'LIST "" "*"')
-        self.assertIn(b'* LIST (\\HasNoChildren) "/" "Entw&APw-rfe"', listed)
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" Entw&APw-rfe', listed)
         self.assertEqual(client.tagged(b'SELECT "Entw&APw-rfe"')[-1].split()[1], b"OK")
         self.assertEqual(client.tagged(b"ENABLE UTF8=ACCEPT")[-1].split()[1], b"OK")
         name = "Ящик/日本".encode()
