@@ -306,7 +306,7 @@ class LMTPProtocol(Protocol):
             if not failure.check(TemporaryLookupFailure):
                 log.failure("lmtp: lookup of {address} failed", failure,
                             address=sanitize(address))
-            self.reply(f"451 4.3.0 <{address}> Temporary internal error")
+            self.reply(f"451 4.3.0 <{address}> Temporary user lookup failure")
 
         return d.addCallbacks(found, failed)
 

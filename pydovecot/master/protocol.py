@@ -33,6 +33,7 @@ class DeliveryFailed(Exception):
 
     INTERNAL = "451 4.2.0 Internal error occurred. Refer to server log for more information."
     TEMPORARY = "451 4.3.0 Temporary internal error"
+    USERDB = "451 4.3.0 Temporary user lookup failure"
 
     def __init__(self, reply: str = INTERNAL):
         super().__init__(reply)

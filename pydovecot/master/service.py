@@ -407,13 +407,14 @@ class MasterService(Service):
         prefix = f"lmtp({sanitize(user)})<{sanitize(session)}>"
         try:
             try:
-                found = yield self.auth.call(UserLookup, user=user, service="lmtp")
+                found = yield _within(self.auth.call(UserLookup, user=user, service="lmtp"),
+                                      USERDB_TIMEOUT, "authd did not answer")
             except Exception as e:
                 log.error("userdb lookup failed: {e}", e=sanitize(e), log_prefix=prefix)
-                raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+                raise DeliveryFailed(DeliveryFailed.USERDB) from None
             if not found["found"]:
                 if found.get("temporary"):
-                    raise DeliveryFailed(DeliveryFailed.TEMPORARY)
+                    raise DeliveryFailed(DeliveryFailed.USERDB)
                 raise KeyError(user)
             name = found["user"]
             prefix = f"lmtp({sanitize(name)})<{sanitize(session)}>"
@@ -523,6 +524,32 @@ class MasterService(Service):
                 self._log_file.close()
 
         return d.addBoth(cleanup)
+
+
+#: Seconds a delivery's userdb lookup may wait for authd (lmtp's own
+#: recipient lookups use the same bound).
+USERDB_TIMEOUT = 10.0
+
+
+def _within(d: defer.Deferred, seconds: float, why: str) -> defer.Deferred:
+    """``d``'s result, or TimeoutError(why) after ``seconds`` (a late
+    result is dropped; ``d`` itself is never cancelled)."""
+    result = defer.Deferred()
+
+    def timed_out():
+        if not result.called:
+            result.errback(TimeoutError(why))
+
+    timer = reactor.callLater(seconds, timed_out)
+
+    def done(value):
+        if timer.active():
+            timer.cancel()
+        if not result.called:
+            result.callback(value)
+
+    d.addBoth(done)
+    return result
 
 
 class HomeRefused(ValueError):
