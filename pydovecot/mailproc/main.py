@@ -24,7 +24,6 @@ import encodings.aliases
 import encodings.idna  # noqa: F401
 import errno
 import functools
-import importlib
 import json
 import os
 import pkgutil
@@ -75,8 +74,7 @@ def preload_codecs() -> list[str]:
     missing = []
     for name in sorted(codec_names()):
         try:
-            importlib.import_module(f"encodings.{name}")
-            codecs.lookup(name)
+            codecs.lookup(name)  # imports encodings.<module> through the registry
         except (ImportError, LookupError, AttributeError):
             missing.append(name)
     return missing
