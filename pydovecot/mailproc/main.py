@@ -4,7 +4,16 @@ Started by the master with ``spawnProcess`` as root (or as the master's own
 user), it imports everything it will ever need and waits, idle, on its
 channel (fd 3).  :class:`~pydovecot.master.protocol.Assign` makes it take on
 one uid/gid for good — before it sees a single client byte.  From then on it
-serves every session and delivery of that uid from one reactor.
+serves every session and delivery of that uid from one reactor.  Every
+codec Python has is loaded before that drop (mail and SEARCH may name any
+charset; nothing can be imported afterwards).  Users' homes are created
+here, with the user's privileges, never by the root master.
+
+One user's failure is that user's alone: every command from the master
+declares its errors, a responder's undeclared exception is logged once and
+answered as a declared one (AMP would otherwise close the channel, and
+every session of this uid with it), and a delivery that cannot be saved is
+a :class:`~pydovecot.master.protocol.DeliveryFailed` for that recipient.
 
 Trusts: the master (user names, userdb fields, fds).  Does not trust: the
 clients' bytes, which the protocol engines parse.
