@@ -129,7 +129,7 @@ class DeliverTestCase(SynchronousTestCase):
 
 class ErrorIsolationTests(DeliverTestCase):
     users = [User("alice", "secret"), User("bob", "hunter2"),
-             User("carol", "pw", extra="userdb_mail=mbox:~/mail")]
+             User("carol", "pw", extra="userdb_mail=mbox:~/mail"), User("dave", "pw")]
 
     def test_failed_deliveries_are_their_recipients_alone(self) -> None:
         rcpt, data = lmtp_session(self.master, [b"alice@example.org"], "first")
@@ -172,6 +172,29 @@ class ErrorIsolationTests(DeliverTestCase):
         self.assertNotIn("Traceback", log)
         self.assertNotIn("master went away", log)
         bob.close()
+
+
+    def test_a_full_disk_is_452_for_that_recipient(self) -> None:
+        if not IS_ROOT:
+            raise SkipTest("needs root to mount a tiny tmpfs")
+        home = os.path.join(self.master.dir, "home", "dave")
+        os.makedirs(home)
+        uid, gid = self.vmail
+        os.chown(os.path.dirname(home), uid, gid)  # as the master would have made it
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=256k,uid={uid},gid={gid},mode=0700",
+                        "tmpfs", home], check=True)
+        self.addCleanup(subprocess.run, ["umount", "-l", home], check=False)
+        big = MESSAGE.replace(b"{subject}", b"big") + (b"y" * 998 + b"\r\n") * 600
+        client = LMTPClient(self.master.ports["lmtp"])
+        client.command(b"LHLO test")
+        rcpt, data = client.transaction([b"dave@example.org", b"bob@example.org"], big)
+        client.close()
+        self.assertRegex(data[0], rb"^452 4\.2\.2 <dave@example\.org> Not enough disk space")
+        self.assertRegex(data[1], rb"^250 2\.0\.0 <bob@example\.org> ")
+        lines = [ln for ln in self.master.log().splitlines()
+                 if "lmtp(dave)" in ln and "save failed" in ln]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("No space left on device", lines[0])
 
 
 class PathTests(DeliverTestCase):
