@@ -161,3 +161,18 @@ class MailProcessTests(unittest.SynchronousTestCase):
         with self.assertRaises(RuntimeError):
             locator.deliver(fd=0, user="x", fields="{}", session="s")
         self.flushLoggedErrors(ZeroDivisionError)
+
+
+class DiskNameTests(unittest.SynchronousTestCase):
+    def test_undecodable_directory_names_are_skipped_not_errors(self) -> None:
+        from pydovecot.storage.names import from_dirname
+
+        self.assertEqual(from_dirname(".Entw&APw-rfe"), "Entwürfe")
+        # Modified UTF-7 storage: raw UTF-8, broken shifts, bytes that are
+        # not UTF-8 at all.
+        for raw in (b".Caf\xc3\xa9", b".&Jjo", b".\xff\xfe", b".A&AOk-.\x80", b".&AOk"):
+            self.assertIsNone(from_dirname(os.fsdecode(raw)), raw)
+        # UTF-8 storage (:UTF-8): real UTF-8 is a name, invalid UTF-8 is not.
+        self.assertEqual(from_dirname(os.fsdecode(b".Caf\xc3\xa9"), utf8=True), "Café")
+        for raw in (b".\xff\xfe", b".A.\x80"):
+            self.assertIsNone(from_dirname(os.fsdecode(raw), utf8=True), raw)
