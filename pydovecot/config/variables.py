@@ -5,6 +5,9 @@ R reverse, M md5 hex, H 32-bit hash, N md5-based hash, X decimal->hex, E escape,
 D domain->LDAP dn, T trim right) then a one-letter variable or ``%{long_name}``.
 Templates come from the trusted config file; values may come from users (user
 names, addresses) and are never re-expanded.  Unknown variables raise ValueError.
+:func:`expand_path` is the form for templates that name a path (mail_home,
+mail_location): a substituted value can never add a directory level or climb
+one (``/``, ``..``, NUL and control characters are refused).
 """
 
 from __future__ import annotations
@@ -150,7 +153,41 @@ def _long_var(key: str, values: Mapping[str, str], template: str) -> str:
     raise ValueError(f"unknown variable %{{{key}}} in {template!r}")
 
 
-def expand(template: str, values: Mapping[str, str]) -> str:
+class UnsafePathValue(ValueError):
+    """A value substituted into a path template would change the path's
+    shape (``/``, ``..``, NUL or a control character in it)."""
+
+
+def check_path_value(name: str, value: str) -> str:
+    """``value`` unchanged if it is safe as part of one path component."""
+    if "/" in value or ".." in value or value == "." or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise UnsafePathValue(f"%{{{name}}} value is not allowed in a path")
+    return value
+
+
+def expand_path(template: str, values: Mapping[str, str],
+                trusted: tuple[str, ...] = ("home", "h")) -> str:
+    """:func:`expand` for a path template: every substituted value except
+    the ``trusted`` ones (the home, already checked) is refused with
+    :class:`UnsafePathValue` when it holds ``/``, ``..``, NUL or control
+    characters, so ``%n``, ``%d`` and ``%u`` stay inside their component."""
+    return expand(template, values, check=lambda name, value: (
+        value if name in trusted else check_path_value(name, value)))
+
+
+def fixed_prefix(template: str) -> str:
+    """The directory a path template always lies under: the template up to
+    its first variable, cut back to the last ``/`` (``/var/vmail/%d/%n`` →
+    ``/var/vmail``; ``/srv/u%n`` → ``/srv``)."""
+    head = template.split("%", 1)[0]
+    if "%" not in template:
+        return os.path.normpath(template) if head else ""
+    head = head.rsplit("/", 1)[0] if "/" in head else ""
+    return os.path.normpath(head) if head else ""
+
+
+def expand(template: str, values: Mapping[str, str],
+           check: Callable[[str, str], str] | None = None) -> str:
     """Expand Dovecot %-variables in template using values.
 
     values maps long names (``user``, ``home``, ``service``, ``lip``, ``rip``,
@@ -158,6 +195,8 @@ def expand(template: str, values: Mapping[str, str]) -> str:
     bytes) to strings; ``%n``/``%d`` are derived from ``user`` when not given,
     and ``%p``/``%{uid}``/``%{gid}``/``%{hostname}`` from the process.
     Raises ValueError naming the variable when it is unknown or has no value.
+    ``check(name, value)`` sees every substituted variable value (before
+    modifiers) and may refuse it by raising.
     """
     out: list[str] = []
     i, n = 0, len(template)
@@ -204,7 +243,10 @@ def expand(template: str, values: Mapping[str, str]) -> str:
                 j += 1
             if depth:
                 raise ValueError(f"missing '}}' in {template!r}")
-            value = _long_var(template[i + 1 : j - 1], values, template)
+            name = template[i + 1 : j - 1]
+            value = _long_var(name, values, template)
+            if check is not None and not name.startswith("env:"):
+                value = check(name, value)
             i = j
         elif key == "%":
             value = "%"
@@ -217,7 +259,7 @@ def expand(template: str, values: Mapping[str, str]) -> str:
                         f"variable %{key} ({SHORT_NAMES[key]}) has no value in {template!r}"
                     )
                 raise ValueError(f"unknown variable %{key} in {template!r}")
-            value = found
+            value = found if check is None else check(SHORT_NAMES.get(key, key), found)
             i += 1
         out.append(_apply(value, mods, _Ctx(offset, width, zero_pad)))
     return "".join(out)

@@ -21,8 +21,12 @@ class IDeliveryBackend(Interface):
         set to the canonical name), None if unknown (550 5.1.1), or fail with
         TemporaryLookupFailure."""
 
-    def deliver(user: str, fields: dict, message_fd: int, sender: str, recipient: str):
+    def deliver(user: str, fields: dict, message_fd: int, sender: str, recipient: str,
+                session: str = "", msgid: str = ""):
         """Deferred[None]: store the message read from ``message_fd`` (a
         readable, seekable fd positioned anywhere; read it from offset 0)
         into the user's INBOX.  Fires once the mail is fsynced.  The caller
-        keeps ownership of the fd."""
+        keeps ownership of the fd.  ``session`` and ``msgid`` name the
+        delivery in log lines.  Fails with
+        :class:`~pydovecot.master.protocol.DeliveryFailed` (already logged)
+        for this recipient's own failure."""

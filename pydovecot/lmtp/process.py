@@ -1,10 +1,14 @@
 """The lmtp process: LMTP from the MTA, delivery through the master.
 
 Started by the master as root with its listening sockets and master channel
-(fd 3).  It connects to authd's auth-userdb socket (recipient lookups, no
-passwords), adopts its listeners, then chroots to an empty directory and
-drops to default_internal_user.  Messages are spooled in memory files and
-passed to the master as file descriptors; lmtp never touches a mailbox.
+(fd 3).  It adopts its listeners, chroots to base_dir (which holds only the
+master's sockets; it must reach auth-userdb there again when authd
+restarts) and drops to default_internal_user.  Recipient lookups go to
+authd's auth-userdb socket (no passwords); the connection is remade when
+authd restarts, and a lookup authd does not answer within
+:data:`LOOKUP_TIMEOUT` is a ``451 4.3.0``, never a hang.  Messages are
+spooled in memory files and passed to the master as file descriptors; lmtp
+never touches a mailbox.
 
 Trusts: the master and authd.  Does not trust: the MTA's bytes, parsed by
 ``pydovecot.lmtp.protocol``.
@@ -21,6 +25,7 @@ import socket
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from authd.protocol import UserLookup
@@ -36,9 +41,105 @@ from pydovecot.channel import (
 from pydovecot.config import load_config
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
 from pydovecot.lmtp.protocol import LMTPFactory
+from pydovecot.log import sanitize
 from pydovecot.master.protocol import DeliverRequest
 
 log = Logger()
+
+#: Seconds a recipient lookup may wait for authd before it is a 451 4.3.0.
+LOOKUP_TIMEOUT = 10.0
+#: Reconnect delays while authd is away (seconds, doubling up to the last).
+RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class AuthUserdbClient:
+    """lmtp's connection to auth-userdb: remade whenever authd goes away;
+    every call answers (or fails) within ``timeout``."""
+
+    def __init__(self, path: str, timeout: float = LOOKUP_TIMEOUT, clock=None):
+        self.path = path
+        self.timeout = timeout
+        self.clock = clock or reactor
+        self.protocol: ChannelAMP | None = None
+        self._connecting: defer.Deferred | None = None
+        self._retry = 0
+        self._stopped = False
+
+    def connect(self) -> defer.Deferred:
+        """Deferred[ChannelAMP], connecting if needed (shared by callers)."""
+        if self.protocol is not None:
+            return defer.succeed(self.protocol)
+        pending = self._connecting
+        if pending is None:
+            proto = ChannelAMP(on_lost=lambda _: self._lost(proto))
+            endpoint = UNIXClientEndpoint(self.clock, self.path, timeout=self.timeout)
+
+            def connected(p):
+                self.protocol, self._retry = p, 0
+                return p
+
+            def failed(failure):
+                self._schedule()
+                return failure
+
+            pending = self._connecting = defer.Deferred()
+            d = connectProtocol(endpoint, proto).addCallbacks(connected, failed)
+            d.addBoth(self._connect_done).addBoth(pending.callback)
+        mine = defer.Deferred()
+        pending.addBoth(lambda r: (mine.callback(r), r)[1])
+        return mine
+
+    def _connect_done(self, result):
+        """The connection (or None when it failed) for every waiter."""
+        self._connecting = None
+        if isinstance(result, Failure):
+            result.trap(Exception)
+            return None
+        return result
+
+    def _lost(self, proto) -> None:
+        if self.protocol is proto:
+            self.protocol = None
+        if not self._stopped:
+            log.warn("connection to authd lost; reconnecting")
+            self._schedule()
+
+    def _schedule(self) -> None:
+        delay = RECONNECT_DELAYS[min(self._retry, len(RECONNECT_DELAYS) - 1)]
+        self._retry += 1
+        self.clock.callLater(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if not self._stopped and self.protocol is None and self._connecting is None:
+            self.connect()
+
+    def callRemote(self, command, **kwargs) -> defer.Deferred:
+        """Like AMP's, but failing with TimeoutError after ``timeout``
+        (the late answer, if any, is dropped)."""
+        result = defer.Deferred()
+
+        def answer(value):
+            if not result.called:
+                result.callback(value)
+
+        def timed_out():
+            if not result.called:
+                result.errback(TimeoutError(f"authd did not answer in {self.timeout:.0f}s"))
+
+        timer = self.clock.callLater(self.timeout, timed_out)
+        d = self.connect()
+
+        def call(proto):
+            if proto is None:
+                raise ConnectionError("authd is not reachable")
+            return proto.callRemote(command, **kwargs)
+
+        d.addCallback(call)
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), answer(r))[1])
+        return result
+
+    def stop(self) -> None:
+        self._stopped = True
 
 
 @implementer(IDeliveryBackend)
@@ -75,16 +176,16 @@ class MasterDelivery:
             failure.trap(Exception)
             if failure.check(TemporaryLookupFailure):
                 return failure
-            log.error("userdb lookup for {address} failed: {e}", address=address,
-                      e=failure.getErrorMessage())
+            log.error("userdb lookup for {address} failed: {e}", address=sanitize(address),
+                      e=sanitize(failure.getErrorMessage()))
             raise TemporaryLookupFailure(address)
 
         return d.addCallback(answered).addErrback(failed)
 
     def deliver(self, user: str, fields: dict, message_fd: int, sender: str, recipient: str,
-                session: str = ""):
+                session: str = "", msgid: str = ""):
         d = self.master.callRemote(DeliverRequest, fd=message_fd, user=user, sender=sender,
-                                   recipient=recipient, session=session)
+                                   recipient=recipient, session=session, msgid=msgid)
         return d.addCallback(lambda _: None)
 
 
@@ -95,9 +196,10 @@ def start(args):
 
     master = ChannelAMP(on_lost=lambda _: stop_process("master went away"))
     adopt_channel(MASTER_FD, master)
-    auth = ChannelAMP(on_lost=lambda _: stop_process("lost the connection to authd"))
-    endpoint = UNIXClientEndpoint(reactor, os.path.join(base_dir, "auth-userdb"), timeout=10)
-    yield connectProtocol(endpoint, auth)
+    root = privileges.is_root()
+    auth = AuthUserdbClient(os.path.join(base_dir, "auth-userdb"))
+    if (yield auth.connect()) is None:
+        log.warn("authd not reachable yet; lookups will retry")
 
     backend = MasterDelivery(auth, master, config.get("recipient_delimiter"))
     hostname = config.get("hostname") or socket.gethostname()
@@ -107,9 +209,13 @@ def start(args):
         _name, fd, _ssl = spec.rsplit(":", 2)
         adopt_listener(int(fd), LMTPFactory(backend, hostname, max_size))
 
-    if privileges.is_root():
+    if root:
         uid, gid = privileges.lookup_user(config.get("default_internal_user"))
-        privileges.enter_chroot(args.chroot)
+        # Not the empty login chroot: auth-userdb must stay reachable for
+        # reconnects.  base_dir is root's and holds only sockets, each with
+        # the mode the master gave it.
+        privileges.enter_chroot(base_dir)
+        auth.path = "/auth-userdb"  # the same socket, seen from inside
         privileges.drop_to(uid, gid)
         privileges.set_no_new_privs()
     else:

@@ -7,9 +7,14 @@ asynchronous.  DATA is dot-unstuffed and spooled into an anonymous file
 (memfd where available) with a ``Return-Path:`` header prepended; each
 accepted recipient then gets its own reply after its delivery.
 
+Input is flow-controlled: while a lookup or a delivery is in flight the
+transport is paused, so the MTA's pipelined bytes wait in the kernel, not
+here: at most what was read before the pause (one read, 64 KiB) is held.
+
 Trusts: the :class:`~pydovecot.lmtp.interfaces.IDeliveryBackend`.  The MTA's
-input is bounded (command lines, recipients, message size) but otherwise
-trusted no more than any client's.
+input is bounded (command lines, recipients, message size, pending bytes)
+but otherwise trusted no more than any client's; every value of it that
+reaches a log line goes through :func:`pydovecot.log.sanitize`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
+from pydovecot.log import sanitize
 from pydovecot.login.common import new_session_id
+from pydovecot.master.protocol import DeliveryFailed
 
 log = Logger()
 
@@ -106,6 +113,7 @@ class LMTPProtocol(Protocol):
         self._at_line_start = True
         self._header_block = b""
         self._delivery_count = 0
+        self._paused = False
 
     @property
     def backend(self) -> IDeliveryBackend:
@@ -147,6 +155,20 @@ class LMTPProtocol(Protocol):
         self._reset_timer()
         self._buffer += data
         self._process()
+        self._flow()
+
+    def _flow(self) -> None:
+        """Pause reading while a lookup or delivery is in flight; resume once
+        it is done and the buffer is worked off (when not busy, every byte
+        read has been parsed or spooled)."""
+        want_pause = self._busy
+        if want_pause and not self._paused and not self._closed:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif not want_pause and self._paused:
+            self._paused = False
+            if not self._closed:
+                self.transport.resumeProducing()
 
     # -- input loop ---------------------------------------------------------
 
@@ -177,6 +199,7 @@ class LMTPProtocol(Protocol):
     def _done(self, _: object) -> None:
         self._busy = False
         self._process()
+        self._flow()
 
     def _read_command(self) -> object:
         i = self._buffer.find(b"\n")
@@ -281,8 +304,9 @@ class LMTPProtocol(Protocol):
 
         def failed(failure: Failure) -> None:
             if not failure.check(TemporaryLookupFailure):
-                log.failure("lmtp: lookup of {address} failed", failure, address=address)
-            self.reply(f"451 4.3.0 <{address}> Temporary internal error")
+                log.failure("lmtp: lookup of {address} failed", failure,
+                            address=sanitize(address))
+            self.reply(f"451 4.3.0 <{address}> Temporary user lookup failure")
 
         return d.addCallbacks(found, failed)
 
@@ -386,16 +410,25 @@ class LMTPProtocol(Protocol):
         self._delivery_count += 1
         user = str(r.fields.get("user") or r.address)
         session = f"{self.session_id}:{self._delivery_count}"
-        prefix = f"lmtp({user})<{os.getpid()}><{session}>"
+        prefix = f"lmtp({sanitize(user)})<{os.getpid()}><{session}>"
         d = defer.maybeDeferred(self.backend.deliver, user, r.fields, spool.fileno(),
-                                txn.sender, r.address)
+                                txn.sender, r.address, session=session, msgid=msgid)
 
         def saved(_: object) -> None:
-            log.info("msgid={msgid}: saved mail to INBOX", msgid=msgid, log_prefix=prefix)
+            log.info("msgid={msgid}: saved mail to INBOX", msgid=sanitize(msgid),
+                     log_prefix=prefix)
             self.reply(f"250 2.0.0 <{r.address}> {session} Saved")
 
         def failed(failure: Failure) -> None:
-            log.failure("msgid={msgid}: save failed to INBOX", failure, msgid=msgid,
+            if failure.check(DeliveryFailed):
+                # Logged, with its reason, where it failed.
+                code, _, rest = failure.value.reply.partition(" ")
+                enhanced, _, text = rest.partition(" ")
+                if not (len(code) == 3 and code[0] in "45" and code.isdigit()):
+                    code, enhanced, text = "451", "4.2.0", rest
+                self.reply(f"{code} {enhanced} <{r.address}> {text}")
+                return
+            log.failure("msgid={msgid}: save failed to INBOX", failure, msgid=sanitize(msgid),
                         log_prefix=prefix)
             self.reply(f"451 4.2.0 <{r.address}> Internal error occurred. "
                        "Refer to server log for more information.")

@@ -4,7 +4,16 @@ Started by the master with ``spawnProcess`` as root (or as the master's own
 user), it imports everything it will ever need and waits, idle, on its
 channel (fd 3).  :class:`~pydovecot.master.protocol.Assign` makes it take on
 one uid/gid for good — before it sees a single client byte.  From then on it
-serves every session and delivery of that uid from one reactor.
+serves every session and delivery of that uid from one reactor.  Every
+codec Python has is loaded before that drop (mail and SEARCH may name any
+charset; nothing can be imported afterwards).  Users' homes are created
+here, with the user's privileges, never by the root master.
+
+One user's failure is that user's alone: every command from the master
+declares its errors, a responder's undeclared exception is logged once and
+answered as a declared one (AMP would otherwise close the channel, and
+every session of this uid with it), and a delivery that cannot be saved is
+a :class:`~pydovecot.master.protocol.DeliveryFailed` for that recipient.
 
 Trusts: the master (user names, userdb fields, fds).  Does not trust: the
 clients' bytes, which the protocol engines parse.
@@ -17,13 +26,21 @@ import codecs
 
 # Imported before any privilege drop: after it, nothing new can be imported
 # when the interpreter lives under a 0700 directory.
+import email.charset
 import email.parser  # noqa: F401
+import encodings
+import encodings.aliases
 import encodings.idna  # noqa: F401
+import errno
+import functools
 import json
 import os
+import pkgutil
 import signal
 import socket
+import stringprep  # noqa: F401  (idna, SASLprep)
 import sys
+import unicodedata  # noqa: F401
 
 import setproctitle
 from twisted.internet import reactor
@@ -34,31 +51,66 @@ import pydovecot.storage.maildir  # noqa: F401  (open_storage imports it lazily)
 from pydovecot import privileges
 from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel, stop_process
 from pydovecot.config import load_config
-from pydovecot.config.variables import expand
+from pydovecot.config.variables import expand_path
 from pydovecot.imap.session import IMAPSession
-from pydovecot.log import start_child_logging
+from pydovecot.log import sanitize, start_child_logging
 from pydovecot.mailproc.rehearsal import rehearse
-from pydovecot.master.protocol import Assign, Deliver, NewClient, SessionEnded
+from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
 from pydovecot.storage import open_storage
-from pydovecot.storage.interfaces import IMailStorage
+from pydovecot.storage.interfaces import IMailStorage, StorageError
 
 log = Logger()
 
-# Charsets mail may be written in: load their codecs while we still can.
-PRELOAD_CODECS = (
-    "utf-8 latin-1 ascii cp1252 cp1251 cp1250 iso8859-2 iso8859-15 iso8859-5 koi8-r "
-    "iso2022-jp shift_jis euc-jp gb2312 gbk gb18030 big5 euc-kr utf-16 utf-7"
-).split()
+def codec_names() -> set[str]:
+    """Every codec this interpreter has, derived rather than hand-kept:
+    each ``encodings`` submodule with a codec, every alias target, and the
+    charsets the email package maps names to.  Mail may arrive in any of
+    them, SEARCH CHARSET may name any, and mailbox names need utf-16-be."""
+    names = {m.name for m in pkgutil.iter_modules(encodings.__path__)}
+    names |= set(encodings.aliases.aliases.values())
+    names |= {v for v in email.charset.ALIASES.values()}
+    names |= {v[2] for v in email.charset.CHARSETS.values() if v[2]}
+    names |= set(email.charset.CODEC_MAP.values()) - {None}
+    return names
 
 
-def preload_codecs() -> None:
-    for name in PRELOAD_CODECS:
+def preload_codecs() -> list[str]:
+    """Import every codec while still privileged (about 3 MiB, measured:
+    cheaper than a LookupError for one user's mail after the drop);
+    returns the names that are no codec here (Windows-only ones)."""
+    missing = []
+    for name in sorted(codec_names()):
         try:
-            codecs.lookup(name)
-        except LookupError:
-            pass
+            codecs.lookup(name)  # imports encodings.<module> through the registry
+        except (ImportError, LookupError, AttributeError):
+            missing.append(name)
+    return missing
+
+
+def contained(command):
+    """Wrap a responder for ``command`` so that an error it does not declare
+    is logged here, once, and answered as a declared one: an undeclared
+    exception would make AMP close the channel, and with it every session
+    this process serves."""
+    declared = tuple(command.errors)
+
+    def wrap(method):
+        @functools.wraps(method)
+        def responder(self, **kwargs):
+            try:
+                return method(self, **kwargs)
+            except declared:
+                raise
+            except Exception:
+                log.failure("{command}: unexpected error (contained)",
+                            command=command.__name__)
+                raise RuntimeError("internal error") from None
+
+        return command.responder(responder)
+
+    return wrap
 
 
 class MailProcess:
@@ -85,13 +137,17 @@ class MailProcess:
         return {}
 
     def storage_for(self, user: str, fields: dict) -> IMailStorage:
+        """The user's storage, opened once; the home is created here, with
+        the user's privileges (as Dovecot's mail processes do)."""
         storage = self.storages.get(user)
         if storage is None:
             home = fields.get("home", "")
             values = {"user": user, "home": home, "uid": str(os.getuid()),
                       "gid": str(os.getgid()), "service": "imap"}
             location = fields.get("mail") or self.config.get("mail_location")
-            location = expand(location, values)
+            location = expand_path(location, values)
+            if home:
+                make_home(home)
             storage = open_storage(user, location, home)
             self.storages[user] = storage
         return storage
@@ -99,11 +155,21 @@ class MailProcess:
     def new_client(self, fd: int, service: str, user: str, fields: str, pending: bytes,
                    session: str, local_ip: str, local_port: int, remote_ip: str,
                    remote_port: int, secured: bool, tag: bytes | None = None) -> dict:
+        """Take over a logged-in client.  A user whose storage cannot be
+        opened is refused (the login process answers NO) and logged once;
+        the fd is ours either way."""
+        adopted = False
         try:
             if not self.assigned:
                 raise RuntimeError("mail process was given a client before Assign")
             userdb = json.loads(fields)
-            storage = self.storage_for(user, userdb)
+            try:
+                storage = self.storage_for(user, userdb)
+            except (OSError, StorageError, ValueError) as e:
+                log.error("cannot start session {session}: {e}", session=sanitize(session),
+                          e=sanitize(_reason(e)),
+                          log_prefix=f"{service}({sanitize(user)})<{os.getpid()}>")
+                raise RuntimeError(f"cannot open the mail storage: {_reason(e)}") from None
             ctx = SessionContext(
                 user=user, session_id=session, remote_ip=remote_ip, remote_port=remote_port,
                 local_ip=local_ip, local_port=local_port, secured=secured, fields=userdb,
@@ -114,32 +180,48 @@ class MailProcess:
                 proto = POP3Session(storage, ctx)
             else:
                 proto = IMAPSession(storage, ctx)
-            self._watch(proto, session)
             sock = socket.socket(fileno=fd)
             try:
                 reactor.adoptStreamConnection(
                     sock.fileno(), sock.family, Factory.forProtocol(lambda: proto))
             finally:
                 sock.detach()
-                os.close(fd)
-        except Exception:
-            log.failure("cannot start session {session} for {user}", session=session, user=user)
-            raise
-        if service == "pop3":
-            proto.start(pending)
-        else:
-            proto.start(tag, pending)
+            adopted = True
+            self._watch(proto, session)
+        finally:
+            os.close(fd)  # the reactor holds its own duplicate once adopted
+        if adopted:
+            if service == "pop3":
+                proto.start(pending)
+            else:
+                proto.start(tag, pending)
         return {}
 
-    def deliver(self, fd: int, user: str, fields: str, session: str) -> dict:
-        try:
-            storage = self.storage_for(user, json.loads(fields))
-            with os.fdopen(fd, "rb") as message:
+    def deliver(self, fd: int, user: str, fields: str, session: str, msgid: str = "") -> dict:
+        """Save the message read from ``fd`` into the user's INBOX.  Any
+        failure is this recipient's alone: logged once, with its reason,
+        and answered as :class:`DeliveryFailed` (an LMTP 4xx)."""
+        prefix = f"lmtp({sanitize(user)})<{os.getpid()}><{sanitize(session)}>"
+        what = f"msgid={sanitize(msgid or '<none>')}: save failed to INBOX"
+        with os.fdopen(fd, "rb") as message:
+            try:
+                storage = self.storage_for(user, json.loads(fields))
+            except (OSError, StorageError, ValueError) as e:
+                log.error("{what}: cannot open the user's storage: {e}", what=what,
+                          e=sanitize(_reason(e)), log_prefix=prefix)
+                raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+            try:
                 message.seek(0)
                 _validity, uid = storage.append("INBOX", message)
-        except Exception:
-            log.failure("delivery to {user} failed", user=user)
-            raise
+            except (OSError, StorageError) as e:
+                log.error("{what}: {e}", what=what, e=sanitize(_reason(e)), log_prefix=prefix)
+                if getattr(e, "code", "") == "OVERQUOTA" or getattr(e, "errno", None) in (
+                        errno.ENOSPC, errno.EDQUOT):
+                    raise DeliveryFailed("452 4.2.2 Not enough disk space") from None
+                raise DeliveryFailed() from None
+            except Exception:
+                log.failure("{what}", what=what, log_prefix=prefix)
+                raise DeliveryFailed() from None
         return {"uid": uid, "mailbox": "INBOX"}
 
     def session_settings(self, service: str) -> dict:
@@ -188,17 +270,30 @@ class MailLocator(ChannelLocator):
     def __init__(self, process: MailProcess):
         self.process = process
 
-    @Assign.responder
+    @contained(Assign)
     def assign(self, uid, gid, groups, label):
         return self.process.assign(uid, gid, groups, label)
 
-    @NewClient.responder
+    @contained(NewClient)
     def new_client(self, **kwargs):
         return self.process.new_client(**kwargs)
 
-    @Deliver.responder
+    @contained(Deliver)
     def deliver(self, **kwargs):
         return self.process.deliver(**kwargs)
+
+
+def make_home(home: str) -> None:
+    """Create a missing home (and parents) 0700, as this process's user."""
+    if not os.path.isdir(home):
+        os.makedirs(home, mode=0o700, exist_ok=True)
+
+
+def _reason(e: Exception) -> str:
+    """An error's reason for a log line (OSError: strerror and the path)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,28 @@ class LimitExceeded(Exception):
 
 
 class DeliveryFailed(Exception):
-    """A delivery failed for this recipient only (temporary: LMTP 4xx);
-    the message is the reason."""
+    """A delivery failed for this recipient only.
+
+    The message is the LMTP reply without the recipient: code, enhanced
+    status code and text (``452 4.2.2 Not enough disk space``); lmtp puts
+    ``<recipient>`` after the enhanced code.  The reason was logged where
+    the failure happened, once."""
+
+    INTERNAL = "451 4.2.0 Internal error occurred. Refer to server log for more information."
+    TEMPORARY = "451 4.3.0 Temporary internal error"
+    USERDB = "451 4.3.0 Temporary user lookup failure"
+
+    def __init__(self, reply: str = INTERNAL):
+        super().__init__(reply)
+
+    @property
+    def reply(self) -> str:
+        return str(self.args[0]) if self.args else self.INTERNAL
+
+#: Errors every master → mail process command may answer with; anything
+#: else a responder raises is logged there and answered as one of these, so
+#: one session's failure never closes the channel the others share.
+SESSION_ERRORS = {RuntimeError: b"UNAVAILABLE"}
 
 CONNECTION_ARGS = [
     (b"session", amp.Unicode()),
@@ -67,9 +87,11 @@ class DeliverRequest(amp.Command):
         (b"sender", amp.Unicode()),
         (b"recipient", amp.Unicode()),
         (b"session", amp.Unicode()),
+        (b"msgid", amp.Unicode(optional=True)),  # for the log line
     ]
     response = [(b"uid", amp.Integer()), (b"mailbox", amp.Unicode())]
-    errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE"}
+    errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE",
+              DeliveryFailed: b"DELIVERY_FAILED"}
 
 
 class Assign(amp.Command):
@@ -82,6 +104,7 @@ class Assign(amp.Command):
         (b"label", amp.Unicode()),  # for the process title
     ]
     response: list = []
+    errors = SESSION_ERRORS
 
 
 class NewClient(amp.Command):
@@ -97,6 +120,7 @@ class NewClient(amp.Command):
         *CONNECTION_ARGS,
     ]
     response: list = []
+    errors = SESSION_ERRORS
 
 
 class Deliver(amp.Command):
@@ -107,8 +131,10 @@ class Deliver(amp.Command):
         (b"user", amp.Unicode()),
         (b"fields", amp.Unicode()),
         (b"session", amp.Unicode()),
+        (b"msgid", amp.Unicode(optional=True)),  # for the log line
     ]
     response = [(b"uid", amp.Integer()), (b"mailbox", amp.Unicode())]
+    errors = {**SESSION_ERRORS, DeliveryFailed: b"DELIVERY_FAILED"}
 
 
 class SessionEnded(amp.Command):

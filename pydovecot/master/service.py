@@ -30,13 +30,14 @@ from authd.protocol import RedeemCookie, UserLookup
 from pydovecot import privileges
 from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
-from pydovecot.config.variables import expand
-from pydovecot.log import DovecotLineObserver, QuietTwisted
+from pydovecot.config.variables import expand_path, fixed_prefix
+from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
 from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
     Deliver,
     DeliverRequest,
+    DeliveryFailed,
     HandOff,
     NewClient,
     SessionEnded,
@@ -329,21 +330,48 @@ class MasterService(Service):
         return uid, gid
 
     def prepare_home(self, user: str, fields: dict, uid: int, gid: int) -> str:
-        """Fill in ``home`` from mail_home when the userdb gave none, create
-        it for the user when it is missing, and return the fields as JSON."""
+        """Fill in ``home`` from mail_home when the userdb gave none, check
+        it, and return the fields as JSON.  Raises :class:`HomeRefused` with
+        the reason for a home that is not absolute and normalised, or (from
+        mail_home) lies outside the template's fixed root.
+
+        The home itself is never created here, as root: the user's own mail
+        process creates it with the user's privileges.  Only mail_home's
+        root, a path from the config file alone, is made when missing
+        (owned by mail_uid/mail_gid when those are set)."""
         home = fields.get("home") or ""
-        if not home and self.config.get("mail_home"):
-            home = expand(self.config.get("mail_home"),
-                          {"user": user, "uid": str(uid), "gid": str(gid)})
+        template = self.config.get("mail_home")
         if home:
+            home = checked_home(home)
+        elif template:
+            try:
+                home = expand_path(template, {"user": user, "uid": str(uid), "gid": str(gid)})
+            except ValueError as e:
+                raise HomeRefused(f"mail_home: {e}") from None
+            root = os.path.abspath(fixed_prefix(template) or "/")
             home = os.path.abspath(home)  # relative to our cwd, which children share
+            if not home.startswith(root.rstrip("/") + "/"):
+                raise HomeRefused(f"home {sanitize(home)} is outside mail_home's root {root}")
+            checked_home(home)
+            self._make_home_root(root)
+        if home:
             fields["home"] = home
-            if not os.path.isdir(home):
-                os.makedirs(os.path.dirname(home), mode=0o755, exist_ok=True)
-                os.mkdir(home, 0o700)
-                if privileges.is_root():
-                    os.chown(home, uid, gid)
         return json.dumps(fields)
+
+    def _make_home_root(self, root: str) -> None:
+        """Create mail_home's fixed root once, if missing (config-named)."""
+        made = getattr(self, "_home_roots", None)
+        if made is None:
+            made = self._home_roots = set()
+        if root in made or os.path.isdir(root):
+            made.add(root)
+            return
+        os.makedirs(root, mode=0o755, exist_ok=True)
+        if privileges.is_root() and self.config.get("mail_uid"):
+            uid = _resolve_id(self.config.get("mail_uid"), "uid")
+            gid = _resolve_id(self.config.get("mail_gid"), "gid", uid)
+            os.chown(root, uid, gid if gid is not None else -1)
+        made.add(root)
 
     @defer.inlineCallbacks
     def handoff(self, login_pid: int, fd: int, cookie: bytes, service: str, pending: bytes,
@@ -372,7 +400,7 @@ class MasterService(Service):
                 yield process.call(NewClient, **kwargs)
             except Exception as e:
                 log.error("{service}({user}): cannot start session: {e}", service=service,
-                          user=user, e=e, log_prefix="master")
+                          user=sanitize(user), e=sanitize(e), log_prefix="master")
                 raise RuntimeError(str(e)) from None
             self.pool.session_started(process)
             return {"mpid": process.pid, "user": user}
@@ -380,26 +408,44 @@ class MasterService(Service):
             os.close(fd)
 
     @defer.inlineCallbacks
-    def deliver(self, fd: int, user: str, sender: str, recipient: str, session: str):
+    def deliver(self, fd: int, user: str, sender: str, recipient: str, session: str,
+                msgid: str = ""):
+        """Deliver lmtp's message for one recipient through the user's mail
+        process.  Every failure is that recipient's alone: logged once
+        (here, or by the mail process for a failed save) and answered as
+        :class:`DeliveryFailed` (LMTP 4xx), or KeyError for no such user."""
+        prefix = f"lmtp({sanitize(user)})<{sanitize(session)}>"
         try:
             try:
-                found = yield self.auth.call(UserLookup, user=user, service="lmtp")
+                found = yield _within(self.auth.call(UserLookup, user=user, service="lmtp"),
+                                      USERDB_TIMEOUT, "authd did not answer")
             except Exception as e:
-                raise RuntimeError(f"userdb lookup failed: {e}") from None
+                log.error("userdb lookup failed: {e}", e=sanitize(e), log_prefix=prefix)
+                raise DeliveryFailed(DeliveryFailed.USERDB) from None
             if not found["found"]:
+                if found.get("temporary"):
+                    raise DeliveryFailed(DeliveryFailed.USERDB)
                 raise KeyError(user)
             name = found["user"]
+            prefix = f"lmtp({sanitize(name)})<{sanitize(session)}>"
             try:
                 fields = json.loads(found["fields"])
                 uid, gid = self.mail_ids(name, fields)
                 fields = self.prepare_home(name, fields, uid, gid)
                 process = yield self.pool.process_for(uid, gid, name)
-                result = yield process.call(Deliver, fd=fd, user=name, fields=fields,
-                                            session=session)
             except Exception as e:
-                log.error("lmtp({user}): delivery failed: {e}", user=name, e=e,
-                          log_prefix="master")
-                raise RuntimeError(str(e)) from None
+                log.error("delivery refused: {e}", e=sanitize(e), log_prefix=prefix)
+                raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+            kwargs = {"msgid": msgid} if msgid else {}
+            try:
+                result = yield process.call(Deliver, fd=fd, user=name, fields=fields,
+                                            session=session, **kwargs)
+            except DeliveryFailed:
+                raise  # the mail process logged why
+            except Exception as e:
+                log.error("delivery failed in mail process {pid}: {e}", pid=process.pid,
+                          e=sanitize(e), log_prefix=prefix)
+                raise DeliveryFailed() from None
             return result
         finally:
             os.close(fd)
@@ -490,6 +536,46 @@ class MasterService(Service):
                 self._log_file.close()
 
         return d.addBoth(cleanup)
+
+
+#: Seconds a delivery's userdb lookup may wait for authd (lmtp's own
+#: recipient lookups use the same bound).
+USERDB_TIMEOUT = 10.0
+
+
+def _within(d: defer.Deferred, seconds: float, why: str) -> defer.Deferred:
+    """``d``'s result, or TimeoutError(why) after ``seconds`` (a late
+    result is dropped; ``d`` itself is never cancelled)."""
+    result = defer.Deferred()
+
+    def timed_out():
+        if not result.called:
+            result.errback(TimeoutError(why))
+
+    timer = reactor.callLater(seconds, timed_out)
+
+    def done(value):
+        if timer.active():
+            timer.cancel()
+        if not result.called:
+            result.callback(value)
+
+    d.addBoth(done)
+    return result
+
+
+class HomeRefused(ValueError):
+    """A user's home is refused (the message says why)."""
+
+
+def checked_home(home: str) -> str:
+    """``home`` if it is absolute and normalised, with no ``..`` level and
+    no NUL or control character; HomeRefused otherwise."""
+    if (not os.path.isabs(home) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in home)
+            or ".." in home.split("/") or os.path.normpath(home) != home.rstrip("/")
+            and home != "/"):
+        raise HomeRefused(f"home {sanitize(home)!r} is not an absolute, normalised path")
+    return os.path.normpath(home)
 
 
 def _resolve_id(value, kind: str, uid: int | None = None) -> int | None:

@@ -5,7 +5,11 @@ directory entry directly under the user's Maildir root (``.A.B`` for
 ``A/B``), so no name can reach outside it.  Names are rejected with a
 reason, never silently rewritten (except that ``INBOX`` is
 case-insensitive).  On disk, names are modified UTF-7 as Dovecot writes
-them by default, or UTF-8 with the ``:UTF-8`` mail_location option.
+them by default, or UTF-8 with the ``:UTF-8`` mail_location option.  A
+directory whose name does not decode (made by a shell: raw UTF-8 or a
+broken shift under modified UTF-7, invalid UTF-8 under ``:UTF-8``) is no
+mailbox here and is skipped by LIST, never an error.  (Dovecot lists such a
+name as it is, which no client can then open either.)
 """
 
 from __future__ import annotations
