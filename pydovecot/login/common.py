@@ -619,7 +619,11 @@ class LoginProtocol(Protocol):
 
     def _handoff_failed(self, failure: Failure, tag: bytes | None) -> None:
         limited = failure.check(LimitExceeded) is not None
-        if not limited:
+        if failure.check(KeyError, RuntimeError):
+            # The master's declared refusals: it logged why; one line here.
+            log.error("{service}-login: handoff refused: {why}", service=self.service,
+                      why=sanitize(failure.getErrorMessage()))
+        elif not limited:
             log.failure("{service}-login: handoff failed", failure, service=self.service)
         if self._lost_reason is not None:
             self.state = State.GONE
