@@ -11,7 +11,6 @@ import time
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectError
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial import unittest
@@ -261,21 +260,56 @@ class ServerTests(unittest.TestCase):
         )
 
 
+class _AuthdProcess:
+    """ProcessProtocol of a standalone authd: collects stderr and fires
+    ``ready`` with the socket paths authd reports ("listening on PATH")
+    once the last of them is up; ``ended`` with the exit reason."""
+
+    def __init__(self, expected: int):
+        from twisted.internet import protocol
+
+        outer = self
+        self.expected = expected
+        self.ready = defer.Deferred()
+        self.ended = defer.Deferred()
+        self.err = b""
+        self.paths: list[str] = []
+
+        class Proto(protocol.ProcessProtocol):
+            def errReceived(self, data):
+                outer.err += data
+                for line in outer.err.decode(errors="replace").splitlines():
+                    _, sep, path = line.partition("listening on ")
+                    if sep and path not in outer.paths:
+                        outer.paths.append(path)
+                if len(outer.paths) >= outer.expected and not outer.ready.called:
+                    outer.ready.callback(outer.paths)
+
+            def processEnded(self, reason):
+                if not outer.ready.called:
+                    outer.ready.errback(RuntimeError(
+                        "authd ended before listening:\n" + outer.err.decode(errors="replace")))
+                outer.ended.callback(reason.value)
+
+        self.protocol = Proto()
+
+
 class SubprocessTests(unittest.TestCase):
-    """``python -m authd -c CONFIG`` as a real process."""
+    """``python -m authd -c CONFIG`` as a real process.
+
+    authd reports each socket it listens on; the test connects to what it
+    reported, once it reported all of them, instead of polling for a path
+    under a fixed retry budget (which a loaded machine can exhaust)."""
 
     timeout = 30
 
     @defer.inlineCallbacks
     def test_standalone(self):
-        try:
-            import pydovecot.config  # noqa: F401
-        except ImportError as e:
-            raise unittest.SkipTest(f"pydovecot.config is not importable yet: {e}") from None
-        from twisted.internet import protocol
-
         base = tempfile.mkdtemp(prefix="authd-test-")
         self.addCleanup(shutil.rmtree, base, True)
+        # As root, authd runs as default_internal_user: the passwd-file must
+        # be readable by it (as Dovecot's auth needs).
+        os.chmod(base, 0o755)
         with open(os.path.join(base, "users"), "w") as f:
             f.write(f"alice:{{PLAIN}}secret:{os.getuid()}:{os.getgid()}::/tmp::\n")
         conf = os.path.join(base, "pydovecot.conf")
@@ -285,29 +319,10 @@ class SubprocessTests(unittest.TestCase):
                 "auth_verbose = yes\npassdb {\n  driver = passwd-file\n  args = users\n}\n"
                 "userdb {\n  driver = passwd-file\n  args = users\n}\n"
             )
-
-        class Proc(protocol.ProcessProtocol):
-            def __init__(self):
-                self.ended = defer.Deferred()
-                self.err = b""
-
-            def errReceived(self, data):
-                self.err += data
-
-            def processEnded(self, reason):
-                self.ended.callback(reason.value)
-
-        proc = Proc()
-        self.addCleanup(
-            lambda: (
-                proc.err and sys.stderr.write(proc.err.decode())
-                if os.environ.get("AUTHD_TEST_DEBUG")
-                else None
-            )
-        )
+        proc = _AuthdProcess(expected=4)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         transport = reactor.spawnProcess(
-            proc,
+            proc.protocol,
             sys.executable,
             [sys.executable, "-m", "authd", "-c", conf],
             env=dict(
@@ -316,23 +331,23 @@ class SubprocessTests(unittest.TestCase):
             ),
             path=root,
         )
-        sock = os.path.join(base, "run", "auth-login")
         try:
-            client = None
-            for _ in range(200):  # wait until authd listens
-                if proc.ended.called:
-                    break
-                try:
-                    client = yield connectProtocol(UNIXClientEndpoint(reactor, sock), amp.AMP())
-                    break
-                except (ConnectError, OSError):
-                    yield task.deferLater(reactor, 0.05, lambda: None)
-            self.assertIsNotNone(client, proc.err.decode())
+            paths = yield proc.ready
+            sock = os.path.join(base, "run", "auth-login")
+            self.assertIn(sock, paths)
             self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
+            client = yield connectProtocol(UNIXClientEndpoint(reactor, sock), amp.AMP())
             reply = yield client.callRemote(AuthStart, **start_args(b"\0alice\0secret"))
             self.assertEqual(reply["status"], "ok")
             wrong = yield client.callRemote(AuthStart, **start_args(b"\0alice\0nope", id=2))
             self.assertEqual(wrong["status"], "fail")
+            if os.geteuid() == 0:  # it dropped root before serving
+                import pwd
+
+                from tests.harness import proc_ids
+
+                entry = pwd.getpwnam("pydovecot")
+                self.assertEqual(proc_ids(transport.pid), (entry.pw_uid, entry.pw_gid))
             client.transport.loseConnection()
         finally:
             if transport.pid is not None:
