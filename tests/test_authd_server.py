@@ -307,9 +307,8 @@ class SubprocessTests(unittest.TestCase):
     def test_standalone(self):
         base = tempfile.mkdtemp(prefix="authd-test-")
         self.addCleanup(shutil.rmtree, base, True)
-        # As root, authd runs as default_internal_user: the passwd-file must
-        # be readable by it (as Dovecot's auth needs).
-        os.chmod(base, 0o755)
+        # base is 0700 and root's: as root, authd drops to
+        # default_internal_user but still reads the passwd-file it opened.
         with open(os.path.join(base, "users"), "w") as f:
             f.write(f"alice:{{PLAIN}}secret:{os.getuid()}:{os.getgid()}::/tmp::\n")
         conf = os.path.join(base, "pydovecot.conf")
