@@ -15,6 +15,7 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial import unittest
 
+from authd.interfaces import AuthRequest
 from authd.protocol import AuthContinue, AuthStart, MechList, RedeemCookie, UserLookup
 from authd.server import AuthEngine
 from authd.settings import AuthSettings, DbSettings
@@ -197,6 +198,30 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(reply["status"], "ok")
 
     @defer.inlineCallbacks
+    def test_exchanges_per_connection_are_bounded(self):
+        """A login connection (a compromised login process) can't hold more
+        than login_max_exchanges exchanges in flight, pending failure
+        delays included; AuthStart beyond that gets the declared LIMIT."""
+        from authd.protocol import AuthCancel, TooManyExchanges
+
+        self.settings.login_max_exchanges = 3
+        self.settings.auth_failure_delay = 0.5
+        for i in (1, 2):
+            reply = yield self.login(None, mech="LOGIN", id=i)
+            self.assertEqual(reply["status"], "continue")
+        failing = self.login(b"\0alice\0wrong", id=3)  # answered after the delay
+        yield self.assertFailure(self.login(None, mech="LOGIN", id=4), TooManyExchanges)
+        proto = self.clients["auth-login"]
+        yield proto.callRemote(AuthCancel, id=1)
+        reply = yield self.login(None, mech="LOGIN", id=5)
+        self.assertEqual(reply["status"], "continue")
+        yield self.assertFailure(self.login(None, mech="LOGIN", id=6), TooManyExchanges)
+        self.assertEqual((yield failing)["status"], "fail")
+        reply = yield self.login(None, mech="LOGIN", id=7)
+        self.assertEqual(reply["status"], "continue")
+        self.assertEqual(self.log_text().count("concurrent SASL exchanges"), 2)
+
+    @defer.inlineCallbacks
     def test_malformed_sasl(self):
         reply = yield self.login(b"garbage")
         self.assertEqual(reply["status"], "fail")
@@ -355,3 +380,75 @@ class SubprocessTests(unittest.TestCase):
         self.assertEqual(reason.exitCode, 0, proc.err.decode())
         self.assertIn(b"Password mismatch", proc.err)
         self.assertNotIn(b"nope", proc.err)
+
+
+class StaticUserdbEngineTests(unittest.TestCase):
+    """Dovecot's userdb-static user verification, in the engine."""
+
+    def engine(self, passdb: DbSettings, static_args: str = "") -> AuthEngine:
+        directory = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "users")
+        with open(path, "w") as f:
+            f.write(USERS)
+        if passdb.driver == "passwd-file":
+            passdb.args = f"scheme=PLAIN {path}"
+        settings = AuthSettings(
+            auth_failure_delay=0, auth_username_format="%Ln", passdbs=[passdb],
+            userdbs=[DbSettings("static", f"uid=1000 gid=1000 home=/h/%n {static_args}")])
+        return AuthEngine(settings)
+
+    @defer.inlineCallbacks
+    def test_lookups(self):
+        engine = self.engine(DbSettings("passwd-file"))
+        self.assertEqual((yield engine.user_lookup("nosuch", "lmtp")), {"found": False})
+        found = yield engine.user_lookup("bob", "lmtp")
+        self.assertEqual(json.loads(found["fields"])["home"], "/h/bob")
+        outcome = yield engine.authenticate(AuthRequest(user="", service="imap"), "bob",
+                                            "builder")
+        self.assertTrue(outcome.ok)
+        engine = self.engine(DbSettings("passwd-file"), "allow_all_users=yes")
+        self.assertTrue((yield engine.user_lookup("nosuch", "lmtp"))["found"])
+
+    @defer.inlineCallbacks
+    def test_passdb_without_lookups_is_a_temporary_failure(self):
+        from authd.drivers.pam import PamPassdb
+
+        settings = DbSettings("pam", "")
+        engine = self.engine(settings)
+        self.assertIsInstance(engine.passdbs[0][0], PamPassdb)
+        reply = yield engine.user_lookup("bob", "lmtp")
+        self.assertEqual(reply, {"found": False, "temporary": True})
+        self.flushLoggedErrors()
+
+
+class CheckConfigTests(unittest.TestCase):
+    def test_missing_modules_are_named_with_the_pip_extra(self):
+        from authd import drivers
+
+        directory = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        conf = os.path.join(directory, "sql.conf.ext")
+        with open(conf, "w") as f:
+            f.write("driver = mysql\nconnect = host=x\n")
+        settings = AuthSettings(passdbs=[DbSettings("sql", conf), DbSettings("passwd-file", "x")],
+                                userdbs=[DbSettings("ldap", "x")])
+        self.assertEqual(drivers.check_config(settings), [])
+        saved = {name: sys.modules.get(name) for name in ("pymysql", "ldap3")}
+
+        def restore():
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+        self.addCleanup(restore)
+        sys.modules.update(pymysql=None, ldap3=None)  # import raises ImportError
+        self.assertEqual(drivers.check_config(settings), [
+            "passdb sql: Python module 'pymysql' is not installed "
+            "(pip install 'pydovecot[backends]')",
+            "userdb ldap: Python module 'ldap3' is not installed "
+            "(pip install 'pydovecot[backends]')",
+        ])
+        self.assertRaises(drivers.MissingModule, drivers.create_passdb, DbSettings("sql", conf))
