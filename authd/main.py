@@ -213,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                          error=e.args[0] if isinstance(e, KeyError) else str(e))
             return EXIT_CONFIG
     reactor.run()
-    return 0
+    # Shutdown triggers have run (backends closed): skip the interpreter's
+    # teardown (~170 ms of CPU for all the modules), so that authd is gone
+    # at once when the master is, even on a loaded machine.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ def worker_main() -> int:
     reactor.adoptStreamConnection(WORKER_FD, socket.AF_UNIX, Factory.forProtocol(lambda: proto))
     os.close(WORKER_FD)
     reactor.run(installSignalHandlers=False)
-    return 0
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: gone as soon as authd is
 
 
 # -- authd's side --------------------------------------------------------------
