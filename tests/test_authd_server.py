@@ -353,7 +353,8 @@ class SubprocessTests(unittest.TestCase):
                 os.environ,
                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
             ),
-            path=root,
+            # No cwd change: Twisted can posix_spawn() rather than fork() the
+            # trial process, whose thread pool has threads by now.
         )
         try:
             paths = yield proc.ready
