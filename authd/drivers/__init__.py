@@ -115,7 +115,7 @@ def check_db(db: DbSettings, kind: str, import_modules: bool = True) -> str | No
         if _importable(module, import_modules) is not None:
             return (f"{kind} {db.driver}: Python module '{module}' is not installed "
                     f"({PIP_EXTRA})")
-    if db.driver == "pam":  # called through ctypes, not python-pam
+    if db.driver == "pam" and import_modules:  # libpam through ctypes, not python-pam
         try:
             ctypes.CDLL(ctypes.util.find_library("pam") or "libpam.so.0")
         except OSError:
