@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import grp
 import os
-import pwd
 import sys
 
 from twisted.logger import Logger
@@ -53,9 +52,31 @@ def _socket_arg(value: str) -> tuple[str, int]:
     return name, int(fd)
 
 
-def listen_standalone(reactor, settings: AuthSettings, factories: dict) -> list:
+def listener_owners(settings: AuthSettings, names) -> dict[str, tuple[int, int]]:
+    """(uid, gid) for each standalone socket (-1: keep), resolved before any
+    socket exists; KeyError naming the missing user or group."""
+    owners = {}
+    for name in names:
+        listener = settings.listeners.get(name)
+        uid = gid = -1
+        if listener and privileges.is_root():
+            if listener.user:
+                uid = privileges.lookup_user(listener.user)[0]
+            if listener.group:
+                try:
+                    gid = grp.getgrnam(listener.group).gr_gid
+                except KeyError:
+                    raise KeyError(f"group {listener.group!r} does not exist") from None
+        owners[name] = (uid, gid)
+    return owners
+
+
+def listen_standalone(reactor, settings: AuthSettings, factories: dict,
+                      owners: dict[str, tuple[int, int]] | None = None) -> list:
     """Create the sockets under base_dir (stale files removed), with the
-    listeners' modes and owners."""
+    listeners' modes and owners (from :func:`listener_owners`: a missing
+    user is found before the first socket listens, not after)."""
+    owners = owners if owners is not None else listener_owners(settings, factories)
     ports = []
     for name, factory in factories.items():
         listener = settings.listeners.get(name)
@@ -68,10 +89,8 @@ def listen_standalone(reactor, settings: AuthSettings, factories: dict) -> list:
         mode = listener.mode if listener else 0o600
         ports.append(reactor.listenUNIX(path, factory, mode=mode))
         os.chmod(path, mode)
-        if listener and (listener.user or listener.group) and os.getuid() == 0:
-            uid = pwd.getpwnam(listener.user).pw_uid if listener.user else -1
-            gid = grp.getgrnam(listener.group).gr_gid if listener.group else -1
-            os.chown(path, uid, gid)
+        if owners[name] != (-1, -1):
+            os.chown(path, *owners[name])
         log.info("listening on {path}", path=path)
     return ports
 
@@ -184,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # drivers.MissingModule too
         log.critical("{error}", error=str(e))
         return EXIT_CONFIG
+    dropping = privileges.is_root() and settings.user not in ("", "root")
+    try:  # every user we need, before the first socket listens
+        owners = None if args.socket else listener_owners(settings, factories)
+        if dropping:
+            privileges.lookup_user(settings.user)
+    except KeyError as e:
+        log.critical("{error}", error=e.args[0])
+        return EXIT_CONFIG
     if args.socket:
         watch_master(MASTER_FD)
         for name, fd in args.socket:
@@ -194,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             # Keeps the master's mode and leaves the socket file in place.
             adopt_listener(fd, factories[name])
     else:
-        listen_standalone(reactor, settings, factories)
-    dropping = privileges.is_root() and settings.user not in ("", "root")
+        listen_standalone(reactor, settings, factories, owners)
     if dropping and needs_worker(settings):
         from authd.worker import WorkerClient
 

@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -328,8 +329,54 @@ class SubprocessTests(unittest.TestCase):
 
     timeout = 30
 
+    def spawn(self, conf: str, expected: int) -> tuple[_AuthdProcess, Any]:
+        proc = _AuthdProcess(expected)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        transport = reactor.spawnProcess(
+            proc.protocol,
+            sys.executable,
+            [sys.executable, "-m", "authd", "-c", conf],
+            env=dict(
+                os.environ,
+                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            ),
+            # No cwd change: Twisted can posix_spawn() rather than fork() the
+            # trial process, whose thread pool has threads by now.
+        )
+        return proc, transport
+
+    @defer.inlineCallbacks
+    def test_missing_socket_owner_is_fatal_before_listening(self):
+        """The old flake's root cause: as root, authd listened on auth-login
+        and only then chowned it to default_login_user; where that user did
+        not exist yet (a clean CI machine: tests that create it run later)
+        getpwnam raised, authd died, and a client that had connected in
+        between lost its connection.  Now the owners are resolved first."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("socket owners are only set as root")
+        base = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, base, True)
+        conf = os.path.join(base, "pydovecot.conf")
+        with open(conf, "w") as f:
+            f.write(f"base_dir = {base}/run\ndefault_login_user = pdnosuchuser\n"
+                    "passdb {\n  driver = static\n  args = nopassword\n}\n")
+        proc, _transport = self.spawn(conf, expected=1)
+        yield self.assertFailure(proc.ready, RuntimeError)
+        reason = yield proc.ended
+        self.assertEqual(reason.exitCode, os.EX_CONFIG)
+        self.assertFalse(os.path.exists(os.path.join(base, "run", "auth-login")))
+        fatal = [line for line in proc.err.decode().splitlines() if "Fatal" in line]
+        self.assertEqual(len(fatal), 1, proc.err.decode())
+        self.assertIn("pdnosuchuser", fatal[0])
+        self.assertNotIn(b"Traceback", proc.err)
+
     @defer.inlineCallbacks
     def test_standalone(self):
+        if os.geteuid() == 0:  # the sockets' owners and authd's own user
+            from tests.harness import ensure_system_user
+
+            ensure_system_user("pydovecot-null")
+            ensure_system_user("pydovecot")
         base = tempfile.mkdtemp(prefix="authd-test-")
         self.addCleanup(shutil.rmtree, base, True)
         # base is 0700 and root's: as root, authd drops to
@@ -343,19 +390,7 @@ class SubprocessTests(unittest.TestCase):
                 "auth_verbose = yes\npassdb {\n  driver = passwd-file\n  args = users\n}\n"
                 "userdb {\n  driver = passwd-file\n  args = users\n}\n"
             )
-        proc = _AuthdProcess(expected=4)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        transport = reactor.spawnProcess(
-            proc.protocol,
-            sys.executable,
-            [sys.executable, "-m", "authd", "-c", conf],
-            env=dict(
-                os.environ,
-                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-            ),
-            # No cwd change: Twisted can posix_spawn() rather than fork() the
-            # trial process, whose thread pool has threads by now.
-        )
+        proc, transport = self.spawn(conf, expected=4)
         try:
             paths = yield proc.ready
             sock = os.path.join(base, "run", "auth-login")
