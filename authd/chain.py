@@ -60,6 +60,7 @@ from authd.interfaces import (
     PassdbStatus,
 )
 from authd.settings import AuthSettings, DbSettings, expand, expand_fields, parse_fields
+from pydovecot.log import sanitize
 
 log = Logger()
 
@@ -198,6 +199,7 @@ class _PassdbState:
     success: bool | None = None  # Dovecot's passdb_success; None: never set
     seen_internal: bool = False
     skip_password_check: bool = False
+    lookup_only: bool = False  # a user lookup (no password at all): PAM can't
     extra: dict[str, str] = field(default_factory=dict)
     credentials: str | None = None
     login_user: str | None = None  # pending master login: the user to become
@@ -236,6 +238,14 @@ class PassdbChain:
         """Fetch stored credentials in ``scheme``, by the same rules."""
         return self._run(request, self.normal, _PassdbState(), scheme=scheme)
 
+    def lookup_user(self, request: AuthRequest) -> defer.Deferred:
+        """Does ``request.user`` exist?  A passdb lookup without a password
+        check, by the same rules (static userdb's user verification); fires
+        with a PassdbResult: OK, USER_UNKNOWN, SCHEME_NOT_AVAILABLE (no
+        passdb can look users up: PAM) or INTERNAL_FAILURE."""
+        state = _PassdbState(skip_password_check=True, lookup_only=True)
+        return self._run(request, self.normal, state)
+
     def verify_master(self, request: AuthRequest, login_user: str, master_user: str,
                       password: str) -> defer.Deferred:
         """``login_user*master_user``: ``password`` is the master user's.
@@ -272,7 +282,10 @@ class PassdbChain:
                               status=cached.status.value)
                 return cached
         try:
-            if scheme is not None:
+            if state.lookup_only and getattr(db, "needs_password", False):
+                result = PassdbResult(PassdbStatus.SCHEME_NOT_AVAILABLE,
+                                      error=f"{db.driver} can't look users up")
+            elif scheme is not None:
                 result = yield defer.maybeDeferred(
                     db.lookup_credentials, request.user, scheme, request)
             elif state.skip_password_check and not getattr(db, "needs_password", False):
@@ -352,7 +365,7 @@ class PassdbChain:
                 failed_extra = {k: v for k, v in result.extra.items() if k == "reason"}
             if state.login_user is not None and status is PassdbStatus.OK:
                 log.info("{who}: Master user logging in as {login}",
-                         who=request.log_id(entry.db.driver), login=state.login_user)
+                         who=request.log_id(entry.db.driver), login=sanitize(state.login_user))
                 request.user = state.login_user
                 request.original_user = state.login_user
                 state.login_user = None

@@ -45,6 +45,7 @@ from authd.exchange import (
     available_mechanisms,
 )
 from authd.interfaces import AuthRequest
+from pydovecot.log import sanitize
 
 log = Logger()
 
@@ -245,7 +246,7 @@ class AuthClientProtocol(LineOnlyReceiver):
 
     def violation(self, problem: str) -> None:
         """Log the peer's protocol error and disconnect."""
-        log.error("{who}: {problem}, disconnecting", who=self.who(), problem=problem)
+        log.error("{who}: {problem}, disconnecting", who=self.who(), problem=sanitize(problem))
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from authd import sasl, schemes
 from authd.interfaces import AuthRequest, PassdbResult, PassdbStatus
+from pydovecot.log import sanitize
 
 if TYPE_CHECKING:
     from authd.server import AuthEngine, AuthOutcome
@@ -185,7 +186,7 @@ class SASLExchange:
                 return Reply("continue", challenge=step.challenge)
             if isinstance(step, sasl.Fail):
                 if self.engine.settings.auth_verbose:
-                    log.info("{who}: {reason}", who=self._who(), reason=step.reason)
+                    log.info("{who}: {reason}", who=self._who(), reason=sanitize(step.reason))
                 return self._mech_failed(step.reason, step.temporary)
             if isinstance(step, sasl.PlainCredentials):
                 outcome = yield self._plain(step)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from pydovecot.log import sanitize
+
 
 class PassdbStatus(enum.Enum):
     """Outcome of one passdb lookup, as Dovecot's passdb_result."""
@@ -44,6 +46,9 @@ class AuthRequest:
     remote_port: int = 0
     session: str = ""
     secured: bool = False
+    #: Set once the passdb chain accepted the user (Dovecot's
+    #: ``fields.successful``); False for userdb-only lookups (lmtp).
+    passdb_success: bool = False
     #: Extra values for %-expansion (e.g. ``home`` once a userdb set it).
     extra_vars: dict[str, str] = field(default_factory=dict)
 
@@ -69,12 +74,13 @@ class AuthRequest:
         return values
 
     def log_id(self, driver: str) -> str:
-        """Dovecot's log prefix: ``driver(user,rip,<session>)``."""
-        parts = [self.user]
+        """Dovecot's log prefix: ``driver(user,rip,<session>)``, every part
+        sanitized (pydovecot.log.sanitize): they come from clients."""
+        parts = [sanitize(self.user)]
         if self.remote_ip:
-            parts.append(self.remote_ip)
+            parts.append(sanitize(self.remote_ip, 64))
         if self.session:
-            parts.append(f"<{self.session}>")
+            parts.append(f"<{sanitize(self.session, 64)}>")
         return f"{driver}({','.join(parts)})"
 
 

@@ -37,6 +37,12 @@ AUTH_REPLY = [
 ]
 
 
+class TooManyExchanges(Exception):
+    """AuthStart refused: this auth-login connection already has the
+    maximum number of SASL exchanges in flight (AuthSettings
+    ``login_max_exchanges``); declared on AuthStart as ``LIMIT``."""
+
+
 class MechList(amp.Command):
     """List the SASL mechanisms to advertise.
 
@@ -72,6 +78,7 @@ class AuthStart(amp.Command):
         (b"valid_client_cert", amp.Boolean(optional=True)),
     ]
     response = AUTH_REPLY
+    errors = {TooManyExchanges: b"LIMIT"}
 
 
 class AuthContinue(amp.Command):

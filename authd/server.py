@@ -53,6 +53,7 @@ from authd.protocol import (
     FlushCache,
     MechList,
     RedeemCookie,
+    TooManyExchanges,
     UserLookup,
 )
 from authd.settings import AuthSettings, DbSettings, expand, expand_fields, parse_fields
@@ -61,7 +62,6 @@ log = Logger()
 
 AUTH_FAILED = "Authentication failed."
 TEMP_FAILED = "Temporary authentication failure."
-MAX_EXCHANGES = 10000  # concurrent SASL exchanges per auth-login connection
 
 
 # -- cookies -----------------------------------------------------------------
@@ -205,6 +205,11 @@ class AuthEngine:
         self.penalty = AuthPenalty(reactor, settings.login_trusted_networks)
         self.passdb_chain = PassdbChain(self.passdbs, settings, self.cache, self._given_password)
         self.userdb_chain = UserdbChain(self.userdbs, settings, self.cache)
+        # A static userdb knows no users: it asks the passdbs (Dovecot's
+        # userdb-static without allow_all_users).
+        for userdb, _db in self.userdbs:
+            if getattr(userdb, "needs_passdb_lookup", False):
+                userdb.passdb_lookup = self.passdb_chain.lookup_user
 
     # -- mechanisms and user names ------------------------------------------
 
@@ -311,7 +316,7 @@ class AuthEngine:
                 log.info(
                     "{who}: Invalid username",
                     who=AuthRequest(
-                        user=authcid[:64], remote_ip=request.remote_ip, session=request.session
+                        user=authcid, remote_ip=request.remote_ip, session=request.session
                     ).log_id("auth"),
                 )
             return False
@@ -395,6 +400,7 @@ class AuthEngine:
             return AuthOutcome(False)
         if extra.get("user"):
             request.user = extra["user"]
+        request.passdb_success = True
         try:
             fields = yield self._userdb_chain(request, result.userdb_fields())
         except AuthBackendError as e:
@@ -448,6 +454,14 @@ class LoginProtocol(amp.AMP):
         self.engine = engine
         self.pid: int | None = None
         self.exchanges: dict[int, SASLExchange] = {}
+        #: Finished exchanges whose failure reply is still being delayed:
+        #: they count against the bound too.
+        self.delayed = 0
+        self.limit_logged = False
+
+    def in_flight(self) -> int:
+        """SASL exchanges of this connection not answered for good yet."""
+        return len(self.exchanges) + self.delayed
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -465,7 +479,13 @@ class LoginProtocol(amp.AMP):
         seconds = self.engine.failure_delay(remote_ip, temporary) if delay else 0
         if seconds <= 0:
             return defer.succeed(reply)
-        return task.deferLater(self.engine.reactor, seconds, lambda: reply)
+        self.delayed += 1
+
+        def answer() -> dict:
+            self.delayed -= 1
+            return reply
+
+        return task.deferLater(self.engine.reactor, seconds, answer)
 
     @MechList.responder
     def mech_list(self, secured: bool):
@@ -491,8 +511,14 @@ class LoginProtocol(amp.AMP):
     ):  # noqa: A002
         if id in self.exchanges:
             return self._fail("Duplicate request id", delay=False)
-        if len(self.exchanges) >= MAX_EXCHANGES:
-            return self._fail(TEMP_FAILED, temporary=True, delay=False)
+        limit = self.engine.settings.login_max_exchanges
+        if self.in_flight() >= limit:
+            if not self.limit_logged:
+                self.limit_logged = True
+                log.warn("auth-login(pid {pid}): more than {n} concurrent SASL exchanges; "
+                         "refusing new ones", pid=self.pid, n=limit)
+            raise TooManyExchanges(f"more than {limit} concurrent exchanges")
+        self.limit_logged = False
         request = AuthRequest(
             user="",
             service=service,

@@ -117,6 +117,12 @@ class AuthSettings:
     auth_cache_negative_ttl: float = 3600.0
     login_trusted_networks: list[str] = field(default_factory=list)
     listeners: dict[str, ListenerSettings] = field(default_factory=default_listeners)
+    #: The auth service's ``user`` (default_internal_user): authd drops to
+    #: it when started as root.  "" or "root": keep root.
+    user: str = ""
+    #: SASL exchanges one auth-login connection may have in flight (a login
+    #: process has at most one per client: default_client_limit).
+    login_max_exchanges: int = 1000
 
     def socket_path(self, name: str) -> str:
         """Where a listener's socket lives (relative paths are under base_dir)."""
@@ -209,4 +215,19 @@ def from_config(cfg: Any) -> AuthSettings:
         auth_cache_negative_ttl=float(typed("get_time", "auth_cache_negative_ttl", 3600.0)),
         login_trusted_networks=typed("get_list", "login_trusted_networks", []),
         listeners=_listeners_from_config(cfg),
+        user=_service_user(cfg),
+        login_max_exchanges=max(1, int(typed("get_int", "default_client_limit", 1000))),
     )
+
+
+def _service_user(cfg: Any) -> str:
+    """``service auth { user }``, default ``$default_internal_user``."""
+    services = getattr(cfg, "services", None) or {}
+    auth = services.get("auth") if isinstance(services, dict) else None
+    user = (getattr(auth, "settings", None) or {}).get("user", "") if auth is not None else ""
+    if not user or user.startswith("$"):
+        try:
+            user = str(cfg.get("default_internal_user") or "")
+        except KeyError:
+            user = ""
+    return user

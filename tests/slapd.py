@@ -58,6 +58,32 @@ def available() -> str | None:
     return None
 
 
+class _PortTaken(Exception):
+    """slapd exited at start (its port was taken meanwhile)."""
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a TCP socket listening on ``port``."""
+    inodes = set()
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -243,10 +269,8 @@ class Slapd:
 
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="slapd-test-")
-        self.port = free_port()
-        self.ldaps_port = free_port()
-        self.uri = f"ldap://127.0.0.1:{self.port}"
-        self.ldaps_uri = f"ldaps://127.0.0.1:{self.ldaps_port}"
+        self._set_ports()
+        self.started_once = False
         self.process: subprocess.Popen | None = None
         self.certs = make_certs(self.dir)
         self.config_dir = os.path.join(self.dir, "slapd.d")
@@ -267,10 +291,33 @@ class Slapd:
         if proc.returncode != 0:
             raise RuntimeError(f"slapadd -n{db} failed: {proc.stderr.strip()}")
 
+    def _set_ports(self) -> None:
+        self.port = free_port()
+        self.ldaps_port = free_port()
+        self.uri = f"ldap://127.0.0.1:{self.port}"
+        self.ldaps_uri = f"ldaps://127.0.0.1:{self.ldaps_port}"
+
     def start(self, timeout: float = 10.0) -> None:
-        """Run slapd and wait until both ports accept connections."""
+        """Run slapd and wait until it listens on both ports.
+
+        The ports were free when picked but another process may bind one
+        before slapd does: then slapd exits, and the first start tries again
+        on fresh ports.  "Listening" means slapd's own socket (matched by
+        inode in /proc), never whoever else answers on the port."""
         if self.process is not None:
             return
+        attempts = 1 if self.started_once else 5
+        for attempt in range(attempts):
+            try:
+                self._start(timeout)
+                self.started_once = True
+                return
+            except _PortTaken:
+                if attempt == attempts - 1:
+                    raise RuntimeError(f"slapd exited at start; see {self.dir}/slapd.log") from None
+                self._set_ports()
+
+    def _start(self, timeout: float) -> None:
         self.log = open(os.path.join(self.dir, "slapd.log"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [SLAPD, "-d", "0", "-h", f"{self.uri}/ {self.ldaps_uri}/", "-F", self.config_dir],
@@ -283,14 +330,13 @@ class Slapd:
         while pending:
             if self.process.poll() is not None:
                 self.process = None
-                raise RuntimeError(f"slapd exited at start; see {self.dir}/slapd.log")
+                raise _PortTaken()
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("slapd did not start listening in time")
             for port in list(pending):
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        pending.discard(port)
+                if _listens(self.process.pid, port):
+                    pending.discard(port)
             time.sleep(0.02)
 
     def stop(self) -> None:

@@ -8,14 +8,15 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectError
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial import unittest
 
+from authd.interfaces import AuthRequest
 from authd.protocol import AuthContinue, AuthStart, MechList, RedeemCookie, UserLookup
 from authd.server import AuthEngine
 from authd.settings import AuthSettings, DbSettings
@@ -198,6 +199,30 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(reply["status"], "ok")
 
     @defer.inlineCallbacks
+    def test_exchanges_per_connection_are_bounded(self):
+        """A login connection (a compromised login process) can't hold more
+        than login_max_exchanges exchanges in flight, pending failure
+        delays included; AuthStart beyond that gets the declared LIMIT."""
+        from authd.protocol import AuthCancel, TooManyExchanges
+
+        self.settings.login_max_exchanges = 3
+        self.settings.auth_failure_delay = 0.5
+        for i in (1, 2):
+            reply = yield self.login(None, mech="LOGIN", id=i)
+            self.assertEqual(reply["status"], "continue")
+        failing = self.login(b"\0alice\0wrong", id=3)  # answered after the delay
+        yield self.assertFailure(self.login(None, mech="LOGIN", id=4), TooManyExchanges)
+        proto = self.clients["auth-login"]
+        yield proto.callRemote(AuthCancel, id=1)
+        reply = yield self.login(None, mech="LOGIN", id=5)
+        self.assertEqual(reply["status"], "continue")
+        yield self.assertFailure(self.login(None, mech="LOGIN", id=6), TooManyExchanges)
+        self.assertEqual((yield failing)["status"], "fail")
+        reply = yield self.login(None, mech="LOGIN", id=7)
+        self.assertEqual(reply["status"], "continue")
+        self.assertEqual(self.log_text().count("concurrent SASL exchanges"), 2)
+
+    @defer.inlineCallbacks
     def test_malformed_sasl(self):
         reply = yield self.login(b"garbage")
         self.assertEqual(reply["status"], "fail")
@@ -261,21 +286,101 @@ class ServerTests(unittest.TestCase):
         )
 
 
+class _AuthdProcess:
+    """ProcessProtocol of a standalone authd: collects stderr and fires
+    ``ready`` with the socket paths authd reports ("listening on PATH")
+    once the last of them is up; ``ended`` with the exit reason."""
+
+    def __init__(self, expected: int):
+        from twisted.internet import protocol
+
+        outer = self
+        self.expected = expected
+        self.ready = defer.Deferred()
+        self.ended = defer.Deferred()
+        self.err = b""
+        self.paths: list[str] = []
+
+        class Proto(protocol.ProcessProtocol):
+            def errReceived(self, data):
+                outer.err += data
+                for line in outer.err.decode(errors="replace").splitlines():
+                    _, sep, path = line.partition("listening on ")
+                    if sep and path not in outer.paths:
+                        outer.paths.append(path)
+                if len(outer.paths) >= outer.expected and not outer.ready.called:
+                    outer.ready.callback(outer.paths)
+
+            def processEnded(self, reason):
+                if not outer.ready.called:
+                    outer.ready.errback(RuntimeError(
+                        "authd ended before listening:\n" + outer.err.decode(errors="replace")))
+                outer.ended.callback(reason.value)
+
+        self.protocol = Proto()
+
+
 class SubprocessTests(unittest.TestCase):
-    """``python -m authd -c CONFIG`` as a real process."""
+    """``python -m authd -c CONFIG`` as a real process.
+
+    authd reports each socket it listens on; the test connects to what it
+    reported, once it reported all of them, instead of polling for a path
+    under a fixed retry budget (which a loaded machine can exhaust)."""
 
     timeout = 30
 
-    @defer.inlineCallbacks
-    def test_standalone(self):
-        try:
-            import pydovecot.config  # noqa: F401
-        except ImportError as e:
-            raise unittest.SkipTest(f"pydovecot.config is not importable yet: {e}") from None
-        from twisted.internet import protocol
+    def spawn(self, conf: str, expected: int) -> tuple[_AuthdProcess, Any]:
+        proc = _AuthdProcess(expected)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        transport = reactor.spawnProcess(
+            proc.protocol,
+            sys.executable,
+            [sys.executable, "-m", "authd", "-c", conf],
+            env=dict(
+                os.environ,
+                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            ),
+            # No cwd change: Twisted can posix_spawn() rather than fork() the
+            # trial process, whose thread pool has threads by now.
+        )
+        return proc, transport
 
+    @defer.inlineCallbacks
+    def test_missing_socket_owner_is_fatal_before_listening(self):
+        """The old flake's root cause: as root, authd listened on auth-login
+        and only then chowned it to default_login_user; where that user did
+        not exist yet (a clean CI machine: tests that create it run later)
+        getpwnam raised, authd died, and a client that had connected in
+        between lost its connection.  Now the owners are resolved first."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("socket owners are only set as root")
         base = tempfile.mkdtemp(prefix="authd-test-")
         self.addCleanup(shutil.rmtree, base, True)
+        conf = os.path.join(base, "pydovecot.conf")
+        with open(conf, "w") as f:
+            f.write(f"base_dir = {base}/run\ndefault_login_user = pdnosuchuser\n"
+                    "passdb {\n  driver = static\n  args = nopassword\n}\n")
+        proc, _transport = self.spawn(conf, expected=1)
+        yield self.assertFailure(proc.ready, RuntimeError)
+        reason = yield proc.ended
+        self.assertEqual(reason.exitCode, os.EX_CONFIG)
+        self.assertFalse(os.path.exists(os.path.join(base, "run", "auth-login")))
+        fatal = [line for line in proc.err.decode().splitlines() if "Fatal" in line]
+        self.assertEqual(len(fatal), 1, proc.err.decode())
+        self.assertIn("pdnosuchuser", fatal[0])
+        self.assertNotIn(b"Traceback", proc.err)
+
+    @defer.inlineCallbacks
+    def test_standalone(self):
+        if os.geteuid() == 0:  # the sockets' owners and authd's own user
+            from tests.harness import ensure_system_user
+
+            ensure_system_user("pydovecot-null")
+            ensure_system_user("pydovecot")
+        base = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, base, True)
+        # base is 0700 and root's: as root, authd drops to
+        # default_internal_user but still reads the passwd-file it opened.
         with open(os.path.join(base, "users"), "w") as f:
             f.write(f"alice:{{PLAIN}}secret:{os.getuid()}:{os.getgid()}::/tmp::\n")
         conf = os.path.join(base, "pydovecot.conf")
@@ -285,54 +390,24 @@ class SubprocessTests(unittest.TestCase):
                 "auth_verbose = yes\npassdb {\n  driver = passwd-file\n  args = users\n}\n"
                 "userdb {\n  driver = passwd-file\n  args = users\n}\n"
             )
-
-        class Proc(protocol.ProcessProtocol):
-            def __init__(self):
-                self.ended = defer.Deferred()
-                self.err = b""
-
-            def errReceived(self, data):
-                self.err += data
-
-            def processEnded(self, reason):
-                self.ended.callback(reason.value)
-
-        proc = Proc()
-        self.addCleanup(
-            lambda: (
-                proc.err and sys.stderr.write(proc.err.decode())
-                if os.environ.get("AUTHD_TEST_DEBUG")
-                else None
-            )
-        )
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        transport = reactor.spawnProcess(
-            proc,
-            sys.executable,
-            [sys.executable, "-m", "authd", "-c", conf],
-            env=dict(
-                os.environ,
-                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-            ),
-            path=root,
-        )
-        sock = os.path.join(base, "run", "auth-login")
+        proc, transport = self.spawn(conf, expected=4)
         try:
-            client = None
-            for _ in range(200):  # wait until authd listens
-                if proc.ended.called:
-                    break
-                try:
-                    client = yield connectProtocol(UNIXClientEndpoint(reactor, sock), amp.AMP())
-                    break
-                except (ConnectError, OSError):
-                    yield task.deferLater(reactor, 0.05, lambda: None)
-            self.assertIsNotNone(client, proc.err.decode())
+            paths = yield proc.ready
+            sock = os.path.join(base, "run", "auth-login")
+            self.assertIn(sock, paths)
             self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
+            client = yield connectProtocol(UNIXClientEndpoint(reactor, sock), amp.AMP())
             reply = yield client.callRemote(AuthStart, **start_args(b"\0alice\0secret"))
             self.assertEqual(reply["status"], "ok")
             wrong = yield client.callRemote(AuthStart, **start_args(b"\0alice\0nope", id=2))
             self.assertEqual(wrong["status"], "fail")
+            if os.geteuid() == 0:  # it dropped root before serving
+                import pwd
+
+                from tests.harness import proc_ids
+
+                entry = pwd.getpwnam("pydovecot")
+                self.assertEqual(proc_ids(transport.pid), (entry.pw_uid, entry.pw_gid))
             client.transport.loseConnection()
         finally:
             if transport.pid is not None:
@@ -341,3 +416,75 @@ class SubprocessTests(unittest.TestCase):
         self.assertEqual(reason.exitCode, 0, proc.err.decode())
         self.assertIn(b"Password mismatch", proc.err)
         self.assertNotIn(b"nope", proc.err)
+
+
+class StaticUserdbEngineTests(unittest.TestCase):
+    """Dovecot's userdb-static user verification, in the engine."""
+
+    def engine(self, passdb: DbSettings, static_args: str = "") -> AuthEngine:
+        directory = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "users")
+        with open(path, "w") as f:
+            f.write(USERS)
+        if passdb.driver == "passwd-file":
+            passdb.args = f"scheme=PLAIN {path}"
+        settings = AuthSettings(
+            auth_failure_delay=0, auth_username_format="%Ln", passdbs=[passdb],
+            userdbs=[DbSettings("static", f"uid=1000 gid=1000 home=/h/%n {static_args}")])
+        return AuthEngine(settings)
+
+    @defer.inlineCallbacks
+    def test_lookups(self):
+        engine = self.engine(DbSettings("passwd-file"))
+        self.assertEqual((yield engine.user_lookup("nosuch", "lmtp")), {"found": False})
+        found = yield engine.user_lookup("bob", "lmtp")
+        self.assertEqual(json.loads(found["fields"])["home"], "/h/bob")
+        outcome = yield engine.authenticate(AuthRequest(user="", service="imap"), "bob",
+                                            "builder")
+        self.assertTrue(outcome.ok)
+        engine = self.engine(DbSettings("passwd-file"), "allow_all_users=yes")
+        self.assertTrue((yield engine.user_lookup("nosuch", "lmtp"))["found"])
+
+    @defer.inlineCallbacks
+    def test_passdb_without_lookups_is_a_temporary_failure(self):
+        from authd.drivers.pam import PamPassdb
+
+        settings = DbSettings("pam", "")
+        engine = self.engine(settings)
+        self.assertIsInstance(engine.passdbs[0][0], PamPassdb)
+        reply = yield engine.user_lookup("bob", "lmtp")
+        self.assertEqual(reply, {"found": False, "temporary": True})
+        self.flushLoggedErrors()
+
+
+class CheckConfigTests(unittest.TestCase):
+    def test_missing_modules_are_named_with_the_pip_extra(self):
+        from authd import drivers
+
+        directory = tempfile.mkdtemp(prefix="authd-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        conf = os.path.join(directory, "sql.conf.ext")
+        with open(conf, "w") as f:
+            f.write("driver = mysql\nconnect = host=x\n")
+        settings = AuthSettings(passdbs=[DbSettings("sql", conf), DbSettings("passwd-file", "x")],
+                                userdbs=[DbSettings("ldap", "x")])
+        self.assertEqual(drivers.check_config(settings), [])
+        saved = {name: sys.modules.get(name) for name in ("pymysql", "ldap3")}
+
+        def restore():
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+        self.addCleanup(restore)
+        sys.modules.update(pymysql=None, ldap3=None)  # import raises ImportError
+        self.assertEqual(drivers.check_config(settings), [
+            "passdb sql: Python module 'pymysql' is not installed "
+            "(pip install 'pydovecot[backends]')",
+            "userdb ldap: Python module 'ldap3' is not installed "
+            "(pip install 'pydovecot[backends]')",
+        ])
+        self.assertRaises(drivers.MissingModule, drivers.create_passdb, DbSettings("sql", conf))

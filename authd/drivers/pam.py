@@ -6,7 +6,8 @@ defaults to ``dovecot``; it may hold %-variables (``%s`` gives one PAM
 service per protocol: ``/etc/pam.d/imap``, ``/etc/pam.d/pop3``), and
 Dovecot 1's ``*`` means ``%s``.
 
-Each conversation (pam_start, pam_authenticate, pam_acct_mgmt, optionally
+When authd runs unprivileged, conversations go to its privileged worker
+(authd.worker), which runs them the same way as root.  Each conversation (pam_start, pam_authenticate, pam_acct_mgmt, optionally
 pam_setcred and pam_open_session/pam_close_session, pam_end) runs on a
 worker thread of a dedicated :class:`~twisted.python.threadpool.ThreadPool`,
 never on the reactor: pam_unix takes ~50 ms and sleeps up to 2 s after a
@@ -307,10 +308,12 @@ class PamPassdb:
 
     def verify_plain(self, user: str, password: str, request: AuthRequest) -> defer.Deferred:
         service = self.service_name(request)
-        d = self._run(
-            self._conversation, service, user, password, request.remote_ip,
-            self.session, self.setcred,
-        )
+        worker = drivers.PRIVILEGED_WORKER
+        args = (service, user, password, request.remote_ip, self.session, self.setcred)
+        if worker is not None and self._conversation is pam_conversation:
+            d = worker.pam(*args)  # authd is unprivileged: the root worker asks PAM
+        else:
+            d = self._run(self._conversation, *args)
         d.addCallbacks(self._result, self._crashed, callbackArgs=(user, service),
                        errbackArgs=(service,))
         return d

@@ -3,7 +3,8 @@
 System users from the name service (``getpwnam``: /etc/passwd, or LDAP/SSSD
 through NSS): ``uid``, ``gid``, ``home`` and ``system_groups_user`` (so the
 mail process gets the user's supplementary groups).  The lookup runs on the
-auth worker pool since NSS backends may block.  No args.
+auth worker pool since NSS backends may block (in authd's privileged
+worker, authd.worker, when authd runs unprivileged).  No args.
 
 Trust: the name service is the system's (trusted); the user name comes
 from a client and is only a lookup key (names with ``@`` or NUL are unknown).
@@ -53,7 +54,11 @@ class PasswdUserdb:
         self._pool = pool
 
     def lookup(self, user: str, request: AuthRequest) -> defer.Deferred:
+        from authd import drivers
         from authd.drivers.pam import worker_pool
+
+        if drivers.PRIVILEGED_WORKER is not None and self._pool is None:
+            return drivers.PRIVILEGED_WORKER.passwd(user)  # the root worker asks NSS
 
         reactor = self._reactor
         if reactor is None:

@@ -4,7 +4,8 @@ Format: ``user:{SCHEME}hash:uid:gid:gecos:home:shell:extra_fields`` with
 space-separated ``key=value`` extra fields (``userdb_*`` ones are userdb
 fields).  Fields may be empty or missing; ``#`` starts a comment.  The path
 may hold %-variables (``/etc/mail/%d.passwd``); each file is re-read when
-its mtime, size or inode changes.  The file is the admin's and trusted;
+its mtime, size or inode changes.  A fixed path is opened at startup, so
+that authd reads it after dropping root even where its user can't reach it.  The file is the admin's and trusted;
 user names looked up in it come from clients and are only dict keys.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -71,21 +73,52 @@ def parse_text(text: str) -> dict[str, PasswdEntry]:
 
 
 class PasswdFile:
-    """One passwd-file, re-read whenever it changes on disk."""
+    """One passwd-file, re-read whenever it changes on disk.
+
+    :meth:`open` (called at startup, while authd is still root) keeps the
+    file open: after the privilege drop a file the auth user may not reach
+    (under a 0700 directory) is still read — re-read through the open file
+    when rewritten in place, and reopened by path when replaced, if the
+    auth user can."""
 
     def __init__(self, path: str):
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
+        self._file: Any = None
         self.entries: dict[str, PasswdEntry] = {}
+
+    def open(self) -> None:
+        """Open the file now (errors are reported at the first lookup)."""
+        try:
+            self._file = open(self.path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        except OSError:
+            self._file = None
 
     def refresh(self) -> None:
         """Re-read the file if it changed; raises OSError if unreadable."""
-        st = os.stat(self.path)
+        try:
+            st = os.stat(self.path)
+        except PermissionError:
+            if self._file is None:
+                raise
+            st = os.fstat(self._file.fileno())  # can't look: the file we hold
+        if self._file is not None and os.fstat(self._file.fileno()).st_ino != st.st_ino:
+            try:  # replaced (rename): the new file, if we may open it
+                replacement = open(self.path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+            except PermissionError:
+                st = os.fstat(self._file.fileno())
+            else:
+                self._file.close()
+                self._file = replacement
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if stamp == self._stamp:
             return
-        with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
-            self.entries = parse_text(f.read())
+        if self._file is not None:
+            self._file.seek(0)
+            self.entries = parse_text(self._file.read())
+        else:
+            with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
+                self.entries = parse_text(f.read())
         self._stamp = stamp
         log.debug("passwd-file {path}: read {n} users", path=self.path, n=len(self.entries))
 
@@ -108,6 +141,9 @@ class PasswdFileDb:
         self.default_scheme = options.get("scheme", schemes.DEFAULT_SCHEME).upper()
         self.username_format = options.get("username_format", "%u")
         self._files: dict[str, PasswdFile] = {}
+        if "%" not in path:  # one fixed file: open it while we may
+            self._files[path] = PasswdFile(path)
+            self._files[path].open()
 
     def _find(self, user: str, request: AuthRequest) -> PasswdEntry | None:
         """The user's entry, or None; raises AuthBackendError."""

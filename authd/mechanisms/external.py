@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from authd import sasl
+from pydovecot.log import sanitize
 
 log = Logger()
 
@@ -55,7 +56,7 @@ class AnonymousMechanism(sasl.ClientFirstMechanism):
         if len(trace) > MAX_TRACE or "\0" in trace:
             return sasl.Fail("Invalid input")
         user = self.context.setting("auth_anonymous_username", "anonymous") or "anonymous"
-        log.info("anonymous login, trace={trace!r}", trace=trace)
+        log.info("anonymous login, trace={trace}", trace=sanitize(trace))
         return sasl.Verified(user, passdb_lookup=False)
 
 

@@ -198,6 +198,15 @@ class SupervisedChild:
             self.child = None
         if self.stopping:
             return
+        if getattr(reason.value, "exitCode", None) == os.EX_CONFIG:
+            # The child can't run with this config (authd: a backend module
+            # is missing): restarting would only loop.  Stop for good.
+            log.critical("service({role}): configuration error, not restarting; stopping",
+                         role=self.role, log_prefix="master")
+            self.stopping = True
+            if reactor.running:
+                reactor.callLater(0, reactor.stop)
+            return
         lived = time.monotonic() - child.started_at
         if lived > 30:
             self.delay = self.MIN_DELAY

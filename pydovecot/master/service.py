@@ -133,6 +133,10 @@ class MasterService(Service):
     def __init__(self, config_path: str | None = None):
         self.config_path = config_path
         self.config = load_config(config_path)  # errors stop the start here
+        from authd.drivers import check_config  # backend modules authd would miss
+
+        for error in check_config(self.config, import_modules=False):
+            raise ConfigError(error)
         self.supervised: dict[str, list[SupervisedChild]] = {}
         self.listeners: dict[str, list[tuple[str, socket.socket, bool]]] = {}
         self.auth_sockets: dict[str, socket.socket] = {}
