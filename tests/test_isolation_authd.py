@@ -214,6 +214,14 @@ class StaticUserdbTests(SynchronousTestCase):
         ids = "uid=pdvmail gid=pdvmail " if IS_ROOT else ""
         _replace_userdb(master, "userdb {\n  driver = static\n"
                         f"  args = {ids}home={master.dir}/home/%n {static_args}\n}}\n")
+        # As an admin prepares /var/vmail: the root of the homes belongs to
+        # the vmail user, whose mail process creates each home in it.
+        root = os.path.join(master.dir, "home")
+        os.makedirs(root, exist_ok=True)
+        if IS_ROOT:
+            import pwd
+            entry = pwd.getpwnam("pdvmail")
+            os.chown(root, entry.pw_uid, entry.pw_gid)
         master.start()
         return master
 
