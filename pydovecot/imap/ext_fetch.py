@@ -31,8 +31,15 @@ PREVIEW_CHARS = 200
 PREVIEW_CACHE_KEY = "preview"
 _IDENTITY = {b"", b"7bit", b"8bit", b"binary"}
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
-_TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.I | re.S)
 _SPACE_RE = re.compile(r"\s+")
+#: Raw body bytes a preview reads at most (Dovecot's snippet reads a
+#: bounded prefix too): extraction is linear in this, whatever the mail.
+PREVIEW_INPUT = 64 * 1024
+#: Text gathered before the preview stops scanning (enough for 200 chars
+#: after quoted lines and signatures are dropped).
+PREVIEW_TEXT = 8 * 1024
+_TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
+_RAW_END = {name: re.compile(r"</" + name, re.I) for name in ("script", "style")}
 
 
 class UnknownCTE(StorageError):
@@ -91,14 +98,59 @@ def _preview_part(root: mime.Part) -> mime.Part | None:
     return html_part
 
 
+def html_to_text(text: str, limit: int = PREVIEW_TEXT) -> str:
+    """Text of an HTML document without markup, ``<script>``/``<style>``
+    content or comments: one forward scan (every ``find`` either consumes
+    what it scanned or ends the scan), so linear in ``len(text)`` whatever
+    the input; stops once ``limit`` characters of text are gathered."""
+    out: list[str] = []
+    size = 0
+    pos, end = 0, len(text)
+    while pos < end and size < limit:
+        lt = text.find("<", pos)
+        if lt < 0:
+            out.append(text[pos:])
+            break
+        if lt > pos:
+            out.append(text[pos:lt])
+            size += lt - pos
+        out.append(" ")
+        if text.startswith("!--", lt + 1):
+            close = text.find("-->", lt + 4)
+            if close < 0:
+                break
+            pos = close + 3
+            continue
+        m = _TAG_NAME.match(text, lt + 1)
+        gt = text.find(">", lt + 1)
+        if gt < 0:
+            break  # an unclosed tag: the rest is markup
+        pos = gt + 1
+        if m is not None and not m.group(0).startswith("/"):
+            raw_end = _RAW_END.get(m.group(1).lower())
+            if raw_end is not None:  # skip the element's content
+                close_m = raw_end.search(text, pos)
+                if close_m is None:
+                    break
+                gt = text.find(">", close_m.end())
+                if gt < 0:
+                    break
+                pos = gt + 1
+    return html.unescape("".join(out))
+
+
 def make_preview(msg: mime.ParsedMessage) -> str:
-    """The RFC 8970 preview text of a message ("" if it has no text)."""
+    """The RFC 8970 preview text of a message ("" if it has no text).
+
+    Reads at most :data:`PREVIEW_INPUT` bytes of the part's body."""
     part = _preview_part(msg.root)
     if part is None:
         return ""
-    text = mime.decode_body(msg.data, part)
+    text = mime.decode_body(msg.data, part, limit=PREVIEW_INPUT)
     if part.subtype.lower() == "html":
-        text = html.unescape(_TAG_RE.sub(" ", text))
+        text = html_to_text(text)
+    else:
+        text = text[:PREVIEW_TEXT]
     lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith(">")]
     kept: list[str] = []
     for ln in lines:

@@ -32,6 +32,7 @@ from pydovecot.imap.parser import (
 from pydovecot.imap.search import (
     ADVERTISED_CHARSETS,
     BadCharset,
+    QueryTooDeep,
     SearchContext,
     SearchParser,
     SearchQuery,
@@ -206,6 +207,8 @@ class SearchMixin:
             raise _command_error(
                 b"NO [BADCHARSET (" + ADVERTISED_CHARSETS + b")] Unsupported charset"
             ) from None
+        except QueryTooDeep as e:
+            raise _command_error(b"BAD [LIMIT] " + str(e).encode() + b".") from None
         if query.uses_modseq:
             enable = getattr(self, "_enable_condstore", None)  # ext_sync (RFC 7162 3.1)
             if enable is not None:

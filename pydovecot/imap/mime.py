@@ -518,16 +518,24 @@ def filter_header(data: bytes, part: Part, names: list[bytes] | None, exclude: b
     return b"".join(kept) + b"\r\n"
 
 
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/=]")
+
+
 # -- text for SEARCH ------------------------------------------------------------------
 
 
-def decode_body(data: bytes, part: Part) -> str:
-    """A leaf part's body, transfer-decoded and charset-decoded."""
-    body = data[part.body_start : part.end]
+def decode_body(data: bytes, part: Part, limit: int | None = None) -> str:
+    """A leaf part's body, transfer-decoded and charset-decoded (only its
+    first ``limit`` raw bytes when given)."""
+    end = part.end if limit is None else min(part.end, part.body_start + limit)
+    body = data[part.body_start : end]
     cte = (part.header("Content-Transfer-Encoding") or b"").strip().lower()
     try:
         if cte == b"base64":
-            body = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body) + b"==", validate=False)
+            clean = _B64_JUNK.sub(b"", body)
+            if limit is not None:
+                clean = clean[: len(clean) - len(clean) % 4]
+            body = base64.b64decode(clean + b"==", validate=False)
         elif cte == b"quoted-printable":
             body = quopri.decodestring(body)
     except (binascii.Error, ValueError):
