@@ -26,7 +26,6 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-MAX_DEPTH = 30
 _LF_RE = re.compile(rb"\r?\n")
 _header_parser = BytesHeaderParser(policy=compat32)
 
@@ -45,9 +44,14 @@ def imap_string(value: bytes | str | None) -> bytes:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if len(value) > 1024 or any(c in value for c in (0, 10, 13)) or not value.isascii():
+    if len(value) > 1024 or _LITERAL_ONLY.search(value) is not None:
         return b"{%d}\r\n" % len(value) + value
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if b"\\" in value or b'"' in value:
+        value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b'"' + value + b'"'
+
+
+_LITERAL_ONLY = re.compile(rb"[\x00\r\n\x80-\xff]")
 
 
 def imap_list(items: list[bytes]) -> bytes:
@@ -134,7 +138,7 @@ def decode_header_value(raw: bytes) -> str:
 # -- the part tree ------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Part:
     """One MIME entity: ``data[start:body_start]`` is its header (with the
     blank line), ``data[body_start:end]`` its body."""
@@ -149,23 +153,77 @@ class Part:
     children: list[Part] = field(default_factory=list)
     multipart: bool = False
     message: Part | None = None  # the enclosed message of message/rfc822
-    lines: int = 0
+    data: bytes = field(default=b"", repr=False)  # the whole message (shared)
+    overflow: bool = False  # a part limit stopped parsing here (Dovecot's OVERFLOW)
+    _lines: int = field(default=-1, repr=False)
+    _first: dict[bytes, bytes] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
         return self.end - self.body_start
 
+    @property
+    def lines(self) -> int:
+        """Body lines, counted when first asked (only BODYSTRUCTURE of text
+        and message/rfc822 parts needs them)."""
+        if self._lines < 0:
+            data, start, end = self.data, self.body_start, self.end
+            n = data.count(b"\n", start, end)
+            if end > start and not data.endswith(b"\n", start, end):
+                n += 1
+            self._lines = n
+        return self._lines
+
+    @lines.setter
+    def lines(self, value: int) -> None:
+        self._lines = value
+
     def header(self, name: str) -> bytes | None:
-        return header_value(self.fields, name)
+        """First field ``name`` (case-insensitive), raw and unfolded."""
+        first = self._first
+        if first is None:
+            first = {}
+            for f in self.fields:
+                first.setdefault(f.name.lower(), f.value)
+            self._first = first
+        return first.get(name.lower().encode("latin-1", "replace"))
 
     def is_rfc822(self) -> bool:
         return self.maintype.lower() == "message" and self.subtype.lower() == "rfc822"
+
+
+_TOKEN = rb"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_SIMPLE_CT = re.compile(rb"[ \t]*(" + _TOKEN + rb")[ \t]*/[ \t]*(" + _TOKEN + rb")[ \t]*((?:;[^;\"\\()*]*)*)")
+_SIMPLE_PARAM = re.compile(rb"[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(" + _TOKEN + rb")[ \t]*")
+
+
+def _simple_content_type(raw: bytes):
+    """``type/sub; a=b; c=d`` without quotes, comments or RFC 2231 (what
+    nearly every part has) parsed without the ``email`` package; None for
+    anything else."""
+    m = _SIMPLE_CT.fullmatch(raw)
+    if m is None:
+        return None
+    params: list[tuple[str, str]] = []
+    rest = m.group(3)
+    if rest:
+        for piece in rest.split(b";")[1:]:
+            if not piece.strip(b" \t"):
+                continue
+            pm = _SIMPLE_PARAM.fullmatch(piece)
+            if pm is None:
+                return None
+            params.append((pm.group(1).decode("ascii").lower(), pm.group(2).decode("ascii")))
+    return m.group(1).decode("ascii"), m.group(2).decode("ascii"), params
 
 
 def _content_type(fields: list[HeaderField], default: tuple[str, str]):
     raw = header_value(fields, "Content-Type")
     if raw is None:
         return default[0], default[1], [], True
+    simple = _simple_content_type(raw)
+    if simple is not None:
+        return simple[0], simple[1], simple[2], False
     msg = Message()
     msg["Content-Type"] = raw.decode("ascii", "surrogateescape")
     params = msg.get_params(header="content-type", unquote=True) or []
@@ -183,10 +241,14 @@ def _content_type(fields: list[HeaderField], default: tuple[str, str]):
     return maintype, subtype.strip(), out, False
 
 
-def parse_part(
-    data: bytes, start: int, end: int, default=("text", "plain"), depth: int = 0
-) -> Part:
-    """Parse the entity in ``data[start:end]`` (CRLF line ends)."""
+#: Dovecot's message-parser limits (lib-mail MESSAGE_PARSER_DEFAULT_MAX_*):
+#: nesting of multipart and message/rfc822 parts, and parts in a message.
+MAX_DEPTH = 100
+MAX_PARTS = 10000
+
+
+def _entity(data: bytes, start: int, end: int, default: tuple[str, str]) -> Part:
+    """One entity's header parsed; no children yet."""
     if data.startswith(b"\r\n", start) or start >= end:
         body_start = min(start + 2, end)
         header_end = start
@@ -201,30 +263,97 @@ def parse_part(
     maintype, subtype, params, _defaulted = _content_type(fields, default)
     if maintype.lower() == "text" and not params:
         params = [("charset", "us-ascii")]
-    part = Part(start, body_start, end, fields, maintype, subtype, params)
-    body_lines = data.count(b"\n", body_start, end)
-    if end > body_start and not data.endswith(b"\n", body_start, end):
-        body_lines += 1
-    part.lines = body_lines
-    lowtype = maintype.lower()
-    boundary = dict(params).get("boundary") if lowtype == "multipart" else None
-    if lowtype == "multipart" and boundary and depth < MAX_DEPTH:
+    return Part(start, body_start, end, fields, maintype, subtype, params, data=data)
+
+
+def _make_opaque(part: Part) -> None:
+    """A multipart or message part not parsed further: an opaque body, as
+    Dovecot reports an OVERFLOW part (application/octet-stream)."""
+    part.overflow = True
+    if part.maintype.lower() in ("multipart", "message"):
+        part.maintype, part.subtype = "application", "octet-stream"
+        part.params = [(k, v) for k, v in part.params if k.lower() != "boundary"]
+
+
+def parse_part(
+    data: bytes, start: int, end: int, default=("text", "plain"), depth: int = 0,
+    max_depth: int = MAX_DEPTH, max_parts: int = MAX_PARTS,
+) -> Part:
+    """Parse the entity in ``data[start:end]`` (CRLF line ends) and all its
+    parts, without recursion.
+
+    Beyond ``max_depth`` levels of nesting a multipart or message/rfc822 is
+    one opaque part; once ``max_parts`` parts exist, the last one takes the
+    rest of the message as its body, as Dovecot's parser does.  Never
+    raises on any input."""
+    root = _entity(data, start, end, default)
+    count = 1
+    parents: dict[int, Part] = {}
+    # (part, its depth), parts in document order, children not yet parsed
+    todo: list[tuple[Part, int]] = [(root, depth)]
+    while todo:
+        part, level = todo.pop()
+        lowtype = part.maintype.lower()
+        boundary = dict(part.params).get("boundary") if lowtype == "multipart" else None
+        is_message = part.is_rfc822()
+        if not ((lowtype == "multipart" and boundary) or is_message):
+            continue
+        if level >= max_depth:
+            _make_opaque(part)
+            continue
+        if count >= max_parts:
+            _overflow(part, parents, root)
+            break
+        if is_message:
+            child = _entity(data, part.body_start, part.end, ("text", "plain"))
+            part.message = child
+            parents[id(child)] = part
+            count += 1
+            todo.append((child, level + 1))
+            continue
         part.multipart = True
-        child_default = ("message", "rfc822") if subtype.lower() == "digest" else ("text", "plain")
-        for cstart, cend in _split_multipart(data, body_start, end, boundary.encode("latin-1", "replace")):
-            part.children.append(parse_part(data, cstart, cend, child_default, depth + 1))
-    elif part.is_rfc822() and depth < MAX_DEPTH:
-        part.message = parse_part(data, body_start, end, ("text", "plain"), depth + 1)
-    return part
+        child_default = ("message", "rfc822") if part.subtype.lower() == "digest" else ("text", "plain")
+        bounds = _split_multipart(data, part.body_start, part.end,
+                                  boundary.encode("latin-1", "replace"), max_parts - count + 1)
+        children = []
+        for cstart, cend in bounds:
+            child = _entity(data, cstart, cend, child_default)
+            parents[id(child)] = part
+            children.append(child)
+            count += 1
+            if count >= max_parts:
+                break
+        part.children = children
+        if count >= max_parts and children:
+            _overflow(children[-1], parents, root)
+            break
+        todo.extend((c, level + 1) for c in reversed(children))
+    return root
 
 
-def _split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+def _overflow(part: Part, parents: dict[int, Part], root: Part) -> None:
+    """The part limit is reached at ``part``: it is not parsed further and
+    its body (and every enclosing part's) runs to the end of the message."""
+    part.children = []
+    part.message = None
+    part.multipart = False
+    _make_opaque(part)
+    node: Part | None = part
+    while node is not None:
+        node.end = root.end
+        node.lines = -1
+        node = parents.get(id(node))
+
+
+def _split_multipart(data: bytes, start: int, end: int, boundary: bytes,
+                     limit: int = MAX_PARTS) -> list[tuple[int, int]]:
+    """The (start, end) of up to ``limit`` body parts of a multipart body."""
     delim = b"--" + boundary
     bounds: list[tuple[int, int]] = []
     cur: int | None = None
     search = start
     first = True
-    while True:
+    while len(bounds) < limit:
         if first and data.startswith(delim, start, end):
             pre = line = start
         else:
@@ -249,7 +378,7 @@ def _split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list
             break
         cur = min(eol + 2, end)
         search = eol
-    if cur is not None:
+    if cur is not None and len(bounds) < limit:
         bounds.append((cur, end))
     return bounds
 
