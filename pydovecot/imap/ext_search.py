@@ -43,16 +43,23 @@ from pydovecot.imap.search import (
 from pydovecot.imap.sort import (
     base_subject,
     collate,
+    order_by_keys,
     parse_criteria,
     sent_timestamp,
-    sort_contexts,
+    sort_key,
 )
 from pydovecot.imap.thread import ThreadMessage, message_ids, ordered_subject, references, render
 from pydovecot.storage.interfaces import MessageInfo
 
 RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"}
-CHUNK = 500  # messages per reactor turn for content searches
-COOPERATE_OVER = 2000  # content searches over more messages than this run in chunks
+#: Messages tested per step of a sliced search: one for content keys (a
+#: message may take a while to parse), more for flag/date/UID keys.  The
+#: global Cooperator runs steps of every task for ~10 ms, then lets the
+#: reactor serve everyone else.
+CONTENT_STEP = 1
+CHEAP_STEP = 200
+#: Searches, sorts and threads over at most this many messages run at once.
+COOPERATE_OVER = 50
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
 Hits = list[tuple[int, MessageInfo]]
@@ -219,29 +226,47 @@ class SearchMixin:
         return lambda: self._load(info)
 
     def run_search(self, query: SearchQuery) -> Hits | defer.Deferred[Hits]:
-        """Evaluate a query on the selected view: hits now, or a Deferred
-        for a large content search (run in chunks)."""
+        """Evaluate a query on the selected view: hits now for a small
+        mailbox, else a Deferred, the work sliced through the global
+        Cooperator so other sessions of the process keep being served."""
         mbox = self._selected()
         messages = list(mbox.messages)
         saved = self.saved_uids()
-        if not query.needs_content or len(messages) <= COOPERATE_OVER:
+        if len(messages) <= COOPERATE_OVER:
             return run_query(mbox, query, messages, self._loader, saved)
         import time
 
         now = time.time()
         hits: Hits = []
+        step = CONTENT_STEP if query.needs_content else CHEAP_STEP
 
         def work() -> Generator[None, None, None]:
-            for start in range(1, len(messages) + 1, CHUNK):
+            for start in range(1, len(messages) + 1, step):
                 if getattr(self, "_closed", False):
                     return
-                seqs = range(start, min(start + CHUNK, len(messages) + 1))
+                seqs = range(start, min(start + step, len(messages) + 1))
                 hits.extend(run_query(mbox, query, messages, self._loader, saved, now, seqs))
                 yield None
 
         d = task.cooperate(work()).whenDone()
         d.addCallback(lambda _: hits)
         return d
+
+    def _map_sliced(self, items: list[Any], func: Callable[[Any], Any]) -> Any:
+        """``[func(x) for x in items]``: at once for a few items, else a
+        Deferred of it, one item per Cooperator step."""
+        if len(items) <= COOPERATE_OVER:
+            return [func(x) for x in items]
+        out: list[Any] = []
+
+        def work() -> Generator[None, None, None]:
+            for x in items:
+                if getattr(self, "_closed", False):
+                    return
+                out.append(func(x))
+                yield None
+
+        return task.cooperate(work()).whenDone().addCallback(lambda _: out)
 
     def _contexts(self, hits: Hits) -> list[SearchContext]:
         mbox = self._selected()
@@ -346,8 +371,14 @@ class SearchMixin:
         query = self._charset_query(args[1], args[2:])
         result = self.run_search(query)
 
-        def answer(hits: Hits) -> bytes:
-            ordered = sort_hits(self._contexts(hits), criteria)
+        def order(hits: Hits) -> Any:
+            ctxs = self._contexts(hits)
+            keys = self._map_sliced(ctxs, lambda c: sort_key(c, criteria))
+            if isinstance(keys, defer.Deferred):
+                return keys.addCallback(lambda k: order_by_keys(ctxs, k, criteria))
+            return order_by_keys(ctxs, keys, criteria)
+
+        def answer(ordered: list[SearchContext]) -> bytes:
             ids = [c.info.uid if uid else c.seq for c in ordered]
             pairs = [(c.seq, c.info) for c in ordered]
             modseq = (max((c.info.modseq for c in ordered), default=None)
@@ -360,8 +391,11 @@ class SearchMixin:
             return b"OK Sort completed."
 
         if isinstance(result, defer.Deferred):
-            return result.addCallback(answer)
-        return answer(result)
+            return result.addCallback(order).addCallback(answer)
+        ordered = order(result)
+        if isinstance(ordered, defer.Deferred):
+            return ordered.addCallback(answer)
+        return answer(ordered)
 
     def _charset_query(self, charset_tok: Token, keys: list[Token]) -> SearchQuery:
         if isinstance(charset_tok, list):
@@ -387,19 +421,25 @@ class SearchMixin:
         query = self._charset_query(args[1], args[2:])
         result = self.run_search(query)
 
-        def answer(hits: Hits) -> bytes:
-            text = thread_hits(self._contexts(hits), algorithm, uid)
+        def collect(hits: Hits) -> Any:
+            return self._map_sliced(self._contexts(hits), lambda c: thread_message(c, uid))
+
+        def answer(msgs: list[ThreadMessage]) -> bytes:
+            text = thread_messages(msgs, algorithm)
             self._send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
             return b"OK Thread completed."
 
         if isinstance(result, defer.Deferred):
-            return result.addCallback(answer)
-        return answer(result)
+            return result.addCallback(collect).addCallback(answer)
+        msgs = collect(result)
+        if isinstance(msgs, defer.Deferred):
+            return msgs.addCallback(answer)
+        return answer(msgs)
 
 
 def sort_hits(ctxs: list[SearchContext], criteria: list[tuple[str, bool]]) -> list[SearchContext]:
     """Hits (in mailbox order) in SORT order."""
-    return sort_contexts(ctxs, criteria)
+    return order_by_keys(ctxs, [sort_key(c, criteria) for c in ctxs], criteria)
 
 
 def thread_message(ctx: SearchContext, uid: bool) -> ThreadMessage:
@@ -425,7 +465,11 @@ def thread_message(ctx: SearchContext, uid: bool) -> ThreadMessage:
 
 def thread_hits(ctxs: list[SearchContext], algorithm: str, uid: bool) -> str:
     """The thread-list text for the hits."""
-    msgs = [thread_message(c, uid) for c in ctxs]
+    return thread_messages([thread_message(c, uid) for c in ctxs], algorithm)
+
+
+def thread_messages(msgs: list[ThreadMessage], algorithm: str) -> str:
+    """The thread-list text for the messages."""
     roots = references(msgs) if algorithm == "REFERENCES" else ordered_subject(msgs)
     return render(roots)
 
