@@ -141,6 +141,9 @@ class SyncMixin:
             result = mbox.sync(allow_expunge=False)
         else:
             return  # this storage can only sync with expunges: wait
+        if getattr(mbox, "deleted", False):
+            self._mailbox_gone()
+            return
         self._report_expunges(old_uids, result.expunged)
         if result.added or len(mbox.messages) != len(old_uids) - len(result.expunged):
             self._send(b"* %d EXISTS\r\n" % len(mbox.messages))
@@ -157,6 +160,18 @@ class SyncMixin:
             if allow_expunge:
                 self.notifier.selected_dirty = False
             self.notifier.flush_pending()
+
+    def _mailbox_gone(self: IMAPSession) -> None:
+        """The selected mailbox was deleted or renamed away under this
+        session: Dovecot's BYE, then the connection closes (nothing more,
+        not even the tagged reply of the running command, is sent)."""
+        self.log.info("Selected mailbox was deleted, disconnecting", log_prefix=self.prefix)
+        self._send(b"* BYE Selected mailbox was deleted, have to disconnect.\r\n")
+        self._flush()
+        self._stop_idle()
+        self._closed = True
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def _modseq_part(self, info: MessageInfo) -> bytes:
         """`` MODSEQ (n)`` for FETCH responses once CONDSTORE is enabled."""

@@ -198,6 +198,18 @@ LOG_COMPACT_BYTES = 1 << 20
 #: events kept in memory for views' syncs
 EVENTS_KEEP = 20000
 
+@contextmanager
+def _entered(cm) -> Iterator[None]:
+    """Exit an already entered context manager when the block ends."""
+    try:
+        yield
+    except BaseException as e:
+        if not cm.__exit__(type(e), e, e.__traceback__):
+            raise
+    else:
+        cm.__exit__(None, None, None)
+
+
 _Event = tuple[int, str, int, int, "_Rec | None"]  # (modseq, kind, uid, origin, rec)
 
 
@@ -493,7 +505,14 @@ class _Box:
                 self._rescan()
             yield
             return
-        with self.index.locked():
+        try:
+            lock = self.index.locked()
+            lock.__enter__()
+        except FileNotFoundError:
+            if self.deleted():
+                raise MailboxNotFound(f"Mailbox was deleted: {self.name}") from None
+            raise
+        with _entered(lock):
             self._catch_up()
             self._tx_ops = [["b"]]
             try:
@@ -504,6 +523,11 @@ class _Box:
             finally:
                 ops, self._tx_ops = self._tx_ops, None
                 self._commit(ops)
+
+    def deleted(self) -> bool:
+        """The mailbox's directory is gone (deleted or renamed away by
+        another session, process or a shell)."""
+        return not os.path.isdir(os.path.join(self.path, "cur"))
 
     def _commit(self, ops: list[list]) -> None:
         post = self._stat_dirs()
@@ -922,6 +946,12 @@ class MaildirMailbox:
     def _check(self) -> None:
         if self.closed:
             raise StorageError("Mailbox view is closed")
+
+    @property
+    def deleted(self) -> bool:
+        """The selected mailbox no longer exists on disk (the session says
+        ``* BYE Selected mailbox was deleted``, as Dovecot does)."""
+        return self.box.deleted()
 
     def sync(self, allow_expunge: bool = True) -> SyncResult:
         self._check()
