@@ -398,11 +398,15 @@ class ParsedMessage:
 
 
 class MessageCache:
-    """A small LRU of parsed messages keyed by (mailbox, uidvalidity, uid)."""
+    """A small LRU of parsed messages keyed by (mailbox, uidvalidity, uid),
+    bounded in count, in bytes per message and in bytes in all."""
 
-    def __init__(self, size: int = 16, max_bytes: int = 4 * 1024 * 1024):
+    def __init__(self, size: int = 16, max_bytes: int = 4 * 1024 * 1024,
+                 total_bytes: int = 8 * 1024 * 1024):
         self.size = size
         self.max_bytes = max_bytes
+        self.total_bytes = total_bytes
+        self._bytes = 0
         self._items: OrderedDict[tuple, ParsedMessage] = OrderedDict()
 
     def get(self, key: tuple) -> ParsedMessage | None:
@@ -414,10 +418,14 @@ class MessageCache:
     def put(self, key: tuple, item: ParsedMessage) -> None:
         if len(item.data) > self.max_bytes:
             return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.data)
         self._items[key] = item
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._bytes += len(item.data)
+        while len(self._items) > self.size or self._bytes > self.total_bytes:
+            _key, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped.data)
 
 
 # -- ENVELOPE -------------------------------------------------------------------

@@ -126,12 +126,15 @@ def header_values(ctx: SearchContext, name: str) -> list[str]:
 
 
 _FIELD_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
+_FIELD_PATTERNS_MAX = 64
 
 
 def _field_pattern(name: bytes) -> re.Pattern[bytes]:
     """``Name:`` at a line start, with its continuation lines."""
     pattern = _FIELD_PATTERNS.get(name)
     if pattern is None:
+        if len(_FIELD_PATTERNS) >= _FIELD_PATTERNS_MAX:  # client-chosen names: bounded
+            _FIELD_PATTERNS.clear()
         pattern = _FIELD_PATTERNS[name] = re.compile(
             rb"^" + re.escape(name) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
     return pattern

@@ -37,6 +37,7 @@ import gc
 import json
 import os
 import struct
+import sys
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -453,43 +454,118 @@ def parse_snapshot(data: bytes) -> IndexState | None:
     return state
 
 
-class CacheFile:
-    """Append-only cached values, loaded lazily."""
+@dataclass
+class CacheLimits:
+    """Bounds of a mailbox's cache file, under Dovecot's setting names.
 
-    def __init__(self, path: str):
+    ``mail_cache_max_size`` (Dovecot 2.3, default 1 GB): past it the file
+    is emptied and filled again.  ``mail_cache_max_headers_count`` and
+    ``mail_cache_max_header_name_length`` (Dovecot 2.4): header fields
+    (``header.<name>`` keys) beyond that many distinct names per mailbox, or
+    with longer names, are not cached (SEARCH reads the message instead).
+    Dovecot's default count is 100; ours is lower, since a cached value
+    costs more memory here.
+    """
+
+    max_size: int = 1024 * 1024 * 1024
+    max_headers: int = 32
+    max_header_name: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> CacheLimits:
+        def number(name: str, default: int) -> int:
+            raw = settings.get(name)
+            try:
+                return int(str(raw).strip()) if raw not in (None, "") else default
+            except ValueError:
+                return default
+
+        return cls(_size(settings.get("mail_cache_max_size"), cls.max_size),
+                   number("mail_cache_max_headers_count", cls.max_headers),
+                   number("mail_cache_max_header_name_length", cls.max_header_name))
+
+
+def _size(value: object, default: int) -> int:
+    """``1G``, ``64 M``, ``65536`` → bytes; ``default`` if unset or invalid."""
+    if isinstance(value, int):
+        return value
+    text = str(value or "").strip().lower().removesuffix("b").strip()
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    scale = units.get(text[-1:], 1)
+    digits = text[:-1].strip() if text[-1:] in units else text
+    return int(digits) * scale if digits.isdigit() else default
+
+
+#: One shared empty value (most cached header lookups find no field).
+_EMPTY: list = []
+
+
+class CacheFile:
+    """Append-only cached values, loaded lazily, within :class:`CacheLimits`."""
+
+    def __init__(self, path: str, limits: CacheLimits | None = None):
         self.path = path
+        self.limits = limits or CacheLimits()
         self.values: dict[int, dict[str, object]] | None = None
         self.uidvalidity = 0
         self.entries = 0
+        self.size = 0
         self.header_ok = False
+        self.headers: set[str] = set()  # distinct ``header.*`` keys held
+
+    def _keep(self, key: str) -> str | None:
+        """The interned key if it may be cached, else None."""
+        if key.startswith("header."):
+            if key not in self.headers:
+                limits = self.limits
+                if (len(self.headers) >= limits.max_headers
+                        or (limits.max_header_name and len(key) - 7 > limits.max_header_name)):
+                    return None
+                self.headers.add(sys.intern(key))
+        return sys.intern(key)
 
     def load(self, uidvalidity: int) -> dict[int, dict[str, object]]:
         if self.values is not None and self.uidvalidity == uidvalidity:
             return self.values
-        self.values, self.uidvalidity, self.entries = {}, uidvalidity, 0
+        self.values, self.uidvalidity, self.entries, self.size = {}, uidvalidity, 0, 0
+        self.headers = set()
         self.header_ok = False
         try:
             with open(self.path, "rb") as f:
-                data = f.read()
+                data = f.read(self.limits.max_size + 1)
         except FileNotFoundError:
             return self.values
+        if len(data) > self.limits.max_size:
+            return self.values  # too big: rewritten (empty) on the next add
         head, _, rest = data.partition(b"\n")
         if head != b"C %d" % uidvalidity:
             return self.values  # another mailbox's: rewritten on the next add
         self.header_ok = True
+        self.size = len(data)
         for line in rest.split(b"\n"):
             op = decode_op(line) if line else None
-            if op is None or len(op) != 3:
+            if op is None or len(op) != 3 or not isinstance(op[1], str):
                 continue
             uid, key, value = op
-            self.values.setdefault(uid, {})[key] = value
+            kept = self._keep(key)
+            if kept is None:
+                continue
+            self.values.setdefault(uid, {})[kept] = _EMPTY if value == [] else value
             self.entries += 1
         return self.values
 
     def add(self, uidvalidity: int, uid: int, key: str, value: object) -> None:
         values = self.load(uidvalidity)
-        values.setdefault(uid, {})[key] = value
-        line = encode_op([uid, key, value])
+        kept = self._keep(key)
+        if kept is None:
+            return
+        line = encode_op([uid, kept, value])
+        if self.header_ok and self.size + len(line) > self.limits.max_size:
+            values.clear()  # full: start again (Dovecot purges a full cache)
+            self.headers = set()
+            self.rewrite(uidvalidity, set())
+            kept = self._keep(key) or kept
+        values.setdefault(uid, {})[kept] = _EMPTY if value == [] else value
         if not self.header_ok:
             self.rewrite(uidvalidity, set(values))
             return
@@ -503,6 +579,7 @@ class CacheFile:
         finally:
             os.close(fd)
         self.entries += 1
+        self.size += len(line)
 
     def rewrite(self, uidvalidity: int, live: set[int]) -> None:
         """Compact: keep only values of ``live`` UIDs."""
@@ -515,10 +592,12 @@ class CacheFile:
             for key, value in kv.items():
                 out.append(encode_op([uid, key, value]))
                 n += 1
-        write_atomic(self.path, b"".join(out))
+        data = b"".join(out)
+        write_atomic(self.path, data)
         self.entries = n
+        self.size = len(data)
         self.header_ok = True
 
 
 __all__ = ["MailboxIndex", "IndexState", "IndexRecord", "CacheFile", "apply_op", "encode_op",
-           "decode_op", "parse_snapshot", "INDEX"]
+           "decode_op", "parse_snapshot", "INDEX", "CacheLimits"]

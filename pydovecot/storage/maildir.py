@@ -46,6 +46,7 @@ from pydovecot.storage import names as N
 from pydovecot.storage.index import (
     EXPUNGE_KEEP,
     CacheFile,
+    CacheLimits,
     IndexRecord,
     IndexState,
     MailboxIndex,
@@ -236,7 +237,7 @@ class _Box:
         self.uidlist_path = os.path.join(path, UIDLIST)
         self.keywords = Keywords(path)
         self.index = MailboxIndex(path)
-        self.cache = CacheFile(self.index.cache_path)
+        self.cache = CacheFile(self.index.cache_path, storage.cache_limits)
         self.by_base: dict[str, _Rec] = {}
         self.by_uid: dict[int, _Rec] = {}
         self.uids: list[int] = []
@@ -1146,12 +1147,21 @@ class MaildirStorage:
         self.root = os.path.abspath(root)
         self.utf8 = utf8
         self._boxes: dict[str, _Box] = {}
+        #: shared by every box's cache file; :meth:`configure` updates it
+        self.cache_limits = CacheLimits()
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._tree_listeners: list[Callable[[str, str, str | None], None]] = []
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
         self._subs = Subscriptions(self.root, utf8)
+
+    def configure(self, settings: dict) -> None:
+        """Apply the user's settings (``mail_cache_*``) to this storage."""
+        limits = CacheLimits.from_settings(settings)
+        self.cache_limits.max_size = limits.max_size
+        self.cache_limits.max_headers = limits.max_headers
+        self.cache_limits.max_header_name = limits.max_header_name
 
     # -- paths and caches ---------------------------------------------
 
