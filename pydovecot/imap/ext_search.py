@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from twisted.internet import defer, task
+import twisted.python.threadpool  # noqa: F401  (deferToThread needs it after the privilege drop)
+from twisted.internet import defer, task, threads
 
 from pydovecot.imap import context, mime
 from pydovecot.imap.parser import (
@@ -48,7 +49,15 @@ from pydovecot.imap.sort import (
     sent_timestamp,
     sort_key,
 )
-from pydovecot.imap.thread import ThreadMessage, message_ids, ordered_subject, references, render
+from pydovecot.imap.thread import (
+    ThreadMessage,
+    dismantle,
+    message_ids,
+    ordered_subject,
+    references,
+    render,
+)
+from pydovecot.storage.index import pause_gc
 from pydovecot.storage.interfaces import MessageInfo
 
 RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"}
@@ -60,6 +69,10 @@ CONTENT_STEP = 1
 CHEAP_STEP = 200
 #: Searches, sorts and threads over at most this many messages run at once.
 COOPERATE_OVER = 50
+#: Sorting or threading more messages than this (pure computation on data
+#: of their own: nothing shared) runs in a thread of the reactor's pool;
+#: the GIL's switch interval (5 ms) then keeps the reactor serving.
+THREAD_OVER = 2000
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
 Hits = list[tuple[int, MessageInfo]]
@@ -168,6 +181,36 @@ def search_response(
     session._send(format_esearch(tag, uid, sorted(results), return_opts, modseq=modseq))
 
 
+def gc_paused(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command with the cyclic GC paused until it is answered (see
+    :func:`pydovecot.storage.index.pause_gc`): its per-message objects
+    are gone by then, so the GC's next pass is short."""
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        release = pause_gc()
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            release()
+            raise
+        if isinstance(result, defer.Deferred):
+            def done(value: Any) -> Any:
+                # After the callback chain has unwound: its frames still
+                # hold the per-message objects the GC should not walk.
+                from twisted.internet import reactor
+
+                reactor.callLater(0, release)
+                return value
+
+            return result.addBoth(done)
+        release()
+        return result
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class SearchMixin:
     """SEARCH/SORT/THREAD commands; mixed into IMAPSession."""
 
@@ -248,9 +291,7 @@ class SearchMixin:
                 hits.extend(run_query(mbox, query, messages, self._loader, saved, now, seqs))
                 yield None
 
-        d = task.cooperate(work()).whenDone()
-        d.addCallback(lambda _: hits)
-        return d
+        return task.cooperate(work()).whenDone().addCallback(lambda _: hits)
 
     def _map_sliced(self, items: list[Any], func: Callable[[Any], Any]) -> Any:
         """``[func(x) for x in items]``: at once for a few items, else a
@@ -268,12 +309,18 @@ class SearchMixin:
 
         return task.cooperate(work()).whenDone().addCallback(lambda _: out)
 
-    def _contexts(self, hits: Hits) -> list[SearchContext]:
+    def _contexts(self, hits: Hits, lazy: bool = False) -> list[Any]:
+        """A search context per hit; with ``lazy``, a light handle per hit
+        (``.seq``, ``.info``, and called: the context, made on demand), so
+        a sliced loop builds them one at a time."""
         mbox = self._selected()
         max_seq = len(mbox.messages)
         max_uid = mbox.messages[-1].uid if mbox.messages else 0
+        loader = self._loader
+        if lazy:
+            return [_LazyContext(seq, info, mbox, max_seq, max_uid, loader) for seq, info in hits]
         return [
-            SearchContext(seq, info, info.uid in mbox.recent, self._loader(info), max_seq,
+            SearchContext(seq, info, info.uid in mbox.recent, loader(info), max_seq,
                           max_uid, mbox)
             for seq, info in hits
         ]
@@ -292,6 +339,7 @@ class SearchMixin:
             self._save(())
         return opts, args[2:]
 
+    @gc_paused
     def search_command(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
         opts, args = self._return_options(args)
@@ -362,6 +410,7 @@ class SearchMixin:
 
     # -- SORT --------------------------------------------------------------------------
 
+    @gc_paused
     def cmd_sort(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
         opts, args = self._return_options(args)
@@ -372,16 +421,16 @@ class SearchMixin:
         result = self.run_search(query)
 
         def order(hits: Hits) -> Any:
-            ctxs = self._contexts(hits)
-            keys = self._map_sliced(ctxs, lambda c: sort_key(c, criteria))
+            ctxs = self._contexts(hits, lazy=True)
+            keys = self._map_sliced(ctxs, lambda c: sort_key(c(), criteria))
             if isinstance(keys, defer.Deferred):
-                return keys.addCallback(lambda k: order_by_keys(ctxs, k, criteria))
-            return order_by_keys(ctxs, keys, criteria)
+                return keys.addCallback(lambda k: _offload(order_by_keys, ctxs, k, criteria))
+            return _offload(order_by_keys, ctxs, keys, criteria)
 
-        def answer(ordered: list[SearchContext]) -> bytes:
-            ids = [c.info.uid if uid else c.seq for c in ordered]
+        def answer(ordered: list[Any]) -> bytes:
             pairs = [(c.seq, c.info) for c in ordered]
-            modseq = (max((c.info.modseq for c in ordered), default=None)
+            ids = [info.uid if uid else seq for seq, info in pairs]
+            modseq = (max((info.modseq for _s, info in pairs), default=None)
                       if query.uses_modseq else None)
             if opts is None:
                 tail = b" (MODSEQ %d)" % modseq if modseq is not None else b""
@@ -411,6 +460,7 @@ class SearchMixin:
 
     # -- THREAD ------------------------------------------------------------------------
 
+    @gc_paused
     def cmd_thread(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
         if len(args) < 3 or not isinstance(args[0], Atom):
@@ -422,19 +472,50 @@ class SearchMixin:
         result = self.run_search(query)
 
         def collect(hits: Hits) -> Any:
-            return self._map_sliced(self._contexts(hits), lambda c: thread_message(c, uid))
+            return self._map_sliced(self._contexts(hits, lazy=True), lambda c: thread_message(c(), uid))
 
-        def answer(msgs: list[ThreadMessage]) -> bytes:
-            text = thread_messages(msgs, algorithm)
+        def threaded(msgs: list[ThreadMessage]) -> Any:
+            return _offload(thread_messages, msgs, algorithm)
+
+        def answer(text: str) -> bytes:
             self._send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
             return b"OK Thread completed."
 
         if isinstance(result, defer.Deferred):
-            return result.addCallback(collect).addCallback(answer)
+            return result.addCallback(collect).addCallback(threaded).addCallback(answer)
         msgs = collect(result)
         if isinstance(msgs, defer.Deferred):
-            return msgs.addCallback(answer)
-        return answer(msgs)
+            return msgs.addCallback(threaded).addCallback(answer)
+        text = threaded(msgs)
+        if isinstance(text, defer.Deferred):
+            return text.addCallback(answer)
+        return answer(text)
+
+
+class _LazyContext:
+    """A hit whose :class:`SearchContext` is made when called."""
+
+    __slots__ = ("seq", "info", "_args")
+
+    def __init__(self, seq: int, info: MessageInfo, mbox: Any, max_seq: int, max_uid: int,
+                 loader: Callable[[MessageInfo], Callable[[], mime.ParsedMessage]]):
+        self.seq, self.info = seq, info
+        self._args = (mbox, max_seq, max_uid, loader)
+
+    def __call__(self) -> SearchContext:
+        mbox, max_seq, max_uid, loader = self._args
+        info = self.info
+        return SearchContext(self.seq, info, info.uid in mbox.recent, loader(info), max_seq,
+                             max_uid, mbox)
+
+
+def _offload(func: Callable[..., Any], items: list[Any], *args: Any) -> Any:
+    """``func(items, *args)``: here for a few items, else in a thread of
+    the reactor's pool (a Deferred).  Only for functions that touch
+    nothing but their arguments."""
+    if len(items) <= THREAD_OVER:
+        return func(items, *args)
+    return threads.deferToThread(func, items, *args)
 
 
 def sort_hits(ctxs: list[SearchContext], criteria: list[tuple[str, bool]]) -> list[SearchContext]:
@@ -471,5 +552,7 @@ def thread_hits(ctxs: list[SearchContext], algorithm: str, uid: bool) -> str:
 def thread_messages(msgs: list[ThreadMessage], algorithm: str) -> str:
     """The thread-list text for the messages."""
     roots = references(msgs) if algorithm == "REFERENCES" else ordered_subject(msgs)
-    return render(roots)
+    text = render(roots)
+    dismantle(roots)
+    return text
 

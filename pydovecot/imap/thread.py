@@ -115,6 +115,13 @@ def render(roots: Iterable[Node]) -> str:
     return "".join("(" + _render(r) + ")" for r in roots)
 
 
+def dismantle(roots: Iterable[Node]) -> None:
+    """Drop the parent links (cycles) of a rendered tree, so reference
+    counting frees it without waiting for the cyclic GC."""
+    for node in _preorder(roots):
+        node.parent = None
+
+
 # -- ORDEREDSUBJECT ------------------------------------------------------------------
 
 

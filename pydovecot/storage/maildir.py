@@ -51,6 +51,7 @@ from pydovecot.storage.index import (
     IndexState,
     MailboxIndex,
     no_gc,
+    settle,
 )
 from pydovecot.storage.interfaces import (
     IMailbox,
@@ -580,6 +581,7 @@ class _Box:
         if not self.loaded:
             with no_gc():
                 self._open()
+            settle(len(self.by_uid))
         if (not force and stamp == self.dir_stamp and not self.dir_recent and not self.dangling
                 and self._log_current()):
             return
@@ -884,6 +886,7 @@ class MaildirMailbox:
         index = self._index
         with no_gc():
             self._fill(box, by_uid, flags_memo, messages, index)
+        settle(len(messages))
         self._take_recent(list(box.pending_recent))
 
     def _fill(self, box: _Box, by_uid: dict[int, _Rec], flags_memo: dict[str, set[str]],
@@ -1083,8 +1086,7 @@ class MaildirMailbox:
         return sorted({u for _m, u in box.expunged[i:] if u not in present})
 
     def cached(self, uid: int, key: str) -> object | None:
-        values = self.box.cache.load(self.box.uidvalidity)
-        value = values.get(uid, {}).get(key)
+        value = self.box.cache.get(self.box.uidvalidity, uid, key)
         return None if value is None else _decode_cached(value)
 
     def set_cached(self, uid: int, key: str, value: object) -> None:
