@@ -685,7 +685,8 @@ def decode_body(data: bytes, part: Part, limit: int | None = None) -> str:
 
 
 def text_parts(root: Part) -> Iterator[Part]:
-    """Leaf parts whose type is text/* (including inside message/rfc822)."""
+    """Leaf parts whose type is text/* (including inside message/rfc822),
+    and the opaque part a MIME limit left (its text is searched too)."""
     stack = [root]
     while stack:
         node = stack.pop()
@@ -693,5 +694,5 @@ def text_parts(root: Part) -> Iterator[Part]:
             stack.extend(reversed(node.children))
         elif node.message is not None:
             stack.append(node.message)
-        elif node.maintype.lower() == "text":
+        elif node.maintype.lower() == "text" or node.overflow:
             yield node
