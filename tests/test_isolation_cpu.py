@@ -232,6 +232,7 @@ class CpuIsolationTests(SynchronousTestCase):
         self.assertLess(took, 20)
         _lines, worst, count, took = self.stall_while(alice, bob, b"FETCH 1:3 (BODYSTRUCTURE)")
         print(f"  BODYSTRUCTURE 1:3: alice {took:.3f} s, bob worst {worst * 1000:.1f} ms over {count}")
+        self.assert_fair(worst, count, "BODYSTRUCTURE of 10,000 parts", minimum=1)
         self.assert_clean_log()
 
     # -- 4. deep SEARCH keys, THREAD over long References ---------------------------

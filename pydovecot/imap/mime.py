@@ -17,6 +17,7 @@ import binascii
 import email.errors
 import email.header
 import email.utils
+import itertools
 import quopri
 import re
 from collections import OrderedDict
@@ -32,7 +33,10 @@ _header_parser = BytesHeaderParser(policy=compat32)
 
 def normalize_crlf(data: bytes) -> bytes:
     """Every line end as CRLF (IMAP's canonical form)."""
-    return _LF_RE.sub(b"\r\n", data)
+    lf = data.count(b"\n")
+    if lf == 0 or data.count(b"\r\n") == lf:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 # -- IMAP output helpers -------------------------------------------------------
@@ -157,6 +161,7 @@ class Part:
     overflow: bool = False  # a part limit stopped parsing here (Dovecot's OVERFLOW)
     _lines: int = field(default=-1, repr=False)
     _first: dict[bytes, bytes] | None = field(default=None, repr=False)
+    _structure: list | None = field(default=None, repr=False)  # [BODY, BODYSTRUCTURE]
 
     @property
     def size(self) -> int:
@@ -287,11 +292,27 @@ def parse_part(
     rest of the message as its body, as Dovecot's parser does.  Never
     raises on any input."""
     root = _entity(data, start, end, default)
+    for _ in _parse_children(data, root, depth, max_depth, max_parts):
+        pass
+    return root
+
+
+#: Parts parsed or rendered between two yields of the sliced versions.
+SLICE_PARTS = 200
+
+
+def _parse_children(data: bytes, root: Part, depth: int = 0, max_depth: int = MAX_DEPTH,
+                    max_parts: int = MAX_PARTS) -> Iterator[None]:
+    """Parse every part under ``root``, yielding now and then."""
+    since = 0
     count = 1
     parents: dict[int, Part] = {}
     # (part, its depth), parts in document order, children not yet parsed
     todo: list[tuple[Part, int]] = [(root, depth)]
     while todo:
+        if count - since >= SLICE_PARTS:
+            since = count
+            yield None
         part, level = todo.pop()
         lowtype = part.maintype.lower()
         boundary = dict(part.params).get("boundary") if lowtype == "multipart" else None
@@ -313,9 +334,9 @@ def parse_part(
             continue
         part.multipart = True
         child_default = ("message", "rfc822") if part.subtype.lower() == "digest" else ("text", "plain")
-        bounds = _split_multipart(data, part.body_start, part.end,
-                                  boundary.encode("latin-1", "replace"), max_parts - count + 1)
-        children = []
+        bounds = _iter_multipart(data, part.body_start, part.end,
+                                 boundary.encode("latin-1", "replace"))
+        children: list[Part] = []
         for cstart, cend in bounds:
             child = _entity(data, cstart, cend, child_default)
             parents[id(child)] = part
@@ -323,12 +344,14 @@ def parse_part(
             count += 1
             if count >= max_parts:
                 break
+            if count - since >= SLICE_PARTS:
+                since = count
+                yield None
         part.children = children
         if count >= max_parts and children:
             _overflow(children[-1], parents, root)
             break
         todo.extend((c, level + 1) for c in reversed(children))
-    return root
 
 
 def _overflow(part: Part, parents: dict[int, Part], root: Part) -> None:
@@ -348,12 +371,16 @@ def _overflow(part: Part, parents: dict[int, Part], root: Part) -> None:
 def _split_multipart(data: bytes, start: int, end: int, boundary: bytes,
                      limit: int = MAX_PARTS) -> list[tuple[int, int]]:
     """The (start, end) of up to ``limit`` body parts of a multipart body."""
+    return list(itertools.islice(_iter_multipart(data, start, end, boundary), limit))
+
+
+def _iter_multipart(data: bytes, start: int, end: int, boundary: bytes) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each body part of a multipart body, as found."""
     delim = b"--" + boundary
-    bounds: list[tuple[int, int]] = []
     cur: int | None = None
     search = start
     first = True
-    while len(bounds) < limit:
+    while True:
         if first and data.startswith(delim, start, end):
             pre = line = start
         else:
@@ -372,15 +399,14 @@ def _split_multipart(data: bytes, start: int, end: int, boundary: bytes,
             search = line  # boundary is only a prefix of this line
             continue
         if cur is not None:
-            bounds.append((cur, max(cur, pre)))
+            yield (cur, max(cur, pre))
         if closing:
             cur = None
             break
         cur = min(eol + 2, end)
         search = eol
-    if cur is not None and len(bounds) < limit:
-        bounds.append((cur, end))
-    return bounds
+    if cur is not None:
+        yield (cur, end)
 
 
 class ParsedMessage:
@@ -396,6 +422,16 @@ class ParsedMessage:
             self._root = parse_part(self.data, 0, len(self.data))
         return self._root
 
+    def prepare_steps(self) -> Iterator[None]:
+        """Parse the part tree and render its BODYSTRUCTURE in slices (for
+        ``task.cooperate``): afterwards :attr:`root` and
+        :func:`bodystructure` answer at once."""
+        if self._root is None:
+            root = _entity(self.data, 0, len(self.data), ("text", "plain"))
+            yield from _parse_children(self.data, root)
+            self._root = root
+        yield from render_structures(self._root)
+
 
 class MessageCache:
     """A small LRU of parsed messages keyed by (mailbox, uidvalidity, uid),
@@ -408,8 +444,20 @@ class MessageCache:
         self.total_bytes = total_bytes
         self._bytes = 0
         self._items: OrderedDict[tuple, ParsedMessage] = OrderedDict()
+        self._pinned: dict[tuple, ParsedMessage] = {}
+
+    def pin(self, key: tuple, item: ParsedMessage) -> None:
+        """Hold ``item`` (whatever its size) until :meth:`unpin`: a message
+        prepared in slices for the command that is about to render it."""
+        self._pinned[key] = item
+
+    def unpin(self, key: tuple) -> None:
+        self._pinned.pop(key, None)
 
     def get(self, key: tuple) -> ParsedMessage | None:
+        pinned = self._pinned.get(key)
+        if pinned is not None:
+            return pinned
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
@@ -593,7 +641,33 @@ def _language(part: Part) -> bytes:
 
 
 def bodystructure(part: Part, extended: bool = True) -> bytes:
-    """BODYSTRUCTURE (``extended``) or BODY of a part, per RFC 3501 7.4.2."""
+    """BODYSTRUCTURE (``extended``) or BODY of a part, per RFC 3501 7.4.2
+    (from the memo :func:`render_structures` fills, when it ran)."""
+    memo = part._structure
+    if memo is not None and memo[extended] is not None:
+        return memo[extended]
+    return _bodystructure(part, extended)
+
+
+def render_structures(root: Part) -> Iterator[None]:
+    """Fill every part's BODY and BODYSTRUCTURE memo, deepest parts first,
+    yielding every :data:`SLICE_PARTS` parts (so a huge tree can be
+    rendered in slices before FETCH asks for it)."""
+    order: list[Part] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+        if node.message is not None:
+            stack.append(node.message)
+    for n, node in enumerate(reversed(order), 1):
+        node._structure = [_bodystructure(node, False), _bodystructure(node, True)]
+        if n % SLICE_PARTS == 0:
+            yield None
+
+
+def _bodystructure(part: Part, extended: bool) -> bytes:
     if part.multipart:
         if part.children:
             inner = b"".join(bodystructure(c, extended) for c in part.children)
