@@ -219,8 +219,8 @@ class CpuIsolationTests(SynchronousTestCase):
         lines = alice.tagged(b"FETCH 2 (BODYSTRUCTURE BODY.PEEK[1.1.1])")
         self.assertIn(b" OK ", lines[-1])
         text = b"\r\n".join(lines)
-        # nesting stops at 100: the multipart there is one opaque part
-        self.assertEqual(text.count(b'"mixed" ("boundary" "d'), 100)
+        # nesting stops at 100 levels: the multipart there is one opaque part
+        self.assertEqual(text.count(b'"mixed" ("boundary" "d'), 99)
         self.assert_has(text, b'("application" "octet-stream" NIL NIL NIL "7bit"')
         self.assert_has(text, b"BODY[1.1.1] {")
         self.assert_has(text, b"--d3\r\nContent-Type: multipart/mixed; boundary=d4")
@@ -312,3 +312,83 @@ def _title(pid: int) -> str:
 
 
 
+
+
+class UnitTests(SynchronousTestCase):
+    """The mechanisms above, without a master."""
+
+    def test_html_to_text_is_linear(self) -> None:
+        from pydovecot.imap import ext_fetch
+
+        self.assertEqual(ext_fetch.html_to_text(
+            "<style>p{}</style><script>a='<b>'</script><p>Hi &amp; <b>bye</b><!-- x --></p>").split(),
+            ["Hi", "&", "bye"])
+        for crafted in ("<script " * 20000, "<style>" * 20000, "<" * 100000, "<!--" * 30000,
+                        "<script>x</scrip" * 10000):
+            start = time.monotonic()
+            ext_fetch.html_to_text(crafted)
+            self.assertLess(time.monotonic() - start, 0.5)
+
+    def test_mime_limits_as_dovecot(self) -> None:
+        """Dovecot's test-message-parser vectors (max_total_mime_parts = 4,
+        max_nested_mime_parts = 2)."""
+        from pydovecot.imap import mime
+
+        msg = mime.normalize_crlf(
+            b'Content-Type: multipart/mixed; boundary="1"\n\n--1\n'
+            b'Content-Type: multipart/mixed; boundary="2"\n\n--2\n'
+            b"Content-Type: text/plain\n\n1\n--2\nContent-Type: text/plain\n\n22\n"
+            b"--1\nContent-Type: text/plain\n\n333\n")
+        root = mime.parse_part(msg, 0, len(msg), max_parts=4)
+        self.assertEqual(len(root.children), 1)  # the limit hit inside "2"
+        inner = root.children[0]
+        self.assertEqual(len(inner.children), 2)
+        last = inner.children[1]
+        self.assertTrue(last.overflow)
+        self.assertEqual(msg[last.body_start:last.end].replace(b"\r\n", b"\n"),
+                         b"22\n--1\nContent-Type: text/plain\n\n333\n")  # 37 bytes in Dovecot
+        root = mime.parse_part(msg, 0, len(msg), max_depth=2)
+        self.assertEqual(len(root.children), 2)
+        self.assertTrue(root.children[0].overflow)
+        self.assertEqual(root.children[0].maintype, "application")
+        deep = b"Content-Type: message/rfc822\r\n\r\n" * 50000 + b"\r\nx\r\n"
+        part = mime.ParsedMessage(deep).root
+        self.assertIn(b"octet-stream", mime.bodystructure(part))
+
+    def test_search_depth(self) -> None:
+        from pydovecot.imap.parser import Atom
+        from pydovecot.imap.search import QueryTooDeep, SearchParser
+
+        def parse(words: str):
+            return SearchParser.parse_query([Atom(w.encode()) for w in words.split()])
+
+        self.assertTrue(parse("NOT " * 100001 + "SEEN").pred)
+        self.assertTrue(parse("OR SEEN " * 50000 + "ALL").pred)
+        self.assertTrue(parse("OR " * 1000 + "SEEN " * 1001).pred)
+        self.assertRaises(QueryTooDeep, parse, "NOT OR SEEN " * 200 + "ALL")
+
+    def test_thread_long_chains(self) -> None:
+        from pydovecot.imap.thread import ThreadMessage, references, render
+
+        refs = [f"r{i}@x" for i in range(5000)]
+        msgs = [ThreadMessage(1, 1, 0.0, "a", False, "m1@x", refs),
+                ThreadMessage(2, 2, 1.0, "b", False, "r10@x", ["m1@x", "r10@x"])]
+        self.assertEqual(render(references(msgs)), "(2 1)")
+
+    def test_cache_file_limits(self) -> None:
+        import tempfile
+
+        from pydovecot.storage import index as I
+
+        path = os.path.join(tempfile.mkdtemp(), "c")
+        cache = I.CacheFile(path, I.CacheLimits(max_size=4096, max_headers=3, max_header_name=10))
+        for n in range(10):
+            cache.add(7, 1, f"header.x-{n}", ["v"])
+        cache.add(7, 1, "header." + "y" * 11, [])
+        cache.add(7, 1, "envelope", "E")
+        self.assertEqual(sorted(cache.items(7)[1]), ["envelope", "header.x-0", "header.x-1", "header.x-2"])
+        self.assertEqual(cache.get(7, 1, "header.x-0"), ["v"])
+        for uid in range(2, 200):
+            cache.add(7, uid, "envelope", "E" * 40)
+        self.assertLessEqual(os.path.getsize(path), 4096)
+        self.assertEqual(I.CacheLimits.from_settings({"mail_cache_max_size": "1M"}).max_size, 1 << 20)

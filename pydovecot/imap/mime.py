@@ -303,55 +303,69 @@ SLICE_PARTS = 200
 
 def _parse_children(data: bytes, root: Part, depth: int = 0, max_depth: int = MAX_DEPTH,
                     max_parts: int = MAX_PARTS) -> Iterator[None]:
-    """Parse every part under ``root``, yielding now and then."""
-    since = 0
+    """Parse every part under ``root`` in document order (as Dovecot counts
+    them), with an explicit stack; yields every :data:`SLICE_PARTS` parts.
+
+    A multipart or message/rfc822 part at nesting level ``max_depth`` (the
+    root is level 1) is one opaque part; the part that makes ``max_parts``
+    is an opaque part taking the rest of the message."""
     count = 1
+    since = 0
     parents: dict[int, Part] = {}
-    # (part, its depth), parts in document order, children not yet parsed
-    todo: list[tuple[Part, int]] = [(root, depth)]
-    while todo:
-        if count - since >= SLICE_PARTS:
-            since = count
-            yield None
-        part, level = todo.pop()
+    # open multiparts: (part, its body parts still to find, its level)
+    stack: list[tuple[Part, Iterator[tuple[int, int]], tuple[str, str], int]] = []
+
+    def enter(part: Part, level: int) -> Part | None:
+        """Start on ``part``'s children; the enclosed message of a
+        message/rfc822 part is returned to be counted and entered."""
         lowtype = part.maintype.lower()
         boundary = dict(part.params).get("boundary") if lowtype == "multipart" else None
         is_message = part.is_rfc822()
         if not ((lowtype == "multipart" and boundary) or is_message):
-            continue
-        if level >= max_depth:
+            return None
+        if level + 1 >= max_depth:
             _make_opaque(part)
-            continue
-        if count >= max_parts:
-            _overflow(part, parents, root)
-            break
+            return None
         if is_message:
-            child = _entity(data, part.body_start, part.end, ("text", "plain"))
-            part.message = child
-            parents[id(child)] = part
-            count += 1
-            todo.append((child, level + 1))
-            continue
+            part.message = _entity(data, part.body_start, part.end, ("text", "plain"))
+            parents[id(part.message)] = part
+            return part.message
         part.multipart = True
         child_default = ("message", "rfc822") if part.subtype.lower() == "digest" else ("text", "plain")
         bounds = _iter_multipart(data, part.body_start, part.end,
-                                 boundary.encode("latin-1", "replace"))
-        children: list[Part] = []
-        for cstart, cend in bounds:
-            child = _entity(data, cstart, cend, child_default)
-            parents[id(child)] = part
-            children.append(child)
-            count += 1
-            if count >= max_parts:
-                break
-            if count - since >= SLICE_PARTS:
-                since = count
-                yield None
-        part.children = children
-        if count >= max_parts and children:
-            _overflow(children[-1], parents, root)
-            break
-        todo.extend((c, level + 1) for c in reversed(children))
+                                 boundary.encode("latin-1", "replace"))  # type: ignore[union-attr]
+        stack.append((part, bounds, child_default, level))
+        return None
+
+    pending: list[tuple[Part, int]] = [(root, depth)]
+    while True:
+        while pending:
+            part, level = pending.pop()
+            child = enter(part, level)
+            if child is not None:
+                count += 1
+                if count >= max_parts:
+                    _overflow(child, parents, root)
+                    return
+                pending.append((child, level + 1))
+        if not stack:
+            return
+        if count - since >= SLICE_PARTS:
+            since = count
+            yield None
+        parent, bounds, child_default, level = stack[-1]
+        found = next(bounds, None)
+        if found is None:
+            stack.pop()
+            continue
+        child = _entity(data, found[0], found[1], child_default)
+        parents[id(child)] = parent
+        parent.children.append(child)
+        count += 1
+        if count >= max_parts:
+            _overflow(child, parents, root)
+            return
+        pending.append((child, level + 1))
 
 
 def _overflow(part: Part, parents: dict[int, Part], root: Part) -> None:
