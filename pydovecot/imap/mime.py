@@ -173,10 +173,9 @@ class Part:
         and message/rfc822 parts needs them)."""
         if self._lines < 0:
             data, start, end = self.data, self.body_start, self.end
-            n = data.count(b"\n", start, end)
-            if end > start and not data.endswith(b"\n", start, end):
-                n += 1
-            self._lines = n
+            # newlines, as Dovecot counts them: a last line without one
+            # (the CRLF before a boundary is the boundary's) is not a line
+            self._lines = data.count(b"\n", start, end)
         return self._lines
 
     @lines.setter
@@ -276,8 +275,7 @@ def _make_opaque(part: Part) -> None:
     Dovecot reports an OVERFLOW part (application/octet-stream)."""
     part.overflow = True
     if part.maintype.lower() in ("multipart", "message"):
-        part.maintype, part.subtype = "application", "octet-stream"
-        part.params = [(k, v) for k, v in part.params if k.lower() != "boundary"]
+        part.maintype, part.subtype = "application", "octet-stream"  # params kept, as Dovecot
 
 
 def parse_part(
