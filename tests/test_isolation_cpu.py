@@ -222,7 +222,7 @@ class CpuIsolationTests(SynchronousTestCase):
         text = b"\r\n".join(lines)
         # nesting stops at 100 levels: the multipart there is one opaque part
         self.assertEqual(text.count(b'"mixed" ("boundary" "d'), 99)
-        self.assert_has(text, b'("application" "octet-stream" NIL NIL NIL "7bit"')
+        self.assert_has(text, b'("application" "octet-stream" ("boundary" "d99") NIL NIL "7bit"')
         self.assert_has(text, b"BODY[1.1.1] {")
         self.assert_has(text, b"--d3\r\nContent-Type: multipart/mixed; boundary=d4")
         lines = alice.tagged(b"FETCH 3 (BODYSTRUCTURE BODY.PEEK[1.1.1.TEXT])")

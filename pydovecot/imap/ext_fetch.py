@@ -240,8 +240,9 @@ def prepare_fetch(session: Any, targets: list[tuple[int, MessageInfo]],
             except (OSError, StorageError):
                 continue  # FETCH reports it
             yield None
-            msg = mime.ParsedMessage(mime.normalize_crlf(data))
+            data = mime.normalize_crlf(data)
             yield None
+            msg = mime.ParsedMessage(data)
             yield from msg.prepare_steps()
             key = (mbox.name, mbox.uidvalidity, info.uid)
             cache.pin(key, msg)

@@ -295,20 +295,19 @@ def parse_part(
     return root
 
 
-#: Parts parsed or rendered between two yields of the sliced versions.
-SLICE_PARTS = 200
+#: Parts rendered between two yields of :func:`render_structures`.
+SLICE_PARTS = 50
 
 
 def _parse_children(data: bytes, root: Part, depth: int = 0, max_depth: int = MAX_DEPTH,
                     max_parts: int = MAX_PARTS) -> Iterator[None]:
     """Parse every part under ``root`` in document order (as Dovecot counts
-    them), with an explicit stack; yields every :data:`SLICE_PARTS` parts.
+    them), with an explicit stack; yields after each part.
 
     A multipart or message/rfc822 part at nesting level ``max_depth`` (the
     root is level 1) is one opaque part; the part that makes ``max_parts``
     is an opaque part taking the rest of the message."""
     count = 1
-    since = 0
     parents: dict[int, Part] = {}
     # open multiparts: (part, its body parts still to find, its level)
     stack: list[tuple[Part, Iterator[tuple[int, int]], tuple[str, str], int]] = []
@@ -348,9 +347,7 @@ def _parse_children(data: bytes, root: Part, depth: int = 0, max_depth: int = MA
                 pending.append((child, level + 1))
         if not stack:
             return
-        if count - since >= SLICE_PARTS:
-            since = count
-            yield None
+        yield None  # each step finds one body part (a scan of up to its parent's body)
         parent, bounds, child_default, level = stack[-1]
         found = next(bounds, None)
         if found is None:
