@@ -12,7 +12,9 @@
 
 Input is a stored message, which anyone could have mailed: decoding is
 lenient where it can be (bad base64 characters are skipped) and never
-raises anything but :class:`UnknownCTE`.
+raises anything but :class:`UnknownCTE`; PREVIEW reads a bounded prefix
+and strips HTML with one linear scan.  :func:`prepare_fetch` parses the
+big messages of a FETCH in Cooperator slices before it renders them.
 """
 
 from __future__ import annotations

@@ -7,10 +7,15 @@ CONTEXT=SEARCH/SORT (RFC 5267, see :mod:`pydovecot.imap.context`).
 
 Command arguments are untrusted (errors become BAD/NO through the
 session's CommandError/ParseError handling); the selected mailbox view and
-the session's message loader are trusted.  Large content searches run in
-chunks through ``task.cooperate`` so other sessions of the process keep
-being served; the view cannot move meanwhile, since the session's queue
-runs one command at a time and the view changes only in ``_sync``.
+the session's message loader are trusted.  Other sessions of the mail
+process keep being served while a big one runs: searches over more than a
+few messages, and the per-message work of SORT and THREAD (header reads),
+go through the global Cooperator (one message per step for content keys);
+the pure computations on their results (ordering, the thread algorithms)
+run in a pool thread; the cyclic GC is paused for the command (see
+:func:`pydovecot.storage.index.pause_gc`).  The view cannot move meanwhile,
+since the session's queue runs one command at a time and the view changes
+only in ``_sync``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """MIME structure of a stored message: part offsets, ENVELOPE, BODYSTRUCTURE.
 
 Input is a message's bytes from storage, which may be hostile (a message
-anyone could have mailed): parsing never raises on malformed MIME, limits
-nesting depth, and keeps header values raw (encoded words are not decoded
+anyone could have mailed): parsing never raises on malformed MIME, never
+recurses over the input, and has Dovecot's limits (100 levels of nesting,
+10,000 parts; beyond them one opaque part, as Dovecot's OVERFLOW part), and
+can run in slices (:meth:`ParsedMessage.prepare_steps`) for huge trees.
+Header values are kept raw (encoded words are not decoded
 for ENVELOPE/BODYSTRUCTURE, as RFC 3501 wants).  The message is CRLF-
 normalized first; every offset refers to those normalized bytes, so
 ``BODY[1.2]`` is an exact slice.  The stdlib ``email`` package (compat32)

@@ -6,7 +6,11 @@ OLDER/YOUNGER), SAVEDATE (RFC 8514: SAVEDBEFORE/SAVEDON/SAVEDSINCE/
 SAVEDATESUPPORTED) and the CONDSTORE ``MODSEQ`` key (RFC 7162).
 
 The key list is untrusted client input: parsing raises ParseError (→ BAD)
-or :class:`BadCharset` (→ ``NO [BADCHARSET (UTF-8 US-ASCII)]``).
+or :class:`BadCharset` (→ ``NO [BADCHARSET (UTF-8 US-ASCII)]``).  NOT and
+OR are parsed without recursion and flattened (``NOT NOT x`` is x, OR
+chains are one OR), so any depth of them parses; what is still nested
+deeper than :data:`MAX_QUERY_DEPTH` raises :class:`QueryTooDeep`
+(→ ``BAD [LIMIT]``).
 Evaluation trusts the storage view (:class:`MessageInfo`) and reads message
 content only for keys that need it: flag, size, date, UID, MODSEQ and
 sequence keys never open a message file.  Header keys first ask the index

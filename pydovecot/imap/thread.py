@@ -3,7 +3,9 @@
 Input is a list of :class:`ThreadMessage` (built from message headers that
 anyone could have written: Message-IDs may be missing, duplicated, or form
 loops — all of that is handled, never trusted); output is the
-``thread-list`` text of the ``* THREAD`` response.  No I/O here.
+``thread-list`` text of the ``* THREAD`` response.  No I/O here, and no
+recursion over the trees (a message with thousands of References makes
+them thousands of levels deep).
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ Dovecot's own ``dovecot.index*``):
     lock.  A log whose id is not the snapshot's is stale and ignored.
 ``dovecot.index.pydovecot.cache``
     Cached values (envelope, bodystructure, headers): ``<crc32> <json>``
-    lines ``[uid, key, value]`` after a ``C <uidvalidity>`` header.
+    lines ``[uid, key, value]`` after a ``C <uidvalidity>`` header; bounded
+    by :class:`CacheLimits` (Dovecot's ``mail_cache_max_size``,
+    ``mail_cache_max_headers_count``, ``mail_cache_max_header_name_length``).
 ``dovecot.index.pydovecot.modseq``
     A ceiling above every modseq ever handed out, so HIGHESTMODSEQ stays
     monotonic when the index is lost and rebuilt.
