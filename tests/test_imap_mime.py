@@ -112,8 +112,8 @@ class BodyStructureTests(unittest.TestCase):
     def test_nested(self):
         bs = mime.bodystructure(parsed(NESTED).root)
         self.assertTrue(bs.startswith(
-            b'((("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 15 1 NIL NIL NIL NIL)'
-            b'("text" "html" ("charset" "us-ascii") NIL NIL "7bit" 11 1 NIL NIL NIL NIL)'
+            b'((("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 15 0 NIL NIL NIL NIL)'
+            b'("text" "html" ("charset" "us-ascii") NIL NIL "7bit" 11 0 NIL NIL NIL NIL)'
             b' "alternative" ("boundary" "inner") NIL NIL NIL)'
             b'("message" "rfc822" NIL NIL NIL "7bit" '
         ), bs)

@@ -169,7 +169,7 @@ class SearchExtTests(unittest.TestCase):
 
     def test_large_content_search_cooperates(self):
         self.patch(ext_search, "COOPERATE_OVER", 1)
-        self.patch(ext_search, "CHUNK", 2)
+        self.patch(ext_search, "CONTENT_STEP", 2)
         for i in range(5):
             self.storage.append("INBOX", io.BytesIO(b"Subject: bulk %d\r\n\r\nneedle\r\n" % i))
         self.c.send(b"n NOOP\r\n")

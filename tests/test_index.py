@@ -88,10 +88,10 @@ class FormatTests(unittest.TestCase):
         c = I.CacheFile(os.path.join(d, "c"))
         c.add(7, 1, "envelope", "E")
         c.add(7, 2, "k", [1, 2])
-        self.assertEqual(I.CacheFile(c.path).load(7), {1: {"envelope": "E"}, 2: {"k": [1, 2]}})
-        self.assertEqual(I.CacheFile(c.path).load(8), {})  # another UIDVALIDITY
+        self.assertEqual(I.CacheFile(c.path).items(7), {1: {"envelope": "E"}, 2: {"k": [1, 2]}})
+        self.assertEqual(I.CacheFile(c.path).items(8), {})  # another UIDVALIDITY
         c.rewrite(7, {2})
-        self.assertEqual(I.CacheFile(c.path).load(7), {2: {"k": [1, 2]}})
+        self.assertEqual(I.CacheFile(c.path).items(7), {2: {"k": [1, 2]}})
 
 
 class CondstoreTests(Base):

@@ -12,7 +12,9 @@
 
 Input is a stored message, which anyone could have mailed: decoding is
 lenient where it can be (bad base64 characters are skipped) and never
-raises anything but :class:`UnknownCTE`.
+raises anything but :class:`UnknownCTE`; PREVIEW reads a bounded prefix
+and strips HTML with one linear scan.  :func:`prepare_fetch` parses the
+big messages of a FETCH in Cooperator slices before it renders them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import base64
 import binascii
 import html
 import re
+from collections.abc import Generator
 from typing import Any
+
+from twisted.internet import defer, task
 
 from pydovecot.imap import mime
 from pydovecot.storage.interfaces import MessageInfo, StorageError
@@ -31,8 +36,15 @@ PREVIEW_CHARS = 200
 PREVIEW_CACHE_KEY = "preview"
 _IDENTITY = {b"", b"7bit", b"8bit", b"binary"}
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
-_TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.I | re.S)
 _SPACE_RE = re.compile(r"\s+")
+#: Raw body bytes a preview reads at most (Dovecot's snippet reads a
+#: bounded prefix too): extraction is linear in this, whatever the mail.
+PREVIEW_INPUT = 64 * 1024
+#: Text gathered before the preview stops scanning (enough for 200 chars
+#: after quoted lines and signatures are dropped).
+PREVIEW_TEXT = 8 * 1024
+_TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
+_RAW_END = {name: re.compile(r"</" + name, re.I) for name in ("script", "style")}
 
 
 class UnknownCTE(StorageError):
@@ -91,14 +103,59 @@ def _preview_part(root: mime.Part) -> mime.Part | None:
     return html_part
 
 
+def html_to_text(text: str, limit: int = PREVIEW_TEXT) -> str:
+    """Text of an HTML document without markup, ``<script>``/``<style>``
+    content or comments: one forward scan (every ``find`` either consumes
+    what it scanned or ends the scan), so linear in ``len(text)`` whatever
+    the input; stops once ``limit`` characters of text are gathered."""
+    out: list[str] = []
+    size = 0
+    pos, end = 0, len(text)
+    while pos < end and size < limit:
+        lt = text.find("<", pos)
+        if lt < 0:
+            out.append(text[pos:])
+            break
+        if lt > pos:
+            out.append(text[pos:lt])
+            size += lt - pos
+        out.append(" ")
+        if text.startswith("!--", lt + 1):
+            close = text.find("-->", lt + 4)
+            if close < 0:
+                break
+            pos = close + 3
+            continue
+        m = _TAG_NAME.match(text, lt + 1)
+        gt = text.find(">", lt + 1)
+        if gt < 0:
+            break  # an unclosed tag: the rest is markup
+        pos = gt + 1
+        if m is not None and not m.group(0).startswith("/"):
+            raw_end = _RAW_END.get(m.group(1).lower())
+            if raw_end is not None:  # skip the element's content
+                close_m = raw_end.search(text, pos)
+                if close_m is None:
+                    break
+                gt = text.find(">", close_m.end())
+                if gt < 0:
+                    break
+                pos = gt + 1
+    return html.unescape("".join(out))
+
+
 def make_preview(msg: mime.ParsedMessage) -> str:
-    """The RFC 8970 preview text of a message ("" if it has no text)."""
+    """The RFC 8970 preview text of a message ("" if it has no text).
+
+    Reads at most :data:`PREVIEW_INPUT` bytes of the part's body."""
     part = _preview_part(msg.root)
     if part is None:
         return ""
-    text = mime.decode_body(msg.data, part)
+    text = mime.decode_body(msg.data, part, limit=PREVIEW_INPUT)
     if part.subtype.lower() == "html":
-        text = html.unescape(_TAG_RE.sub(" ", text))
+        text = html_to_text(text)
+    else:
+        text = text[:PREVIEW_TEXT]
     lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith(">")]
     kept: list[str] = []
     for ln in lines:
@@ -136,3 +193,61 @@ def savedate(info: MessageInfo) -> bytes:
 
     when = getattr(info, "savedate", None)
     return b"SAVEDATE " + (format_internaldate(when) if when is not None else b"NIL")
+
+
+# -- big MIME trees, parsed before FETCH renders them ------------------------------
+
+#: Messages at least this big are parsed (and their BODYSTRUCTURE rendered)
+#: in slices through the global Cooperator before a FETCH that needs their
+#: structure renders them, so no reactor turn parses a huge tree at once.
+PREPARE_OVER = 256 * 1024
+#: Bytes of such messages one FETCH holds prepared at most; beyond it the
+#: rest is parsed when rendered (bounded by the MIME part limits).
+PREPARE_BYTES = 64 * 1024 * 1024
+
+
+def prepare_fetch(session: Any, targets: list[tuple[int, MessageInfo]],
+                  items: list[Any]) -> defer.Deferred | None:
+    """A Deferred that fires once every big target message of this FETCH is
+    parsed into the session's message cache (pinned until ``unpin_all``
+    is called with the returned keys); None when nothing needs it."""
+    from pydovecot.imap import fetch  # fetch imports this module
+
+    if fetch.header_only(items) or not any(i.needs_message() for i in items):
+        return None
+    mbox = session.mailbox
+    cache = session.cache
+    big: list[MessageInfo] = []
+    total = 0
+    for _seq, info in targets:
+        if info.size < PREPARE_OVER:
+            continue
+        if cache.get((mbox.name, mbox.uidvalidity, info.uid)) is not None:
+            continue
+        if total + info.size > PREPARE_BYTES:
+            break
+        total += info.size
+        big.append(info)
+    if not big:
+        return None
+    keys: list[tuple] = []
+
+    def work() -> Generator[None, None, None]:
+        for info in big:
+            if getattr(session, "_closed", False) or session.mailbox is not mbox:
+                return
+            try:
+                with mbox.message_file(info.uid) as f:
+                    data = f.read()
+            except (OSError, StorageError):
+                continue  # FETCH reports it
+            yield None
+            data = mime.normalize_crlf(data)
+            yield None
+            msg = mime.ParsedMessage(data)
+            yield from msg.prepare_steps()
+            key = (mbox.name, mbox.uidvalidity, info.uid)
+            cache.pin(key, msg)
+            keys.append(key)
+
+    return task.cooperate(work()).whenDone().addCallback(lambda _: keys)

@@ -7,10 +7,15 @@ CONTEXT=SEARCH/SORT (RFC 5267, see :mod:`pydovecot.imap.context`).
 
 Command arguments are untrusted (errors become BAD/NO through the
 session's CommandError/ParseError handling); the selected mailbox view and
-the session's message loader are trusted.  Large content searches run in
-chunks through ``task.cooperate`` so other sessions of the process keep
-being served; the view cannot move meanwhile, since the session's queue
-runs one command at a time and the view changes only in ``_sync``.
+the session's message loader are trusted.  Other sessions of the mail
+process keep being served while a big one runs: searches over more than a
+few messages, and the per-message work of SORT and THREAD (header reads),
+go through the global Cooperator (one message per step for content keys);
+the pure computations on their results (ordering, the thread algorithms)
+run in a pool thread; the cyclic GC is paused for the command (see
+:func:`pydovecot.storage.index.pause_gc`).  The view cannot move meanwhile,
+since the session's queue runs one command at a time and the view changes
+only in ``_sync``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from twisted.internet import defer, task
+import twisted.python.threadpool  # noqa: F401  (deferToThread needs it after the privilege drop)
+from twisted.internet import defer, task, threads
 
 from pydovecot.imap import context, mime
 from pydovecot.imap.parser import (
@@ -32,6 +38,7 @@ from pydovecot.imap.parser import (
 from pydovecot.imap.search import (
     ADVERTISED_CHARSETS,
     BadCharset,
+    QueryTooDeep,
     SearchContext,
     SearchParser,
     SearchQuery,
@@ -42,16 +49,35 @@ from pydovecot.imap.search import (
 from pydovecot.imap.sort import (
     base_subject,
     collate,
+    order_by_keys,
     parse_criteria,
     sent_timestamp,
-    sort_contexts,
+    sort_key,
 )
-from pydovecot.imap.thread import ThreadMessage, message_ids, ordered_subject, references, render
+from pydovecot.imap.thread import (
+    ThreadMessage,
+    dismantle,
+    message_ids,
+    ordered_subject,
+    references,
+    render,
+)
+from pydovecot.storage.index import pause_gc
 from pydovecot.storage.interfaces import MessageInfo
 
 RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"}
-CHUNK = 500  # messages per reactor turn for content searches
-COOPERATE_OVER = 2000  # content searches over more messages than this run in chunks
+#: Messages tested per step of a sliced search: one for content keys (a
+#: message may take a while to parse), more for flag/date/UID keys.  The
+#: global Cooperator runs steps of every task for ~10 ms, then lets the
+#: reactor serve everyone else.
+CONTENT_STEP = 1
+CHEAP_STEP = 200
+#: Searches, sorts and threads over at most this many messages run at once.
+COOPERATE_OVER = 50
+#: Sorting or threading more messages than this (pure computation on data
+#: of their own: nothing shared) runs in a thread of the reactor's pool;
+#: the GIL's switch interval (5 ms) then keeps the reactor serving.
+THREAD_OVER = 2000
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
 Hits = list[tuple[int, MessageInfo]]
@@ -160,6 +186,36 @@ def search_response(
     session._send(format_esearch(tag, uid, sorted(results), return_opts, modseq=modseq))
 
 
+def gc_paused(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command with the cyclic GC paused until it is answered (see
+    :func:`pydovecot.storage.index.pause_gc`): its per-message objects
+    are gone by then, so the GC's next pass is short."""
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        release = pause_gc()
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            release()
+            raise
+        if isinstance(result, defer.Deferred):
+            def done(value: Any) -> Any:
+                # After the callback chain has unwound: its frames still
+                # hold the per-message objects the GC should not walk.
+                from twisted.internet import reactor
+
+                reactor.callLater(0, release)
+                return value
+
+            return result.addBoth(done)
+        release()
+        return result
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class SearchMixin:
     """SEARCH/SORT/THREAD commands; mixed into IMAPSession."""
 
@@ -206,6 +262,8 @@ class SearchMixin:
             raise _command_error(
                 b"NO [BADCHARSET (" + ADVERTISED_CHARSETS + b")] Unsupported charset"
             ) from None
+        except QueryTooDeep as e:
+            raise _command_error(b"BAD [LIMIT] " + str(e).encode() + b".") from None
         if query.uses_modseq:
             enable = getattr(self, "_enable_condstore", None)  # ext_sync (RFC 7162 3.1)
             if enable is not None:
@@ -216,36 +274,58 @@ class SearchMixin:
         return lambda: self._load(info)
 
     def run_search(self, query: SearchQuery) -> Hits | defer.Deferred[Hits]:
-        """Evaluate a query on the selected view: hits now, or a Deferred
-        for a large content search (run in chunks)."""
+        """Evaluate a query on the selected view: hits now for a small
+        mailbox, else a Deferred, the work sliced through the global
+        Cooperator so other sessions of the process keep being served."""
         mbox = self._selected()
         messages = list(mbox.messages)
         saved = self.saved_uids()
-        if not query.needs_content or len(messages) <= COOPERATE_OVER:
+        if len(messages) <= COOPERATE_OVER:
             return run_query(mbox, query, messages, self._loader, saved)
         import time
 
         now = time.time()
         hits: Hits = []
+        step = CONTENT_STEP if query.needs_content else CHEAP_STEP
 
         def work() -> Generator[None, None, None]:
-            for start in range(1, len(messages) + 1, CHUNK):
+            for start in range(1, len(messages) + 1, step):
                 if getattr(self, "_closed", False):
                     return
-                seqs = range(start, min(start + CHUNK, len(messages) + 1))
+                seqs = range(start, min(start + step, len(messages) + 1))
                 hits.extend(run_query(mbox, query, messages, self._loader, saved, now, seqs))
                 yield None
 
-        d = task.cooperate(work()).whenDone()
-        d.addCallback(lambda _: hits)
-        return d
+        return task.cooperate(work()).whenDone().addCallback(lambda _: hits)
 
-    def _contexts(self, hits: Hits) -> list[SearchContext]:
+    def _map_sliced(self, items: list[Any], func: Callable[[Any], Any]) -> Any:
+        """``[func(x) for x in items]``: at once for a few items, else a
+        Deferred of it, one item per Cooperator step."""
+        if len(items) <= COOPERATE_OVER:
+            return [func(x) for x in items]
+        out: list[Any] = []
+
+        def work() -> Generator[None, None, None]:
+            for x in items:
+                if getattr(self, "_closed", False):
+                    return
+                out.append(func(x))
+                yield None
+
+        return task.cooperate(work()).whenDone().addCallback(lambda _: out)
+
+    def _contexts(self, hits: Hits, lazy: bool = False) -> list[Any]:
+        """A search context per hit; with ``lazy``, a light handle per hit
+        (``.seq``, ``.info``, and called: the context, made on demand), so
+        a sliced loop builds them one at a time."""
         mbox = self._selected()
         max_seq = len(mbox.messages)
         max_uid = mbox.messages[-1].uid if mbox.messages else 0
+        loader = self._loader
+        if lazy:
+            return [_LazyContext(seq, info, mbox, max_seq, max_uid, loader) for seq, info in hits]
         return [
-            SearchContext(seq, info, info.uid in mbox.recent, self._loader(info), max_seq,
+            SearchContext(seq, info, info.uid in mbox.recent, loader(info), max_seq,
                           max_uid, mbox)
             for seq, info in hits
         ]
@@ -264,6 +344,7 @@ class SearchMixin:
             self._save(())
         return opts, args[2:]
 
+    @gc_paused
     def search_command(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
         opts, args = self._return_options(args)
@@ -334,6 +415,7 @@ class SearchMixin:
 
     # -- SORT --------------------------------------------------------------------------
 
+    @gc_paused
     def cmd_sort(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
         opts, args = self._return_options(args)
@@ -343,11 +425,17 @@ class SearchMixin:
         query = self._charset_query(args[1], args[2:])
         result = self.run_search(query)
 
-        def answer(hits: Hits) -> bytes:
-            ordered = sort_hits(self._contexts(hits), criteria)
-            ids = [c.info.uid if uid else c.seq for c in ordered]
+        def order(hits: Hits) -> Any:
+            ctxs = self._contexts(hits, lazy=True)
+            keys = self._map_sliced(ctxs, lambda c: sort_key(c(), criteria))
+            if isinstance(keys, defer.Deferred):
+                return keys.addCallback(lambda k: _offload(order_by_keys, ctxs, k, criteria))
+            return _offload(order_by_keys, ctxs, keys, criteria)
+
+        def answer(ordered: list[Any]) -> bytes:
             pairs = [(c.seq, c.info) for c in ordered]
-            modseq = (max((c.info.modseq for c in ordered), default=None)
+            ids = [info.uid if uid else seq for seq, info in pairs]
+            modseq = (max((info.modseq for _s, info in pairs), default=None)
                       if query.uses_modseq else None)
             if opts is None:
                 tail = b" (MODSEQ %d)" % modseq if modseq is not None else b""
@@ -357,8 +445,11 @@ class SearchMixin:
             return b"OK Sort completed."
 
         if isinstance(result, defer.Deferred):
-            return result.addCallback(answer)
-        return answer(result)
+            return result.addCallback(order).addCallback(answer)
+        ordered = order(result)
+        if isinstance(ordered, defer.Deferred):
+            return ordered.addCallback(answer)
+        return answer(ordered)
 
     def _charset_query(self, charset_tok: Token, keys: list[Token]) -> SearchQuery:
         if isinstance(charset_tok, list):
@@ -374,6 +465,7 @@ class SearchMixin:
 
     # -- THREAD ------------------------------------------------------------------------
 
+    @gc_paused
     def cmd_thread(self, tag: bytes, args: list[Token], uid: bool = False):
         self._selected()
         if len(args) < 3 or not isinstance(args[0], Atom):
@@ -384,19 +476,56 @@ class SearchMixin:
         query = self._charset_query(args[1], args[2:])
         result = self.run_search(query)
 
-        def answer(hits: Hits) -> bytes:
-            text = thread_hits(self._contexts(hits), algorithm, uid)
+        def collect(hits: Hits) -> Any:
+            return self._map_sliced(self._contexts(hits, lazy=True), lambda c: thread_message(c(), uid))
+
+        def threaded(msgs: list[ThreadMessage]) -> Any:
+            return _offload(thread_messages, msgs, algorithm)
+
+        def answer(text: str) -> bytes:
             self._send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
             return b"OK Thread completed."
 
         if isinstance(result, defer.Deferred):
-            return result.addCallback(answer)
-        return answer(result)
+            return result.addCallback(collect).addCallback(threaded).addCallback(answer)
+        msgs = collect(result)
+        if isinstance(msgs, defer.Deferred):
+            return msgs.addCallback(threaded).addCallback(answer)
+        text = threaded(msgs)
+        if isinstance(text, defer.Deferred):
+            return text.addCallback(answer)
+        return answer(text)
+
+
+class _LazyContext:
+    """A hit whose :class:`SearchContext` is made when called."""
+
+    __slots__ = ("seq", "info", "_args")
+
+    def __init__(self, seq: int, info: MessageInfo, mbox: Any, max_seq: int, max_uid: int,
+                 loader: Callable[[MessageInfo], Callable[[], mime.ParsedMessage]]):
+        self.seq, self.info = seq, info
+        self._args = (mbox, max_seq, max_uid, loader)
+
+    def __call__(self) -> SearchContext:
+        mbox, max_seq, max_uid, loader = self._args
+        info = self.info
+        return SearchContext(self.seq, info, info.uid in mbox.recent, loader(info), max_seq,
+                             max_uid, mbox)
+
+
+def _offload(func: Callable[..., Any], items: list[Any], *args: Any) -> Any:
+    """``func(items, *args)``: here for a few items, else in a thread of
+    the reactor's pool (a Deferred).  Only for functions that touch
+    nothing but their arguments."""
+    if len(items) <= THREAD_OVER:
+        return func(items, *args)
+    return threads.deferToThread(func, items, *args)
 
 
 def sort_hits(ctxs: list[SearchContext], criteria: list[tuple[str, bool]]) -> list[SearchContext]:
     """Hits (in mailbox order) in SORT order."""
-    return sort_contexts(ctxs, criteria)
+    return order_by_keys(ctxs, [sort_key(c, criteria) for c in ctxs], criteria)
 
 
 def thread_message(ctx: SearchContext, uid: bool) -> ThreadMessage:
@@ -422,7 +551,13 @@ def thread_message(ctx: SearchContext, uid: bool) -> ThreadMessage:
 
 def thread_hits(ctxs: list[SearchContext], algorithm: str, uid: bool) -> str:
     """The thread-list text for the hits."""
-    msgs = [thread_message(c, uid) for c in ctxs]
+    return thread_messages([thread_message(c, uid) for c in ctxs], algorithm)
+
+
+def thread_messages(msgs: list[ThreadMessage], algorithm: str) -> str:
+    """The thread-list text for the messages."""
     roots = references(msgs) if algorithm == "REFERENCES" else ordered_subject(msgs)
-    return render(roots)
+    text = render(roots)
+    dismantle(roots)
+    return text
 

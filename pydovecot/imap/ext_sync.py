@@ -18,10 +18,13 @@ storage without them still gets correct, if less precise, answers.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydovecot.imap import fetch, notify
+from twisted.internet import defer
+
+from pydovecot.imap import ext_fetch, fetch, notify
 from pydovecot.imap.parser import Atom, NumberSet, ParseError, Token, compress, parse_sequence_set
 from pydovecot.storage.interfaces import IMailbox, MessageInfo, SyncResult
 
@@ -84,6 +87,7 @@ class SyncMixin:
 
     condstore: bool = False
     qresync: bool = False
+    _preparing: bool = False  # FETCH runs again after prepare_fetch
     notifier: notify.Notifier | None = None
 
     # -- ENABLE ------------------------------------------------------------
@@ -141,6 +145,9 @@ class SyncMixin:
             result = mbox.sync(allow_expunge=False)
         else:
             return  # this storage can only sync with expunges: wait
+        if getattr(mbox, "deleted", False):
+            self._mailbox_gone()
+            return
         self._report_expunges(old_uids, result.expunged)
         if result.added or len(mbox.messages) != len(old_uids) - len(result.expunged):
             self._send(b"* %d EXISTS\r\n" % len(mbox.messages))
@@ -157,6 +164,18 @@ class SyncMixin:
             if allow_expunge:
                 self.notifier.selected_dirty = False
             self.notifier.flush_pending()
+
+    def _mailbox_gone(self: IMAPSession) -> None:
+        """The selected mailbox was deleted or renamed away under this
+        session: Dovecot's BYE, then the connection closes (nothing more,
+        not even the tagged reply of the running command, is sent)."""
+        self.log.info("Selected mailbox was deleted, disconnecting", log_prefix=self.prefix)
+        self._send(b"* BYE Selected mailbox was deleted, have to disconnect.\r\n")
+        self._flush()
+        self._stop_idle()
+        self._closed = True
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def _modseq_part(self, info: MessageInfo) -> bytes:
         """`` MODSEQ (n)`` for FETCH responses once CONDSTORE is enabled."""
@@ -276,6 +295,40 @@ class SyncMixin:
         if mods.vanished and mods.changedsince is None:
             raise ParseError("VANISHED needs CHANGEDSINCE")
         return mods
+
+    def prepare_fetch(self: IMAPSession, args: list[Token], uid: bool,
+                      then: Callable[[], object]) -> defer.Deferred | None:
+        """Before FETCH renders: parse its big messages in slices (see
+        :func:`pydovecot.imap.ext_fetch.prepare_fetch`), then run ``then``
+        (FETCH again, which finds them parsed) and let them go.  None when
+        there is nothing to prepare; bad arguments give None too (FETCH
+        itself answers them)."""
+        if self.mailbox is None or len(args) < 2 or self._preparing:
+            return None
+        try:
+            items = fetch.parse_items(args[1:2])
+            targets = self._resolve(args[0], uid)
+        except Exception:
+            return None
+        d = ext_fetch.prepare_fetch(self, targets, items)
+        if d is None:
+            return None
+        keys: list[tuple] = []
+
+        def run(got: list[tuple]) -> object:
+            keys.extend(got)
+            self._preparing = True
+            try:
+                return then()
+            finally:
+                self._preparing = False
+
+        def unpin(result: object) -> object:
+            for key in keys:
+                self.cache.unpin(key)
+            return result
+
+        return d.addCallback(run).addBoth(unpin)
 
     def _fetch_targets(self: IMAPSession, args: list[Token], targets: list[tuple[int, MessageInfo]],
                        items: list[fetch.FetchItem], mods: FetchModifiers,

@@ -1,8 +1,11 @@
 """MIME structure of a stored message: part offsets, ENVELOPE, BODYSTRUCTURE.
 
 Input is a message's bytes from storage, which may be hostile (a message
-anyone could have mailed): parsing never raises on malformed MIME, limits
-nesting depth, and keeps header values raw (encoded words are not decoded
+anyone could have mailed): parsing never raises on malformed MIME, never
+recurses over the input, and has Dovecot's limits (100 levels of nesting,
+10,000 parts; beyond them one opaque part, as Dovecot's OVERFLOW part), and
+can run in slices (:meth:`ParsedMessage.prepare_steps`) for huge trees.
+Header values are kept raw (encoded words are not decoded
 for ENVELOPE/BODYSTRUCTURE, as RFC 3501 wants).  The message is CRLF-
 normalized first; every offset refers to those normalized bytes, so
 ``BODY[1.2]`` is an exact slice.  The stdlib ``email`` package (compat32)
@@ -17,6 +20,7 @@ import binascii
 import email.errors
 import email.header
 import email.utils
+import itertools
 import quopri
 import re
 from collections import OrderedDict
@@ -26,14 +30,16 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-MAX_DEPTH = 30
 _LF_RE = re.compile(rb"\r?\n")
 _header_parser = BytesHeaderParser(policy=compat32)
 
 
 def normalize_crlf(data: bytes) -> bytes:
     """Every line end as CRLF (IMAP's canonical form)."""
-    return _LF_RE.sub(b"\r\n", data)
+    lf = data.count(b"\n")
+    if lf == 0 or data.count(b"\r\n") == lf:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 # -- IMAP output helpers -------------------------------------------------------
@@ -45,9 +51,14 @@ def imap_string(value: bytes | str | None) -> bytes:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if len(value) > 1024 or any(c in value for c in (0, 10, 13)) or not value.isascii():
+    if len(value) > 1024 or _LITERAL_ONLY.search(value) is not None:
         return b"{%d}\r\n" % len(value) + value
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if b"\\" in value or b'"' in value:
+        value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b'"' + value + b'"'
+
+
+_LITERAL_ONLY = re.compile(rb"[\x00\r\n\x80-\xff]")
 
 
 def imap_list(items: list[bytes]) -> bytes:
@@ -134,7 +145,7 @@ def decode_header_value(raw: bytes) -> str:
 # -- the part tree ------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Part:
     """One MIME entity: ``data[start:body_start]`` is its header (with the
     blank line), ``data[body_start:end]`` its body."""
@@ -149,23 +160,77 @@ class Part:
     children: list[Part] = field(default_factory=list)
     multipart: bool = False
     message: Part | None = None  # the enclosed message of message/rfc822
-    lines: int = 0
+    data: bytes = field(default=b"", repr=False)  # the whole message (shared)
+    overflow: bool = False  # a part limit stopped parsing here (Dovecot's OVERFLOW)
+    _lines: int = field(default=-1, repr=False)
+    _first: dict[bytes, bytes] | None = field(default=None, repr=False)
+    _structure: list | None = field(default=None, repr=False)  # [BODY, BODYSTRUCTURE]
 
     @property
     def size(self) -> int:
         return self.end - self.body_start
 
+    @property
+    def lines(self) -> int:
+        """Body lines, counted when first asked (only BODYSTRUCTURE of text
+        and message/rfc822 parts needs them)."""
+        if self._lines < 0:
+            data, start, end = self.data, self.body_start, self.end
+            # newlines, as Dovecot counts them: a last line without one
+            # (the CRLF before a boundary is the boundary's) is not a line
+            self._lines = data.count(b"\n", start, end)
+        return self._lines
+
+    @lines.setter
+    def lines(self, value: int) -> None:
+        self._lines = value
+
     def header(self, name: str) -> bytes | None:
-        return header_value(self.fields, name)
+        """First field ``name`` (case-insensitive), raw and unfolded."""
+        first = self._first
+        if first is None:
+            first = {}
+            for f in self.fields:
+                first.setdefault(f.name.lower(), f.value)
+            self._first = first
+        return first.get(name.lower().encode("latin-1", "replace"))
 
     def is_rfc822(self) -> bool:
         return self.maintype.lower() == "message" and self.subtype.lower() == "rfc822"
+
+
+_TOKEN = rb"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_SIMPLE_CT = re.compile(rb"[ \t]*(" + _TOKEN + rb")[ \t]*/[ \t]*(" + _TOKEN + rb")[ \t]*((?:;[^;\"\\()*]*)*)")
+_SIMPLE_PARAM = re.compile(rb"[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(" + _TOKEN + rb")[ \t]*")
+
+
+def _simple_content_type(raw: bytes):
+    """``type/sub; a=b; c=d`` without quotes, comments or RFC 2231 (what
+    nearly every part has) parsed without the ``email`` package; None for
+    anything else."""
+    m = _SIMPLE_CT.fullmatch(raw)
+    if m is None:
+        return None
+    params: list[tuple[str, str]] = []
+    rest = m.group(3)
+    if rest:
+        for piece in rest.split(b";")[1:]:
+            if not piece.strip(b" \t"):
+                continue
+            pm = _SIMPLE_PARAM.fullmatch(piece)
+            if pm is None:
+                return None
+            params.append((pm.group(1).decode("ascii").lower(), pm.group(2).decode("ascii")))
+    return m.group(1).decode("ascii"), m.group(2).decode("ascii"), params
 
 
 def _content_type(fields: list[HeaderField], default: tuple[str, str]):
     raw = header_value(fields, "Content-Type")
     if raw is None:
         return default[0], default[1], [], True
+    simple = _simple_content_type(raw)
+    if simple is not None:
+        return simple[0], simple[1], simple[2], False
     msg = Message()
     msg["Content-Type"] = raw.decode("ascii", "surrogateescape")
     params = msg.get_params(header="content-type", unquote=True) or []
@@ -183,10 +248,14 @@ def _content_type(fields: list[HeaderField], default: tuple[str, str]):
     return maintype, subtype.strip(), out, False
 
 
-def parse_part(
-    data: bytes, start: int, end: int, default=("text", "plain"), depth: int = 0
-) -> Part:
-    """Parse the entity in ``data[start:end]`` (CRLF line ends)."""
+#: Dovecot's message-parser limits (lib-mail MESSAGE_PARSER_DEFAULT_MAX_*):
+#: nesting of multipart and message/rfc822 parts, and parts in a message.
+MAX_DEPTH = 100
+MAX_PARTS = 10000
+
+
+def _entity(data: bytes, start: int, end: int, default: tuple[str, str]) -> Part:
+    """One entity's header parsed; no children yet."""
     if data.startswith(b"\r\n", start) or start >= end:
         body_start = min(start + 2, end)
         header_end = start
@@ -201,26 +270,125 @@ def parse_part(
     maintype, subtype, params, _defaulted = _content_type(fields, default)
     if maintype.lower() == "text" and not params:
         params = [("charset", "us-ascii")]
-    part = Part(start, body_start, end, fields, maintype, subtype, params)
-    body_lines = data.count(b"\n", body_start, end)
-    if end > body_start and not data.endswith(b"\n", body_start, end):
-        body_lines += 1
-    part.lines = body_lines
-    lowtype = maintype.lower()
-    boundary = dict(params).get("boundary") if lowtype == "multipart" else None
-    if lowtype == "multipart" and boundary and depth < MAX_DEPTH:
+    return Part(start, body_start, end, fields, maintype, subtype, params, data=data)
+
+
+def _make_opaque(part: Part) -> None:
+    """A multipart or message part not parsed further: an opaque body, as
+    Dovecot reports an OVERFLOW part (application/octet-stream)."""
+    part.overflow = True
+    if part.maintype.lower() in ("multipart", "message"):
+        part.maintype, part.subtype = "application", "octet-stream"  # params kept, as Dovecot
+
+
+def parse_part(
+    data: bytes, start: int, end: int, default=("text", "plain"), depth: int = 0,
+    max_depth: int = MAX_DEPTH, max_parts: int = MAX_PARTS,
+) -> Part:
+    """Parse the entity in ``data[start:end]`` (CRLF line ends) and all its
+    parts, without recursion.
+
+    Beyond ``max_depth`` levels of nesting a multipart or message/rfc822 is
+    one opaque part; once ``max_parts`` parts exist, the last one takes the
+    rest of the message as its body, as Dovecot's parser does.  Never
+    raises on any input."""
+    root = _entity(data, start, end, default)
+    for _ in _parse_children(data, root, depth, max_depth, max_parts):
+        pass
+    return root
+
+
+#: Parts rendered between two yields of :func:`render_structures`.
+SLICE_PARTS = 50
+
+
+def _parse_children(data: bytes, root: Part, depth: int = 0, max_depth: int = MAX_DEPTH,
+                    max_parts: int = MAX_PARTS) -> Iterator[None]:
+    """Parse every part under ``root`` in document order (as Dovecot counts
+    them), with an explicit stack; yields after each part.
+
+    A multipart or message/rfc822 part at nesting level ``max_depth`` (the
+    root is level 1) is one opaque part; the part that makes ``max_parts``
+    is an opaque part taking the rest of the message."""
+    count = 1
+    parents: dict[int, Part] = {}
+    # open multiparts: (part, its body parts still to find, its level)
+    stack: list[tuple[Part, Iterator[tuple[int, int]], tuple[str, str], int]] = []
+
+    def enter(part: Part, level: int) -> Part | None:
+        """Start on ``part``'s children; the enclosed message of a
+        message/rfc822 part is returned to be counted and entered."""
+        lowtype = part.maintype.lower()
+        boundary = dict(part.params).get("boundary") if lowtype == "multipart" else None
+        is_message = part.is_rfc822()
+        if not ((lowtype == "multipart" and boundary) or is_message):
+            return None
+        if level + 1 >= max_depth:
+            _make_opaque(part)
+            return None
+        if is_message:
+            part.message = _entity(data, part.body_start, part.end, ("text", "plain"))
+            parents[id(part.message)] = part
+            return part.message
         part.multipart = True
-        child_default = ("message", "rfc822") if subtype.lower() == "digest" else ("text", "plain")
-        for cstart, cend in _split_multipart(data, body_start, end, boundary.encode("latin-1", "replace")):
-            part.children.append(parse_part(data, cstart, cend, child_default, depth + 1))
-    elif part.is_rfc822() and depth < MAX_DEPTH:
-        part.message = parse_part(data, body_start, end, ("text", "plain"), depth + 1)
-    return part
+        child_default = ("message", "rfc822") if part.subtype.lower() == "digest" else ("text", "plain")
+        bounds = _iter_multipart(data, part.body_start, part.end,
+                                 boundary.encode("latin-1", "replace"))  # type: ignore[union-attr]
+        stack.append((part, bounds, child_default, level))
+        return None
+
+    pending: list[tuple[Part, int]] = [(root, depth)]
+    while True:
+        while pending:
+            part, level = pending.pop()
+            child = enter(part, level)
+            if child is not None:
+                count += 1
+                if count >= max_parts:
+                    _overflow(child, parents, root)
+                    return
+                pending.append((child, level + 1))
+        if not stack:
+            return
+        yield None  # each step finds one body part (a scan of up to its parent's body)
+        parent, bounds, child_default, level = stack[-1]
+        found = next(bounds, None)
+        if found is None:
+            stack.pop()
+            continue
+        child = _entity(data, found[0], found[1], child_default)
+        parents[id(child)] = parent
+        parent.children.append(child)
+        count += 1
+        if count >= max_parts:
+            _overflow(child, parents, root)
+            return
+        pending.append((child, level + 1))
 
 
-def _split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+def _overflow(part: Part, parents: dict[int, Part], root: Part) -> None:
+    """The part limit is reached at ``part``: it is not parsed further and
+    its body (and every enclosing part's) runs to the end of the message."""
+    part.children = []
+    part.message = None
+    part.multipart = False
+    _make_opaque(part)
+    node: Part | None = part
+    while node is not None:
+        node.end = root.end
+        node.lines = -1
+        node = parents.get(id(node))
+
+
+def _split_multipart(data: bytes, start: int, end: int, boundary: bytes,
+                     limit: int = MAX_PARTS) -> list[tuple[int, int]]:
+    """The (start, end) of up to ``limit`` body parts of a multipart body."""
+    return list(itertools.islice(_iter_multipart(data, start, end, boundary), limit))
+
+
+def _iter_multipart(data: bytes, start: int, end: int, boundary: bytes) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each body part of a multipart body, as found."""
     delim = b"--" + boundary
-    bounds: list[tuple[int, int]] = []
     cur: int | None = None
     search = start
     first = True
@@ -243,15 +411,14 @@ def _split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list
             search = line  # boundary is only a prefix of this line
             continue
         if cur is not None:
-            bounds.append((cur, max(cur, pre)))
+            yield (cur, max(cur, pre))
         if closing:
             cur = None
             break
         cur = min(eol + 2, end)
         search = eol
     if cur is not None:
-        bounds.append((cur, end))
-    return bounds
+        yield (cur, end)
 
 
 class ParsedMessage:
@@ -267,16 +434,42 @@ class ParsedMessage:
             self._root = parse_part(self.data, 0, len(self.data))
         return self._root
 
+    def prepare_steps(self) -> Iterator[None]:
+        """Parse the part tree and render its BODYSTRUCTURE in slices (for
+        ``task.cooperate``): afterwards :attr:`root` and
+        :func:`bodystructure` answer at once."""
+        if self._root is None:
+            root = _entity(self.data, 0, len(self.data), ("text", "plain"))
+            yield from _parse_children(self.data, root)
+            self._root = root
+        yield from render_structures(self._root)
+
 
 class MessageCache:
-    """A small LRU of parsed messages keyed by (mailbox, uidvalidity, uid)."""
+    """A small LRU of parsed messages keyed by (mailbox, uidvalidity, uid),
+    bounded in count, in bytes per message and in bytes in all."""
 
-    def __init__(self, size: int = 16, max_bytes: int = 4 * 1024 * 1024):
+    def __init__(self, size: int = 16, max_bytes: int = 4 * 1024 * 1024,
+                 total_bytes: int = 8 * 1024 * 1024):
         self.size = size
         self.max_bytes = max_bytes
+        self.total_bytes = total_bytes
+        self._bytes = 0
         self._items: OrderedDict[tuple, ParsedMessage] = OrderedDict()
+        self._pinned: dict[tuple, ParsedMessage] = {}
+
+    def pin(self, key: tuple, item: ParsedMessage) -> None:
+        """Hold ``item`` (whatever its size) until :meth:`unpin`: a message
+        prepared in slices for the command that is about to render it."""
+        self._pinned[key] = item
+
+    def unpin(self, key: tuple) -> None:
+        self._pinned.pop(key, None)
 
     def get(self, key: tuple) -> ParsedMessage | None:
+        pinned = self._pinned.get(key)
+        if pinned is not None:
+            return pinned
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
@@ -285,10 +478,14 @@ class MessageCache:
     def put(self, key: tuple, item: ParsedMessage) -> None:
         if len(item.data) > self.max_bytes:
             return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.data)
         self._items[key] = item
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._bytes += len(item.data)
+        while len(self._items) > self.size or self._bytes > self.total_bytes:
+            _key, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped.data)
 
 
 # -- ENVELOPE -------------------------------------------------------------------
@@ -456,7 +653,33 @@ def _language(part: Part) -> bytes:
 
 
 def bodystructure(part: Part, extended: bool = True) -> bytes:
-    """BODYSTRUCTURE (``extended``) or BODY of a part, per RFC 3501 7.4.2."""
+    """BODYSTRUCTURE (``extended``) or BODY of a part, per RFC 3501 7.4.2
+    (from the memo :func:`render_structures` fills, when it ran)."""
+    memo = part._structure
+    if memo is not None and memo[extended] is not None:
+        return memo[extended]
+    return _bodystructure(part, extended)
+
+
+def render_structures(root: Part) -> Iterator[None]:
+    """Fill every part's BODY and BODYSTRUCTURE memo, deepest parts first,
+    yielding every :data:`SLICE_PARTS` parts (so a huge tree can be
+    rendered in slices before FETCH asks for it)."""
+    order: list[Part] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+        if node.message is not None:
+            stack.append(node.message)
+    for n, node in enumerate(reversed(order), 1):
+        node._structure = [_bodystructure(node, False), _bodystructure(node, True)]
+        if n % SLICE_PARTS == 0:
+            yield None
+
+
+def _bodystructure(part: Part, extended: bool) -> bytes:
     if part.multipart:
         if part.children:
             inner = b"".join(bodystructure(c, extended) for c in part.children)
@@ -518,16 +741,24 @@ def filter_header(data: bytes, part: Part, names: list[bytes] | None, exclude: b
     return b"".join(kept) + b"\r\n"
 
 
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/=]")
+
+
 # -- text for SEARCH ------------------------------------------------------------------
 
 
-def decode_body(data: bytes, part: Part) -> str:
-    """A leaf part's body, transfer-decoded and charset-decoded."""
-    body = data[part.body_start : part.end]
+def decode_body(data: bytes, part: Part, limit: int | None = None) -> str:
+    """A leaf part's body, transfer-decoded and charset-decoded (only its
+    first ``limit`` raw bytes when given)."""
+    end = part.end if limit is None else min(part.end, part.body_start + limit)
+    body = data[part.body_start : end]
     cte = (part.header("Content-Transfer-Encoding") or b"").strip().lower()
     try:
         if cte == b"base64":
-            body = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body) + b"==", validate=False)
+            clean = _B64_JUNK.sub(b"", body)
+            if limit is not None:
+                clean = clean[: len(clean) - len(clean) % 4]
+            body = base64.b64decode(clean + b"==", validate=False)
         elif cte == b"quoted-printable":
             body = quopri.decodestring(body)
     except (binascii.Error, ValueError):
@@ -540,7 +771,8 @@ def decode_body(data: bytes, part: Part) -> str:
 
 
 def text_parts(root: Part) -> Iterator[Part]:
-    """Leaf parts whose type is text/* (including inside message/rfc822)."""
+    """Leaf parts whose type is text/* (including inside message/rfc822),
+    and the opaque part a MIME limit left (its text is searched too)."""
     stack = [root]
     while stack:
         node = stack.pop()
@@ -548,5 +780,5 @@ def text_parts(root: Part) -> Iterator[Part]:
             stack.extend(reversed(node.children))
         elif node.message is not None:
             stack.append(node.message)
-        elif node.maintype.lower() == "text":
+        elif node.maintype.lower() == "text" or node.overflow:
             yield node

@@ -6,7 +6,11 @@ OLDER/YOUNGER), SAVEDATE (RFC 8514: SAVEDBEFORE/SAVEDON/SAVEDSINCE/
 SAVEDATESUPPORTED) and the CONDSTORE ``MODSEQ`` key (RFC 7162).
 
 The key list is untrusted client input: parsing raises ParseError (→ BAD)
-or :class:`BadCharset` (→ ``NO [BADCHARSET (UTF-8 US-ASCII)]``).
+or :class:`BadCharset` (→ ``NO [BADCHARSET (UTF-8 US-ASCII)]``).  NOT and
+OR are parsed without recursion and flattened (``NOT NOT x`` is x, OR
+chains are one OR), so any depth of them parses; what is still nested
+deeper than :data:`MAX_QUERY_DEPTH` raises :class:`QueryTooDeep`
+(→ ``BAD [LIMIT]``).
 Evaluation trusts the storage view (:class:`MessageInfo`) and reads message
 content only for keys that need it: flag, size, date, UID, MODSEQ and
 sequence keys never open a message file.  Header keys first ask the index
@@ -126,12 +130,15 @@ def header_values(ctx: SearchContext, name: str) -> list[str]:
 
 
 _FIELD_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
+_FIELD_PATTERNS_MAX = 64
 
 
 def _field_pattern(name: bytes) -> re.Pattern[bytes]:
     """``Name:`` at a line start, with its continuation lines."""
     pattern = _FIELD_PATTERNS.get(name)
     if pattern is None:
+        if len(_FIELD_PATTERNS) >= _FIELD_PATTERNS_MAX:  # client-chosen names: bounded
+            _FIELD_PATTERNS.clear()
         pattern = _FIELD_PATTERNS[name] = re.compile(
             rb"^" + re.escape(name) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
     return pattern
@@ -256,10 +263,8 @@ class SearchParser:
         if not tokens:
             raise ParseError("Missing search keys")
         parser = cls(tokens, codec)
-        preds = []
-        while parser.pos < len(tokens):
-            preds.append(parser.key())
-        return SearchQuery(_and(preds), charset.upper(), parser.uses_modseq,
+        node = parser.keys()
+        return SearchQuery(node.compile(), charset.upper(), parser.uses_modseq,
                            parser.uses_saved, parser.needs_content)
 
     @classmethod
@@ -293,31 +298,66 @@ class SearchParser:
             raise ParseError("Number out of range")
         return value
 
+    def keys(self) -> _Node:
+        """Every key from here to the end of the token list, ANDed."""
+        items: list[_Node] = []
+        while self.pos < len(self.tokens):
+            items.append(self.key_node())
+        return _Node.all_of(items)
+
     def key(self) -> Predicate:
-        tok = self.next()
+        """One search key as a predicate."""
+        return self.key_node().compile()
+
+    def key_node(self) -> _Node:
+        """One search key.  NOT and OR are parsed with an explicit stack,
+        never by recursion, and flattened as they are built (NOT NOT x is
+        x, nested ORs are one OR), so ``NOT NOT … ALL`` or an OR chain of
+        any length parses; a query still deeper than
+        :data:`MAX_QUERY_DEPTH` after that is refused (:class:`QueryTooDeep`)."""
+        pending: list[tuple[str, list[_Node]]] = []
+        while True:
+            tok = self.tokens[self.pos] if self.pos < len(self.tokens) else None
+            if isinstance(tok, Atom) and tok.upper() in (b"NOT", b"OR"):
+                self.pos += 1
+                pending.append((tok.upper_str(), []))
+                continue
+            node = self._leaf_node()
+            while pending:
+                op, got = pending[-1]
+                got.append(node)
+                if op == "NOT":
+                    node = _Node.negate(node)
+                elif len(got) == 2:
+                    node = _Node.any_of(got[0], got[1])
+                else:
+                    break  # an OR waiting for its second key
+                pending.pop()
+            else:
+                return node
+
+    def _leaf_node(self) -> _Node:
+        tok = self.tokens[self.pos] if self.pos < len(self.tokens) else None
         if isinstance(tok, list):
+            self.pos += 1
             if not tok:
                 raise ParseError("Empty search list")
             sub = SearchParser(tok, self.codec)
-            preds = []
-            while sub.pos < len(tok):
-                preds.append(sub.key())
+            node = sub.keys()
             self.uses_modseq |= sub.uses_modseq
             self.uses_saved |= sub.uses_saved
             self.needs_content |= sub.needs_content
-            return _and(preds)
+            return node
+        return _Node.leaf(self._simple_key())
+
+    def _simple_key(self) -> Predicate:
+        tok = self.next()
         if not isinstance(tok, Atom):
             raise ParseError("Expected a search key")
         name = tok.upper_str()
         simple = _SIMPLE.get(name)
         if simple is not None:
             return simple
-        if name == "NOT":
-            inner = self.key()
-            return lambda c: not inner(c)
-        if name == "OR":
-            a, b = self.key(), self.key()
-            return lambda c: a(c) or b(c)
         if name in ("BCC", "CC", "FROM", "SUBJECT", "TO"):
             return self._header(name.capitalize(), self.string())
         if name == "HEADER":
@@ -456,6 +496,82 @@ def _and(preds: list[Predicate]) -> Predicate:
     if len(preds) == 1:
         return preds[0]
     return lambda c: all(p(c) for p in preds)
+
+
+#: Nesting of NOT/OR/AND left after flattening that a query may have
+#: (evaluation recurses once per level).
+MAX_QUERY_DEPTH = 100
+
+
+class QueryTooDeep(ParseError):
+    """A search key list nested deeper than :data:`MAX_QUERY_DEPTH`."""
+
+
+class _Node:
+    """A parsed search key: a leaf predicate, or NOT/OR/AND of nodes.
+
+    Built bottom-up and flattened on the way (no recursion over the input),
+    each node knowing its depth, so compiling (which recurses) is bounded.
+    """
+
+    __slots__ = ("kind", "pred", "items", "depth")
+
+    def __init__(self, kind: str, pred: Predicate | None = None,
+                 items: list[_Node] | None = None, depth: int = 0):
+        self.kind = kind  # "leaf", "not", "or", "and"
+        self.pred = pred
+        self.items = items or []
+        self.depth = depth
+        if depth > MAX_QUERY_DEPTH:
+            raise QueryTooDeep("Search query is nested too deeply")
+
+    @classmethod
+    def leaf(cls, pred: Predicate) -> _Node:
+        return cls("leaf", pred)
+
+    @classmethod
+    def negate(cls, node: _Node) -> _Node:
+        if node.kind == "not":
+            return node.items[0]
+        return cls("not", items=[node], depth=node.depth + 1)
+
+    @classmethod
+    def any_of(cls, a: _Node, b: _Node) -> _Node:
+        # OR is commutative for matching: merge the smaller into the larger
+        # list (amortised linear for chains nested either way).
+        if a.kind == "or" and (b.kind != "or" or len(a.items) >= len(b.items)):
+            big, small = a, b
+        elif b.kind == "or":
+            big, small = b, a
+        else:
+            return cls("or", items=[a, b], depth=max(a.depth, b.depth) + 1)
+        big.items.extend(small.items if small.kind == "or" else [small])
+        big.depth = max(big.depth, small.depth if small.kind == "or" else small.depth + 1)
+        if big.depth > MAX_QUERY_DEPTH:
+            raise QueryTooDeep("Search query is nested too deeply")
+        return big
+
+    @classmethod
+    def all_of(cls, items: list[_Node]) -> _Node:
+        if len(items) == 1:
+            return items[0]
+        flat: list[_Node] = []
+        for item in items:
+            flat.extend(item.items if item.kind == "and" else [item])
+        depth = max((i.depth if i.kind == "and" else i.depth + 1) for i in items)
+        return cls("and", items=flat, depth=depth)
+
+    def compile(self) -> Predicate:
+        if self.kind == "leaf":
+            assert self.pred is not None
+            return self.pred
+        preds = [item.compile() for item in self.items]
+        if self.kind == "not":
+            inner = preds[0]
+            return lambda c: not inner(c)
+        if self.kind == "or":
+            return lambda c: any(p(c) for p in preds)
+        return _and(preds)
 
 
 _SIMPLE: dict[str, Predicate] = {

@@ -674,6 +674,9 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         return self.search_command(tag, args, uid)  # ext_search.SearchMixin
 
     def cmd_fetch(self, tag: bytes, args: list[Token], uid: bool = False):
+        prepared = self.prepare_fetch(args, uid, lambda: self.cmd_fetch(tag, args, uid))
+        if prepared is not None:  # ext_sync: big MIME trees parsed in slices first
+            return prepared
         mbox = self._selected()
         if len(args) < 2:
             raise _bad("Missing arguments")

@@ -162,13 +162,22 @@ def parse_criteria(tok: Token) -> list[tuple[str, bool]]:
     return out
 
 
+def sort_key(ctx: SearchContext, criteria: list[tuple[str, bool]]) -> tuple:
+    """One message's keys, one per criterion (read from its headers)."""
+    return tuple(KEY_FUNCS[name](ctx) for name, _reverse in criteria)
+
+
+def order_by_keys(ctxs: list[SearchContext], keys: list[tuple],
+                  criteria: list[tuple[str, bool]]) -> list[SearchContext]:
+    """Contexts (in mailbox order) ordered by precomputed :func:`sort_key`
+    values; stable, so exact ties keep mailbox order."""
+    order = list(range(len(ctxs)))
+    # Sort by the last key first; Python's sort is stable, also with reverse.
+    for i in reversed(range(len(criteria))):
+        order.sort(key=lambda j, i=i: keys[j][i], reverse=criteria[i][1])
+    return [ctxs[j] for j in order]
+
+
 def sort_contexts(ctxs: list[SearchContext], criteria: list[tuple[str, bool]]) -> list[SearchContext]:
     """Order contexts (given in mailbox order) by the criteria; stable."""
-    items = list(ctxs)
-    # Sort by the last key first; Python's sort is stable, also with reverse.
-    for name, reverse in reversed(criteria):
-        func = KEY_FUNCS[name]
-        keyed = [(func(c), c) for c in items]
-        keyed.sort(key=lambda kv: kv[0], reverse=reverse)
-        items = [c for _k, c in keyed]
-    return items
+    return order_by_keys(ctxs, [sort_key(c, criteria) for c in ctxs], criteria)

@@ -3,7 +3,9 @@
 Input is a list of :class:`ThreadMessage` (built from message headers that
 anyone could have written: Message-IDs may be missing, duplicated, or form
 loops — all of that is handled, never trusted); output is the
-``thread-list`` text of the ``* THREAD`` response.  No I/O here.
+``thread-list`` text of the ``* THREAD`` response.  No I/O here, and no
+recursion over the trees (a message with thousands of References makes
+them thousands of levels deep).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Node:
 
 def _would_loop(parent: Node, child: Node) -> bool:
     """True if making ``parent`` the parent of ``child`` makes a cycle."""
+    if not child.children:
+        return parent is child  # a leaf is nobody's ancestor
     node: Node | None = parent
     while node is not None:
         if node is child:
@@ -68,25 +72,56 @@ def _would_loop(parent: Node, child: Node) -> bool:
     return False
 
 
+def _preorder(roots: Iterable[Node]) -> list[Node]:
+    """Every node under ``roots``, parents before children (no recursion:
+    a References chain makes trees thousands of levels deep)."""
+    out: list[Node] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(node.children)
+    return out
+
+
 # -- rendering ---------------------------------------------------------------------
 
 
-def _render(node: Node) -> str:
-    parts: list[str] = []
-    while True:
-        if node.msg is not None:
-            parts.append(str(node.msg.ident))
-            if len(node.children) == 1:
-                node = node.children[0]
-                continue
-        if node.children:
-            parts.append("".join("(" + _render(c) + ")" for c in node.children))
-        return " ".join(parts)
+def _render(root: Node) -> str:
+    out: list[str] = []
+    stack: list[Node | str] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        node = item
+        sep = ""
+        while True:
+            if node.msg is not None:
+                out.append(sep + str(node.msg.ident))
+                sep = " "
+                if len(node.children) == 1:
+                    node = node.children[0]
+                    continue
+            if node.children:
+                out.append(sep)
+                for child in reversed(node.children):
+                    stack += [")", child, "("]
+            break
+    return "".join(out)
 
 
 def render(roots: Iterable[Node]) -> str:
     """The thread-list: ``(1 2)(3 (4)(5))((6)(7))``."""
     return "".join("(" + _render(r) + ")" for r in roots)
+
+
+def dismantle(roots: Iterable[Node]) -> None:
+    """Drop the parent links (cycles) of a rendered tree, so reference
+    counting frees it without waiting for the cyclic GC."""
+    for node in _preorder(roots):
+        node.parent = None
 
 
 # -- ORDEREDSUBJECT ------------------------------------------------------------------
@@ -162,21 +197,29 @@ def references(msgs: list[ThreadMessage]) -> list[Node]:
     return roots
 
 
+def _pruned(node: Node, at_root: bool) -> list[Node]:
+    """What stands in for ``node`` after step 4 (its children are done)."""
+    if node.msg is None:
+        if not node.children:
+            return []  # (4A)
+        if not at_root or len(node.children) == 1:
+            for child in node.children:  # (4B) promote
+                child.parent = None
+            return node.children
+    return [node]
+
+
 def _prune(nodes: list[Node], at_root: bool) -> list[Node]:
+    for node in reversed(_preorder(nodes)):  # children before their parents
+        kept: list[Node] = []
+        for child in node.children:
+            kept.extend(_pruned(child, at_root=False))
+        node.children = kept
+        for child in kept:
+            child.parent = node
     out: list[Node] = []
     for node in nodes:
-        node.children = _prune(node.children, at_root=False)
-        for child in node.children:
-            child.parent = node
-        if node.msg is None:
-            if not node.children:
-                continue  # (4A)
-            if not at_root or len(node.children) == 1:
-                for child in node.children:  # (4B) promote
-                    child.parent = None
-                out.extend(node.children)
-                continue
-        out.append(node)
+        out.extend(_pruned(node, at_root))
     return out
 
 
@@ -242,6 +285,5 @@ def _replace(nodes: list[Node], old: Node, new: Node) -> None:
 
 
 def _sort_tree(nodes: list[Node]) -> None:
-    for node in nodes:
-        _sort_tree(node.children)
+    for node in reversed(_preorder(nodes)):  # deepest first
         node.children.sort(key=Node.sort_key)

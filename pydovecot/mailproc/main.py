@@ -149,6 +149,8 @@ class MailProcess:
             if home:
                 make_home(home)
             storage = open_storage(user, location, home)
+            if hasattr(storage, "configure"):  # mail_cache_* limits
+                storage.configure({k: self.config.get(k) for k in CACHE_SETTINGS})
             self.storages[user] = storage
         return storage
 
@@ -257,6 +259,8 @@ class MailProcess:
                 transport.loseConnection()
 
 
+CACHE_SETTINGS = ("mail_cache_max_size", "mail_cache_max_headers_count",
+                  "mail_cache_max_header_name_length")
 SESSION_SETTINGS = (
     "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
     "imap_logout_format", "pop3_uidl_format", "pop3_logout_format", "mail_max_userip_connections",

@@ -16,7 +16,9 @@ Dovecot's own ``dovecot.index*``):
     lock.  A log whose id is not the snapshot's is stale and ignored.
 ``dovecot.index.pydovecot.cache``
     Cached values (envelope, bodystructure, headers): ``<crc32> <json>``
-    lines ``[uid, key, value]`` after a ``C <uidvalidity>`` header.
+    lines ``[uid, key, value]`` after a ``C <uidvalidity>`` header; bounded
+    by :class:`CacheLimits` (Dovecot's ``mail_cache_max_size``,
+    ``mail_cache_max_headers_count``, ``mail_cache_max_header_name_length``).
 ``dovecot.index.pydovecot.modseq``
     A ceiling above every modseq ever handed out, so HIGHESTMODSEQ stays
     monotonic when the index is lost and rebuilt.
@@ -37,9 +39,10 @@ import gc
 import json
 import os
 import struct
+import sys
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -91,6 +94,11 @@ class IndexState:
     clean: bool = True  # the log ended on a complete transaction
 
 
+#: Objects built at once above which they are moved out of the cyclic
+#: GC's reach (:func:`settle`).
+SETTLE_OVER = 5000
+
+
 @contextmanager
 def no_gc() -> Iterator[None]:
     """Pause the cyclic GC while building many objects (it would walk all
@@ -102,6 +110,54 @@ def no_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+class _GCPauses:
+    """Process-wide pauses of the cyclic GC while long commands run (see
+    :func:`pause_gc`)."""
+
+    count = 0
+    resume = False
+
+
+def pause_gc() -> Callable[[], None]:
+    """Pause the cyclic GC until the returned function is called (once).
+
+    A long command builds many short-lived objects (a search context per
+    message, thread nodes); each full collection meanwhile walks all of
+    them while holding the GIL, 100-200 ms stalls for every session of the
+    process.  Paused, they are freed by reference counting as usual; the
+    GC resumes when the last pause ends.  Pauses nest across sessions."""
+    if _GCPauses.count == 0:
+        _GCPauses.resume = gc.isenabled()
+        gc.disable()
+    _GCPauses.count += 1
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        _GCPauses.count -= 1
+        if _GCPauses.count == 0 and _GCPauses.resume:
+            gc.enable()
+
+    return release
+
+
+def settle(count: int) -> None:
+    """After building ``count`` long-lived objects (a big mailbox's records
+    or a view of it): move everything alive into the GC's permanent
+    generation (``gc.freeze``).  A full collection walks every tracked
+    object in the process while holding the GIL: with a 20k-message view
+    it took 100-200 ms, a stall for every session of the mail process.
+    Frozen objects are still freed by reference counting; only cycles that
+    are garbage already at this moment stay (young generations are
+    collected first, which is cheap)."""
+    if count >= SETTLE_OVER and gc.isenabled():
+        gc.collect(1)
+        gc.freeze()
 
 
 def _crc(data: bytes) -> str:
@@ -453,43 +509,141 @@ def parse_snapshot(data: bytes) -> IndexState | None:
     return state
 
 
-class CacheFile:
-    """Append-only cached values, loaded lazily."""
+@dataclass
+class CacheLimits:
+    """Bounds of a mailbox's cache file, under Dovecot's setting names.
 
-    def __init__(self, path: str):
+    ``mail_cache_max_size`` (Dovecot 2.3, default 1 GB): past it the file
+    is emptied and filled again.  ``mail_cache_max_headers_count`` and
+    ``mail_cache_max_header_name_length`` (Dovecot 2.4): header fields
+    (``header.<name>`` keys) beyond that many distinct names per mailbox, or
+    with longer names, are not cached (SEARCH reads the message instead).
+    Dovecot's default count is 100; ours is lower, since a cached value
+    costs more memory here.
+    """
+
+    max_size: int = 1024 * 1024 * 1024
+    max_headers: int = 32
+    max_header_name: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> CacheLimits:
+        def number(name: str, default: int) -> int:
+            raw = settings.get(name)
+            try:
+                return int(str(raw).strip()) if raw not in (None, "") else default
+            except ValueError:
+                return default
+
+        return cls(_size(settings.get("mail_cache_max_size"), cls.max_size),
+                   number("mail_cache_max_headers_count", cls.max_headers),
+                   number("mail_cache_max_header_name_length", cls.max_header_name))
+
+
+def _size(value: object, default: int) -> int:
+    """``1G``, ``64 M``, ``65536`` → bytes; ``default`` if unset or invalid."""
+    if isinstance(value, int):
+        return value
+    text = str(value or "").strip().lower().removesuffix("b").strip()
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    scale = units.get(text[-1:], 1)
+    digits = text[:-1].strip() if text[-1:] in units else text
+    return int(digits) * scale if digits.isdigit() else default
+
+
+_PACKED = "\x01"
+
+
+def _pack(value: object) -> object:
+    """A list of strings (a cached header field) as one string in memory:
+    a dict of strings is not tracked by the cyclic GC, so a big cache costs
+    no GC time (lists and the dicts holding them would be walked)."""
+    if isinstance(value, list) and all(isinstance(v, str) and "\x00" not in v for v in value):
+        return _PACKED + "\x00".join(value) if value else _PACKED
+    return value
+
+
+def _unpack(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_PACKED):
+        return value[1:].split("\x00") if len(value) > 1 else []
+    return value
+
+
+class CacheFile:
+    """Append-only cached values, loaded lazily, within :class:`CacheLimits`."""
+
+    def __init__(self, path: str, limits: CacheLimits | None = None):
         self.path = path
+        self.limits = limits or CacheLimits()
         self.values: dict[int, dict[str, object]] | None = None
         self.uidvalidity = 0
         self.entries = 0
+        self.size = 0
         self.header_ok = False
+        self.headers: set[str] = set()  # distinct ``header.*`` keys held
+
+    def _keep(self, key: str) -> str | None:
+        """The interned key if it may be cached, else None."""
+        if key.startswith("header."):
+            if key not in self.headers:
+                limits = self.limits
+                if (len(self.headers) >= limits.max_headers
+                        or (limits.max_header_name and len(key) - 7 > limits.max_header_name)):
+                    return None
+                self.headers.add(sys.intern(key))
+        return sys.intern(key)
 
     def load(self, uidvalidity: int) -> dict[int, dict[str, object]]:
         if self.values is not None and self.uidvalidity == uidvalidity:
             return self.values
-        self.values, self.uidvalidity, self.entries = {}, uidvalidity, 0
+        self.values, self.uidvalidity, self.entries, self.size = {}, uidvalidity, 0, 0
+        self.headers = set()
         self.header_ok = False
         try:
             with open(self.path, "rb") as f:
-                data = f.read()
+                data = f.read(self.limits.max_size + 1)
         except FileNotFoundError:
             return self.values
+        if len(data) > self.limits.max_size:
+            return self.values  # too big: rewritten (empty) on the next add
         head, _, rest = data.partition(b"\n")
         if head != b"C %d" % uidvalidity:
             return self.values  # another mailbox's: rewritten on the next add
         self.header_ok = True
+        self.size = len(data)
         for line in rest.split(b"\n"):
             op = decode_op(line) if line else None
-            if op is None or len(op) != 3:
+            if op is None or len(op) != 3 or not isinstance(op[1], str):
                 continue
             uid, key, value = op
-            self.values.setdefault(uid, {})[key] = value
+            kept = self._keep(key)
+            if kept is None:
+                continue
+            self.values.setdefault(uid, {})[kept] = _pack(value)
             self.entries += 1
         return self.values
 
+    def get(self, uidvalidity: int, uid: int, key: str) -> object | None:
+        """One cached value (as it was added), or None."""
+        return _unpack(self.load(uidvalidity).get(uid, {}).get(key))
+
+    def items(self, uidvalidity: int) -> dict[int, dict[str, object]]:
+        """Every cached value, by UID and key (a copy)."""
+        return {uid: {k: _unpack(v) for k, v in kv.items()}
+                for uid, kv in self.load(uidvalidity).items()}
+
     def add(self, uidvalidity: int, uid: int, key: str, value: object) -> None:
         values = self.load(uidvalidity)
-        values.setdefault(uid, {})[key] = value
-        line = encode_op([uid, key, value])
+        kept = self._keep(key)
+        if kept is None:
+            return
+        line = encode_op([uid, kept, value])
+        if self.header_ok and self.size + len(line) > self.limits.max_size:
+            values.clear()  # full: start again (Dovecot purges a full cache)
+            self.headers = set()
+            self.rewrite(uidvalidity, set())
+            kept = self._keep(key) or kept
+        values.setdefault(uid, {})[kept] = _pack(value)
         if not self.header_ok:
             self.rewrite(uidvalidity, set(values))
             return
@@ -503,6 +657,7 @@ class CacheFile:
         finally:
             os.close(fd)
         self.entries += 1
+        self.size += len(line)
 
     def rewrite(self, uidvalidity: int, live: set[int]) -> None:
         """Compact: keep only values of ``live`` UIDs."""
@@ -513,12 +668,14 @@ class CacheFile:
         n = 0
         for uid, kv in values.items():
             for key, value in kv.items():
-                out.append(encode_op([uid, key, value]))
+                out.append(encode_op([uid, key, _unpack(value)]))
                 n += 1
-        write_atomic(self.path, b"".join(out))
+        data = b"".join(out)
+        write_atomic(self.path, data)
         self.entries = n
+        self.size = len(data)
         self.header_ok = True
 
 
 __all__ = ["MailboxIndex", "IndexState", "IndexRecord", "CacheFile", "apply_op", "encode_op",
-           "decode_op", "parse_snapshot", "INDEX"]
+           "decode_op", "parse_snapshot", "INDEX", "CacheLimits", "settle", "pause_gc"]

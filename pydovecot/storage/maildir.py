@@ -46,10 +46,12 @@ from pydovecot.storage import names as N
 from pydovecot.storage.index import (
     EXPUNGE_KEEP,
     CacheFile,
+    CacheLimits,
     IndexRecord,
     IndexState,
     MailboxIndex,
     no_gc,
+    settle,
 )
 from pydovecot.storage.interfaces import (
     IMailbox,
@@ -198,6 +200,18 @@ LOG_COMPACT_BYTES = 1 << 20
 #: events kept in memory for views' syncs
 EVENTS_KEEP = 20000
 
+@contextmanager
+def _entered(cm) -> Iterator[None]:
+    """Exit an already entered context manager when the block ends."""
+    try:
+        yield
+    except BaseException as e:
+        if not cm.__exit__(type(e), e, e.__traceback__):
+            raise
+    else:
+        cm.__exit__(None, None, None)
+
+
 _Event = tuple[int, str, int, int, "_Rec | None"]  # (modseq, kind, uid, origin, rec)
 
 
@@ -224,7 +238,7 @@ class _Box:
         self.uidlist_path = os.path.join(path, UIDLIST)
         self.keywords = Keywords(path)
         self.index = MailboxIndex(path)
-        self.cache = CacheFile(self.index.cache_path)
+        self.cache = CacheFile(self.index.cache_path, storage.cache_limits)
         self.by_base: dict[str, _Rec] = {}
         self.by_uid: dict[int, _Rec] = {}
         self.uids: list[int] = []
@@ -493,7 +507,14 @@ class _Box:
                 self._rescan()
             yield
             return
-        with self.index.locked():
+        try:
+            lock = self.index.locked()
+            lock.__enter__()
+        except FileNotFoundError:
+            if self.deleted():
+                raise MailboxNotFound(f"Mailbox was deleted: {self.name}") from None
+            raise
+        with _entered(lock):
             self._catch_up()
             self._tx_ops = [["b"]]
             try:
@@ -504,6 +525,11 @@ class _Box:
             finally:
                 ops, self._tx_ops = self._tx_ops, None
                 self._commit(ops)
+
+    def deleted(self) -> bool:
+        """The mailbox's directory is gone (deleted or renamed away by
+        another session, process or a shell)."""
+        return not os.path.isdir(os.path.join(self.path, "cur"))
 
     def _commit(self, ops: list[list]) -> None:
         post = self._stat_dirs()
@@ -555,6 +581,7 @@ class _Box:
         if not self.loaded:
             with no_gc():
                 self._open()
+            settle(len(self.by_uid))
         if (not force and stamp == self.dir_stamp and not self.dir_recent and not self.dangling
                 and self._log_current()):
             return
@@ -859,6 +886,7 @@ class MaildirMailbox:
         index = self._index
         with no_gc():
             self._fill(box, by_uid, flags_memo, messages, index)
+        settle(len(messages))
         self._take_recent(list(box.pending_recent))
 
     def _fill(self, box: _Box, by_uid: dict[int, _Rec], flags_memo: dict[str, set[str]],
@@ -922,6 +950,12 @@ class MaildirMailbox:
     def _check(self) -> None:
         if self.closed:
             raise StorageError("Mailbox view is closed")
+
+    @property
+    def deleted(self) -> bool:
+        """The selected mailbox no longer exists on disk (the session says
+        ``* BYE Selected mailbox was deleted``, as Dovecot does)."""
+        return self.box.deleted()
 
     def sync(self, allow_expunge: bool = True) -> SyncResult:
         self._check()
@@ -1052,8 +1086,7 @@ class MaildirMailbox:
         return sorted({u for _m, u in box.expunged[i:] if u not in present})
 
     def cached(self, uid: int, key: str) -> object | None:
-        values = self.box.cache.load(self.box.uidvalidity)
-        value = values.get(uid, {}).get(key)
+        value = self.box.cache.get(self.box.uidvalidity, uid, key)
         return None if value is None else _decode_cached(value)
 
     def set_cached(self, uid: int, key: str, value: object) -> None:
@@ -1116,12 +1149,21 @@ class MaildirStorage:
         self.root = os.path.abspath(root)
         self.utf8 = utf8
         self._boxes: dict[str, _Box] = {}
+        #: shared by every box's cache file; :meth:`configure` updates it
+        self.cache_limits = CacheLimits()
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._tree_listeners: list[Callable[[str, str, str | None], None]] = []
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
         self._subs = Subscriptions(self.root, utf8)
+
+    def configure(self, settings: dict) -> None:
+        """Apply the user's settings (``mail_cache_*``) to this storage."""
+        limits = CacheLimits.from_settings(settings)
+        self.cache_limits.max_size = limits.max_size
+        self.cache_limits.max_headers = limits.max_headers
+        self.cache_limits.max_header_name = limits.max_header_name
 
     # -- paths and caches ---------------------------------------------
 
