@@ -181,3 +181,221 @@ class OutputFlowTests(IsolationCase):
         self.assertLess(peak - base, 16 * MiB)
         self.assertLess(stalled_worst, STALL_MAX)
         self.assertLess(bob.worst, STALL_MAX)
+
+
+def deflate(data: bytes) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH)
+
+
+class LineCount(threading.Thread):
+    """Reads alice's (optionally compressed) stream, counting lines."""
+
+    def __init__(self, sock: socket.socket, want: int, inflate: bool = False,
+                 buffered: bytes = b""):
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.want = want
+        self.lines = 0
+        self.bad = 0
+        self._inflate = zlib.decompressobj(-15) if inflate else None
+        self._rest = b""
+        self.buffered = buffered
+        self.done = threading.Event()
+
+    def _take(self, data: bytes) -> None:
+        if self._inflate is not None:
+            data = self._inflate.decompress(data)
+        data = self._rest + data
+        lines = data.split(b"\r\n")
+        self._rest = lines.pop()
+        self.lines += len(lines)
+        self.bad += sum(1 for line in lines if b" BAD " in line or b" NO " in line)
+
+    def run(self) -> None:
+        try:
+            if self.buffered:
+                self._take(self.buffered)
+            while self.lines < self.want:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    break
+                self._take(data)
+        except OSError:
+            pass
+        finally:
+            self.done.set()
+
+
+class PipelineTests(IsolationCase):
+    def test_a_thousand_pipelined_commands_do_not_stall_bob(self) -> None:
+        alice = self.login("alice", "secret")
+        bob = Bob(self.login("bob", "hunter2"))
+        pid = self.mail_pid()
+        for n in range(30):
+            msg = b"Subject: m%d\r\nFrom: <x@example.org>\r\n\r\nbody %d\r\n" % (n, n)
+            alice.tagged(b"APPEND INBOX {%d+}\r\n%s" % (len(msg), msg))
+        alice.tagged(b"SELECT INBOX")
+        bob.noops(5)
+        base = rss(pid)
+        commands = [b"FETCH 1:* (FLAGS UID ENVELOPE BODYSTRUCTURE)", b"STATUS INBOX (MESSAGES UNSEEN)",
+                    b'LIST "" *', b"SEARCH SUBJECT m1", b"NOOP"]
+        batch = b"".join(b"p%d %s\r\n" % (i, commands[i % len(commands)]) for i in range(1000))
+        start = time.monotonic()
+        alice.send(batch)
+        # Every reply to the 1000 commands: 200 FETCHes of 30 lines, 200 of
+        # each other command with its untagged lines, then the tagged ones.
+        want = 200 * 31 + 200 * 2 + 200 * 2 + 200 * 2 + 200
+        reader = LineCount(alice.sock, want, buffered=alice.buffer)
+        reader.start()
+        peak = base
+        while not reader.done.is_set():
+            bob.noops(1)
+            peak = max(peak, rss(pid))
+        reader.join(30)
+        elapsed = time.monotonic() - start
+        print(f"\n1000 commands in {elapsed:.2f} s, growth {(peak - base) / MiB:.1f} MiB, "
+              f"bob worst {bob.worst * 1000:.1f} ms over {len(bob.times)}")
+        self.assertEqual(reader.lines, want)
+        self.assertEqual(reader.bad, 0)
+        self.assertLess(bob.worst, STALL_MAX)
+
+
+class CompressTests(IsolationCase):
+    def test_a_deflate_bomb_of_noops_is_paced(self) -> None:
+        alice = self.login("alice", "secret")
+        bob = Bob(self.login("bob", "hunter2"))
+        pid = self.mail_pid()
+        self.assertIn(b"OK", alice.tagged(b"COMPRESS DEFLATE")[-1])
+        count = 400_000
+        bomb = deflate(b"a NOOP\r\n" * count)
+        self.assertLess(len(bomb), 8 * 1024)
+        bob.noops(5)
+        base = rss(pid)
+        start = time.monotonic()
+        alice.send(bomb)
+        reader = LineCount(alice.sock, count, inflate=True, buffered=alice.buffer)
+        reader.start()
+        peak = base
+        while not reader.done.is_set() and time.monotonic() - start < 60:
+            bob.noops(1)
+            peak = max(peak, rss(pid))
+        reader.join(5)
+        elapsed = time.monotonic() - start
+        print(f"\n{len(bomb)} bytes of deflate = {count} NOOPs answered in {elapsed:.1f} s, "
+              f"growth {(peak - base) / MiB:.1f} MiB, "
+              f"bob worst {bob.worst * 1000:.1f} ms over {len(bob.times)}")
+        self.assertEqual(reader.lines, count)
+        self.assertEqual(reader.bad, 0)
+        self.assertLess(peak - base, 16 * MiB)
+        self.assertLess(bob.worst, STALL_MAX)
+
+
+class BadInputTests(IsolationCase):
+    def test_twenty_invalid_commands_then_bye(self) -> None:
+        alice = self.login("alice", "secret")
+        for i in range(19):
+            self.assertIn(b" BAD ", alice.tagged(b"FROBNICATE %d" % i)[-1])
+        alice.send(b"x20 FROBNICATE\r\n")
+        self.assertTrue(alice.line().startswith(b"x20 BAD "))
+        self.assertEqual(alice.line(), b"* BYE Too many invalid IMAP commands.")
+        self.assertRaises(EOFError, alice.line)
+        self.master.wait_for(lambda: "Too many invalid IMAP commands" in self.master.log(),
+                             what="log line")
+        self.assertNotIn("Traceback", self.master.log())
+
+    def test_pop3_twenty_bad_commands(self) -> None:
+        pop = LineClient(self.master.ports["pop3"], timeout=30)
+        self.addCleanup(pop.close)
+        pop.line()
+        pop.send(b"USER alice\r\n")
+        pop.line()
+        pop.send(b"PASS secret\r\n")
+        self.assertTrue(pop.line().startswith(b"+OK"))
+        pop.send(b"BOGUS\r\n" * 19 + b"RETR 99\r\n")
+        for _ in range(20):
+            self.assertTrue(pop.line().startswith(b"-ERR"))
+        self.assertEqual(pop.line(), b"-ERR Too many bad commands.")
+        self.assertRaises(EOFError, pop.line)
+
+    def test_deep_lists_get_bad_and_no_traceback(self) -> None:
+        alice = self.login("alice", "secret")
+        alice.tagged(b"SELECT INBOX")
+        for depth in (60_000, 40):
+            reply = alice.tagged(b"FETCH 1 " + b"(" * depth + b"FLAGS" + b")" * min(depth, 100))
+            self.assertTrue(reply[-1].split(b" ", 1)[1].startswith(b"BAD [LIMIT]"), reply[-1][:80])
+        self.assertIn(b" OK ", alice.tagged(b"NOOP")[-1])
+        log = self.master.log()
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("RecursionError", log)
+
+
+class AutologoutTests(IsolationCase):
+    extra = "imap_autologout = 2 secs\npop3_autologout = 2 secs\nimap_idle_notify_interval = 1 secs\n"
+
+    def test_idle_sessions_are_logged_out_but_idle_keepalives_count(self) -> None:
+        idle = self.login("bob", "hunter2")
+        idle.tagged(b"SELECT INBOX")
+        idle.send(b"i IDLE\r\n")
+        self.assertEqual(idle.line(), b"+ idling")
+        quiet = self.login("alice", "secret")
+        pop = LineClient(self.master.ports["pop3"], timeout=30)
+        self.addCleanup(pop.close)
+        pop.line()
+        pop.send(b"USER alice\r\nPASS secret\r\n")
+        pop.line()
+        self.assertTrue(pop.line().startswith(b"+OK"))
+        start = time.monotonic()
+        self.assertEqual(quiet.line(), b"* BYE Disconnected for inactivity.")
+        self.assertGreater(time.monotonic() - start, 1.5)
+        self.assertRaises(EOFError, quiet.line)
+        self.assertEqual(pop.line(), b"-ERR Disconnected for inactivity.")
+        self.assertRaises(EOFError, pop.line)
+        # IDLE sent "* OK Still here" every second and is still up after 4 s.
+        keepalives = 0
+        while time.monotonic() - start < 4:
+            self.assertEqual(idle.line(), b"* OK Still here")
+            keepalives += 1
+        self.assertGreaterEqual(keepalives, 2)
+        idle.send(b"DONE\r\n")
+        self.assertEqual(idle.until_tagged(b"i")[-1], b"i OK Idle completed.")
+
+
+class POP3FlowTests(IsolationCase):
+    def test_unread_pop3_retrs_stay_bounded_and_do_not_stall_bob(self) -> None:
+        alice = self.login("alice", "secret")
+        bob = Bob(self.login("bob", "hunter2"))
+        pid = self.mail_pid()
+        self.append_big(alice)
+        alice.tagged(b"LOGOUT")
+        pop = LineClient(self.master.ports["pop3"], timeout=30)
+        pop.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self.addCleanup(pop.close)
+        pop.line()
+        pop.send(b"USER alice\r\nPASS secret\r\n")
+        pop.line()
+        self.assertTrue(pop.line().startswith(b"+OK"))
+        self.assertEqual(self.mail_pid(), pid)
+        bob.noops(5)
+        base = rss(pid)
+        pop.send(b"RETR 1\r\n" * 10 + b"LIST\r\nUIDL\r\nQUIT\r\n")
+        peak = base
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            bob.noops(1)
+            peak = max(peak, rss(pid))
+        blocked_worst = bob.worst
+        drain = Drain(pop.sock, until=b"+OK Logging out.\r\n")
+        drain.start()
+        bob.times.clear()
+        while not drain.done.is_set():
+            bob.noops(1)
+            peak = max(peak, rss(pid))
+        drain.join(60)
+        print(f"\ngrowth {(peak - base) / MiB:.1f} MiB, bob worst while blocked "
+              f"{blocked_worst * 1000:.1f} ms, while draining {bob.worst * 1000:.1f} ms")
+        self.assertGreater(drain.count, 10 * BIG)
+        self.assertIn(b"+OK Logging out.\r\n", drain.tail)
+        self.assertLess(peak - base, 16 * MiB)
+        self.assertLess(blocked_worst, STALL_MAX)
+        self.assertLess(bob.worst, STALL_MAX)
