@@ -750,9 +750,10 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
                 if parent not in names:
                     virtual[parent] = {"\\Noselect", "\\HasChildren"}
         out = [(name, attrs) for name, attrs in names.items() if regex.match(name)]
+        matched_parents = {n.rsplit("/", k)[0] for n, _a in out for k in range(1, n.count("/") + 1)}
         for name, attrs in virtual.items():
             # A missing parent is shown only where no child of it matched.
-            if regex.match(name) and not any(n.startswith(name + "/") for n, _a in out):
+            if regex.match(name) and name not in matched_parents:
                 out.append((name, attrs))
         return out
 
