@@ -33,6 +33,7 @@ class Client:
         self.transport = StringTransport()
         self.session = IMAPSession(storage, SessionContext("alice", "s1", settings=settings or {}))
         self.session.clock = Clock()  # autologout and IDLE timers
+        self.session.slice = 60.0  # pipelined commands all run at once, however slow
         self.session.makeConnection(self.transport)
 
     def start(self, tag=b"L", pending=b""):

@@ -90,6 +90,10 @@ FETCH_SYNC = 50
 SLICE = 0.004
 QUEUE_MAX = 64  # stop reading input when this many commands wait
 QUEUE_LOW = QUEUE_MAX // 4  # and read again when the queue is this short
+#: Parsed messages a session keeps cached, in bytes of message text.
+CACHE_BYTES = 4 * 1024 * 1024
+#: A FETCH answered in one go sends at most about this much message text.
+FETCH_SYNC_BYTES = 512 * 1024
 #: Dovecot's CLIENT_MAX_BAD_COMMANDS.
 MAX_BAD_COMMANDS = 20
 #: Dovecot's CLIENT_IDLE_TIMEOUT_MSECS (30 minutes).
@@ -198,6 +202,27 @@ class _Output:
         self.session._output_stopped()
 
 
+class _BoundedCache(mime.MessageCache):
+    """The parsed-message LRU with a bound on its total size too, so a
+    session never holds more than :data:`CACHE_BYTES` of message text."""
+
+    def __init__(self) -> None:
+        super().__init__(size=16, max_bytes=CACHE_BYTES // 4)
+        self._bytes = 0
+
+    def put(self, key: tuple, item: mime.ParsedMessage) -> None:
+        if len(item.data) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.data)
+        self._items[key] = item
+        self._bytes += len(item.data)
+        while len(self._items) > self.size or self._bytes > CACHE_BYTES:
+            _k, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped.data)
+
+
 def _error_line(f: Failure) -> str:
     """An unexpected exception as one bounded log line: type, sanitised
     message and the innermost frame (no traceback, no client bytes raw)."""
@@ -229,7 +254,7 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             self._enqueue, self._want_continuation, self.max_line, self.append_limit
         )
         self.mailbox: IMailbox | None = None
-        self.cache = mime.MessageCache()
+        self.cache = _BoundedCache()
         self._scans: dict[tuple, fetch.MessageScan] = {}  # streamed messages' sizes
         self.stats = fetch.FetchStats()
         self.counters = {"deleted": 0, "expunged": 0, "trashed": 0}
@@ -244,6 +269,8 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self._drain_waiters: list[defer.Deferred[None]] = []
         self._bad_count = 0
         self._slice_end = 0.0
+        self._slice_ran = 0  # commands run in this slice
+        self.slice = SLICE  # seconds of commands per reactor turn
         self._autologout_call: Any = None
         self.inflater: Any = None  # COMPRESS=DEFLATE's Inflater, once started
         self._cont_pending = False
@@ -486,8 +513,10 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             self._flush()
 
     def _new_slice(self) -> None:
-        """A reactor callback begins: commands may run for SLICE seconds."""
-        self._slice_end = time.monotonic() + SLICE
+        """A reactor callback begins: commands may run for ``slice`` seconds
+        (and at least one runs)."""
+        self._slice_end = time.monotonic() + self.slice
+        self._slice_ran = 0
 
     def _runnable(self) -> bool:
         return (bool(self._queue) and not self._busy and not self._logged_out
@@ -502,7 +531,7 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self._pumping = True
         try:
             while self._runnable():
-                if time.monotonic() > self._slice_end:
+                if self._slice_ran and time.monotonic() > self._slice_end:
                     self._pump_task = task.cooperate(self._pump_steps())
                     self._pump_task.whenDone().addBoth(self._pump_task_done)
                     break
@@ -528,6 +557,7 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
     def _step(self) -> None:
         """Run the next queued item (a command may go on asynchronously)."""
         item = self._queue.popleft()
+        self._slice_ran += 1
         if isinstance(item, ReaderError):
             self._send((item.tag or b"*") + b" " + item.response + b"\r\n")
             self._flush()
@@ -934,7 +964,10 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             unseen = [m.uid for _s, m in targets if "\\Seen" not in m.flags]
             if unseen:
                 changed = set(mbox.store(unseen, ["\\Seen"], "+"))
-        small = len(targets) <= FETCH_SYNC and all(m.size <= fetch.STREAM_OVER for _s, m in targets)
+        small = len(targets) <= FETCH_SYNC and (
+            fetch.header_only(items)
+            or (all(m.size <= fetch.STREAM_OVER for _s, m in targets)
+                and sum(m.size for _s, m in targets) <= FETCH_SYNC_BYTES))
         if small:
             missing = self._fetch_range(targets, items, changed)
             return self._fetch_result(missing)
@@ -1133,7 +1166,8 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         try:
             self._sync()
         except Exception:
-            self.log.failure("IDLE sync failed", log_prefix=self.prefix)
+            self.log.error("IDLE sync failed: {e}", e=_error_line(Failure()),
+                           log_prefix=self.prefix)
         self._flush()
 
     def _idle_tick(self) -> None:

@@ -551,7 +551,8 @@ class POP3Session(protocol.Protocol):
                 self.mailbox.store(dele, ["\\Deleted"], "+")
                 self.mailbox.expunge(dele)
         except Exception:
-            self.log.failure("POP3 UPDATE failed", log_prefix=self.log_prefix)
+            self.log.error("POP3 UPDATE failed: {e}", e=_error_line(Failure()),
+                           log_prefix=self.log_prefix)
             self._write(b"-ERR [SYS/TEMP] Couldn't update the mailbox.\r\n")
             self._close()
             return
