@@ -361,6 +361,20 @@ class AutologoutTests(IsolationCase):
         self.assertEqual(idle.until_tagged(b"i")[-1], b"i OK Idle completed.")
 
 
+    def test_a_client_that_stops_reading_is_cut_at_autologout(self) -> None:
+        alice = self.login("alice", "secret", rcvbuf=64 * 1024)
+        self.append_big(alice, 10 * 1000 * 1000)
+        alice.tagged(b"SELECT INBOX")
+        alice.send(b"f FETCH 1 BODY.PEEK[]\r\n")
+        self.master.wait_for(lambda: "Disconnected for inactivity" in self.master.log(), 20,
+                             what="autologout of the blocked session")
+        drain = Drain(alice.sock)
+        drain.start()
+        drain.join(20)
+        self.assertTrue(drain.done.is_set())  # the server closed the connection
+        self.assertLess(drain.count, 10 * 1000 * 1000)
+
+
 class POP3FlowTests(IsolationCase):
     def test_unread_pop3_retrs_stay_bounded_and_do_not_stall_bob(self) -> None:
         alice = self.login("alice", "secret")

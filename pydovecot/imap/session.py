@@ -396,8 +396,13 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self.log.info("Disconnected: {reason} " + self._logout_stats(), reason=reason,
                       log_prefix=self.prefix)
         self._closed = True  # connectionLost must not log it again
+        blocked = self._output_paused
         self._release_waiters()
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if blocked and hasattr(self.transport, "abortConnection"):
+            self.transport.abortConnection()  # it would never drain
+        else:
             self.transport.loseConnection()
 
     # -- autologout ------------------------------------------------------------
@@ -439,6 +444,7 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self._output_paused = False
         self._release_waiters()
         if not self._closed:
+            self._touch()  # the client reads our output: it is active (as Dovecot)
             self._new_slice()
             self._pump()
 
@@ -1173,8 +1179,9 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
     def _idle_tick(self) -> None:
         self._touch()  # Dovecot: IDLE's keepalive keeps the session from autologout
         self._idle_changed()
-        self._send(b"* OK Still here\r\n")
-        self._flush()
+        if not self.output_blocked:  # Dovecot: not while output is still buffered
+            self._send(b"* OK Still here\r\n")
+            self._flush()
 
     def _stop_idle(self) -> defer.Deferred[bytes] | None:
         d, self._idle = self._idle, None

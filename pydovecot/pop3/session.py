@@ -305,6 +305,7 @@ class POP3Session(protocol.Protocol):
         for d in waiters:
             d.callback(None)
         if self._started and not self._closing:
+            self._touch()  # the client reads our output: it is active (as Dovecot)
             self._slice_end = time.monotonic() + SLICE
             self._process()
 
@@ -364,7 +365,10 @@ class POP3Session(protocol.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        self.transport.loseConnection()
+        if self._output_paused and hasattr(self.transport, "abortConnection"):
+            self.transport.abortConnection()  # a client that does not read: never drains
+        else:
+            self.transport.loseConnection()
 
     # -- commands -----------------------------------------------------
 
