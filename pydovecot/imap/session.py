@@ -268,6 +268,7 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self._output_paused = False
         self._drain_waiters: list[defer.Deferred[None]] = []
         self._bad_count = 0
+        self._bye_reason = ""
         self._slice_end = 0.0
         self._slice_ran = 0  # commands run in this slice
         self.slice = SLICE  # seconds of commands per reactor turn
@@ -363,6 +364,8 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
                                log_prefix=self.prefix)
             self.mailbox = None
         stats = self._logout_stats()
+        if self._bye_reason:
+            return  # _disconnect logged why
         if self._logged_out:
             self.log.info("Disconnected: Logged out " + stats, log_prefix=self.prefix)
         else:
@@ -393,6 +396,7 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self._send(b"* BYE " + bye + b"\r\n")
         self._flush()
         self._logged_out = True
+        self._bye_reason = reason
         self.log.info("Disconnected: {reason} " + self._logout_stats(), reason=reason,
                       log_prefix=self.prefix)
         self._closed = True  # connectionLost must not log it again
