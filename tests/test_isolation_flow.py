@@ -10,9 +10,11 @@ worst of many round trips; the memory bound a few MiB over the baseline.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import threading
+import subprocess
+import sys
 import time
 import zlib
 
@@ -63,37 +65,86 @@ class Bob:
         return max(self.times)
 
 
-class Drain(threading.Thread):
-    """Reads a socket as fast as it can, counting bytes (and keeping the tail)."""
+READER_SCRIPT = r"""
+import json, os, socket, sys, zlib
+fd, until, want, inflate = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4] == "1"
+os.nice(10)  # the mail process and bob come first
+sock = socket.socket(fileno=fd)
+sock.settimeout(120)  # the fd is shared with the parent, which keeps it non-blocking
+z = zlib.decompressobj(-15) if inflate else None
+count = lines = bad = 0
+tail = rest = b""
+def take(data):
+    global count, lines, bad, tail, rest
+    if z is not None:
+        data = z.decompress(data)
+    count += len(data)
+    tail = (tail + data)[-4096:]
+    if want:
+        parts = (rest + data).split(b"\r\n")
+        rest = parts.pop()
+        lines += len(parts)
+        bad += sum(1 for line in parts if b" BAD " in line or b" NO " in line)
+take(sys.stdin.buffer.read())
+try:
+    while not (want and lines >= want) and not (until and until in tail):
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        take(data)
+except OSError:
+    pass
+print(json.dumps({"count": count, "lines": lines, "bad": bad, "tail": tail.decode("latin-1")}))
+"""
 
-    def __init__(self, sock: socket.socket, until: bytes | None = None,
-                 inflate: bool = False):
-        super().__init__(daemon=True)
+
+class _Done:
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def is_set(self) -> bool:
+        return self.proc.poll() is not None
+
+
+class Drain:
+    """Reads a socket as fast as it can in a child process (so that its
+    work does not disturb bob's timing here), counting bytes and lines."""
+
+    def __init__(self, sock: socket.socket, until: bytes | None = None, want: int = 0,
+                 inflate: bool = False, buffered: bytes = b""):
         self.sock = sock
-        self.until = until
-        self.count = 0
+        self.args = [(until or b"").decode(), str(want), "1" if inflate else "0"]
+        self.buffered = buffered
+        self.count = self.lines = self.bad = 0
         self.tail = b""
-        self.lines_ok = 0
-        self._inflate = zlib.decompressobj(-15) if inflate else None
-        self.done = threading.Event()
 
-    def run(self) -> None:
+    def start(self) -> None:
+        fd = self.sock.fileno()
+        self.proc = subprocess.Popen([sys.executable, "-c", READER_SCRIPT, str(fd), *self.args],
+                                     pass_fds=[fd], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+        self.proc.stdin.write(self.buffered)
+        self.proc.stdin.close()
+        self.done = _Done(self.proc)
+
+    def join(self, timeout: float) -> None:
         try:
-            while True:
-                data = self.sock.recv(1 << 20)
-                if not data:
-                    break
-                if self._inflate is not None:
-                    data = self._inflate.decompress(data)
-                    self.lines_ok += data.count(b" OK ")
-                self.count += len(data)
-                self.tail = (self.tail + data)[-4096:]
-                if self.until is not None and self.until in self.tail:
-                    break
-        except OSError:
-            pass
-        finally:
-            self.done.set()
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        out = self.proc.stdout.read()
+        self.proc.stdout.close()
+        if out:
+            result = json.loads(out)
+            self.count, self.lines, self.bad = result["count"], result["lines"], result["bad"]
+            self.tail = result["tail"].encode("latin-1")
+
+
+def LineCount(sock: socket.socket, want: int, inflate: bool = False,  # noqa: N802
+              buffered: bytes = b"") -> Drain:
+    """A Drain that stops after ``want`` lines."""
+    return Drain(sock, want=want, inflate=inflate, buffered=buffered)
 
 
 class IsolationCase(SynchronousTestCase):
@@ -186,45 +237,6 @@ class OutputFlowTests(IsolationCase):
 def deflate(data: bytes) -> bytes:
     z = zlib.compressobj(9, zlib.DEFLATED, -15)
     return z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH)
-
-
-class LineCount(threading.Thread):
-    """Reads alice's (optionally compressed) stream, counting lines."""
-
-    def __init__(self, sock: socket.socket, want: int, inflate: bool = False,
-                 buffered: bytes = b""):
-        super().__init__(daemon=True)
-        self.sock = sock
-        self.want = want
-        self.lines = 0
-        self.bad = 0
-        self._inflate = zlib.decompressobj(-15) if inflate else None
-        self._rest = b""
-        self.buffered = buffered
-        self.done = threading.Event()
-
-    def _take(self, data: bytes) -> None:
-        if self._inflate is not None:
-            data = self._inflate.decompress(data)
-        data = self._rest + data
-        lines = data.split(b"\r\n")
-        self._rest = lines.pop()
-        self.lines += len(lines)
-        self.bad += sum(1 for line in lines if b" BAD " in line or b" NO " in line)
-
-    def run(self) -> None:
-        try:
-            if self.buffered:
-                self._take(self.buffered)
-            while self.lines < self.want:
-                data = self.sock.recv(1 << 20)
-                if not data:
-                    break
-                self._take(data)
-        except OSError:
-            pass
-        finally:
-            self.done.set()
 
 
 class PipelineTests(IsolationCase):
