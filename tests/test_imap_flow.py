@@ -70,6 +70,31 @@ class StreamingTests(unittest.TestCase):
         self.assertEqual(literal(self.out, b"BODY[TEXT]<440000>"), body[440000:540000])
         self.assertTrue(self.out.endswith(b"b OK Fetch completed.\r\n"))
 
+    async def test_big_message_parsed_in_steps_answers_like_in_memory(self) -> None:
+        self.c.session.dataReceived(b"a FETCH 1 (BODYSTRUCTURE BODY.PEEK[1] ENVELOPE BODY.PEEK[])\r\n")
+        await until(lambda: b"a OK Fetch completed." in self.take())
+        from pydovecot.imap import mime
+
+        msg = mime.ParsedMessage(norm(self.data))
+        self.assertIn(b"BODYSTRUCTURE " + mime.bodystructure(msg.root, True), self.out)
+        self.assertIn(b"ENVELOPE " + mime.envelope(msg.root), self.out)
+        body = norm(self.data)[msg.root.body_start:]
+        self.assertEqual(literal(self.out, b"BODY[1]"), body)
+        self.assertEqual(literal(self.out, b"BODY[]"), norm(self.data))
+
+    async def test_big_message_item_steps_keep_the_response_shape(self) -> None:
+        self.c.session.dataReceived(b"a FETCH 1 (UID BODY[1] FLAGS RFC822.SIZE FLAGS)\r\n"
+                                    b"b FETCH 1 (UID BINARY.PEEK[1])\r\n")
+        await until(lambda: b"b OK Fetch completed." in self.take())
+        size = len(norm(self.data))
+        self.assertTrue(self.out.startswith(b"* 1 FETCH (UID 1 BODY[1] {"), self.out[:60])
+        end = self.out.index(b"\r\na OK")
+        self.assertEqual(self.out[end - 60 : end].split(b"\r\n")[-1],
+                         b" FLAGS (\\Recent \\Seen) RFC822.SIZE %d)" % size)
+        self.assertEqual(self.out.count(b"FLAGS"), 1)
+        self.assertIn(b"\r\n* 1 FETCH (UID 1 BINARY[1] {", self.out)
+        self.assertTrue(self.out.endswith(b")\r\nb OK Fetch completed.\r\n"))
+
     async def test_a_client_that_does_not_read_pauses_the_fetch(self) -> None:
         s = self.c.session
         transport = self.c.transport

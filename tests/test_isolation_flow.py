@@ -234,6 +234,32 @@ class OutputFlowTests(IsolationCase):
         self.assertLess(bob.worst, STALL_MAX)
 
 
+class BigPartTests(IsolationCase):
+    def test_parsing_big_messages_does_not_stall_bob(self) -> None:
+        alice = self.login("alice", "secret")
+        bob = Bob(self.login("bob", "hunter2"))
+        pid = self.mail_pid()
+        self.append_big(alice)
+        alice.tagged(b"SELECT INBOX")
+        bob.noops(5)
+        base = rss(pid)
+        alice.send(b"".join(b"b%d FETCH 1 (BODYSTRUCTURE BODY.PEEK[1] BINARY.PEEK[1])\r\n" % i
+                            for i in range(5)))
+        drain = Drain(alice.sock, until=b"b4 OK Fetch completed.\r\n")
+        drain.start()
+        peak = base
+        while not drain.done.is_set():
+            bob.noops(1)
+            peak = max(peak, rss(pid))
+        drain.join(60)
+        print(f"\ngrowth {(peak - base) / MiB:.1f} MiB, bob worst {bob.worst * 1000:.1f} ms "
+              f"over {len(bob.times)}")
+        self.assertIn(b"b4 OK Fetch completed.\r\n", drain.tail)
+        self.assertGreater(drain.count, 5 * 2 * (BIG - 200))
+        self.assertLess(bob.worst, STALL_MAX)
+        self.assertLess(peak - base, 5 * BIG)  # one message at a time, never N of them
+
+
 def deflate(data: bytes) -> bytes:
     z = zlib.compressobj(9, zlib.DEFLATED, -15)
     return z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH)

@@ -328,7 +328,16 @@ def render(
     return b"".join(p for p in pieces if isinstance(p, bytes))
 
 
-def _streamable(item: FetchItem) -> bool:
+def needs_body(items: list[FetchItem]) -> bool:
+    """True when some item needs the parsed whole message even with the
+    big literals streamed (BODYSTRUCTURE, BODY[1], BINARY[2], PREVIEW …)."""
+    rest = [i for i in items if not streamable(i)]
+    return not header_only(rest)
+
+
+def streamable(item: FetchItem) -> bool:
+    """Whether a big message's literal for ``item`` can be streamed from
+    the file (the whole message, or its TEXT, maybe partial)."""
     section = item.section
     if section is None or section.numbers:
         return False
@@ -352,7 +361,7 @@ def render_pieces(
 
     ``mailbox`` (the IMailbox, optional) gives PREVIEW its index cache.
     """
-    out: list[bytes | StreamedLiteral] = []
+    out: list[bytes | StreamedLiteral | tuple[bytes, bytes]] = []
     seen_flags = False
     for item in items:
         name = item.name
@@ -379,7 +388,7 @@ def render_pieces(
             out.append(ext_fetch.savedate(info))
         elif name == "PREVIEW":
             out.append(ext_fetch.preview(info, load, mailbox))
-        elif stream and _streamable(item):
+        elif stream and streamable(item):
             out.append(StreamedLiteral(info.uid, item.label, item.section.text == "TEXT",
                                        item.partial, name == "BINARY[]"))
         elif name in ("BINARY[]", "BINARY.SIZE"):
@@ -393,7 +402,11 @@ def render_pieces(
                 data = data[start : start + length]
             stats.body_count += 1
             stats.body_bytes += len(data)
-            out.append(item.label + b" " + ext_fetch.binary_literal(data))
+            if stream and len(data) > STREAM_CHUNK:  # a piece of its own: no copy
+                marker = b"~{%d}\r\n" if b"\x00" in data else b"{%d}\r\n"
+                out.append((item.label + b" " + marker % len(data), data))
+            else:
+                out.append(item.label + b" " + ext_fetch.binary_literal(data))
         else:
             assert item.section is not None
             data = section_bytes(load(), item.section)
@@ -406,7 +419,10 @@ def render_pieces(
             else:
                 stats.body_count += 1
                 stats.body_bytes += len(data)
-            out.append(item.label + b" {%d}\r\n" % len(data) + data)
+            if stream and len(data) > STREAM_CHUNK:  # a piece of its own: no copy
+                out.append((item.label + b" {%d}\r\n" % len(data), data))
+            else:
+                out.append(item.label + b" {%d}\r\n" % len(data) + data)
     if add_flags and not seen_flags:
         out.append(b"FLAGS " + format_flags(info.flags, recent))
     pieces: list[bytes | StreamedLiteral] = []
@@ -417,6 +433,11 @@ def render_pieces(
         if isinstance(piece, StreamedLiteral):
             pieces.append(b"".join(current))
             pieces.append(piece)
+            current = []
+        elif isinstance(piece, tuple):
+            current.append(piece[0])
+            pieces.append(b"".join(current))
+            pieces.append(piece[1])
             current = []
         else:
             current.append(piece)

@@ -992,12 +992,62 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         return b"OK Fetch completed."
 
     def _render(self, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
-                changed: set[int], recent: Any, stream: bool = False) -> list:
-        load = self._load_header if fetch.header_only(items) else self._load
+                changed: set[int], recent: Any, stream: bool = False,
+                loaded: mime.ParsedMessage | None = None) -> list:
+        rest = [i for i in items if not fetch.streamable(i)] if stream else items
+        load = self._load_header if fetch.header_only(rest) else self._load
+
+        def message() -> mime.ParsedMessage:
+            return loaded if loaded is not None else load(info)
+
         return fetch.render_pieces(
-            seq, info, items, info.uid in recent, lambda: load(info), self.stats,
+            seq, info, items, info.uid in recent, message, self.stats,
             add_flags=info.uid in changed, mailbox=self.mailbox, stream=stream,
         )
+
+    def _render_steps(self, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
+                      changed: set[int], recent: Any, loaded: mime.ParsedMessage,
+                      pieces: list) -> Generator[None, None, None]:
+        """Render a big message's response an item per step (each of
+        BODYSTRUCTURE, BODY[1], BINARY[1] … may take milliseconds)."""
+        head = b"* %d FETCH (" % seq
+        tail = b")\r\n"
+        unique: list[fetch.FetchItem] = []
+        for item in items:
+            if item.name != "FLAGS" or all(i.name != "FLAGS" for i in unique):
+                unique.append(item)
+        add_flags = info.uid in changed and all(i.name != "FLAGS" for i in unique)
+        for k, item in enumerate(unique):
+            last = k == len(unique) - 1
+            part = fetch.render_pieces(
+                seq, info, [item], info.uid in recent, lambda: loaded, self.stats,
+                add_flags=add_flags and last, mailbox=self.mailbox, stream=True)
+            assert isinstance(part[0], bytes) and isinstance(part[-1], bytes)
+            part[0] = part[0][len(head):] if k else part[0]
+            if k:
+                part[0] = b" " + part[0]
+            if not last:
+                part[-1] = part[-1][: -len(tail)]
+            pieces.extend(p for p in part if not isinstance(p, bytes) or p)
+            yield None
+
+    def _load_steps(self, info: MessageInfo,
+                    out: list[mime.ParsedMessage]) -> Generator[None, None, None]:
+        """:meth:`_load` for a large message, a chunk per cooperator step
+        (normalizing 20 MB at once would hold the reactor for ~200 ms)."""
+        mbox = self._selected()
+        key = (mbox.name, mbox.uidvalidity, info.uid)
+        cached = self.cache.get(key)
+        if cached is None:
+            parts: list[bytes] = []
+            with mbox.message_file(info.uid) as f:
+                for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):
+                    parts.append(chunk)
+                    yield None
+            cached = mime.ParsedMessage(b"".join(parts))
+            del parts
+            self.cache.put(key, cached)
+        out.append(cached)
 
     def _fetch_range(self, targets, items: list[fetch.FetchItem], changed: set[int]) -> int:
         recent = self.recent_view()
@@ -1024,9 +1074,16 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
                 return
             if self.output_blocked:
                 yield self.drained()
+            big = info.size > fetch.STREAM_OVER
+            loaded: list[mime.ParsedMessage] = []
             try:
-                pieces = self._render(seq, info, items, changed, recent,
-                                      stream=info.size > fetch.STREAM_OVER)
+                if big and fetch.needs_body(items):
+                    yield from self._load_steps(info, loaded)
+                    pieces: list = []
+                    yield from self._render_steps(seq, info, items, changed, recent,
+                                                  loaded[0], pieces)
+                else:
+                    pieces = self._render(seq, info, items, changed, recent, stream=big)
             except (OSError, StorageError):
                 state["missing"] += 1
                 continue
