@@ -186,6 +186,20 @@ class SchedulingTests(unittest.TestCase):
         self.assertEqual(c.take(), b"* BYE Disconnected for inactivity.\r\n")
         self.assertTrue(c.transport.disconnecting)
 
+    def test_output_timeout(self) -> None:
+        c = Client(self.storage)
+        c.start()
+        clock = c.session.clock
+        c.session._output.pauseProducing()  # the client reads nothing
+        clock.advance(session.OUTPUT_TIMEOUT - 1)
+        c.send(b"a NOOP\r\n")  # input does not help: it must read
+        c.session._output.resumeProducing()  # it read: the timer stops
+        c.session._output.pauseProducing()
+        clock.advance(session.OUTPUT_TIMEOUT - 1)
+        self.assertFalse(c.transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(c.transport.disconnecting)
+
     def test_deep_lists_get_bad_limit(self) -> None:
         out = self.c.send(b"d FETCH 1 " + b"(" * 60000 + b"\r\n")
         self.assertTrue(out.startswith(b"d BAD [LIMIT] "), out[:100])

@@ -96,6 +96,9 @@ CACHE_BYTES = 4 * 1024 * 1024
 FETCH_SYNC_BYTES = 512 * 1024
 #: Dovecot's CLIENT_MAX_BAD_COMMANDS.
 MAX_BAD_COMMANDS = 20
+#: Dovecot's CLIENT_OUTPUT_TIMEOUT_MSECS: a client that reads none of our
+#: output for this long is disconnected.
+OUTPUT_TIMEOUT = 5 * 60.0
 #: Dovecot's CLIENT_IDLE_TIMEOUT_MSECS (30 minutes).
 AUTOLOGOUT = 30 * 60.0
 NO_EXPUNGE = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
@@ -193,7 +196,7 @@ class _Output:
         self.session = session
 
     def pauseProducing(self) -> None:
-        self.session._output_paused = True
+        self.session._output_blocked()
 
     def resumeProducing(self) -> None:
         self.session._output_resumed()
@@ -273,6 +276,8 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self._slice_ran = 0  # commands run in this slice
         self.slice = SLICE  # seconds of commands per reactor turn
         self._autologout_call: Any = None
+        self._output_call: Any = None
+        self.output_timeout = OUTPUT_TIMEOUT
         self.inflater: Any = None  # COMPRESS=DEFLATE's Inflater, once started
         self._cont_pending = False
         self._started = False
@@ -340,9 +345,10 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
         self._stop_idle()
-        if self._autologout_call is not None and self._autologout_call.active():
-            self._autologout_call.cancel()
-        self._autologout_call = None
+        for call in (self._autologout_call, self._output_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._autologout_call = self._output_call = None
         self._release_waiters()
         if self._pump_task is not None:
             try:
@@ -444,8 +450,34 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self.bytes_out += len(data)
         self.transport.write(data)
 
+    def _output_blocked(self) -> None:
+        self._output_paused = True
+        if self._closed or self.output_timeout <= 0:
+            return
+        if self._output_call is None or not self._output_call.active():
+            self._output_call = self._reactor().callLater(self.output_timeout,
+                                                          self._output_stuck)
+
+    def _output_stuck(self) -> None:
+        """Dovecot: "Disconnected for inactivity in reading our output"."""
+        self._output_call = None
+        if self._closed:
+            return
+        reason = "Disconnected for inactivity in reading our output"
+        self.log.info("Disconnected: {reason} " + self._logout_stats(), reason=reason,
+                      log_prefix=self.prefix)
+        self._bye_reason = reason
+        self._logged_out = self._closed = True
+        self._release_waiters()
+        if self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
     def _output_resumed(self) -> None:
         self._output_paused = False
+        if self._output_call is not None and self._output_call.active():
+            self._output_call.cancel()
+        self._output_call = None
         self._release_waiters()
         if not self._closed:
             self._touch()  # the client reads our output: it is active (as Dovecot)

@@ -45,6 +45,7 @@ SLICE = 0.004  #: seconds of pipelined commands per reactor turn
 MAX_PENDING = 64 * 1024  #: unprocessed input above which the socket is not read
 MAX_BAD_COMMANDS = 20  #: Dovecot's CLIENT_MAX_BAD_COMMANDS
 AUTOLOGOUT = 10 * 60.0  #: Dovecot's CLIENT_IDLE_TIMEOUT_MSECS for pop3
+OUTPUT_TIMEOUT = 5 * 60.0  #: Dovecot's CLIENT_OUTPUT_TIMEOUT_MSECS: output unread this long
 DEFAULT_UIDL_FORMAT = "%08Xu%08Xv"
 CAPABILITIES = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE", "USER"]
 INTERNAL_ERROR = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more information.\r\n"
@@ -117,7 +118,7 @@ class _Output:
         self.session = session
 
     def pauseProducing(self) -> None:
-        self.session._output_paused = True
+        self.session._output_blocked()
 
     def resumeProducing(self) -> None:
         self.session._output_resumed()
@@ -168,6 +169,8 @@ class POP3Session(protocol.Protocol):
         self._bad_count = 0
         self._errored = False  # the current command answered -ERR
         self._autologout_call: Any = None
+        self._output_call: Any = None
+        self.output_timeout = OUTPUT_TIMEOUT
         self.stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0}
 
     # -- connection ---------------------------------------------------
@@ -299,8 +302,26 @@ class POP3Session(protocol.Protocol):
 
     # -- flow control and timers --------------------------------------
 
+    def _output_blocked(self) -> None:
+        self._output_paused = True
+        if self._closing or self.output_timeout <= 0:
+            return
+        if self._output_call is None or not self._output_call.active():
+            self._output_call = self._reactor().callLater(self.output_timeout,
+                                                          self._output_stuck)
+
+    def _output_stuck(self) -> None:
+        self._output_call = None
+        if not self._closing:
+            self.log.info("Disconnected for inactivity in reading our output",
+                          log_prefix=self.log_prefix)
+            self._close()
+
     def _output_resumed(self) -> None:
         self._output_paused = False
+        if self._output_call is not None and self._output_call.active():
+            self._output_call.cancel()
+        self._output_call = None
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
@@ -343,7 +364,7 @@ class POP3Session(protocol.Protocol):
         if self._autologout_call is not None and self._autologout_call.active():
             self._autologout_call.cancel()
         self._autologout_call = None
-        self._output_resumed()  # wakes a paused stream, which then stops
+        self._output_resumed()  # also stops the output timer  # wakes a paused stream, which then stops
         if self._later is not None:
             try:
                 self._later.stop()
