@@ -34,15 +34,31 @@ class PieceTests(unittest.TestCase):
     def test_inflater_bounded_and_corrupt(self):
         got: list[bytes] = []
         errors: list[str] = []
-        inf = Inflater(got.append, errors.append)
+        inf = Inflater(_Reader(got), errors.append)
         bomb = deflate(b"x" * (INFLATE_CHUNK * 5))
         inf.feed(bomb[:10])
         inf.feed(bomb[10:])
         self.assertEqual(b"".join(got), b"x" * (INFLATE_CHUNK * 5))
         self.assertTrue(all(len(piece) <= INFLATE_CHUNK for piece in got))
-        bad = Inflater(got.append, errors.append)
+        bad = Inflater(_Reader(got), errors.append)
         bad.feed(b"\xff\xff\xff\xff")
         self.assertEqual(len(errors), 1)
+
+    def test_inflater_waits_while_the_reader_is_paused(self):
+        got: list[bytes] = []
+        reader = _Reader(got)
+        inf = Inflater(reader, [].append)
+        reader.paused = True
+        inf.feed(deflate(b"x" * (INFLATE_CHUNK * 5)))
+        self.assertEqual(got, [])
+        reader.paused = False
+        reader.pause_after = 2  # the reader pauses again after two chunks
+        inf.resume()
+        self.assertEqual(len(got), 2)
+        reader.paused = False
+        reader.pause_after = None
+        inf.resume()
+        self.assertEqual(b"".join(got), b"x" * (INFLATE_CHUNK * 5))
 
     def test_session(self):
         c = Client(FakeStorage())
@@ -127,3 +143,17 @@ class CompressE2ETests(unittest.TestCase):
         self.assertEqual(r["list"][0], "OK")
         self.assertEqual(r["logout"][0], "BYE")
         self.assertLess(r["wire_in"], len(body) // 4)  # it really was compressed
+
+
+class _Reader:
+    """A CommandReader stand-in: collects what it is fed, may pause."""
+
+    def __init__(self, got: list[bytes]):
+        self.got = got
+        self.paused = False
+        self.pause_after: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.got.append(data)
+        if self.pause_after is not None and len(self.got) >= self.pause_after:
+            self.paused = True

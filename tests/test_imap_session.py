@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from pydovecot.imap.session import IMAPSession
@@ -31,6 +32,8 @@ class Client:
     def __init__(self, storage: FakeStorage, settings: dict | None = None):
         self.transport = StringTransport()
         self.session = IMAPSession(storage, SessionContext("alice", "s1", settings=settings or {}))
+        self.session.clock = Clock()  # autologout and IDLE timers
+        self.session.slice = 60.0  # pipelined commands all run at once, however slow
         self.session.makeConnection(self.transport)
 
     def start(self, tag=b"L", pending=b""):
@@ -110,13 +113,21 @@ class SessionTests(unittest.TestCase):
             raise RuntimeError("boom")
 
         self.storage.status = boom
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         out = self.c.send(b"t STATUS INBOX (MESSAGES)\r\nu NOOP\r\n")
         self.assertEqual(
             out,
             b"t NO [SERVERBUG] Internal error occurred. Refer to server log for more "
             b"information.\r\nu OK NOOP completed.\r\n",
         )
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # Logged once, one bounded line with no traceback.
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("STATUS failed: RuntimeError: boom at ", errors[0])
+        self.assertNotIn("\n", errors[0])
+        self.assertFalse(any("log_failure" in e for e in events))
 
     def test_line_too_long(self):
         c = Client(self.storage, {"imap_max_line_length": 100})

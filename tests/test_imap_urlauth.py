@@ -18,6 +18,7 @@ import time
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -195,6 +196,8 @@ class Client:
     def __init__(self, storage, user: str = "alice", settings: dict | None = None):
         self.transport = StringTransport()
         self.session = IMAPSession(storage, SessionContext(user, "s1", settings=settings or {}))
+        self.session.clock = Clock()  # autologout and IDLE timers
+        self.session.slice = 60.0  # pipelined commands all run at once, however slow
         self.session.makeConnection(self.transport)
         self.session.start(None, b"")
 

@@ -105,6 +105,9 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "default_idle_kill": (TIME, "1 mins"),
     "imap_capability": (STR, ""),
     "imap_idle_notify_interval": (TIME, "2 mins"),
+    # pydovecot-only: Dovecot's fixed autologout timers (imap 30 min, pop3 10 min).
+    "imap_autologout": (TIME, "30 mins"),
+    "pop3_autologout": (TIME, "10 mins"),
     "imap_max_line_length": (SIZE, "64 k"),
     "imap_literal_minus": (BOOL, "no"),  # LITERAL- instead of LITERAL+ (imap.parser)
     "imap_logout_format": (

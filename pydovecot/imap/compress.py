@@ -4,10 +4,12 @@ After the tagged ``OK`` of ``COMPRESS DEFLATE`` the session's transport is
 wrapped in :class:`DeflateTransport` (each write is compressed and ended
 with a sync flush, so the client can act on every response at once) and
 the bytes the client sends are inflated before the command reader sees
-them.  Inflating is done in bounded steps (:data:`INFLATE_CHUNK`), so a
-small compressed stream cannot blow up into a huge buffer: the command
-reader's own limits apply to every piece.  Corrupt input closes the
-connection.  The client is untrusted; the transport is Twisted's.
+them.  Inflating is done in bounded steps (:data:`INFLATE_CHUNK`, zlib's
+``max_length`` and ``unconsumed_tail``) and only while the command reader
+is not paused: when the session's command queue is full, the rest of the
+compressed input waits (and the session stops reading the socket), so a
+4 KB stream that inflates to megabytes of commands never holds more than
+one chunk of plaintext.  Corrupt input closes the connection.  The client is untrusted; the transport is Twisted's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pydovecot.imap.parser import Atom, Token
 
 log = Logger(namespace="pydovecot.imap")
 
-INFLATE_CHUNK = 64 * 1024
+INFLATE_CHUNK = 16 * 1024
 #: zlib level 6 is Dovecot's default (imap_zlib_compress_level).
 LEVEL = 6
 
@@ -45,28 +47,35 @@ class DeflateTransport:
 
 
 class Inflater:
-    """Feeds ``sink`` with the inflated bytes of a raw deflate stream."""
+    """Feeds ``reader`` (a CommandReader) with the inflated bytes of a raw
+    deflate stream, a chunk at a time and only while it is not paused."""
 
-    def __init__(self, sink: Any, on_error: Any):
-        self.sink = sink
+    def __init__(self, reader: Any, on_error: Any):
+        self.reader = reader
         self.on_error = on_error
         self._inflate = zlib.decompressobj(-15)
+        self._pending = b""  # compressed input not inflated yet
+        self._more = False  # the last step filled its chunk: output may remain
         self.failed = False
 
     def feed(self, data: bytes) -> None:
         if self.failed:
             return
+        self._pending += data
+        self.resume()
+
+    def resume(self) -> None:
+        """Inflate more, until the input is used up or the reader pauses."""
         try:
-            out = self._inflate.decompress(data, INFLATE_CHUNK)
-            while True:
+            while (self._pending or self._more) and not self.reader.paused and not self.failed:
+                out = self._inflate.decompress(self._pending, INFLATE_CHUNK)
+                self._pending = self._inflate.unconsumed_tail
+                self._more = len(out) == INFLATE_CHUNK
                 if out:
-                    self.sink(out)
-                tail = self._inflate.unconsumed_tail
-                if not tail or self.failed:
-                    break
-                out = self._inflate.decompress(tail, INFLATE_CHUNK)
+                    self.reader.feed(out)
         except zlib.error as e:
             self.failed = True
+            self._pending = b""
             self.on_error(str(e))
 
 
@@ -75,6 +84,7 @@ class CompressMixin:
 
     transport: Any
     reader: Any
+    inflater: Any
     compressed = False
 
     def cmd_compress(self, tag: bytes, args: list[Token]) -> bytes:
@@ -96,8 +106,7 @@ class CompressMixin:
         self.compressed = True
         if self.transport is not None:
             self.transport = DeflateTransport(self.transport)
-        inflater = Inflater(self.reader.feed, self._inflate_failed)
-        self.reader.feed = inflater.feed
+        self.inflater = Inflater(self.reader, self._inflate_failed)
 
     def _inflate_failed(self, why: str) -> None:
         log.info("Disconnecting: corrupt compressed input ({why})", why=why,

@@ -19,15 +19,25 @@
   :mod:`pydovecot.imap.specialuse`; an unknown one is ``NO [USEATTR]``.
 
 Everything in the arguments is client data; the storage is trusted.
+A LIST that answers many mailboxes (or STATUS for more than a few) is
+sent one mailbox per step of Twisted's global cooperator, waiting while
+the client does not read our output, so it never holds the reactor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
+
+from twisted.internet import defer, task
 
 from pydovecot.imap.parser import Atom, Token, as_bytes
 from pydovecot.imap.specialuse import SpecialUse, canonical
 from pydovecot.storage.interfaces import MailboxInfo, MailboxStatus
+
+#: LISTs of more entries (or STATUS for more) run as a cooperator task.
+LIST_SYNC = 100
+LIST_STATUS_SYNC = 10
 
 _SELECTION = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
 _RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
@@ -127,7 +137,8 @@ class MailboxExtMixin:
 
     # -- LIST ------------------------------------------------------------------
 
-    def list_command(self, tag: bytes, args: list[Token], lsub: bool = False) -> bytes:
+    def list_command(self, tag: bytes, args: list[Token],
+                     lsub: bool = False) -> bytes | defer.Deferred[bytes]:
         kind = b"LSUB" if lsub else b"LIST"
         done = b"OK %s completed." % kind.capitalize()
         args = list(args)
@@ -180,9 +191,13 @@ class MailboxExtMixin:
         if lsub:
             self._lsub(reference, patterns)
             return done
-        self._list(reference, patterns, selection, returns, status_items,
-                   extended or self.rev2)
-        return done
+        steps = self._list(reference, patterns, selection, returns, status_items,
+                           extended or self.rev2)
+        if steps is None:
+            return done
+        d = task.cooperate(steps).whenDone()
+        d.addCallback(lambda _: done)
+        return d
 
     def _lsub(self, reference: str, patterns: list[str]) -> None:
         existing = {i.name for i in self.storage.list_mailboxes() if "\\Noselect" not in i.attributes}
@@ -203,7 +218,10 @@ class MailboxExtMixin:
         return sorted(seen.items(), key=lambda e: (order.get(e[0], len(order)), e[0]))
 
     def _list(self, reference: str, patterns: list[str], selection: set[str],
-              returns: set[str], status_items: list[str], extended: bool) -> None:
+              returns: set[str], status_items: list[str],
+              extended: bool) -> Generator[Any, None, None] | None:
+        """Send the LIST lines now, or return the steps that will (for
+        many mailboxes)."""
         infos = self.storage.list_mailboxes()
         real = {i.name: i.attributes for i in infos if "\\Noselect" not in i.attributes}
         special = self.special_use.all() if self.special_use is not None else {}
@@ -229,7 +247,23 @@ class MailboxExtMixin:
                 if name not in names:
                     matched.append((name, attrs))
                     names.add(name)
+        steps = self._list_lines(matched, real, special, selection, want_subs, subs,
+                                 childinfo, status_items, extended)
+        if len(matched) <= (LIST_STATUS_SYNC if status_items else LIST_SYNC):
+            for _ in steps:
+                pass
+            return None
+        return steps
+
+    def _list_lines(self, matched: list[tuple[str, set[str]]], real: dict, special: dict,
+                    selection: set[str], want_subs: bool, subs: set[str], childinfo: set[str],
+                    status_items: list[str], extended: bool) -> Generator[Any, None, None]:
+        session: Any = self
         for name, attrs in matched:
+            if session._closed:
+                return
+            if session.output_blocked:
+                yield session.drained()
             attrs = set(attrs)
             if "\\NonExistent" in attrs or ("\\Noselect" in attrs and name not in real):
                 attrs.discard("\\Noselect")
@@ -249,6 +283,7 @@ class MailboxExtMixin:
             self._send(line + b"\r\n")  # type: ignore[attr-defined]
             if status_items and name in real:
                 self._list_status(name, status_items)
+            yield None
 
     def _list_status(self, name: str, items: list[str]) -> None:
         try:

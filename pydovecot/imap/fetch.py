@@ -3,20 +3,30 @@
 Trusts the storage view it is given; the item list comes from the client
 and is validated here (unknown items and bad sections raise ParseError →
 ``BAD``).  Message bodies are read through :class:`MessageLoader`, which
-CRLF-normalizes and caches parsed messages.
+CRLF-normalizes and caches parsed messages.  Whole-message and TEXT
+literals of large messages (:data:`STREAM_OVER`) are not rendered here:
+:func:`render_pieces` leaves a :class:`StreamedLiteral` in their place,
+which the session streams from the message file in chunks
+(:func:`normalized_chunks`, :func:`scan_message`) under back-pressure.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydovecot.imap import ext_fetch, mime
 from pydovecot.imap.parser import Atom, ParseError, String, Token
 from pydovecot.storage.interfaces import MessageInfo
+
+#: Messages bigger than this have their BODY[]/BODY[TEXT]/BINARY[] literals
+#: streamed from the file instead of read whole.
+STREAM_OVER = 256 * 1024
+#: Bytes read from a message file per streaming step.
+STREAM_CHUNK = 64 * 1024
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -222,6 +232,80 @@ def section_bytes(msg: mime.ParsedMessage, section: Section) -> bytes:
 
 
 @dataclass
+class StreamedLiteral:
+    """A literal to stream from message ``uid``'s file: the CRLF-normalized
+    message (or, with ``text``, its body only), cut to ``partial``."""
+
+    uid: int
+    label: bytes
+    text: bool = False
+    partial: tuple[int, int] | None = None
+    binary: bool = False
+
+
+@dataclass
+class MessageScan:
+    """What streaming needs to know before the first byte: the normalized
+    size, where the body starts, and whether a NUL occurs (literal8)."""
+
+    size: int
+    body_start: int
+    has_nul: bool
+
+    def window(self, lit: StreamedLiteral) -> tuple[int, int]:
+        """[start, end) of the normalized message that ``lit`` sends."""
+        start, end = (self.body_start, self.size) if lit.text else (0, self.size)
+        if lit.partial is not None:
+            offset, length = lit.partial
+            start = min(start + offset, end)
+            end = min(start + length, end)
+        return start, end
+
+
+def normalized_chunks(f: Any, size: int = STREAM_CHUNK) -> Iterator[bytes]:
+    """The file's bytes with every line end as CRLF, a chunk at a time
+    (a CR at the end of a chunk waits for the next one)."""
+    carry = b""
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            if carry:
+                yield carry
+            return
+        data = carry + chunk
+        if data.endswith(b"\r"):
+            carry, data = b"\r", data[:-1]
+        else:
+            carry = b""
+        if data:
+            yield mime.normalize_crlf(data)
+
+
+def scan_message(f: Any, result: list[MessageScan]) -> Iterator[None]:
+    """Read the file once (one chunk per step) and append its MessageScan
+    to ``result``; body_start follows mime.parse_part's rule."""
+    total = 0
+    body_start = -1
+    has_nul = False
+    tail = b""
+    for chunk in normalized_chunks(f, 4 * STREAM_CHUNK):
+        if body_start < 0:
+            if total == 0 and chunk.startswith(b"\r\n"):
+                body_start = 2
+            else:
+                window = tail + chunk
+                idx = window.find(b"\r\n\r\n")
+                if idx >= 0:
+                    body_start = total - len(tail) + idx + 4
+                tail = window[-3:]
+        if not has_nul and b"\x00" in chunk:
+            has_nul = True
+        total += len(chunk)
+        yield None
+    result.append(MessageScan(total, body_start if body_start >= 0 else total, has_nul))
+
+
+@dataclass
 class FetchStats:
     hdr_count: int = 0
     hdr_bytes: int = 0
@@ -239,11 +323,45 @@ def render(
     add_flags: bool = False,
     mailbox: Any = None,
 ) -> bytes:
-    """One ``* seq FETCH (...)`` response line (with CRLF).
+    """One ``* seq FETCH (...)`` response line (with CRLF), all in memory."""
+    pieces = render_pieces(seq, info, items, recent, load, stats, add_flags, mailbox)
+    return b"".join(p for p in pieces if isinstance(p, bytes))
+
+
+def needs_body(items: list[FetchItem]) -> bool:
+    """True when some item needs the parsed whole message even with the
+    big literals streamed (BODYSTRUCTURE, BODY[1], BINARY[2], PREVIEW …)."""
+    rest = [i for i in items if not streamable(i)]
+    return not header_only(rest)
+
+
+def streamable(item: FetchItem) -> bool:
+    """Whether a big message's literal for ``item`` can be streamed from
+    the file (the whole message, or its TEXT, maybe partial)."""
+    section = item.section
+    if section is None or section.numbers:
+        return False
+    return item.name == "BINARY[]" or section.text in ("", "TEXT")
+
+
+def render_pieces(
+    seq: int,
+    info: MessageInfo,
+    items: list[FetchItem],
+    recent: bool,
+    load: Callable[[], mime.ParsedMessage],
+    stats: FetchStats,
+    add_flags: bool = False,
+    mailbox: Any = None,
+    stream: bool = False,
+) -> list[bytes | StreamedLiteral]:
+    """One ``* seq FETCH (...)`` response (with CRLF) as pieces: bytes, and
+    with ``stream`` a :class:`StreamedLiteral` for each whole-message or
+    TEXT literal (the caller streams those from the file).
 
     ``mailbox`` (the IMailbox, optional) gives PREVIEW its index cache.
     """
-    out: list[bytes] = []
+    out: list[bytes | StreamedLiteral | tuple[bytes, bytes]] = []
     seen_flags = False
     for item in items:
         name = item.name
@@ -270,6 +388,9 @@ def render(
             out.append(ext_fetch.savedate(info))
         elif name == "PREVIEW":
             out.append(ext_fetch.preview(info, load, mailbox))
+        elif stream and streamable(item):
+            out.append(StreamedLiteral(info.uid, item.label, item.section.text == "TEXT",
+                                       item.partial, name == "BINARY[]"))
         elif name in ("BINARY[]", "BINARY.SIZE"):
             assert item.section is not None
             data = ext_fetch.binary_section(load(), item.section.numbers)
@@ -281,7 +402,11 @@ def render(
                 data = data[start : start + length]
             stats.body_count += 1
             stats.body_bytes += len(data)
-            out.append(item.label + b" " + ext_fetch.binary_literal(data))
+            if stream and len(data) > STREAM_CHUNK:  # a piece of its own: no copy
+                marker = b"~{%d}\r\n" if b"\x00" in data else b"{%d}\r\n"
+                out.append((item.label + b" " + marker % len(data), data))
+            else:
+                out.append(item.label + b" " + ext_fetch.binary_literal(data))
         else:
             assert item.section is not None
             data = section_bytes(load(), item.section)
@@ -294,7 +419,28 @@ def render(
             else:
                 stats.body_count += 1
                 stats.body_bytes += len(data)
-            out.append(item.label + b" {%d}\r\n" % len(data) + data)
+            if stream and len(data) > STREAM_CHUNK:  # a piece of its own: no copy
+                out.append((item.label + b" {%d}\r\n" % len(data), data))
+            else:
+                out.append(item.label + b" {%d}\r\n" % len(data) + data)
     if add_flags and not seen_flags:
         out.append(b"FLAGS " + format_flags(info.flags, recent))
-    return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"
+    pieces: list[bytes | StreamedLiteral] = []
+    current = [b"* %d FETCH (" % seq]
+    for i, piece in enumerate(out):
+        if i:
+            current.append(b" ")
+        if isinstance(piece, StreamedLiteral):
+            pieces.append(b"".join(current))
+            pieces.append(piece)
+            current = []
+        elif isinstance(piece, tuple):
+            current.append(piece[0])
+            pieces.append(b"".join(current))
+            pieces.append(piece[1])
+            current = []
+        else:
+            current.append(piece)
+    current.append(b")\r\n")
+    pieces.append(b"".join(current))
+    return pieces

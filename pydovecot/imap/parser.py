@@ -166,6 +166,7 @@ class CommandReader:
         self._buf = bytearray()
         self._reset()
         self._discard_line = False
+        #: Set by the consumer when its queue is full: stop delivering.
         self.paused = False
 
     def _reset(self) -> None:
@@ -189,9 +190,20 @@ class CommandReader:
         self.deliver(error)
 
     def feed(self, data: bytes) -> None:
-        """Add received bytes and deliver every command they complete."""
+        """Add received bytes and deliver every command they complete
+        (while :attr:`paused`, they are only kept: the caller bounds them
+        by not reading its socket)."""
         self._buf += data
         self._run()
+
+    def resume(self) -> None:
+        """Deliver what was kept while paused (``paused`` already cleared)."""
+        self._run()
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet consumed."""
+        return len(self._buf)
 
     def _run(self) -> None:
         buf = self._buf

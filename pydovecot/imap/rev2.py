@@ -28,6 +28,7 @@ import tempfile
 from typing import Any, BinaryIO
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pydovecot.imap import mime, mutf7
 from pydovecot.imap.parser import (
@@ -124,7 +125,10 @@ class Rev2Mixin:
         try:
             self.special_use.autocreate(self.storage)
         except Exception:
-            log.failure("Autocreating mailboxes failed")
+            from pydovecot.imap.session import _error_line
+
+            log.error("Autocreating mailboxes failed: {e}", e=_error_line(Failure()),
+                      log_prefix=getattr(self, "prefix", ""))
 
     # -- names -----------------------------------------------------------
 
@@ -332,4 +336,7 @@ class Rev2Mixin:
             finally:
                 view.close()
         except Exception:
-            log.failure("Undoing a failed MULTIAPPEND failed")
+            from pydovecot.imap.session import _error_line
+
+            log.error("Undoing a failed MULTIAPPEND failed: {e}", e=_error_line(Failure()),
+                      log_prefix=getattr(self, "prefix", ""))

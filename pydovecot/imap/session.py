@@ -7,6 +7,25 @@ are read by :class:`~pydovecot.imap.parser.CommandReader`, queued, and run
 strictly in order (a handler may return a Deferred); each command's output
 is collected and written in large chunks.  Storage is reached only through
 :class:`~pydovecot.storage.interfaces.IMailStorage`.
+
+Many sessions share one reactor, so no session may hold it or grow the
+process (see ARCHITECTURE.md, "Facts"):
+
+* Output flow control: the session registers a push producer on its
+  transport, whose buffer is capped at :data:`OUTPUT_BOUND`.  While the
+  client does not read, no new command starts and long commands (FETCH,
+  LIST, STATUS) wait between responses; large literals are streamed from
+  the message file in chunks (:class:`~pydovecot.imap.fetch.StreamedLiteral`).
+* Fair scheduling: queued commands run synchronously for at most
+  :data:`SLICE` seconds, then the rest runs as a task on Twisted's global
+  cooperator (shared, round-robin, with every other session's long work),
+  one command or one chunk per step.
+* Bounded input: at most :data:`QUEUE_MAX` parsed commands wait; then the
+  reader (and the inflater under COMPRESS) stops consuming and the socket
+  is not read until the queue drains.
+* 20 bad commands in a row end the session (``* BYE Too many invalid IMAP
+  commands.``) and an idle one is logged out after ``imap_autologout``
+  (Dovecot's fixed 30 minutes; IDLE's keepalives count as activity).
 """
 
 from __future__ import annotations
@@ -18,10 +37,11 @@ from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, interfaces, task
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from pydovecot.imap import capability, ext_fetch, fetch, mime, mutf7
 from pydovecot.imap.compress import CompressMixin
@@ -46,6 +66,7 @@ from pydovecot.imap.parser import (
 )
 from pydovecot.imap.rev2 import Rev2Mixin
 from pydovecot.imap.urlauth import URLAuthMixin
+from pydovecot.log import sanitize
 from pydovecot.session import SessionContext
 from pydovecot.storage.interfaces import (
     SYSTEM_FLAGS,
@@ -59,8 +80,27 @@ from pydovecot.storage.interfaces import (
 
 SERVERBUG = b"NO [SERVERBUG] Internal error occurred. Refer to server log for more information."
 FLUSH_SIZE = 128 * 1024
-FETCH_BATCH = 200  # messages rendered per reactor turn
-QUEUE_PAUSE = 64  # pause reading when this many commands wait
+#: The transport's write buffer above which the session stops producing.
+OUTPUT_BOUND = 256 * 1024
+#: Larger byte strings are written in pieces of this size, under back-pressure.
+OUTPUT_CHUNK = 64 * 1024
+#: FETCHes of at most this many small messages are answered in one go.
+FETCH_SYNC = 50
+#: Seconds of queued commands run in one reactor turn before yielding.
+SLICE = 0.004
+QUEUE_MAX = 64  # stop reading input when this many commands wait
+QUEUE_LOW = QUEUE_MAX // 4  # and read again when the queue is this short
+#: Parsed messages a session keeps cached, in bytes of message text.
+CACHE_BYTES = 4 * 1024 * 1024
+#: A FETCH answered in one go sends at most about this much message text.
+FETCH_SYNC_BYTES = 512 * 1024
+#: Dovecot's CLIENT_MAX_BAD_COMMANDS.
+MAX_BAD_COMMANDS = 20
+#: Dovecot's CLIENT_OUTPUT_TIMEOUT_MSECS: a client that reads none of our
+#: output for this long is disconnected.
+OUTPUT_TIMEOUT = 5 * 60.0
+#: Dovecot's CLIENT_IDLE_TIMEOUT_MSECS (30 minutes).
+AUTOLOGOUT = 30 * 60.0
 NO_EXPUNGE = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 NO_SYNC = {"LOGOUT", "SELECT", "EXAMINE", "CLOSE", "UNSELECT", "IDLE"}
 _SYSTEM = {f.lower(): f for f in SYSTEM_FLAGS}
@@ -147,6 +187,55 @@ def list_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$", re.S)
 
 
+@implementer(interfaces.IPushProducer)
+class _Output:
+    """The session's push producer: the transport pauses it while its
+    buffer is over the bound, and resumes it when it has drained."""
+
+    def __init__(self, session: IMAPSession):
+        self.session = session
+
+    def pauseProducing(self) -> None:
+        self.session._output_blocked()
+
+    def resumeProducing(self) -> None:
+        self.session._output_resumed()
+
+    def stopProducing(self) -> None:
+        self.session._output_stopped()
+
+
+class _BoundedCache(mime.MessageCache):
+    """The parsed-message LRU with a bound on its total size too, so a
+    session never holds more than :data:`CACHE_BYTES` of message text."""
+
+    def __init__(self) -> None:
+        super().__init__(size=16, max_bytes=CACHE_BYTES // 4)
+        self._bytes = 0
+
+    def put(self, key: tuple, item: mime.ParsedMessage) -> None:
+        if len(item.data) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.data)
+        self._items[key] = item
+        self._bytes += len(item.data)
+        while len(self._items) > self.size or self._bytes > CACHE_BYTES:
+            _k, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped.data)
+
+
+def _error_line(f: Failure) -> str:
+    """An unexpected exception as one bounded log line: type, sanitised
+    message and the innermost frame (no traceback, no client bytes raw)."""
+    where = ""
+    if f.frames:
+        func, path, line = f.frames[-1][:3]
+        where = f" at {path.rsplit('/', 1)[-1]}:{line} in {func}"
+    return f"{f.type.__name__}: {sanitize(f.getErrorMessage(), 200)}{where}"
+
+
 class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressMixin, SearchMixin, Protocol):
     """One authenticated IMAP4rev1 client connection."""
 
@@ -162,12 +251,14 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self.idle_interval = capability.parse_seconds(
             settings.get("imap_idle_notify_interval"), 120.0
         )
+        self.autologout = capability.parse_seconds(settings.get("imap_autologout"), AUTOLOGOUT)
         self.capabilities = capability.capability_string(settings).encode()
         self.reader = CommandReader(
             self._enqueue, self._want_continuation, self.max_line, self.append_limit
         )
         self.mailbox: IMailbox | None = None
-        self.cache = mime.MessageCache()
+        self.cache = _BoundedCache()
+        self._scans: dict[tuple, fetch.MessageScan] = {}  # streamed messages' sizes
         self.stats = fetch.FetchStats()
         self.counters = {"deleted": 0, "expunged": 0, "trashed": 0}
         self.bytes_in = 0
@@ -175,7 +266,19 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self._queue: deque[RawCommand | ReaderError] = deque()
         self._busy = False
         self._pumping = False
-        self._paused = False
+        self._pump_task: task.CooperativeTask | None = None
+        self._paused = False  # input: the reader and the socket are stopped
+        self._output_paused = False
+        self._drain_waiters: list[defer.Deferred[None]] = []
+        self._bad_count = 0
+        self._bye_reason = ""
+        self._slice_end = 0.0
+        self._slice_ran = 0  # commands run in this slice
+        self.slice = SLICE  # seconds of commands per reactor turn
+        self._autologout_call: Any = None
+        self._output_call: Any = None
+        self.output_timeout = OUTPUT_TIMEOUT
+        self.inflater: Any = None  # COMPRESS=DEFLATE's Inflater, once started
         self._cont_pending = False
         self._started = False
         self._early: list[bytes] = []
@@ -202,28 +305,57 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             self.clock = reactor
         return self.clock
 
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = OUTPUT_BOUND
+        self._output = _Output(self)
+        if hasattr(transport, "registerProducer"):
+            transport.registerProducer(self._output, True)
+
     def start(self, tag: bytes | None, pending: bytes) -> None:
         """Answer the login command and process bytes pipelined after it."""
         if tag is not None:
             self._send(tag + b" OK [CAPABILITY " + self.capabilities + b"] Logged in\r\n")
             self._flush()
         self._started = True
+        self._touch()
+        self._new_slice()
         early, self._early = b"".join(self._early), []
         if pending or early:
-            self.reader.feed(pending + early)
+            self._input(pending + early)
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        if self._logged_out:
+        if self._logged_out or self._closed:
             return
         if not self._started:
             self._early.append(data)
             return
-        self.reader.feed(data)
+        self._touch()
+        self._new_slice()
+        self._input(data)
+
+    def _input(self, data: bytes) -> None:
+        if self.inflater is not None:
+            self.inflater.feed(data)
+        else:
+            self.reader.feed(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
         self._stop_idle()
+        for call in (self._autologout_call, self._output_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._autologout_call = self._output_call = None
+        self._release_waiters()
+        if self._pump_task is not None:
+            try:
+                self._pump_task.stop()
+            except task.TaskDone:
+                pass
+            self._pump_task = None
         if getattr(self, "notifier", None) is not None:
             self.notifier.stop()  # NOTIFY's storage listeners
         for item in self._queue:
@@ -234,16 +366,20 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             try:
                 self.mailbox.close()
             except Exception:
-                self.log.failure("Closing mailbox failed", log_prefix=self.prefix)
+                self.log.error("Closing mailbox failed: {e}", e=_error_line(Failure()),
+                               log_prefix=self.prefix)
             self.mailbox = None
         stats = self._logout_stats()
+        if self._bye_reason:
+            return  # _disconnect logged why
         if self._logged_out:
             self.log.info("Disconnected: Logged out " + stats, log_prefix=self.prefix)
         else:
             if self._idle_started:
                 why = f"IDLE running for {time.monotonic() - self._idle_started:.3f} secs"
             elif self._last_command:
-                why = f"{self._last_command} finished {time.monotonic() - self._last_done:.3f} secs ago"
+                why = f"{sanitize(self._last_command, 40)} finished " \
+                      f"{time.monotonic() - self._last_done:.3f} secs ago"
             else:
                 why = "No commands sent"
             self.log.info(
@@ -258,6 +394,42 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             f"expunged={c['expunged']} trashed={c['trashed']} hdr_count={s.hdr_count} "
             f"hdr_bytes={s.hdr_bytes} body_count={s.body_count} body_bytes={s.body_bytes}"
         ).replace("{", "{{").replace("}", "}}")
+
+    def _disconnect(self, bye: bytes, reason: str) -> None:
+        """Send ``* BYE …`` and close, as Dovecot's client_disconnect_with_error."""
+        if self._closed or self._logged_out:
+            return
+        self._send(b"* BYE " + bye + b"\r\n")
+        self._flush()
+        self._logged_out = True
+        self._bye_reason = reason
+        self.log.info("Disconnected: {reason} " + self._logout_stats(), reason=reason,
+                      log_prefix=self.prefix)
+        self._closed = True  # connectionLost must not log it again
+        blocked = self._output_paused
+        self._release_waiters()
+        if self.transport is None:
+            return
+        if blocked and hasattr(self.transport, "abortConnection"):
+            self.transport.abortConnection()  # it would never drain
+        else:
+            self.transport.loseConnection()
+
+    # -- autologout ------------------------------------------------------------
+
+    def _touch(self) -> None:
+        """Client activity (input, or IDLE's keepalive): restart the timer."""
+        if self.autologout <= 0 or self._closed:
+            return
+        call = self._autologout_call
+        if call is not None and call.active():
+            call.reset(self.autologout)
+        else:
+            self._autologout_call = self._reactor().callLater(self.autologout, self._inactive)
+
+    def _inactive(self) -> None:
+        self._autologout_call = None
+        self._disconnect(b"Disconnected for inactivity.", "Disconnected for inactivity")
 
     # -- output ----------------------------------------------------------------
 
@@ -278,6 +450,77 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         self.bytes_out += len(data)
         self.transport.write(data)
 
+    def _output_blocked(self) -> None:
+        self._output_paused = True
+        if self._closed or self.output_timeout <= 0:
+            return
+        if self._output_call is None or not self._output_call.active():
+            self._output_call = self._reactor().callLater(self.output_timeout,
+                                                          self._output_stuck)
+
+    def _output_stuck(self) -> None:
+        """Dovecot: "Disconnected for inactivity in reading our output"."""
+        self._output_call = None
+        if self._closed:
+            return
+        reason = "Disconnected for inactivity in reading our output"
+        self.log.info("Disconnected: {reason} " + self._logout_stats(), reason=reason,
+                      log_prefix=self.prefix)
+        self._bye_reason = reason
+        self._logged_out = self._closed = True
+        self._release_waiters()
+        if self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
+    def _output_resumed(self) -> None:
+        self._output_paused = False
+        if self._output_call is not None and self._output_call.active():
+            self._output_call.cancel()
+        self._output_call = None
+        self._release_waiters()
+        if not self._closed:
+            self._touch()  # the client reads our output: it is active (as Dovecot)
+            self._new_slice()
+            self._pump()
+
+    def _output_stopped(self) -> None:
+        self._output_paused = True
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires when the client has read our output (or the session ended);
+        long commands yield it to the cooperator while ``output_blocked``."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._closed or not self._output_paused:
+            d.callback(None)
+        else:
+            self._drain_waiters.append(d)
+        return d
+
+    @property
+    def output_blocked(self) -> bool:
+        """True while the transport's buffer is over the bound."""
+        return self._output_paused and not self._closed
+
+    def send_paced(self, data: bytes) -> Generator[defer.Deferred[None] | None, None, None]:
+        """Write ``data`` in OUTPUT_CHUNK pieces, waiting for the client to
+        read between them (a generator step per piece)."""
+        view = memoryview(data)
+        for start in range(0, len(view), OUTPUT_CHUNK):
+            if self._closed:
+                return
+            if self.output_blocked:
+                yield self.drained()
+            self._send(bytes(view[start : start + OUTPUT_CHUNK]))
+            self._flush()
+            yield None
+
     # -- the command queue --------------------------------------------------------
 
     def _enqueue(self, item: RawCommand | ReaderError) -> None:
@@ -285,10 +528,24 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             self._idle_input(item)
             return
         self._queue.append(item)
-        if len(self._queue) >= QUEUE_PAUSE and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pauseProducing()
+        if len(self._queue) >= QUEUE_MAX and not self._paused:
+            self._pause_input()
         self._pump()
+
+    def _pause_input(self) -> None:
+        self._paused = True
+        self.reader.paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def _resume_input(self) -> None:
+        self._paused = False
+        self.reader.paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resumeProducing()
+        self.reader.resume()  # commands it holds already
+        if not self._paused and self.inflater is not None:
+            self.inflater.resume()  # then more of the compressed input
 
     def _want_continuation(self) -> None:
         if self._busy or self._queue:
@@ -297,37 +554,90 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             self._send(b"+ OK\r\n")
             self._flush()
 
+    def _new_slice(self) -> None:
+        """A reactor callback begins: commands may run for ``slice`` seconds
+        (and at least one runs)."""
+        self._slice_end = time.monotonic() + self.slice
+        self._slice_ran = 0
+
+    def _runnable(self) -> bool:
+        return (bool(self._queue) and not self._busy and not self._logged_out
+                and not self._closed and not self._output_paused)
+
     def _pump(self) -> None:
-        if self._pumping:
+        """Run queued commands: synchronously until the slice of this reactor
+        turn is used up, then as a task on the global cooperator (one
+        command per step)."""
+        if self._pumping or self._pump_task is not None:
             return
         self._pumping = True
         try:
-            while self._queue and not self._busy and not self._logged_out and not self._closed:
-                item = self._queue.popleft()
-                if isinstance(item, ReaderError):
-                    self._send((item.tag or b"*") + b" " + item.response + b"\r\n")
-                    self._flush()
-                    continue
-                self._busy = True
-                d = defer.maybeDeferred(self._execute, item)
-                d.addBoth(self._command_done)
-            if self._paused and len(self._queue) < QUEUE_PAUSE // 4 and self.transport:
-                self._paused = False
-                self.transport.resumeProducing()
-            if not self._queue and not self._busy and self._cont_pending and not self._closed:
-                self._cont_pending = False
-                self._send(b"+ OK\r\n")
-                self._flush()
+            while self._runnable():
+                if self._slice_ran and time.monotonic() > self._slice_end:
+                    self._pump_task = task.cooperate(self._pump_steps())
+                    self._pump_task.whenDone().addBoth(self._pump_task_done)
+                    break
+                self._step()
         finally:
             self._pumping = False
+        self._after_pump()
+
+    def _pump_steps(self) -> Generator[None, None, None]:
+        while self._runnable():
+            self._step()
+            self._after_pump()
+            yield None
+
+    def _pump_task_done(self, _result: object) -> None:
+        self._pump_task = None
+        self._new_slice()
+        if self._runnable():
+            self._pump()
+        else:
+            self._after_pump()
+
+    def _step(self) -> None:
+        """Run the next queued item (a command may go on asynchronously)."""
+        item = self._queue.popleft()
+        self._slice_ran += 1
+        if isinstance(item, ReaderError):
+            self._send((item.tag or b"*") + b" " + item.response + b"\r\n")
+            self._flush()
+            self._count_bad(item.response)
+            return
+        self._busy = True
+        d = defer.maybeDeferred(self._execute, item)
+        d.addBoth(self._command_done)
+
+    def _after_pump(self) -> None:
+        if self._closed:
+            return
+        if self._paused and len(self._queue) <= QUEUE_LOW:
+            self._resume_input()
+        if not self._queue and not self._busy and self._cont_pending and not self._logged_out:
+            self._cont_pending = False
+            self._send(b"+ OK\r\n")
+            self._flush()
+
+    def _count_bad(self, response: bytes) -> None:
+        """Dovecot's bad_counter: 20 BAD replies in a row end the session."""
+        if not response.startswith(b"BAD"):
+            self._bad_count = 0
+            return
+        self._bad_count += 1
+        if self._bad_count >= MAX_BAD_COMMANDS:
+            self._disconnect(b"Too many invalid IMAP commands.", "Too many invalid IMAP commands.")
 
     def _command_done(self, result: object) -> None:
         if isinstance(result, Failure):
-            self.log.failure("Unhandled error in command queue", result, log_prefix=self.prefix)
+            self.log.error("Unhandled error in command queue: {e}", e=_error_line(result),
+                           log_prefix=self.prefix)
         self._busy = False
         self._last_done = time.monotonic()
         self._flush()
-        self._pump()
+        if not self._pumping:  # an asynchronous command: a new reactor turn
+            self._new_slice()
+            self._pump()
 
     def _execute(self, raw: RawCommand) -> defer.Deferred[None] | None:
         try:
@@ -387,7 +697,8 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
                 text = str(err) or type(err).__name__
                 self._finish(tag, b"NO [%s] %s" % (err.code.encode(), text.encode()), name, uid)
             else:
-                self.log.failure("{cmd} failed", f, cmd=shown, log_prefix=self.prefix)
+                self.log.error("{cmd} failed: {e}", cmd=sanitize(shown, 40), e=_error_line(f),
+                               log_prefix=self.prefix)
                 self._finish(tag, SERVERBUG, name, uid)
 
         try:
@@ -400,7 +711,9 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             raw.close()
         if isinstance(result, defer.Deferred):
             result.addCallbacks(ok, failed)
-            result.addErrback(lambda f: self.log.failure("finishing", f, log_prefix=self.prefix))
+            result.addErrback(lambda f: self.log.error("Finishing {cmd} failed: {e}",
+                                                       cmd=sanitize(shown, 40), e=_error_line(f),
+                                                       log_prefix=self.prefix))
             return result
         ok(result)
         return None
@@ -412,12 +725,14 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             try:
                 self._sync(allow_expunge=uid or name not in NO_EXPUNGE)
             except Exception:
-                self.log.failure("sync failed", log_prefix=self.prefix)
+                self.log.error("Sync failed: {e}", e=_error_line(Failure()), log_prefix=self.prefix)
         self._tagged(tag, response)
         self._flush()
 
     def _tagged(self, tag: bytes | None, response: bytes) -> None:
+        """A command's completion (tagged, or ``* BAD`` without a tag)."""
         self._send((tag or b"*") + b" " + response + b"\r\n")
+        self._count_bad(response)
 
     # -- mailbox changes ---------------------------------------------------------
 
@@ -507,9 +822,10 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
                 if parent not in names:
                     virtual[parent] = {"\\Noselect", "\\HasChildren"}
         out = [(name, attrs) for name, attrs in names.items() if regex.match(name)]
+        matched_parents = {n.rsplit("/", k)[0] for n, _a in out for k in range(1, n.count("/") + 1)}
         for name, attrs in virtual.items():
             # A missing parent is shown only where no child of it matched.
-            if regex.match(name) and not any(n.startswith(name + "/") for n, _a in out):
+            if regex.match(name) and name not in matched_parents:
                 out.append((name, attrs))
         return out
 
@@ -693,22 +1009,15 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             unseen = [m.uid for _s, m in targets if "\\Seen" not in m.flags]
             if unseen:
                 changed = set(mbox.store(unseen, ["\\Seen"], "+"))
-        if len(targets) <= FETCH_BATCH:
+        small = len(targets) <= FETCH_SYNC and (
+            fetch.header_only(items)
+            or (all(m.size <= fetch.STREAM_OVER for _s, m in targets)
+                and sum(m.size for _s, m in targets) <= FETCH_SYNC_BYTES))
+        if small:
             missing = self._fetch_range(targets, items, changed)
             return self._fetch_result(missing)
         state = {"missing": 0}
-
-        def work() -> Generator[None, None, None]:
-            for start in range(0, len(targets), FETCH_BATCH):
-                if self._closed:
-                    return
-                state["missing"] += self._fetch_range(
-                    targets[start : start + FETCH_BATCH], items, changed
-                )
-                self._flush()
-                yield None
-
-        d = task.cooperate(work()).whenDone()
+        d = task.cooperate(self._fetch_steps(targets, items, changed, state)).whenDone()
         d.addCallback(lambda _: self._fetch_result(state["missing"]))
         return d
 
@@ -717,24 +1026,152 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             return b"NO [EXPUNGEISSUED] Some messages were expunged."
         return b"OK Fetch completed."
 
+    def _render(self, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
+                changed: set[int], recent: Any, stream: bool = False,
+                loaded: mime.ParsedMessage | None = None) -> list:
+        rest = [i for i in items if not fetch.streamable(i)] if stream else items
+        load = self._load_header if fetch.header_only(rest) else self._load
+
+        def message() -> mime.ParsedMessage:
+            return loaded if loaded is not None else load(info)
+
+        return fetch.render_pieces(
+            seq, info, items, info.uid in recent, message, self.stats,
+            add_flags=info.uid in changed, mailbox=self.mailbox, stream=stream,
+        )
+
+    def _render_steps(self, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
+                      changed: set[int], recent: Any, loaded: mime.ParsedMessage,
+                      pieces: list) -> Generator[None, None, None]:
+        """Render a big message's response an item per step (each of
+        BODYSTRUCTURE, BODY[1], BINARY[1] … may take milliseconds)."""
+        head = b"* %d FETCH (" % seq
+        tail = b")\r\n"
+        unique: list[fetch.FetchItem] = []
+        for item in items:
+            if item.name != "FLAGS" or all(i.name != "FLAGS" for i in unique):
+                unique.append(item)
+        add_flags = info.uid in changed and all(i.name != "FLAGS" for i in unique)
+        for k, item in enumerate(unique):
+            last = k == len(unique) - 1
+            part = fetch.render_pieces(
+                seq, info, [item], info.uid in recent, lambda: loaded, self.stats,
+                add_flags=add_flags and last, mailbox=self.mailbox, stream=True)
+            assert isinstance(part[0], bytes) and isinstance(part[-1], bytes)
+            part[0] = part[0][len(head):] if k else part[0]
+            if k:
+                part[0] = b" " + part[0]
+            if not last:
+                part[-1] = part[-1][: -len(tail)]
+            pieces.extend(p for p in part if not isinstance(p, bytes) or p)
+            yield None
+
+    def _load_steps(self, info: MessageInfo,
+                    out: list[mime.ParsedMessage]) -> Generator[None, None, None]:
+        """:meth:`_load` for a large message, a chunk per cooperator step
+        (normalizing 20 MB at once would hold the reactor for ~200 ms)."""
+        mbox = self._selected()
+        key = (mbox.name, mbox.uidvalidity, info.uid)
+        cached = self.cache.get(key)
+        if cached is None:
+            parts: list[bytes] = []
+            with mbox.message_file(info.uid) as f:
+                for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):
+                    parts.append(chunk)
+                    yield None
+            cached = mime.ParsedMessage(b"".join(parts))
+            del parts
+            self.cache.put(key, cached)
+        out.append(cached)
+
     def _fetch_range(self, targets, items: list[fetch.FetchItem], changed: set[int]) -> int:
         recent = self.recent_view()
         missing = 0
-        load = self._load_header if fetch.header_only(items) else self._load
         for seq, info in targets:
             try:
-                line = fetch.render(
-                    seq, info, items, info.uid in recent,
-                    lambda info=info: load(info), self.stats,
-                    add_flags=info.uid in changed, mailbox=self.mailbox,
-                )
+                pieces = self._render(seq, info, items, changed, recent)
             except ext_fetch.UnknownCTE:
                 raise
             except (OSError, StorageError):
                 missing += 1
                 continue
-            self._send(line)
+            for piece in pieces:
+                self._send(piece)
         return missing
+
+    def _fetch_steps(self, targets, items: list[fetch.FetchItem], changed: set[int],
+                     state: dict[str, int]) -> Generator[Any, None, None]:
+        """A large FETCH for the cooperator: one message (or one chunk of a
+        streamed literal) per step, waiting while the client is not reading."""
+        recent = self.recent_view()
+        for seq, info in targets:
+            if self._closed:
+                return
+            if self.output_blocked:
+                yield self.drained()
+            big = info.size > fetch.STREAM_OVER
+            loaded: list[mime.ParsedMessage] = []
+            try:
+                if big and fetch.needs_body(items):
+                    yield from self._load_steps(info, loaded)
+                    pieces: list = []
+                    yield from self._render_steps(seq, info, items, changed, recent,
+                                                  loaded[0], pieces)
+                else:
+                    pieces = self._render(seq, info, items, changed, recent, stream=big)
+            except (OSError, StorageError):
+                state["missing"] += 1
+                continue
+            for piece in pieces:
+                if isinstance(piece, fetch.StreamedLiteral):
+                    yield from self._stream_literal(piece)
+                elif len(piece) > OUTPUT_CHUNK:
+                    yield from self.send_paced(piece)
+                else:
+                    self._send(piece)
+            self._flush()
+            yield None
+
+    def _stream_literal(self, lit: fetch.StreamedLiteral) -> Generator[Any, None, None]:
+        """Send ``label {n}\\r\\n`` and the literal, read from the message file
+        a chunk per step (the file is read twice: size first, then data)."""
+        mbox = self._selected()
+        key = (mbox.name, mbox.uidvalidity, lit.uid)
+        scan = self._scans.get(key)
+        if scan is None:
+            found: list[fetch.MessageScan] = []
+            with mbox.message_file(lit.uid) as f:
+                yield from fetch.scan_message(f, found)
+            scan = found[0]
+            self._scans[key] = scan
+            while len(self._scans) > 16:
+                self._scans.pop(next(iter(self._scans)))
+        start, end = scan.window(lit)
+        marker = b"~{%d}\r\n" if lit.binary and scan.has_nul else b"{%d}\r\n"
+        self._send(lit.label + b" " + marker % (end - start))
+        self.stats.body_count += 1
+        self.stats.body_bytes += end - start
+        pos = 0
+        sent = 0
+        with mbox.message_file(lit.uid) as f:
+            for chunk in fetch.normalized_chunks(f):
+                if self._closed:
+                    return
+                lo, hi = max(start - pos, 0), min(end - pos, len(chunk))
+                pos += len(chunk)
+                if hi > lo:
+                    if self.output_blocked:
+                        yield self.drained()
+                    self._send(chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk)
+                    self._flush()
+                    sent += hi - lo
+                if pos >= end:
+                    break
+                yield None
+        if sent != end - start:  # the file changed under us: the literal is broken
+            self.log.error("Message UID {uid} changed while it was sent", uid=lit.uid,
+                           log_prefix=self.prefix)
+            self._disconnect(b"Internal error occurred.", "Message changed while sent")
 
     def cmd_store(self, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
         mbox = self._selected()
@@ -831,13 +1268,16 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
         try:
             self._sync()
         except Exception:
-            self.log.failure("IDLE sync failed", log_prefix=self.prefix)
+            self.log.error("IDLE sync failed: {e}", e=_error_line(Failure()),
+                           log_prefix=self.prefix)
         self._flush()
 
     def _idle_tick(self) -> None:
+        self._touch()  # Dovecot: IDLE's keepalive keeps the session from autologout
         self._idle_changed()
-        self._send(b"* OK Still here\r\n")
-        self._flush()
+        if not self.output_blocked:  # Dovecot: not while output is still buffered
+            self._send(b"* OK Still here\r\n")
+            self._flush()
 
     def _stop_idle(self) -> defer.Deferred[bytes] | None:
         d, self._idle = self._idle, None

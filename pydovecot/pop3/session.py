@@ -4,28 +4,48 @@ Built by the mail process on an adopted client connection; it trusts its
 :class:`~pydovecot.session.SessionContext` and storage, and trusts nothing
 the client sends: every line is length-checked and parsed strictly, and
 no exception text ever reaches the client.  INBOX is snapshotted at start
-(the maildrop does not change during a session).  Replies are written
-with one ``transport.write`` each; large RETR/TOP replies are streamed as
-a push producer, and later pipelined commands wait for them.
+(the maildrop does not change during a session).
+
+The session shares its mail process's reactor with many others, so it
+registers a push producer on its transport (buffer capped at
+:data:`OUTPUT_BOUND`): while the client does not read, no further
+command is run and large replies (RETR/TOP of big messages, LIST/UIDL of
+many) wait between chunks; those are streamed as tasks on Twisted's
+global cooperator, a chunk per step.  Pipelined commands run for at most
+:data:`SLICE` seconds per reactor turn; unprocessed input is bounded
+(:data:`MAX_PENDING`, then the socket is not read).  As Dovecot's pop3:
+20 bad commands in a row end the session (``-ERR Too many bad
+commands.``), and an idle one is logged out after ``pop3_autologout``
+(10 minutes).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import BinaryIO
+import time
+from collections.abc import Generator, Iterator
+from typing import Any, BinaryIO
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pydovecot.imap.capability import parse_seconds
+from pydovecot.log import sanitize
 from pydovecot.session import SessionContext
 from pydovecot.storage.interfaces import IMailbox, IMailStorage, MessageInfo
 
 MAX_LINE = 512
 CHUNK = 65536
 STREAM_ABOVE = 256 * 1024  #: replies bigger than this are streamed
+OUTPUT_BOUND = 256 * 1024  #: the transport's buffer above which we stop producing
+LIST_CHUNK = 1000  #: LIST/UIDL lines per step
+SLICE = 0.004  #: seconds of pipelined commands per reactor turn
+MAX_PENDING = 64 * 1024  #: unprocessed input above which the socket is not read
+MAX_BAD_COMMANDS = 20  #: Dovecot's CLIENT_MAX_BAD_COMMANDS
+AUTOLOGOUT = 10 * 60.0  #: Dovecot's CLIENT_IDLE_TIMEOUT_MSECS for pop3
+OUTPUT_TIMEOUT = 5 * 60.0  #: Dovecot's CLIENT_OUTPUT_TIMEOUT_MSECS: output unread this long
 DEFAULT_UIDL_FORMAT = "%08Xu%08Xv"
 CAPABILITIES = ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE", "USER"]
 INTERNAL_ERROR = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more information.\r\n"
@@ -90,46 +110,31 @@ def pop3_lines(f: BinaryIO, body_lines: int | None = None) -> Iterator[bytes]:
 
 
 @implementer(interfaces.IPushProducer)
-class _Streamer:
-    """Writes one multi-line reply in chunks, pausing with the transport."""
+class _Output:
+    """The session's push producer: paused while the transport's buffer is
+    over the bound, resumed when it has drained."""
 
-    def __init__(self, session: POP3Session, head: bytes, chunks: Iterator[bytes], f: BinaryIO):
+    def __init__(self, session: POP3Session):
         self.session = session
-        self.pending = head
-        self.chunks = chunks
-        self.file = f
-        self.paused = False
-        self.finished = False
-
-    def start(self) -> None:
-        self.session.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        transport = self.session.transport
-        while not self.paused and not self.finished:
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                self._finish(self.pending + b".\r\n")
-                return
-            transport.write(self.pending + chunk)
-            self.pending = b""
 
     def pauseProducing(self) -> None:
-        self.paused = True
+        self.session._output_blocked()
+
+    def resumeProducing(self) -> None:
+        self.session._output_resumed()
 
     def stopProducing(self) -> None:
-        self.finished = True
-        self.file.close()
+        self.session._closing = True
+        self.session._output_resumed()
 
-    def _finish(self, tail: bytes) -> None:
-        self.finished = True
-        self.file.close()
-        transport = self.session.transport
-        transport.write(tail)
-        transport.unregisterProducer()
-        self.session._stream_done()
+
+def _error_line(f: Failure) -> str:
+    """An unexpected exception as one bounded log line (no traceback)."""
+    where = ""
+    if f.frames:
+        func, path, line = f.frames[-1][:3]
+        where = f" at {path.rsplit('/', 1)[-1]}:{line} in {func}"
+    return f"{f.type.__name__}: {sanitize(f.getErrorMessage(), 200)}{where}"
 
 
 class POP3Session(protocol.Protocol):
@@ -145,25 +150,52 @@ class POP3Session(protocol.Protocol):
         self.messages: list[MessageInfo] = []
         self.deleted: set[int] = set()  # indexes into messages
         self.retrieved: set[int] = set()
-        self.uidl_format = str(ctx.settings.get("pop3_uidl_format") or DEFAULT_UIDL_FORMAT)
-        self._buf = b""
+        settings = ctx.settings or {}
+        self.uidl_format = str(settings.get("pop3_uidl_format") or DEFAULT_UIDL_FORMAT)
+        self.autologout = parse_seconds(settings.get("pop3_autologout"), AUTOLOGOUT)
+        self.clock: Any = None  # IReactorTime; the global reactor unless set
+        self._buf = bytearray()
         self._skipping = False  # discarding the rest of an over-long line
         self._busy = False  # a streamed reply is in progress
         self._started = False
         self._closing = False
         self._quit = False
+        self._output_paused = False
+        self._reading_paused = False
+        self._waiters: list[defer.Deferred[None]] = []
+        self._processing = False
+        self._later: Any = None  # the cooperator task continuing _process
+        self._slice_end = 0.0
+        self._bad_count = 0
+        self._errored = False  # the current command answered -ERR
+        self._autologout_call: Any = None
+        self._output_call: Any = None
+        self.output_timeout = OUTPUT_TIMEOUT
         self.stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0}
 
     # -- connection ---------------------------------------------------
 
+    def _reactor(self) -> Any:
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = reactor
+        return self.clock
+
     def start(self, pending: bytes = b"") -> None:
         """Greet (``+OK Logged in.``) and process pipelined ``pending``."""
+        transport = self.transport
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = OUTPUT_BOUND
+        if hasattr(transport, "registerProducer") and getattr(transport, "producer", None) is None:
+            transport.registerProducer(_Output(self), True)
         try:
             self.mailbox = self.storage.open("INBOX")
             self.messages = list(self.mailbox.messages)
             format_uidl(self.uidl_format, 1, 1)
         except Exception:
-            self.log.failure("Couldn't open INBOX", log_prefix=self.log_prefix)
+            self.log.error("Couldn't open INBOX: {e}", e=_error_line(Failure()),
+                           log_prefix=self.log_prefix)
             self.transport.write(b"-ERR [SYS/TEMP] Couldn't open INBOX.\r\n")
             self._close()
             return
@@ -173,34 +205,172 @@ class POP3Session(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._buf += data
-        if self._started:
+        if self._started and not self._closing:
+            self._touch()
+            self._slice_end = time.monotonic() + SLICE
             self._process()
 
+    def _write(self, data: bytes) -> None:
+        """A reply; an -ERR for the client's mistake counts as a bad command."""
+        if data.startswith(b"-ERR") and not data.startswith(b"-ERR [SYS/"):
+            self._errored = True
+        self.transport.write(data)
+
     def _process(self) -> None:
-        while not self._busy and not self._closing:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > MAX_LINE:
-                    self._buf = b""
-                    if not self._skipping:
-                        self._skipping = True
-                        self.transport.write(b"-ERR Command too long\r\n")
+        """Run the complete command lines received, for the rest of this
+        reactor turn's slice; then go on as a cooperator task."""
+        if self._processing or self._later is not None:
+            return
+        self._processing = True
+        try:
+            while not self._busy and not self._closing and not self._output_paused:
+                if time.monotonic() > self._slice_end:
+                    self._later = task.cooperate(self._process_later())
+                    self._later.whenDone().addBoth(self._later_done)
+                    return
+                if not self._one_line():
+                    break
+        finally:
+            self._processing = False
+            self._flow_input()
+
+    def _process_later(self) -> Generator[None, None, None]:
+        while not self._busy and not self._closing and not self._output_paused:
+            if not self._one_line():
                 return
-            line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
-            if self._skipping:
-                self._skipping = False
-                continue
-            if len(line) > MAX_LINE:
-                self.transport.write(b"-ERR Command too long\r\n")
-                continue
-            try:
-                self._command(line.rstrip(b"\r"))
-            except Exception:
-                self.log.failure("POP3 command failed", log_prefix=self.log_prefix)
-                self.transport.write(INTERNAL_ERROR)
+            self._flow_input()
+            yield None
+
+    def _later_done(self, _result: object) -> None:
+        self._later = None
+        self._slice_end = time.monotonic() + SLICE
+        self._process()
+
+    def _flow_input(self) -> None:
+        """Stop reading the socket while too much input waits."""
+        if self._closing:
+            return
+        if len(self._buf) > MAX_PENDING and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        elif len(self._buf) <= MAX_PENDING // 4 and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _one_line(self) -> bool:
+        """Handle one line from the buffer; False if no complete line."""
+        buf = self._buf
+        nl = buf.find(b"\n")
+        if nl < 0:
+            if len(buf) > MAX_LINE:
+                buf.clear()
+                if not self._skipping:
+                    self._skipping = True
+                    self._write(b"-ERR Command too long\r\n")
+                    self._count_bad()
+            return False
+        line = bytes(buf[:nl])
+        del buf[: nl + 1]
+        if self._skipping:
+            self._skipping = False
+            return True
+        if len(line) > MAX_LINE:
+            self._write(b"-ERR Command too long\r\n")
+            self._count_bad()
+            return True
+        self._errored = False
+        try:
+            self._command(line.rstrip(b"\r"))
+        except Exception:
+            name = line.split(b" ", 1)[0]
+            self.log.error("POP3 command {cmd} failed: {e}", cmd=sanitize(name, 20),
+                           e=_error_line(Failure()), log_prefix=self.log_prefix)
+            self.transport.write(INTERNAL_ERROR)
+        self._count_bad()
+        return True
+
+    def _count_bad(self) -> None:
+        if not self._errored:
+            self._bad_count = 0
+            return
+        self._errored = False
+        self._bad_count += 1
+        if self._bad_count >= MAX_BAD_COMMANDS and not self._closing:
+            self.transport.write(b"-ERR Too many bad commands.\r\n")
+            self.log.info("Disconnected: Too many bad commands.", log_prefix=self.log_prefix)
+            self._close()
+
+    # -- flow control and timers --------------------------------------
+
+    def _output_blocked(self) -> None:
+        self._output_paused = True
+        if self._closing or self.output_timeout <= 0:
+            return
+        if self._output_call is None or not self._output_call.active():
+            self._output_call = self._reactor().callLater(self.output_timeout,
+                                                          self._output_stuck)
+
+    def _output_stuck(self) -> None:
+        self._output_call = None
+        if not self._closing:
+            self.log.info("Disconnected for inactivity in reading our output",
+                          log_prefix=self.log_prefix)
+            self._close()
+
+    def _output_resumed(self) -> None:
+        self._output_paused = False
+        if self._output_call is not None and self._output_call.active():
+            self._output_call.cancel()
+        self._output_call = None
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+        if self._started and not self._closing:
+            self._touch()  # the client reads our output: it is active (as Dovecot)
+            self._slice_end = time.monotonic() + SLICE
+            self._process()
+
+    def _drained(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._closing or not self._output_paused:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _touch(self) -> None:
+        if self.autologout <= 0 or self._closing:
+            return
+        call = self._autologout_call
+        if call is not None and call.active():
+            call.reset(self.autologout)
+        else:
+            self._autologout_call = self._reactor().callLater(self.autologout, self._inactive)
+
+    def _inactive(self) -> None:
+        self._autologout_call = None
+        if self._closing:
+            return
+        if self._busy:  # Dovecot: the client is not reading our output
+            self.log.info("Disconnected for inactivity in reading our output",
+                          log_prefix=self.log_prefix)
+        else:
+            self.transport.write(b"-ERR Disconnected for inactivity.\r\n")
+            self.log.info("Disconnected for inactivity", log_prefix=self.log_prefix)
+        self._close()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closing = True
+        if self._autologout_call is not None and self._autologout_call.active():
+            self._autologout_call.cancel()
+        self._autologout_call = None
+        self._output_resumed()  # also stops the output timer  # wakes a paused stream, which then stops
+        if self._later is not None:
+            try:
+                self._later.stop()
+            except task.TaskDone:
+                pass
+            self._later = None
         if self.mailbox is not None:
             self.mailbox.close()
         if not self._started:
@@ -216,7 +386,10 @@ class POP3Session(protocol.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        self.transport.loseConnection()
+        if self._output_paused and hasattr(self.transport, "abortConnection"):
+            self.transport.abortConnection()  # a client that does not read: never drains
+        else:
+            self.transport.loseConnection()
 
     # -- commands -----------------------------------------------------
 
@@ -227,37 +400,37 @@ class POP3Session(protocol.Protocol):
         handler = getattr(self, "do_" + name, None) if name.isalpha() else None
         if handler is None:
             shown = name if name.isprintable() else "?"
-            self.transport.write(f"-ERR Unknown command: {shown}\r\n".encode())
+            self._write(f"-ERR Unknown command: {shown}\r\n".encode())
             return
         handler(args.split())
 
     def _msg(self, arg: str) -> int | None:
         """Index for a message-number argument, or None after an -ERR."""
         if not arg.isdigit() or len(arg) > 10:
-            self.transport.write(f"-ERR Invalid message number: {arg[:20]}\r\n".encode())
+            self._write(f"-ERR Invalid message number: {arg[:20]}\r\n".encode())
             return None
         n = int(arg)
         if not 1 <= n <= len(self.messages) or n - 1 in self.deleted:
             msg = "Message is deleted." if n - 1 in self.deleted else f"There's no message {n}."
-            self.transport.write(f"-ERR {msg}\r\n".encode())
+            self._write(f"-ERR {msg}\r\n".encode())
             return None
         return n - 1
 
     def _argc(self, args: list[str], low: int, high: int) -> bool:
         if low <= len(args) <= high:
             return True
-        self.transport.write(b"-ERR Invalid arguments.\r\n")
+        self._write(b"-ERR Invalid arguments.\r\n")
         return False
 
     def do_CAPA(self, args: list[str]) -> None:
-        self.transport.write(("+OK\r\n" + "".join(c + "\r\n" for c in CAPABILITIES) + ".\r\n").encode())
+        self._write(("+OK\r\n" + "".join(c + "\r\n" for c in CAPABILITIES) + ".\r\n").encode())
 
     def do_NOOP(self, args: list[str]) -> None:
-        self.transport.write(b"+OK\r\n")
+        self._write(b"+OK\r\n")
 
     def do_STAT(self, args: list[str]) -> None:
         live = [m for i, m in enumerate(self.messages) if i not in self.deleted]
-        self.transport.write(f"+OK {len(live)} {sum(m.size for m in live)}\r\n".encode())
+        self._write(f"+OK {len(live)} {sum(m.size for m in live)}\r\n".encode())
 
     def do_LIST(self, args: list[str]) -> None:
         if not self._argc(args, 0, 1):
@@ -265,11 +438,11 @@ class POP3Session(protocol.Protocol):
         if args:
             i = self._msg(args[0])
             if i is not None:
-                self.transport.write(f"+OK {i + 1} {self.messages[i].size}\r\n".encode())
+                self._write(f"+OK {i + 1} {self.messages[i].size}\r\n".encode())
             return
-        lines = [f"{i + 1} {m.size}\r\n" for i, m in enumerate(self.messages) if i not in self.deleted]
-        head = f"+OK {len(lines)} messages:\r\n"
-        self.transport.write((head + "".join(lines) + ".\r\n").encode())
+        live = [i for i in range(len(self.messages)) if i not in self.deleted]
+        head = f"+OK {len(live)} messages:\r\n".encode()
+        self._multiline(head, live, lambda i: f"{i + 1} {self.messages[i].size}\r\n")
 
     def _uidl(self, i: int) -> str:
         assert self.mailbox is not None
@@ -281,11 +454,23 @@ class POP3Session(protocol.Protocol):
         if args:
             i = self._msg(args[0])
             if i is not None:
-                self.transport.write(f"+OK {i + 1} {self._uidl(i)}\r\n".encode())
+                self._write(f"+OK {i + 1} {self._uidl(i)}\r\n".encode())
             return
-        lines = [f"{i + 1} {self._uidl(i)}\r\n" for i in range(len(self.messages))
-                 if i not in self.deleted]
-        self.transport.write(("+OK\r\n" + "".join(lines) + ".\r\n").encode())
+        live = [i for i in range(len(self.messages)) if i not in self.deleted]
+        self._multiline(b"+OK\r\n", live, lambda i: f"{i + 1} {self._uidl(i)}\r\n")
+
+    def _multiline(self, head: bytes, items: list[int], line: Any) -> None:
+        """A LIST/UIDL listing: at once when short, else LIST_CHUNK lines
+        per cooperator step under back-pressure."""
+        if len(items) <= LIST_CHUNK:
+            self._write(head + "".join(line(i) for i in items).encode() + b".\r\n")
+            return
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(items), LIST_CHUNK):
+                yield "".join(line(i) for i in items[start : start + LIST_CHUNK]).encode()
+
+        self._stream(head, chunks(), None)
 
     def do_DELE(self, args: list[str]) -> None:
         if not self._argc(args, 1, 1):
@@ -293,11 +478,11 @@ class POP3Session(protocol.Protocol):
         i = self._msg(args[0])
         if i is not None:
             self.deleted.add(i)
-            self.transport.write(b"+OK Marked to be deleted.\r\n")
+            self._write(b"+OK Marked to be deleted.\r\n")
 
     def do_RSET(self, args: list[str]) -> None:
         self.deleted.clear()
-        self.transport.write(b"+OK\r\n")
+        self._write(b"+OK\r\n")
 
     def do_RETR(self, args: list[str]) -> None:
         if not self._argc(args, 1, 1):
@@ -310,7 +495,7 @@ class POP3Session(protocol.Protocol):
         if not self._argc(args, 2, 2):
             return
         if not args[1].isdigit() or len(args[1]) > 10:
-            self.transport.write(b"-ERR Invalid number of lines.\r\n")
+            self._write(b"-ERR Invalid number of lines.\r\n")
             return
         i = self._msg(args[0])
         if i is not None:
@@ -322,9 +507,9 @@ class POP3Session(protocol.Protocol):
         try:
             f = self.mailbox.message_file(msg.uid)
         except Exception:
-            self.log.failure("Couldn't open message UID {uid}", uid=msg.uid,
-                             log_prefix=self.log_prefix)
-            self.transport.write(b"-ERR [SYS/TEMP] Couldn't read the message.\r\n")
+            self.log.error("Couldn't open message UID {uid}: {e}", uid=msg.uid,
+                           e=_error_line(Failure()), log_prefix=self.log_prefix)
+            self._write(b"-ERR [SYS/TEMP] Couldn't read the message.\r\n")
             return
         if body_lines is None:
             self.stats["retr"] += 1
@@ -338,16 +523,45 @@ class POP3Session(protocol.Protocol):
                 data = b"".join(chunks)
             if body_lines is not None:
                 self.stats["top_bytes"] += len(data)
-            self.transport.write(head + data + b".\r\n")
+            self._write(head + data + b".\r\n")
             return
-        self._busy = True
-        self.transport.pauseProducing()
-        _Streamer(self, head, chunks, f).start()
+        self._stream(head, chunks, f, body_lines is not None)
 
-    def _stream_done(self) -> None:
+    def _stream(self, head: bytes, chunks: Iterator[bytes], f: BinaryIO | None,
+                top: bool = False) -> None:
+        """Send a multi-line reply a chunk per cooperator step; later
+        pipelined commands wait for it."""
+        self._busy = True
+        self._write(head)
+
+        def steps() -> Generator[Any, None, None]:
+            try:
+                for chunk in chunks:
+                    if self._closing:
+                        return
+                    if self._output_paused:
+                        yield self._drained()
+                        if self._closing:
+                            return
+                    if top:
+                        self.stats["top_bytes"] += len(chunk)
+                    self.transport.write(chunk)
+                    yield None
+                self.transport.write(b".\r\n")
+            finally:
+                if f is not None:
+                    f.close()
+
+        task.cooperate(steps()).whenDone().addBoth(self._stream_done)
+
+    def _stream_done(self, result: object = None) -> None:
+        if isinstance(result, Failure):
+            self.log.error("Sending a reply failed: {e}", e=_error_line(result),
+                           log_prefix=self.log_prefix)
+            self._close()
         self._busy = False
         if not self._closing:
-            self.transport.resumeProducing()
+            self._slice_end = time.monotonic() + SLICE
             self._process()
 
     def do_QUIT(self, args: list[str]) -> None:
@@ -362,9 +576,10 @@ class POP3Session(protocol.Protocol):
                 self.mailbox.store(dele, ["\\Deleted"], "+")
                 self.mailbox.expunge(dele)
         except Exception:
-            self.log.failure("POP3 UPDATE failed", log_prefix=self.log_prefix)
-            self.transport.write(b"-ERR [SYS/TEMP] Couldn't update the mailbox.\r\n")
+            self.log.error("POP3 UPDATE failed: {e}", e=_error_line(Failure()),
+                           log_prefix=self.log_prefix)
+            self._write(b"-ERR [SYS/TEMP] Couldn't update the mailbox.\r\n")
             self._close()
             return
-        self.transport.write(b"+OK Logging out.\r\n")
+        self._write(b"+OK Logging out.\r\n")
         self._close()
