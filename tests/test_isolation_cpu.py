@@ -77,8 +77,10 @@ class CpuIsolationTests(SynchronousTestCase):
             with open(os.path.join(path, "cur", name), "wb") as f:
                 f.write(data)
         if IS_ROOT:
-            home = os.path.join(self.master.dir, "home", user)
-            for top, dirs, files in os.walk(home):
+            # The homes' root too, as an admin prepares /var/vmail: the other
+            # user's home is made in it by the mail process, as that uid.
+            homes = os.path.join(self.master.dir, "home")
+            for top, dirs, files in os.walk(homes):
                 for name in [top, *(os.path.join(top, n) for n in dirs + files)]:
                     os.chown(name, self.mail_uid, self.mail_gid)
 

@@ -213,7 +213,7 @@ def prepare_fetch(session: Any, targets: list[tuple[int, MessageInfo]],
     is called with the returned keys); None when nothing needs it."""
     from pydovecot.imap import fetch  # fetch imports this module
 
-    if fetch.header_only(items) or not any(i.needs_message() for i in items):
+    if not fetch.needs_body(items):  # streamed literals need no parse
         return None
     mbox = session.mailbox
     cache = session.cache
@@ -236,15 +236,18 @@ def prepare_fetch(session: Any, targets: list[tuple[int, MessageInfo]],
         for info in big:
             if getattr(session, "_closed", False) or session.mailbox is not mbox:
                 return
+            parts: list[bytes] = []
             try:
                 with mbox.message_file(info.uid) as f:
-                    data = f.read()
+                    # read and normalized a chunk per step (20 MB at once
+                    # would hold the reactor for ~200 ms)
+                    for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):
+                        parts.append(chunk)
+                        yield None
             except (OSError, StorageError):
                 continue  # FETCH reports it
-            yield None
-            data = mime.normalize_crlf(data)
-            yield None
-            msg = mime.ParsedMessage(data)
+            msg = mime.ParsedMessage(b"".join(parts))
+            del parts
             yield from msg.prepare_steps()
             key = (mbox.name, mbox.uidvalidity, info.uid)
             cache.pin(key, msg)
