@@ -17,6 +17,20 @@ class Options(usage.Options):
         ["config", "c", None, "Config file in Dovecot's syntax (default: the embedded one)"],
     ]
 
+    def __init__(self):
+        super().__init__()
+        self["listen-fd"] = {}
+
+    def opt_listen_fd(self, value: str) -> None:
+        """NAME=FD: serve inet_listener NAME on the inherited listening
+        socket FD (bound where the config says) instead of binding it;
+        repeatable.  Lets a supervisor (or the test suite) bind port 0 and
+        hand the socket over, so nothing can take the port in between."""
+        name, sep, fd = value.partition("=")
+        if not sep or not name or not fd.isdigit():
+            raise usage.UsageError(f"--listen-fd {value}: expected NAME=FD")
+        self["listen-fd"][name] = int(fd)
+
 
 @implementer(IServiceMaker, IPlugin)
 class PydovecotServiceMaker:
@@ -29,9 +43,12 @@ class PydovecotServiceMaker:
         from pydovecot.master.service import MasterService
 
         try:
-            return MasterService(options["config"])
+            return MasterService(options["config"], options["listen-fd"])
         except ConfigError as e:
-            raise SystemExit(f"pydovecot: Fatal: {e}") from None
+            import sys
+
+            print(f"pydovecot: Fatal: {e}", file=sys.stderr)
+            raise SystemExit(89) from None
 
 
 serviceMaker = PydovecotServiceMaker()
