@@ -162,10 +162,17 @@ def _single(protocol):
 
 
 class SupervisedChild:
-    """Keeps one child of a role alive: restart with back-off, stop cleanly."""
+    """Keeps one child of a role alive: restart with back-off, stop cleanly.
+
+    As Dovecot's master throttles a service whose processes keep dying at
+    start, the restart delay doubles while children die within
+    ``STABLE_AFTER`` seconds of their spawn; a child that ran longer than
+    that was working, and its successor starts at once (``MIN_DELAY``).
+    """
 
     MIN_DELAY = 0.1
     MAX_DELAY = 60.0
+    STABLE_AFTER = 3.0
 
     def __init__(self, role: str, make_child: Callable[[], Child]):
         self.role = role
@@ -199,12 +206,15 @@ class SupervisedChild:
         if self.stopping:
             return
         lived = time.monotonic() - child.started_at
-        if lived > 30:
+        if lived >= self.STABLE_AFTER:
             self.delay = self.MIN_DELAY
         self._schedule()
         self.delay = min(self.delay * 2, self.MAX_DELAY)
 
     def _schedule(self) -> None:
+        if self.delay >= 1:
+            log.error("service({role}): command startup failed, throttling for {delay:.1f}s",
+                      role=self.role, delay=self.delay, log_prefix="master")
         log.info("service({role}): restarting in {delay:.1f}s", role=self.role,
                  delay=self.delay, log_prefix="master")
         self._restart_call = reactor.callLater(self.delay, self._spawn)

@@ -1,0 +1,397 @@
+"""The master under attack and accident (issue 7), through a real master.
+
+- Listeners handed in (``--listen-fd``): no free-port race, reload keeps
+  them, a reload whose new listener cannot bind is refused and logged.
+- No orphans: SIGKILL the master and every child (authd included) exits;
+  a new master on the same base_dir takes over and serves logins.
+- Restart back-off resets once a child has run for a while.
+- anvil: ``mail_max_userip_connections`` per (user, IP, protocol);
+  ``process_limit`` of the login services; the mail pool's limits.
+- Config errors: one ``Fatal: FILE:LINE: message`` line, exit non-zero,
+  never a traceback; on SIGHUP an error line and the old config goes on.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+import signal
+import socket
+import subprocess
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.harness import Master, User, ensure_system_user, listening_socket, title
+
+IS_ROOT = os.geteuid() == 0
+
+
+def _accounts() -> dict:
+    if not IS_ROOT:
+        return {}
+    ensure_system_user("pydovecot-null")
+    ensure_system_user("pydovecot")
+    ensure_system_user("pdvmail")
+    return dict(login_user="pydovecot-null", internal_user="pydovecot", mail_uid="pdvmail")
+
+
+def alive(pid: int) -> bool:
+    """Whether pid is a live (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    """Poll predicate; the seconds it took (AssertionError after timeout)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+class MasterCase(SynchronousTestCase):
+    users = [User("alice", "secret"), User("bob", "secret")]
+    extra = ""
+
+    def make_master(self, extra: str | None = None, **kwargs) -> Master:
+        master = Master(users=list(self.users), extra_config=self.extra if extra is None
+                        else extra, **_accounts(), **kwargs)
+        self.addCleanup(master.cleanup)
+        return master
+
+    def imap_login(self, master: Master, user: str = "alice") -> imaplib.IMAP4:
+        client = imaplib.IMAP4("127.0.0.1", master.ports["imap"], timeout=20)
+        client.login(user, "secret")
+        return client
+
+
+class ListenerTests(MasterCase):
+    def test_master_serves_the_sockets_it_is_handed(self) -> None:
+        master = self.make_master()
+        argv, fds = master.command()
+        self.assertTrue(any(a.startswith("--listen-fd=imap=") for a in argv))
+        master.start()
+        # The harness still holds the very socket the master listens on: the
+        # master could not have bound that port itself.
+        self.imap_login(master).logout()
+        pid = master.children("pydovecot/imap-login")[0]
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        ours = f"socket:[{os.fstat(master.sockets['imap'].fileno()).st_ino}]"
+        self.assertIn(ours, inodes)
+
+    def test_reload_adds_a_handed_in_listener_and_refuses_one_it_cannot_bind(self) -> None:
+        master = self.make_master()
+        master.sockets["imap2"] = listening_socket()
+        second = master.sockets["imap2"].getsockname()[1]
+        master.start()
+        session = self.imap_login(master)  # open across both reloads
+
+        # A listener whose port another process holds: refused, logged, and
+        # the old config goes on serving.
+        blocker = socket.socket()
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        base = master.extra_config
+        master.extra_config = base + (
+            "service imap-login {\n  inet_listener imap3 {\n"
+            f"    port = {blocker.getsockname()[1]}\n  }}\n}}\n")
+        master.write_config()
+        os.kill(master.process.pid, signal.SIGHUP)
+        master.wait_for(lambda: "SIGHUP: config not reloaded" in master.log(), 15, "refusal")
+        self.assertRegex(master.log(), r"master: Error: SIGHUP: config not reloaded: "
+                                       r"cannot listen on 127\.0\.0\.1:\d+: Address already")
+        self.assertNotIn("Traceback", master.log())
+        self.imap_login(master).logout()
+
+        master.extra_config = base + (
+            "service imap-login {\n  inet_listener imap2 {\n"
+            f"    port = {second}\n  }}\n}}\n")
+        master.write_config()
+        os.kill(master.process.pid, signal.SIGHUP)
+        master.wait_for(lambda: "reloading configuration" in master.log(), 15, "reload")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = imaplib.IMAP4("127.0.0.1", second, timeout=10)
+                client.login("alice", "secret")
+                break
+            except (OSError, imaplib.IMAP4.error):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        client.logout()
+        self.imap_login(master).logout()  # the first listener was kept
+        self.assertEqual(session.noop()[0], "OK")
+        session.logout()
+
+
+class OrphanTests(MasterCase):
+    def test_sigkilled_master_leaves_no_children_and_a_new_one_takes_over(self) -> None:
+        master = self.make_master()
+        master.start()
+        session = self.imap_login(master)
+        pop = poplib.POP3("127.0.0.1", master.ports["pop3"], timeout=20)
+        pop.user("bob")
+        pop.pass_("secret")
+        master.wait_for(lambda: len(master.children("pydovecot/mail")) >= 2, 20, "spare")
+        children = {pid: title(pid) for pid in master.descendants()}
+        roles = {t.split()[0] for t in children.values()}
+        for role in ("pydovecot/auth", "pydovecot/imap-login", "pydovecot/pop3-login",
+                     "pydovecot/lmtp", "pydovecot/mail"):
+            self.assertIn(role, roles, children)
+        self.addCleanup(_kill_all, list(children))
+
+        os.kill(master.process.pid, signal.SIGKILL)
+        master.process.wait()
+        took = wait_until(lambda: not any(alive(p) for p in children), 15,
+                          f"children to exit: {[(p, t) for p, t in children.items() if alive(p)]}")
+        self.assertLess(took, 10)
+        session.sock.close()
+        pop.sock.close()
+
+        # A new master on the same config and base_dir: stale socket files
+        # are replaced, and logins work.
+        master.start()
+        self.imap_login(master).logout()
+        self.assertEqual(len(master.children("pydovecot/auth")), 1)
+
+
+class BackoffTests(MasterCase):
+    def test_restart_delay_resets_after_a_child_ran_for_a_while(self) -> None:
+        master = self.make_master()
+        master.start()
+        from pydovecot.master.children import SupervisedChild
+
+        for role in ("auth", "imap-login"):
+            delays = []
+            for _ in range(4):
+                old = master.children(f"pydovecot/{role}")
+                self.assertEqual(len(old), 1, old)
+                # Let the child count as having run fine.
+                time.sleep(SupervisedChild.STABLE_AFTER + 0.5)
+                before = len(master.log())
+                os.kill(old[0], signal.SIGKILL)
+                took = wait_until(lambda o=old, r=role: (master.children(f"pydovecot/{r}") not in
+                                                 ([], o)), 15, f"a new {role}")
+                delays.append(took)
+                master.wait_for(lambda b=before: "restarting in" in master.log()[b:], 10,
+                                "restart line")
+                logged = re.findall(rf"service\({role}\): restarting in ([\d.]+)s",
+                                    master.log()[before:])
+                self.assertEqual(logged, ["0.1"], master.log()[before:])
+            self.assertLess(max(delays), 5, delays)
+            self.assertNotIn(f"service({role}): command startup failed", master.log())
+        self.imap_login(master).logout()
+
+
+class LimitTests(MasterCase):
+    extra = "protocol imap {\n  mail_max_userip_connections = 2\n}\n"
+
+    def over_the_limit(self, master: Master) -> list[bytes]:
+        """LOGIN one session too many; every line the server sends until EOF."""
+        sock = socket.create_connection(("127.0.0.1", master.ports["imap"]), 20)
+        self.addCleanup(sock.close)
+        sock.settimeout(20)
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(4096)
+        sock.sendall(b"a LOGIN alice secret\r\n")
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n")[1:]
+
+    def test_mail_max_userip_connections(self) -> None:
+        master = self.make_master()
+        master.start()
+        first, second = self.imap_login(master), self.imap_login(master)
+        lines = self.over_the_limit(master)
+        self.assertFalse(any(line.startswith(b"a OK") for line in lines), lines)
+        master.wait_for(lambda: "Maximum number of connections from user+IP exceeded "
+                        "(mail_max_userip_connections=2)" in master.log(), 10, "the log line")
+        self.assertRegex(master.log(), r"user=<alice>, rip=127\.0\.0\.1")
+        # Per user: bob is not alice.  Per protocol: POP3 has the global 10.
+        self.imap_login(master, "bob").logout()
+        pop = poplib.POP3("127.0.0.1", master.ports["pop3"], timeout=20)
+        pop.user("alice")
+        pop.pass_("secret")
+        pop.quit()
+        # A session that ends frees its slot.
+        first.logout()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                third = self.imap_login(master)
+                break
+            except imaplib.IMAP4.error:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        third.logout()
+        second.logout()
+        self.assertNotIn("Traceback", master.log())
+
+    def test_over_the_limit_is_bye_limit(self) -> None:
+        # Needs the login process's side (helper "login"): the HandOff's
+        # LIMIT error becomes Dovecot's BYE.
+        master = self.make_master()
+        master.start()
+        sessions = [self.imap_login(master), self.imap_login(master)]
+        lines = self.over_the_limit(master)
+        self.assertIn(b"* BYE [LIMIT] Maximum number of connections from user+IP exceeded "
+                      b"(mail_max_userip_connections=2)", lines)
+        for s in sessions:
+            s.logout()
+
+    def test_login_process_limit_caps_process_min_avail(self) -> None:
+        master = self.make_master(extra="service imap-login {\n  process_min_avail = 3\n"
+                                        "  process_limit = 2\n}\n"
+                                        "service pop3-login {\n  process_min_avail = 2\n}\n")
+        master.start()
+        master.wait_for(lambda: len(master.children("pydovecot/pop3-login")) == 2, 20,
+                        "two pop3-login processes")
+        time.sleep(1)  # none beyond the limit comes late
+        self.assertEqual(len(master.children("pydovecot/imap-login")), 2)
+        self.imap_login(master).logout()
+
+    def test_mail_pool_client_limit_and_process_limit(self) -> None:
+        # Every user maps to one uid; two sessions per process, one process.
+        master = self.make_master(extra="service imap {\n  client_limit = 2\n"
+                                        "  process_limit = 1\n}\n")
+        master.start()
+        a, b = self.imap_login(master, "alice"), self.imap_login(master, "bob")
+        self.assertEqual(_mpids(master), {_mpid(master, "alice"), _mpid(master, "bob")})
+        self.assertEqual(len(_mpids(master)), 1)
+        with self.assertRaises(imaplib.IMAP4.error) as cm:
+            self.imap_login(master, "alice")
+        self.assertIn(b"UNAVAILABLE", str(cm.exception).encode())
+        master.wait_for(lambda: "process_limit (1) reached" in master.log(), 10, "log")
+        a.logout()
+        deadline = time.monotonic() + 15
+        while True:  # the slot frees once the mail process reports the end
+            try:
+                c = self.imap_login(master, "alice")
+                break
+            except imaplib.IMAP4.error:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        c.logout()
+        b.logout()
+
+
+def _mpid(master: Master, user: str) -> str:
+    found = re.findall(rf"Login: user=<{user}>.*?mpid=(\d+)", master.log())
+    return found[-1]
+
+
+def _mpids(master: Master) -> set[str]:
+    return set(re.findall(r"Login: user=<\w+>.*?mpid=(\d+)", master.log()))
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            if alive(pid) and title(pid).startswith("pydovecot/"):
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class ConfigErrorTests(MasterCase):
+    BAD = {
+        "port_from_missing_file": (
+            "service imap-login {\n  inet_listener imap {\n    port = </nonexistent/port\n"
+            "  }\n}\n", r"port: can't read /nonexistent/port: No such file"),
+        "port_from_file_not_a_number": (
+            "service imap-login {\n  inet_listener imap {\n    port = <{dir}/word\n"
+            "  }\n}\n", r"port: invalid port 'hello'"),
+        "process_limit_from_file": (
+            "service imap {\n  process_limit = <{dir}/word\n}\n", r"process_limit: invalid"),
+        "missing_ssl_cert": (
+            "ssl_cert = </nonexistent/cert.pem\n", r"ssl_cert: can't read /nonexistent/cert"),
+        "bad_number": ("mail_max_userip_connections = lots\n",
+                       r"mail_max_userip_connections: invalid number 'lots'"),
+    }
+
+    def run_master(self, master: Master) -> tuple[int, str]:
+        argv, fds = master.command()
+        result = subprocess.run(argv, cwd=master.dir, capture_output=True, text=True,
+                                timeout=60, pass_fds=fds,
+                                env=dict(os.environ, PYTHONPATH=os.path.dirname(
+                                    os.path.dirname(os.path.abspath(__file__)))))
+        return result.returncode, result.stdout + result.stderr
+
+    def test_config_errors_are_one_fatal_line(self) -> None:
+        for name, (extra, message) in self.BAD.items():
+            master = self.make_master(extra="")
+            with open(os.path.join(master.dir, "word"), "w") as f:
+                f.write("hello\n")
+            master.extra_config = extra.replace("{dir}", master.dir)
+            master.write_config()
+            bad = next(x for x in master.extra_config.split("\n") if "<" in x or "lots" in x)
+            line = _line_of(master.config_path, bad)
+            code, output = self.run_master(master)
+            self.assertNotEqual(code, 0, f"{name}: {output}")
+            self.assertNotIn("Traceback", output, name)
+            fatal = [x for x in output.splitlines() if "Fatal:" in x]
+            self.assertEqual(len(fatal), 1, f"{name}: {output}")
+            self.assertRegex(fatal[0], rf"Fatal: {re.escape(master.config_path)}:{line}: "
+                                       rf"{message}", name)
+
+    def test_start_errors_after_parsing_are_one_fatal_line(self) -> None:
+        blocker = socket.socket()
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        master = self.make_master(extra=f"service lmtp {{\n  inet_listener lmtp2 {{\n"
+                                        f"    port = {port}\n  }}\n}}\n")
+        code, output = self.run_master(master)
+        self.assertEqual(code, 89, output)
+        self.assertNotIn("Traceback", output)
+        fatal = [x for x in output.splitlines() if "Fatal:" in x]
+        self.assertEqual(len(fatal), 1, output)
+        self.assertRegex(fatal[0], rf"Fatal: cannot listen on 127\.0\.0\.1:{port}: "
+                                   "Address already in use")
+        self.assertIn(f"master: Fatal: cannot listen on 127.0.0.1:{port}", master.log())
+        # Nothing was left running, and the auth sockets were removed.
+        self.assertEqual(master.descendants(), [])
+        self.assertFalse(os.path.exists(os.path.join(master.dir, "run", "auth-login")))
+
+    def test_bad_config_on_sighup_is_an_error_line_and_the_old_one_goes_on(self) -> None:
+        master = self.make_master()
+        master.start()
+        for extra in ("service imap {\n  process_limit = </nonexistent/limit\n}\n",
+                      "no_such_setting = 1\n", "ssl_key = </nonexistent/key\n"):
+            before = len(master.log())
+            master.extra_config = extra
+            master.write_config()
+            os.kill(master.process.pid, signal.SIGHUP)
+            master.wait_for(lambda b=before: "SIGHUP: config not reloaded" in master.log()[b:],
+                            15, "the error line")
+            new = master.log()[before:]
+            self.assertRegex(new, rf"master: Error: SIGHUP: config not reloaded: "
+                                  rf"{re.escape(master.config_path)}:\d+: ")
+            self.assertNotIn("Traceback", new)
+            self.assertNotIn("reloading configuration", new)
+            self.imap_login(master).logout()
+
+
+def _line_of(path: str, text: str) -> int:
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.rstrip("\n") == text:
+                return n
+    raise AssertionError(f"{text!r} not in {path}")
