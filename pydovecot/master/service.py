@@ -388,8 +388,9 @@ class MasterService(Service):
         key = (user, remote_ip, service)
         limit = self.config.get_int("mail_max_userip_connections", service)
         if limit and self.userip.get(key, 0) >= limit:
-            log.info("{service}-login: Maximum number of connections from user+IP exceeded "
-                     "(mail_max_userip_connections={limit}): user=<{user}>, rip={ip}",
+            log.info("Maximum number of connections from user+IP exceeded "
+                     "(mail_max_userip_connections={limit}): user=<{user}>, "
+                     "service={service}, rip={ip}",
                      service=service, limit=limit, user=sanitize(user), ip=remote_ip,
                      log_prefix="master")
             raise LimitExceeded("Maximum number of connections from user+IP exceeded "
