@@ -79,12 +79,32 @@ class LineClient:
         self.sock.close()
 
 
+#: Ports free_port() picks from: below Linux's ephemeral range (32768-60999),
+#: so neither an outgoing connect() nor another test's bind(port 0) takes
+#: one of them between our check and the server's bind.
+FREE_PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port that was free a moment ago.  Racy: only for servers that
-    cannot take an inherited socket; retry their start on EADDRINUSE."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free now, for a server that cannot
+    take an inherited socket (slapd, Postfix, Dovecot).  Our own master gets
+    its listeners handed in instead (:func:`listening_socket`)."""
+    import random
+
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(*FREE_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port")
 
 
 def listening_socket() -> socket.socket:
