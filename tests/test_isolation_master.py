@@ -245,6 +245,66 @@ class BackoffUnitTests(SynchronousTestCase):
         self.assertAlmostEqual(clock.getDelayedCalls()[0].getTime() - clock.seconds(), 0.1)
 
 
+class AnvilUnitTests(SynchronousTestCase):
+    """The master's per (user, IP, protocol) counts, without processes."""
+
+    def make(self, limit: int = 2):
+        from pydovecot.master.service import MasterService
+
+        class Config:
+            def get_int(self, key, protocol=None):
+                assert key == "mail_max_userip_connections"
+                return limit
+
+        class Pool:
+            sessions = 0
+
+            def session_started(self, process):
+                self.sessions += 1
+
+            def session_ended(self, pid):
+                self.sessions -= 1
+
+        class Process:
+            pid = 7
+
+        master = MasterService.__new__(MasterService)
+        master.config, master.pool = Config(), Pool()
+        master.userip, master.session_keys, master.ended_early = {}, {}, set()
+        return master, Process()
+
+    def test_limit_early_end_repeated_ids_and_a_dead_process(self) -> None:
+        from pydovecot.master.protocol import LimitExceeded
+
+        master, process = self.make()
+        key = master.anvil_connect("alice", "10.0.0.1", "imap")
+        master.session_started(process, key, "s1")
+        key = master.anvil_connect("alice", "10.0.0.1", "imap")
+        master.session_started(process, key, "s1")  # a login process repeats an id
+        with self.assertRaises(LimitExceeded) as cm:
+            master.anvil_connect("alice", "10.0.0.1", "imap")
+        self.assertEqual(str(cm.exception), "Maximum number of connections from user+IP "
+                                            "exceeded (mail_max_userip_connections=2)")
+        master.anvil_connect("alice", "10.0.0.1", "pop3")  # another protocol
+        master.anvil_connect("alice", "10.0.0.2", "imap")  # another IP
+        master.session_ended(process.pid, "s1")
+        master.session_ended(process.pid, "s1")
+        self.assertNotIn(("alice", "10.0.0.1", "imap"), master.userip)
+        self.assertEqual(master.pool.sessions, 0)
+        # The end arrives before the NewClient answer: never counted.
+        master.session_ended(process.pid, "s2")
+        master.session_started(process, master.anvil_connect("bob", "::1", "imap"), "s2")
+        self.assertNotIn(("bob", "::1", "imap"), master.userip)
+        self.assertEqual(master.pool.sessions, 0)
+        # A mail process that dies takes its sessions' counts with it.
+        for n in range(2):
+            master.session_started(process, master.anvil_connect("carol", "::1", "imap"),
+                                   f"c{n}")
+        master.anvil_process_gone(process.pid)
+        self.assertNotIn(("carol", "::1", "imap"), master.userip)
+        self.assertEqual(master.session_keys, {})
+
+
 class LimitTests(MasterCase):
     extra = "protocol imap {\n  mail_max_userip_connections = 2\n}\n"
 
@@ -272,7 +332,7 @@ class LimitTests(MasterCase):
         self.assertFalse(any(line.startswith(b"a OK") for line in lines), lines)
         master.wait_for(lambda: "Maximum number of connections from user+IP exceeded "
                         "(mail_max_userip_connections=2)" in master.log(), 10, "the log line")
-        self.assertRegex(master.log(), r"user=<alice>, rip=127\.0\.0\.1")
+        self.assertRegex(master.log(), r"user=<alice>, service=imap, rip=127\.0\.0\.1")
         # Per user: bob is not alice.  Per protocol: POP3 has the global 10.
         self.imap_login(master, "bob").logout()
         pop = poplib.POP3("127.0.0.1", master.ports["pop3"], timeout=20)

@@ -121,8 +121,7 @@ class MailLocator(ChannelLocator):
 
     @SessionEnded.responder
     def session_ended(self, session):
-        self.master.pool.session_ended(self.child.pid)
-        self.master.anvil_disconnect(self.child.pid, session)
+        self.master.session_ended(self.child.pid, session)
         return {}
 
 
@@ -144,8 +143,12 @@ class MasterService(Service):
         #: anvil: open sessions per (user, remote IP, protocol), and each
         #: session's key by session id.
         self.userip: dict[tuple[str, str, str], int] = {}
-        self.session_keys: dict[str, tuple[str, str, str]] = {}
-        self.mail_sessions: dict[int, set[str]] = {}
+        #: (mail pid, session id) -> anvil keys; a list, as a session id
+        #: comes from a login process and may repeat.
+        self.session_keys: dict[tuple[int, str], list[tuple[str, str, str]]] = {}
+        #: Sessions whose end a mail process reported before its NewClient
+        #: answer reached us (a client that left at once).
+        self.ended_early: set[tuple[int, str]] = set()
         self.auth_sockets: dict[str, socket.socket] = {}
         self.pool: MailProcessPool | None = None
         self.auth: AuthMasterClient | None = None
@@ -398,9 +401,28 @@ class MasterService(Service):
         self.userip[key] = self.userip.get(key, 0) + 1
         return key
 
-    def anvil_started(self, key: tuple[str, str, str], pid: int, session: str) -> None:
-        self.session_keys[session] = key
-        self.mail_sessions.setdefault(pid, set()).add(session)
+    def session_started(self, process, key: tuple[str, str, str], session: str) -> None:
+        """A mail process took a session: count it in the pool and anvil."""
+        ident = (process.pid, session)
+        if ident in self.ended_early:
+            self.ended_early.discard(ident)
+            self.anvil_release(key)
+            return
+        self.pool.session_started(process)
+        self.session_keys.setdefault(ident, []).append(key)
+
+    def session_ended(self, pid: int, session: str) -> None:
+        ident = (pid, session)
+        keys = self.session_keys.get(ident)
+        if not keys:
+            if len(self.ended_early) < 10000:
+                self.ended_early.add(ident)
+            return
+        key = keys.pop()
+        if not keys:
+            del self.session_keys[ident]
+        self.pool.session_ended(pid)
+        self.anvil_release(key)
 
     def anvil_release(self, key: tuple[str, str, str]) -> None:
         count = self.userip.get(key, 0) - 1
@@ -409,18 +431,12 @@ class MasterService(Service):
         else:
             self.userip.pop(key, None)
 
-    def anvil_disconnect(self, pid: int, session: str) -> None:
-        key = self.session_keys.pop(session, None)
-        if key is not None:
-            self.mail_sessions.get(pid, set()).discard(session)
-            self.anvil_release(key)
-
     def anvil_process_gone(self, pid: int) -> None:
         """A mail process ended: its sessions ended with it."""
-        for session in self.mail_sessions.pop(pid, set()):
-            key = self.session_keys.pop(session, None)
-            if key is not None:
+        for ident in [i for i in self.session_keys if i[0] == pid]:
+            for key in self.session_keys.pop(ident):
                 self.anvil_release(key)
+        self.ended_early = {i for i in self.ended_early if i[0] != pid}
 
     # -- logins and deliveries ---------------------------------------------
 
@@ -487,8 +503,7 @@ class MasterService(Service):
                 log.error("{service}({user}): cannot start session: {e}", service=service,
                           user=sanitize(user), e=e, log_prefix="master")
                 raise RuntimeError(str(e)) from None
-            self.pool.session_started(process)
-            self.anvil_started(anvil_key, process.pid, session)
+            self.session_started(process, anvil_key, session)
             return {"mpid": process.pid, "user": user}
         finally:
             os.close(fd)
