@@ -1,7 +1,15 @@
 """The ``pydovecot`` twistd plugin: ``twistd -n pydovecot [-c FILE]``.
 
 Builds the master service from the config file (or the embedded default).
-A bad config stops the start with FILE:LINE and a message.
+A bad config stops the start with one line, ``pydovecot: Fatal: FILE:LINE:
+message``, and exit code 89.
+
+``--listen-fd NAME=FD`` (repeatable; pydovecot's own, Dovecot has none) hands
+the master an already listening TCP socket for ``inet_listener NAME``: the
+master serves it instead of binding, as long as it is bound to the address
+and port the config names (otherwise the master binds as usual).  The test
+suite binds port 0 and passes the socket, so no port is ever chosen, closed
+and then lost to another process before the master binds it.
 """
 
 from __future__ import annotations
