@@ -483,6 +483,18 @@ class ConfigErrorTests(MasterCase):
         self.assertEqual(master.descendants(), [])
         self.assertFalse(os.path.exists(os.path.join(master.dir, "run", "auth-login")))
 
+    def test_missing_system_user_is_one_fatal_line(self) -> None:
+        if not IS_ROOT:
+            self.skipTest("users are checked only as root")
+        master = self.make_master(extra="default_internal_user = pdv-no-such-user\n")
+        code, output = self.run_master(master)
+        self.assertEqual(code, 89, output)
+        self.assertNotIn("Traceback", output)
+        line = _line_of(master.config_path, "default_internal_user = pdv-no-such-user")
+        self.assertRegex(output, rf"pydovecot: Fatal: {re.escape(master.config_path)}:{line}: "
+                                 r"default_internal_user: system user 'pdv-no-such-user' "
+                                 r"does not exist; create it with: useradd")
+
     def test_bad_config_on_sighup_is_an_error_line_and_the_old_one_goes_on(self) -> None:
         master = self.make_master()
         master.start()

@@ -224,7 +224,11 @@ class MasterService(Service):
                      uid=os.getuid(), log_prefix="master")
             return
         for setting in ("default_login_user", "default_internal_user"):
-            privileges.lookup_user(self.config.get(setting))  # KeyError explains the fix
+            try:
+                privileges.lookup_user(self.config.get(setting))
+            except KeyError as e:  # it explains the fix
+                where = self.config.origins.get(setting, self.config.path)
+                raise ConfigError(f"{where}: {setting}: {e.args[0]}") from None
 
     def _open_listeners(self, keep: dict[tuple, socket.socket] | None = None
                         ) -> dict[tuple, socket.socket]:
