@@ -31,7 +31,7 @@ from pydovecot import privileges
 from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand
-from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
+from pydovecot.log import DovecotLineObserver, QuietTwisted
 from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
@@ -132,7 +132,6 @@ class MasterService(Service):
                  listen_fds: dict[str, int] | None = None):
         self.config_path = config_path
         self.config = load_config(config_path)  # errors stop the start here
-        self.config.check_files()
         self.supervised: dict[str, list[SupervisedChild]] = {}
         self.listeners: dict[str, list[tuple[str, socket.socket, bool]]] = {}
         #: Every bound inet/unix listener, keyed by what it was opened for,
@@ -149,6 +148,7 @@ class MasterService(Service):
         #: Sessions whose end a mail process reported before its NewClient
         #: answer reached us (a client that left at once).
         self.ended_early: set[tuple[int, str]] = set()
+        self.config.check_files()  # a `key = <file` that can't be read
         self.auth_sockets: dict[str, socket.socket] = {}
         self.pool: MailProcessPool | None = None
         self.auth: AuthMasterClient | None = None
@@ -392,6 +392,8 @@ class MasterService(Service):
     def anvil_connect(self, user: str, remote_ip: str, service: str) -> tuple[str, str, str]:
         """Count one more session for (user, IP, protocol), or raise
         LimitExceeded as Dovecot's anvil does (the limit is per protocol)."""
+        from pydovecot.log import sanitize
+
         key = (user, remote_ip, service)
         limit = self.config.get_int("mail_max_userip_connections", service)
         if limit and self.userip.get(key, 0) >= limit:
@@ -505,7 +507,7 @@ class MasterService(Service):
             except Exception as e:
                 self.anvil_release(anvil_key)
                 log.error("{service}({user}): cannot start session: {e}", service=service,
-                          user=sanitize(user), e=e, log_prefix="master")
+                          user=user, e=e, log_prefix="master")
                 raise RuntimeError(str(e)) from None
             self.session_started(process, anvil_key, session)
             return {"mpid": process.pid, "user": user}
