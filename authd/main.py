@@ -98,26 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             # Keeps the master's mode and leaves the socket file in place.
             adopt_listener(fd, factories[name])
-        _watch_master()
     else:
         listen_standalone(reactor, settings, factories)
     reactor.run()
     return 0
-
-
-def _watch_master() -> None:
-    """Under the master (fd 3 is its channel): exit when the master goes,
-    so a killed master leaves no authd holding the sockets."""
-    import stat
-
-    from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, stop_process
-
-    try:
-        if not stat.S_ISSOCK(os.fstat(MASTER_FD).st_mode):
-            return
-    except OSError:
-        return
-    adopt_channel(MASTER_FD, ChannelAMP(on_lost=lambda _: stop_process("master went away")))
 
 
 if __name__ == "__main__":
