@@ -212,9 +212,13 @@ class BackoffUnitTests(SynchronousTestCase):
     """SupervisedChild's delays on a fake clock."""
 
     def test_crashing_at_start_is_throttled_and_a_long_run_resets(self) -> None:
+        from twisted.internet.error import ProcessTerminated
         from twisted.internet.task import Clock
+        from twisted.python.failure import Failure
 
         from pydovecot.master import children
+
+        crashed = Failure(ProcessTerminated(exitCode=1))
 
         clock, now = Clock(), [100.0]
         self.patch(children, "reactor", clock)
@@ -236,12 +240,12 @@ class BackoffUnitTests(SynchronousTestCase):
         delays = []
         for _ in range(6):  # dies 0.5 s after every start
             now[0] += 0.5
-            spawned[-1].on_end(spawned[-1], None)
+            spawned[-1].on_end(spawned[-1], crashed)
             delays.append(round(clock.getDelayedCalls()[0].getTime() - clock.seconds(), 3))
             clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
         self.assertEqual(delays, [0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
         now[0] += children.SupervisedChild.STABLE_AFTER  # this one ran fine
-        spawned[-1].on_end(spawned[-1], None)
+        spawned[-1].on_end(spawned[-1], crashed)
         self.assertAlmostEqual(clock.getDelayedCalls()[0].getTime() - clock.seconds(), 0.1)
 
 

@@ -736,9 +736,35 @@ class _Parser:
         return svc
 
 
+#: The master hands its children the config it runs as a snapshot file
+#: with this suffix (``Config.to_dict`` as JSON), not the config file: after
+#: a SIGHUP whose new file was refused, a child started later must still get
+#: the config the master kept, as Dovecot's config process serves it.
+SNAPSHOT_SUFFIX = ".snapshot.json"
+
+
+def write_snapshot(cfg: Config, path: str) -> None:
+    """Write ``cfg`` to ``path`` atomically, readable by root only."""
+    import json
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        json.dump(cfg.to_dict(), f)
+    os.replace(tmp, path)
+
+
 def parse_config(path: str) -> Config:
     """Parse the config file at path; raise ConfigError on any problem."""
     path = os.path.abspath(path)
+    if path.endswith(SNAPSHOT_SUFFIX):
+        import json
+
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return Config.from_dict(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: can't load the master's config snapshot: {e}") from None
     parser = _Parser(path)
     parser.parse_file(path)
     return parser.finish()

@@ -164,6 +164,7 @@ class MasterService(Service):
             log.warn("{warning}", warning=warning, log_prefix="config")
         try:
             self._prepare_dirs()
+            self._write_snapshot(self.config)
             self._check_users()
             self.bound = self._open_listeners()
             self._open_auth_sockets()
@@ -309,8 +310,20 @@ class MasterService(Service):
 
     # -- children -------------------------------------------------------------
 
+    @property
+    def snapshot_path(self) -> str:
+        from pydovecot.config.parser import SNAPSHOT_SUFFIX
+
+        return os.path.join(self.base_dir, "config" + SNAPSHOT_SUFFIX)
+
+    def _write_snapshot(self, config) -> None:
+        from pydovecot.config.parser import write_snapshot
+
+        write_snapshot(config, self.snapshot_path)
+
     def _config_args(self) -> list[str]:
-        return ["-c", self.config_path] if self.config_path else []
+        # The config we run, not the file (which a refused reload left bad).
+        return ["-c", self.snapshot_path]
 
     def _start_children(self) -> None:
         self._start_services()
@@ -553,6 +566,12 @@ class MasterService(Service):
             log.error("SIGHUP: config not reloaded: {e}", e=e, log_prefix="master")
             return
         log.info("SIGHUP received - reloading configuration", log_prefix="master")
+        try:
+            os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
+            self._write_snapshot(config)
+        except OSError as e:
+            log.error("SIGHUP: can't write {path}: {e}", path=self.snapshot_path, e=e,
+                      log_prefix="master")
         new_listeners, self.listeners = self.listeners, old_listeners
         for key, sock in self.bound.items():
             if key not in bound and sock not in self.inherited.values():
@@ -611,6 +630,7 @@ class MasterService(Service):
             for name, sock in self.auth_sockets.items():
                 sock.close()
                 _unlink(os.path.join(self.base_dir, name))
+            _unlink(self.snapshot_path)
             if self._log_observer is not None:
                 from twisted.logger import globalLogPublisher
 
