@@ -627,10 +627,10 @@ class MasterService(Service):
             if self.auth is not None:
                 self.auth.close()
             self._close_listeners()
+            _unlink(self.snapshot_path)
             for name, sock in self.auth_sockets.items():
                 sock.close()
                 _unlink(os.path.join(self.base_dir, name))
-            _unlink(self.snapshot_path)
             if self._log_observer is not None:
                 from twisted.logger import globalLogPublisher
 
