@@ -497,8 +497,9 @@ class ConfigErrorTests(MasterCase):
     def test_bad_config_on_sighup_is_an_error_line_and_the_old_one_goes_on(self) -> None:
         master = self.make_master()
         master.start()
-        for extra in ("service imap {\n  process_limit = </nonexistent/limit\n}\n",
-                      "no_such_setting = 1\n", "ssl_key = </nonexistent/key\n"):
+        # The last one breaks any child that would parse the file itself.
+        for extra in ("no_such_setting = 1\n", "ssl_key = </nonexistent/key\n",
+                      "service imap {\n  process_limit = </nonexistent/limit\n}\n"):
             before = len(master.log())
             master.extra_config = extra
             master.write_config()
@@ -511,6 +512,23 @@ class ConfigErrorTests(MasterCase):
             self.assertNotIn("Traceback", new)
             self.assertNotIn("reloading configuration", new)
             self.imap_login(master).logout()
+        # Children started now get the config the master kept, not the bad
+        # file: a new login process and a new mail process serve logins.
+        for role in ("pydovecot/imap-login", "pydovecot/mail"):
+            for pid in master.children(role):
+                os.kill(pid, signal.SIGKILL)
+        master.wait_for(lambda: master.children("pydovecot/imap-login")
+                        and master.children("pydovecot/mail"), 20, "new children")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.imap_login(master).logout()
+                break
+            except (OSError, imaplib.IMAP4.error):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.assertNotIn("Traceback", master.log())
 
 
 def _line_of(path: str, text: str) -> int:
