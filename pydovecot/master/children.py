@@ -89,6 +89,9 @@ class Child:
         self.pid: int | None = None
         self.started_at = 0.0
         self.exited = defer.Deferred()
+        #: The channel closed: the child is dying even if its exit has not
+        #: been reaped yet; nothing new should be sent to it.
+        self.lost = False
 
     def spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -100,11 +103,14 @@ class Child:
             childFDs=child_fds)
         self.pid = self.process.pid
         theirs.close()
-        self.channel = ChannelAMP(self.locator)
+        self.channel = ChannelAMP(self.locator, on_lost=self._channel_lost)
         self.channel.child = self
         self.channel_transport = reactor.adoptStreamConnection(
             ours.fileno(), socket.AF_UNIX, _single(self.channel))
         ours.close()
+
+    def _channel_lost(self, _reason) -> None:
+        self.lost = True
 
     def log_line(self, line: str) -> None:
         if not line.strip():
