@@ -1,8 +1,11 @@
 """Start a real pydovecot master on a temporary config, for process tests.
 
 The master runs as ``twistd -n pydovecot -c FILE`` in a subprocess, with
-every listener on 127.0.0.1 and a free port, all state in a temp dir, and
-auth_failure_delay shortened.  Helpers read the log and find the children
+every listener on 127.0.0.1, all state in a temp dir, and
+auth_failure_delay shortened.  The harness binds the inet listeners itself
+(port 0, so the kernel picks a free port) and hands them to the master with
+``--listen-fd NAME=FD``: no other process can take a port between the
+choice and the master's start, and a restarted master gets the same ones.  Helpers read the log and find the children
 (by process title) under /proc.
 """
 
@@ -76,10 +79,44 @@ class LineClient:
         self.sock.close()
 
 
+#: Ports free_port() picks from: below Linux's ephemeral range (32768-60999),
+#: so neither an outgoing connect() nor another test's bind(port 0) takes
+#: one of them between our check and the server's bind.
+FREE_PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free now, for a server that cannot
+    take an inherited socket (slapd, Postfix, Dovecot).  Our own master gets
+    its listeners handed in instead (:func:`listening_socket`)."""
+    import random
+
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(*FREE_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port")
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 at a port the kernel chose."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+LISTENERS = ("imap", "imaps", "pop3", "pop3s", "lmtp")
 
 
 @dataclass
@@ -113,7 +150,9 @@ class Master:
     def __post_init__(self):
         self.dir = tempfile.mkdtemp(prefix="pydovecot-test-")
         os.chmod(self.dir, 0o755)
-        self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s", "lmtp")}
+        # Held for the Master's life and handed to every master started.
+        self.sockets = {name: listening_socket() for name in LISTENERS}
+        self.ports = {name: sock.getsockname()[1] for name, sock in self.sockets.items()}
         self.config_path = os.path.join(self.dir, "pydovecot.conf")
         self.log_path = os.path.join(self.dir, "pydovecot.log")
         self.cert_path = os.path.join(self.dir, "cert.pem")
@@ -193,15 +232,30 @@ service imap {{
     # -- life cycle --------------------------------------------------------
 
     def start(self, timeout: float = 30) -> Master:
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        self.stdout = open(os.path.join(self.dir, "twistd.out"), "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", MASTER_SCRIPT.format(root=ROOT), "-n", "--pidfile=",
-             "pydovecot", "-c", self.config_path],
-            cwd=self.dir, env=env, stdout=self.stdout, stderr=subprocess.STDOUT,
-        )
+        self.spawn()
         self.wait_ready(timeout)
         return self
+
+    def command(self) -> tuple[list[str], list[int]]:
+        """The master's argv, and the fds it inherits (our listeners)."""
+        args, fds = [], []
+        for name, sock in self.sockets.items():
+            if sock.fileno() >= 0:
+                args.append(f"--listen-fd={name}={sock.fileno()}")
+                fds.append(sock.fileno())
+        argv = [sys.executable, "-c", MASTER_SCRIPT.format(root=ROOT), "-n", "--pidfile=",
+                "pydovecot", "-c", self.config_path, *args]
+        return argv, fds
+
+    def spawn(self) -> subprocess.Popen:
+        """Start the master without waiting for it."""
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        if getattr(self, "stdout", None) is None:
+            self.stdout = open(os.path.join(self.dir, "twistd.out"), "ab")  # noqa: SIM115
+        argv, fds = self.command()
+        self.process = subprocess.Popen(argv, cwd=self.dir, env=env, stdout=self.stdout,
+                                        stderr=subprocess.STDOUT, pass_fds=fds)
+        return self.process
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Until IMAP, POP3 and LMTP greet and authd answers a login."""
@@ -250,6 +304,9 @@ service imap {{
                 pass
         if getattr(self, "stdout", None):
             self.stdout.close()
+            self.stdout = None
+        for sock in self.sockets.values():
+            sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- inspection --------------------------------------------------------

@@ -85,9 +85,10 @@ def _listens(pid: int, port: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and outside the ephemeral range (see tests.harness)."""
+    from tests.harness import free_port as pick
+
+    return pick()
 
 
 def _stored(password: str, scheme: str | None) -> str:

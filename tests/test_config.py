@@ -510,6 +510,31 @@ class ErrorTests(_Files):
     def test_unknown_setting(self) -> None:
         self.assertError("hostname = x\nno_such_thing = 1\n", 2, "unknown setting 'no_such_thing'")
 
+    def test_typed_values_from_files(self) -> None:
+        # A number from a file is read and checked at parse time, so a bad
+        # or missing file is FILE:LINE, never a ValueError later.
+        self.write("port", "1143\n")
+        self.write("word", "hello\n")
+        cfg = self.load(f"service imap-login {{\n  inet_listener imap {{\n"
+                        f"    port = <{self.dir}/port\n  }}\n  process_limit = <port\n}}\n"
+                        "mail_max_userip_connections = <port\n")
+        self.assertEqual(cfg.services["imap-login"].inet_listeners["imap"].port, 1143)
+        self.assertEqual(cfg.services["imap-login"].process_limit, 1143)
+        self.assertEqual(cfg.get_int("mail_max_userip_connections"), 1143)
+        self.assertError("service imap-login {\n  inet_listener imap {\n"
+                         "    port = </nonexistent/port\n  }\n}\n", 3,
+                         "port: can't read /nonexistent/port: No such file")
+        self.assertError("service imap {\n  process_limit = <word\n}\n", 2,
+                         "process_limit: invalid number 'hello'")
+        self.assertError("\nmail_max_userip_connections = <nothing\n", 2, "can't read")
+
+    def test_check_files_names_the_unreadable_file(self) -> None:
+        cfg = self.load("\nssl_cert = </nonexistent/cert.pem\n")
+        with self.assertRaises(ConfigError) as cm:
+            cfg.check_files()
+        self.assertRegex(str(cm.exception), r"dovecot\.conf:2: ssl_cert: can't read "
+                                            r"/nonexistent/cert\.pem")
+
     def test_service_setting_at_top_level(self) -> None:
         self.assertError("process_limit = 1\n", 1, "valid only inside service")
 

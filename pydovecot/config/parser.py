@@ -222,6 +222,16 @@ class Config:
             where = self.origins.get(key, self.path)
             raise ConfigError(f"{where}: {key}: can't read {path}: {e.strerror}") from None
 
+    def check_files(self) -> None:
+        """Raise ConfigError (FILE:LINE) for any ``key = <file`` that cannot be read."""
+        scopes = [(None, self.settings)]
+        scopes += [(name, values) for name, values in self.protocol_settings.items()
+                   if not name.startswith("!")]
+        for protocol, values in scopes:
+            for key, value in values.items():
+                if isinstance(value, str) and value.startswith("<"):
+                    self.read_value(key, protocol)
+
     def path_setting(self, key: str, protocol: str | None = None) -> str:
         """A path setting made absolute against the working directory at load time."""
         value = self.get(key, protocol)
@@ -493,6 +503,11 @@ class _Parser:
             value = raw
         section = self.stack[-1] if self.stack else None
         kind = section.kind if section else ""
+        if is_file and self._typed_kind(kind, key):
+            # A number, size, time or flag from a file is read now, so that
+            # a missing file or a bad value is FILE:LINE, like any other.
+            value = self.read_file_value(where, key, value[1:])
+            is_file = False
         if kind in _FREE_FORM:
             section.data[key] = value  # type: ignore[union-attr]
             return
@@ -515,6 +530,27 @@ class _Parser:
         if isinstance(allowed, dict) and not is_file:
             self.check(where, key, allowed[key], value)
         section.data[key] = value  # type: ignore[union-attr]
+
+    @staticmethod
+    def _typed_kind(section_kind: str, key: str) -> bool:
+        """Whether ``key`` (in a section of ``section_kind``) is typed, not a string."""
+        if section_kind in ("", *_FILTERS):
+            kind = S.IMPLEMENTED.get(key, (S.STR,))[0]
+        else:
+            kind = {
+                "service": S.SERVICE_SETTINGS,
+                "inet_listener": S.INET_LISTENER_SETTINGS,
+                "unix_listener": S.UNIX_LISTENER_SETTINGS,
+                "fifo_listener": S.UNIX_LISTENER_SETTINGS,
+            }.get(section_kind, {}).get(key, S.STR)
+        return kind not in (S.STR, S.LIST)
+
+    def read_file_value(self, where: str, key: str, path: str) -> str:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return f.read(4096).strip()
+        except OSError as e:
+            raise self.fail(where, f"{key}: can't read {path}: {e.strerror}") from None
 
     def check(self, where: str, key: str, kind: str, value: str) -> None:
         try:
@@ -700,9 +736,35 @@ class _Parser:
         return svc
 
 
+#: The master hands its children the config it runs as a snapshot file
+#: with this suffix (``Config.to_dict`` as JSON), not the config file: after
+#: a SIGHUP whose new file was refused, a child started later must still get
+#: the config the master kept, as Dovecot's config process serves it.
+SNAPSHOT_SUFFIX = ".snapshot.json"
+
+
+def write_snapshot(cfg: Config, path: str) -> None:
+    """Write ``cfg`` to ``path`` atomically, readable by root only."""
+    import json
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        json.dump(cfg.to_dict(), f)
+    os.replace(tmp, path)
+
+
 def parse_config(path: str) -> Config:
     """Parse the config file at path; raise ConfigError on any problem."""
     path = os.path.abspath(path)
+    if path.endswith(SNAPSHOT_SUFFIX):
+        import json
+
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return Config.from_dict(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: can't load the master's config snapshot: {e}") from None
     parser = _Parser(path)
     parser.parse_file(path)
     return parser.finish()

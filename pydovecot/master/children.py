@@ -89,6 +89,9 @@ class Child:
         self.pid: int | None = None
         self.started_at = 0.0
         self.exited = defer.Deferred()
+        #: The channel closed: the child is dying even if its exit has not
+        #: been reaped yet; nothing new should be sent to it.
+        self.lost = False
 
     def spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -100,11 +103,14 @@ class Child:
             childFDs=child_fds)
         self.pid = self.process.pid
         theirs.close()
-        self.channel = ChannelAMP(self.locator)
+        self.channel = ChannelAMP(self.locator, on_lost=self._channel_lost)
         self.channel.child = self
         self.channel_transport = reactor.adoptStreamConnection(
             ours.fileno(), socket.AF_UNIX, _single(self.channel))
         ours.close()
+
+    def _channel_lost(self, _reason) -> None:
+        self.lost = True
 
     def log_line(self, line: str) -> None:
         if not line.strip():
@@ -162,10 +168,17 @@ def _single(protocol):
 
 
 class SupervisedChild:
-    """Keeps one child of a role alive: restart with back-off, stop cleanly."""
+    """Keeps one child of a role alive: restart with back-off, stop cleanly.
+
+    As Dovecot's master throttles a service whose processes keep dying at
+    start, the restart delay doubles while children die within
+    ``STABLE_AFTER`` seconds of their spawn; a child that ran longer than
+    that was working, and its successor starts at once (``MIN_DELAY``).
+    """
 
     MIN_DELAY = 0.1
     MAX_DELAY = 60.0
+    STABLE_AFTER = 3.0
 
     def __init__(self, role: str, make_child: Callable[[], Child]):
         self.role = role
@@ -208,12 +221,15 @@ class SupervisedChild:
                 reactor.callLater(0, reactor.stop)
             return
         lived = time.monotonic() - child.started_at
-        if lived > 30:
+        if lived >= self.STABLE_AFTER:
             self.delay = self.MIN_DELAY
         self._schedule()
         self.delay = min(self.delay * 2, self.MAX_DELAY)
 
     def _schedule(self) -> None:
+        if self.delay >= 1:
+            log.error("service({role}): command startup failed, throttling for {delay:.1f}s",
+                      role=self.role, delay=self.delay, log_prefix="master")
         log.info("service({role}): restarting in {delay:.1f}s", role=self.role,
                  delay=self.delay, log_prefix="master")
         self._restart_call = reactor.callLater(self.delay, self._spawn)

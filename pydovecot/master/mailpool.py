@@ -41,6 +41,12 @@ class MailProcess:
     def pid(self) -> int:
         return self.child.pid or 0
 
+    @property
+    def usable(self) -> bool:
+        """Alive as far as we know: not reaped, and its channel still open
+        (a killed process's channel closes before its exit is reaped)."""
+        return self.alive and not self.child.lost
+
     def call(self, command, **kwargs) -> defer.Deferred:
         return self.child.channel.callRemote(command, **kwargs)
 
@@ -132,7 +138,7 @@ class MailProcessPool:
         return result
 
     def _with_room(self, key: Key) -> MailProcess | None:
-        candidates = [p for p in self.assigned.get(key, ()) if p.alive
+        candidates = [p for p in self.assigned.get(key, ()) if p.usable
                       and p.sessions < self.client_limit]
         return min(candidates, key=lambda p: p.sessions, default=None)
 
@@ -140,9 +146,10 @@ class MailProcessPool:
     def _assign(self, key: Key, label: str):
         if self.stopping:
             raise RuntimeError("master is stopping")
-        busy = sum(len(p) for p in self.assigned.values())
+        busy = sum(p.usable for procs in self.assigned.values() for p in procs)
         if busy >= self.process_limit:
             raise RuntimeError(f"process_limit ({self.process_limit}) reached")
+        self.idle = [p for p in self.idle if p.usable]
         if not self.idle:
             self.fill()
         process = self.idle.pop(0) if self.idle else self._spawn()

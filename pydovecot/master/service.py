@@ -39,6 +39,7 @@ from pydovecot.master.protocol import (
     DeliverRequest,
     DeliveryFailed,
     HandOff,
+    LimitExceeded,
     NewClient,
     SessionEnded,
 )
@@ -52,6 +53,8 @@ AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
 #: reconnect to a restarted authd; the link keeps the socket's mode.
 CHROOT_SOCKETS = ("auth-login",)
 FIRST_CHILD_FD = 4
+#: Exit code of a start stopped by a config error (as Dovecot's FATAL_DEFAULT).
+FATAL_EXIT = 89
 
 
 class AuthMasterClient:
@@ -123,14 +126,15 @@ class MailLocator(ChannelLocator):
 
     @SessionEnded.responder
     def session_ended(self, session):
-        self.master.pool.session_ended(self.child.pid)
+        self.master.session_ended(self.child.pid, session)
         return {}
 
 
 class MasterService(Service):
     name = "pydovecot-master"
 
-    def __init__(self, config_path: str | None = None):
+    def __init__(self, config_path: str | None = None,
+                 listen_fds: dict[str, int] | None = None):
         self.config_path = config_path
         self.config = load_config(config_path)  # errors stop the start here
         from authd.drivers import check_config  # backend modules authd would miss
@@ -139,6 +143,21 @@ class MasterService(Service):
             raise ConfigError(error)
         self.supervised: dict[str, list[SupervisedChild]] = {}
         self.listeners: dict[str, list[tuple[str, socket.socket, bool]]] = {}
+        #: Every bound inet/unix listener, keyed by what it was opened for,
+        #: so that a reload keeps the ones it still needs.
+        self.bound: dict[tuple, socket.socket] = {}
+        #: Listening sockets handed to us (``--listen-fd NAME=FD``).
+        self.inherited: dict[str, socket.socket] = _inherited_sockets(listen_fds or {})
+        #: anvil: open sessions per (user, remote IP, protocol), and each
+        #: session's key by session id.
+        self.userip: dict[tuple[str, str, str], int] = {}
+        #: (mail pid, session id) -> anvil keys; a list, as a session id
+        #: comes from a login process and may repeat.
+        self.session_keys: dict[tuple[int, str], list[tuple[str, str, str]]] = {}
+        #: Sessions whose end a mail process reported before its NewClient
+        #: answer reached us (a client that left at once).
+        self.ended_early: set[tuple[int, str]] = set()
+        self.config.check_files()  # a `key = <file` that can't be read
         self.auth_sockets: dict[str, socket.socket] = {}
         self.pool: MailProcessPool | None = None
         self.auth: AuthMasterClient | None = None
@@ -152,15 +171,33 @@ class MasterService(Service):
         self._start_logging()
         for warning in self.config.warnings:
             log.warn("{warning}", warning=warning, log_prefix="config")
-        self._prepare_dirs()
-        self._check_users()
-        self._open_listeners()
-        self._open_auth_sockets()
+        try:
+            self._prepare_dirs()
+            self._write_snapshot(self.config)
+            self._check_users()
+            self.bound = self._open_listeners()
+            self._open_auth_sockets()
+        except (ConfigError, KeyError, OSError) as e:
+            self._fatal(e)
         self.auth = AuthMasterClient(os.path.join(self.base_dir, "auth-master"))
         self._start_children()
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
         log.info("pydovecot starting up for {protocols} (core dumps disabled)",
                  protocols=", ".join(self.config.protocols), log_prefix="master")
+
+    def _fatal(self, error: Exception) -> None:
+        """Stop the start with one line (no traceback) and exit code 89."""
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, OSError) and error.filename:
+            text = f"{error.filename}: {error.strerror}"
+        log.critical("{text}", text=str(text), log_prefix="master")
+        for sock in self.bound.values():
+            sock.close()
+        for name, sock in self.auth_sockets.items():
+            sock.close()
+            _unlink(os.path.join(self.base_dir, name))
+        os.write(2, f"pydovecot: Fatal: {text}\n".encode(errors="replace"))
+        raise SystemExit(FATAL_EXIT)
 
     @property
     def base_dir(self) -> str:
@@ -199,24 +236,69 @@ class MasterService(Service):
                      uid=os.getuid(), log_prefix="master")
             return
         for setting in ("default_login_user", "default_internal_user"):
-            privileges.lookup_user(self.config.get(setting))  # KeyError explains the fix
+            try:
+                privileges.lookup_user(self.config.get(setting))
+            except KeyError as e:  # it explains the fix
+                where = self.config.origins.get(setting, self.config.path)
+                raise ConfigError(f"{where}: {setting}: {e.args[0]}") from None
 
-    def _open_listeners(self) -> None:
-        for name in self._services_with_listeners():
-            service = self.config.services[name]
-            opened = []
-            for listener in service.inet_listeners.values():
-                if not listener.port:
-                    continue
-                for address in listener.addresses:
-                    sock = _inet_socket(address, listener.port)
-                    if sock is not None:
+    def _open_listeners(self, keep: dict[tuple, socket.socket] | None = None
+                        ) -> dict[tuple, socket.socket]:
+        """Open the config's listeners into ``self.listeners``; return them by
+        key.  Sockets in ``keep`` (a reload's old ones) and inherited ones
+        that match are reused; on an error, the ones opened here are closed
+        and ConfigError raised."""
+        keep = keep or {}
+        bound: dict[tuple, socket.socket] = {}
+        listeners: dict[str, list[tuple[str, socket.socket, bool]]] = {}
+        fresh: list[socket.socket] = []
+        try:
+            for name in self._services_with_listeners():
+                service = self.config.services[name]
+                opened = []
+                for listener in service.inet_listeners.values():
+                    if not listener.port:
+                        continue
+                    for address in listener.addresses:
+                        key = ("inet", listener.name, address, listener.port)
+                        sock = keep.get(key) or self._inherited_for(listener.name, address,
+                                                                    listener.port)
+                        if sock is None:
+                            sock = _inet_socket(address, listener.port)
+                            if sock is None:
+                                continue
+                            fresh.append(sock)
+                        bound[key] = sock
                         opened.append((listener.name, sock, listener.ssl))
-            for listener in service.unix_listeners.values():
-                if name == "lmtp":
-                    path = _under(self.base_dir, listener.path)
-                    opened.append((listener.name, _unix_socket(path, listener), False))
-            self.listeners[name] = opened
+                for listener in service.unix_listeners.values():
+                    if name == "lmtp":
+                        path = _under(self.base_dir, listener.path)
+                        key = ("unix", path, listener.mode, listener.user, listener.group)
+                        sock = keep.get(key)
+                        if sock is None:
+                            sock = _unix_socket(path, listener)
+                            fresh.append(sock)
+                        bound[key] = sock
+                        opened.append((listener.name, sock, False))
+                listeners[name] = opened
+        except BaseException:
+            for sock in fresh:
+                sock.close()
+            raise
+        self.listeners = listeners
+        return bound
+
+    def _inherited_for(self, name: str, address: str, port: int) -> socket.socket | None:
+        """The handed-in socket for listener ``name`` if it is bound where
+        the config says (a config that moved the port gets a new socket)."""
+        sock = self.inherited.get(name)
+        if sock is None:
+            return None
+        host, bound_port = sock.getsockname()[:2]
+        wanted = address.strip().strip("[]")
+        if wanted in ("*", ""):
+            wanted = "0.0.0.0"
+        return sock if bound_port == port and host == wanted else None
 
     def _services_with_listeners(self) -> list[str]:
         names = [s for s, proto in LOGIN_SERVICES.items() if proto in self.config.protocols]
@@ -243,8 +325,20 @@ class MasterService(Service):
 
     # -- children -------------------------------------------------------------
 
+    @property
+    def snapshot_path(self) -> str:
+        from pydovecot.config.parser import SNAPSHOT_SUFFIX
+
+        return os.path.join(self.base_dir, "config" + SNAPSHOT_SUFFIX)
+
+    def _write_snapshot(self, config) -> None:
+        from pydovecot.config.parser import write_snapshot
+
+        write_snapshot(config, self.snapshot_path)
+
     def _config_args(self) -> list[str]:
-        return ["-c", self.config_path] if self.config_path else []
+        # The config we run, not the file (which a refused reload left bad).
+        return ["-c", self.snapshot_path]
 
     def _start_children(self) -> None:
         self._start_services()
@@ -266,7 +360,11 @@ class MasterService(Service):
         self._supervise("auth", self._make_authd)
         for name in self._services_with_listeners():
             if name in LOGIN_SERVICES:
-                count = max(1, self.config.services[name].process_min_avail)
+                service = self.config.services[name]
+                # Each login process serves many clients (service_count = 0,
+                # Dovecot's high-performance mode): process_min_avail of
+                # them, never more than process_limit.
+                count = min(max(1, service.process_min_avail), service.process_limit)
                 for _ in range(count):
                     self._supervise(name, lambda n=name: self._make_login(n))
             elif name == "lmtp":
@@ -314,7 +412,65 @@ class MasterService(Service):
         child = Child("mail", python_module_argv("pydovecot.mailproc.main",
                                                  *self._config_args()), locator=locator)
         locator.child = child
+        child.exited.addCallback(lambda _: self.anvil_process_gone(child.pid))
         return child
+
+    # -- anvil: mail_max_userip_connections ------------------------------------
+
+    def anvil_connect(self, user: str, remote_ip: str, service: str) -> tuple[str, str, str]:
+        """Count one more session for (user, IP, protocol), or raise
+        LimitExceeded as Dovecot's anvil does (the limit is per protocol)."""
+        from pydovecot.log import sanitize
+
+        key = (user, remote_ip, service)
+        limit = self.config.get_int("mail_max_userip_connections", service)
+        if limit and self.userip.get(key, 0) >= limit:
+            log.info("Maximum number of connections from user+IP exceeded "
+                     "(mail_max_userip_connections={limit}): user=<{user}>, "
+                     "service={service}, rip={ip}",
+                     service=service, limit=limit, user=sanitize(user), ip=remote_ip,
+                     log_prefix="master")
+            raise LimitExceeded("Maximum number of connections from user+IP exceeded "
+                                f"(mail_max_userip_connections={limit})")
+        self.userip[key] = self.userip.get(key, 0) + 1
+        return key
+
+    def session_started(self, process, key: tuple[str, str, str], session: str) -> None:
+        """A mail process took a session: count it in the pool and anvil."""
+        ident = (process.pid, session)
+        if ident in self.ended_early:
+            self.ended_early.discard(ident)
+            self.anvil_release(key)
+            return
+        self.pool.session_started(process)
+        self.session_keys.setdefault(ident, []).append(key)
+
+    def session_ended(self, pid: int, session: str) -> None:
+        ident = (pid, session)
+        keys = self.session_keys.get(ident)
+        if not keys:
+            if len(self.ended_early) < 10000:
+                self.ended_early.add(ident)
+            return
+        key = keys.pop()
+        if not keys:
+            del self.session_keys[ident]
+        self.pool.session_ended(pid)
+        self.anvil_release(key)
+
+    def anvil_release(self, key: tuple[str, str, str]) -> None:
+        count = self.userip.get(key, 0) - 1
+        if count > 0:
+            self.userip[key] = count
+        else:
+            self.userip.pop(key, None)
+
+    def anvil_process_gone(self, pid: int) -> None:
+        """A mail process ended: its sessions ended with it."""
+        for ident in [i for i in self.session_keys if i[0] == pid]:
+            for key in self.session_keys.pop(ident):
+                self.anvil_release(key)
+        self.ended_early = {i for i in self.ended_early if i[0] != pid}
 
     # -- logins and deliveries ---------------------------------------------
 
@@ -391,6 +547,7 @@ class MasterService(Service):
                 raise KeyError("bad cookie") from None
             user = redeemed["user"]
             fields = json.loads(redeemed["fields"])
+            anvil_key = self.anvil_connect(user, remote_ip, service)
             try:
                 uid, gid = self.mail_ids(user, fields)
                 fields_json = self.prepare_home(user, fields, uid, gid)
@@ -403,10 +560,11 @@ class MasterService(Service):
                     kwargs["tag"] = tag
                 yield process.call(NewClient, **kwargs)
             except Exception as e:
+                self.anvil_release(anvil_key)
                 log.error("{service}({user}): cannot start session: {e}", service=service,
                           user=sanitize(user), e=sanitize(e), log_prefix="master")
                 raise RuntimeError(str(e)) from None
-            self.pool.session_started(process)
+            self.session_started(process, anvil_key, session)
             return {"mpid": process.pid, "user": user}
         finally:
             os.close(fd)
@@ -457,14 +615,28 @@ class MasterService(Service):
     # -- reload and stop -----------------------------------------------------
 
     def reload(self) -> None:
+        old_config, old_listeners = self.config, self.listeners
         try:
             config = load_config(self.config_path)
+            config.check_files()
+            self.config = config
+            bound = self._open_listeners(keep=self.bound)
         except Exception as e:
+            self.config, self.listeners = old_config, old_listeners
             log.error("SIGHUP: config not reloaded: {e}", e=e, log_prefix="master")
             return
         log.info("SIGHUP received - reloading configuration", log_prefix="master")
-        old_listeners = self._listener_map()
-        self.config = config
+        try:
+            os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
+            self._write_snapshot(config)
+        except OSError as e:
+            log.error("SIGHUP: can't write {path}: {e}", path=self.snapshot_path, e=e,
+                      log_prefix="master")
+        new_listeners, self.listeners = self.listeners, old_listeners
+        for key, sock in self.bound.items():
+            if key not in bound and sock not in self.inherited.values():
+                sock.close()
+        self.bound = bound
         # Running sessions keep their mail processes (and the config those
         # started with), as in Dovecot; idle spares are replaced.
         d = defer.DeferredList([s.stop(signal.SIGTERM) for group in self.supervised.values()
@@ -474,23 +646,11 @@ class MasterService(Service):
                               imap.process_limit)
 
         def restart(_):
-            new = self._listener_map()
-            if new != old_listeners:
-                self._close_listeners()
-                self._open_listeners()
+            self.listeners = new_listeners
             self.supervised = {}
             self._start_services()
 
         d.addCallback(restart)
-
-    def _listener_map(self):
-        result = {}
-        for name in self._services_with_listeners():
-            service = self.config.services[name]
-            result[name] = sorted(
-                (n, tuple(lst.addresses), lst.port, lst.ssl)
-                for n, lst in service.inet_listeners.items())
-        return result
 
     def _stop_children(self, signo: int) -> defer.Deferred:
         waits = []
@@ -514,10 +674,9 @@ class MasterService(Service):
                 process.child.signal(signal.SIGKILL)
 
     def _close_listeners(self) -> None:
-        for opened in self.listeners.values():
-            for _name, sock, _ssl in opened:
-                sock.close()
-        self.listeners = {}
+        for sock in [*self.bound.values(), *self.inherited.values()]:
+            sock.close()
+        self.bound, self.inherited, self.listeners = {}, {}, {}
 
     def stopService(self):
         super().stopService()
@@ -528,6 +687,7 @@ class MasterService(Service):
             if self.auth is not None:
                 self.auth.close()
             self._close_listeners()
+            _unlink(self.snapshot_path)
             for name, sock in self.auth_sockets.items():
                 sock.close()
                 _unlink(os.path.join(self.base_dir, name))
@@ -599,6 +759,24 @@ def _resolve_id(value, kind: str, uid: int | None = None) -> int | None:
         return pwd.getpwnam(value).pw_uid if kind == "uid" else grp.getgrnam(value).gr_gid
     except KeyError:
         raise RuntimeError(f"unknown {kind} {value!r}") from None
+
+
+def _inherited_sockets(fds: dict[str, int]) -> dict[str, socket.socket]:
+    """The listening TCP sockets handed in by ``--listen-fd NAME=FD``."""
+    result = {}
+    for name, fd in fds.items():
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise ConfigError(f"--listen-fd {name}={fd}: {e.strerror}") from None
+        if (sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_STREAM
+                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            sock.detach()
+            raise ConfigError(f"--listen-fd {name}={fd}: not a listening TCP socket")
+        sock.setblocking(False)
+        result[name] = sock
+    return result
 
 
 def _under(base: str, path: str) -> str:
