@@ -21,7 +21,6 @@ import datetime
 import ipaddress
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
