@@ -266,7 +266,7 @@ class ProtocolTests(unittest.TestCase):
         out = self.c.send(b'f URLFETCH ("%s" BODYPARTSTRUCTURE BINARY) ("%s" BINARY) ("%s" BODY)'
                           b' ("%s")\r\n' % (url1, url2, url2, url1))
         self.assertIn(b'* URLFETCH "%s" (BODYPARTSTRUCTURE ("text" "plain" ("charset" "us-ascii") '
-                      b'NIL NIL "7bit" 26 1 NIL NIL NIL NIL)) (BINARY {26}\r\n'
+                      b'NIL NIL "7bit" 26 0 NIL NIL NIL NIL)) (BINARY {26}\r\n'
                       b"Si vis pacem, para bellum.)\r\n" % url1, out)
         self.assertIn(b'* URLFETCH "%s" (BINARY {3}\r\n\x01\x02\x03)\r\n' % url2, out)
         self.assertIn(b'* URLFETCH "%s" (BODY {3}\r\nAEC)\r\n' % url2, out)

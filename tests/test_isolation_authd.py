@@ -20,14 +20,12 @@ import secrets
 import signal
 import smtplib
 import subprocess
-import sys
 import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.harness import (
     IN_CI,
-    MASTER_SCRIPT,
     ROOT,
     LineClient,
     Master,
@@ -187,10 +185,9 @@ class MissingModuleTests(SynchronousTestCase):
         with open(master.config_path, "a") as f:
             f.write(f"passdb {{\n  driver = sql\n  args = {sql}\n}}\n")
         master.stdout = open(os.path.join(master.dir, "twistd.out"), "ab")  # noqa: SIM115
+        argv, fds = master.command()  # with the listeners the harness holds
         master.process = subprocess.Popen(
-            [sys.executable, "-c", MASTER_SCRIPT.format(root=ROOT), "-n", "--pidfile=",
-             "pydovecot", "-c", master.config_path],
-            cwd=master.dir, stdout=master.stdout, stderr=subprocess.STDOUT,
+            argv, cwd=master.dir, stdout=master.stdout, stderr=subprocess.STDOUT, pass_fds=fds,
             env=dict(os.environ, PYTHONPATH=os.pathsep.join([fake, ROOT])))
         try:
             master.process.wait(30)

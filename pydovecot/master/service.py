@@ -23,6 +23,7 @@ import stat
 from twisted.application.service import Service
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionClosed
 from twisted.logger import FilteringLogObserver, Logger
 from twisted.protocols import amp
 
@@ -55,6 +56,10 @@ CHROOT_SOCKETS = ("auth-login",)
 FIRST_CHILD_FD = 4
 #: Exit code of a start stopped by a config error (as Dovecot's FATAL_DEFAULT).
 FATAL_EXIT = 89
+
+
+#: Mail processes tried for one login when they die under it.
+HANDOFF_ATTEMPTS = 3
 
 
 class AuthMasterClient:
@@ -551,14 +556,26 @@ class MasterService(Service):
             try:
                 uid, gid = self.mail_ids(user, fields)
                 fields_json = self.prepare_home(user, fields, uid, gid)
-                process = yield self.pool.process_for(uid, gid, user)
                 kwargs = dict(
                     fd=fd, service=service, user=user, fields=fields_json,
                     pending=pending, session=session, local_ip=local_ip, local_port=local_port,
                     remote_ip=remote_ip, remote_port=remote_port, secured=secured)
                 if tag is not None:
                     kwargs["tag"] = tag
-                yield process.call(NewClient, **kwargs)
+                for attempt in range(HANDOFF_ATTEMPTS):
+                    process = yield self.pool.process_for(uid, gid, user)
+                    try:
+                        yield process.call(NewClient, **kwargs)
+                        break
+                    except ConnectionClosed:
+                        # Killed, not yet reaped: the client (whose fd is
+                        # still ours) goes to another process of its uid.
+                        process.alive = False
+                        if attempt + 1 == HANDOFF_ATTEMPTS:
+                            raise RuntimeError("mail processes keep dying") from None
+                        log.warn("{service}({user}): mail process {pid} went away; "
+                                 "trying another", service=service, user=sanitize(user),
+                                 pid=process.pid, log_prefix="master")
             except Exception as e:
                 self.anvil_release(anvil_key)
                 log.error("{service}({user}): cannot start session: {e}", service=service,
