@@ -385,6 +385,17 @@ def write_self_signed(cert_path: str, key_path: str) -> None:
     os.chmod(key_path, 0o600)
 
 
+def privileged() -> dict:
+    """Master keyword arguments for real privileges when run as root: the
+    dedicated login, internal and vmail users (created when missing), so
+    the master drops to them as production does; nothing otherwise."""
+    if os.geteuid() != 0:
+        return {}
+    for name in ("pydovecot-null", "pydovecot", "pdvmail"):
+        ensure_system_user(name)
+    return dict(login_user="pydovecot-null", internal_user="pydovecot", mail_uid="pdvmail")
+
+
 def ensure_system_user(name: str, home: str | None = None, system: bool = True) -> tuple[int, int]:
     """Create a system user (as root) if missing; (uid, gid)."""
     import pwd

@@ -28,7 +28,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydovecot.storage import index as I
-from tests.harness import LineClient, Master, User, ensure_system_user
+from tests.harness import LineClient, Master, User, privileged
 
 IS_ROOT = os.geteuid() == 0
 SUBJECT = re.compile(rb"Subject: (\S+)")
@@ -66,12 +66,7 @@ class Raw(LineClient):
 
 class CrashTests(SynchronousTestCase):
     def setUp(self) -> None:
-        kwargs = {}
-        if IS_ROOT:
-            ensure_system_user("pydovecot-null")
-            ensure_system_user("pydovecot")
-            ensure_system_user("pdvmail")
-            kwargs = dict(login_user="pydovecot-null", internal_user="pydovecot", mail_uid="pdvmail")
+        kwargs = privileged()
         self.master = Master(users=[User("alice", "secret")], **kwargs)
         self.addCleanup(self.master.cleanup)
         self.master.start()

@@ -30,7 +30,7 @@ from tests.harness import (
     LineClient,
     Master,
     User,
-    ensure_system_user,
+    privileged,
     proc_ids,
     title,
 )
@@ -43,13 +43,6 @@ def _need_root() -> None:
         if IN_CI:
             raise AssertionError("CI=true: these tests must run as root")
         raise SkipTest("needs root (privilege drops)")
-
-
-def _users() -> dict:
-    ensure_system_user("pydovecot-null")
-    ensure_system_user("pydovecot")
-    ensure_system_user("pdvmail")
-    return dict(login_user="pydovecot-null", internal_user="pydovecot", mail_uid="pdvmail")
 
 
 def _parent(pid: int) -> int:
@@ -90,7 +83,7 @@ def _replace_userdb(master: Master, block: str) -> None:
 class UnprivilegedAuthdTests(SynchronousTestCase):
     def test_passwd_file_authd_runs_as_internal_user_without_worker(self) -> None:
         _need_root()
-        master = Master(users=[User("alice", "secret")], **_users())
+        master = Master(users=[User("alice", "secret")], **privileged())
         self.addCleanup(master.cleanup)
         master.start()
         authd = _exact(master, "pydovecot/auth")
@@ -139,7 +132,7 @@ class UnprivilegedAuthdTests(SynchronousTestCase):
         # then passwd (the system user's uid and home).
         extra = (f"passdb {{\n  driver = pam\n  args = {service}\n}}\n"
                  "userdb {\n  driver = passwd\n}\n")
-        master = Master(users=[User("alice", "secret")], extra_config=extra, **_users())
+        master = Master(users=[User("alice", "secret")], extra_config=extra, **privileged())
         self.addCleanup(master.cleanup)
         master.start()
         authd = _exact(master, "pydovecot/auth")
@@ -170,7 +163,7 @@ class UnprivilegedAuthdTests(SynchronousTestCase):
 
 class MissingModuleTests(SynchronousTestCase):
     def test_missing_psycopg_is_one_fatal_line_and_no_restart_loop(self) -> None:
-        master = Master(users=[User("alice", "secret")], **(_users() if IS_ROOT else {}))
+        master = Master(users=[User("alice", "secret")], **privileged())
         self.addCleanup(master.cleanup)
         fake = os.path.join(master.dir, "fakemods")
         os.makedirs(fake)
@@ -205,7 +198,7 @@ class MissingModuleTests(SynchronousTestCase):
 
 class StaticUserdbTests(SynchronousTestCase):
     def start(self, static_args: str) -> Master:
-        kwargs = _users() if IS_ROOT else {}
+        kwargs = privileged()
         master = Master(users=[User("alice", "secret")], **kwargs)
         self.addCleanup(master.cleanup)
         ids = "uid=pdvmail gid=pdvmail " if IS_ROOT else ""

@@ -21,7 +21,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.harness import IN_CI, LineClient, Master, User, ensure_system_user, proc_ids
+from tests.harness import IN_CI, LineClient, Master, User, ensure_system_user, privileged, proc_ids
 
 IS_ROOT = os.geteuid() == 0
 
@@ -98,13 +98,9 @@ class DeliverTestCase(SynchronousTestCase):
     extra = ""
 
     def setUp(self) -> None:
-        kwargs = {}
+        kwargs = privileged()
         if IS_ROOT:
-            ensure_system_user("pydovecot-null")
-            ensure_system_user("pydovecot")
             self.vmail = ensure_system_user("pdvmail")
-            kwargs = dict(login_user="pydovecot-null", internal_user="pydovecot",
-                          mail_uid="pdvmail")
         self.master = Master(users=list(self.users), extra_config=self.extra, **kwargs)
         self.addCleanup(self.master.cleanup)
         self.configure(self.master)

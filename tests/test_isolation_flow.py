@@ -20,7 +20,7 @@ import zlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.harness import LineClient, Master, User, ensure_system_user
+from tests.harness import LineClient, Master, User, privileged
 
 IS_ROOT = os.geteuid() == 0
 BIG = 20 * 1000 * 1000  # the 20 MB message
@@ -153,13 +153,7 @@ class IsolationCase(SynchronousTestCase):
     extra = ""
 
     def setUp(self) -> None:
-        kwargs = {}
-        if IS_ROOT:
-            ensure_system_user("pydovecot-null")
-            ensure_system_user("pydovecot")
-            ensure_system_user("pdvmail")
-            kwargs = dict(login_user="pydovecot-null", internal_user="pydovecot",
-                          mail_uid="pdvmail")
+        kwargs = privileged()
         self.master = Master(users=[User("alice", "secret"), User("bob", "hunter2")],
                              extra_config=self.extra, **kwargs)
         self.addCleanup(self.master.cleanup)

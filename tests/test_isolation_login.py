@@ -21,7 +21,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.harness import IN_CI, LineClient, Master, User, ensure_system_user
+from tests.harness import IN_CI, LineClient, Master, User, privileged
 
 IS_ROOT = os.geteuid() == 0
 MiB = 1 << 20
@@ -73,13 +73,7 @@ class LoginMasterTestCase(SynchronousTestCase):
     extra = ""
 
     def setUp(self) -> None:
-        kwargs = {}
-        if IS_ROOT:
-            ensure_system_user("pydovecot-null")
-            ensure_system_user("pydovecot")
-            ensure_system_user("pdvmail")
-            kwargs = dict(login_user="pydovecot-null", internal_user="pydovecot",
-                          mail_uid="pdvmail")
+        kwargs = privileged()
         self.master = Master(users=[User("alice", "secret"), User("bob", "hunter2")],
                              ssl=self.ssl, extra_config=self.extra, **kwargs)
         self.addCleanup(self.master.cleanup)

@@ -25,18 +25,9 @@ import time
 from twisted.python import log as twlog
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.harness import Master, User, ensure_system_user, listening_socket, title
+from tests.harness import Master, User, listening_socket, privileged, title
 
 IS_ROOT = os.geteuid() == 0
-
-
-def _accounts() -> dict:
-    if not IS_ROOT:
-        return {}
-    ensure_system_user("pydovecot-null")
-    ensure_system_user("pydovecot")
-    ensure_system_user("pdvmail")
-    return dict(login_user="pydovecot-null", internal_user="pydovecot", mail_uid="pdvmail")
 
 
 def alive(pid: int) -> bool:
@@ -64,7 +55,7 @@ class MasterCase(SynchronousTestCase):
 
     def make_master(self, extra: str | None = None, **kwargs) -> Master:
         master = Master(users=list(self.users), extra_config=self.extra if extra is None
-                        else extra, **_accounts(), **kwargs)
+                        else extra, **privileged(), **kwargs)
         self.addCleanup(master.cleanup)
         return master
 

@@ -21,7 +21,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.harness import IN_CI, Master, User, ensure_system_user, proc_ids, title
+from tests.harness import IN_CI, Master, User, ensure_system_user, privileged, proc_ids, title
 from tests.harness import LineClient as RawClient
 
 MESSAGE = (
@@ -56,13 +56,7 @@ class MasterTestCase(SynchronousTestCase):
     users = [User("alice", "secret"), User("bob", "hunter2")]
 
     def setUp(self) -> None:
-        kwargs = {}
-        if IS_ROOT:
-            ensure_system_user("pydovecot-null")
-            ensure_system_user("pydovecot")
-            ensure_system_user("pdvmail")
-            kwargs = dict(login_user="pydovecot-null", internal_user="pydovecot",
-                          mail_uid="pdvmail")
+        kwargs = privileged()
         self.master = Master(users=list(self.users), ssl=self.ssl,
                              extra_config=getattr(self, "extra", ""), **kwargs)
         certs = getattr(self, "certs", None)
