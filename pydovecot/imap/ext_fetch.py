@@ -84,6 +84,21 @@ def binary_section(msg: mime.ParsedMessage, numbers: list[int]) -> bytes:
     return decode_cte(body, part.header("Content-Transfer-Encoding") or b"")
 
 
+def part_span(msg: mime.ParsedMessage, numbers: list[int], binary: bool,
+              over: int) -> tuple[int, int] | None:
+    """Where BODY[n] or BINARY[n] lies in the message, for a part over
+    ``over`` bytes that can be sent as a view of it, without a copy (copying
+    20 MB at once would hold the reactor far longer than a step); None when
+    the part is small or missing, or (BINARY) has a real transfer encoding."""
+    part = mime.find_part(msg.root, numbers) if numbers else None
+    if part is None or part.end - part.body_start <= over:
+        return None
+    if binary and not (part.multipart or part.message is not None) and (
+            (part.header("Content-Transfer-Encoding") or b"").strip().lower() not in _IDENTITY):
+        return None
+    return part.body_start, part.end
+
+
 def binary_literal(data: bytes) -> bytes:
     """``~{n}`` (literal8) when the data holds NUL, else a plain literal."""
     marker = b"~{%d}\r\n" if b"\x00" in data else b"{%d}\r\n"

@@ -344,6 +344,22 @@ def streamable(item: FetchItem) -> bool:
     return item.name == "BINARY[]" or section.text in ("", "TEXT")
 
 
+def _part_view(msg: mime.ParsedMessage, item: FetchItem,
+               binary: bool) -> tuple[memoryview, bool] | None:
+    """A big BODY[n]/BINARY[n] (partial applied) as a view of the message
+    and whether it holds NUL; None where it must be built as bytes."""
+    assert item.section is not None
+    span = ext_fetch.part_span(msg, item.section.numbers, binary, STREAM_CHUNK)
+    if span is None:
+        return None
+    start, end = span
+    if item.partial is not None:
+        offset, length = item.partial
+        start, end = min(start + offset, end), min(start + offset + length, end)
+    has_nul = binary and msg.data.find(b"\x00", start, end) >= 0
+    return memoryview(msg.data)[start:end], has_nul
+
+
 def render_pieces(
     seq: int,
     info: MessageInfo,
@@ -393,6 +409,14 @@ def render_pieces(
                                        item.partial, name == "BINARY[]"))
         elif name in ("BINARY[]", "BINARY.SIZE"):
             assert item.section is not None
+            view = _part_view(load(), item, True) if stream and name == "BINARY[]" else None
+            if view is not None:  # a big identity-encoded part: no copy
+                data, has_nul = view
+                stats.body_count += 1
+                stats.body_bytes += len(data)
+                marker = b"~{%d}\r\n" if has_nul else b"{%d}\r\n"
+                out.append((item.label + b" " + marker % len(data), data))
+                continue
             data = ext_fetch.binary_section(load(), item.section.numbers)
             if name == "BINARY.SIZE":
                 out.append(item.label + b" %d" % len(data))
@@ -409,10 +433,16 @@ def render_pieces(
                 out.append(item.label + b" " + ext_fetch.binary_literal(data))
         else:
             assert item.section is not None
-            data = section_bytes(load(), item.section)
-            if item.partial is not None:
-                start, length = item.partial
-                data = data[start : start + length]
+            view = None
+            if stream and item.section.numbers and item.section.text == "":
+                view = _part_view(load(), item, False)
+            if view is not None:  # a big part: a view of the message, no copy
+                data = view[0]
+            else:
+                data = section_bytes(load(), item.section)
+                if item.partial is not None:
+                    start, length = item.partial
+                    data = data[start : start + length]
             if item.section.is_header():
                 stats.hdr_count += 1
                 stats.hdr_bytes += len(data)
