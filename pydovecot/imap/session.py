@@ -205,27 +205,6 @@ class _Output:
         self.session._output_stopped()
 
 
-class _BoundedCache(mime.MessageCache):
-    """The parsed-message LRU with a bound on its total size too, so a
-    session never holds more than :data:`CACHE_BYTES` of message text."""
-
-    def __init__(self) -> None:
-        super().__init__(size=16, max_bytes=CACHE_BYTES // 4)
-        self._bytes = 0
-
-    def put(self, key: tuple, item: mime.ParsedMessage) -> None:
-        if len(item.data) > self.max_bytes:
-            return
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old.data)
-        self._items[key] = item
-        self._bytes += len(item.data)
-        while len(self._items) > self.size or self._bytes > CACHE_BYTES:
-            _k, dropped = self._items.popitem(last=False)
-            self._bytes -= len(dropped.data)
-
-
 def _error_line(f: Failure) -> str:
     """An unexpected exception as one bounded log line: type, sanitised
     message and the innermost frame (no traceback, no client bytes raw)."""
@@ -257,7 +236,10 @@ class IMAPSession(SyncMixin, URLAuthMixin, Rev2Mixin, MailboxExtMixin, CompressM
             self._enqueue, self._want_continuation, self.max_line, self.append_limit
         )
         self.mailbox: IMailbox | None = None
-        self.cache = _BoundedCache()
+        # bounded in count, per message and in total: a session never holds
+        # more than CACHE_BYTES of message text
+        self.cache = mime.MessageCache(size=16, max_bytes=CACHE_BYTES // 4,
+                                       total_bytes=CACHE_BYTES)
         self._scans: dict[tuple, fetch.MessageScan] = {}  # streamed messages' sizes
         self.stats = fetch.FetchStats()
         self.counters = {"deleted": 0, "expunged": 0, "trashed": 0}
