@@ -44,9 +44,14 @@ class ChannelAMP(amp.AMP):
             locator.channel = self
 
     def connectionLost(self, reason):
-        super().connectionLost(reason)
-        if self.on_lost is not None:
-            self.on_lost(reason)
+        # The owner hears first, then the pending commands fail: a caller
+        # whose command fails here already sees this channel gone (the
+        # master's pool then never picks a dead mail process again).
+        try:
+            if self.on_lost is not None:
+                self.on_lost(reason)
+        finally:
+            super().connectionLost(reason)
 
 
 def adopt_channel(fd: int, protocol: amp.AMP):

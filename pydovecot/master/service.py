@@ -568,9 +568,9 @@ class MasterService(Service):
                         yield process.call(NewClient, **kwargs)
                         break
                     except ConnectionClosed:
-                        # Killed, not yet reaped: the client (whose fd is
-                        # still ours) goes to another process of its uid.
-                        process.alive = False
+                        # Killed, not yet reaped (its channel is marked lost,
+                        # so the pool won't pick it again): the client, whose
+                        # fd is still ours, goes to another process of its uid.
                         if attempt + 1 == HANDOFF_ATTEMPTS:
                             raise RuntimeError("mail processes keep dying") from None
                         log.warn("{service}({user}): mail process {pid} went away; "
