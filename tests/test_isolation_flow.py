@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -63,6 +64,14 @@ class Bob:
     @property
     def worst(self) -> float:
         return max(self.times)
+
+    def watch(self, pid: int, done: Callable[[], bool], peak: int) -> int:
+        """NOOPs until ``done()``, sampling ``pid``'s RSS after each; the
+        highest RSS seen (starting from ``peak``)."""
+        while not done():
+            self.noops(1)
+            peak = max(peak, rss(pid))
+        return peak
 
 
 READER_SCRIPT = r"""
@@ -204,19 +213,14 @@ class OutputFlowTests(IsolationCase):
         base = rss(pid)
         # Ten pipelined fetches of the 20 MB body that alice never reads.
         alice.send(b"".join(b"f%d FETCH 1 BODY.PEEK[]\r\n" % i for i in range(10)))
-        peak = base
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            bob.noops(1)
-            peak = max(peak, rss(pid))
+        peak = bob.watch(pid, lambda: time.monotonic() >= deadline, base)
         stalled_worst = bob.worst
         # Now alice reads everything as fast as she can, while bob measures.
         drain = Drain(alice.sock, until=b"f9 OK Fetch completed.\r\n")
         drain.start()
         bob.times.clear()
-        while not drain.done.is_set():
-            bob.noops(1)
-            peak = max(peak, rss(pid))
+        peak = bob.watch(pid, drain.done.is_set, peak)
         drain.join(60)
         print(f"\nbase {base / MiB:.1f} MiB, growth {(peak - base) / MiB:.1f} MiB, "
               f"bob worst while blocked {stalled_worst * 1000:.1f} ms, "
@@ -242,9 +246,7 @@ class BigPartTests(IsolationCase):
         drain = Drain(alice.sock, until=b"b4 OK Fetch completed.\r\n")
         drain.start()
         peak = base
-        while not drain.done.is_set():
-            bob.noops(1)
-            peak = max(peak, rss(pid))
+        peak = bob.watch(pid, drain.done.is_set, peak)
         drain.join(60)
         print(f"\ngrowth {(peak - base) / MiB:.1f} MiB, bob worst {bob.worst * 1000:.1f} ms "
               f"over {len(bob.times)}")
@@ -281,9 +283,7 @@ class PipelineTests(IsolationCase):
         reader = LineCount(alice.sock, want, buffered=alice.buffer)
         reader.start()
         peak = base
-        while not reader.done.is_set():
-            bob.noops(1)
-            peak = max(peak, rss(pid))
+        peak = bob.watch(pid, reader.done.is_set, peak)
         reader.join(30)
         elapsed = time.monotonic() - start
         print(f"\n1000 commands in {elapsed:.2f} s, growth {(peak - base) / MiB:.1f} MiB, "
@@ -309,9 +309,7 @@ class CompressTests(IsolationCase):
         reader = LineCount(alice.sock, count, inflate=True, buffered=alice.buffer)
         reader.start()
         peak = base
-        while not reader.done.is_set() and time.monotonic() - start < 60:
-            bob.noops(1)
-            peak = max(peak, rss(pid))
+        peak = bob.watch(pid, lambda: reader.done.is_set() or time.monotonic() - start >= 60, peak)
         reader.join(5)
         elapsed = time.monotonic() - start
         print(f"\n{len(bomb)} bytes of deflate = {count} NOOPs answered in {elapsed:.1f} s, "
@@ -425,18 +423,13 @@ class POP3FlowTests(IsolationCase):
         bob.noops(5)
         base = rss(pid)
         pop.send(b"RETR 1\r\n" * 10 + b"LIST\r\nUIDL\r\nQUIT\r\n")
-        peak = base
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            bob.noops(1)
-            peak = max(peak, rss(pid))
+        peak = bob.watch(pid, lambda: time.monotonic() >= deadline, base)
         blocked_worst = bob.worst
         drain = Drain(pop.sock, until=b"+OK Logging out.\r\n")
         drain.start()
         bob.times.clear()
-        while not drain.done.is_set():
-            bob.noops(1)
-            peak = max(peak, rss(pid))
+        peak = bob.watch(pid, drain.done.is_set, peak)
         drain.join(60)
         print(f"\ngrowth {(peak - base) / MiB:.1f} MiB, bob worst while blocked "
               f"{blocked_worst * 1000:.1f} ms, while draining {bob.worst * 1000:.1f} ms")
