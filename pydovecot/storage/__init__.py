@@ -55,7 +55,7 @@ def open_storage(user: str, location: str, home: str) -> IMailStorage:
             raise UnsupportedLocation(f"mail_location option {key}= is not supported yet")
         else:
             raise UnsupportedLocation(f"unknown mail_location option {key!r}")
-    return MaildirStorage(user, root, utf8=utf8)
+    return MaildirStorage(user, root, utf8=utf8, home=home or None)
 
 
 __all__ = ["open_storage", "parse_location", "UnsupportedLocation"]

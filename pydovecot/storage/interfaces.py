@@ -51,6 +51,26 @@ class MailboxExists(StorageError):
     code = "ALREADYEXISTS"
 
 
+class AttributeTooLarge(StorageError):
+    """A mailbox attribute value is above the limit (RFC 5464:
+    ``NO [METADATA MAXSIZE n]``); ``max_size`` is the limit in octets."""
+
+    def __init__(self, max_size: int):
+        super().__init__(f"Metadata value is too large (the limit is {max_size} octets)")
+        self.max_size = max_size
+        self.code = f"METADATA MAXSIZE {max_size}"
+
+
+class TooManyAttributes(StorageError):
+    """A new mailbox attribute would exceed the number of entries allowed
+    (RFC 5464: ``NO [METADATA TOOMANY]``)."""
+
+    code = "METADATA TOOMANY"
+
+    def __init__(self, message: str = "Too many metadata entries"):
+        super().__init__(message)
+
+
 #: System flags, spelled as IMAP spells them.  Keywords are any other atom.
 SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
 
@@ -119,7 +139,16 @@ class IMailbox(Interface):
     recent = Attribute("set[int]: UIDs that are \\Recent in this session")
     keywords = Attribute("list[str]: keywords defined in this mailbox (for FLAGS)")
 
-    highestmodseq = Attribute("int: CONDSTORE HIGHESTMODSEQ, persistent across restarts")
+    highestmodseq = Attribute(
+        "int: CONDSTORE HIGHESTMODSEQ as this view has reported it (not past an "
+        "expunge it still holds back), persistent across restarts")
+    seen_modseq = Attribute(
+        "int: the mailbox modseq this view has synced up to (at least "
+        "highestmodseq); a STATUS HIGHESTMODSEQ of the selected mailbox "
+        "reports the lower of the two")
+    deleted = Attribute(
+        "bool: the mailbox no longer exists on disk (deleted or renamed away by "
+        "another session or process); the session ends with BYE, as Dovecot's does")
 
     def sync(allow_expunge: bool = True) -> SyncResult:
         """Re-read the mailbox (new deliveries, other sessions' changes).
@@ -172,6 +201,10 @@ class IMailStorage(Interface):
 
     user = Attribute("str: the user's name")
 
+    def configure(settings: dict) -> None:
+        """Apply the user's settings to this storage: ``mail_cache_*``
+        limits and the ``mail_attribute_*`` bounds (unknown keys ignored)."""
+
     def list_mailboxes() -> list[MailboxInfo]:
         """Every mailbox, INBOX first, with \\HasChildren/\\HasNoChildren."""
 
@@ -195,7 +228,14 @@ class IMailStorage(Interface):
         """Remove a name from the subscriptions."""
 
     def status(name: str) -> MailboxStatus:
-        """Counts for STATUS without selecting."""
+        """Counts for STATUS without selecting.
+
+        ``recent`` counts the messages no session has claimed \\Recent for
+        yet, as Dovecot does: messages another session took \\Recent for
+        (by selecting the mailbox) are not recent for anyone else.  A
+        session asking about its own selected mailbox adds its view's
+        ``recent`` (Dovecot answers from the selected mailbox then).
+        """
 
     def open(name: str, readonly: bool = False) -> IMailbox:
         """Open a view of a mailbox (SELECT/EXAMINE).  The first view to
@@ -235,3 +275,31 @@ class IMailStorage(Interface):
 
     def remove_tree_listener(callback: Callable[[str, str, str | None], None]) -> None:
         """Undo :meth:`add_tree_listener`."""
+
+    # -- mailbox attributes (RFC 5464 METADATA, RFC 6154 special-use) -------
+
+    def get_attribute(mailbox: str, key: str) -> bytes | None:
+        """The value of an attribute, or None.
+
+        ``mailbox`` ``""`` means the server; ``key`` is an RFC 5464 entry
+        name with its scope (``/private/comment``, ``/shared/comment``,
+        ``/private/specialuse``, ``/private/vendor/vendor.dovecot/…``),
+        compared case-insensitively.  Entries under
+        ``/private/vendor/vendor.dovecot/pvt/`` (and ``/shared/…/pvt/``) are
+        internal: protocol code uses them (URLAUTH keys) but METADATA must
+        neither show nor change them, as in Dovecot.  MailboxNotFound for a
+        missing mailbox; StorageError (``CANNOT``) for a bad entry name.
+        """
+
+    def set_attribute(mailbox: str, key: str, value: bytes | None) -> None:
+        """Set (or, with None, delete) an attribute, durably.
+
+        AttributeTooLarge above the value limit, TooManyAttributes when a
+        new entry would exceed the per-mailbox entry limit.  Attributes
+        follow their mailbox through RENAME and go with it on DELETE.
+        """
+
+    def attribute_keys(mailbox: str, prefix: str = "") -> list[str]:
+        """Every entry name of a mailbox (or, for ``""``, the server) that
+        starts with ``prefix`` (``""`` = all, ``/private`` or ``/shared``, or
+        any deeper entry), sorted, with its scope (``/private/comment``)."""

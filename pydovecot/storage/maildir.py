@@ -30,6 +30,7 @@ import bisect
 import datetime
 import errno
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -42,6 +43,7 @@ from typing import BinaryIO
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pydovecot.storage import attributes as A
 from pydovecot.storage import names as N
 from pydovecot.storage.index import (
     EXPUNGE_KEEP,
@@ -54,6 +56,7 @@ from pydovecot.storage.index import (
     settle,
 )
 from pydovecot.storage.interfaces import (
+    AttributeTooLarge,
     IMailbox,
     IMailStorage,
     MailboxExists,
@@ -760,6 +763,24 @@ class _Box:
             with self.tx():
                 self.assign([])
 
+    def mailbox_guid(self, create: bool) -> str | None:
+        """The mailbox GUID (the uidlist's ``G``, as Dovecot keeps it for
+        Maildir); with ``create``, one is added to a uidlist without it."""
+        guid = uidlist_guid(self.uidlist_path)
+        if guid or not create:
+            return guid or None
+        self.ensure_uidlist()
+        with Dotlock(self.uidlist_path):
+            ul = read_uidlist(self.uidlist_path)
+            if ul is None:
+                raise StorageError(f"Mailbox has no usable uidlist: {self.name}")
+            if not ul.guid:
+                ul.guid = uuid.uuid4().hex
+                write_atomic(self.uidlist_path, ul.serialize())
+                self._ul = None
+            self.guid = ul.guid
+            return ul.guid
+
     # -- flags --------------------------------------------------------
 
     def flags_of(self, info: str) -> set[str]:
@@ -823,6 +844,21 @@ class _Box:
             rec.sub, rec.fname = "cur", new_fname
             return rec
         return None
+
+
+def uidlist_guid(path: str) -> str:
+    """The ``G`` field of a uidlist's header ("" if none or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(4096)
+    except OSError:
+        return ""
+    for tok in head.split():
+        if tok.startswith(b"G") and len(tok) > 1:
+            value = tok[1:].decode("ascii", "replace")
+            if all(c in "0123456789abcdefABCDEF" for c in value):
+                return value.lower()
+    return ""
 
 
 _fromts = datetime.datetime.fromtimestamp
@@ -1144,10 +1180,15 @@ class MaildirMailbox:
 class MaildirStorage:
     """One user's Maildir++ tree (see :class:`IMailStorage`)."""
 
-    def __init__(self, user: str, root: str, utf8: bool = False):
+    def __init__(self, user: str, root: str, utf8: bool = False, home: str | None = None):
         self.user = user
         self.root = os.path.abspath(root)
         self.utf8 = utf8
+        #: Dovecot's ``mail_attribute_dict = file:%h/dovecot-attributes``
+        #: (in the mail root when there is no home)
+        self.attributes = A.AttributeDict(
+            os.path.join(os.path.abspath(home) if home else self.root, A.FILENAME))
+        self._legacy_checked = False
         self._boxes: dict[str, _Box] = {}
         #: shared by every box's cache file; :meth:`configure` updates it
         self.cache_limits = CacheLimits()
@@ -1164,6 +1205,7 @@ class MaildirStorage:
         self.cache_limits.max_size = limits.max_size
         self.cache_limits.max_headers = limits.max_headers
         self.cache_limits.max_header_name = limits.max_header_name
+        self.attributes.limits = A.AttributeLimits.from_settings(settings)
 
     # -- paths and caches ---------------------------------------------
 
@@ -1274,10 +1316,18 @@ class MaildirStorage:
         path = self._dir(name)
         if not os.path.isdir(path):
             raise MailboxNotFound(f"Mailbox doesn't exist: {name}")
+        guid = uidlist_guid(os.path.join(path, UIDLIST))
         trash = os.path.join(self.root, f"{TRASH_PREFIX}.{uuid.uuid4().hex}")
         os.rename(path, trash)  # atomic: children (separate dirs) stay
         shutil.rmtree(trash, ignore_errors=True)
         self._forget(name)
+        if guid:  # its attributes go with it
+            try:
+                self.attributes.change({}, drop_prefixes=[f"{A.DICT_PRIVATE}{guid}/",
+                                                          f"{A.DICT_SHARED}{guid}/"])
+            except StorageError as e:
+                log.warn("{name}: attributes of the deleted mailbox not removed: {err}",
+                         name=name, err=e)
         self._notify(name)
         self._tree_changed("delete", name)
 
@@ -1359,7 +1409,8 @@ class MaildirStorage:
             size += rec.size
         return MailboxStatus(
             messages=len(box.uids),
-            recent=len(box.pending_recent) + sum(len(v.recent) for v in box.views),
+            # Dovecot: \Recent another session has taken is nobody else's
+            recent=len(box.pending_recent),
             uidnext=box.nextuid,
             uidvalidity=box.uidvalidity,
             unseen=unseen,
@@ -1481,6 +1532,79 @@ class MaildirStorage:
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(tmp, os.path.join(dbox.path, "cur", fname))
 
+    # -- mailbox attributes -------------------------------------------
+
+    def _attr_box(self, mailbox: str, create: bool) -> tuple[str | None, bool]:
+        """(GUID or None, is the server) of the attribute owner."""
+        server = mailbox == ""
+        box = self._box("INBOX" if server else mailbox)
+        self._migrate_legacy()
+        return box.mailbox_guid(create), server
+
+    def get_attribute(self, mailbox: str, key: str) -> bytes | None:
+        scope, rest = A.split_entry(key)
+        guid, server = self._attr_box(mailbox, False)
+        if guid is None:
+            return None
+        return self.attributes.get(A.dict_prefix(scope, guid, server) + rest)
+
+    def set_attribute(self, mailbox: str, key: str, value: bytes | None) -> None:
+        scope, rest = A.split_entry(key)
+        if value is not None and len(value) > self.attributes.limits.max_value_size:
+            raise AttributeTooLarge(self.attributes.limits.max_value_size)
+        guid, server = self._attr_box(mailbox, value is not None)
+        if guid is None:
+            return  # nothing to delete
+        prefix = A.dict_prefix(scope, guid, server)
+        self.attributes.change({prefix + rest: value}, count_prefix=prefix)
+
+    def attribute_keys(self, mailbox: str, prefix: str = "") -> list[str]:
+        guid, server = self._attr_box(mailbox, False)
+        if guid is None:
+            return []
+        want = prefix.lower().rstrip("/")
+        out = []
+        for scope in (A.DICT_PRIVATE, A.DICT_SHARED):
+            base = A.dict_prefix(scope, guid, server)
+            for k in self.attributes.keys(base):
+                rest = k[len(base):]
+                if not server and rest.startswith(A.SERVER_PREFIX):
+                    continue  # the server's entries, kept in INBOX
+                entry = A.to_entry(scope, rest)
+                if not want or entry == want or entry.startswith(want + "/"):
+                    out.append(entry)
+        return sorted(out)
+
+    def _migrate_legacy(self) -> None:
+        """Once: move what older pydovecot versions kept in files of their
+        own (``pydovecot-special-use``, ``pydovecot-urlauth-keys`` in the
+        mail root) into attributes; the files are renamed ``*.migrated``."""
+        if self._legacy_checked:
+            return
+        self._legacy_checked = True
+        for fname, reader in ((LEGACY_SPECIAL_USE, _legacy_special_use),
+                              (LEGACY_URLAUTH, _legacy_urlauth)):
+            path = os.path.join(self.root, fname)
+            if not os.path.exists(path):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    entries = reader(f.read(1 << 20))
+                for name, key, value, uidvalidity in entries:
+                    try:
+                        box = self._box(name)
+                    except (MailboxNotFound, MailboxNameError):
+                        continue
+                    if uidvalidity is not None and box.uidvalidity != uidvalidity:
+                        continue  # a key of an earlier mailbox of that name
+                    guid = box.mailbox_guid(True)
+                    full = A.dict_prefix(A.DICT_PRIVATE, guid, False) + A.split_entry(key)[1]
+                    if self.attributes.get(full) is None:
+                        self.attributes.change({full: value})
+                os.replace(path, path + ".migrated")
+            except (OSError, StorageError, ValueError) as e:
+                log.warn("{path}: not migrated to attributes: {err}", path=path, err=e)
+
     # -- listeners ----------------------------------------------------
 
     def add_listener(self, name: str, callback: Callable[[], None]) -> None:
@@ -1501,6 +1625,41 @@ class MaildirStorage:
     def _tree_changed(self, kind: str, name: str, new: str | None = None) -> None:
         for cb in list(self._tree_listeners):
             cb(kind, name, new)
+
+
+LEGACY_SPECIAL_USE = "pydovecot-special-use"
+LEGACY_URLAUTH = "pydovecot-urlauth-keys"
+_SPECIAL_USE = {a.lower(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk",
+                                       "\\Sent", "\\Trash", "\\Important")}
+_Legacy = list[tuple[str, str, bytes, "int | None"]]
+
+
+def _legacy_special_use(data: bytes) -> _Legacy:
+    """``<name> TAB <attributes>`` lines (pydovecot/imap/specialuse.py
+    before attributes) → /private/specialuse values."""
+    out: _Legacy = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        name, sep, attrs = line.partition("\t")
+        found = sorted({c for a in attrs.split() if (c := _SPECIAL_USE.get(a.lower()))})
+        if sep and name and found:
+            out.append((name, A.SPECIALUSE, " ".join(found).encode(), None))
+    return out
+
+
+def _legacy_urlauth(data: bytes) -> _Legacy:
+    """``{"version": 1, "keys": {name: {"uidvalidity", "key"}}}`` (the
+    URLAUTH key file before attributes) → hex keys in URLAUTH_KEY."""
+    keys = json.loads(data)["keys"]
+    out: _Legacy = []
+    for name, entry in keys.items():
+        try:
+            key = bytes.fromhex(entry["key"])
+            uidvalidity = int(entry["uidvalidity"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if key:
+            out.append((str(name), A.URLAUTH_KEY, key.hex().encode(), uidvalidity))
+    return out
 
 
 __all__ = ["MaildirStorage", "MaildirMailbox", "unique_name"]
