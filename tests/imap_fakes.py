@@ -1,8 +1,13 @@
 """An in-memory IMailStorage for IMAP unit tests.
 
-Trusts its caller completely; implements just enough of
-``pydovecot.storage.interfaces`` (views, \\Recent, listeners, sync
-reporting other views' changes) to exercise the protocol layer.
+Trusts its caller completely; implements every member of
+``pydovecot.storage.interfaces`` (``verifyObject`` passes, see
+tests/test_storage_interfaces.py) with the simplest semantics the
+contract allows: views, \\Recent, listeners, sync reporting other views'
+changes (all of them deferred while ``allow_expunge`` is false), modseqs
+that stay 1 (``vanished_since`` over-reports, as RFC 7162 allows), a
+per-view value cache, and attributes kept on the mailbox (so RENAME keeps
+them and DELETE drops them, as the Maildir storage's GUID keying does).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import BinaryIO
 
 from zope.interface import implementer
 
+from pydovecot.storage import attributes as A
 from pydovecot.storage.interfaces import (
+    AttributeTooLarge,
     IMailbox,
     IMailStorage,
     MailboxExists,
@@ -24,6 +31,7 @@ from pydovecot.storage.interfaces import (
     MessageInfo,
     StorageError,
     SyncResult,
+    TooManyAttributes,
 )
 
 
@@ -41,6 +49,7 @@ class _Box:
     messages: list[_Stored] = field(default_factory=list)
     uidvalidity: int = 1234
     uidnext: int = 1
+    attributes: dict[str, bytes] = field(default_factory=dict)
 
 
 @implementer(IMailbox)
@@ -54,8 +63,16 @@ class FakeMailbox:
         self.recent: set[int] = set()
         self.messages: list[MessageInfo] = []
         self.keywords: list[str] = []
+        self.highestmodseq = 1  # modseqs stay 1 here (ModseqMailbox has real ones)
+        self.seen_modseq = 1
+        self._stored: dict[int, _Stored] = {}  # what the view has seen, expunged or not
+        self._cache: dict[tuple[int, str], object] = {}
         self._take(box.messages)
         self.storage.views.append(self)
+
+    @property
+    def deleted(self) -> bool:
+        return self.name not in self.storage.boxes
 
     @property
     def uidnext(self) -> int:
@@ -72,10 +89,15 @@ class FakeMailbox:
                 m.recent_taken = True
                 self.recent.add(m.uid)
             self.messages.append(self._info(m))
+            self._stored[m.uid] = m
             added.append(m.uid)
         return added
 
-    def sync(self) -> SyncResult:
+    def sync(self, allow_expunge: bool = True) -> SyncResult:
+        if not allow_expunge:
+            # the contract lets a storage defer every change to a sync that
+            # may expunge; the session tests over this fake rely on it
+            return SyncResult()
         box = self.storage.boxes.get(self.name, _Box())
         current = {m.uid: m for m in box.messages}
         result = SyncResult()
@@ -85,6 +107,7 @@ class FakeMailbox:
             if m is None:
                 result.expunged.append(info.uid)
                 self.recent.discard(info.uid)
+                self._stored.pop(info.uid, None)
                 continue
             if m.flags != info.flags:
                 info.flags = set(m.flags)
@@ -98,10 +121,32 @@ class FakeMailbox:
     def message_file(self, uid: int) -> BinaryIO:
         import io
 
-        for m in self.storage.boxes[self.name].messages:
-            if m.uid == uid:
-                return io.BytesIO(m.data)
-        raise StorageError("expunged")
+        m = self._stored.get(uid)
+        if m is None:
+            err = StorageError(f"Message UID {uid} has been expunged")
+            err.code = "EXPUNGEISSUED"
+            raise err
+        return io.BytesIO(m.data)
+
+    def vanished_since(self, modseq: int) -> list[int]:
+        """No expunge log: every absent UID below UIDNEXT (RFC 7162 allows it)."""
+        box = self.storage.boxes.get(self.name, _Box())
+        present = {m.uid for m in box.messages} | {i.uid for i in self.messages}
+        return [u for u in range(1, self.uidnext) if u not in present]
+
+    def store_unchanged_since(self, uids: Iterable[int], flags: Iterable[str], mode: str,
+                              unchangedsince: int) -> tuple[list[int], list[int]]:
+        uids = list(uids)
+        modseqs = {i.uid: i.modseq for i in self.messages}
+        failed = [u for u in uids if modseqs.get(u, 0) > unchangedsince]
+        return self.store([u for u in uids if u not in failed], flags, mode), failed
+
+    def cached(self, uid: int, key: str) -> object | None:
+        return self._cache.get((uid, key))
+
+    def set_cached(self, uid: int, key: str, value: object) -> None:
+        if uid in self._stored:
+            self._cache[(uid, key)] = value
 
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
         if self.readonly:
@@ -134,6 +179,8 @@ class FakeMailbox:
         ]
         box.messages = [m for m in box.messages if m.uid not in gone]
         self.messages = [i for i in self.messages if i.uid not in gone]
+        for uid in gone:
+            self._stored.pop(uid, None)
         if gone:
             self.storage.notify(self.name)
         return gone
@@ -152,6 +199,11 @@ class FakeStorage:
         self.views: list[FakeMailbox] = []
         self.listeners: dict[str, list[Callable[[], None]]] = {}
         self.tree_listeners: list[Callable[[str, str, str | None], None]] = []
+        self.server_attributes: dict[str, bytes] = {}
+        self.attribute_limits = A.AttributeLimits()
+
+    def configure(self, settings: dict) -> None:
+        self.attribute_limits = A.AttributeLimits.from_settings(settings)
 
     def notify(self, name: str) -> None:
         for cb in list(self.listeners.get(name, [])):
@@ -272,3 +324,35 @@ class FakeStorage:
     def remove_tree_listener(self, callback: Callable[[str, str, str | None], None]) -> None:
         if callback in self.tree_listeners:
             self.tree_listeners.remove(callback)
+
+    # -- attributes ------------------------------------------------------
+
+    def _attrs(self, mailbox: str) -> dict[str, bytes]:
+        if mailbox == "":
+            return self.server_attributes
+        box = self.boxes.get(mailbox)
+        if box is None:
+            raise MailboxNotFound("Mailbox doesn't exist")
+        return box.attributes
+
+    def get_attribute(self, mailbox: str, key: str) -> bytes | None:
+        scope, rest = A.split_entry(key)
+        return self._attrs(mailbox).get(A.to_entry(scope, rest))
+
+    def set_attribute(self, mailbox: str, key: str, value: bytes | None) -> None:
+        scope, rest = A.split_entry(key)
+        attrs = self._attrs(mailbox)
+        entry = A.to_entry(scope, rest)
+        if value is None:
+            attrs.pop(entry, None)
+            return
+        if len(value) > self.attribute_limits.max_value_size:
+            raise AttributeTooLarge(self.attribute_limits.max_value_size)
+        if entry not in attrs and len(attrs) >= self.attribute_limits.max_entries:
+            raise TooManyAttributes()
+        attrs[entry] = bytes(value)
+
+    def attribute_keys(self, mailbox: str, prefix: str = "") -> list[str]:
+        want = prefix.lower().rstrip("/")
+        return sorted(k for k in self._attrs(mailbox)
+                      if not want or k == want or k.startswith(want + "/"))

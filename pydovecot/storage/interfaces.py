@@ -156,7 +156,8 @@ class IMailbox(Interface):
         With ``allow_expunge`` false (during FETCH, STORE, SEARCH, where IMAP
         forbids EXPUNGE responses) messages that are gone stay in the view,
         still readable if their file can be found, and are reported by a later
-        ``sync(True)``.
+        ``sync(True)``.  A storage may also defer every other change to such a
+        later sync (the test fake does).
         """
 
     def vanished_since(modseq: int) -> list[int]:
