@@ -133,7 +133,7 @@ class IMailbox(Interface):
 
     name = Attribute("str: the mailbox name")
     readonly = Attribute("bool: opened by EXAMINE")
-    uidvalidity = Attribute("int")
+    uidvalidity = Attribute("int: the mailbox UIDVALIDITY")
     uidnext = Attribute("int: the UID the next message will get")
     messages = Attribute("list[MessageInfo]: the view, UID ascending")
     recent = Attribute("set[int]: UIDs that are \\Recent in this session")

@@ -1,0 +1,129 @@
+"""The storage interfaces are honest (issue 8 part 3).
+
+* ``zope.interface.verify.verifyObject`` passes for every implementation:
+  the Maildir storage and a mailbox it opened, the in-memory fakes of
+  ``tests.imap_fakes`` and the modseq fakes of ``tests.test_imap_condstore``.
+* Every member protocol code uses on a storage object is declared on
+  ``IMailStorage`` or ``IMailbox``.  The check is a heuristic over the
+  sources of ``pydovecot/imap``, ``pop3``, ``lmtp`` and ``mailproc`` (ast):
+  an attribute read or call on a name (or an attribute) called
+  ``storage``, ``mailbox``, ``mbox``, ``view`` or ``opened``, on
+  ``self._selected()``, and the string constant of a ``getattr`` /
+  ``hasattr`` on one of those, counts as a use.  A variable of one of
+  those names that holds a mailbox *name* (a str) would show up as
+  ``str`` methods; those are ignored.  It cannot see a storage object
+  passed under another name, so it is a tripwire, not a proof.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import pathlib
+
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+import pydovecot
+from pydovecot.storage.interfaces import IMailbox, IMailStorage
+from pydovecot.storage.maildir import MaildirStorage
+from tests.imap_fakes import FakeStorage
+from tests.test_imap_condstore import ModseqStorage
+
+PROTOCOL_DIRS = ("imap", "pop3", "lmtp", "mailproc")
+STORAGE_NAMES = {"storage", "mailbox", "mbox", "view", "opened"}
+#: Used today by protocol code but not part of the interface: the
+#: special-use and URLAUTH modules still read the Maildir root and keep a
+#: key store on the storage; issue 8 moves them to the attribute API
+#: (helper R's branch), after which this set must be emptied.
+NOT_YET_MIGRATED = {"root", "_pydovecot_urlauth_keys"}
+
+
+def _declared() -> set[str]:
+    return set(IMailStorage.names(all=True)) | set(IMailbox.names(all=True))
+
+
+def _is_storage_expr(node: ast.AST) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in STORAGE_NAMES
+    if isinstance(node, ast.Attribute):
+        return node.attr in STORAGE_NAMES
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr == "_selected"
+    return False
+
+
+def storage_uses(root: pathlib.Path) -> dict[str, set[str]]:
+    """Member name → ``file:line`` places where protocol code uses it on
+    a storage object (by the heuristic in the module docstring)."""
+    uses: dict[str, set[str]] = {}
+    for sub in PROTOCOL_DIRS:
+        for path in sorted((root / sub).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+            for node in ast.walk(tree):
+                name = None
+                if isinstance(node, ast.Attribute) and _is_storage_expr(node.value):
+                    name = node.attr
+                elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                      and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2
+                      and _is_storage_expr(node.args[0])
+                      and isinstance(node.args[1], ast.Constant)
+                      and isinstance(node.args[1].value, str)):
+                    name = node.args[1].value
+                if name is not None and not hasattr(str, name):
+                    where = f"{path.relative_to(root.parent)}:{node.lineno}"
+                    uses.setdefault(name, set()).add(where)
+    return uses
+
+
+class VerifyObjectTests(unittest.TestCase):
+    def test_maildir(self) -> None:
+        d = self.mktemp()
+        storage = MaildirStorage("alice", os.path.join(d, "Maildir"), home=d)
+        storage.append("INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
+        self.assertTrue(verifyObject(IMailStorage, storage))
+        box = storage.open("INBOX")
+        self.addCleanup(box.close)
+        self.assertTrue(verifyObject(IMailbox, box))
+        ro = storage.open("INBOX", readonly=True)
+        self.addCleanup(ro.close)
+        self.assertTrue(verifyObject(IMailbox, ro))
+
+    def test_fakes(self) -> None:
+        for cls in (FakeStorage, ModseqStorage):
+            storage = cls()
+            storage.append("INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
+            self.assertTrue(verifyObject(IMailStorage, storage), cls)
+            box = storage.open("INBOX")
+            self.assertTrue(verifyObject(IMailbox, box), cls)
+            box.close()
+
+    def test_declared_members_are_documented(self) -> None:
+        for iface in (IMailStorage, IMailbox):
+            for name in iface.names():
+                self.assertTrue(iface[name].getDoc().strip(), f"{iface.__name__}.{name}")
+
+
+class ProtocolUsesTests(unittest.TestCase):
+    def test_every_used_member_is_declared(self) -> None:
+        root = pathlib.Path(pydovecot.__file__).parent
+        uses = storage_uses(root)
+        self.assertIn("status", uses)  # the walk sees something at all
+        missing = {name: sorted(places)[:3] for name, places in uses.items()
+                   if name not in _declared() and name not in NOT_YET_MIGRATED}
+        self.assertEqual(missing, {}, "used on storage objects but not declared")
+
+    def test_heuristic_finds_getattr_probes(self) -> None:
+        d = pathlib.Path(self.mktemp()) / "pkg"
+        (d / "imap").mkdir(parents=True)
+        for sub in PROTOCOL_DIRS[1:]:
+            (d / sub).mkdir()
+        (d / "imap" / "x.py").write_text(
+            "def f(self, mbox, name):\n"
+            "    getattr(mbox, 'frobnicate', None)\n"
+            "    self.storage.wibble()\n"
+            "    self._selected().wobble\n"
+            "    mailbox = name\n"
+            "    mailbox.endswith('/')\n")
+        self.assertEqual(set(storage_uses(d)), {"frobnicate", "wibble", "wobble"})
