@@ -85,9 +85,9 @@ class FakeMailbox:
     def _take(self, stored: list[_Stored]) -> list[int]:
         added = []
         for m in stored:
-            if not self.readonly and not m.recent_taken:
-                m.recent_taken = True
+            if not m.recent_taken:  # EXAMINE sees \Recent but leaves it
                 self.recent.add(m.uid)
+                m.recent_taken = not self.readonly
             self.messages.append(self._info(m))
             self._stored[m.uid] = m
             added.append(m.uid)

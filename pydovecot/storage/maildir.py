@@ -258,6 +258,11 @@ class _Box:
         self.expunged: list[tuple[int, int]] = []  # (modseq, uid), the QRESYNC log
         self.vanished_floor = 0
         self.log: list[_Event] = []
+        #: UIDs no view has claimed \\Recent for.  Across processes the
+        #: claim is the move from new/ to cur/ (a read-write view moves a
+        #: message out of new/ when it takes \\Recent; nothing else moves an
+        #: unclaimed one: STORE needs a view, which claimed first), so a
+        #: message seen leaving new/ is no longer pending anywhere.
         self.pending_recent: set[int] = set()
         self.gone: set[str] = set()  # base names confirmed missing
         self.views: list[MaildirMailbox] = []
@@ -414,6 +419,8 @@ class _Box:
                 self.modseq = max(self.modseq, modseq)
                 rec = self.by_uid.get(uid)
                 if rec is not None and base_name(fname) == rec.base:
+                    if sub != "new":
+                        self.pending_recent.discard(uid)  # claimed elsewhere
                     rec.sub, rec.fname = sub, fname
                     if modseq > rec.modseq:
                         rec.modseq = modseq
@@ -462,6 +469,8 @@ class _Box:
                     self.pending_recent.add(uid)
                 self._event(modseq, "a", uid)
             elif rec.fname != r.fname or rec.sub != r.sub or r.modseq > rec.modseq:
+                if r.sub != "new":
+                    self.pending_recent.discard(uid)
                 rec.sub, rec.fname = r.sub, r.fname
                 rec.modseq = max(rec.modseq, r.modseq)
                 self._event(modseq, "f", uid)
@@ -638,6 +647,8 @@ class _Box:
                 fresh.append((b, sub, fname))
             elif rec.fname != fname or rec.sub != sub:
                 old_info = rec.info
+                if sub != "new":
+                    self.pending_recent.discard(rec.uid)
                 rec.sub, rec.fname = sub, fname
                 self._renamed(rec, rec.info != old_info)
         if fresh:
