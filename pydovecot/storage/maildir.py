@@ -43,6 +43,7 @@ from typing import BinaryIO
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pydovecot.log import sanitize
 from pydovecot.storage import attributes as A
 from pydovecot.storage import names as N
 from pydovecot.storage.index import (
@@ -815,8 +816,8 @@ class _Box:
         if kws:
             kw_letters, dropped = self.keywords.letters_for(kws)
             if dropped:
-                log.warn("{box}: too many keywords, not stored: {kw}", box=self.name,
-                         kw=" ".join(sorted(dropped)))
+                log.warn("{box}: too many keywords, not stored: {kw}", box=sanitize(self.name),
+                         kw=sanitize(" ".join(sorted(dropped))))
         return "".join(sorted(letters)) + kw_letters
 
     def rec_path(self, rec: _Rec) -> str:
@@ -1338,7 +1339,7 @@ class MaildirStorage:
                                                           f"{A.DICT_SHARED}{guid}/"])
             except StorageError as e:
                 log.warn("{name}: attributes of the deleted mailbox not removed: {err}",
-                         name=name, err=e)
+                         name=sanitize(name), err=sanitize(e))
         self._notify(name)
         self._tree_changed("delete", name)
 
@@ -1614,7 +1615,7 @@ class MaildirStorage:
                         self.attributes.change({full: value})
                 os.replace(path, path + ".migrated")
             except (OSError, StorageError, ValueError) as e:
-                log.warn("{path}: not migrated to attributes: {err}", path=path, err=e)
+                log.warn("{path}: not migrated to attributes: {err}", path=path, err=sanitize(e))
 
     # -- listeners ----------------------------------------------------
 
