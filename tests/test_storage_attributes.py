@@ -10,6 +10,7 @@ Dovecot (``doveadm mailbox metadata`` on the same home with
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -178,6 +179,24 @@ class MaildirAttributeTests(_Semantics, unittest.TestCase):
         self.assertTrue(text.startswith(f"3 V1234 N5 G{guid}\n"), text)
         self.assertIn("4 :1700000000.M1P1.host\n", text)
         self.assertIn(f"priv/{guid}/comment\n".encode(), self.dict_file())
+
+    def test_rename_inbox_leaves_its_attributes(self) -> None:
+        s = self.make()
+        s.set_attribute("INBOX", "/private/comment", b"inbox")
+        s.set_attribute("", "/private/comment", b"server")
+        s.rename("INBOX", "Old")
+        self.assertEqual(s.get_attribute("INBOX", "/private/comment"), b"inbox")
+        self.assertEqual(s.get_attribute("", "/private/comment"), b"server")
+        self.assertEqual(s.attribute_keys("Old"), [])
+
+    def test_lost_uidlist_keeps_the_guid(self) -> None:
+        s = self.make()
+        s.create("Foo")
+        s.append("Foo", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
+        s.set_attribute("Foo", "/private/comment", b"kept")
+        os.unlink(os.path.join(self.root, ".Foo", "dovecot-uidlist"))
+        s.append("Foo", io.BytesIO(b"Subject: y\r\n\r\nbody\r\n"))  # rebuilds it
+        self.assertEqual(s.get_attribute("Foo", "/private/comment"), b"kept")
 
     def test_another_process_sees_changes(self) -> None:
         a = self.make()

@@ -203,6 +203,8 @@ class AttributeDict:
                 raise AttributeTooLarge(self.limits.max_value_size)
         drops = [p.encode("utf-8", "surrogateescape") for p in drop_prefixes]
         directory = os.path.dirname(self.path) or "."
+        if all(v is None for v in sets.values()) and not os.path.exists(self.path):
+            return  # only deletions, and nothing stored yet
         try:
             os.makedirs(directory, 0o700, exist_ok=True)
             with Dotlock(self.path):

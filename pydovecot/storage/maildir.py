@@ -779,8 +779,11 @@ class _Box:
         """The mailbox GUID (the uidlist's ``G``, as Dovecot keeps it for
         Maildir); with ``create``, one is added to a uidlist without it."""
         guid = uidlist_guid(self.uidlist_path)
-        if guid or not create:
-            return guid or None
+        if guid:
+            self.guid = guid  # kept should the uidlist be lost and rebuilt
+            return guid
+        if not create:
+            return None
         self.ensure_uidlist()
         with Dotlock(self.uidlist_path):
             ul = read_uidlist(self.uidlist_path)
