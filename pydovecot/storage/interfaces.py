@@ -10,6 +10,13 @@ Mailbox names here are always Unicode in IMAP form with ``/`` as the
 hierarchy separator (``INBOX``, ``Archive/2024``); the protocol layer does
 the modified-UTF-7 conversion for IMAP4rev1 clients.
 
+What protocol code keeps per mailbox or per user (special-use set by
+CREATE, URLAUTH keys, METADATA entries) is a mailbox attribute
+(:meth:`IMailStorage.get_attribute` …), keyed by RFC 5464 entry names as
+Dovecot keys them; ``tests/test_storage_interfaces.py`` checks that every
+member protocol code uses is declared here and that every implementation,
+the test fakes included, passes ``verifyObject``.
+
 All calls are synchronous: a mail process serves one uid from one reactor,
 and local disk I/O on Maildir is short.  Several sessions of one user share
 one :class:`IMailStorage` and one :class:`IMailbox` view per session;
@@ -143,9 +150,8 @@ class IMailbox(Interface):
         "int: CONDSTORE HIGHESTMODSEQ as this view has reported it (not past an "
         "expunge it still holds back), persistent across restarts")
     seen_modseq = Attribute(
-        "int: the mailbox modseq this view has synced up to (at least "
-        "highestmodseq); a STATUS HIGHESTMODSEQ of the selected mailbox "
-        "reports the lower of the two")
+        "int: the mailbox modseq this view has synced up to; never below "
+        "highestmodseq, which stays lower while an expunge is held back")
     deleted = Attribute(
         "bool: the mailbox no longer exists on disk (deleted or renamed away by "
         "another session or process); the session ends with BYE, as Dovecot's does")
@@ -177,7 +183,11 @@ class IMailbox(Interface):
         """Keep a JSON-able value in the index for a message."""
 
     def message_file(uid: int) -> BinaryIO:
-        """Open a message's bytes (as stored, LF or CRLF) for reading."""
+        """Open a message's bytes (as stored, LF or CRLF) for reading.
+
+        A message expunged elsewhere but still in the view stays readable
+        while its file exists; otherwise StorageError with code
+        ``EXPUNGEISSUED``."""
 
     def store(uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
         """Change flags: ``mode`` is ``"+"``, ``"-"`` or ``"="``.
