@@ -489,95 +489,204 @@ class MessageCache:
 
 # -- ENVELOPE -------------------------------------------------------------------
 
+#: One lexical token of an address list (RFC 5322 3.2-3.4): white space,
+#: a quoted string, a domain literal, a special, the start of a comment
+#: (comments nest, so they are scanned by :func:`_skip_comment`), an atom,
+#: or any other single character.
 _ADDR_TOKEN = re.compile(
-    rb'"(?:\\.|[^"\\])*"?|\((?:\\.|[^()\\])*\)?|[<>@,;:.\[\]]|[^\s<>@,;:."()\[\]]+', re.S
-)
+    rb'([ \t\r\n]+)|("(?:\\.|[^"\\])*"?)|(\[(?:\\.|[^\[\]\\])*\])|([<>@,;:.])|(\()'
+    rb'|([^ \t\r\n<>@,;:."()\[\]\\]+)|(.)', re.S)
+_QUOTED_PAIR = re.compile(rb"\\(.)", re.S)
+_WORD, _QUOTED, _SPECIAL = 0, 1, 2
 
 
 def _unquote(tok: bytes) -> bytes:
     body = tok[1:-1] if tok.endswith(b'"') and len(tok) > 1 else tok[1:]
-    return re.sub(rb"\\(.)", rb"\1", body)
+    return _QUOTED_PAIR.sub(rb"\1", body)
+
+
+def _skip_comment(raw: bytes, pos: int) -> tuple[int, bytes]:
+    """End of the (nested) comment opening at ``raw[pos]`` and its text
+    without the outer parentheses."""
+    depth, i, n = 0, pos, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x5C:  # quoted-pair
+            i += 2
+            continue
+        if c == 0x28:
+            depth += 1
+        elif c == 0x29:
+            depth -= 1
+            if depth == 0:
+                return i + 1, _QUOTED_PAIR.sub(rb"\1", raw[pos + 1:i])
+        i += 1
+    return n, _QUOTED_PAIR.sub(rb"\1", raw[pos + 1:])
+
+
+def _address_tokens(raw: bytes) -> list[tuple[int, bytes, bool]]:
+    """(kind, text, white space or comment before it) for every token;
+    comments come as kind -1 with their text."""
+    out: list[tuple[int, bytes, bool]] = []
+    pos, n, space = 0, len(raw), False
+    while pos < n:
+        m = _ADDR_TOKEN.match(raw, pos)
+        if m is None:  # pragma: no cover - the last alternative matches anything
+            break
+        kind = m.lastindex
+        if kind == 1:
+            space = True
+            pos = m.end()
+            continue
+        if kind == 5:
+            pos, text = _skip_comment(raw, pos)
+            out.append((-1, text, space))
+            space = True
+            continue
+        text = m.group(0)
+        if kind == 2:
+            out.append((_QUOTED, text, space))
+        elif kind == 4:
+            out.append((_SPECIAL, text, space))
+        else:
+            out.append((_WORD, text, space))
+        space = False
+        pos = m.end()
+    return out
+
+
+def _spec_text(tokens: list[tuple[int, bytes, bool]]) -> bytes:
+    """An addr-spec's part: its tokens without comments and folding white
+    space (RFC 5322 obs-local-part / obs-domain allow CFWS around dots)."""
+    return b"".join(_unquote(t) if k == _QUOTED else t for k, t, _s in tokens if k != -1)
+
+
+def _phrase(words: list[tuple[int, bytes, bool]]) -> bytes | None:
+    """A display-name: words unquoted, one space where white space or a
+    comment separated two of them (``john.q. public`` stays as written)."""
+    parts: list[bytes] = []
+    for kind, text, space in words:
+        if kind == -1:
+            continue
+        if parts and space:
+            parts.append(b" ")
+        parts.append(_unquote(text) if kind == _QUOTED else text)
+    return b"".join(parts) if parts else None
+
+
+def _split_spec(tokens: list[tuple[int, bytes, bool]]) -> tuple[bytes, bytes]:
+    """(local-part, domain) of an addr-spec's tokens, split at the last ``@``."""
+    at = -1
+    for i, (kind, text, _s) in enumerate(tokens):
+        if kind == _SPECIAL and text == b"@":
+            at = i
+    if at < 0:
+        return _spec_text(tokens), b""
+    return _spec_text(tokens[:at]), _spec_text(tokens[at + 1:])
 
 
 def parse_addresses(raw: bytes) -> list[tuple[bytes | None, bytes | None, bytes | None, bytes | None]]:
-    """RFC 5322 address-list → (name, adl, mailbox, host) tuples, groups as
-    (NIL NIL name NIL) … (NIL NIL NIL NIL) per RFC 3501."""
-    tokens = []
-    for m in _ADDR_TOKEN.finditer(raw):
-        tok = m.group(0)
-        if tok.startswith(b"("):
-            continue  # comment
-        tokens.append(tok)
+    """RFC 5322 address-list → (name, adl, mailbox, host) tuples, as
+    Dovecot's message-address parser gives them; groups as
+    (NIL NIL name NIL) … (NIL NIL NIL NIL) per RFC 3501 7.4.2.
+
+    Comments and folding white space inside an addr-spec are dropped
+    (``<user (c)@ (c) example.org>`` is user / example.org); a bare
+    addr-spec without a display name takes its last comment after the
+    address started as the name (``user@example.org (Real Name)``); an
+    empty element between two commas is an empty address.  Missing
+    mailbox or host parts are ``b""`` (the ENVELOPE shows Dovecot's
+    ``MISSING_MAILBOX``/``MISSING_DOMAIN``).  Linear, never raises."""
+    tokens = _address_tokens(raw)
     out: list[tuple] = []
-    words: list[bytes] = []  # as written, for phrase or addr-spec
+    words: list[tuple[int, bytes, bool]] = []
     in_group = False
-    i = 0
-    n = len(tokens)
+    after_comma = False
+    i, n = 0, len(tokens)
 
     def flush_addrspec() -> None:
         if not words:
             return
-        spec = b"".join(_unquote(w) if w.startswith(b'"') else w for w in words)
-        local, at, host = spec.rpartition(b"@")
-        if not at:
-            local, host = spec, b""
-        out.append((None, None, local, host))
+        significant = [w for w in words if w[0] != -1]
+        if not significant:
+            words.clear()
+            return
+        first = words.index(significant[0])
+        comment = None
+        for kind, text, _s in words[first:]:
+            if kind == -1:
+                comment = text
+        body = [w for w in words if w[0] != -1]
+        local_tokens = body
+        for j, (kind, text, _s) in enumerate(body):
+            if kind == _SPECIAL and text == b"@":
+                local_tokens = body[:j]
+                break
+        # words separated by white space in the local part (not around a
+        # dot) are a phrase with no address: Dovecot's reading of it
+        spaced = any(space and k != _SPECIAL and local_tokens[j - 1][0] != _SPECIAL
+                     for j, (k, _t, space) in enumerate(local_tokens) if j > 0)
+        if spaced:
+            out.append((_phrase(local_tokens), None, b"", b""))
+        else:
+            local, host = _split_spec(body)
+            out.append((comment or None, None, local, host))
         words.clear()
 
     while i < n:
-        tok = tokens[i]
-        if tok == b"<":
+        kind, tok, _space = tokens[i]
+        special = tok if kind == _SPECIAL else None
+        if special == b"<":
             name = _phrase(words)
             words.clear()
             j = i + 1
-            inner: list[bytes] = []
-            while j < n and tokens[j] != b">":
-                inner.append(tokens[j])
+            inner: list[tuple[int, bytes, bool]] = []
+            while j < n and not (tokens[j][0] == _SPECIAL and tokens[j][1] == b">"):
+                if tokens[j][0] != -1:
+                    inner.append(tokens[j])
                 j += 1
+            closed = j < n
             i = j + 1
             adl = None
-            if b":" in inner and inner and inner[0] == b"@":
-                k = inner.index(b":")
-                adl = b"".join(inner[:k])
-                inner = inner[k + 1 :]
-            spec = b"".join(_unquote(w) if w.startswith(b'"') else w for w in inner)
-            local, at, host = spec.rpartition(b"@")
-            if not at:
-                local, host = spec, b""
+            if inner and inner[0][1] == b"@" and inner[0][0] == _SPECIAL:
+                for k, (kk, tt, _s) in enumerate(inner):
+                    if kk == _SPECIAL and tt == b":":
+                        adl = b"".join(t for _k, t, _s2 in inner[:k])
+                        inner = inner[k + 1:]
+                        break
+            local, host = _split_spec(inner)
+            if not closed:
+                host = b"SYNTAX_ERROR"  # no ">": Dovecot's mark
             out.append((name, adl, local, host))
+            after_comma = False
             continue
-        if tok == b":" and not in_group:
+        if special == b":" and not in_group and not any(w[1] == b"@" and w[0] == _SPECIAL for w in words):
             out.append((None, None, _phrase(words) or b"", None))
             words.clear()
             in_group = True
-        elif tok == b";":
+        elif special == b":":
+            words.clear()  # an obs-route outside angle brackets: dropped
+        elif special == b";":
             flush_addrspec()
             if in_group:
                 out.append((None, None, None, None))
                 in_group = False
-        elif tok == b",":
+        elif special == b",":
+            if not any(w[0] != -1 for w in words) and after_comma:
+                out.append((None, None, b"", b""))
             flush_addrspec()
+            after_comma = True
+            i += 1
+            continue
         else:
-            words.append(tok)
+            words.append(tokens[i])
+        if kind != -1:
+            after_comma = False
         i += 1
     flush_addrspec()
     if in_group:
         out.append((None, None, None, None))
     return out
-
-
-def _phrase(words: list[bytes]) -> bytes | None:
-    if not words:
-        return None
-    parts: list[bytes] = []
-    for w in words:
-        if w.startswith(b'"'):
-            parts.append(_unquote(w))
-        elif w == b"." and parts:
-            parts[-1] += b"."
-        else:
-            parts.append(w)
-    return b" ".join(parts)
 
 
 def _address_list(part: Part, name: str) -> list[tuple] | None:
@@ -588,9 +697,18 @@ def _address_list(part: Part, name: str) -> list[tuple] | None:
 
 
 def _format_addresses(addrs: list[tuple] | None) -> bytes:
+    """An ENVELOPE address list; an empty mailbox or host (not a group
+    marker) is written as Dovecot writes it, MISSING_MAILBOX/MISSING_DOMAIN."""
     if not addrs:
         return b"NIL"
-    return b"(" + b"".join(imap_list([imap_string(x) for x in a]) for a in addrs) + b")"
+    items = []
+    for name, adl, mailbox, host in addrs:
+        if host is not None:
+            mailbox = mailbox or b"MISSING_MAILBOX"
+            host = host or b"MISSING_DOMAIN"
+        items.append(imap_list([imap_string(name), imap_string(adl), imap_string(mailbox),
+                                imap_string(host)]))
+    return b"(" + b"".join(items) + b")"
 
 
 def envelope(part: Part) -> bytes:
