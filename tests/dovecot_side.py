@@ -185,7 +185,7 @@ namespace inbox {{
 
     def _script(self, commands: list[bytes]) -> tuple[bytes, list[bytes]]:
         tags = [b"T%d" % i for i in range(len(commands))]
-        lines = [b"S SELECT INBOX\r\n"] + [t + b" " + c + b"\r\n" for t, c in zip(tags, commands)]
+        lines = [b"S SELECT INBOX\r\n"] + [t + b" " + c + b"\r\n" for t, c in zip(tags, commands, strict=True)]
         return b"".join(lines), tags
 
     def dovecot(self, commands: list[bytes]) -> list[list[bytes]]:

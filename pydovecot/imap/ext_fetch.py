@@ -65,17 +65,18 @@ def binary_section(msg: mime.ParsedMessage, numbers: list[int]) -> bytes:
     A leaf part is transfer-decoded (:class:`UnknownCTE` if it cannot be);
     the whole message, a multipart or a message/rfc822 part comes with
     every base64/quoted-printable part inside decoded and relabelled
-    ``Content-Transfer-Encoding: binary``, as Dovecot sends it."""
+    ``Content-Transfer-Encoding: binary``, as Dovecot sends it
+    (:class:`UnknownCTE` if a part inside has an unknown encoding)."""
     data = msg.data
-    if not numbers:
-        return mime.binary_convert(data, msg.root, 0)
-    part = mime.find_part(msg.root, numbers)
+    part = mime.find_part(msg.root, numbers) if numbers else msg.root
     if part is None:
         return b""
-    if part.multipart:
-        return mime.binary_convert(data, part, part.body_start)
-    if part.message is not None:
-        return mime.binary_convert(data, part.message, part.body_start)
+    if part.multipart or part.message is not None or not numbers:
+        inner = part.message if part.message is not None else part
+        bad = mime.unknown_cte(inner)
+        if bad is not None:  # a part inside cannot be decoded: so the section cannot (Dovecot)
+            decode_cte(b"", bad)
+        return mime.binary_convert(data, inner, 0 if not numbers else part.body_start)
     return decode_cte(data[part.body_start : part.end], part.header("Content-Transfer-Encoding") or b"")
 
 

@@ -969,6 +969,16 @@ def needs_conversion(part: Part) -> bool:
     return any(part_cte(leaf) not in IDENTITY_CTE for leaf in _leaves(part))
 
 
+def unknown_cte(part: Part) -> bytes | None:
+    """The first transfer encoding under ``part`` that cannot be undone
+    (None when every leaf can be decoded)."""
+    for leaf in _leaves(part):
+        cte = part_cte(leaf)
+        if cte not in IDENTITY_CTE and cte not in (b"base64", b"quoted-printable"):
+            return cte
+    return None
+
+
 _CTE_BINARY = b"Content-Transfer-Encoding: binary\r\n"
 
 

@@ -316,6 +316,9 @@ def binary_data(target: Target) -> bytes | None:
     if part is None or target.section.text not in ("",):
         return None
     data = target.message.data
+    if (part.multipart or part.message is not None or not target.section.numbers) and \
+            mime.unknown_cte(part.message if part.message is not None else part) is not None:
+        return None
     if not target.section.numbers:
         return mime.binary_convert(data, part, 0)
     if part.multipart:
