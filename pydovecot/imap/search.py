@@ -223,9 +223,16 @@ def address_text(raw: str) -> str:
     and folding white space inside addresses removed."""
     out: list[str] = []
     for name, _adl, mailbox, host in mime.parse_addresses(raw.encode("latin-1")):
-        if host is None:
-            out.append(";" if mailbox is None else mailbox.decode("latin-1") + ":")
+        if host is None:  # group start (name:) and end (;), as message_address_write
+            if mailbox is None:
+                out.append(";")
+            else:
+                out.append(mailbox.decode("latin-1") + ":")
             continue
+        if out and not out[-1].endswith((":", ";")):
+            out.append(", ")
+        elif out and out[-1].endswith(";"):
+            out.append(", ")
         spec = (mailbox or b"").decode("latin-1")
         if host:
             spec += "@" + host.decode("latin-1")
@@ -236,7 +243,7 @@ def address_text(raw: str) -> str:
             out.append(text + " <" + spec + ">")
         else:
             out.append(spec)
-    return ", ".join(out)
+    return "".join(out)
 
 
 def _address_pred(fname: str, needle: str, ascii_needle: bool) -> Predicate:
