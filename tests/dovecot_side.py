@@ -123,6 +123,13 @@ class SideBySide:
     def __init__(self, messages: list[bytes]):
         require()
         self.dir = tempfile.mkdtemp(prefix="dvside-")
+        try:
+            self._setup(messages)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _setup(self, messages: list[bytes]) -> None:
         os.chmod(self.dir, 0o755)
         self.dhome = os.path.join(self.dir, "dovecot")
         os.makedirs(os.path.join(self.dhome, "Maildir"))

@@ -20,7 +20,6 @@ from pydovecot.imap.session import IMAPSession
 from pydovecot.session import SessionContext
 from pydovecot.storage import open_storage
 from tests.dovecot_side import SideBySide, by_tag
-from tests.test_imap_urlauth import Client, quoted
 
 QP_BODY = (b"trailing space   \r\nsoft break= \t\r\nnext=3Dline=\r\n"
            b"end =41=4a=4A =\r\nok x\r\n")
@@ -40,6 +39,30 @@ MSG_UU = (MSG[:-len(b"--b--\r\n")] +
        b"--b--\r\n")
 QP_DECODED = b"trailing space\r\nsoft breaknext=lineend AJJ ok x"
 _LITERAL = re.compile(rb"~?\{(\d+)\}\r\n")
+
+
+class Client:
+    """One pydovecot session on a StringTransport (started, not selected)."""
+
+    def __init__(self, storage):
+        self.transport = StringTransport()
+        self.session = IMAPSession(storage, SessionContext("alice", "s1", settings={}))
+        self.session.clock = Clock()
+        self.session.slice = 60.0
+        self.session.makeConnection(self.transport)
+        self.session.start(None, b"")
+
+    def send(self, data: bytes) -> bytes:
+        self.session.dataReceived(data)
+        out = self.transport.value()
+        self.transport.clear()
+        return out
+
+
+def quoted(out: bytes, prefix: bytes) -> bytes:
+    """The first quoted string of the untagged response ``prefix``."""
+    line = next(x for x in out.split(b"\r\n") if x.startswith(prefix))
+    return line.split(b'"')[1]
 
 
 def parsed(data: bytes) -> mime.ParsedMessage:
