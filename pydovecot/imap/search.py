@@ -16,11 +16,7 @@ content only for keys that need it: flag, size, date, UID, MODSEQ and
 sequence keys never open a message file.  Header keys first ask the index
 (``mailbox.cached(uid, "header.<name>")``) and fill it with ``set_cached``;
 the cached value is the list of the field's raw unfolded values, decoded as
-latin-1 (lossless, JSON-able).  FROM/TO/CC/BCC compare the parsed
-address list written back as Dovecot writes it (comments and folding inside
-addresses gone, names decoded); other header keys the decoded field.  Body
-keys parse the message.  The mailbox is called through the IMailbox
-interface (``cached``/``set_cached``/``message_file``), never probed.
+latin-1 (lossless, JSON-able).  Body keys parse the message.
 """
 
 from __future__ import annotations
@@ -112,19 +108,21 @@ def header_values(ctx: SearchContext, name: str) -> list[str]:
         return got
     mbox = ctx.mailbox
     cached = None
-    if mbox is not None:
+    getter = getattr(mbox, "cached", None)
+    if getter is not None:
         try:
-            cached = mbox.cached(ctx.info.uid, "header." + key)
-        except (KeyError, StorageError, NotImplementedError, OSError):
+            cached = getter(ctx.info.uid, "header." + key)
+        except (KeyError, StorageError, NotImplementedError):
             cached = None
     if isinstance(cached, list) and all(isinstance(v, str) for v in cached):
         values: list[str] = cached
     else:
         wanted = key.encode("latin-1", "replace")
         values = [value.decode("latin-1") for value in field_values(ctx, wanted)]
-        if mbox is not None:
+        setter = getattr(mbox, "set_cached", None)
+        if setter is not None:
             try:
-                mbox.set_cached(ctx.info.uid, "header." + key, values)
+                setter(ctx.info.uid, "header." + key, values)
             except (StorageError, NotImplementedError, OSError):
                 pass
     ctx.headers[key] = values
@@ -158,7 +156,7 @@ def header_block(ctx: SearchContext) -> bytes:
 def field_values(ctx: SearchContext, name: bytes) -> list[bytes]:
     """Every value of top-level field ``name``: unfolded and stripped, as
     :func:`pydovecot.imap.mime.parse_header_fields` gives them."""
-    if ctx.mailbox is None:
+    if ctx.mailbox is None or not hasattr(ctx.mailbox, "message_file"):
         return [f.value for f in ctx.load().root.fields if f.name.lower() == name]
     return [_UNFOLD.sub(b"", m.group(1)).strip(b" \t\r\n")
             for m in _field_pattern(name).finditer(header_block(ctx))]
