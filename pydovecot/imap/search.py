@@ -16,7 +16,10 @@ content only for keys that need it: flag, size, date, UID, MODSEQ and
 sequence keys never open a message file.  Header keys first ask the index
 (``mailbox.cached(uid, "header.<name>")``) and fill it with ``set_cached``;
 the cached value is the list of the field's raw unfolded values, decoded as
-latin-1 (lossless, JSON-able).  Body keys parse the message.
+latin-1 (lossless, JSON-able).  FROM/TO/CC/BCC compare the parsed
+address list written back as Dovecot writes it (comments and folding inside
+addresses gone, names decoded); other header keys the decoded field.  Body
+keys parse the message.
 """
 
 from __future__ import annotations
