@@ -19,8 +19,6 @@ big messages of a FETCH in Cooperator slices before it renders them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import html
 import re
 from collections.abc import Generator
@@ -34,8 +32,6 @@ from pydovecot.storage.interfaces import MessageInfo, StorageError
 #: RFC 8970 allows at most 256 characters; Dovecot sends up to 200.
 PREVIEW_CHARS = 200
 PREVIEW_CACHE_KEY = "preview"
-_IDENTITY = {b"", b"7bit", b"8bit", b"binary"}
-_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _SPACE_RE = re.compile(r"\s+")
 #: Raw body bytes a preview reads at most (Dovecot's snippet reads a
 #: bounded prefix too): extraction is linear in this, whatever the mail.
@@ -54,34 +50,34 @@ class UnknownCTE(StorageError):
 
 
 def decode_cte(body: bytes, cte: bytes) -> bytes:
-    """Undo a Content-Transfer-Encoding; :class:`UnknownCTE` if unknown."""
+    """Undo a Content-Transfer-Encoding (quoted-printable per RFC 2045 6.7,
+    lenient base64); :class:`UnknownCTE` if unknown."""
     cte = cte.strip().lower()
-    if cte in _IDENTITY:
-        return body
-    if cte == b"base64":
-        clean = _B64_JUNK.sub(b"", body.split(b"=", 1)[0])
-        clean = clean[: len(clean) - len(clean) % 4] if len(clean) % 4 == 1 else clean
-        try:
-            return base64.b64decode(clean + b"=" * (-len(clean) % 4))
-        except (binascii.Error, ValueError):
-            return b""
-    if cte == b"quoted-printable":
-        return binascii.a2b_qp(body)
-    raise UnknownCTE(f"Unknown Content-Transfer-Encoding: {cte[:40].decode('latin-1')}")
+    decoded = mime.cte_decode(body, cte)
+    if decoded is None:
+        raise UnknownCTE(f"Unknown Content-Transfer-Encoding: {cte[:40].decode('latin-1')}")
+    return decoded
 
 
 def binary_section(msg: mime.ParsedMessage, numbers: list[int]) -> bytes:
-    """The bytes BINARY[numbers] names ("" if the part does not exist)."""
+    """The bytes BINARY[numbers] names ("" if the part does not exist).
+
+    A leaf part is transfer-decoded (:class:`UnknownCTE` if it cannot be);
+    the whole message, a multipart or a message/rfc822 part comes with
+    every base64/quoted-printable part inside decoded and relabelled
+    ``Content-Transfer-Encoding: binary``, as Dovecot sends it
+    (:class:`UnknownCTE` if a part inside has an unknown encoding)."""
     data = msg.data
-    if not numbers:
-        return data
-    part = mime.find_part(msg.root, numbers)
+    part = mime.find_part(msg.root, numbers) if numbers else msg.root
     if part is None:
         return b""
-    body = data[part.body_start : part.end]
-    if part.multipart or part.message is not None:
-        return body
-    return decode_cte(body, part.header("Content-Transfer-Encoding") or b"")
+    if part.multipart or part.message is not None or not numbers:
+        inner = part.message if part.message is not None else part
+        bad = mime.unknown_cte(inner)
+        if bad is not None:  # a part inside cannot be decoded: so the section cannot (Dovecot)
+            decode_cte(b"", bad)
+        return mime.binary_convert(data, inner, 0 if not numbers else part.body_start)
+    return decode_cte(data[part.body_start : part.end], part.header("Content-Transfer-Encoding") or b"")
 
 
 def part_span(msg: mime.ParsedMessage, numbers: list[int], binary: bool,
@@ -89,18 +85,22 @@ def part_span(msg: mime.ParsedMessage, numbers: list[int], binary: bool,
     """Where BODY[n] or BINARY[n] lies in the message, for a part over
     ``over`` bytes that can be sent as a view of it, without a copy (copying
     20 MB at once would hold the reactor far longer than a step); None when
-    the part is small or missing, or (BINARY) has a real transfer encoding."""
+    the part is small or missing, or (BINARY) has something to decode."""
     part = mime.find_part(msg.root, numbers) if numbers else None
     if part is None or part.end - part.body_start <= over:
         return None
-    if binary and not (part.multipart or part.message is not None) and (
-            (part.header("Content-Transfer-Encoding") or b"").strip().lower() not in _IDENTITY):
-        return None
+    if binary:
+        inner = part.message if part.message is not None else part
+        if mime.needs_conversion(inner):
+            return None
     return part.body_start, part.end
 
 
 def binary_literal(data: bytes) -> bytes:
-    """``~{n}`` (literal8) when the data holds NUL, else a plain literal."""
+    """RFC 3516 4.3: ``~{n}`` (literal8) when the decoded data holds NUL;
+    otherwise a plain literal ("If the domain of the decoded data is 8bit
+    and the data does not contain the NUL octet, the server SHOULD return
+    the data in a <string> instead of a <literal8>")."""
     marker = b"~{%d}\r\n" if b"\x00" in data else b"{%d}\r\n"
     return marker % len(data) + data
 

@@ -16,7 +16,10 @@ content only for keys that need it: flag, size, date, UID, MODSEQ and
 sequence keys never open a message file.  Header keys first ask the index
 (``mailbox.cached(uid, "header.<name>")``) and fill it with ``set_cached``;
 the cached value is the list of the field's raw unfolded values, decoded as
-latin-1 (lossless, JSON-able).  Body keys parse the message.
+latin-1 (lossless, JSON-able).  FROM/TO/CC/BCC compare the parsed
+address list written back as Dovecot writes it (comments and folding inside
+addresses gone, names decoded); other header keys the decoded field.  Body
+keys parse the message.
 """
 
 from __future__ import annotations
@@ -205,6 +208,63 @@ def _contains(haystacks: Iterable[str], needle: str) -> bool:
 def _body_text(ctx: SearchContext) -> Iterable[str]:
     msg = ctx.load()
     return (mime.decode_body(msg.data, p) for p in mime.text_parts(msg.root))
+
+
+#: The SEARCH keys whose field is compared as an address list.
+_ADDRESS_KEYS = frozenset({"From", "To", "Cc", "Bcc"})
+#: A raw value with none of these is compared as it is (nothing to strip).
+_ADDRESS_SYNTAX = re.compile(r'[("\\]|=\?|[ \t]{2}|[ \t][@.]|[@.][ \t]')
+
+
+_NEEDS_QUOTES = re.compile(r'[()<>\[\]:;@\\,."]')
+
+
+def address_text(raw: str) -> str:
+    """An address field (raw latin-1 text) as SEARCH FROM/TO/CC/BCC compare
+    it, as Dovecot writes the parsed list: ``Name <mailbox@host>`` per
+    address (names RFC 2047-decoded), groups as ``Name: … ;``, comments
+    and folding white space inside addresses removed."""
+    out: list[str] = []
+    for name, _adl, mailbox, host in mime.parse_addresses(raw.encode("latin-1")):
+        if host is None:  # group start (name:) and end (;), as message_address_write
+            if mailbox is None:
+                out.append(";")
+            else:
+                out.append(mailbox.decode("latin-1") + ":")
+            continue
+        if out and not out[-1].endswith((":", ";")):
+            out.append(", ")
+        elif out and out[-1].endswith(";"):
+            out.append(", ")
+        spec = (mailbox or b"").decode("latin-1")
+        if host:
+            spec += "@" + host.decode("latin-1")
+        if name:
+            text = decode_value(name.decode("latin-1"))
+            if _NEEDS_QUOTES.search(text) is not None:  # as Dovecot writes it
+                text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            out.append(text + " <" + spec + ">")
+        else:
+            out.append(spec)
+    return "".join(out)
+
+
+def _address_pred(fname: str, needle: str, ascii_needle: bool) -> Predicate:
+    """SEARCH FROM/TO/CC/BCC (RFC 3501 6.4.4: "Messages that contain the
+    specified string in the envelope structure's FROM field"): a substring
+    of the parsed address list, so comments and folding inside an address
+    do not hide it (``<user (c)@ (c) example.org>`` matches
+    ``user@example.org``) and a trailing comment's name matches."""
+    def pred(c: SearchContext) -> bool:
+        for raw in header_values(c, fname):
+            if ascii_needle and raw.isascii() and _ADDRESS_SYNTAX.search(raw) is None:
+                if needle in raw.casefold():
+                    return True
+            elif needle in address_text(raw).casefold():
+                return True
+        return False
+
+    return pred
 
 
 def _flag(name: str, present: bool = True) -> Predicate:
@@ -431,6 +491,8 @@ class SearchParser:
         if not needle:
             return lambda c: bool(header_values(c, fname))
         ascii_needle = needle.isascii()
+        if fname in _ADDRESS_KEYS:
+            return _address_pred(fname, needle, ascii_needle)
 
         def pred(c: SearchContext) -> bool:
             for raw in header_values(c, fname):

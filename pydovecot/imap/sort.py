@@ -67,10 +67,27 @@ def base_subject(subject: str) -> tuple[str, bool]:
         return s, reply
 
 
+_TITLE: dict[str, str] = {}
+
+
 def collate(text: str) -> str:
-    """i;unicode-casemap (RFC 5051): case-folded, then NFKD-decomposed, so
-    ``Émile`` sorts with ``emile`` and before ``zed``."""
-    return unicodedata.normalize("NFKD", text.casefold())
+    """The sort key of a string, as Dovecot compares them (RFC 5256's
+    i;ascii-casemap for ASCII: "Both strings are converted to upper
+    case", so ``[`` and ``_`` sort after the letters; beyond ASCII the
+    i;unicode-casemap of RFC 5051: title-cased, then decomposed, as
+    Dovecot's uni_utf8_to_decomposed_titlecase).  Keys compare as code
+    points, i.e. as the octets of their UTF-8 form."""
+    if text.isascii():
+        return text.upper()
+    out = []
+    for ch in text:
+        t = _TITLE.get(ch)
+        if t is None:
+            t = ch.upper() if ch.isascii() else unicodedata.normalize("NFKD", ch.title())
+            if len(_TITLE) < 4096:
+                _TITLE[ch] = t
+        out.append(t)
+    return "".join(out)
 
 
 def subject_key(ctx: SearchContext) -> str:
@@ -80,37 +97,45 @@ def subject_key(ctx: SearchContext) -> str:
     return collate(base_subject(mime.decode_header_value(raw))[0])
 
 
-def _first_address(ctx: SearchContext, name: str) -> tuple[bytes | None, bytes, bytes] | None:
+def _first_address(ctx: SearchContext, name: str) -> tuple[bytes | None, bytes | None, bytes | None] | None:
+    """(display name, mailbox, host) of the field's first address; a group
+    is its start marker, (None, group name, None), as Dovecot's parser
+    gives it."""
     raw = first_header(ctx, name)
     if raw is None:
         return None
     for disp, _adl, mailbox, host in mime.parse_addresses(raw):
-        if host is None or mailbox is None:
-            continue  # group start/end markers
+        if host is not None:  # Dovecot parses with FILL_MISSING here too
+            mailbox = mailbox or b"MISSING_MAILBOX"
+            host = host or b"MISSING_DOMAIN"
         return disp, mailbox, host
     return None
 
 
 def address_key(ctx: SearchContext, name: str) -> str:
-    """RFC 5256 FROM/TO/CC: the first address's mailbox (local part)."""
+    """RFC 5256 FROM/TO/CC: "the addr-mailbox of the first ... address";
+    a group's name when the field starts with a group (Dovecot)."""
     addr = _first_address(ctx, name)
-    if addr is None:
+    if addr is None or addr[1] is None:
         return ""
     return collate(addr[1].decode("utf-8", "replace"))
 
 
 def display_key(ctx: SearchContext, name: str) -> str:
     """RFC 5957 DISPLAYFROM/DISPLAYTO: the decoded display name of the first
-    address, or its addr-spec when it has none."""
+    address, else its ``mailbox@host``, else the mailbox alone (a group's
+    name), as Dovecot's get_display_name."""
     addr = _first_address(ctx, name)
     if addr is None:
         return ""
     disp, mailbox, host = addr
     if disp:
-        text = decode_value(disp.decode("latin-1")).strip()
+        text = decode_value(disp.decode("latin-1"))
         if text:
             return collate(text)
-    spec = mailbox + (b"@" + host if host else b"")
+    if mailbox is None:
+        return ""
+    spec = mailbox + (b"@" + host if host is not None else b"")
     return collate(spec.decode("utf-8", "replace"))
 
 

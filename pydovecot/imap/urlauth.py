@@ -28,16 +28,12 @@ and port are accepted, since the token covers the whole rump URL anyway.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import fcntl
 import hashlib
 import hmac
 import json
 import os
-import quopri
-import re
 import secrets
 import weakref
 from collections.abc import Callable, Iterator
@@ -313,22 +309,23 @@ def load_target(storage: Any, selected: IMailbox | None, url: ImapURL) -> Target
 
 
 def binary_data(target: Target) -> bytes | None:
-    """RFC 5524 BINARY: the part with its transfer encoding undone, or None."""
+    """RFC 5524 BINARY: the part with its transfer encoding undone (a
+    multipart or message with every part inside decoded, as FETCH BINARY
+    sends it), or None (NIL) for a header section or an unknown encoding."""
     part = target.part
     if part is None or target.section.text not in ("",):
         return None
-    cte = (part.header("Content-Transfer-Encoding") or b"").strip().lower()
-    if part.multipart or part.message is not None or cte in _IDENTITY_CTE:
-        return target.data if cte in _IDENTITY_CTE else None
-    body = target.data
-    try:
-        if cte == b"base64":
-            return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", body), validate=True)
-        if cte == b"quoted-printable":
-            return quopri.decodestring(body)
-    except (binascii.Error, ValueError):
+    data = target.message.data
+    if (part.multipart or part.message is not None or not target.section.numbers) and \
+            mime.unknown_cte(part.message if part.message is not None else part) is not None:
         return None
-    return None
+    if not target.section.numbers:
+        return mime.binary_convert(data, part, 0)
+    if part.multipart:
+        return mime.binary_convert(data, part, part.body_start)
+    if part.message is not None:
+        return mime.binary_convert(data, part.message, part.body_start)
+    return mime.cte_decode(data[part.body_start:part.end], mime.part_cte(part))
 
 
 # -- CATENATE ---------------------------------------------------------------------------
@@ -550,7 +547,9 @@ class URLAuthMixin:
             return head + b" " + _literal(data) + b"\r\n"
         out = [head]
         if "BODYPARTSTRUCTURE" in params and target.part is not None:
-            out.append(b" (BODYPARTSTRUCTURE " + mime.bodystructure(target.part, True) + b")")
+            structure = (mime.binary_bodystructure(target.message.data, target.part)
+                         if "BINARY" in params else mime.bodystructure(target.part, True))
+            out.append(b" (BODYPARTSTRUCTURE " + structure + b")")
         if "BODY" in params:
             out.append(b" (BODY " + _literal(data) + b")")
         elif "BINARY" in params:
