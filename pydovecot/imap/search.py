@@ -19,7 +19,8 @@ the cached value is the list of the field's raw unfolded values, decoded as
 latin-1 (lossless, JSON-able).  FROM/TO/CC/BCC compare the parsed
 address list written back as Dovecot writes it (comments and folding inside
 addresses gone, names decoded); other header keys the decoded field.  Body
-keys parse the message.
+keys parse the message.  The mailbox is called through the IMailbox
+interface (``cached``/``set_cached``/``message_file``), never probed.
 """
 
 from __future__ import annotations
@@ -111,21 +112,19 @@ def header_values(ctx: SearchContext, name: str) -> list[str]:
         return got
     mbox = ctx.mailbox
     cached = None
-    getter = getattr(mbox, "cached", None)
-    if getter is not None:
+    if mbox is not None:
         try:
-            cached = getter(ctx.info.uid, "header." + key)
-        except (KeyError, StorageError, NotImplementedError):
+            cached = mbox.cached(ctx.info.uid, "header." + key)
+        except (KeyError, StorageError, NotImplementedError, OSError):
             cached = None
     if isinstance(cached, list) and all(isinstance(v, str) for v in cached):
         values: list[str] = cached
     else:
         wanted = key.encode("latin-1", "replace")
         values = [value.decode("latin-1") for value in field_values(ctx, wanted)]
-        setter = getattr(mbox, "set_cached", None)
-        if setter is not None:
+        if mbox is not None:
             try:
-                setter(ctx.info.uid, "header." + key, values)
+                mbox.set_cached(ctx.info.uid, "header." + key, values)
             except (StorageError, NotImplementedError, OSError):
                 pass
     ctx.headers[key] = values
@@ -159,7 +158,7 @@ def header_block(ctx: SearchContext) -> bytes:
 def field_values(ctx: SearchContext, name: bytes) -> list[bytes]:
     """Every value of top-level field ``name``: unfolded and stripped, as
     :func:`pydovecot.imap.mime.parse_header_fields` gives them."""
-    if ctx.mailbox is None or not hasattr(ctx.mailbox, "message_file"):
+    if ctx.mailbox is None:
         return [f.value for f in ctx.load().root.fields if f.name.lower() == name]
     return [_UNFOLD.sub(b"", m.group(1)).strip(b" \t\r\n")
             for m in _field_pattern(name).finditer(header_block(ctx))]
