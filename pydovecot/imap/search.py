@@ -224,18 +224,18 @@ def address_text(raw: str) -> str:
     address (names RFC 2047-decoded), groups as ``Name: … ;``, comments
     and folding white space inside addresses removed."""
     out: list[str] = []
-    for name, _adl, mailbox, host in mime.parse_addresses(raw.encode("latin-1")):
+    for name, _adl, local, host in mime.parse_addresses(raw.encode("latin-1")):
         if host is None:  # group start (name:) and end (;), as message_address_write
-            if mailbox is None:
+            if local is None:
                 out.append(";")
             else:
-                out.append(mailbox.decode("latin-1") + ":")
+                out.append(local.decode("latin-1") + ":")
             continue
         if out and not out[-1].endswith((":", ";")):
             out.append(", ")
         elif out and out[-1].endswith(";"):
             out.append(", ")
-        spec = (mailbox or b"").decode("latin-1")
+        spec = (local or b"").decode("latin-1")
         if host:
             spec += "@" + host.decode("latin-1")
         if name:
