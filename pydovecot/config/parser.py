@@ -625,8 +625,8 @@ class _Parser:
             if key in S.SERVICE_SETTINGS or key in S.INET_LISTENER_SETTINGS:
                 raise self.fail(where, f"unknown setting {key!r} (valid only inside service {{ }})")
             raise self.fail(where, f"unknown setting {key!r}")
-        if key in S.IMPLEMENTED and not is_file:
-            self.check(where, key, S.IMPLEMENTED[key][0], value)
+        if not is_file:
+            self.check(where, key, S.type_of(key), value)
         if self.served_scope(section):
             self.classify_global(where, key, value, section)
         if section is None:
@@ -864,7 +864,7 @@ class _Parser:
         defaults: dict[str, Any] = S.SERVICE_DEFAULTS.get(name, {})
         raw = self.raw_services.get(name, {})
         settings = {k: self.resolve(v, {}) for k, v in defaults.get("settings", {}).items()}
-        settings.update(raw.get("settings", {}))
+        settings.update({k: self.resolve(v, {}) for k, v in raw.get("settings", {}).items()})
         svc = ServiceConfig(
             name,
             settings,
@@ -880,7 +880,8 @@ class _Parser:
                 for k, v in defaults.get(kind, {}).items()
             }
             for lname, values in raw.get(kind, {}).items():
-                merged.setdefault(lname, {}).update(values)
+                merged.setdefault(lname, {}).update(
+                    {k: self.resolve(v, {}) for k, v in values.items()})
             for lname, values in merged.items():
                 if kind == "inet_listeners":
                     address = values.get("address", "")

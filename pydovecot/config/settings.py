@@ -873,6 +873,20 @@ def classify(name: str) -> str:
     return "unknown"
 
 
+def type_of(name: str) -> str:
+    """A setting's value type: IMPLEMENTED's, or inferred from Dovecot's default."""
+    if name in IMPLEMENTED:
+        return IMPLEMENTED[name][0]
+    default = DOVECOT_DEFAULTS.get(name, "")
+    if default in ("yes", "no"):
+        return BOOL
+    if re.fullmatch(r"\d+ (?:secs|mins|hours|days|weeks)", default):
+        return TIME
+    if re.fullmatch(r"\d+ ?[kMG]", default):
+        return SIZE
+    return STR
+
+
 def default_of(name: str) -> str:
     """Dovecot's default for a known setting (pydovecot's for its own ones)."""
     if name in DOVECOT_DEFAULTS:
