@@ -375,7 +375,6 @@ class _Parser:
         self.include_chain: list[str] = []
         self.raw_services = self.cfg.raw_services
         self.ns_counter = 0
-        self.unnamed = 0
         self.warned: set[str] = set()
         self.ns_where: dict[str, str] = {}
 
@@ -746,9 +745,10 @@ class _Parser:
             raise self.fail(where, f"section '{kind}' needs a name: {kind} NAME {{")
         section = _Section(kind, arg, where, {})
         if kind.endswith("_listener") and not arg:
-            # Dovecot's unnamed listener: a listener of its own, named by place.
-            self.unnamed += 1
-            arg = f"#{self.unnamed}"
+            # Dovecot's unnamed listener: a listener of its own, named by
+            # its place among the service's unnamed ones.
+            others = self.raw_services[parent.arg][kind + "s"]  # type: ignore[union-attr]
+            arg = f"#{sum(name.startswith('#') for name in others) + 1}"
             section.arg = arg
         if kind == "service":
             if arg not in S.IMPLEMENTED_SERVICES and arg not in S.KNOWN_SERVICES:
@@ -773,8 +773,8 @@ class _Parser:
         elif kind == "mailbox":
             boxes = parent.data.setdefault("mailboxes", {})  # type: ignore[union-attr]
             if not arg:
-                self.unnamed += 1
-                section.data = boxes.setdefault(f"#{self.unnamed}", {"name": ""})
+                unnamed = sum(name.startswith("#") for name in boxes) + 1
+                section.data = boxes.setdefault(f"#{unnamed}", {"name": ""})
             else:
                 section.data = boxes.setdefault(arg, {"name": arg})
         elif kind == "plugin":
