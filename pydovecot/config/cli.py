@@ -22,8 +22,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from pydovecot.config import DEFAULT_CONFIG_PATH, settings as S
-from pydovecot.config.parser import _FILE_REFS, Config, ConfigError, parse_config
+from pydovecot.config import DEFAULT_CONFIG_PATH
+from pydovecot.config import settings as S
+from pydovecot.config.parser import FILE_REFS, Config, ConfigError, parse_config
 
 #: Settings whose value doveconf hides unless -P.
 HIDDEN = frozenset({
@@ -45,7 +46,7 @@ def quote(value: str, key: str = "") -> str:
     """A value as a config line would write it, so that parsing gives it back."""
     if value == "":
         return ""
-    if key in _FILE_REFS and value.startswith("<"):
+    if key in FILE_REFS and value.startswith("<"):
         return value
     needs = (value[0].isspace() or value[-1].isspace() or value[0] in "\"'<"
              or "#" in value or "{" in value or "}" in value

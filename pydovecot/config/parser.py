@@ -147,7 +147,7 @@ _NEED_NAME = frozenset({"service", "protocol", "local", "remote", "local_name", 
                         "event_exporter"})
 #: Settings whose ``<file`` stays a reference (their readers call
 #: Config.read_value, so key material is not copied into every snapshot).
-_FILE_REFS = frozenset({"ssl_cert", "ssl_key", "ssl_ca", "ssl_alt_cert", "ssl_alt_key",
+FILE_REFS = frozenset({"ssl_cert", "ssl_key", "ssl_ca", "ssl_alt_cert", "ssl_alt_key",
                         "ssl_dh", "ssl_client_cert", "ssl_client_key"})
 #: The bound on a ``key = <file`` value read at load time.
 MAX_FILE_VALUE = 64 * 1024
@@ -552,7 +552,7 @@ class _Parser:
             if not target:
                 raise self.fail(where, f"{key}: '<' needs a file name")
             value = "<" + os.path.normpath(os.path.join(os.path.dirname(path), target))
-            if kind not in ("", *_FILTERS) or key not in _FILE_REFS:
+            if kind not in ("", *_FILTERS) or key not in FILE_REFS:
                 # Read now, so a missing file or a bad value is FILE:LINE;
                 # readers of anything but certificates get the content.
                 value = self.read_file_value(where, key, value[1:])
@@ -628,6 +628,10 @@ class _Parser:
             self.check(where, key, S.type_of(key), value)
         if self.served_scope(section):
             self.classify_global(where, key, value, section)
+        else:
+            proto = next(s for s in self.stack if s.kind == "protocol")
+            self.warn(proto.where, f"settings inside protocol {proto.arg} {{ }} are not used: "
+                                   "pydovecot does not serve it", once=f"unserved {proto.where}")
         if section is None:
             self.cfg.settings[key] = value
             self.cfg.origins[key] = where
@@ -761,8 +765,19 @@ class _Parser:
         elif kind.endswith("_listener"):
             raw = self.raw_services[parent.arg]  # type: ignore[union-attr]
             section.data = raw[kind + "s"].setdefault(arg, {})
-        elif kind in ("local", "remote"):
+        if kind in ("local", "remote"):
             self.check_network(where, kind, arg)
+        if kind in _FILTERS and (kind != "protocol" or any(s.kind in _FILTERS
+                                                            for s in self.stack)):
+            # Blocks with the same filter share one entry (as Dovecot's
+            # filter parsers), kept in the order they first appear.
+            match = {s.kind: s.arg for s in self.stack if s.kind in _FILTERS}
+            match[kind] = arg
+            entry = next((f for f in self.cfg.filters if f["match"] == match), None)
+            if entry is None:
+                entry = {"match": match, "settings": {}, "plugin": {}, "origin": where}
+                self.cfg.filters.append(entry)
+            section.data, section.plugin = entry["settings"], entry["plugin"]
         elif kind == "namespace":
             name = arg
             if not name:
@@ -809,19 +824,10 @@ class _Parser:
             outer = [s for s in self.stack if s.kind in _FILTERS]
             if kind == "protocol" and not outer:
                 for name in section.arg.split():
-                    self.cfg.protocol_settings.setdefault(name, {}).update(section.data)
+                    if section.data:
+                        self.cfg.protocol_settings.setdefault(name, {}).update(section.data)
                     if section.plugin:
                         self.cfg.protocol_plugin.setdefault(name, {}).update(section.plugin)
-            elif section.data or section.plugin:
-                match = {s.kind: s.arg for s in [*outer, section]}
-                self.cfg.filters.append(
-                    {
-                        "match": match,
-                        "settings": dict(section.data),
-                        "plugin": dict(section.plugin),
-                        "origin": section.where,
-                    }
-                )
 
     # -- after the last line -------------------------------------------------
 
@@ -839,6 +845,7 @@ class _Parser:
                 raise self.fail(where, f"protocols: unknown protocol '{proto}'")
             if proto != "none":
                 self.warn(where, f"protocol '{proto}' is not supported by pydovecot yet; ignored")
+        cfg.filters = [f for f in cfg.filters if f["settings"] or f["plugin"]]
         active = [name for name, ns in cfg.namespaces.items()
                   if not S.parse_bool(ns.get("disabled", "no") or "no")]
         if len(active) > 1:
