@@ -377,9 +377,19 @@ class _Parser:
         self.ns_counter = 0
         self.warned: set[str] = set()
         self.ns_where: dict[str, str] = {}
+        #: Refused values by scope, until a later line replaces them.
+        self.pending: dict[tuple, tuple[str, str]] = {}
 
     def fail(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"{where}: {message}")
+
+    def scope(self, key: str) -> tuple:
+        """Where a value lives: the open sections and the key."""
+        return (*((s.kind, s.arg) for s in self.stack), key)
+
+    def refuse_value(self, where: str, key: str, message: str) -> None:
+        """Refuse a value unless a later line of the same scope replaces it."""
+        self.pending[self.scope(key)] = (where, message)
 
     def refuse(self, where: str, message: str) -> None:
         """A setting pydovecot can't honour: raise (server) or record (pydoveconf)."""
@@ -544,6 +554,7 @@ class _Parser:
         return S.default_of(key)
 
     def set_value(self, path: str, where: str, key: str, raw: str) -> None:
+        self.pending.pop(self.scope(key), None)
         section = self.stack[-1] if self.stack else None
         kind = section.kind if section else ""
         is_file = raw.startswith("<")
@@ -655,12 +666,12 @@ class _Parser:
             elif key == "mail_location":
                 why = S.check_location(value)
                 if why:
-                    self.refuse(where, why)
+                    self.refuse_value(where, key, why)
             return
         if value.strip() == S.default_of(key).strip():
             return
         if kind == "refused":
-            self.refuse(where, f"{key} = {value}: refused: {S.REFUSED[key]}")
+            self.refuse_value(where, key, f"{key} = {value}: refused: {S.REFUSED[key]}")
         else:
             why = S.WARNED[key]
             self.warn(where, f"setting '{key}' is not supported by pydovecot; ignored"
@@ -671,12 +682,13 @@ class _Parser:
             if name in S.MAIL_PLUGINS_IMPLEMENTED:
                 continue
             if name in S.MAIL_PLUGINS_REFUSED:
-                self.refuse(where, f"mail_plugins: {name}: refused: {S.MAIL_PLUGINS_REFUSED[name]}")
+                self.refuse_value(where, "mail_plugins",
+                                  f"mail_plugins: {name}: refused: {S.MAIL_PLUGINS_REFUSED[name]}")
             elif name in S.MAIL_PLUGINS_WARNED:
                 self.warn(where, f"mail_plugins: plugin '{name}' is not supported by pydovecot; "
                                  f"ignored ({S.MAIL_PLUGINS_WARNED[name]})", once=f"plugin {name}")
             else:
-                self.refuse(where, f"mail_plugins: unknown plugin '{name}'")
+                self.refuse_value(where, "mail_plugins", f"mail_plugins: unknown plugin '{name}'")
 
     def check_plugin_key(self, where: str, key: str, value: str) -> None:
         owner = S.plugin_key_owner(key)
@@ -710,15 +722,15 @@ class _Parser:
         elif kind == "namespace":
             tables = (S.NAMESPACE_REFUSED, S.NAMESPACE_WARNED, {})
             if key == "type" and value != "private":
-                self.refuse(where, f"namespace type {value}: only private namespaces are "
+                self.refuse_value(where, key, f"namespace type {value}: only private namespaces are "
                                    "supported yet")
             elif key == "prefix" and value:
-                self.refuse(where, "namespace prefix: only an empty prefix is supported yet")
+                self.refuse_value(where, key, "namespace prefix: only an empty prefix is supported yet")
             elif key == "location" and value:
-                self.refuse(where, "namespace location: a namespace's own location is not "
+                self.refuse_value(where, key, "namespace location: a namespace's own location is not "
                                    "supported yet (use mail_location)")
             elif key == "separator" and value not in ("", "/", "."):
-                self.refuse(where, f"namespace separator {value!r} is not supported")
+                self.refuse_value(where, key, f"namespace separator {value!r} is not supported")
             defaults = {"hidden": "no", "list": "yes", "subscriptions": "yes",
                         "ignore_on_failure": "no", "order": "0"}
         elif kind == "mailbox":
@@ -732,7 +744,8 @@ class _Parser:
         if value == defaults.get(key, ""):
             return
         if key in refused:
-            self.refuse(where, f"{key} = {value} inside {kind} {{ }}: refused: {refused[key]}")
+            self.refuse_value(where, key,
+                              f"{key} = {value} inside {kind} {{ }}: refused: {refused[key]}")
         elif key in warned:
             self.warn(where, f"{key} inside {kind} {{ }} is not supported by pydovecot; "
                              f"ignored ({warned[key]})", once=f"{kind} {key}")
@@ -846,6 +859,8 @@ class _Parser:
             if proto != "none":
                 self.warn(where, f"protocol '{proto}' is not supported by pydovecot yet; ignored")
         cfg.filters = [f for f in cfg.filters if f["settings"] or f["plugin"]]
+        for where, message in self.pending.values():
+            self.refuse(where, message)
         active = [name for name, ns in cfg.namespaces.items()
                   if not S.parse_bool(ns.get("disabled", "no") or "no")]
         if len(active) > 1:
