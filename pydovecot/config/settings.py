@@ -430,6 +430,7 @@ DOVECOT_DEFAULTS: dict[str, str] = {
     "first_valid_uid": "500",
     "haproxy_timeout": "3 secs",
     "haproxy_trusted_networks": "",
+    "hostname": "",
     "imap_capability": "",
     "imap_client_workarounds": "",
     "imap_fetch_failure": "disconnect-immediately",
