@@ -693,3 +693,81 @@ class EmbeddedDefaultTests(unittest.TestCase):
         self.assertTrue(cfg.userdbs)
         self.assertIn("auth", cfg.enabled_services())
         self.assertEqual(Config.from_dict(cfg.to_dict()), cfg)
+
+
+class GrammarTests(_Files):
+    """Dovecot's grammar in full, and the classification at FILE:LINE."""
+
+    def test_unnamed_listeners_are_listeners_of_their_own(self) -> None:
+        cfg = self.load(
+            "service imap-login {\n  inet_listener {\n    address = 127.0.0.1\n"
+            "    port = 11143\n  }\n  inet_listener {\n    port = 0\n  }\n}\n"
+            "service director {\n  inet_listener {\n  }\n}\n"
+            "service quota-status {\n  inet_listener {\n    port = 12340\n  }\n}\n")
+        listeners = cfg.services["imap-login"].inet_listeners
+        self.assertEqual(listeners["#1"].port, 11143)
+        self.assertEqual(listeners["#1"].addresses, ["127.0.0.1"])
+        self.assertEqual(listeners["#2"].port, 0)
+        self.assertIn("imap", listeners)  # the built-in ones stay
+        # a service pydovecot doesn't run warns only when something is set in it
+        self.assertEqual(len(cfg.warnings), 1)
+        self.assertIn("dovecot.conf:14: service 'quota-status' is not supported", cfg.warnings[0])
+
+    def test_service_still_needs_a_name(self) -> None:
+        self.assertIn("dovecot.conf:1: section 'service' needs a name", self.error("service {\n}\n"))
+
+    def test_file_values_everywhere(self) -> None:
+        self.write("args.txt", "scheme=CRYPT /etc/users\n")
+        self.write("greeting.txt", "Hello there\n")
+        self.write("limit.txt", "7\n")
+        cfg = self.load(
+            "login_greeting = <greeting.txt\n"
+            "passdb {\n  driver = passwd-file\n  args = <args.txt\n}\n"
+            "service imap {\n  process_limit = <limit.txt\n}\n"
+            "plugin {\n  sieve = <greeting.txt\n}\n")
+        self.assertEqual(cfg.get("login_greeting"), "Hello there")
+        self.assertEqual(cfg.passdbs[0]["args"], "scheme=CRYPT /etc/users")
+        self.assertEqual(cfg.services["imap"].process_limit, 7)
+        self.assertEqual(cfg.plugin["sieve"], "Hello there")
+        msg = self.error("passdb {\n  driver = static\n  args = <nope.txt\n}\n")
+        self.assertIn("dovecot.conf:3: args: can't read", msg)
+
+    def test_include_try_missing_is_fine_include_is_not(self) -> None:
+        self.assertEqual(self.load("!include_try nope/*.conf\n").warnings, [])
+        self.assertIn("dovecot.conf:1: !include nope.conf: no such file",
+                      self.error("!include nope.conf\n"))
+
+    def test_refused_plugins_and_locations_name_the_line(self) -> None:
+        self.assertIn("dovecot.conf:2: mail_plugins: quota: refused: quota is not supported",
+                      self.error("\nmail_plugins = $mail_plugins quota\n"))
+        self.assertIn("dovecot.conf:2: mail_plugins: imap_acl: refused: ACLs",
+                      self.error("protocol imap {\n  mail_plugins = imap_acl\n}\n"))
+        self.assertIn("mail_plugins: unknown plugin 'nosuch'", self.error("mail_plugins = nosuch\n"))
+        self.assertIn("dovecot.conf:1: mail storage format 'mdbox' is not supported",
+                      self.error("mail_location = mdbox:~/mdbox\n"))
+        self.assertIn("mail_location option INDEX is not supported",
+                      self.error("mail_location = maildir:~/Maildir:INDEX=/var/idx\n"))
+        self.assertIn("refused: the HAProxy PROXY protocol",
+                      self.error("service imap-login {\n  inet_listener imap {\n"
+                                 "    haproxy = yes\n  }\n}\n"))
+        self.assertIn("dovecot.conf:2: service_count = 1 inside service { }: refused",
+                      self.error("service imap-login {\n  service_count = 1\n}\n"))
+        self.assertIn("autoexpunge = 30d inside mailbox { }: refused",
+                      self.error("namespace inbox {\n  mailbox Trash {\n"
+                                 "    autoexpunge = 30d\n  }\n}\n"))
+        # a refused value replaced later is not refused
+        cfg = self.load("mail_location = mbox:~/mail\nmail_location = maildir:~/Maildir\n"
+                        "mail_plugins = quota\nmail_plugins =\n")
+        self.assertEqual(cfg.get("mail_location"), "maildir:~/Maildir")
+        # plugins refused in a protocol pydovecot doesn't serve are not used
+        cfg = self.load("protocol lda {\n  mail_plugins = quota\n}\n")
+        self.assertIn("dovecot.conf:1: settings inside protocol lda { } are not used",
+                      cfg.warnings[0])
+
+    def test_warnings_once_per_setting_even_when_included_twice(self) -> None:
+        self.write("a.conf", "mail_cache_fields = date\n")
+        cfg = self.load("!include a.conf\n!include a.conf\nmail_plugins = mail_log\n"
+                        "mail_plugins = mail_log notify\n")
+        self.assertEqual(sum("mail_cache_fields" in w for w in cfg.warnings), 1)
+        self.assertEqual(sum("'mail_log'" in w for w in cfg.warnings), 1)
+        self.assertTrue(cfg.warnings[0].startswith(os.path.join(self.dir, "a.conf") + ":1: "))

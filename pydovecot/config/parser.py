@@ -1,12 +1,20 @@
 """Read one Dovecot 2.3 config file (with its includes) into a typed ``Config``.
 
 Syntax as Dovecot's config-parser: ``key = value``, quotes, ``#`` comments,
-``\\`` continuation, ``key = <file``, ``key = $other rest``, ``!include`` /
-``!include_try`` with globs, and ``name [arg] { … }`` sections.  Errors raise
-:class:`ConfigError` as ``FILE:LINE: message``.  The config file and the
-files it includes are trusted (root-owned, read by the master); ``Config.from_dict``
-trusts its input, which comes from the master.  Nothing here opens sockets or
-changes privileges.
+``\\`` continuation, ``key = <file`` (certificates stay references, every
+other value is read at load time, so a missing file is ``FILE:LINE``),
+``$key`` in KEY's own value (its value so far, else Dovecot's default; other
+``$names`` of settings stay literal, unknown ones are errors, as in 2.3),
+``!include`` / ``!include_try`` with globs, ``name [arg] { … }`` sections
+(listeners, mailboxes and namespaces may be unnamed) and
+``protocol``/``local``/``remote``/``local_name`` filters.  Each setting is
+classified (settings.py): a value pydovecot can't honour is refused as
+``FILE:LINE: … refused: why`` (judged on the final value), a cosmetic one is
+warned once.  Errors raise :class:`ConfigError`; ``strict=False`` (pydoveconf)
+records refusals instead.  The config file and the files it includes are
+trusted (root-owned, read by the master); ``Config.from_dict`` trusts its
+input, which comes from the master.  Nothing here opens sockets or changes
+privileges.
 """
 
 from __future__ import annotations
@@ -716,6 +724,8 @@ class _Parser:
         elif kind.endswith("_listener"):
             parent = self.stack[-2]
             if parent.arg not in S.IMPLEMENTED_SERVICES:
+                self.warn(parent.where, f"service '{parent.arg}' is not supported by "
+                                        "pydovecot yet; ignored", once=f"service {parent.arg}")
                 return
             tables = (S.LISTENER_REFUSED, S.LISTENER_WARNED, {})
             defaults = {"haproxy": "no", "reuse_port": "no"}

@@ -1,12 +1,14 @@
-"""The registry of setting names, types and defaults that the config parser knows.
+"""The registry of setting names, types, defaults and how pydovecot treats them.
 
 ``DOVECOT_DEFAULTS`` is every global setting of Dovecot 2.3.19 with its default,
-as printed by ``doveconf -d`` (generated once, not read at run time); its keys
-form ``KNOWN_SETTINGS``.  ``IMPLEMENTED`` holds the settings pydovecot acts on,
-with their type and pydovecot's default (which differs from Dovecot's only for
-user names, paths, log destination and greeting).  Section registries say which
-keys are valid inside ``service``, listener, ``passdb``/``userdb``, ``namespace``
-and ``mailbox`` sections.  Pure data plus value converters; trusts nothing.
+as printed by ``doveconf -d`` (generated once, not read at run time), plus
+Pigeonhole's managesieve ones; its keys form ``KNOWN_SETTINGS``.  Each known
+setting is in exactly one of ``IMPLEMENTED`` (type and pydovecot's default;
+something reads it), ``REFUSED`` (only Dovecot's default is accepted; why) or
+``WARNED`` (cosmetic; why).  Section registries say which keys are valid
+inside ``service``, listener, ``passdb``/``userdb``, ``namespace`` and
+``mailbox`` sections and how each is treated, likewise ``mail_plugins``
+names and ``plugin {}`` keys.  Pure data plus value converters; trusts nothing.
 """
 
 from __future__ import annotations
