@@ -178,7 +178,9 @@ class MasterService(Service):
 
         if hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, FilteringLogObserver(
-                DovecotLineObserver(sys.stdout, "master"), [TwistedChatter(), QuietTwisted()]))
+                DovecotLineObserver(sys.stdout, "master"),
+                [lambda e: PredicateResult.no if e.get("log_console") is False
+                 else PredicateResult.maybe, TwistedChatter(), QuietTwisted()]))
         super().setServiceParent(parent)
 
     # -- start -------------------------------------------------------------
@@ -207,7 +209,8 @@ class MasterService(Service):
         text = error.args[0] if isinstance(error, KeyError) and error.args else error
         if isinstance(error, OSError) and error.filename:
             text = f"{error.filename}: {error.strerror}"
-        log.critical("{text}", text=str(text), log_prefix="master")
+        # the terminal gets the one "pydovecot: Fatal:" line below instead
+        log.critical("{text}", text=str(text), log_prefix="master", log_console=False)
         for sock in self.bound.values():
             sock.close()
         for name, sock in self.auth_sockets.items():
