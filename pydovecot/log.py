@@ -102,7 +102,7 @@ class DovecotLineObserver:
 #: don't have; kept at debug level.
 NOISE = re.compile(
     r"^(Starting|Stopping) factory|connection (established|lost) \(HOST:|"
-    r"^\(\w+ Port .* Closed\)$|^Main loop terminated\.$|starting on '|^\w+ starting on \d+$"
+    r"^\(\w+ Port .* Closed\)$|^Main loop terminated\.$|starting on '|^\w+(?: \(TLS\))? starting on \d+$"
 )
 
 

@@ -1,12 +1,20 @@
 """Read one Dovecot 2.3 config file (with its includes) into a typed ``Config``.
 
 Syntax as Dovecot's config-parser: ``key = value``, quotes, ``#`` comments,
-``\\`` continuation, ``key = <file``, ``key = $other rest``, ``!include`` /
-``!include_try`` with globs, and ``name [arg] { … }`` sections.  Errors raise
-:class:`ConfigError` as ``FILE:LINE: message``.  The config file and the
-files it includes are trusted (root-owned, read by the master); ``Config.from_dict``
-trusts its input, which comes from the master.  Nothing here opens sockets or
-changes privileges.
+``\\`` continuation, ``key = <file`` (certificates stay references, every
+other value is read at load time, so a missing file is ``FILE:LINE``),
+``$key`` in KEY's own value (its value so far, else Dovecot's default; other
+``$names`` of settings stay literal, unknown ones are errors, as in 2.3),
+``!include`` / ``!include_try`` with globs, ``name [arg] { … }`` sections
+(listeners, mailboxes and namespaces may be unnamed) and
+``protocol``/``local``/``remote``/``local_name`` filters.  Each setting is
+classified (settings.py): a value pydovecot can't honour is refused as
+``FILE:LINE: … refused: why`` (judged on the final value), a cosmetic one is
+warned once.  Errors raise :class:`ConfigError`; ``strict=False`` (pydoveconf)
+records refusals instead.  The config file and the files it includes are
+trusted (root-owned, read by the master); ``Config.from_dict`` trusts its
+input, which comes from the master.  Nothing here opens sockets or changes
+privileges.
 """
 
 from __future__ import annotations
@@ -141,10 +149,16 @@ _SECTIONS_IN: dict[str, frozenset[str]] = {
     "namespace": frozenset({"mailbox"}),
 }  # fmt: skip
 _FREE_FORM = frozenset({"plugin", "dict", "metric", "event_exporter"})
-_NEED_NAME = frozenset(
-    {"service", "protocol", "local", "remote", "local_name", "inet_listener", "unix_listener",
-     "fifo_listener", "mailbox", "metric", "event_exporter"}
-)  # fmt: skip
+#: Sections that need a name (Dovecot allows unnamed listeners, mailboxes
+#: and namespaces: Debian's 10-director.conf has ``inet_listener { }``).
+_NEED_NAME = frozenset({"service", "protocol", "local", "remote", "local_name", "metric",
+                        "event_exporter"})
+#: Settings whose ``<file`` stays a reference (their readers call
+#: Config.read_value, so key material is not copied into every snapshot).
+FILE_REFS = frozenset({"ssl_cert", "ssl_key", "ssl_ca", "ssl_alt_cert", "ssl_alt_key",
+                        "ssl_dh", "ssl_client_cert", "ssl_client_key"})
+#: The bound on a ``key = <file`` value read at load time.
+MAX_FILE_VALUE = 64 * 1024
 
 
 class Config:
@@ -164,6 +178,13 @@ class Config:
         self.plugin: dict[str, str] = {}
         self.dict: dict[str, str] = {}
         self.warnings: list[str] = []
+        #: Fatal problems found by a lenient parse (pydoveconf); a server
+        #: start raises the first one instead.
+        self.refusals: list[str] = []
+        #: The services' sections as the file wrote them (for pydoveconf -n).
+        self.raw_services: dict[str, dict[str, Any]] = {}
+        #: Settings the file set at top level (the rest are defaults).
+        self.explicit: list[str] = []
         self.source_files: list[str] = []
         self.origins: dict[str, str] = {}
 
@@ -269,6 +290,9 @@ class Config:
             "plugin": dict(self.plugin),
             "dict": dict(self.dict),
             "warnings": list(self.warnings),
+            "refusals": list(self.refusals),
+            "raw_services": _copy(self.raw_services),
+            "explicit": list(self.explicit),
             "source_files": list(self.source_files),
             "origins": dict(self.origins),
         }
@@ -352,15 +376,44 @@ def _strip_comment(line: str) -> tuple[str, bool]:
 
 
 class _Parser:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, strict: bool = True) -> None:
         self.cfg = Config(path)
+        self.strict = strict
         self.stack: list[_Section] = []
         self.include_chain: list[str] = []
-        self.raw_services: dict[str, dict[str, Any]] = {}
+        self.raw_services = self.cfg.raw_services
         self.ns_counter = 0
+        self.warned: set[str] = set()
+        self.ns_where: dict[str, str] = {}
+        #: Refused values by scope, until a later line replaces them.
+        self.pending: dict[tuple, tuple[str, str]] = {}
 
     def fail(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"{where}: {message}")
+
+    def scope(self, key: str) -> tuple:
+        """Where a value lives: the open sections and the key."""
+        return (*((s.kind, s.arg) for s in self.stack), key)
+
+    def refuse_value(self, where: str, key: str, message: str) -> None:
+        """Refuse a value unless a later line of the same scope replaces it."""
+        self.pending[self.scope(key)] = (where, message)
+
+    def refuse(self, where: str, message: str) -> None:
+        """A setting pydovecot can't honour: raise (server) or record (pydoveconf)."""
+        text = f"{where}: {message}"
+        if self.strict:
+            raise ConfigError(text)
+        if text not in self.cfg.refusals:
+            self.cfg.refusals.append(text)
+
+    def warn(self, where: str, message: str, once: str | None = None) -> None:
+        """One warning naming FILE:LINE; ``once`` de-duplicates by a key."""
+        key = once or f"{where}: {message}"
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        self.cfg.warnings.append(f"{where}: {message}")
 
     # -- reading files -------------------------------------------------------
 
@@ -477,38 +530,61 @@ class _Parser:
     # -- values --------------------------------------------------------------
 
     def expand_ref(self, where: str, key: str, value: str) -> str:
-        """Dovecot's ``key = $name rest``: replace the leading $name by its value."""
-        name, sep, rest = value[1:].partition(" ")
+        """Dovecot 2.3's ``$name`` words in an unquoted value: ``$key`` (the
+        setting being set, in a global or filter scope) is its value so far,
+        or Dovecot's default when not yet set; ``$`` + another setting name
+        stays as written, as does ``$ENV:…``; any other ``$name`` is an error."""
+        scoped = not self.stack or self.stack[-1].kind in _FILTERS
+        words = value.split(" ")
+        for i, word in enumerate(words):
+            if not word.startswith("$") or word.startswith("$ENV:"):
+                continue
+            name = word[1:]
+            if scoped and name == key:
+                words[i] = self.value_so_far(key)
+            elif name not in S.KNOWN_SETTINGS:
+                raise self.fail(where, f"Unknown variable: ${name} (in value of {key})")
+        return " ".join(words)
+
+    def value_so_far(self, key: str) -> str:
+        """What ``key`` is at this point: innermost open filter first."""
         for section in reversed(self.stack):
-            if name in section.data and isinstance(section.data[name], str):
-                return section.data[name] + sep + rest
-        if name in self.cfg.settings:
-            return self.cfg.settings[name] + sep + rest
-        if name in S.DOVECOT_DEFAULTS:
-            return S.DOVECOT_DEFAULTS[name] + sep + rest
-        raise self.fail(where, f"unknown variable ${name} in value of {key}")
+            if key in section.data:
+                return section.data[key]
+            if section.kind == "protocol" and len([s for s in self.stack
+                                                   if s.kind in _FILTERS]) == 1:
+                for name in section.arg.split():
+                    earlier = self.cfg.protocol_settings.get(name, {})
+                    if key in earlier:
+                        return earlier[key]
+        if key in self.cfg.explicit:
+            return self.cfg.settings[key]
+        return S.default_of(key)
 
     def set_value(self, path: str, where: str, key: str, raw: str) -> None:
+        self.pending.pop(self.scope(key), None)
+        section = self.stack[-1] if self.stack else None
+        kind = section.kind if section else ""
         is_file = raw.startswith("<")
         if is_file:
             target = raw[1:].strip()
             if not target:
                 raise self.fail(where, f"{key}: '<' needs a file name")
             value = "<" + os.path.normpath(os.path.join(os.path.dirname(path), target))
-        elif raw.startswith("$"):
-            value = self.expand_ref(where, key, raw)
+            if kind not in ("", *_FILTERS) or key not in FILE_REFS:
+                # Read now, so a missing file or a bad value is FILE:LINE;
+                # readers of anything but certificates get the content.
+                value = self.read_file_value(where, key, value[1:])
+                is_file = False
         elif len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
             value = _unescape(raw[1:-1])
+        elif "$" in raw:
+            value = self.expand_ref(where, key, raw)
         else:
             value = raw
-        section = self.stack[-1] if self.stack else None
-        kind = section.kind if section else ""
-        if is_file and self._typed_kind(kind, key):
-            # A number, size, time or flag from a file is read now, so that
-            # a missing file or a bad value is FILE:LINE, like any other.
-            value = self.read_file_value(where, key, value[1:])
-            is_file = False
         if kind in _FREE_FORM:
+            if kind == "plugin":
+                self.check_plugin_key(where, key, value)
             section.data[key] = value  # type: ignore[union-attr]
             return
         if kind in ("", *_FILTERS):
@@ -527,30 +603,20 @@ class _Parser:
         }[kind]
         if key not in allowed:
             raise self.fail(where, f"unknown setting {key!r} inside {kind} {{ }}")
-        if isinstance(allowed, dict) and not is_file:
+        if isinstance(allowed, dict):
             self.check(where, key, allowed[key], value)
+        self.classify_section_key(where, section, key, value)  # type: ignore[arg-type]
         section.data[key] = value  # type: ignore[union-attr]
-
-    @staticmethod
-    def _typed_kind(section_kind: str, key: str) -> bool:
-        """Whether ``key`` (in a section of ``section_kind``) is typed, not a string."""
-        if section_kind in ("", *_FILTERS):
-            kind = S.IMPLEMENTED.get(key, (S.STR,))[0]
-        else:
-            kind = {
-                "service": S.SERVICE_SETTINGS,
-                "inet_listener": S.INET_LISTENER_SETTINGS,
-                "unix_listener": S.UNIX_LISTENER_SETTINGS,
-                "fifo_listener": S.UNIX_LISTENER_SETTINGS,
-            }.get(section_kind, {}).get(key, S.STR)
-        return kind not in (S.STR, S.LIST)
 
     def read_file_value(self, where: str, key: str, path: str) -> str:
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                return f.read(4096).strip()
+                text = f.read(MAX_FILE_VALUE + 1)
         except OSError as e:
             raise self.fail(where, f"{key}: can't read {path}: {e.strerror}") from None
+        if len(text) > MAX_FILE_VALUE:
+            raise self.fail(where, f"{key}: {path} is larger than {MAX_FILE_VALUE} bytes")
+        return text.rstrip("\r\n")
 
     def check(self, where: str, key: str, kind: str, value: str) -> None:
         try:
@@ -558,25 +624,141 @@ class _Parser:
         except ValueError as e:
             raise self.fail(where, f"{key}: {e}") from None
 
+    # -- classification ------------------------------------------------------
+
+    def served_scope(self, section: _Section | None) -> bool:
+        """Whether settings here can apply to a protocol pydovecot serves."""
+        for s in self.stack:
+            if s.kind == "protocol":
+                names = s.arg.split()
+                if all(not n.startswith("!") and n not in S.IMPLEMENTED_PROTOCOLS
+                       for n in names):
+                    return False
+        return True
+
     def set_global(
         self, where: str, key: str, value: str, is_file: bool, section: _Section | None
     ) -> None:
-        if key in S.IMPLEMENTED:
-            if not is_file:
-                self.check(where, key, S.IMPLEMENTED[key][0], value)
-        elif key in S.KNOWN_SETTINGS:
-            self.cfg.warnings.append(
-                f"{where}: setting '{key}' is not supported by pydovecot yet; ignored"
-            )
-        elif key in S.SERVICE_SETTINGS or key in S.INET_LISTENER_SETTINGS:
-            raise self.fail(where, f"unknown setting {key!r} (valid only inside service {{ }})")
-        else:
+        if key not in S.KNOWN_SETTINGS:
+            if key in S.SERVICE_SETTINGS or key in S.INET_LISTENER_SETTINGS:
+                raise self.fail(where, f"unknown setting {key!r} (valid only inside service {{ }})")
             raise self.fail(where, f"unknown setting {key!r}")
+        if not is_file:
+            self.check(where, key, S.type_of(key), value)
+        if self.served_scope(section):
+            self.classify_global(where, key, value, section)
+        else:
+            proto = next(s for s in self.stack if s.kind == "protocol")
+            self.warn(proto.where, f"settings inside protocol {proto.arg} {{ }} are not used: "
+                                   "pydovecot does not serve it", once=f"unserved {proto.where}")
         if section is None:
             self.cfg.settings[key] = value
             self.cfg.origins[key] = where
+            if key not in self.cfg.explicit:
+                self.cfg.explicit.append(key)
         else:
             section.data[key] = value
+
+    def classify_global(self, where: str, key: str, value: str, section: _Section | None) -> None:
+        """Refuse or warn for a setting pydovecot doesn't honour."""
+        outer = [s for s in self.stack if s.kind in ("local", "remote", "local_name")]
+        if outer and key not in S.WARNED:
+            s = outer[-1]
+            self.refuse(where, f"{key} inside {s.kind} {s.arg} {{ }}: pydovecot does not apply "
+                               "local/remote/local_name filters yet")
+            return
+        kind = S.classify(key)
+        if kind == "implemented":
+            if key == "mail_plugins":
+                self.check_mail_plugins(where, value)
+            elif key == "mail_location":
+                why = S.check_location(value)
+                if why:
+                    self.refuse_value(where, key, why)
+            return
+        if value.strip() == S.default_of(key).strip():
+            return
+        if kind == "refused":
+            self.refuse_value(where, key, f"{key} = {value}: refused: {S.REFUSED[key]}")
+        else:
+            why = S.WARNED[key]
+            self.warn(where, f"setting '{key}' is not supported by pydovecot; ignored"
+                             + (f" ({why})" if why else ""), once=f"setting {key}")
+
+    def check_mail_plugins(self, where: str, value: str) -> None:
+        for name in S.split_list(value):
+            if name in S.MAIL_PLUGINS_IMPLEMENTED:
+                continue
+            if name in S.MAIL_PLUGINS_REFUSED:
+                self.refuse_value(where, "mail_plugins",
+                                  f"mail_plugins: {name}: refused: {S.MAIL_PLUGINS_REFUSED[name]}")
+            elif name in S.MAIL_PLUGINS_WARNED:
+                self.warn(where, f"mail_plugins: plugin '{name}' is not supported by pydovecot; "
+                                 f"ignored ({S.MAIL_PLUGINS_WARNED[name]})", once=f"plugin {name}")
+            else:
+                self.refuse_value(where, "mail_plugins", f"mail_plugins: unknown plugin '{name}'")
+
+    def check_plugin_key(self, where: str, key: str, value: str) -> None:
+        owner = S.plugin_key_owner(key)
+        if owner in S.MAIL_PLUGINS_IMPLEMENTED or owner == "":
+            return
+        if owner is None:
+            self.warn(where, f"plugin setting '{key}' belongs to no plugin pydovecot or "
+                             "Dovecot knows; ignored", once=f"plugin key {key}")
+        else:
+            self.warn(where, f"plugin setting '{key}' is for the {owner} plugin, which "
+                             "pydovecot does not load; ignored", once=f"plugin key {key}")
+
+    def classify_section_key(self, where: str, section: _Section, key: str, value: str) -> None:
+        kind = section.kind
+        tables: tuple[dict[str, str], dict[str, str], dict[str, str]]
+        defaults: dict[str, str] = {}
+        if kind == "service":
+            if section.arg not in S.IMPLEMENTED_SERVICES:
+                self.warn(section.where, f"service '{section.arg}' is not supported by "
+                                         "pydovecot yet; ignored", once=f"service {section.arg}")
+                return
+            tables = (S.SERVICE_REFUSED, S.SERVICE_WARNED, {})
+            builtin = S.SERVICE_DEFAULTS.get(section.arg, {}).get("settings", {})
+            defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
+        elif kind.endswith("_listener"):
+            parent = self.stack[-2]
+            if parent.arg not in S.IMPLEMENTED_SERVICES:
+                self.warn(parent.where, f"service '{parent.arg}' is not supported by "
+                                        "pydovecot yet; ignored", once=f"service {parent.arg}")
+                return
+            tables = (S.LISTENER_REFUSED, S.LISTENER_WARNED, {})
+            defaults = {"haproxy": "no", "reuse_port": "no"}
+        elif kind == "namespace":
+            tables = (S.NAMESPACE_REFUSED, S.NAMESPACE_WARNED, {})
+            if key == "type" and value != "private":
+                self.refuse_value(where, key, f"namespace type {value}: only private namespaces are "
+                                   "supported yet")
+            elif key == "prefix" and value:
+                self.refuse_value(where, key, "namespace prefix: only an empty prefix is supported yet")
+            elif key == "location" and value:
+                self.refuse_value(where, key, "namespace location: a namespace's own location is not "
+                                   "supported yet (use mail_location)")
+            elif key == "separator" and value not in ("", "/", "."):
+                self.refuse_value(where, key, f"namespace separator {value!r} is not supported")
+            defaults = {"hidden": "no", "list": "yes", "subscriptions": "yes",
+                        "ignore_on_failure": "no", "order": "0"}
+        elif kind == "mailbox":
+            tables = (S.MAILBOX_REFUSED, S.MAILBOX_WARNED, {})
+            defaults = {"autoexpunge": "0", "autoexpunge_max_mails": "0"}
+        elif kind in ("passdb", "userdb"):
+            tables = (S.DB_REFUSED, {}, {})
+        else:
+            return
+        refused, warned, _ = tables
+        if value == defaults.get(key, ""):
+            return
+        if key in refused:
+            self.refuse_value(where, key,
+                              f"{key} = {value} inside {kind} {{ }}: refused: {refused[key]}")
+        elif key in warned:
+            self.warn(where, f"{key} inside {kind} {{ }} is not supported by pydovecot; "
+                             f"ignored ({warned[key]})", once=f"{kind} {key}")
 
     # -- sections ------------------------------------------------------------
 
@@ -589,13 +771,15 @@ class _Parser:
         if kind in _NEED_NAME and not arg:
             raise self.fail(where, f"section '{kind}' needs a name: {kind} NAME {{")
         section = _Section(kind, arg, where, {})
+        if kind.endswith("_listener") and not arg:
+            # Dovecot's unnamed listener: a listener of its own, named by
+            # its place among the service's unnamed ones.
+            others = self.raw_services[parent.arg][kind + "s"]  # type: ignore[union-attr]
+            arg = f"#{sum(name.startswith('#') for name in others) + 1}"
+            section.arg = arg
         if kind == "service":
-            if arg not in S.IMPLEMENTED_SERVICES:
-                if arg not in S.KNOWN_SERVICES:
-                    raise self.fail(where, f"unknown service '{arg}'")
-                self.cfg.warnings.append(
-                    f"{where}: service '{arg}' is not supported by pydovecot yet; ignored"
-                )
+            if arg not in S.IMPLEMENTED_SERVICES and arg not in S.KNOWN_SERVICES:
+                raise self.fail(where, f"unknown service '{arg}'")
             raw = self.raw_services.setdefault(
                 arg,
                 {"settings": {}, "inet_listeners": {}, "unix_listeners": {}, "fifo_listeners": {}},
@@ -604,31 +788,53 @@ class _Parser:
         elif kind.endswith("_listener"):
             raw = self.raw_services[parent.arg]  # type: ignore[union-attr]
             section.data = raw[kind + "s"].setdefault(arg, {})
-        elif kind in ("local", "remote", "local_name"):
-            self.cfg.warnings.append(
-                f"{where}: {kind} {arg} {{ }} filter is not supported by pydovecot yet; "
-                "its settings are ignored"
-            )
+        if kind in ("local", "remote"):
+            self.check_network(where, kind, arg)
+        if kind in _FILTERS and (kind != "protocol" or any(s.kind in _FILTERS
+                                                            for s in self.stack)):
+            # Blocks with the same filter share one entry (as Dovecot's
+            # filter parsers), kept in the order they first appear.
+            match = {s.kind: s.arg for s in self.stack if s.kind in _FILTERS}
+            match[kind] = arg
+            entry = next((f for f in self.cfg.filters if f["match"] == match), None)
+            if entry is None:
+                entry = {"match": match, "settings": {}, "plugin": {}, "origin": where}
+                self.cfg.filters.append(entry)
+            section.data, section.plugin = entry["settings"], entry["plugin"]
         elif kind == "namespace":
             name = arg
             if not name:
                 name = f"#{self.ns_counter}"
                 self.ns_counter += 1
             section.data = self.cfg.namespaces.setdefault(name, {"name": name})
+            self.ns_where.setdefault(name, where)
         elif kind == "mailbox":
             boxes = parent.data.setdefault("mailboxes", {})  # type: ignore[union-attr]
-            section.data = boxes.setdefault(arg, {"name": arg})
+            if not arg:
+                unnamed = sum(name.startswith("#") for name in boxes) + 1
+                section.data = boxes.setdefault(f"#{unnamed}", {"name": ""})
+            else:
+                section.data = boxes.setdefault(arg, {"name": arg})
         elif kind == "plugin":
             section.data = parent.plugin if parent is not None else self.cfg.plugin
         elif kind == "dict":
             section.data = self.cfg.dict
         elif kind in ("metric", "event_exporter"):
-            self.cfg.warnings.append(
-                f"{where}: {kind} {arg} {{ }} is not supported by pydovecot yet; ignored"
-            )
+            self.warn(where, f"{kind} {arg} {{ }} is not supported by pydovecot yet; ignored")
         elif kind in ("passdb", "userdb") and arg:
             section.data["name"] = arg
         self.stack.append(section)
+
+    def check_network(self, where: str, kind: str, arg: str) -> None:
+        """``local``/``remote`` take IPs, CIDR networks or host names."""
+        import ipaddress
+
+        for item in arg.split():
+            try:
+                ipaddress.ip_network(item.strip("[]"), strict=False)
+            except ValueError:
+                if not all(c.isalnum() or c in ".-_*" for c in item):
+                    raise self.fail(where, f"{kind} {item}: not an IP, network or host name") from None
 
     def close_section(self, section: _Section) -> None:
         kind = section.kind
@@ -641,19 +847,10 @@ class _Parser:
             outer = [s for s in self.stack if s.kind in _FILTERS]
             if kind == "protocol" and not outer:
                 for name in section.arg.split():
-                    self.cfg.protocol_settings.setdefault(name, {}).update(section.data)
+                    if section.data:
+                        self.cfg.protocol_settings.setdefault(name, {}).update(section.data)
                     if section.plugin:
                         self.cfg.protocol_plugin.setdefault(name, {}).update(section.plugin)
-            elif section.data or section.plugin:
-                match = {s.kind: s.arg for s in [*outer, section]}
-                self.cfg.filters.append(
-                    {
-                        "match": match,
-                        "settings": dict(section.data),
-                        "plugin": dict(section.plugin),
-                        "origin": section.where,
-                    }
-                )
 
     # -- after the last line -------------------------------------------------
 
@@ -670,9 +867,16 @@ class _Parser:
             if proto not in S.KNOWN_PROTOCOLS:
                 raise self.fail(where, f"protocols: unknown protocol '{proto}'")
             if proto != "none":
-                cfg.warnings.append(
-                    f"{where}: protocol '{proto}' is not supported by pydovecot yet; ignored"
-                )
+                self.warn(where, f"protocol '{proto}' is not supported by pydovecot yet; ignored")
+        cfg.filters = [f for f in cfg.filters if f["settings"] or f["plugin"]]
+        for where, message in self.pending.values():
+            self.refuse(where, message)
+        active = [name for name, ns in cfg.namespaces.items()
+                  if not S.parse_bool(ns.get("disabled", "no") or "no")]
+        if len(active) > 1:
+            where = self.ns_where.get(active[1], cfg.path)
+            self.refuse(where, f"namespace {active[1].lstrip('#')}: only one namespace (the "
+                               "private INBOX one) is supported yet")
         for name in S.IMPLEMENTED_SERVICES:
             cfg.services[name] = self.build_service(name)
         return cfg
@@ -692,7 +896,7 @@ class _Parser:
         defaults: dict[str, Any] = S.SERVICE_DEFAULTS.get(name, {})
         raw = self.raw_services.get(name, {})
         settings = {k: self.resolve(v, {}) for k, v in defaults.get("settings", {}).items()}
-        settings.update(raw.get("settings", {}))
+        settings.update({k: self.resolve(v, {}) for k, v in raw.get("settings", {}).items()})
         svc = ServiceConfig(
             name,
             settings,
@@ -708,7 +912,8 @@ class _Parser:
                 for k, v in defaults.get(kind, {}).items()
             }
             for lname, values in raw.get(kind, {}).items():
-                merged.setdefault(lname, {}).update(values)
+                merged.setdefault(lname, {}).update(
+                    {k: self.resolve(v, {}) for k, v in values.items()})
             for lname, values in merged.items():
                 if kind == "inet_listeners":
                     address = values.get("address", "")
@@ -754,8 +959,11 @@ def write_snapshot(cfg: Config, path: str) -> None:
     os.replace(tmp, path)
 
 
-def parse_config(path: str) -> Config:
-    """Parse the config file at path; raise ConfigError on any problem."""
+def parse_config(path: str, strict: bool = True) -> Config:
+    """Parse the config file at path; raise ConfigError on any problem.
+
+    ``strict=False`` (pydoveconf) still raises for syntax errors but only
+    records in ``Config.refusals`` what a server start would refuse."""
     path = os.path.abspath(path)
     if path.endswith(SNAPSHOT_SUFFIX):
         import json
@@ -765,6 +973,6 @@ def parse_config(path: str) -> Config:
                 return Config.from_dict(json.load(f))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path}: can't load the master's config snapshot: {e}") from None
-    parser = _Parser(path)
+    parser = _Parser(path, strict)
     parser.parse_file(path)
     return parser.finish()

@@ -1,12 +1,14 @@
-"""The registry of setting names, types and defaults that the config parser knows.
+"""The registry of setting names, types, defaults and how pydovecot treats them.
 
 ``DOVECOT_DEFAULTS`` is every global setting of Dovecot 2.3.19 with its default,
-as printed by ``doveconf -d`` (generated once, not read at run time); its keys
-form ``KNOWN_SETTINGS``.  ``IMPLEMENTED`` holds the settings pydovecot acts on,
-with their type and pydovecot's default (which differs from Dovecot's only for
-user names, paths, log destination and greeting).  Section registries say which
-keys are valid inside ``service``, listener, ``passdb``/``userdb``, ``namespace``
-and ``mailbox`` sections.  Pure data plus value converters; trusts nothing.
+as printed by ``doveconf -d`` (generated once, not read at run time), plus
+Pigeonhole's managesieve ones; its keys form ``KNOWN_SETTINGS``.  Each known
+setting is in exactly one of ``IMPLEMENTED`` (type and pydovecot's default;
+something reads it), ``REFUSED`` (only Dovecot's default is accepted; why) or
+``WARNED`` (cosmetic; why).  Section registries say which keys are valid
+inside ``service``, listener, ``passdb``/``userdb``, ``namespace`` and
+``mailbox`` sections and how each is treated, likewise ``mail_plugins``
+names and ``plugin {}`` keys.  Pure data plus value converters; trusts nothing.
 """
 
 from __future__ import annotations
@@ -39,8 +41,6 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "base_dir": (STR, "/run/pydovecot"),
     "state_dir": (STR, "/var/lib/pydovecot"),
     "log_path": (STR, ""),
-    "info_log_path": (STR, ""),
-    "debug_log_path": (STR, ""),
     "login_greeting": (STR, "pydovecot ready."),
     "mail_location": (STR, ""),
     "mail_home": (STR, ""),
@@ -48,28 +48,19 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "mail_gid": (STR, ""),
     "first_valid_uid": (UINT, "500"),
     "last_valid_uid": (UINT, "0"),
-    "first_valid_gid": (UINT, "1"),
-    "last_valid_gid": (UINT, "0"),
-    "mail_privileged_group": (STR, ""),
     "disable_plaintext_auth": (BOOL, "yes"),
     "ssl": ("enum", "yes"),
     "ssl_cert": (STR, ""),
     "ssl_key": (STR, ""),
     "ssl_key_password": (STR, ""),
     "ssl_min_protocol": ("enum", "TLSv1.2"),
-    "ssl_cipher_list": (
-        STR,
-        "ALL:!kRSA:!SRP:!kDHd:!DSS:!aNULL:!eNULL:!EXPORT:!DES:!3DES:!MD5:!PSK:!RC4:!ADH:!LOW@STRENGTH",
-    ),
     "auth_mechanisms": (LIST, "plain"),
     "auth_username_format": (STR, "%Lu"),
     "auth_failure_delay": (TIME, "2 secs"),
     "auth_verbose": (BOOL, "no"),
     "auth_verbose_passwords": (STR, "no"),
     "auth_debug": (BOOL, "no"),
-    "auth_debug_passwords": (BOOL, "no"),
     "auth_default_realm": (STR, ""),
-    "auth_realms": (LIST, ""),
     "auth_master_user_separator": (STR, ""),
     "auth_anonymous_username": (STR, "anonymous"),
     "auth_username_chars": (
@@ -90,19 +81,11 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "login_timeout": (TIME, "3 mins"),
     "login_auth_timeout": (TIME, "30 secs"),
     "login_max_ip_connections": (UINT, "100"),
-    "login_log_format_elements": (
-        STR,
-        "user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{session}>",
-    ),
-    "login_log_format": (STR, "%$: %s"),
-    "mail_log_prefix": (STR, "%s(%u)<%{pid}><%{session}>: "),
     "default_login_user": (STR, "pydovecot-null"),
     "default_internal_user": (STR, "pydovecot"),
-    "default_internal_group": (STR, "pydovecot"),
     "default_client_limit": (UINT, "1000"),
     "default_process_limit": (UINT, "100"),
     "default_vsz_limit": (SIZE, "256 M"),
-    "default_idle_kill": (TIME, "1 mins"),
     "imap_capability": (STR, ""),
     "imap_idle_notify_interval": (TIME, "2 mins"),
     # pydovecot-only: Dovecot's fixed autologout timers (imap 30 min, pop3 10 min).
@@ -118,18 +101,15 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     ),
     "pop3_uidl_format": (STR, "%08Xu%08Xv"),
     "pop3_logout_format": (STR, "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"),
-    "lmtp_save_to_detail_mailbox": (BOOL, "no"),
     "recipient_delimiter": (STR, "+"),
-    "lda_mailbox_autocreate": (BOOL, "no"),
-    "postmaster_address": (STR, "postmaster@%{if;%d;ne;;%d;%{hostname}}"),
     "hostname": (STR, ""),
     "mail_max_userip_connections": (UINT, "10"),
-    "verbose_proctitle": (BOOL, "no"),
-    "mail_debug": (BOOL, "no"),
-    "mail_fsync": ("enum", "optimized"),
-    "maildir_very_dirty_syncs": (BOOL, "no"),
-    "mail_plugins": (STR, ""),
-    "mail_attachment_dir": (STR, ""),
+    "mail_plugins": (STR, ""),  # checked by the parser (see MAIL_PLUGINS)
+    "mail_cache_max_size": (SIZE, "1G"),
+    "mail_cache_max_headers_count": (UINT, "32"),
+    "mail_cache_max_header_name_length": (UINT, "100"),
+    "imap_urlauth_host": (STR, ""),
+    "imap_urlauth_port": (UINT, "143"),
 }
 
 #: Settings valid inside ``service NAME { }``, with their types.
@@ -684,3 +664,377 @@ DOVECOT_DEFAULTS: dict[str, str] = {
 
 #: Every global setting name Dovecot 2.3 knows.
 KNOWN_SETTINGS: frozenset[str] = frozenset(DOVECOT_DEFAULTS) | frozenset(IMPLEMENTED)
+
+# -- classification: every setting is implemented, refused or warned ---------
+#
+# A setting in REFUSED may only keep Dovecot's default: any other value stops
+# the start with ``FILE:LINE: … why`` (it would change security, delivery or
+# data semantics and pydovecot cannot honour it).  A setting in WARNED is
+# cosmetic (logging, tuning, protocols pydovecot does not serve): another
+# value is accepted with one warning naming FILE:LINE.  Groups by prefix
+# keep the table short; the explicit entries say why in a few words.
+
+_NOT_SERVED = "a service pydovecot does not run"
+
+#: name -> why pydovecot refuses a non-default value.
+REFUSED: dict[str, str] = {
+    "first_valid_gid": "mail process gid limits are not enforced by pydovecot yet",
+    "last_valid_gid": "mail process gid limits are not enforced by pydovecot yet",
+    "ssl_cipher_list": "pydovecot can't apply a cipher list yet (TLS uses Twisted's defaults)",
+    "ssl_cipher_suites": "pydovecot can't apply TLSv1.3 cipher suites yet",
+    "ssl_curve_list": "pydovecot can't apply a curve list yet",
+    "ssl_prefer_server_ciphers": "pydovecot can't apply server cipher preference yet",
+    "ssl_options": "pydovecot can't apply ssl_options yet",
+    "ssl_alt_cert": "a second (alternative) certificate is not supported yet",
+    "ssl_alt_key": "a second (alternative) certificate is not supported yet",
+    "lmtp_save_to_detail_mailbox": "lmtp does not deliver to the +detail mailbox yet",
+    "lda_mailbox_autocreate": "delivery does not create mailboxes yet",
+    "lda_mailbox_autosubscribe": "delivery does not create mailboxes yet",
+    "lda_original_recipient_header": "delivery ignores original-recipient headers",
+    "lmtp_hdr_delivery_address": "lmtp adds no Delivered-To: header",
+    "lmtp_proxy": "lmtp proxying is not supported",
+    "lmtp_rcpt_check_quota": "quota is not supported yet",
+    "quota_full_tempfail": "quota is not supported yet",
+    "mail_fsync": "pydovecot's fsync policy is fixed (as 'optimized')",
+    "mail_attachment_dir": "single-instance attachment storage is not supported",
+    "mail_attachment_fs": "single-instance attachment storage is not supported",
+    "mail_attachment_hash": "single-instance attachment storage is not supported",
+    "mail_attachment_min_size": "single-instance attachment storage is not supported",
+    "mail_attribute_dict": "IMAP METADATA storage is not supported",
+    "imap_metadata": "IMAP METADATA is not supported",
+    "imap_fetch_failure": "pydovecot's FETCH failure handling is fixed",
+    "mail_chroot": "chrooting mail processes is not supported",
+    "valid_chroot_dirs": "chrooting mail processes is not supported",
+    "mail_full_filesystem_access": "full filesystem access is not supported",
+    "mail_access_groups": "extra mail access groups are not supported",
+    "mail_nfs_index": "NFS-safe locking is not implemented",
+    "mail_nfs_storage": "NFS-safe locking is not implemented",
+    "mail_save_crlf": "Maildir messages are always saved with LF line endings",
+    "maildir_broken_filename_sizes": "pydovecot always trusts Maildir S= sizes",
+    "master_user_separator": "use auth_master_user_separator",
+    "auth_socket_path": "lmtp's userdb socket is fixed",
+    "auth_ssl_username_from_cert": "use ssl_cert_username_field with a passdb",
+    "auth_proxy_self": "login proxying is not supported",
+    "auth_use_winbind": "winbind is not supported",
+    "auth_winbind_helper_path": "winbind is not supported",
+    "auth_gssapi_hostname": "GSSAPI is not supported",
+    "auth_krb5_keytab": "GSSAPI is not supported",
+    "login_access_sockets": "login access checks (tcpwrap) are not supported",
+    "login_plugins": "login plugins are not supported",
+    "haproxy_trusted_networks": "the HAProxy PROXY protocol is not supported yet",
+    "haproxy_timeout": "the HAProxy PROXY protocol is not supported yet",
+    "pop3_delete_type": "POP3 DELE always expunges",
+    "pop3_deleted_flag": "POP3 DELE always expunges",
+    "pop3_lock_session": "POP3 sessions are not locked",
+    "pop3_no_flag_updates": "POP3 RETR always sets \\\\Seen",
+    "pop3_reuse_xuidl": "POP3 UIDLs come from pop3_uidl_format only",
+    "pop3_save_uidl": "POP3 UIDLs come from pop3_uidl_format only",
+}
+#: name -> why pydovecot only warns about a non-default value.
+WARNED: dict[str, str] = {
+    "info_log_path": "info lines go to log_path",
+    "debug_log_path": "debug lines go to log_path",
+    "syslog_facility": "pydovecot logs to syslog's mail facility",
+    "log_timestamp": "pydovecot's log timestamp format is fixed",
+    "log_core_filter": "not supported",
+    "log_debug": "not supported",
+    "login_log_format_elements": "login lines use pydovecot's own format",
+    "login_log_format": "login lines use pydovecot's own format",
+    "mail_log_prefix": "mail lines use pydovecot's own prefix",
+    "deliver_log_format": "delivery lines use pydovecot's own format",
+    "verbose_proctitle": "process titles are always short",
+    "verbose_ssl": "not supported",
+    "mail_debug": "not supported",
+    "auth_debug_passwords": "pydovecot never logs passwords",
+    "auth_realms": "DIGEST-MD5 realms are not offered",
+    "auth_stats": "not supported",
+    "auth_cache_verify_password_with_worker": "tuning only",
+    "auth_worker_max_count": "tuning only",
+    "mail_privileged_group": "used only for mbox dotlocks, which pydovecot doesn't write",
+    "default_internal_group": "processes run with default_internal_user's primary group",
+    "default_idle_kill": "idle processes are not killed",
+    "postmaster_address": "pydovecot sends no bounces",
+    "rejection_reason": "pydovecot sends no rejections",
+    "rejection_subject": "pydovecot sends no rejections",
+    "sendmail_path": "pydovecot sends no mail",
+    "submission_host": "pydovecot sends no mail",
+    "instance_name": "cosmetic",
+    "import_environment": "children get pydovecot's own environment",
+    "shutdown_clients": "clients are always disconnected at shutdown",
+    "version_ignore": "cosmetic",
+    "config_cache_size": "tuning only",
+    "libexec_dir": "pydovecot runs no Dovecot binaries",
+    "mail_plugin_dir": "pydovecot loads no Dovecot modules",
+    "login_plugin_dir": "pydovecot loads no Dovecot modules",
+    "dict_db_config": _NOT_SERVED,
+    "dotlock_use_excl": "tuning only",
+    "lock_method": "pydovecot's index uses its own locking",
+    "mmap_disable": "tuning only",
+    "mail_max_lock_timeout": "tuning only",
+    "mail_prefetch_count": "tuning only",
+    "mail_sort_max_read_count": "tuning only",
+    "mail_temp_dir": "tuning only",
+    "mail_temp_scan_interval": "tuning only",
+    "mail_vsize_bg_after_count": "tuning only",
+    "mail_cache_fields": "pydovecot's index caches its own fields",
+    "mail_always_cache_fields": "pydovecot's index caches its own fields",
+    "mail_never_cache_fields": "pydovecot's index caches its own fields",
+    "mail_max_keyword_length": "keyword length is bounded by pydovecot's own limit",
+    "mail_attachment_detection_options": "$HasAttachment keywords are not set",
+    "mail_server_admin": "IMAP METADATA is not supported",
+    "mail_server_comment": "IMAP METADATA is not supported",
+    "mail_shared_explicit_inbox": "shared namespaces are not supported",
+    "mailbox_idle_check_interval": "IDLE uses inotify and pydovecot's own checks",
+    "mailbox_list_index": "tuning only",
+    "mailbox_list_index_include_inbox": "tuning only",
+    "mailbox_list_index_very_dirty_syncs": "tuning only",
+    "maildir_copy_with_hardlinks": "tuning only",
+    "maildir_empty_new": "tuning only",
+    "maildir_stat_dirs": "tuning only",
+    "maildir_very_dirty_syncs": "pydovecot always checks the Maildir",
+    "imap_client_workarounds": "no client workarounds are applied",
+    "pop3_client_workarounds": "no client workarounds are applied",
+    "lmtp_client_workarounds": "no client workarounds are applied",
+    "imap_hibernate_timeout": "IMAP sessions are cheap; there is no hibernation",
+    "imap_id_log": "not supported",
+    "imap_id_retain": "not supported",
+    "imap_id_send": "the ID reply is fixed",
+    "imap_urlauth_logout_format": "cosmetic",
+    "pop3_enable_last": "the POP3 LAST command is not offered",
+    "pop3_fast_size_lookups": "tuning only",
+    "pop3_uidl_duplicates": "tuning only",
+    "lmtp_add_received_header": "lmtp adds no Received: header",
+    "lmtp_user_concurrency_limit": "tuning only",
+    "lmtp_verbose_replies": "cosmetic",
+    "login_source_ips": "login proxying is not supported",
+    "ssl_dh": "DHE key exchange is not offered (ECDHE is)",
+    "ssl_crypto_device": "not supported",
+    "process_shutdown_filter": "not supported",
+    "stats_writer_socket_path": _NOT_SERVED,
+}
+
+#: Prefixes of whole groups: (prefix, refused?, why).
+_GROUPS: tuple[tuple[str, bool, str], ...] = (
+    ("auth_policy_", True, "auth policy servers are not supported"),
+    ("director_", True, "the director is not supported"),
+    ("doveadm_", False, _NOT_SERVED + " (doveadm)"),
+    ("dsync_", False, _NOT_SERVED + " (dsync)"),
+    ("replication_", False, _NOT_SERVED + " (replicator)"),
+    ("replicator_", False, _NOT_SERVED + " (replicator)"),
+    ("old_stats_", False, _NOT_SERVED + " (old-stats)"),
+    ("stats_", False, _NOT_SERVED + " (stats)"),
+    ("submission_", False, _NOT_SERVED + " (submission)"),
+    ("managesieve_", False, _NOT_SERVED + " (managesieve)"),
+    ("imapc_", False, "imapc storage is refused through mail_location"),
+    ("pop3c_", False, "pop3c storage is refused through mail_location"),
+    ("mbox_", False, "mbox storage is refused through mail_location"),
+    ("mdbox_", False, "mdbox storage is refused through mail_location"),
+    ("ssl_client_", False, "pydovecot makes no outgoing TLS connections"),
+    ("login_proxy_", False, "login proxying is not supported"),
+    ("lmtp_proxy_", False, "lmtp proxying is not supported"),
+    ("rawlog_", False, "raw logs are not written"),
+)
+
+
+def _classify_rest() -> None:
+    for name in KNOWN_SETTINGS:
+        if name in IMPLEMENTED or name in REFUSED or name in WARNED:
+            continue
+        for prefix, refused, why in _GROUPS:
+            if name.startswith(prefix):
+                (REFUSED if refused else WARNED)[name] = why
+                break
+        else:
+            if name.endswith("_rawlog_dir") or name == "rawlog_dir":
+                WARNED[name] = "raw logs are not written"
+
+
+#: Pigeonhole's settings (valid in Debian's trees; only warned: managesieve
+#: is not served).
+PIGEONHOLE_DEFAULTS: dict[str, str] = {
+    "managesieve_client_workarounds": "",
+    "managesieve_implementation_string": "Dovecot (Debian) Pigeonhole",
+    "managesieve_logout_format": "bytes=%i/%o",
+    "managesieve_max_compile_errors": "5",
+    "managesieve_max_line_length": "64 k",
+    "managesieve_notify_capability": "",
+    "managesieve_sieve_capability": "",
+}
+DOVECOT_DEFAULTS.update(PIGEONHOLE_DEFAULTS)
+KNOWN_SETTINGS = frozenset(DOVECOT_DEFAULTS) | frozenset(IMPLEMENTED)
+_classify_rest()
+
+
+def classify(name: str) -> str:
+    """"implemented", "refused", "warned" or "unknown" for a global setting."""
+    if name in IMPLEMENTED:
+        return "implemented"
+    if name in REFUSED:
+        return "refused"
+    if name in WARNED:
+        return "warned"
+    return "unknown"
+
+
+def type_of(name: str) -> str:
+    """A setting's value type: IMPLEMENTED's, or inferred from Dovecot's default."""
+    if name in IMPLEMENTED:
+        return IMPLEMENTED[name][0]
+    default = DOVECOT_DEFAULTS.get(name, "")
+    if default in ("yes", "no"):
+        return BOOL
+    if re.fullmatch(r"\d+ (?:secs|mins|hours|days|weeks)", default):
+        return TIME
+    if re.fullmatch(r"\d+ ?[kMG]", default):
+        return SIZE
+    return STR
+
+
+def default_of(name: str) -> str:
+    """Dovecot's default for a known setting (pydovecot's for its own ones)."""
+    if name in DOVECOT_DEFAULTS:
+        return DOVECOT_DEFAULTS[name]
+    return IMPLEMENTED[name][1]
+
+
+#: Settings the config package itself reads (it has no other reader).
+CONFIG_READERS = frozenset({
+    "protocols", "listen", "base_dir", "default_client_limit", "default_process_limit",
+    "default_vsz_limit", "mail_plugins", "mail_location",
+})  # fmt: skip
+
+# -- sections: keys of service, listener, namespace, mailbox, passdb ---------
+
+#: Service settings pydovecot acts on; the rest are refused or warned.
+SERVICE_REFUSED: dict[str, str] = {
+    "extra_groups": "extra groups for a service are not supported",
+    "privileged_group": "privileged groups for a service are not supported",
+    "executable": "pydovecot runs its own programs",
+    "service_count": "a login or mail process always serves many clients",
+}
+SERVICE_WARNED: dict[str, str] = {
+    "drop_priv_before_exec": "pydovecot drops privileges itself",
+    "vsz_limit": "address-space limits are not applied yet",
+    "idle_kill": "idle processes are not killed",
+    "type": "service types are fixed",
+}
+#: Listener settings refused / warned (others are honoured).
+LISTENER_REFUSED: dict[str, str] = {"haproxy": "the HAProxy PROXY protocol is not supported yet"}
+LISTENER_WARNED: dict[str, str] = {"reuse_port": "SO_REUSEPORT is not used"}
+#: Namespace keys: honoured only for the one private inbox namespace.
+NAMESPACE_IMPLEMENTED = frozenset({"name", "inbox", "type", "prefix", "location", "separator"})
+NAMESPACE_WARNED: dict[str, str] = {
+    "hidden": "the only namespace is never hidden",
+    "list": "the only namespace is always listed",
+    "subscriptions": "the only namespace keeps its own subscriptions",
+    "ignore_on_failure": "cosmetic for the only namespace",
+    "order": "cosmetic for the only namespace",
+}
+NAMESPACE_REFUSED: dict[str, str] = {"alias_for": "namespace aliases are not supported"}
+MAILBOX_IMPLEMENTED = frozenset({"name", "auto", "special_use"})
+MAILBOX_WARNED: dict[str, str] = {"comment": "cosmetic", "driver": "cosmetic"}
+MAILBOX_REFUSED: dict[str, str] = {
+    "autoexpunge": "autoexpunge is not supported yet",
+    "autoexpunge_max_mails": "autoexpunge is not supported yet",
+}
+#: passdb/userdb keys pydovecot refuses (authd honours the rest).
+DB_REFUSED: dict[str, str] = {"username_filter": "passdb/userdb username_filter is not supported"}
+
+# -- plugins ---------------------------------------------------------------
+
+#: ``mail_plugins`` names pydovecot honours.  ``sieve`` is implemented in
+#: pydovecot/sieve (its keys are the sieve* plugin settings).
+MAIL_PLUGINS_IMPLEMENTED = frozenset({"sieve"})
+#: Dovecot plugins pydovecot refuses in mail_plugins: name -> why.
+MAIL_PLUGINS_REFUSED: dict[str, str] = {
+    "quota": "quota is not supported yet: limits would not be enforced",
+    "imap_quota": "quota is not supported yet: limits would not be enforced",
+    "quota_clone": "quota is not supported yet",
+    "acl": "ACLs are not supported yet: rights would not be enforced",
+    "imap_acl": "ACLs are not supported yet: rights would not be enforced",
+    "zlib": "compressed mail storage is not supported",
+    "mail_compress": "compressed mail storage is not supported",
+    "mail_crypt": "encrypted mail storage is not supported",
+    "trash": "the trash plugin is not supported",
+    "lazy_expunge": "lazy expunge is not supported",
+    "virtual": "virtual mailboxes are not supported",
+    "listescape": "listescape is not supported",
+    "pop3_migration": "pop3_migration is not supported",
+    "push_notification": "push notifications are not supported",
+    "imap_sieve": "IMAPSieve is not supported",
+    "imap_filter_sieve": "IMAP FILTER=SIEVE is not supported",
+    "mailbox_alias": "mailbox aliases are not supported",
+    "snarf": "snarf is not supported",
+    "welcome": "the welcome plugin is not supported",
+    "fts": "full-text search indexes are not supported (SEARCH reads the mail)",
+    "fts_lucene": "full-text search indexes are not supported (SEARCH reads the mail)",
+    "fts_solr": "full-text search indexes are not supported (SEARCH reads the mail)",
+    "fts_squat": "full-text search indexes are not supported (SEARCH reads the mail)",
+    "fts_flatcurve": "full-text search indexes are not supported (SEARCH reads the mail)",
+    "replication": "replication is not supported",
+}
+#: Cosmetic plugins: only warned.
+MAIL_PLUGINS_WARNED: dict[str, str] = {
+    "notify": "a base plugin with nothing to do alone",
+    "mail_log": "mail_log events are not logged yet",
+    "stats": "statistics are not collected",
+    "old_stats": "statistics are not collected",
+    "imap_stats": "statistics are not collected",
+    "imap_old_stats": "statistics are not collected",
+    "last_login": "last logins are not recorded",
+    "imap_zlib": "COMPRESS=DEFLATE is always offered",
+    "expire": "obsolete",
+    "autocreate": "obsolete: use mailbox { auto = }",
+    "notify_status": "not supported",
+    "mail_lua": "not supported",
+    "imap_lua": "not supported",
+}
+#: plugin {} keys belong to a plugin by prefix; keys of implemented plugins
+#: are implemented (sieve: pydovecot/sieve reads them).
+PLUGIN_KEY_OWNERS: tuple[tuple[str, str], ...] = (
+    ("sieve", "sieve"), ("imapsieve", "imap_sieve"), ("quota", "quota"), ("acl", "acl"),
+    ("mail_log", "mail_log"), ("fts", "fts"), ("zlib", "zlib"), ("mail_crypt", "mail_crypt"),
+    ("trash", "trash"), ("lazy_expunge", "lazy_expunge"), ("push_notification",
+    "push_notification"), ("last_login", "last_login"), ("expire", "expire"),
+    ("mail_replica", "replication"), ("replication", "replication"), ("autocreate",
+    "autocreate"), ("autosubscribe", "autocreate"), ("mailbox_alias", "mailbox_alias"),
+    ("welcome", "welcome"), ("pop3_migration", "pop3_migration"), ("snarf", "snarf"),
+    ("stats", "stats"), ("old_stats", "old_stats"), ("notify_status", "notify_status"),
+    ("mail_compress", "mail_compress"), ("virtual", "virtual"), ("listescape", "listescape"),
+    ("recipient_delimiter", ""), ("mail_lua", "mail_lua"), ("quota_clone", "quota_clone"),
+)  # fmt: skip
+
+
+def plugin_key_owner(key: str) -> str | None:
+    """The plugin a ``plugin {}`` key belongs to ("" = core), or None if unknown."""
+    for prefix, owner in PLUGIN_KEY_OWNERS:
+        if key == prefix or key.startswith(prefix + "_") or (
+            key.startswith(prefix) and key[len(prefix):].isdigit()):
+            return owner
+    return None
+
+
+#: mail_location formats and options pydovecot honours (storage/__init__.py
+#: enforces the same rules for userdb ``mail`` overrides).
+LOCATION_FORMATS = frozenset({"maildir"})
+LOCATION_OPTIONS = {"UTF-8": None, "LAYOUT": frozenset({"maildir++"})}
+
+
+def check_location(value: str) -> str | None:
+    """Why a mail_location can't be honoured, or None when it can."""
+    if not value:
+        return None
+    fmt, sep, rest = value.partition(":")
+    if not sep:
+        return f"mail_location needs a format prefix: {value!r}"
+    if fmt not in LOCATION_FORMATS:
+        return f"mail storage format {fmt!r} is not supported (only maildir)"
+    for opt in rest.split(":")[1:]:
+        key, _, arg = opt.partition("=")
+        key = key.upper()
+        if key not in LOCATION_OPTIONS:
+            return f"mail_location option {key} is not supported"
+        allowed = LOCATION_OPTIONS[key]
+        if allowed is not None and arg.lower() not in allowed:
+            return f"mail_location {key}={arg} is not supported"
+    return None

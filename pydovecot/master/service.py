@@ -19,12 +19,13 @@ import pwd
 import signal
 import socket
 import stat
+import sys
 
 from twisted.application.service import Service
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionClosed
-from twisted.logger import FilteringLogObserver, Logger
+from twisted.logger import FilteringLogObserver, Logger, LogLevel, PredicateResult
 from twisted.protocols import amp
 
 from authd.protocol import RedeemCookie, UserLookup
@@ -141,7 +142,7 @@ class MasterService(Service):
     def __init__(self, config_path: str | None = None,
                  listen_fds: dict[str, int] | None = None):
         self.config_path = config_path
-        self.config = load_config(config_path)  # errors stop the start here
+        self.config = _load(config_path)  # errors stop the start here
         from authd.drivers import check_config  # backend modules authd would miss
 
         for error in check_config(self.config, import_modules=False):
@@ -169,6 +170,19 @@ class MasterService(Service):
         self._log_observer = None
         self._log_file = None
 
+    def setServiceParent(self, parent) -> None:
+        """Under twistd, be the application's log observer, so that
+        Twisted's own chatter (start-up banner, factories, AMP connections)
+        reaches neither the terminal nor the log."""
+        from twisted.logger import ILogObserver
+
+        if hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, FilteringLogObserver(
+                DovecotLineObserver(sys.stdout, "master"),
+                [lambda e: PredicateResult.no if e.get("log_console") is False
+                 else PredicateResult.maybe, TwistedChatter(), QuietTwisted()]))
+        super().setServiceParent(parent)
+
     # -- start -------------------------------------------------------------
 
     def startService(self) -> None:
@@ -195,7 +209,8 @@ class MasterService(Service):
         text = error.args[0] if isinstance(error, KeyError) and error.args else error
         if isinstance(error, OSError) and error.filename:
             text = f"{error.filename}: {error.strerror}"
-        log.critical("{text}", text=str(text), log_prefix="master")
+        # the terminal gets the one "pydovecot: Fatal:" line below instead
+        log.critical("{text}", text=str(text), log_prefix="master", log_console=False)
         for sock in self.bound.values():
             sock.close()
         for name, sock in self.auth_sockets.items():
@@ -220,7 +235,8 @@ class MasterService(Service):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self._log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
             self._log_observer = FilteringLogObserver(
-                DovecotLineObserver(self._log_file, "master", timestamps=True), [QuietTwisted()])
+                DovecotLineObserver(self._log_file, "master", timestamps=True),
+                [TwistedChatter(), QuietTwisted()])
             globalLogPublisher.addObserver(self._log_observer)
 
     def _prepare_dirs(self) -> None:
@@ -634,7 +650,7 @@ class MasterService(Service):
     def reload(self) -> None:
         old_config, old_listeners = self.config, self.listeners
         try:
-            config = load_config(self.config_path)
+            config = _load(self.config_path)
             config.check_files()
             self.config = config
             bound = self._open_listeners(keep=self.bound)
@@ -743,6 +759,34 @@ def _within(d: defer.Deferred, seconds: float, why: str) -> defer.Deferred:
 
     d.addBoth(done)
     return result
+
+
+def _load(path: str | None):
+    """The config; the embedded default (None) gets a self-signed
+    certificate in its state dir on first start, as Debian's package makes."""
+    config = load_config(path)
+    if path is None:
+        from pydovecot.config import selfsigned
+
+        try:
+            selfsigned.provide(config)
+        except OSError as e:
+            raise ConfigError(f"{config.path_setting('state_dir')}/ssl: can't write the "
+                              f"self-signed certificate: {e.strerror}") from None
+    return config
+
+
+class TwistedChatter:
+    """Drop Twisted's own info-level events (banner, reactor, factories,
+    ports, AMP connections); its warnings and errors still pass."""
+
+    def __call__(self, event: dict) -> PredicateResult:
+        namespace = event.get("log_namespace") or ""
+        level = event.get("log_level")
+        if (namespace.startswith("twisted.") or namespace == "log_legacy") and level in (
+                LogLevel.debug, LogLevel.info):
+            return PredicateResult.no
+        return PredicateResult.maybe
 
 
 class HomeRefused(ValueError):
