@@ -1,8 +1,9 @@
 """URLAUTH (RFC 4467) with extended URLFETCH (RFC 5524) and URL-PARTIAL
 (RFC 5550), plus :func:`resolve_url` for CATENATE (RFC 4469).
 
-:class:`URLAuthMixin` adds GENURLAUTH, RESETKEY and URLFETCH to
-:class:`~pydovecot.imap.session.IMAPSession`.  Only the ``INTERNAL``
+The commands GENURLAUTH, RESETKEY and URLFETCH are in
+``commands/urlauth.py``; this module has the keys, tokens, checks and URL
+resolution they use (and :class:`URLFetcher`, one URLFETCH answer).  Only the ``INTERNAL``
 mechanism exists: a URL's token is ``01`` + HMAC-SHA256 over the rump URL
 (the text up to and including ``;URLAUTH=<access>``), hex, keyed by a
 random 256-bit key per mailbox.  Keys live in ``pydovecot-urlauth-keys``
@@ -40,7 +41,7 @@ import quopri
 import re
 import secrets
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ from twisted.logger import Logger
 from pydovecot.imap import fetch, mime
 from pydovecot.imap.imapurl import ImapURL, URLError, apply_partial
 from pydovecot.imap.imapurl import parse as parse_url
-from pydovecot.imap.parser import Atom, Literal, ParseError, String, Token, as_bytes
+from pydovecot.imap.parser import Atom, Literal, ParseError, Token, as_bytes
 from pydovecot.storage.interfaces import IMailbox, StorageError
 
 log = Logger(namespace="pydovecot.imap.urlauth")
@@ -366,7 +367,7 @@ def _resolve(session: Any, text: str | bytes) -> bytes | None:
     if url.access is not None:
         if fetch_check(session, url) is not None:
             return None
-        target, _why = _verified_target(session, url)
+        target, _why = verified_target(session, url)
         if target is None:
             return None
     else:
@@ -396,7 +397,7 @@ def fetch_check(session: Any, url: ImapURL) -> str | None:
     return check_hostport(url, session.ctx.settings or {})
 
 
-def _verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
+def verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
     """Verify the token against the mailbox key, then load the target."""
     assert url.mailbox is not None and url.rump is not None and url.token is not None
     name = canon_mailbox(url.mailbox)
@@ -418,7 +419,7 @@ def _verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
         return None, f"Invalid URLAUTH: {e}"
 
 
-def _url_text(tok: Token) -> str:
+def url_text(tok: Token) -> str:
     if not isinstance(tok, bytes | Literal) or (isinstance(tok, Atom) and tok.upper() == b"NIL"):
         raise ParseError("Invalid URL")
     raw = as_bytes(tok)
@@ -428,7 +429,7 @@ def _url_text(tok: Token) -> str:
         return raw.decode("latin-1")
 
 
-def _literal(data: bytes, binary: bool = False) -> bytes:
+def literal(data: bytes, binary: bool = False) -> bytes:
     tilde = b"~" if binary and b"\0" in data else b""
     return tilde + b"{%d}\r\n" % len(data) + data
 
@@ -436,103 +437,26 @@ def _literal(data: bytes, binary: bool = False) -> bytes:
 # -- the commands -------------------------------------------------------------------------
 
 
-class URLAuthMixin:
-    """GENURLAUTH, RESETKEY, URLFETCH for IMAPSession (see module docs)."""
+class URLFetcher:
+    """URLFETCH's answer for one URL, for one client (its user, storage and
+    selected mailbox are what URLs are resolved against)."""
 
-    storage: Any
-    ctx: Any
-    mailbox: IMailbox | None
+    def __init__(self, client: Any):
+        self.client = client
 
-    _send: Callable[[bytes], None]  # provided by IMAPSession
+    @property
+    def ctx(self) -> Any:
+        return self.client.ctx
 
-    def cmd_genurlauth(self, tag: bytes, args: list[Token]) -> bytes:
-        if not args or len(args) % 2:
-            raise ParseError("Invalid arguments.")
-        urls: list[bytes] = []
-        for i in range(0, len(args), 2):
-            raw, mech = args[i], args[i + 1]
-            if not isinstance(mech, Atom) or isinstance(mech, String):
-                raise ParseError("Invalid arguments.")
-            text = _url_text(raw)
-            urls.append(self._genurlauth(text, mech.decode("latin-1")).encode("ascii"))
-        self._send(b"* GENURLAUTH " + b" ".join(mime.imap_string(u) for u in urls) + b"\r\n")
-        return b"OK GENURLAUTH completed."
+    @property
+    def storage(self) -> Any:
+        return self.client.storage
 
-    def _genurlauth(self, text: str, mechanism: str) -> str:
-        if mechanism.upper() not in MECHANISMS:
-            raise ParseError(f"Unsupported URLAUTH mechanism: {mechanism[:30]}")
-        try:
-            url = parse_url(text)
-        except URLError as e:
-            raise ParseError(f"Invalid URL: {e}") from None
-        if not url.is_rump():
-            raise ParseError("Invalid URL: Must be an URLAUTH rump URL")
-        if expired(url):
-            raise ParseError("URLAUTH has already expired")
-        if url.user is None:
-            raise ParseError("Invalid URL: Missing user name")
-        if url.user != self.ctx.user:
-            raise ParseError("Not permitted to generate URLAUTH for this user")
-        why = check_hostport(url, self.ctx.settings or {})
-        if why is not None:
-            raise ParseError(why)
-        try:
-            load_target(self.storage, self.mailbox, url)
-        except (URLNotFound, StorageError) as e:
-            raise ParseError(f"Invalid URL: {e}") from None
-        assert url.mailbox is not None and url.rump is not None
-        name = canon_mailbox(url.mailbox)
-        uidvalidity = self.storage.status(name).uidvalidity
-        key = keystore_for(self.storage).get(name, uidvalidity, create=True)
-        assert key is not None
-        return f"{url.rump}:internal:{make_token(key, url.rump)}"
+    @property
+    def mailbox(self) -> IMailbox | None:
+        return self.client.mailbox
 
-    def cmd_resetkey(self, tag: bytes, args: list[Token]) -> bytes:
-        store = keystore_for(self.storage)
-        if not args:
-            store.reset(None)
-            return b"OK All keys removed."
-        if isinstance(args[0], list):
-            raise ParseError("Invalid arguments.")
-        for mech in args[1:]:
-            if not isinstance(mech, bytes) or isinstance(mech, String):
-                raise ParseError("Invalid arguments.")
-            if mech.decode("latin-1").upper() not in MECHANISMS:
-                return b"NO Unsupported URLAUTH mechanism."
-        name = self.decode_mailbox(args[0])
-        self.storage.status(name)  # NO [NONEXISTENT] if it does not exist
-        store.reset(name)
-        return b"OK [URLMECH INTERNAL] Key removed."
-
-    def cmd_urlfetch(self, tag: bytes, args: list[Token]) -> bytes:
-        if not args:
-            raise ParseError("Invalid arguments.")
-        requests: list[tuple[str, set[str] | None]] = []
-        for arg in args:
-            if isinstance(arg, list):
-                if not arg:
-                    raise ParseError("Invalid arguments.")
-                text = _url_text(arg[0])
-                params: set[str] = set()
-                for p in arg[1:]:
-                    if not isinstance(p, Atom) or isinstance(p, String):
-                        raise ParseError("Invalid URL fetch parameter.")
-                    name = p.upper_str()
-                    if name not in ("BODY", "BINARY", "BODYPARTSTRUCTURE"):
-                        raise ParseError(f"Unknown URL fetch parameter: {name[:30]}")
-                    params.add(name)
-                if {"BODY", "BINARY"} <= params:
-                    raise ParseError("URL cannot have both BODY and BINARY fetch parameters.")
-                if not params:
-                    params.add("BODY")
-                requests.append((text, params))
-            else:
-                requests.append((_url_text(arg), None))
-        for text, params in requests:
-            self._send(self._urlfetch_one(text, params))
-        return b"OK URLFETCH completed."
-
-    def _urlfetch_one(self, text: str, params: set[str] | None) -> bytes:
+    def urlfetch_one(self, text: str, params: set[str] | None) -> bytes:
         head = b"* URLFETCH " + mime.imap_string(text.encode("latin-1"))
         target, why = None, ""
         try:
@@ -542,20 +466,20 @@ class URLAuthMixin:
         else:
             why = fetch_check(self, url) or ""
             if not why:
-                target, why = _verified_target(self, url)
+                target, why = verified_target(self, url)
         if target is None:
             return head + b" NIL\r\n* NO " + why.encode("utf-8", "replace")[:200] + b".\r\n"
         data = apply_partial(target.data, url.partial)
         if params is None:
-            return head + b" " + _literal(data) + b"\r\n"
+            return head + b" " + literal(data) + b"\r\n"
         out = [head]
         if "BODYPARTSTRUCTURE" in params and target.part is not None:
             out.append(b" (BODYPARTSTRUCTURE " + mime.bodystructure(target.part, True) + b")")
         if "BODY" in params:
-            out.append(b" (BODY " + _literal(data) + b")")
+            out.append(b" (BODY " + literal(data) + b")")
         elif "BINARY" in params:
             binary = binary_data(target)
-            value = b"NIL" if binary is None else _literal(apply_partial(binary, url.partial), True)
+            value = b"NIL" if binary is None else literal(apply_partial(binary, url.partial), True)
             out.append(b" (BINARY " + value + b")")
         if len(out) == 1:
             out.append(b" NIL")
