@@ -102,3 +102,5 @@ register("CONDSTORE", __name__, _enable_condstore, lambda c: c.condstore)
 register("QRESYNC", __name__, _enable_qresync, lambda c: c.qresync)
 register("IMAP4rev2", __name__, _enable_rev2, lambda c: c.rev2, needs_capability=True)
 register("UTF8=ACCEPT", __name__, _enable_utf8, lambda c: c.utf8, needs_capability=True)
+# The command reader (pydovecot.imap.parser) implements these.
+provide("pydovecot.imap.parser", "LITERAL+", "LITERAL-")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pydovecot.imap import mime, urlauth
+from pydovecot.imap import features, mime, urlauth
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError, error_line
 from pydovecot.imap.parser import (
@@ -200,3 +200,4 @@ def _undo_append(client: Client, name: str, uids: list[int]) -> None:
 
 
 add_command("APPEND", append_command, Flag.NONE)
+features.provide(__name__, "MULTIAPPEND", "CATENATE", "APPENDLIMIT")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydovecot.imap import features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError, Silent, bad
 from pydovecot.imap.parser import (
@@ -50,3 +51,4 @@ add_command("LOGOUT", cmd_logout, Flag.NO_SYNC)
 add_command("LOGIN", cmd_login, Flag.NONE)
 add_command("AUTHENTICATE", cmd_login, Flag.NONE)
 add_command("STARTTLS", cmd_starttls, Flag.NONE)
+features.provide(__name__, "IMAP4rev1")

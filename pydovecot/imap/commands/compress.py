@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydovecot.imap import features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError, Silent
 from pydovecot.imap.parser import (
@@ -31,3 +32,4 @@ def cmd_compress(client: Client, tag: bytes, args: list[Token], uid: bool = Fals
 
 
 add_command("COMPRESS", cmd_compress, Flag.NONE)
+features.provide(__name__, "COMPRESS=DEFLATE")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydovecot.imap import features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError, bad
 from pydovecot.imap.parser import (
@@ -65,3 +66,4 @@ def cmd_move(client: Client, tag: bytes, args: list[Token], uid: bool = False) -
 
 add_command("COPY", cmd_copy, Flag.SELECTED | Flag.UID | Flag.USES_SEQS)
 add_command("MOVE", cmd_move, Flag.SELECTED | Flag.UID | Flag.USES_SEQS | Flag.BREAKS_SEQS)
+features.provide(__name__, "UIDPLUS")

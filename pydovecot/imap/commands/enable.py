@@ -26,4 +26,3 @@ def cmd_enable(client: Client, tag: bytes, args: list[Token], uid: bool = False)
 
 
 add_command("ENABLE", cmd_enable, Flag.NONE)
-features.provide(__name__, "ENABLE")

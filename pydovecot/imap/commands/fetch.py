@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 
-from pydovecot.imap import ext_fetch, fetch, mime
+from pydovecot.imap import ext_fetch, features, fetch, mime
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import bad
 from pydovecot.imap.parser import (
@@ -383,3 +383,4 @@ def _parse_big(session: Client, targets: list[tuple[int, MessageInfo]],
 
 
 add_command("FETCH", cmd_fetch, Flag.SELECTED | Flag.UID | Flag.USES_SEQS | Flag.NO_EXPUNGE)
+features.provide(__name__, "BINARY", "SAVEDATE", "PREVIEW")

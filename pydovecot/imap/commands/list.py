@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 
+from pydovecot.imap import features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.commands.status import status_items as parse_status_items
 from pydovecot.imap.commands.status import status_values
@@ -270,3 +271,4 @@ def cmd_lsub(client: Client, tag: bytes, args: list[Token], uid: bool = False) -
 
 add_command("LIST", cmd_list, Flag.NONE)
 add_command("LSUB", cmd_lsub, Flag.NONE)
+features.provide(__name__, "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE")

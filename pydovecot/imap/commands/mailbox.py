@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydovecot.imap import features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError, bad
 from pydovecot.imap.parser import (
@@ -83,3 +84,4 @@ add_command("DELETE", cmd_delete, Flag.NONE)
 add_command("RENAME", cmd_rename, Flag.NONE)
 add_command("SUBSCRIBE", cmd_subscribe, Flag.NONE)
 add_command("UNSUBSCRIBE", cmd_unsubscribe, Flag.NONE)
+features.provide(__name__, "CREATE-SPECIAL-USE")

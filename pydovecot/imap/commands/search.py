@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 
-from pydovecot.imap import context
+from pydovecot.imap import context, features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError
 from pydovecot.imap.ext_search import (
@@ -303,3 +303,4 @@ add_command("SEARCH", search_command, Flag.SELECTED | Flag.UID | Flag.USES_SEQS 
 add_command("SORT", cmd_sort, Flag.SELECTED | Flag.UID | Flag.USES_SEQS | Flag.NO_EXPUNGE)
 add_command("THREAD", cmd_thread, Flag.SELECTED | Flag.UID | Flag.USES_SEQS | Flag.NO_EXPUNGE)
 add_command("CANCELUPDATE", cmd_cancelupdate, Flag.SELECTED)
+features.provide(__name__, "ESEARCH", "SEARCHRES", "WITHIN", "SORT=DISPLAY", "ESORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "CONTEXT=SEARCH", "CONTEXT=SORT")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydovecot.imap import features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError
 from pydovecot.imap.parser import (
@@ -63,3 +64,4 @@ def status_command(client: Client, tag: bytes, args: list[Token], uid: bool = Fa
 
 
 add_command("STATUS", status_command, Flag.NONE)
+features.provide(__name__, "STATUS=SIZE")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydovecot.imap import mime
+from pydovecot.imap import features, mime
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.imapurl import URLError
 from pydovecot.imap.imapurl import parse as parse_url
@@ -135,3 +135,4 @@ def cmd_urlfetch(client: Client, tag: bytes, args: list[Token], uid: bool = Fals
 add_command("GENURLAUTH", cmd_genurlauth, Flag.NONE)
 add_command("RESETKEY", cmd_resetkey, Flag.NONE)
 add_command("URLFETCH", cmd_urlfetch, Flag.NONE)
+features.provide(__name__, "URLAUTH", "URLAUTH=BINARY", "URL-PARTIAL")
