@@ -84,3 +84,30 @@ class TableTests(unittest.TestCase):
                              capture_output=True, text=True, timeout=120, check=True).stdout
         self.assertRegex(out, r"(?m)^  STORE +SELECTED\|UID\|USES_SEQS\|NO_EXPUNGE +pydovecot\.imap\.commands\.store$")
         self.assertRegex(out, r"(?m)^  CONDSTORE +enable +pydovecot\.imap\.features$")
+
+
+class AsyncHandlerTests(unittest.TestCase):
+    """The core takes a Deferred or a coroutine from any handler, so
+    handlers can ``await`` storage calls once those return Deferreds."""
+
+    def test_coroutine_handler(self) -> None:
+        from twisted.internet import defer
+
+        from tests.imap_fakes import FakeStorage
+        from tests.test_imap_session import Client
+
+        waiting: defer.Deferred[str] = defer.Deferred()
+
+        async def handler(client, tag, args, uid):  # type: ignore[no-untyped-def]
+            value = await waiting
+            client.send(b"* OK " + value.encode() + b"\r\n")
+            return b"OK Async completed."
+
+        registry.add_command("ASYNCX", handler)
+        self.addCleanup(registry.remove_command, "ASYNCX")
+        c = Client(FakeStorage())
+        c.start()
+        self.assertEqual(c.send(b"a ASYNCX\r\nb NOOP\r\n"), b"")
+        waiting.callback("storage answered")
+        self.assertEqual(c.take(), b"* OK storage answered\r\na OK Async completed.\r\n"
+                                   b"b OK NOOP completed.\r\n")
