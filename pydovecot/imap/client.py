@@ -200,7 +200,7 @@ class Client(Protocol):
         self._updates: context.UpdateContexts | None = None  # CONTEXT=SEARCH
         self.reader.literal_minus = syntax.is_yes(settings.get("imap_literal_minus"))
         namespaces = ctx.namespaces or settings.get("namespaces")
-        self.special_use = SpecialUse(from_namespaces(namespaces), getattr(storage, "root", None))
+        self.special_use = SpecialUse(from_namespaces(namespaces), storage)
         try:
             self.special_use.autocreate(storage)
         except Exception:
@@ -741,13 +741,8 @@ class Client(Protocol):
         if mbox is None:
             return
         old_uids = [m.uid for m in mbox.messages]
-        if allow_expunge:
-            result: SyncResult = mbox.sync()
-        elif _supports_deferred_expunge(mbox):
-            result = mbox.sync(allow_expunge=False)
-        else:
-            return  # this storage can only sync with expunges: wait
-        if getattr(mbox, "deleted", False):
+        result: SyncResult = mbox.sync(allow_expunge=allow_expunge)
+        if mbox.deleted:
             self._mailbox_gone()
             return
         self.report_expunges(old_uids, result.expunged)
@@ -808,12 +803,10 @@ class Client(Protocol):
 
     def highestmodseq(self, mbox: IMailbox) -> int:
         """The HIGHESTMODSEQ this view may report."""
-        value = getattr(mbox, "highestmodseq", None)
-        if isinstance(value, int) and value > 0:
-            return value
-        seen = getattr(mbox, "seen_modseq", None)
-        if isinstance(seen, int) and seen > 0:
-            return seen
+        if mbox.highestmodseq > 0:
+            return mbox.highestmodseq
+        if mbox.seen_modseq > 0:
+            return mbox.seen_modseq
         try:
             status = self.storage.status(mbox.name).highestmodseq
         except Exception:
@@ -827,12 +820,10 @@ class Client(Protocol):
         UID below UIDNEXT is listed."""
         if known is not None:
             return [u for u in known if u not in present and u < mbox.uidnext]
-        getter = getattr(mbox, "vanished_since", None)
-        if getter is not None:
-            try:
-                return sorted(set(getter(modseq)) - present)
-            except NotImplementedError:
-                pass
+        try:
+            return sorted(set(mbox.vanished_since(modseq)) - present)
+        except NotImplementedError:
+            pass
         return [u for u in range(1, mbox.uidnext) if u not in present]
 
     # -- SEARCHRES ($) and CONTEXT=SEARCH state ----------------------------------------
@@ -915,13 +906,6 @@ class Client(Protocol):
                       log_prefix=self.prefix)
         if self.transport is not None:
             self.transport.loseConnection()
-
-
-def _supports_deferred_expunge(mbox: IMailbox) -> bool:
-    try:
-        return "allow_expunge" in inspect.signature(mbox.sync).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 __all__ = ["Client", "OUTPUT_BOUND", "OUTPUT_CHUNK", "SLICE", "QUEUE_MAX", "MAX_BAD_COMMANDS"]

@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 from pydovecot.imap import mime
-from pydovecot.storage.interfaces import MessageInfo, StorageError
+from pydovecot.storage.interfaces import IMailbox, MessageInfo, StorageError
 
 #: RFC 8970 allows at most 256 characters; Dovecot sends up to 200.
 PREVIEW_CHARS = 200
@@ -178,23 +178,21 @@ def make_preview(msg: mime.ParsedMessage) -> str:
     return "".join(ch for ch in folded[:PREVIEW_CHARS] if ch.isprintable())
 
 
-def preview(info: MessageInfo, load: Any, mailbox: Any = None) -> bytes:
+def preview(info: MessageInfo, load: Any, mailbox: IMailbox | None = None) -> bytes:
     """``PREVIEW <nstring>`` for a FETCH response, via the index cache."""
     cached = None
-    get = getattr(mailbox, "cached", None)
-    if get is not None:
+    if mailbox is not None:
         try:
-            cached = get(info.uid, PREVIEW_CACHE_KEY)
+            cached = mailbox.cached(info.uid, PREVIEW_CACHE_KEY)
         except (StorageError, OSError, NotImplementedError):
             cached = None
     if isinstance(cached, str):
         text = cached
     else:
         text = make_preview(load())
-        put = getattr(mailbox, "set_cached", None)
-        if put is not None:
+        if mailbox is not None:
             try:
-                put(info.uid, PREVIEW_CACHE_KEY, text)
+                mailbox.set_cached(info.uid, PREVIEW_CACHE_KEY, text)
             except (StorageError, OSError, NotImplementedError):
                 pass
     return b"PREVIEW " + mime.imap_string(text)

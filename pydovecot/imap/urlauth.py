@@ -6,9 +6,9 @@ The commands GENURLAUTH, RESETKEY and URLFETCH are in
 resolution they use (and :class:`URLFetcher`, one URLFETCH answer).  Only the ``INTERNAL``
 mechanism exists: a URL's token is ``01`` + HMAC-SHA256 over the rump URL
 (the text up to and including ``;URLAUTH=<access>``), hex, keyed by a
-random 256-bit key per mailbox.  Keys live in ``pydovecot-urlauth-keys``
-(JSON, mode 0600) in the user's Maildir root, bound to the mailbox's
-UIDVALIDITY so that a deleted and re-created mailbox does not inherit them;
+random 256-bit key per mailbox.  Keys are mailbox attributes kept by the storage
+(``/private/vendor/vendor.dovecot/pvt/urlauth``), so they go with their
+mailbox and a deleted and re-created mailbox does not inherit them;
 RESETKEY replaces them, which invalidates every URL signed with them.
 
 Trust: the session's user (``ctx.user``, from the master) and its storage
@@ -32,17 +32,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import fcntl
 import hashlib
 import hmac
-import json
-import os
 import quopri
 import re
 import secrets
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +46,10 @@ from pydovecot.imap import fetch, mime
 from pydovecot.imap.imapurl import ImapURL, URLError, apply_partial
 from pydovecot.imap.imapurl import parse as parse_url
 from pydovecot.imap.parser import Atom, Literal, ParseError, Token, as_bytes
-from pydovecot.storage.interfaces import IMailbox, StorageError
+from pydovecot.storage.interfaces import IMailbox, IMailStorage, MailboxNotFound, StorageError
 
 log = Logger(namespace="pydovecot.imap.urlauth")
 
-KEY_FILE = "pydovecot-urlauth-keys"
 KEY_LEN = 32
 TOKEN_VERSION = "01"
 MECHANISMS = ("INTERNAL",)
@@ -76,131 +69,58 @@ def canon_mailbox(name: str) -> str:
 # -- keys ---------------------------------------------------------------------------
 
 
+#: The mailbox attribute holding a mailbox's key (hex), internal to the
+#: server as Dovecot's ``vendor.dovecot/pvt`` entries: METADATA never shows it.
+KEY_ATTRIBUTE = "/private/vendor/vendor.dovecot/pvt/urlauth"
+
+
 class KeyStore:
-    """Per-mailbox URLAUTH keys of one user.
+    """Per-mailbox URLAUTH keys of one user, kept as a mailbox attribute
+    (:data:`KEY_ATTRIBUTE`) by the storage: a key goes with its mailbox on
+    RENAME and DELETE, so a re-created mailbox never inherits one."""
 
-    With a ``path`` they are kept in a small JSON file (re-read on every
-    use, so several processes serving the user agree; writes are atomic
-    renames under an flock); without one, in memory (test storages).
-    """
+    def __init__(self, storage: IMailStorage):
+        self.storage = storage
 
-    def __init__(self, path: str | None):
-        self.path = path
-        self._memory: dict[str, dict[str, Any]] = {}
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self.path is None:
-            yield
-            return
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        if self.path is None:
-            return self._memory
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return {}
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(1024 * 1024)
-        try:
-            data = json.loads(raw)
-            keys = data["keys"]
-            if not isinstance(keys, dict):
-                raise ValueError("keys is not an object")
-            return keys
-        except (ValueError, KeyError, TypeError):
-            log.error("Corrupt URLAUTH key file {path}: ignored (its URLs stop working)",
-                      path=self.path)
-            return {}
-
-    def _write(self, keys: dict[str, dict[str, Any]]) -> None:
-        if self.path is None:
-            self._memory = keys
-            return
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        data = json.dumps({"version": 1, "keys": keys}, sort_keys=True).encode()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    def get(self, mailbox: str, uidvalidity: int, create: bool) -> bytes | None:
-        """The mailbox's key; a new one if ``create`` and there is none
-        (or only one from an earlier mailbox of that name)."""
-        entry = self._read().get(mailbox)
-        key = self._valid(entry, uidvalidity)
-        if key is not None or not create:
-            return key
-        with self._locked():
-            keys = self._read()
-            key = self._valid(keys.get(mailbox), uidvalidity)
-            if key is None:
-                key = secrets.token_bytes(KEY_LEN)
-                keys = dict(keys)
-                keys[mailbox] = {"uidvalidity": uidvalidity, "key": key.hex()}
-                self._write(keys)
-            return key
-
-    @staticmethod
-    def _valid(entry: Any, uidvalidity: int) -> bytes | None:
-        if not isinstance(entry, dict) or entry.get("uidvalidity") != uidvalidity:
+    def _stored(self, mailbox: str) -> bytes | None:
+        raw = self.storage.get_attribute(mailbox, KEY_ATTRIBUTE)
+        if not raw:
             return None
         try:
-            key = bytes.fromhex(entry.get("key", ""))
-        except (TypeError, ValueError):
+            key = bytes.fromhex(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            log.error("Corrupt URLAUTH key of a mailbox: ignored (its URLs stop working)")
             return None
         return key if len(key) == KEY_LEN else None
 
+    def get(self, mailbox: str, uidvalidity: int, create: bool) -> bytes | None:
+        """The mailbox's key; a new one if ``create`` and there is none.
+        (``uidvalidity`` is kept for callers: the attribute dies with its
+        mailbox, so a key never outlives the UIDVALIDITY it was made for.)"""
+        key = self._stored(mailbox)
+        if key is not None or not create:
+            return key
+        self.storage.set_attribute(mailbox, KEY_ATTRIBUTE,
+                                   secrets.token_bytes(KEY_LEN).hex().encode())
+        return self._stored(mailbox)  # what was stored, if another session raced us
+
     def reset(self, mailbox: str | None = None) -> None:
         """Forget one mailbox's key, or all of them."""
-        with self._locked():
-            keys = self._read()
-            if mailbox is None:
-                if keys:
-                    self._write({})
-            elif mailbox in keys:
-                keys = dict(keys)
-                del keys[mailbox]
-                self._write(keys)
+        if mailbox is not None:
+            self.storage.set_attribute(mailbox, KEY_ATTRIBUTE, None)
+            return
+        for info in self.storage.list_mailboxes():
+            if "\\Noselect" in info.attributes:
+                continue
+            try:
+                self.storage.set_attribute(info.name, KEY_ATTRIBUTE, None)
+            except MailboxNotFound:
+                pass  # removed meanwhile
 
 
-_stores: weakref.WeakKeyDictionary[Any, KeyStore] = weakref.WeakKeyDictionary()
-
-
-def keystore_for(storage: Any) -> KeyStore:
-    """The KeyStore of a storage: a file in its Maildir root if it has one."""
-    try:
-        store = _stores.get(storage)
-    except TypeError:  # not weakly referenceable: keep it on the storage
-        store = getattr(storage, "_pydovecot_urlauth_keys", None)
-    if store is None:
-        root = getattr(storage, "root", None)
-        store = KeyStore(os.path.join(root, KEY_FILE) if isinstance(root, str) else None)
-        try:
-            _stores[storage] = store
-        except TypeError:
-            storage._pydovecot_urlauth_keys = store
-    return store
+def keystore_for(storage: IMailStorage) -> KeyStore:
+    """The KeyStore of a storage."""
+    return KeyStore(storage)
 
 
 def make_token(key: bytes, rump: str) -> str:

@@ -78,13 +78,11 @@ def _store_flags(client: Client, mbox: IMailbox, targets: list[tuple[int, Messag
     if unchanged is None:
         mbox.store(uids, flags, mode)
         return set()
-    conditional = getattr(mbox, "store_unchanged_since", None)
-    if conditional is not None:
-        try:
-            _changed, failed = conditional(uids, flags, mode, unchanged)
-            return set(failed)
-        except NotImplementedError:
-            pass
+    try:
+        _changed, failed = mbox.store_unchanged_since(uids, flags, mode, unchanged)
+        return set(failed)
+    except NotImplementedError:
+        pass
     # One reactor turn: nothing can change the modseqs between check and store.
     failed_set = {m.uid for _s, m in targets if m.modseq > unchanged}
     mbox.store([u for u in uids if u not in failed_set], flags, mode)
