@@ -133,14 +133,16 @@ class PiecesTests(unittest.TestCase):
         root = tempfile.mkdtemp()
         path = os.path.join(root, "dovecot-attributes")  # the storage's attribute dict
         storage = open_storage("alice", "maildir:~/Maildir", root)
+        storage.create("Sent")
         storage.create("Box")
         store = urlauth.KeyStore(storage)
-        self.assertIsNone(store.get("Box", 5, create=False))
-        key = store.get("Box", 5, create=True)
+        self.assertIsNone(store.get("INBOX", 5, create=False))
+        key = store.get("INBOX", 5, create=True)
         self.assertEqual(len(key), 32)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         other = urlauth.KeyStore(open_storage("alice", "maildir:~/Maildir", root))  # another process
-        self.assertEqual(other.get("Box", 5, create=False), key)
+        self.assertEqual(other.get("INBOX", 5, create=False), key)
+        self.assertIsNotNone(other.get("Box", 5, create=True))
         storage.delete("Box")
         storage.create("Box")
         self.assertIsNone(other.get("Box", 6, create=False))  # re-created mailbox
