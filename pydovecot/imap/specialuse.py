@@ -115,8 +115,15 @@ class SpecialUse:
                 out.setdefault(info.name, set()).update(found)
         return out
 
-    def attributes(self, name: str) -> set[str]:
-        return self.all().get(_canon_name(name), set())
+    def attributes(self, name: str, exists: bool = True) -> set[str]:
+        """One mailbox's attributes: configured, and stored if it ``exists``
+        (one storage lookup, so LIST can ask a mailbox per step)."""
+        name = _canon_name(name)
+        box = self.configured.get(name)
+        out = set(box.special_use) if box is not None else set()
+        if exists:
+            out |= self._stored(name)
+        return out
 
     def set(self, name: str, attrs: Iterable[str]) -> None:
         """Record (or, with no attributes, forget) a mailbox's attributes."""

@@ -171,7 +171,6 @@ def _list(client: Client, reference: str, patterns: list[str], selection: set[st
     many mailboxes)."""
     infos = client.storage.list_mailboxes()
     real = {i.name: i.attributes for i in infos if "\\Noselect" not in i.attributes}
-    special = client.special_use.all() if client.special_use is not None else {}
     want_subs = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
     subs = set(client.storage.subscriptions()) if want_subs or extended else set()
     if "SUBSCRIBED" in selection:
@@ -194,7 +193,7 @@ def _list(client: Client, reference: str, patterns: list[str], selection: set[st
             if name not in names:
                 matched.append((name, attrs))
                 names.add(name)
-    steps = _list_lines(client, matched, real, special, selection, want_subs, subs,
+    steps = _list_lines(client, matched, real, selection, want_subs, subs,
                              childinfo, status_items, extended)
     if len(matched) <= (LIST_STATUS_SYNC if status_items else LIST_SYNC):
         for _ in steps:
@@ -203,7 +202,7 @@ def _list(client: Client, reference: str, patterns: list[str], selection: set[st
     return steps
 
 
-def _list_lines(client: Client, matched: list[tuple[str, set[str]]], real: dict, special: dict,
+def _list_lines(client: Client, matched: list[tuple[str, set[str]]], real: dict,
                 selection: set[str], want_subs: bool, subs: set[str], childinfo: set[str],
                 status_items: list[str], extended: bool) -> Generator[Any, None, None]:
     for name, attrs in matched:
@@ -212,12 +211,14 @@ def _list_lines(client: Client, matched: list[tuple[str, set[str]]], real: dict,
         if client.output_blocked:
             yield client.drained()
         attrs = set(attrs)
+        special = (client.special_use.attributes(name, exists=name in real)
+                   if client.special_use is not None else set())
         if "\\NonExistent" in attrs or ("\\Noselect" in attrs and name not in real):
             attrs.discard("\\Noselect")
             attrs.add("\\NonExistent" if extended else "\\Noselect")
         if name in real:
-            attrs |= special.get(name, set())
-        if "SPECIAL-USE" in selection and not attrs & set(special.get(name, set())):
+            attrs |= special
+        if "SPECIAL-USE" in selection and not attrs & special:
             continue
         if want_subs and name in subs:
             attrs.add("\\Subscribed")
