@@ -31,13 +31,25 @@ from authd.interfaces import AuthRequest, PassdbResult, PassdbStatus
 from pydovecot.log import sanitize
 
 if TYPE_CHECKING:
-    from authd.server import AuthEngine, AuthOutcome
+    from authd.server import AuthEngine
 
 log = Logger()
 
 AUTH_FAILED = "Authentication failed."
 TEMP_FAILED = "Temporary authentication failure."
 UNSUPPORTED = "Unsupported authentication mechanism."
+
+
+@dataclass
+class AuthOutcome:
+    """The end of one authentication attempt."""
+
+    ok: bool
+    user: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+    reason: str = AUTH_FAILED
+    temporary: bool = False
+    nodelay: bool = False
 
 
 @dataclass
@@ -230,8 +242,6 @@ class SASLExchange:
 
     def _master(self, login_user: str, master_user: str, password: str) -> defer.Deferred:
         """``login_user*master_user`` with the master's password."""
-        from authd.server import AuthOutcome
-
         method = getattr(self.engine, "authenticate_master", None)
         if method is None or not login_user or not master_user:
             log.info("{who}: master user login refused (no master passdb)", who=self._who())
@@ -294,8 +304,6 @@ class SASLExchange:
 
     @defer.inlineCallbacks
     def _verified(self, step: sasl.Verified):
-        from authd.server import AuthOutcome
-
         if step.authzid and step.authzid != step.authcid:
             log.info("{who}: authorization as another user refused", who=self._who())
             return AuthOutcome(False)

@@ -24,7 +24,7 @@ import secrets
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, task
@@ -36,7 +36,7 @@ from twisted.protocols import amp
 from authd import drivers, sasl
 from authd.cache import AuthCache
 from authd.chain import PassdbChain, UserdbChain
-from authd.exchange import Reply, SASLExchange, available_mechanisms
+from authd.exchange import AuthOutcome, Reply, SASLExchange, available_mechanisms
 from authd.interfaces import (
     AuthBackendError,
     AuthRequest,
@@ -131,18 +131,6 @@ class CookieStore:
 
 
 # -- the engine --------------------------------------------------------------
-
-
-@dataclass
-class AuthOutcome:
-    """The end of one authentication attempt."""
-
-    ok: bool
-    user: str = ""
-    fields: dict[str, str] = field(default_factory=dict)
-    reason: str = AUTH_FAILED
-    temporary: bool = False
-    nodelay: bool = False
 
 
 def _merge_fields(db: DbSettings, result: dict[str, str], values: dict[str, str]) -> dict[str, str]:

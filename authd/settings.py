@@ -162,13 +162,25 @@ FILE_ARG_DRIVERS = {
 }
 
 
+def split_args(args: str, known: set[str]) -> tuple[dict[str, str], str]:
+    """Split leading ``key=value`` options (only ``known`` keys) from the rest,
+    as passwd-file's ``args = scheme=X username_format=%n /path``."""
+    options: dict[str, str] = {}
+    words = args.split()
+    while words:
+        key, sep, value = words[0].partition("=")
+        if not sep or key not in known:
+            break
+        options[key] = value
+        words.pop(0)
+    return options, " ".join(words)
+
+
 def _absolute_file_args(db: DbSettings, config_dir: str) -> DbSettings:
     """Relative file paths in ``args`` (passwd-file, and the ldap, sql and
     oauth2 ``.conf.ext`` files) are relative to the config file's directory."""
     if db.driver not in FILE_ARG_DRIVERS or not config_dir or not db.args:
         return db
-    from authd.drivers import split_args
-
     options, path = split_args(db.args, FILE_ARG_DRIVERS[db.driver])
     if path and not os.path.isabs(path):
         path = os.path.join(config_dir, path)

@@ -132,18 +132,20 @@ class ListTests(unittest.TestCase):
 
 class SpecialUseFileTests(unittest.TestCase):
     def test_file_round_trip(self):
-        root = self.mktemp()
+        root = os.path.abspath(self.mktemp())
         os.makedirs(root)
-        su = specialuse.SpecialUse(specialuse.from_namespaces(NAMESPACES), root)
+        storage = open_storage("alice", "maildir:~/Maildir", root)
+        for name in ("Ärchiv", "INBOX/x", "Name"):
+            storage.create(name)
+        su = specialuse.SpecialUse(specialuse.from_namespaces(NAMESPACES), storage)
         su.set("Ärchiv", ["\\Archive"])
         su.set("inbox/x", ["\\Junk", "\\Trash"])
-        again = specialuse.SpecialUse({}, root)
+        again = specialuse.SpecialUse({}, open_storage("alice", "maildir:~/Maildir", root))
         self.assertEqual(again.all(), {"Ärchiv": {"\\Archive"}, "INBOX/x": {"\\Junk", "\\Trash"}})
-        with open(os.path.join(root, specialuse.FILENAME), "a", encoding="utf-8") as f:
-            f.write("garbage line\nName\t\\Bogus\n")
+        storage.set_attribute("Name", specialuse.ATTRIBUTE, b"\\Bogus garbage")
         self.assertEqual(set(again.all()), {"Ärchiv", "INBOX/x"})
         again.set("Ärchiv", [])
-        self.assertEqual(set(specialuse.SpecialUse({}, root).all()), {"INBOX/x"})
+        self.assertEqual(set(specialuse.SpecialUse({}, storage).all()), {"INBOX/x"})
         self.assertEqual(su.attributes("Sent"), {"\\Sent"})
 
 
@@ -197,6 +199,6 @@ class MailboxExtE2ETests(unittest.TestCase):
         self.assertEqual(r["status"][b"APPENDLIMIT"], 64 * 1024 * 1024)
         self.assertEqual(r["subscribed"], ["Sent"])
         self.assertIn(b"INBOX (MESSAGES 2)", r["list_status"][1])
-        self.assertTrue(os.path.exists(os.path.join(self.storage.root, specialuse.FILENAME)))
+        self.assertEqual(self.storage.get_attribute("Keep", specialuse.ATTRIBUTE), b"\\Archive")
         reopened = open_storage("alice", "maildir:~/Maildir", self.home)
         self.assertIn("Sent", [i.name for i in reopened.list_mailboxes()])

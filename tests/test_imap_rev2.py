@@ -12,7 +12,7 @@ import socket
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from pydovecot.imap import ext_fetch, mime
+from pydovecot.imap import ext_fetch, fetch, mime
 from pydovecot.imap.parser import Binary, CommandReader, LiteralString, ParseError, tokenize
 from pydovecot.storage.interfaces import MessageInfo
 from tests import test_imap_e2e as e2e
@@ -236,7 +236,7 @@ class FetchPieceTests(unittest.TestCase):
         self.assertEqual(len(loads), 1)
         self.assertEqual(box.store, {(7, "preview"): "hello there"})
         info.savedate = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
-        self.assertEqual(ext_fetch.savedate(info), b'SAVEDATE " 1-May-2024 12:00:00 +0000"')
+        self.assertEqual(fetch.savedate(info), b'SAVEDATE " 1-May-2024 12:00:00 +0000"')
 
 
 class GrammarTests(unittest.TestCase):

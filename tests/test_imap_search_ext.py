@@ -108,7 +108,7 @@ class SearchExtTests(unittest.TestCase):
         self.assertEqual(self.cmd(b"FETCH $ FLAGS"), [])
 
     def test_rev2_answers_esearch(self):
-        self.c.session.imap4rev2 = True
+        self.c.session.rev2 = True
         self.assertEqual(self.cmd(b"UID SEARCH SEEN"), [b'* ESEARCH (TAG "t") UID ALL 2'])
         self.assertEqual(self.cmd(b"SEARCH DELETED"), [b'* ESEARCH (TAG "t")'])
 

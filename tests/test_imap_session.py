@@ -382,8 +382,11 @@ class SessionTests(unittest.TestCase):
         """A sync literal's '+ OK' is not sent while an earlier command runs."""
         from twisted.internet import defer
 
+        from pydovecot.imap.commands import registry
+
         d: defer.Deferred[bytes] = defer.Deferred()
-        self.c.session.cmd_slow = lambda tag, args: d
+        registry.add_command("SLOW", lambda client, tag, args, uid: d)
+        self.addCleanup(registry.remove_command, "SLOW")
         out = self.c.send(b"a SLOW\r\nb APPEND INBOX {3}\r\n")
         self.assertEqual(out, b"")
         d.callback(b"OK slow done.")

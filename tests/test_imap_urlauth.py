@@ -131,15 +131,21 @@ class ParseTests(unittest.TestCase):
 class PiecesTests(unittest.TestCase):
     def test_keystore_file(self):
         root = tempfile.mkdtemp()
-        path = os.path.join(root, urlauth.KEY_FILE)
-        store = urlauth.KeyStore(path)
+        path = os.path.join(root, "dovecot-attributes")  # the storage's attribute dict
+        storage = open_storage("alice", "maildir:~/Maildir", root)
+        storage.create("Sent")
+        storage.create("Box")
+        store = urlauth.KeyStore(storage)
         self.assertIsNone(store.get("INBOX", 5, create=False))
         key = store.get("INBOX", 5, create=True)
         self.assertEqual(len(key), 32)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        other = urlauth.KeyStore(path)  # another process sees the same key
+        other = urlauth.KeyStore(open_storage("alice", "maildir:~/Maildir", root))  # another process
         self.assertEqual(other.get("INBOX", 5, create=False), key)
-        self.assertIsNone(other.get("INBOX", 6, create=False))  # re-created mailbox
+        self.assertIsNotNone(other.get("Box", 5, create=True))
+        storage.delete("Box")
+        storage.create("Box")
+        self.assertIsNone(other.get("Box", 6, create=False))  # re-created mailbox
         self.assertNotEqual(store.get("Sent", 1, create=True), key)
         other.reset("INBOX")
         self.assertIsNone(store.get("INBOX", 5, create=False))
@@ -243,7 +249,7 @@ class ProtocolTests(unittest.TestCase):
         out = self.c.send(b'f URLFETCH "' + url + b'"\r\n')
         self.assertEqual(out, b'* URLFETCH "' + url + b'" {26}\r\nSi vis pacem, para bellum.\r\n'
                          b"f OK URLFETCH completed.\r\n")
-        path = os.path.join(self.home, "Maildir", urlauth.KEY_FILE)
+        path = os.path.join(self.home, "dovecot-attributes")
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertEqual([m.name for m in self.storage.list_mailboxes()], ["INBOX"])
 
@@ -355,7 +361,7 @@ class ProtocolTests(unittest.TestCase):
                 out = self.c.send(b"g GENURLAUTH " + args + b"\r\n")
                 self.assertTrue(out.startswith(b"g BAD Error in IMAP command GENURLAUTH: "), out)
                 self.assertIn(why, out)
-        self.assertFalse(os.path.exists(os.path.join(self.home, "Maildir", urlauth.KEY_FILE)))
+        self.assertIsNone(self.storage.get_attribute("INBOX", urlauth.KEY_ATTRIBUTE))
 
     def test_configured_host(self):
         c = Client(self.storage, settings={"imap_urlauth_host": "mail.example.com"})

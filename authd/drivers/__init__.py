@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from authd.interfaces import IPassdb, IUserdb
-from authd.settings import DbSettings
+from authd.settings import DbSettings, split_args  # noqa: F401  (re-exported)
 
 PASSDB_DRIVERS: dict[str, Callable[[str], Any]] = {}
 USERDB_DRIVERS: dict[str, Callable[[str], Any]] = {}
@@ -27,20 +27,6 @@ def register_passdb(name: str, factory: Callable[[str], Any]) -> None:
 
 def register_userdb(name: str, factory: Callable[[str], Any]) -> None:
     USERDB_DRIVERS[name] = factory
-
-
-def split_args(args: str, known: set[str]) -> tuple[dict[str, str], str]:
-    """Split leading ``key=value`` options (only ``known`` keys) from the rest,
-    as passwd-file's ``args = scheme=X username_format=%n /path``."""
-    options: dict[str, str] = {}
-    words = args.split()
-    while words:
-        key, sep, value = words[0].partition("=")
-        if not sep or key not in known:
-            break
-        options[key] = value
-        words.pop(0)
-    return options, " ".join(words)
 
 
 #: Drivers whose module is imported only when a config names them, so

@@ -44,9 +44,9 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from authd import drivers
-from authd.drivers import split_args
+from authd.drivers.workers import WORKER_THREADS, stop_worker_pool, worker_pool  # noqa: F401
 from authd.interfaces import AuthRequest, IPassdb, PassdbResult, PassdbStatus
-from authd.settings import expand
+from authd.settings import expand, split_args
 
 log = Logger()
 
@@ -76,9 +76,6 @@ PAM_TEXT_INFO = 4
 PAM_ESTABLISH_CRED = 0x2
 PAM_DELETE_CRED = 0x4
 
-#: Worker threads for PAM conversations and passwd lookups (Dovecot's
-#: auth-worker process_limit is 30; pam_unix mostly sleeps).
-WORKER_THREADS = 16
 
 
 class _PamMessage(ctypes.Structure):
@@ -225,35 +222,6 @@ def pam_conversation(
     finally:
         pam.pam_end(handle, code)
         del callback
-
-
-# -- the worker pool ---------------------------------------------------------
-
-_pool: ThreadPool | None = None
-
-
-def worker_pool(reactor: Any = None) -> ThreadPool:
-    """The shared pool for blocking auth backends (PAM, getpwnam), started
-    on first use and stopped at reactor shutdown."""
-    global _pool
-    if _pool is None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        pool = ThreadPool(minthreads=0, maxthreads=WORKER_THREADS, name="authd-workers")
-        pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", stop_worker_pool)
-        _pool = pool
-    return _pool
-
-
-def stop_worker_pool() -> None:
-    """Stop the shared pool (waits for running conversations)."""
-    global _pool
-    pool, _pool = _pool, None
-    if pool is not None:
-        pool.stop()
 
 
 def _yes(value: str) -> bool:

@@ -55,7 +55,7 @@ class PasswdUserdb:
 
     def lookup(self, user: str, request: AuthRequest) -> defer.Deferred:
         from authd import drivers
-        from authd.drivers.pam import worker_pool
+        from authd.drivers.workers import worker_pool
 
         if drivers.PRIVILEGED_WORKER is not None and self._pool is None:
             return drivers.PRIVILEGED_WORKER.passwd(user)  # the root worker asks NSS

@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from authd import schemes
-from authd.drivers import split_args
 from authd.interfaces import (
     AuthBackendError,
     AuthRequest,
@@ -30,7 +29,7 @@ from authd.interfaces import (
     PassdbResult,
     PassdbStatus,
 )
-from authd.settings import expand, parse_fields
+from authd.settings import expand, parse_fields, split_args
 
 log = Logger()
 

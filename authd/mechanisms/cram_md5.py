@@ -25,7 +25,8 @@ import time
 
 from zope.interface import implementer
 
-from authd import sasl, schemes
+from authd import sasl_base as sasl
+from authd import schemes
 
 _SHIFTS = [7, 12, 17, 22] * 4 + [5, 9, 14, 20] * 4 + [4, 11, 16, 23] * 4 + [6, 10, 15, 21] * 4
 _K = [int(abs(math.sin(i + 1)) * 2**32) & 0xFFFFFFFF for i in range(64)]

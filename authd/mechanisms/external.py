@@ -17,7 +17,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from authd import sasl
+from authd import sasl_base as sasl
 from pydovecot.log import sanitize
 
 log = Logger()

@@ -16,7 +16,7 @@ import json
 
 from zope.interface import implementer
 
-from authd import sasl
+from authd import sasl_base as sasl
 from authd.mechanisms.scram import decode_saslname
 
 MAX_TOKEN = 16384

@@ -23,7 +23,7 @@ import re
 
 from zope.interface import implementer
 
-from authd import sasl
+from authd import sasl_base as sasl
 
 _PRINTABLE = re.compile(rb"^[\x21-\x2b\x2d-\x7e]+$")  # RFC 5802 "printable" minus ","
 _CB_NAME = re.compile(r"^[A-Za-z0-9.-]+$")

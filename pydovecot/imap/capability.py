@@ -1,7 +1,10 @@
 """The post-login CAPABILITY list and the limits it advertises.
 
 Reads trusted configuration only (SessionContext.settings from the master).
-Advertises exactly what :mod:`pydovecot.imap.session` implements;
+Advertises exactly what the engine implements: each name is a command of
+:mod:`pydovecot.imap.commands` or a feature of :mod:`pydovecot.imap.features`
+(tests/test_imap_registry.py checks it); this module keeps their order and
+the settings that change the list.
 ``imap_capability`` replaces the list, or extends it when it starts with ``+``
 (as in Dovecot).
 """
@@ -14,14 +17,14 @@ from typing import Any
 BASE = (
     "IMAP4rev1", "LITERAL+", "IMAP4rev2", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
     "UIDPLUS", "CHILDREN", "MOVE",
-    "CONDSTORE", "QRESYNC", "NOTIFY",  # pydovecot.imap.ext_sync
-    "URLAUTH", "URLAUTH=BINARY", "URL-PARTIAL",  # pydovecot.imap.urlauth
-    "ESEARCH", "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT",  # imap.ext_search
+    "CONDSTORE", "QRESYNC", "NOTIFY",  # features, commands/notify.py
+    "URLAUTH", "URLAUTH=BINARY", "URL-PARTIAL",  # commands/urlauth.py
+    "ESEARCH", "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT",  # commands/search.py
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "CONTEXT=SEARCH", "CONTEXT=SORT",
-    "UTF8=ACCEPT", "MULTIAPPEND", "CATENATE", "BINARY",  # pydovecot.imap.rev2
-    "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",  # imap.ext_mailbox
-    "STATUS=SIZE", "SAVEDATE", "PREVIEW",  # imap.ext_mailbox, imap.ext_fetch
-    "COMPRESS=DEFLATE",  # pydovecot.imap.compress
+    "UTF8=ACCEPT", "MULTIAPPEND", "CATENATE", "BINARY",  # features, commands/append.py, fetch.py
+    "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",  # commands/list.py, mailbox.py
+    "STATUS=SIZE", "SAVEDATE", "PREVIEW",  # commands/status.py, fetch.py
+    "COMPRESS=DEFLATE",  # commands/compress.py
 )
 DEFAULT_APPEND_LIMIT = 64 * 1024 * 1024
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}

@@ -19,8 +19,6 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from pydovecot.imap.parser import Atom, Token
-
 log = Logger(namespace="pydovecot.imap")
 
 INFLATE_CHUNK = 16 * 1024
@@ -77,39 +75,3 @@ class Inflater:
             self.failed = True
             self._pending = b""
             self.on_error(str(e))
-
-
-class CompressMixin:
-    """``cmd_compress`` for :class:`~pydovecot.imap.session.IMAPSession`."""
-
-    transport: Any
-    reader: Any
-    inflater: Any
-    compressed = False
-
-    def cmd_compress(self, tag: bytes, args: list[Token]) -> bytes:
-        from pydovecot.imap import session as core
-
-        if len(args) != 1 or not isinstance(args[0], Atom):
-            raise core.CommandError(b"BAD Invalid arguments")
-        if args[0].upper() != b"DEFLATE":
-            raise core.CommandError(b"NO Unknown compression mechanism.")
-        if self.compressed:
-            raise core.CommandError(b"NO [COMPRESSIONACTIVE] Compression already enabled.")
-        self._tagged(tag, b"OK Begin compression.")  # type: ignore[attr-defined]
-        self._flush()  # type: ignore[attr-defined]
-        self.start_compression()
-        raise core._Silent()
-
-    def start_compression(self) -> None:
-        """Deflate from now on (the OK is already on the wire)."""
-        self.compressed = True
-        if self.transport is not None:
-            self.transport = DeflateTransport(self.transport)
-        self.inflater = Inflater(self.reader, self._inflate_failed)
-
-    def _inflate_failed(self, why: str) -> None:
-        log.info("Disconnecting: corrupt compressed input ({why})", why=why,
-                 log_prefix=getattr(self, "prefix", ""))
-        if self.transport is not None:
-            self.transport.loseConnection()

@@ -108,11 +108,11 @@ class UpdateContexts:
             ctx.members -= gone_set
             changed = True
             if ctx.uid:
-                self.session._send(self._line(ctx, b"REMOVEFROM (0 " + _set(gone) + b")"))
+                self.session.send(self._line(ctx, b"REMOVEFROM (0 " + _set(gone) + b")"))
         if not touched:
             return changed
         seqs = sorted(seq_of[u] for u in touched)
-        hits = run_query(mbox, ctx.query, messages, self.session._loader,
+        hits = run_query(mbox, ctx.query, messages, self.session.loader,
                          self.session.saved_uids(), candidates=seqs)
         matched = {info.uid for _s, info in hits}
         removed = [u for u in touched if u in ctx.members and u not in matched]
@@ -122,13 +122,13 @@ class UpdateContexts:
             rs = set(removed)
             ctx.uids = [u for u in ctx.uids if u not in rs]
             ctx.members -= rs
-            self.session._send(self._line(ctx, b"REMOVEFROM (0 " + _set(ids) + b")"))
+            self.session.send(self._line(ctx, b"REMOVEFROM (0 " + _set(ids) + b")"))
         if added:
             ctx.members |= set(added)
             if ctx.criteria is None:
                 ctx.uids = sorted(ctx.members)
                 ids = [u if ctx.uid else seq_of[u] for u in added]
-                self.session._send(self._line(ctx, b"ADDTO (0 " + _set(ids) + b")"))
+                self.session.send(self._line(ctx, b"ADDTO (0 " + _set(ids) + b")"))
             else:
                 self._resort(ctx, added, seq_of)
         return changed or bool(removed or added)
@@ -141,7 +141,7 @@ class UpdateContexts:
         max_uid = messages[-1].uid if messages else 0
         ctxs = [
             SearchContext(seq_of[u], messages[seq_of[u] - 1], u in mbox.recent,
-                          self.session._loader(messages[seq_of[u] - 1]), len(messages),
+                          self.session.loader(messages[seq_of[u] - 1]), len(messages),
                           max_uid, mbox)
             for u in sorted(ctx.members, key=lambda u: seq_of.get(u, 0)) if u in seq_of
         ]
@@ -151,7 +151,7 @@ class UpdateContexts:
         for pos, u in enumerate(ordered, 1):
             if u in new:
                 ident = u if ctx.uid else seq_of[u]
-                self.session._send(self._line(ctx, b"ADDTO (%d %d)" % (pos, ident)))
+                self.session.send(self._line(ctx, b"ADDTO (%d %d)" % (pos, ident)))
 
     def _summary(self, ctx: UpdateContext) -> None:
         """Fresh MIN/MAX/COUNT when the client asked for them."""
@@ -170,4 +170,4 @@ class UpdateContexts:
         if "COUNT" in wanted:
             parts.append(b"COUNT %d" % len(ids))
         if parts:
-            self.session._send(self._line(ctx, b" ".join(parts)))
+            self.session.send(self._line(ctx, b" ".join(parts)))

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer, task
-
 from pydovecot.imap import mime
-from pydovecot.storage.interfaces import MessageInfo, StorageError
+from pydovecot.storage.interfaces import IMailbox, MessageInfo, StorageError
 
 #: RFC 8970 allows at most 256 characters; Dovecot sends up to 200.
 PREVIEW_CHARS = 200
@@ -181,91 +178,23 @@ def make_preview(msg: mime.ParsedMessage) -> str:
     return "".join(ch for ch in folded[:PREVIEW_CHARS] if ch.isprintable())
 
 
-def preview(info: MessageInfo, load: Any, mailbox: Any = None) -> bytes:
+def preview(info: MessageInfo, load: Any, mailbox: IMailbox | None = None) -> bytes:
     """``PREVIEW <nstring>`` for a FETCH response, via the index cache."""
     cached = None
-    get = getattr(mailbox, "cached", None)
-    if get is not None:
+    if mailbox is not None:
         try:
-            cached = get(info.uid, PREVIEW_CACHE_KEY)
+            cached = mailbox.cached(info.uid, PREVIEW_CACHE_KEY)
         except (StorageError, OSError, NotImplementedError):
             cached = None
     if isinstance(cached, str):
         text = cached
     else:
         text = make_preview(load())
-        put = getattr(mailbox, "set_cached", None)
-        if put is not None:
+        if mailbox is not None:
             try:
-                put(info.uid, PREVIEW_CACHE_KEY, text)
+                mailbox.set_cached(info.uid, PREVIEW_CACHE_KEY, text)
             except (StorageError, OSError, NotImplementedError):
                 pass
     return b"PREVIEW " + mime.imap_string(text)
 
 
-def savedate(info: MessageInfo) -> bytes:
-    from pydovecot.imap.fetch import format_internaldate
-
-    when = getattr(info, "savedate", None)
-    return b"SAVEDATE " + (format_internaldate(when) if when is not None else b"NIL")
-
-
-# -- big MIME trees, parsed before FETCH renders them ------------------------------
-
-#: Messages at least this big are parsed (and their BODYSTRUCTURE rendered)
-#: in slices through the global Cooperator before a FETCH that needs their
-#: structure renders them, so no reactor turn parses a huge tree at once.
-PREPARE_OVER = 256 * 1024
-#: Bytes of such messages one FETCH holds prepared at most; beyond it the
-#: rest is parsed when rendered (bounded by the MIME part limits).
-PREPARE_BYTES = 64 * 1024 * 1024
-
-
-def prepare_fetch(session: Any, targets: list[tuple[int, MessageInfo]],
-                  items: list[Any]) -> defer.Deferred | None:
-    """A Deferred that fires once every big target message of this FETCH is
-    parsed into the session's message cache (pinned until ``unpin_all``
-    is called with the returned keys); None when nothing needs it."""
-    from pydovecot.imap import fetch  # fetch imports this module
-
-    if not fetch.needs_body(items):  # streamed literals need no parse
-        return None
-    mbox = session.mailbox
-    cache = session.cache
-    big: list[MessageInfo] = []
-    total = 0
-    for _seq, info in targets:
-        if info.size < PREPARE_OVER:
-            continue
-        if cache.get((mbox.name, mbox.uidvalidity, info.uid)) is not None:
-            continue
-        if total + info.size > PREPARE_BYTES:
-            break
-        total += info.size
-        big.append(info)
-    if not big:
-        return None
-    keys: list[tuple] = []
-
-    def work() -> Generator[None, None, None]:
-        for info in big:
-            if getattr(session, "_closed", False) or session.mailbox is not mbox:
-                return
-            parts: list[bytes] = []
-            try:
-                with mbox.message_file(info.uid) as f:
-                    # read and normalized a chunk per step (20 MB at once
-                    # would hold the reactor for ~200 ms)
-                    for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):
-                        parts.append(chunk)
-                        yield None
-            except (OSError, StorageError):
-                continue  # FETCH reports it
-            msg = mime.ParsedMessage(b"".join(parts))
-            del parts
-            yield from msg.prepare_steps()
-            key = (mbox.name, mbox.uidvalidity, info.uid)
-            cache.pin(key, msg)
-            keys.append(key)
-
-    return task.cooperate(work()).whenDone().addCallback(lambda _: keys)

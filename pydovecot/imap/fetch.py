@@ -401,7 +401,7 @@ def render_pieces(
         elif name == "MODSEQ":  # CONDSTORE (RFC 7162)
             out.append(b"MODSEQ (%d)" % info.modseq)
         elif name == "SAVEDATE":
-            out.append(ext_fetch.savedate(info))
+            out.append(savedate(info))
         elif name == "PREVIEW":
             out.append(ext_fetch.preview(info, load, mailbox))
         elif stream and streamable(item):
@@ -474,3 +474,9 @@ def render_pieces(
     current.append(b")\r\n")
     pieces.append(b"".join(current))
     return pieces
+
+
+def savedate(info: MessageInfo) -> bytes:
+    """``SAVEDATE`` (RFC 8514): when the message was saved, or NIL."""
+    when = info.savedate
+    return b"SAVEDATE " + (format_internaldate(when) if when is not None else b"NIL")

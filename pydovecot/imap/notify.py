@@ -27,7 +27,7 @@ from pydovecot.imap import fetch, mutf7
 from pydovecot.imap.parser import Atom, ParseError, Token, as_bytes
 
 if TYPE_CHECKING:
-    from pydovecot.imap.session import IMAPSession
+    from pydovecot.imap.client import Client as IMAPSession
 
 MESSAGE_EVENTS = {"MessageNew", "MessageExpunge", "FlagChange"}
 TREE_EVENTS = {"MailboxName", "SubscriptionChange"}
@@ -186,9 +186,9 @@ class Notifier:
                     continue
                 f = self._filter_for(name)
                 if f is not None and f.events & MESSAGE_EVENTS:
-                    line = self.session._status_line(name, STATUS_ITEMS)
+                    line = status_line(self.session, name, STATUS_ITEMS)
                     if line is not None:
-                        self.session._send(line)
+                        self.session.send(line)
 
     def stop(self) -> None:
         self.stopped = True
@@ -274,7 +274,7 @@ class Notifier:
     def _changed(self, name: str) -> None:
         if self.stopped:
             return
-        if self.session._closed:
+        if self.session.closed:
             self.stop()
             return
         if self._is_selected(name):
@@ -299,7 +299,7 @@ class Notifier:
     def _tree_changed(self, kind: str, name: str, new: str | None) -> None:
         if self.stopped:
             return
-        if self.session._closed:
+        if self.session.closed:
             self.stop()
             return
         self._subs = None
@@ -335,15 +335,15 @@ class Notifier:
         if self._count() > self.overflow_limit:
             self._overflow()
             return
-        if self.session._notify_idle_point():
+        if self.session.idle_point():
             self.flush_pending()
-            self.session._flush()
+            self.session.flush()
         elif self._retry is None or not self._retry.active():
-            self._retry = self.session._reactor().callLater(RETRY, self._retry_flush)
+            self._retry = self.session.reactor().callLater(RETRY, self._retry_flush)
 
     def _retry_flush(self) -> None:
         self._retry = None
-        if self.stopped or self.session._closed:
+        if self.stopped or self.session.closed:
             return
         if not (self.selected_dirty or self._count()):
             return
@@ -355,34 +355,34 @@ class Notifier:
         self.selected_dirty = False
         self.stop()
         self.session.notifier = None
-        self.session._send(b"* OK [NOTIFICATIONOVERFLOW] Too many notifications.\r\n")
-        if self.session._notify_idle_point():
-            self.session._flush()
+        self.session.send(b"* OK [NOTIFICATIONOVERFLOW] Too many notifications.\r\n")
+        if self.session.idle_point():
+            self.session.flush()
 
     def flush_pending(self) -> None:
         """Write what waits; called between commands and at command ends
         (from the session's sync, where expunges are already handled)."""
         session = self.session
-        if self.selected_dirty and session.mailbox is not None and session._notify_idle_point():
+        if self.selected_dirty and session.mailbox is not None and session.idle_point():
             self.selected_dirty = False
             self._push_selected()
         lines, self.pending_lines = self.pending_lines, []
         for line in lines:
-            session._send(line)
+            session.send(line)
         names, self.pending_status = list(self.pending_status), {}
         for name in names:
             if self._is_selected(name):
                 continue
-            line = session._status_line(name, STATUS_ITEMS)
+            line = status_line(session, name, STATUS_ITEMS)
             if line is not None:
-                session._send(line)
+                session.send(line)
 
     def _push_selected(self) -> None:
         session = self.session
         mbox = session.mailbox
         assert mbox is not None
         last = mbox.messages[-1].uid if mbox.messages else 0
-        session._sync_changes(True)
+        session.sync_changes(True)
         f = self._selected_filter()
         if f is None or not f.fetch_items:
             return
@@ -391,7 +391,20 @@ class Notifier:
             if info.uid <= last:
                 continue
             try:
-                session._send(fetch.render(seq, info, f.fetch_items, info.uid in recent,
-                                           lambda info=info: session._load(info), session.stats))
+                session.send(fetch.render(seq, info, f.fetch_items, info.uid in recent,
+                                           lambda info=info: session.load(info), session.stats))
             except Exception:
                 continue
+
+
+def status_line(session: IMAPSession, name: str, items: list[str]) -> bytes | None:
+    """``* STATUS name (…)`` for a watched mailbox (None if it is gone);
+    HIGHESTMODSEQ too once CONDSTORE is enabled."""
+    try:
+        status = session.storage.status(name)
+    except Exception:
+        return None
+    if session.condstore and "HIGHESTMODSEQ" not in items:
+        items = [*items, "HIGHESTMODSEQ"]
+    values = b" ".join(b"%s %d" % (k.encode(), getattr(status, k.lower())) for k in items)
+    return b"* STATUS %s (%s)\r\n" % (session.encode_mailbox(name), values)

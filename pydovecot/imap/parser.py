@@ -368,6 +368,43 @@ def tokenize(cmd: RawCommand, max_depth: int = MAX_LIST_DEPTH, utf8: bool = Fals
     return stack[0]
 
 
+def split_literals(data: bytes) -> RawCommand:
+    """A command held whole in memory, literals inline (``{n}``, ``{n+}`` or
+    ``~{n}`` at a line's end, CRLF, then n bytes), as the login process
+    reads it: the same :class:`RawCommand` the mail process's reader makes,
+    for :func:`tokenize`.  ParseError if a line break is not a literal's."""
+    raw = RawCommand()
+    pos = 0
+    n = len(data)
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            raw.segments.append((data[pos:], None))
+            return raw
+        line = data[pos:end]
+        m = _LITERAL_RE.search(line)
+        if m is None:
+            raise ParseError("Invalid literal")
+        size = int(m.group(2))
+        start = end + 2
+        if start + size > n:
+            raise ParseError("Literal too short")
+        lit = Literal(size, binary=bool(m.group(1)))
+        lit.file.write(data[start:start + size])
+        raw.segments.append((line[: m.start()], lit))
+        pos = start + size
+
+
+def parse_arguments(data: bytes, max_depth: int = MAX_LIST_DEPTH) -> list[Token]:
+    """The arguments of an in-memory command (see :func:`split_literals`),
+    tokenized by the one grammar of :func:`tokenize`."""
+    raw = split_literals(data)
+    try:
+        return tokenize(raw, max_depth)
+    finally:
+        raw.close()
+
+
 def _quoted(text: bytes, pos: int) -> tuple[bytes, int]:
     out = bytearray()
     n = len(text)

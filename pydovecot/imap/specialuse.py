@@ -12,17 +12,14 @@ Two sources, merged:
   ``auto = create`` creates the mailbox when a session starts, ``auto =
   subscribe`` also subscribes it (Dovecot's autocreate).  Only namespaces
   with an empty prefix apply: pydovecot has the one personal namespace.
-* ``CREATE name (USE (\\Sent))`` (RFC 6154 CREATE-SPECIAL-USE), kept per
-  mailbox in the file :data:`FILENAME` in the root of the user's mail
-  (Dovecot keeps these in its index).  One line per mailbox:
-  ``<name in UTF-8> TAB <attributes separated by spaces>``, written
-  atomically.  The file is the user's (untrusted) data: lines that do not
-  parse and attributes that are not special-use are ignored.
+* ``CREATE name (USE (\\Sent))`` (RFC 6154 CREATE-SPECIAL-USE), kept as
+  the mailbox attribute ``/private/specialuse`` by the storage (as Dovecot
+  does).  The value is the user's (untrusted) data: attributes that are
+  not special-use are ignored.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +30,6 @@ from pydovecot.storage.interfaces import IMailStorage, MailboxExists, StorageErr
 
 log = Logger(namespace="pydovecot.imap")
 
-FILENAME = "pydovecot-special-use"
 #: RFC 6154 attributes plus \Important (RFC 8457), canonical spelling.
 ATTRIBUTES = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash",
               "\\Important")
@@ -80,80 +76,59 @@ def from_namespaces(namespaces: dict[str, Any] | None) -> dict[str, ConfiguredMa
     return out
 
 
+#: The mailbox attribute RFC 6154 attributes are kept in (as Dovecot's
+#: ``/private/specialuse``): space-separated, e.g. ``\\Sent``.
+ATTRIBUTE = "/private/specialuse"
+
+
 class SpecialUse:
-    """The special-use attributes of one user's mailboxes."""
+    """The special-use attributes of one user's mailboxes: configured ones
+    and those CREATE (USE) stored as the mailbox attribute :data:`ATTRIBUTE`."""
 
-    def __init__(self, configured: dict[str, ConfiguredMailbox], root: str | None):
+    def __init__(self, configured: dict[str, ConfiguredMailbox], storage: IMailStorage):
         self.configured = configured
-        self.path = os.path.join(root, FILENAME) if root else None
-        self._memory: dict[str, set[str]] = {}  # when the storage has no root
+        self.storage = storage
 
-    # -- the per-user file --------------------------------------------
-
-    def _load(self) -> dict[str, set[str]]:
-        if self.path is None:
-            return {k: set(v) for k, v in self._memory.items()}
-        out: dict[str, set[str]] = {}
+    def _stored(self, name: str) -> set[str]:
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    name, sep, attrs = line.rstrip("\n").partition("\t")
-                    if not sep or not name:
-                        continue
-                    found = {c for a in attrs.split() if (c := canonical(a))}
-                    if found:
-                        out[name] = found
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warn("Cannot read {path}: {err}", path=self.path, err=e)
-        return out
-
-    def _save(self, data: dict[str, set[str]]) -> None:
-        if self.path is None:
-            self._memory = {k: set(v) for k, v in data.items()}
-            return
-        body = "".join(
-            f"{name}\t{' '.join(sorted(attrs))}\n" for name, attrs in sorted(data.items()) if attrs
-        )
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise StorageError(f"Cannot save special-use attributes: {e.strerror}") from e
+            raw = self.storage.get_attribute(name, ATTRIBUTE)
+        except (StorageError, OSError):
+            return set()
+        if not raw:
+            return set()
+        return {c for a in raw.decode("utf-8", "replace").split() if (c := canonical(a))}
 
     # -- queries and changes ------------------------------------------
 
     def all(self) -> dict[str, set[str]]:
         """Every mailbox name with special-use attributes → its attributes."""
         out = {name: set(box.special_use) for name, box in self.configured.items() if box.special_use}
-        for name, attrs in self._load().items():
-            out.setdefault(name, set()).update(attrs)
+        try:
+            infos = self.storage.list_mailboxes()
+        except (StorageError, OSError):
+            return out
+        for info in infos:
+            if "\\Noselect" in info.attributes:
+                continue
+            found = self._stored(info.name)
+            if found:
+                out.setdefault(info.name, set()).update(found)
         return out
 
-    def attributes(self, name: str) -> set[str]:
-        return self.all().get(_canon_name(name), set())
+    def attributes(self, name: str, exists: bool = True) -> set[str]:
+        """One mailbox's attributes: configured, and stored if it ``exists``
+        (one storage lookup, so LIST can ask a mailbox per step)."""
+        name = _canon_name(name)
+        box = self.configured.get(name)
+        out = set(box.special_use) if box is not None else set()
+        if exists:
+            out |= self._stored(name)
+        return out
 
     def set(self, name: str, attrs: Iterable[str]) -> None:
         """Record (or, with no attributes, forget) a mailbox's attributes."""
-        data = self._load()
-        name = _canon_name(name)
-        attrs = set(attrs)
-        if attrs:
-            data[name] = attrs
-        elif name in data:
-            del data[name]
-        else:
-            return
-        self._save(data)
+        value = " ".join(sorted(set(attrs))).encode()
+        self.storage.set_attribute(_canon_name(name), ATTRIBUTE, value or None)
 
     def autocreate(self, storage: IMailStorage) -> None:
         """Create (and subscribe) the ``auto = create/subscribe`` mailboxes."""

@@ -1,13 +1,14 @@
 """URLAUTH (RFC 4467) with extended URLFETCH (RFC 5524) and URL-PARTIAL
 (RFC 5550), plus :func:`resolve_url` for CATENATE (RFC 4469).
 
-:class:`URLAuthMixin` adds GENURLAUTH, RESETKEY and URLFETCH to
-:class:`~pydovecot.imap.session.IMAPSession`.  Only the ``INTERNAL``
+The commands GENURLAUTH, RESETKEY and URLFETCH are in
+``commands/urlauth.py``; this module has the keys, tokens, checks and URL
+resolution they use (and :class:`URLFetcher`, one URLFETCH answer).  Only the ``INTERNAL``
 mechanism exists: a URL's token is ``01`` + HMAC-SHA256 over the rump URL
 (the text up to and including ``;URLAUTH=<access>``), hex, keyed by a
-random 256-bit key per mailbox.  Keys live in ``pydovecot-urlauth-keys``
-(JSON, mode 0600) in the user's Maildir root, bound to the mailbox's
-UIDVALIDITY so that a deleted and re-created mailbox does not inherit them;
+random 256-bit key per mailbox.  Keys are mailbox attributes kept by the storage
+(``/private/vendor/vendor.dovecot/pvt/urlauth``), so they go with their
+mailbox and a deleted and re-created mailbox does not inherit them;
 RESETKEY replaces them, which invalidates every URL signed with them.
 
 Trust: the session's user (``ctx.user``, from the master) and its storage
@@ -29,15 +30,9 @@ and port are accepted, since the token covers the whole rump URL anyway.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import hmac
-import json
-import os
 import secrets
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +41,11 @@ from twisted.logger import Logger
 from pydovecot.imap import fetch, mime
 from pydovecot.imap.imapurl import ImapURL, URLError, apply_partial
 from pydovecot.imap.imapurl import parse as parse_url
-from pydovecot.imap.parser import Atom, Literal, ParseError, String, Token, as_bytes
-from pydovecot.storage.interfaces import IMailbox, StorageError
+from pydovecot.imap.parser import Atom, Literal, ParseError, Token, as_bytes
+from pydovecot.storage.interfaces import IMailbox, IMailStorage, MailboxNotFound, StorageError
 
 log = Logger(namespace="pydovecot.imap.urlauth")
 
-KEY_FILE = "pydovecot-urlauth-keys"
 KEY_LEN = 32
 TOKEN_VERSION = "01"
 MECHANISMS = ("INTERNAL",)
@@ -71,131 +65,58 @@ def canon_mailbox(name: str) -> str:
 # -- keys ---------------------------------------------------------------------------
 
 
+#: The mailbox attribute holding a mailbox's key (hex), internal to the
+#: server as Dovecot's ``vendor.dovecot/pvt`` entries: METADATA never shows it.
+KEY_ATTRIBUTE = "/private/vendor/vendor.dovecot/pvt/urlauth"
+
+
 class KeyStore:
-    """Per-mailbox URLAUTH keys of one user.
+    """Per-mailbox URLAUTH keys of one user, kept as a mailbox attribute
+    (:data:`KEY_ATTRIBUTE`) by the storage: a key goes with its mailbox on
+    RENAME and DELETE, so a re-created mailbox never inherits one."""
 
-    With a ``path`` they are kept in a small JSON file (re-read on every
-    use, so several processes serving the user agree; writes are atomic
-    renames under an flock); without one, in memory (test storages).
-    """
+    def __init__(self, storage: IMailStorage):
+        self.storage = storage
 
-    def __init__(self, path: str | None):
-        self.path = path
-        self._memory: dict[str, dict[str, Any]] = {}
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self.path is None:
-            yield
-            return
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        if self.path is None:
-            return self._memory
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return {}
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(1024 * 1024)
-        try:
-            data = json.loads(raw)
-            keys = data["keys"]
-            if not isinstance(keys, dict):
-                raise ValueError("keys is not an object")
-            return keys
-        except (ValueError, KeyError, TypeError):
-            log.error("Corrupt URLAUTH key file {path}: ignored (its URLs stop working)",
-                      path=self.path)
-            return {}
-
-    def _write(self, keys: dict[str, dict[str, Any]]) -> None:
-        if self.path is None:
-            self._memory = keys
-            return
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        data = json.dumps({"version": 1, "keys": keys}, sort_keys=True).encode()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    def get(self, mailbox: str, uidvalidity: int, create: bool) -> bytes | None:
-        """The mailbox's key; a new one if ``create`` and there is none
-        (or only one from an earlier mailbox of that name)."""
-        entry = self._read().get(mailbox)
-        key = self._valid(entry, uidvalidity)
-        if key is not None or not create:
-            return key
-        with self._locked():
-            keys = self._read()
-            key = self._valid(keys.get(mailbox), uidvalidity)
-            if key is None:
-                key = secrets.token_bytes(KEY_LEN)
-                keys = dict(keys)
-                keys[mailbox] = {"uidvalidity": uidvalidity, "key": key.hex()}
-                self._write(keys)
-            return key
-
-    @staticmethod
-    def _valid(entry: Any, uidvalidity: int) -> bytes | None:
-        if not isinstance(entry, dict) or entry.get("uidvalidity") != uidvalidity:
+    def _stored(self, mailbox: str) -> bytes | None:
+        raw = self.storage.get_attribute(mailbox, KEY_ATTRIBUTE)
+        if not raw:
             return None
         try:
-            key = bytes.fromhex(entry.get("key", ""))
-        except (TypeError, ValueError):
+            key = bytes.fromhex(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            log.error("Corrupt URLAUTH key of a mailbox: ignored (its URLs stop working)")
             return None
         return key if len(key) == KEY_LEN else None
 
+    def get(self, mailbox: str, uidvalidity: int, create: bool) -> bytes | None:
+        """The mailbox's key; a new one if ``create`` and there is none.
+        (``uidvalidity`` is kept for callers: the attribute dies with its
+        mailbox, so a key never outlives the UIDVALIDITY it was made for.)"""
+        key = self._stored(mailbox)
+        if key is not None or not create:
+            return key
+        self.storage.set_attribute(mailbox, KEY_ATTRIBUTE,
+                                   secrets.token_bytes(KEY_LEN).hex().encode())
+        return self._stored(mailbox)  # what was stored, if another session raced us
+
     def reset(self, mailbox: str | None = None) -> None:
         """Forget one mailbox's key, or all of them."""
-        with self._locked():
-            keys = self._read()
-            if mailbox is None:
-                if keys:
-                    self._write({})
-            elif mailbox in keys:
-                keys = dict(keys)
-                del keys[mailbox]
-                self._write(keys)
+        if mailbox is not None:
+            self.storage.set_attribute(mailbox, KEY_ATTRIBUTE, None)
+            return
+        for info in self.storage.list_mailboxes():
+            if "\\Noselect" in info.attributes:
+                continue
+            try:
+                self.storage.set_attribute(info.name, KEY_ATTRIBUTE, None)
+            except MailboxNotFound:
+                pass  # removed meanwhile
 
 
-_stores: weakref.WeakKeyDictionary[Any, KeyStore] = weakref.WeakKeyDictionary()
-
-
-def keystore_for(storage: Any) -> KeyStore:
-    """The KeyStore of a storage: a file in its Maildir root if it has one."""
-    try:
-        store = _stores.get(storage)
-    except TypeError:  # not weakly referenceable: keep it on the storage
-        store = getattr(storage, "_pydovecot_urlauth_keys", None)
-    if store is None:
-        root = getattr(storage, "root", None)
-        store = KeyStore(os.path.join(root, KEY_FILE) if isinstance(root, str) else None)
-        try:
-            _stores[storage] = store
-        except TypeError:
-            storage._pydovecot_urlauth_keys = store
-    return store
+def keystore_for(storage: IMailStorage) -> KeyStore:
+    """The KeyStore of a storage."""
+    return KeyStore(storage)
 
 
 def make_token(key: bytes, rump: str) -> str:
@@ -363,7 +284,7 @@ def _resolve(session: Any, text: str | bytes) -> bytes | None:
     if url.access is not None:
         if fetch_check(session, url) is not None:
             return None
-        target, _why = _verified_target(session, url)
+        target, _why = verified_target(session, url)
         if target is None:
             return None
     else:
@@ -393,7 +314,7 @@ def fetch_check(session: Any, url: ImapURL) -> str | None:
     return check_hostport(url, session.ctx.settings or {})
 
 
-def _verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
+def verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
     """Verify the token against the mailbox key, then load the target."""
     assert url.mailbox is not None and url.rump is not None and url.token is not None
     name = canon_mailbox(url.mailbox)
@@ -415,7 +336,7 @@ def _verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
         return None, f"Invalid URLAUTH: {e}"
 
 
-def _url_text(tok: Token) -> str:
+def url_text(tok: Token) -> str:
     if not isinstance(tok, bytes | Literal) or (isinstance(tok, Atom) and tok.upper() == b"NIL"):
         raise ParseError("Invalid URL")
     raw = as_bytes(tok)
@@ -425,7 +346,7 @@ def _url_text(tok: Token) -> str:
         return raw.decode("latin-1")
 
 
-def _literal(data: bytes, binary: bool = False) -> bytes:
+def literal(data: bytes, binary: bool = False) -> bytes:
     tilde = b"~" if binary and b"\0" in data else b""
     return tilde + b"{%d}\r\n" % len(data) + data
 
@@ -433,103 +354,26 @@ def _literal(data: bytes, binary: bool = False) -> bytes:
 # -- the commands -------------------------------------------------------------------------
 
 
-class URLAuthMixin:
-    """GENURLAUTH, RESETKEY, URLFETCH for IMAPSession (see module docs)."""
+class URLFetcher:
+    """URLFETCH's answer for one URL, for one client (its user, storage and
+    selected mailbox are what URLs are resolved against)."""
 
-    storage: Any
-    ctx: Any
-    mailbox: IMailbox | None
+    def __init__(self, client: Any):
+        self.client = client
 
-    _send: Callable[[bytes], None]  # provided by IMAPSession
+    @property
+    def ctx(self) -> Any:
+        return self.client.ctx
 
-    def cmd_genurlauth(self, tag: bytes, args: list[Token]) -> bytes:
-        if not args or len(args) % 2:
-            raise ParseError("Invalid arguments.")
-        urls: list[bytes] = []
-        for i in range(0, len(args), 2):
-            raw, mech = args[i], args[i + 1]
-            if not isinstance(mech, Atom) or isinstance(mech, String):
-                raise ParseError("Invalid arguments.")
-            text = _url_text(raw)
-            urls.append(self._genurlauth(text, mech.decode("latin-1")).encode("ascii"))
-        self._send(b"* GENURLAUTH " + b" ".join(mime.imap_string(u) for u in urls) + b"\r\n")
-        return b"OK GENURLAUTH completed."
+    @property
+    def storage(self) -> Any:
+        return self.client.storage
 
-    def _genurlauth(self, text: str, mechanism: str) -> str:
-        if mechanism.upper() not in MECHANISMS:
-            raise ParseError(f"Unsupported URLAUTH mechanism: {mechanism[:30]}")
-        try:
-            url = parse_url(text)
-        except URLError as e:
-            raise ParseError(f"Invalid URL: {e}") from None
-        if not url.is_rump():
-            raise ParseError("Invalid URL: Must be an URLAUTH rump URL")
-        if expired(url):
-            raise ParseError("URLAUTH has already expired")
-        if url.user is None:
-            raise ParseError("Invalid URL: Missing user name")
-        if url.user != self.ctx.user:
-            raise ParseError("Not permitted to generate URLAUTH for this user")
-        why = check_hostport(url, self.ctx.settings or {})
-        if why is not None:
-            raise ParseError(why)
-        try:
-            load_target(self.storage, self.mailbox, url)
-        except (URLNotFound, StorageError) as e:
-            raise ParseError(f"Invalid URL: {e}") from None
-        assert url.mailbox is not None and url.rump is not None
-        name = canon_mailbox(url.mailbox)
-        uidvalidity = self.storage.status(name).uidvalidity
-        key = keystore_for(self.storage).get(name, uidvalidity, create=True)
-        assert key is not None
-        return f"{url.rump}:internal:{make_token(key, url.rump)}"
+    @property
+    def mailbox(self) -> IMailbox | None:
+        return self.client.mailbox
 
-    def cmd_resetkey(self, tag: bytes, args: list[Token]) -> bytes:
-        store = keystore_for(self.storage)
-        if not args:
-            store.reset(None)
-            return b"OK All keys removed."
-        if isinstance(args[0], list):
-            raise ParseError("Invalid arguments.")
-        for mech in args[1:]:
-            if not isinstance(mech, bytes) or isinstance(mech, String):
-                raise ParseError("Invalid arguments.")
-            if mech.decode("latin-1").upper() not in MECHANISMS:
-                return b"NO Unsupported URLAUTH mechanism."
-        name = self.decode_mailbox(args[0])
-        self.storage.status(name)  # NO [NONEXISTENT] if it does not exist
-        store.reset(name)
-        return b"OK [URLMECH INTERNAL] Key removed."
-
-    def cmd_urlfetch(self, tag: bytes, args: list[Token]) -> bytes:
-        if not args:
-            raise ParseError("Invalid arguments.")
-        requests: list[tuple[str, set[str] | None]] = []
-        for arg in args:
-            if isinstance(arg, list):
-                if not arg:
-                    raise ParseError("Invalid arguments.")
-                text = _url_text(arg[0])
-                params: set[str] = set()
-                for p in arg[1:]:
-                    if not isinstance(p, Atom) or isinstance(p, String):
-                        raise ParseError("Invalid URL fetch parameter.")
-                    name = p.upper_str()
-                    if name not in ("BODY", "BINARY", "BODYPARTSTRUCTURE"):
-                        raise ParseError(f"Unknown URL fetch parameter: {name[:30]}")
-                    params.add(name)
-                if {"BODY", "BINARY"} <= params:
-                    raise ParseError("URL cannot have both BODY and BINARY fetch parameters.")
-                if not params:
-                    params.add("BODY")
-                requests.append((text, params))
-            else:
-                requests.append((_url_text(arg), None))
-        for text, params in requests:
-            self._send(self._urlfetch_one(text, params))
-        return b"OK URLFETCH completed."
-
-    def _urlfetch_one(self, text: str, params: set[str] | None) -> bytes:
+    def urlfetch_one(self, text: str, params: set[str] | None) -> bytes:
         head = b"* URLFETCH " + mime.imap_string(text.encode("latin-1"))
         target, why = None, ""
         try:
@@ -539,22 +383,22 @@ class URLAuthMixin:
         else:
             why = fetch_check(self, url) or ""
             if not why:
-                target, why = _verified_target(self, url)
+                target, why = verified_target(self, url)
         if target is None:
             return head + b" NIL\r\n* NO " + why.encode("utf-8", "replace")[:200] + b".\r\n"
         data = apply_partial(target.data, url.partial)
         if params is None:
-            return head + b" " + _literal(data) + b"\r\n"
+            return head + b" " + literal(data) + b"\r\n"
         out = [head]
         if "BODYPARTSTRUCTURE" in params and target.part is not None:
             structure = (mime.binary_bodystructure(target.message.data, target.part)
                          if "BINARY" in params else mime.bodystructure(target.part, True))
             out.append(b" (BODYPARTSTRUCTURE " + structure + b")")
         if "BODY" in params:
-            out.append(b" (BODY " + _literal(data) + b")")
+            out.append(b" (BODY " + literal(data) + b")")
         elif "BINARY" in params:
             binary = binary_data(target)
-            value = b"NIL" if binary is None else _literal(apply_partial(binary, url.partial), True)
+            value = b"NIL" if binary is None else literal(apply_partial(binary, url.partial), True)
             out.append(b" (BINARY " + value + b")")
         if len(out) == 1:
             out.append(b" NIL")

@@ -9,7 +9,9 @@ sends the tagged OK.
 Trusts: the :class:`~pydovecot.login.interfaces.ILoginBackend`.  Client
 input is bounded (8 KiB per command including literals; the content of an
 over-long literal is skipped whole, never read as commands) and parsed
-defensively; errors become tagged BAD replies, never tracebacks.
+defensively with the mail process's tokenizer
+(:func:`pydovecot.imap.parser.parse_arguments`, one IMAP grammar for both
+processes); errors become tagged BAD replies, never tracebacks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from pydovecot.imap.parser import Atom, ParseError, parse_arguments
 from pydovecot.log import sanitize
 from pydovecot.login.common import (
     NEED_MORE,
@@ -44,85 +47,8 @@ POST_AUTH_COMMANDS = frozenset("""
 
 LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}$")
 TAG_CHARS = re.compile(rb"^[\x21-\x7e]+$")
-ATOM_SPECIALS = b'(){ %*"\\]'
 MAX_ID_FIELDS = 30
 MAX_ID_VALUE = 1024
-
-
-class ParseError(Exception):
-    """The command's arguments do not follow the grammar."""
-
-
-class Atom(bytes):
-    """An unquoted atom (NIL is an atom, "NIL" is a string)."""
-
-
-def parse_arguments(data: bytes) -> list:
-    """Parse IMAP arguments: atoms (:class:`Atom`), quoted strings and
-    literals (bytes) and parenthesised lists (list)."""
-    pos = 0
-    stack: list[list] = [[]]
-    n = len(data)
-    while pos < n:
-        c = data[pos:pos + 1]
-        if c == b" ":
-            pos += 1
-        elif c == b"(":
-            stack.append([])
-            pos += 1
-        elif c == b")":
-            if len(stack) == 1:
-                raise ParseError("Unexpected ')'")
-            inner = stack.pop()
-            stack[-1].append(inner)
-            pos += 1
-        elif c == b'"':
-            out = bytearray()
-            pos += 1
-            while True:
-                if pos >= n:
-                    raise ParseError("Missing '\"'")
-                ch = data[pos]
-                if ch == 0x5C:  # backslash
-                    if pos + 1 >= n or data[pos + 1] not in (0x5C, 0x22):
-                        raise ParseError("Invalid escape in quoted string")
-                    out.append(data[pos + 1])
-                    pos += 2
-                elif ch == 0x22:
-                    pos += 1
-                    break
-                elif ch in (0x0D, 0x0A, 0x00):
-                    raise ParseError("Invalid character in quoted string")
-                else:
-                    out.append(ch)
-                    pos += 1
-            stack[-1].append(bytes(out))
-        elif c == b"{":
-            end = data.find(b"}\r\n", pos)
-            if end < 0:
-                raise ParseError("Invalid literal")
-            spec = data[pos + 1:end]
-            if spec.endswith(b"+"):
-                spec = spec[:-1]
-            if not spec.isdigit():
-                raise ParseError("Invalid literal size")
-            size = int(spec)
-            start = end + 3
-            if start + size > n:
-                raise ParseError("Literal too short")
-            stack[-1].append(data[start:start + size])
-            pos = start + size
-        else:
-            end = pos
-            while end < n and data[end] not in ATOM_SPECIALS and data[end] >= 0x21:
-                end += 1
-            if end == pos:
-                raise ParseError("Invalid characters in atom")
-            stack[-1].append(Atom(data[pos:end]))
-            pos = end
-    if len(stack) != 1:
-        raise ParseError("Missing ')'")
-    return stack[0]
 
 
 def quote(value: str) -> str:

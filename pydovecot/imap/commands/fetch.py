@@ -1,0 +1,386 @@
+"""FETCH and UID FETCH (RFC 3501 6.4.5, RFC 9051 6.4.5) with CONDSTORE's
+CHANGEDSINCE and QRESYNC's VANISHED modifiers (RFC 7162).
+
+Small FETCHes are answered at once; big ones run on the global
+cooperator, a message (or a chunk of a streamed literal) per step, waiting
+while the client does not read (:meth:`Client.drained`).  Item lists are
+client input (:func:`pydovecot.imap.fetch.parse_items`); message files
+come from the trusted storage view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, task
+
+from pydovecot.imap import ext_fetch, features, fetch, mime
+from pydovecot.imap.commands.registry import Flag, add_command
+from pydovecot.imap.errors import bad
+from pydovecot.imap.parser import (
+    Atom,
+    NumberSet,
+    ParseError,
+    Token,
+    compress,
+    parse_sequence_set,
+)
+from pydovecot.storage.interfaces import (
+    MessageInfo,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from pydovecot.imap.client import Client
+
+from pydovecot.imap.ext_sync import FetchModifiers, parse_modseq
+
+#: FETCHes of at most this many small messages are answered in one go.
+FETCH_SYNC = 50
+#: A FETCH answered in one go sends at most about this much message text.
+FETCH_SYNC_BYTES = 512 * 1024
+
+
+def cmd_fetch(client: Client, tag: bytes, args: list[Token], uid: bool = False):
+    prepared = prepare_fetch(client, args, uid, lambda: cmd_fetch(client, tag, args, uid))
+    if prepared is not None:  # ext_sync: big MIME trees parsed in slices first
+        return prepared
+    mbox = client.selected()
+    if len(args) < 2:
+        raise bad("Missing arguments")
+    fetch_mods = _fetch_modifiers(client, args[2:], uid)
+    items = fetch.parse_items(args[1:2])
+    if uid and not any(i.name == "UID" for i in items):
+        items.insert(0, fetch.FetchItem("UID"))
+    targets = _fetch_targets(client, args, client.resolve(args[0], uid), items, fetch_mods, uid)
+    set_seen = not mbox.readonly and any(
+        i.section is not None and not i.peek for i in items
+    )
+    changed: set[int] = set()
+    if set_seen:
+        unseen = [m.uid for _s, m in targets if "\\Seen" not in m.flags]
+        if unseen:
+            changed = set(mbox.store(unseen, ["\\Seen"], "+"))
+    small = len(targets) <= FETCH_SYNC and (
+        fetch.header_only(items)
+        or (all(m.size <= fetch.STREAM_OVER for _s, m in targets)
+            and sum(m.size for _s, m in targets) <= FETCH_SYNC_BYTES))
+    if small:
+        missing = _fetch_range(client, targets, items, changed)
+        return _fetch_result(client, missing)
+    state = {"missing": 0}
+    d = task.cooperate(_fetch_steps(client, targets, items, changed, state)).whenDone()
+    d.addCallback(lambda _: _fetch_result(client, state["missing"]))
+    return d
+
+
+def _fetch_result(client: Client, missing: int) -> bytes:
+    if missing:
+        return b"NO [EXPUNGEISSUED] Some messages were expunged."
+    return b"OK Fetch completed."
+
+
+def _render(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
+            changed: set[int], recent: Any, stream: bool = False,
+            loaded: mime.ParsedMessage | None = None) -> list:
+    rest = [i for i in items if not fetch.streamable(i)] if stream else items
+    load = client.load_header if fetch.header_only(rest) else client.load
+
+    def message() -> mime.ParsedMessage:
+        return loaded if loaded is not None else load(info)
+
+    return fetch.render_pieces(
+        seq, info, items, info.uid in recent, message, client.stats,
+        add_flags=info.uid in changed, mailbox=client.mailbox, stream=stream,
+    )
+
+
+def _render_steps(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
+                  changed: set[int], recent: Any, loaded: mime.ParsedMessage,
+                  pieces: list) -> Generator[None, None, None]:
+    """Render a big message's response an item per step (each of
+    BODYSTRUCTURE, BODY[1], BINARY[1] … may take milliseconds)."""
+    head = b"* %d FETCH (" % seq
+    tail = b")\r\n"
+    unique: list[fetch.FetchItem] = []
+    for item in items:
+        if item.name != "FLAGS" or all(i.name != "FLAGS" for i in unique):
+            unique.append(item)
+    add_flags = info.uid in changed and all(i.name != "FLAGS" for i in unique)
+    for k, item in enumerate(unique):
+        last = k == len(unique) - 1
+        part = fetch.render_pieces(
+            seq, info, [item], info.uid in recent, lambda: loaded, client.stats,
+            add_flags=add_flags and last, mailbox=client.mailbox, stream=True)
+        assert isinstance(part[0], bytes) and isinstance(part[-1], bytes)
+        part[0] = part[0][len(head):] if k else part[0]
+        if k:
+            part[0] = b" " + part[0]
+        if not last:
+            part[-1] = part[-1][: -len(tail)]
+        pieces.extend(p for p in part if not isinstance(p, bytes) or p)
+        yield None
+
+
+def _load_steps(client: Client, info: MessageInfo,
+                out: list[mime.ParsedMessage]) -> Generator[None, None, None]:
+    """:meth:`_load` for a large message, a chunk per cooperator step
+    (normalizing 20 MB at once would hold the reactor for ~200 ms)."""
+    mbox = client.selected()
+    key = (mbox.name, mbox.uidvalidity, info.uid)
+    cached = client.cache.get(key)
+    if cached is None:
+        parts: list[bytes] = []
+        with mbox.message_file(info.uid) as f:
+            for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):
+                parts.append(chunk)
+                yield None
+        cached = mime.ParsedMessage(b"".join(parts))
+        del parts
+        client.cache.put(key, cached)
+    out.append(cached)
+
+
+def _fetch_range(client: Client, targets, items: list[fetch.FetchItem], changed: set[int]) -> int:
+    recent = client.recent_view()
+    missing = 0
+    for seq, info in targets:
+        try:
+            pieces = _render(client, seq, info, items, changed, recent)
+        except ext_fetch.UnknownCTE:
+            raise
+        except (OSError, StorageError):
+            missing += 1
+            continue
+        for piece in pieces:
+            client.send(piece)
+    return missing
+
+
+def _fetch_steps(client: Client, targets, items: list[fetch.FetchItem], changed: set[int],
+                 state: dict[str, int]) -> Generator[Any, None, None]:
+    """A large FETCH for the cooperator: one message (or one chunk of a
+    streamed literal) per step, waiting while the client is not reading."""
+    recent = client.recent_view()
+    for seq, info in targets:
+        if client.closed:
+            return
+        if client.output_blocked:
+            yield client.drained()
+        big = info.size > fetch.STREAM_OVER
+        loaded: list[mime.ParsedMessage] = []
+        try:
+            if big and fetch.needs_body(items):
+                yield from _load_steps(client, info, loaded)
+                pieces: list = []
+                yield from _render_steps(client, seq, info, items, changed, recent,
+                                              loaded[0], pieces)
+            else:
+                pieces = _render(client, seq, info, items, changed, recent, stream=big)
+        except (OSError, StorageError):
+            state["missing"] += 1
+            continue
+        for piece in pieces:
+            if isinstance(piece, fetch.StreamedLiteral):
+                yield from _stream_literal(client, piece)
+            elif len(piece) > client.OUTPUT_CHUNK:
+                yield from client.send_paced(piece)
+            else:
+                client.send(piece)
+        client.flush()
+        yield None
+
+
+def _stream_literal(client: Client, lit: fetch.StreamedLiteral) -> Generator[Any, None, None]:
+    """Send ``label {n}\\r\\n`` and the literal, read from the message file
+    a chunk per step (the file is read twice: size first, then data)."""
+    mbox = client.selected()
+    key = (mbox.name, mbox.uidvalidity, lit.uid)
+    scan = client.scans.get(key)
+    if scan is None:
+        found: list[fetch.MessageScan] = []
+        with mbox.message_file(lit.uid) as f:
+            yield from fetch.scan_message(f, found)
+        scan = found[0]
+        client.scans[key] = scan
+        while len(client.scans) > 16:
+            client.scans.pop(next(iter(client.scans)))
+    start, end = scan.window(lit)
+    marker = b"~{%d}\r\n" if lit.binary and scan.has_nul else b"{%d}\r\n"
+    client.send(lit.label + b" " + marker % (end - start))
+    client.stats.body_count += 1
+    client.stats.body_bytes += end - start
+    pos = 0
+    sent = 0
+    with mbox.message_file(lit.uid) as f:
+        for chunk in fetch.normalized_chunks(f):
+            if client.closed:
+                return
+            lo, hi = max(start - pos, 0), min(end - pos, len(chunk))
+            pos += len(chunk)
+            if hi > lo:
+                if client.output_blocked:
+                    yield client.drained()
+                client.send(chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk)
+                client.flush()
+                sent += hi - lo
+            if pos >= end:
+                break
+            yield None
+    if sent != end - start:  # the file changed under us: the literal is broken
+        client.log.error("Message UID {uid} changed while it was sent", uid=lit.uid,
+                       log_prefix=client.prefix)
+        client.disconnect(b"Internal error occurred.", "Message changed while sent")
+
+
+def _fetch_modifiers(client: Client, args: list[Token], uid: bool) -> FetchModifiers:
+    """``(CHANGEDSINCE n [VANISHED])`` after FETCH's item list."""
+    mods = FetchModifiers()
+    if not args:
+        return mods
+    if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
+        raise ParseError("Invalid FETCH modifiers")
+    items = args[0]
+    i = 0
+    while i < len(items):
+        tok = items[i]
+        name = tok.upper_str() if isinstance(tok, Atom) else ""
+        if name == "CHANGEDSINCE" and i + 1 < len(items) and mods.changedsince is None:
+            mods.changedsince = parse_modseq(items[i + 1])
+            i += 2
+        elif name == "VANISHED" and not mods.vanished:
+            if not uid or not client.qresync:
+                raise ParseError("VANISHED needs UID FETCH and QRESYNC")
+            mods.vanished = True
+            i += 1
+        else:
+            raise ParseError("Unknown FETCH modifier")
+    if mods.vanished and mods.changedsince is None:
+        raise ParseError("VANISHED needs CHANGEDSINCE")
+    return mods
+
+
+def prepare_fetch(client: Client, args: list[Token], uid: bool,
+                  then: Callable[[], object]) -> defer.Deferred | None:
+    """Before FETCH renders: parse its big messages in slices (see
+    :func:`pydovecot.imap.ext_fetch.prepare_fetch`), then run ``then``
+    (FETCH again, which finds them parsed) and let them go.  None when
+    there is nothing to prepare; bad arguments give None too (FETCH
+    itself answers them)."""
+    if client.mailbox is None or len(args) < 2 or client.preparing:
+        return None
+    try:
+        items = fetch.parse_items(args[1:2])
+        targets = client.resolve(args[0], uid)
+    except Exception:
+        return None
+    d = _parse_big(client, targets, items)
+    if d is None:
+        return None
+    keys: list[tuple] = []
+
+    def run(got: list[tuple]) -> object:
+        keys.extend(got)
+        client.preparing = True
+        try:
+            return then()
+        finally:
+            client.preparing = False
+
+    def unpin(result: object) -> object:
+        for key in keys:
+            client.cache.unpin(key)
+        return result
+
+    return d.addCallback(run).addBoth(unpin)
+
+
+def _fetch_targets(client: Client, args: list[Token], targets: list[tuple[int, MessageInfo]],
+                   items: list[fetch.FetchItem], mods: FetchModifiers,
+                   uid: bool) -> list[tuple[int, MessageInfo]]:
+    """Apply CHANGEDSINCE/VANISHED and add MODSEQ where CONDSTORE wants it."""
+    mbox = client.mailbox
+    assert mbox is not None
+    names = {i.name for i in items}
+    if "MODSEQ" in names or mods.changedsince is not None:
+        client.enable_condstore()
+    if client.condstore and "MODSEQ" not in names and (
+        "FLAGS" in names or mods.changedsince is not None
+        or (not mbox.readonly and any(i.section is not None and not i.peek for i in items))
+    ):
+        items.append(fetch.FetchItem("MODSEQ"))
+    if mods.changedsince is None:
+        return targets
+    if mods.vanished:
+        present = {m.uid for m in mbox.messages}
+        requested = NumberSet(parse_sequence_set(args[0]),  # type: ignore[arg-type]
+                              mbox.messages[-1].uid if mbox.messages else 0)
+        gone = [u for u in client.vanished_since(mbox, mods.changedsince, None, present)
+                if u in requested]
+        if gone:
+            client.send(b"* VANISHED (EARLIER) %s\r\n" % compress(gone))
+    return [(s, m) for s, m in targets if m.modseq > mods.changedsince]
+
+
+# -- big MIME trees, parsed before FETCH renders them ------------------------------
+
+#: Messages at least this big are parsed (and their BODYSTRUCTURE rendered)
+#: in slices through the global Cooperator before a FETCH that needs their
+#: structure renders them, so no reactor turn parses a huge tree at once.
+PREPARE_OVER = 256 * 1024
+#: Bytes of such messages one FETCH holds prepared at most; beyond it the
+#: rest is parsed when rendered (bounded by the MIME part limits).
+PREPARE_BYTES = 64 * 1024 * 1024
+
+
+def _parse_big(session: Client, targets: list[tuple[int, MessageInfo]],
+                  items: list[Any]) -> defer.Deferred | None:
+    """A Deferred that fires once every big target message of this FETCH is
+    parsed into the session's message cache (pinned until ``unpin``
+    is called with the returned keys); None when nothing needs it."""
+    if not fetch.needs_body(items):  # streamed literals need no parse
+        return None
+    mbox = session.mailbox
+    cache = session.cache
+    big: list[MessageInfo] = []
+    total = 0
+    for _seq, info in targets:
+        if info.size < PREPARE_OVER:
+            continue
+        if cache.get((mbox.name, mbox.uidvalidity, info.uid)) is not None:
+            continue
+        if total + info.size > PREPARE_BYTES:
+            break
+        total += info.size
+        big.append(info)
+    if not big:
+        return None
+    keys: list[tuple] = []
+
+    def work() -> Generator[None, None, None]:
+        for info in big:
+            if session.closed or session.mailbox is not mbox:
+                return
+            parts: list[bytes] = []
+            try:
+                with mbox.message_file(info.uid) as f:
+                    # read and normalized a chunk per step (20 MB at once
+                    # would hold the reactor for ~200 ms)
+                    for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):
+                        parts.append(chunk)
+                        yield None
+            except (OSError, StorageError):
+                continue  # FETCH reports it
+            msg = mime.ParsedMessage(b"".join(parts))
+            del parts
+            yield from msg.prepare_steps()
+            key = (mbox.name, mbox.uidvalidity, info.uid)
+            cache.pin(key, msg)
+            keys.append(key)
+
+    return task.cooperate(work()).whenDone().addCallback(lambda _: keys)
+
+
+add_command("FETCH", cmd_fetch, Flag.SELECTED | Flag.UID | Flag.USES_SEQS | Flag.NO_EXPUNGE)
+features.provide(__name__, "BINARY", "SAVEDATE", "PREVIEW")

@@ -1,0 +1,67 @@
+"""STATUS (RFC 3501 6.3.10) with SIZE (RFC 8438), DELETED (RFC 9051),
+APPENDLIMIT (RFC 7889) and HIGHESTMODSEQ (RFC 7162).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydovecot.imap import features
+from pydovecot.imap.commands.registry import Flag, add_command
+from pydovecot.imap.errors import CommandError
+from pydovecot.imap.parser import (
+    Atom,
+    Token,
+)
+
+if TYPE_CHECKING:
+    from pydovecot.imap.client import Client
+
+from pydovecot.storage.interfaces import MailboxStatus
+
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED",
+                "APPENDLIMIT", "HIGHESTMODSEQ")
+
+
+def status_items(client: Client, tokens: list[Token]) -> list[str]:
+    """The STATUS item list → canonical names; BAD for unknown items."""
+    if not tokens:
+        raise CommandError(b"BAD Missing status items")
+    wanted: list[str] = []
+    condstore = b"CONDSTORE" in client.capabilities.upper().split()
+    for item in tokens:
+        if not isinstance(item, Atom):
+            raise CommandError(b"BAD Invalid status item")
+        key = item.upper_str()
+        if key not in STATUS_ITEMS or (key == "HIGHESTMODSEQ" and not condstore):
+            raise CommandError(b"BAD Invalid status item %s" % key[:30].encode())
+        if key not in wanted:
+            wanted.append(key)
+    return wanted
+
+
+def status_values(client: Client, status: MailboxStatus, wanted: list[str]) -> bytes:
+    values: list[bytes] = []
+    for key in wanted:
+        if key == "APPENDLIMIT":
+            values.append(b"APPENDLIMIT %d" % client.append_limit)
+        else:
+            values.append(b"%s %d" % (key.encode(), getattr(status, key.lower())))
+    return b" ".join(values)
+
+
+def status_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+    if len(args) != 2 or not isinstance(args[1], list):
+        raise CommandError(b"BAD Invalid arguments")
+    name = client.decode_mailbox(args[0])
+    wanted = status_items(client, args[1])
+    if "HIGHESTMODSEQ" in wanted:
+        client.enable_condstore()  # RFC 7162 3.1
+    status = client.storage.status(name)
+    client.send(b"* STATUS %s (%s)\r\n" % (
+        client.encode_mailbox(name), status_values(client, status, wanted)))
+    return b"OK Status completed."
+
+
+add_command("STATUS", status_command, Flag.NONE)
+features.provide(__name__, "STATUS=SIZE")
