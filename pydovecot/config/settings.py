@@ -130,6 +130,10 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "maildir_very_dirty_syncs": (BOOL, "no"),
     "mail_plugins": (STR, ""),
     "mail_attachment_dir": (STR, ""),
+    # Sieve's outgoing mail (pydovecot.sieve.deliver).
+    "sendmail_path": (STR, "/usr/sbin/sendmail"),
+    "submission_host": (STR, ""),
+    "lda_mailbox_autosubscribe": (BOOL, "no"),
 }
 
 #: Settings valid inside ``service NAME { }``, with their types.
