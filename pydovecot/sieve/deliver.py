@@ -547,6 +547,7 @@ class SieveDelivery:
             f"Subject: {_encode_header(subject)}",
             "Auto-Submitted: auto-replied (vacation)",
             "Precedence: bulk",
+            "X-Auto-Response-Suppress: All",
             f"X-Sieve: {X_SIEVE}",
             f"Message-ID: <{uuid.uuid4().hex}.sieve@{domain}>",
             f"Date: {email.utils.formatdate(localtime=True)}",
@@ -575,7 +576,7 @@ class SieveDelivery:
         headers = "".join(f"{k}:{v}\r\n" for k, v in message.headers)
         reason = reason.replace("\r\n", "\n").replace("\n", "\r\n")
         text = (
-            f"From: {self.postmaster()}\r\n"
+            f"From: Postmaster <{self.postmaster()}>\r\n"
             f"To: <{self.sender}>\r\n"
             f"Message-ID: <{uuid.uuid4().hex}.sieve@{hostname}>\r\n"
             "Subject: Automatically rejected mail\r\n"
