@@ -139,6 +139,7 @@ def _multiline(text: str, i: int, line: int, line_start: int, col: int
     """A ``text:`` string: the rest of the line (blanks, optional comment),
     then lines up to a lone ``.``; leading ``..`` is unstuffed."""
     n = len(text)
+    start = line
     while i < n and text[i] in " \t":
         i += 1
     if i < n and text[i] == "#":
@@ -153,7 +154,7 @@ def _multiline(text: str, i: int, line: int, line_start: int, col: int
     out: list[str] = []
     while True:
         if i >= n:
-            raise SieveSyntaxError("unterminated multi-line string", line, col)
+            raise SieveSyntaxError("unterminated multi-line string", start, col)
         j = text.find("\n", i)
         end = n if j < 0 else j
         raw = text[i:end]

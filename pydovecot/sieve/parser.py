@@ -87,7 +87,7 @@ class _Parser:
         if tok.kind != "id":
             raise self.error(f"expected a command but found {_describe(tok)}", tok)
         node = Node(tok.value, tok.line, tok.col)
-        self.arguments(node, depth)
+        self.arguments(node, 0)  # test nesting counts apart from block nesting
         if self.is_punct(";"):
             self.take()
         elif self.is_punct("{"):
