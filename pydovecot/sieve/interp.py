@@ -300,7 +300,7 @@ class _Scope:
         elif name in ("setflag", "addflag", "removeflag"):
             flags = self.flag_list(pos[0])
             if len(pos) > 1:
-                var = self.expand(pos[1])
+                var = self.expand(pos[1][0])
                 current = self.flag_list([self.get_var(var)])
             else:
                 var, current = None, it.flags

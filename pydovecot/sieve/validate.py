@@ -39,6 +39,7 @@ ADDRESS_EXT = {"user": "subaddress", "detail": "subaddress"}
 COMPARATORS = {"i;octet": None, "i;ascii-casemap": None,
                "i;ascii-numeric": "comparator-i;ascii-numeric"}
 RELATIONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne"})
+MAX_LOOP_DEPTH = 4  # nested foreverypart loops (Pigeonhole's limit)
 VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
@@ -151,6 +152,7 @@ class _Validator:
     def __init__(self, extensions: frozenset[str]):
         self.available = extensions | IMPLICIT
         self.required: set[str] = set()
+        self.loops = 0
 
     def err(self, node: Node, message: str) -> SieveSyntaxError:
         return SieveSyntaxError(message, node.line, node.col)
@@ -206,7 +208,16 @@ class _Validator:
         if spec.block:
             if node.block is None:
                 raise self.err(node, f"{node.name} command requires a block")
-            out["b"] = self.block(node.block)
+            if node.name == "foreverypart":
+                if self.loops >= MAX_LOOP_DEPTH:
+                    raise self.err(node, "too many nested foreverypart loops "
+                                         f"(max {MAX_LOOP_DEPTH})")
+                self.loops += 1
+            try:
+                out["b"] = self.block(node.block)
+            finally:
+                if node.name == "foreverypart":
+                    self.loops -= 1
         elif node.block is not None:
             raise self.err(node, f"{node.name} command does not take a block")
         self.check_command(node, out)
@@ -328,6 +339,9 @@ class _Validator:
     def check_command(self, node: Node, out: dict) -> None:
         if node.name == "set":
             name = out["p"][0]
+            lname = name.lower()
+            if lname.startswith("global.") and "include" in self.required:
+                name = name[7:]
             if not VARIABLE_NAME.match(name) or "." in name:
                 raise self.err(node, f"invalid variable name '{name}'")
         if node.name == "global":
