@@ -50,6 +50,7 @@ log = Logger()
 SLICE = 0.01  # seconds of script running before the reactor gets its turn
 SENDMAIL_TIMEOUT = 60.0
 MAX_DUPES = 10000
+PARSE_IN_SLICES = 256 * 1024  # bigger messages are MIME-parsed a chunk per slice
 USER_LOG_MAX = 10 * 1024
 SYSTEM_LOCALPARTS = ("mailer-daemon", "listserv", "majordomo")
 LIST_HEADERS = ("list-id", "list-owner", "list-subscribe", "list-post", "list-unsubscribe",
@@ -230,8 +231,12 @@ class SieveDelivery:
         before, after, personal = self.scripts()
         sequence = before + ([personal] if personal else []) + after
         message = Message(raw)
+        if not self.msgid:
+            self.msgid = (message.raw_values("message-id") or [""])[0][:256]
         ctx = self.context(message)
         interp = Interpreter(message, ctx)
+        if sequence and len(raw) > PARSE_IN_SLICES:
+            yield self.cooperate(message.parse_steps())
         failed = False
         for script in sequence:
             is_global = script is not personal

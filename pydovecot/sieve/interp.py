@@ -712,7 +712,8 @@ class _Scope:
         if "contains" in tags:
             if comparator == "i;ascii-casemap":
                 lk = [ascii_lower(k) for k in keys]
-                return any(k in ascii_lower(v) for v in values for k in lk)
+                lower = it.msg.lowered
+                return any(k in lower(v) for v in values for k in lk)
             if comparator == "i;ascii-numeric":
                 raise SieveRuntimeError("i;ascii-numeric does not support :contains", it.line)
             return any(k in v for v in values for k in keys)

@@ -18,6 +18,7 @@ import email.policy
 import email.utils
 
 MAX_PARTS = 1000
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def split_message(raw: bytes) -> tuple[list[list[str]], bytes]:
@@ -68,6 +69,7 @@ class Message:
         self.edited = False
         self._tree: email.message.Message | None = None
         self._texts: dict = {}
+        self._lowered: dict = {}
 
     @property
     def size(self) -> int:
@@ -95,6 +97,31 @@ class Message:
             self._tree = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
                 self.raw)
         return self._tree
+
+    def parse_steps(self, chunk: int = 64 * 1024):
+        """Parse the MIME tree a chunk at a time (a generator that yields
+        between chunks), so a big message does not hold the reactor."""
+        if self._tree is not None:
+            return
+        parser = email.parser.BytesFeedParser(policy=email.policy.compat32)
+        raw = memoryview(self.raw)
+        for start in range(0, len(raw), chunk):
+            parser.feed(bytes(raw[start:start + chunk]))
+            yield
+        self._tree = parser.close()
+
+    def lowered(self, text: str) -> str:
+        """``text`` ASCII-lowercased, remembered for big texts (body tests
+        in loops would redo it for every part)."""
+        if len(text) < 65536:
+            return text.translate(_ASCII_LOWER)
+        hit = self._lowered.get(id(text))
+        if hit is None or hit[0] is not text:
+            hit = (text, text.translate(_ASCII_LOWER))
+            if len(self._lowered) > 16:
+                self._lowered.clear()
+            self._lowered[id(text)] = hit
+        return hit[1]
 
     def parts(self) -> list[email.message.Message]:
         """Every MIME part below the top level, depth first (RFC 5703)."""
