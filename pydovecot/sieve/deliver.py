@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from twisted.internet import defer, error, protocol, reactor, threads
+from twisted.internet import defer, error, protocol, reactor, task, threads
 from twisted.logger import Logger
 
 from pydovecot.config.settings import parse_size, parse_time
@@ -763,8 +763,31 @@ def _spawn(argv: list[str], data: bytes) -> defer.Deferred:
                 pass
             done.errback(SieveError("sendmail timed out"))
 
+    def reap():
+        # The mail process runs without Twisted's SIGCHLD handler, so a
+        # child that exits after closing its output is reaped here.
+        if done.called:
+            return
+        pid = transport.pid
+        if pid is None:
+            return
+        transport.reapProcess()
+        if not done.called and transport.pid is not None and not os.path.exists(
+                f"/proc/{pid}"):
+            done.callback(None)  # reaped elsewhere: its status is lost
+
     timer = reactor.callLater(SENDMAIL_TIMEOUT, too_slow)
-    done.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+    poller = task.LoopingCall(reap)
+    poller.start(0.01, now=False)
+
+    def finished(result):
+        if timer.active():
+            timer.cancel()
+        if poller.running:
+            poller.stop()
+        return result
+
+    done.addBoth(finished)
     return done
 
 
