@@ -13,6 +13,8 @@ import tempfile
 import time
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 
 from pydovecot.mailproc import main as mailproc
@@ -227,6 +229,56 @@ class DeliveryTests(TestCase):
         self.assertEqual(parse_extensions(""), DEFAULT_EXTENSIONS)
 
 
+class FakeSMTP(LineReceiver):
+    """Just enough of an MTA for smtplib: records the transaction."""
+
+    delimiter = b"\r\n"
+
+    def connectionMade(self) -> None:
+        self.data: list[bytes] | None = None
+        self.sendLine(b"220 mta ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.data is not None:
+            if line == b".":
+                self.factory.messages.append(b"\r\n".join(self.data))
+                self.data = None
+                self.sendLine(b"250 2.0.0 queued")
+            else:
+                self.data.append(line)
+            return
+        verb = line[:4].upper()
+        self.factory.commands.append(line)
+        if verb == b"DATA":
+            self.data = []
+            self.sendLine(b"354 go on")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 bye")
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"250 ok")
+
+
+class SubmissionHostTests(TestCase):
+    @defer.inlineCallbacks
+    def test_vacation_through_submission_host(self) -> None:
+        factory = Factory.forProtocol(FakeSMTP)
+        factory.commands, factory.messages = [], []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        home = tempfile.mkdtemp(prefix="sieve-smtp-")
+        self.addCleanup(shutil.rmtree, home, True)
+        with open(os.path.join(home, ".dovecot.sieve"), "w") as f:
+            f.write('require "vacation"; vacation "Away.";')
+        storage = open_storage("alice", f"maildir:{home}/Maildir", home)
+        config = Config(submission_host=f"127.0.0.1:{port.getHost().port}")
+        yield SieveDelivery(config, storage, "alice", {"home": home}, "bob@example.org",
+                            "alice@example.com").run(MESSAGE)
+        self.assertIn(b"mail FROM:<>", factory.commands)
+        self.assertIn(b"rcpt TO:<bob@example.org>", factory.commands)
+        self.assertIn(b"Auto-Submitted: auto-replied (vacation)", factory.messages[0])
+
+
 class MailProcessTests(TestCase):
     @defer.inlineCallbacks
     def test_deliver_goes_through_sieve_when_the_plugin_is_on(self) -> None:
@@ -251,5 +303,3 @@ class MailProcessTests(TestCase):
             fd=fd, user="alice", fields=json.dumps({"home": home + "/2"}), session="s")
         self.assertEqual(result["mailbox"], "INBOX")
 
-
-del reactor  # imported for its side effect of installing the reactor

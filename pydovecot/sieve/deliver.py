@@ -195,7 +195,9 @@ class SieveDelivery:
         if active is None and path and not os.path.isdir(path):
             active = path
         if active and os.path.isfile(active):
-            personal = Script(active, _script_name(active), True, active + ".log")
+            user_log_path = self.settings.get("sieve_user_log")
+            personal = Script(active, _script_name(active), True,
+                              self._path(user_log_path) if user_log_path else active + ".log")
         elif self.settings.get("sieve_default"):
             dpath, _ = self._location(self.settings["sieve_default"])
             if os.path.isfile(dpath):
