@@ -4,6 +4,7 @@ the validator and executor (no delivery)."""
 from __future__ import annotations
 
 import datetime
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -367,6 +368,15 @@ class HostileTests(SynchronousTestCase):
                 yields += 1
         self.assertIn("CPU time limit", str(e.exception))
         self.assertGreater(yields, 10)
+
+    def test_one_test_over_huge_lists_is_bounded(self) -> None:
+        message = b"".join(b"X-A: value %d\r\n" % n for n in range(4000)) + b"\r\nx\r\n"
+        keys = ", ".join(f'"key {n}"' for n in range(4000))
+        started = time.monotonic()
+        with self.assertRaises(SieveRuntimeError) as e:
+            run(f'if header :contains "x-a" [{keys}] {{ discard; }}', message=message)
+        self.assertIn("takes too long", str(e.exception))
+        self.assertLess(time.monotonic() - started, 5)
 
     def test_catastrophic_regex_times_out(self) -> None:
         message = b"Subject: " + b"a" * 40 + b"!\r\n\r\n"

@@ -460,7 +460,7 @@ class SieveDelivery:
             return
         headers = [h for n, h in enumerate(message.headers)
                    if not (n == 0 and h[0].lower() == "return-path")]
-        head = f"X-Sieve-Redirected-From: {self.user_email()}\r\n" + "".join(
+        head = f"X-Sieve-Redirected-From: {_header_safe(self.user_email())}\r\n" + "".join(
             f"{k}:{v}\r\n" for k, v in headers)
         data = head.encode("utf-8", "surrogateescape") + b"\r\n" + message.body
         yield self.send(self.redirect_sender(), [to], data)
@@ -550,7 +550,7 @@ class SieveDelivery:
         domain = sender.rpartition("@")[2] or "localhost"
         lines = [
             f"From: {_header_safe(sender if '<' in sender else '<' + sender + '>')}",
-            f"To: <{self.sender}>",
+            f"To: <{_header_safe(self.sender)}>",
             f"Subject: {_encode_header(subject)}",
             "Auto-Submitted: auto-replied (vacation)",
             "Precedence: bulk",
@@ -584,7 +584,7 @@ class SieveDelivery:
         reason = reason.replace("\r\n", "\n").replace("\n", "\r\n")
         text = (
             f"From: Postmaster <{self.postmaster()}>\r\n"
-            f"To: <{self.sender}>\r\n"
+            f"To: <{_header_safe(self.sender)}>\r\n"
             f"Message-ID: <{uuid.uuid4().hex}.sieve@{hostname}>\r\n"
             "Subject: Automatically rejected mail\r\n"
             "Auto-Submitted: auto-replied (rejected)\r\n"
@@ -599,12 +599,12 @@ class SieveDelivery:
             "Content-Type: text/plain; charset=utf-8\r\n"
             "Content-Disposition: inline\r\n"
             "Content-Transfer-Encoding: 8bit\r\n\r\n"
-            f"Your message to <{self.recipient}> was automatically rejected:\r\n"
+            f"Your message to <{_header_safe(self.recipient)}> was automatically rejected:\r\n"
             f"{reason}\r\n"
             f"--{boundary}\r\n"
             "Content-Type: message/disposition-notification\r\n\r\n"
             f"Reporting-UA: {hostname}; pydovecot Mail Delivery Agent\r\n"
-            f"Final-Recipient: rfc822; {self.recipient}\r\n"
+            f"Final-Recipient: rfc822; {_header_safe(self.recipient)}\r\n"
             + (f"Original-Message-ID: {orig_id}\r\n" if orig_id else "")
             + "Disposition: automatic-action/MDN-sent-automatically; deleted\r\n\r\n"
             f"--{boundary}\r\n"

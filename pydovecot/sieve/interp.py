@@ -38,7 +38,8 @@ YIELD_EVERY = 32
 MAX_INCLUDE_DEPTH = 10  # sieve_include_max_nesting_depth
 MAX_INCLUDES = 255  # sieve_include_max_includes
 MAX_LOOP_DEPTH = 4  # foreverypart nesting
-REGEX_TIMEOUT = 1.0
+REGEX_TIMEOUT = 0.1  # one match; the reactor's other sessions wait meanwhile
+STEP_LIMIT = 0.2  # seconds one command or test may take before it is an error
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted",
                                        "\\Draft")}
 VARIABLE_REF = re.compile(r"\$\{([A-Za-z0-9_.]{1,128})\}")
@@ -149,6 +150,7 @@ class Interpreter:
         self.loop_parts: list = []  # foreverypart stack
         self.line = 0
         self.include_stack: list = []
+        self.step_started = time.monotonic()
 
     # -- driving ------------------------------------------------------------
 
@@ -242,6 +244,7 @@ class _Scope:
                 yield
             name = cmd["n"]
             it.line = cmd["l"]
+            it.step_started = time.monotonic()
             if name == "if":
                 taken = self.test(cmd["x"][0])
                 if taken:
@@ -708,26 +711,36 @@ class _Scope:
             return any(_relate(count, k, rel, comparator) for k in keys)
         if "value" in tags:
             rel = tags["value"].lower()
-            return any(_relate(v, k, rel, comparator) for v in values for k in keys)
+            return any(_relate(v, k, rel, comparator) for v, k in self.pairs(values, keys))
         if "contains" in tags:
             if comparator == "i;ascii-casemap":
                 lk = [ascii_lower(k) for k in keys]
                 lower = it.msg.lowered
-                return any(k in lower(v) for v in values for k in lk)
+                return any(k in lower(v) for v, k in self.pairs(values, lk))
             if comparator == "i;ascii-numeric":
                 raise SieveRuntimeError("i;ascii-numeric does not support :contains", it.line)
-            return any(k in v for v in values for k in keys)
+            return any(k in v for v, k in self.pairs(values, keys))
         if "matches" in tags or "regex" in tags:
-            for v in values:
-                for k in keys:
-                    groups = self.pattern_match(v, k, comparator, "regex" in tags)
-                    if groups is not None:
-                        if "variables" in self.require:
-                            self.match_vars = groups
-                        return True
+            for v, k in self.pairs(values, keys):
+                groups = self.pattern_match(v, k, comparator, "regex" in tags)
+                if groups is not None:
+                    if "variables" in self.require:
+                        self.match_vars = groups
+                    return True
             return False
         # :is
-        return any(_equal(v, k, comparator) for v in values for k in keys)
+        return any(_equal(v, k, comparator) for v, k in self.pairs(values, keys))
+
+    def pairs(self, values: list[str], keys: list[str]):
+        """Every (value, key) pair, checking that this step stays within
+        ``STEP_LIMIT`` (a test over thousands of values and keys)."""
+        n = 0
+        for v in values:
+            for k in keys:
+                n += 1
+                if n & 255 == 0 and time.monotonic() - self.it.step_started > STEP_LIMIT:
+                    raise SieveRuntimeError("test takes too long", self.it.line)
+                yield v, k
 
     def pattern_match(self, value: str, key: str, comparator: str, is_regex: bool
                       ) -> list[str] | None:
