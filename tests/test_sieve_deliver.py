@@ -138,6 +138,13 @@ class DeliveryTests(TestCase):
         self.script('require "vacation"; vacation :handle "other" "x";')
         yield self.delivery().run(MESSAGE)
         self.assertEqual(len(self.sent), 2)
+        # sieve_vacation_default_subject_template (Pigeonhole's %{subject}).
+        self.script('require "vacation"; vacation :handle "third" "x";')
+        yield self.delivery({"sieve_vacation_default_subject_template": "Away (%{subject})"}
+                            ).run(MESSAGE)
+        self.assertEqual(email.message_from_bytes(self.sent[-1][2])["Subject"],
+                         "Away (Lunch?)")
+        del self.sent[-1]
         # Null sender and auto-submitted mail get none.
         yield self.delivery(sender="").run(MESSAGE)
         yield self.delivery(sender="carol@example.org").run(
@@ -150,7 +157,8 @@ class DeliveryTests(TestCase):
         yield self.delivery().run(MESSAGE)
         sender, rcpts, data = self.sent[0]
         self.assertEqual((sender, rcpts), ("bob@example.org", ["fwd@example.net"]))
-        self.assertTrue(data.startswith(b"X-Sieve-Redirected-From: alice@example.com\r\n"
+        self.assertTrue(data.startswith(b"X-Sieve: pydovecot Sieve\r\n"
+                                        b"X-Sieve-Redirected-From: alice@example.com\r\n"
                                         b"From: Bob"))  # Return-Path dropped
         # The same message again (same Message-ID): not forwarded twice.
         yield self.delivery().run(MESSAGE)

@@ -122,6 +122,7 @@ class SieveDelivery:
         self.home = fields.get("home", "") or ""
         self.sender = sender
         self.recipient = recipient or user
+        self.orig_recipient = self.recipient
         self.session = session
         self.msgid = msgid
         self.prefix = prefix or f"lmtp({sanitize(user)})"
@@ -460,7 +461,8 @@ class SieveDelivery:
             return
         headers = [h for n, h in enumerate(message.headers)
                    if not (n == 0 and h[0].lower() == "return-path")]
-        head = f"X-Sieve-Redirected-From: {_header_safe(self.user_email())}\r\n" + "".join(
+        head = (f"X-Sieve: {X_SIEVE}\r\n"
+                f"X-Sieve-Redirected-From: {_header_safe(self.user_email())}\r\n") + "".join(
             f"{k}:{v}\r\n" for k, v in headers)
         data = head.encode("utf-8", "surrogateescape") + b"\r\n" + message.body
         yield self.send(self.redirect_sender(), [to], data)
@@ -518,6 +520,9 @@ class SieveDelivery:
             return skip("the message has a bulk precedence")
         mine = {a.lower() for a in [self.recipient, self.user_email()] + params["addresses"]
                 if a}
+        if self.settings.get("sieve_vacation_use_original_recipient", "no") == "yes" and \
+                self.orig_recipient:
+            mine.add(self.orig_recipient.lower())
         if sender.lower() in mine:
             return skip("the sender is the recipient")
         if self.settings.get("sieve_vacation_dont_check_recipient", "no") != "yes":
@@ -542,8 +547,13 @@ class SieveDelivery:
         subject = params["subject"]
         if subject is None:
             original = (message.values("subject") or [""])[0]
-            subject = self.settings.get("sieve_vacation_default_subject") or (
-                f"Auto: {original}" if original else "Automated reply")
+            template = self.settings.get("sieve_vacation_default_subject_template", "")
+            if template and original:
+                subject = template.replace("%{subject}", original).replace("%$", original)
+            else:
+                subject = self.settings.get("sieve_vacation_default_subject") or (
+                    f"Auto: {original}" if original else "Automated reply")
+        subject = subject[:self._int("sieve_vacation_max_subject_codepoints", 256)]
         sender = params["from"] or self.recipient
         orig_id = (message.raw_values("message-id") or [""])[0]
         refs = " ".join(message.raw_values("references") + ([orig_id] if orig_id else []))
