@@ -110,6 +110,10 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "mail_cache_max_header_name_length": (UINT, "100"),
     "imap_urlauth_host": (STR, ""),
     "imap_urlauth_port": (UINT, "143"),
+    # Sieve's outgoing mail (pydovecot.sieve.deliver).
+    "sendmail_path": (STR, "/usr/sbin/sendmail"),
+    "submission_host": (STR, ""),
+    "lda_mailbox_autosubscribe": (BOOL, "no"),
 }
 
 #: Settings valid inside ``service NAME { }``, with their types.
@@ -689,7 +693,6 @@ REFUSED: dict[str, str] = {
     "ssl_alt_key": "a second (alternative) certificate is not supported yet",
     "lmtp_save_to_detail_mailbox": "lmtp does not deliver to the +detail mailbox yet",
     "lda_mailbox_autocreate": "delivery does not create mailboxes yet",
-    "lda_mailbox_autosubscribe": "delivery does not create mailboxes yet",
     "lda_original_recipient_header": "delivery ignores original-recipient headers",
     "lmtp_hdr_delivery_address": "lmtp adds no Delivered-To: header",
     "lmtp_proxy": "lmtp proxying is not supported",
@@ -756,8 +759,6 @@ WARNED: dict[str, str] = {
     "postmaster_address": "pydovecot sends no bounces",
     "rejection_reason": "pydovecot sends no rejections",
     "rejection_subject": "pydovecot sends no rejections",
-    "sendmail_path": "pydovecot sends no mail",
-    "submission_host": "pydovecot sends no mail",
     "instance_name": "cosmetic",
     "import_environment": "children get pydovecot's own environment",
     "shutdown_clients": "clients are always disconnected at shutdown",

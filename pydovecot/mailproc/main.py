@@ -31,7 +31,6 @@ import email.parser  # noqa: F401
 import encodings
 import encodings.aliases
 import encodings.idna  # noqa: F401
-import errno
 import functools
 import json
 import os
@@ -54,6 +53,7 @@ from pydovecot.config import load_config
 from pydovecot.config.variables import expand_path
 from pydovecot.imap.session import IMAPSession
 from pydovecot.log import sanitize, start_child_logging
+from pydovecot.mailproc import delivery
 from pydovecot.mailproc.rehearsal import rehearse
 from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
 from pydovecot.pop3.session import POP3Session
@@ -199,32 +199,28 @@ class MailProcess:
                 proto.start(tag, pending)
         return {}
 
-    def deliver(self, fd: int, user: str, fields: str, session: str, msgid: str = "") -> dict:
-        """Save the message read from ``fd`` into the user's INBOX.  Any
-        failure is this recipient's alone: logged once, with its reason,
-        and answered as :class:`DeliveryFailed` (an LMTP 4xx)."""
+    def deliver(self, fd: int, user: str, fields: str, session: str, msgid: str = "",
+                sender: str | None = None, recipient: str | None = None):
+        """Save the message read from ``fd`` into the user's INBOX, or where
+        the user's Sieve scripts say (``mail_plugins = … sieve`` for lmtp;
+        see :mod:`pydovecot.mailproc.delivery`).  Any failure is this
+        recipient's alone: logged once, with its reason, and answered as
+        :class:`DeliveryFailed` (an LMTP 4xx)."""
         prefix = f"lmtp({sanitize(user)})<{os.getpid()}><{sanitize(session)}>"
         what = f"msgid={sanitize(msgid or '<none>')}: save failed to INBOX"
         with os.fdopen(fd, "rb") as message:
             try:
-                storage = self.storage_for(user, json.loads(fields))
+                userdb = json.loads(fields)
+                storage = self.storage_for(user, userdb)
             except (OSError, StorageError, ValueError) as e:
                 log.error("{what}: cannot open the user's storage: {e}", what=what,
                           e=sanitize(_reason(e)), log_prefix=prefix)
                 raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
-            try:
-                message.seek(0)
-                _validity, uid = storage.append("INBOX", message)
-            except (OSError, StorageError) as e:
-                log.error("{what}: {e}", what=what, e=sanitize(_reason(e)), log_prefix=prefix)
-                if getattr(e, "code", "") == "OVERQUOTA" or getattr(e, "errno", None) in (
-                        errno.ENOSPC, errno.EDQUOT):
-                    raise DeliveryFailed("452 4.2.2 Not enough disk space") from None
-                raise DeliveryFailed() from None
-            except Exception:
-                log.failure("{what}", what=what, log_prefix=prefix)
-                raise DeliveryFailed() from None
-        return {"uid": uid, "mailbox": "INBOX"}
+            if delivery.wants_sieve(self.config):
+                return delivery.deliver_with_sieve(
+                    self.config, storage, user, userdb, message, session, msgid,
+                    sender, recipient, prefix)
+            return delivery.save(storage, message, what, prefix)
 
     def session_settings(self, service: str) -> dict:
         """The settings a session reads, per protocol; looked up once (the

@@ -28,6 +28,7 @@ from pydovecot.imap.session import IMAPSession
 from pydovecot.log import silence_prefix
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
+from pydovecot.sieve.rehearsal import rehearse_sieve
 from pydovecot.storage import open_storage
 
 log = Logger()
@@ -146,6 +147,7 @@ def rehearse(settings: dict, timeout: float = 10.0):
                    lambda s: s.start(b"a0", IMAP_SCRIPT), b"z9 ", timeout)
         yield _run(POP3Session(storage, _context(settings, "pop3")),
                    lambda s: s.start(POP3_SCRIPT), b"+OK Logging out", timeout)
+        yield rehearse_sieve(storage, root, b"Return-Path: <juergen@example.org>\r\n" + SAMPLE)
     except Exception:
         log.failure("mail process rehearsal failed (first sessions may be slower)")
     finally:

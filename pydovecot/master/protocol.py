@@ -132,6 +132,8 @@ class Deliver(amp.Command):
         (b"fields", amp.Unicode()),
         (b"session", amp.Unicode()),
         (b"msgid", amp.Unicode(optional=True)),  # for the log line
+        (b"sender", amp.Unicode(optional=True)),  # the envelope, for Sieve
+        (b"recipient", amp.Unicode(optional=True)),
     ]
     response = [(b"uid", amp.Integer()), (b"mailbox", amp.Unicode())]
     errors = {**SESSION_ERRORS, DeliveryFailed: b"DELIVERY_FAILED"}

@@ -634,7 +634,8 @@ class MasterService(Service):
             kwargs = {"msgid": msgid} if msgid else {}
             try:
                 result = yield process.call(Deliver, fd=fd, user=name, fields=fields,
-                                            session=session, **kwargs)
+                                            session=session, sender=sender,
+                                            recipient=recipient, **kwargs)
             except DeliveryFailed:
                 raise  # the mail process logged why
             except Exception as e:

@@ -1,0 +1,34 @@
+"""Sieve error types: compile errors carry a line and column.  Trusts nothing."""
+
+from __future__ import annotations
+
+
+class SieveError(Exception):
+    """Any Sieve failure."""
+
+
+class SieveSyntaxError(SieveError):
+    """A script that does not compile: ``line:col: message``."""
+
+    def __init__(self, message: str, line: int = 0, col: int = 0):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.col = col
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"line {self.line}, column {self.col}: error: {self.message}"
+        return f"error: {self.message}"
+
+
+class SieveRuntimeError(SieveError):
+    """A script that failed while running (limits, conflicts, bad values)."""
+
+    def __init__(self, message: str, line: int = 0):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+    def __str__(self) -> str:
+        return f"line {self.line}: error: {self.message}" if self.line else self.message
