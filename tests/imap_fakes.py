@@ -352,6 +352,17 @@ class FakeStorage:
             raise TooManyAttributes()
         attrs[entry] = bytes(value)
 
+    def set_attributes(self, mailbox: str, changes: dict[str, bytes | None]) -> None:
+        attrs = self._attrs(mailbox)
+        before = dict(attrs)
+        try:
+            for key, value in changes.items():
+                self.set_attribute(mailbox, key, value)
+        except Exception:
+            attrs.clear()
+            attrs.update(before)
+            raise
+
     def attribute_keys(self, mailbox: str, prefix: str = "") -> list[str]:
         want = prefix.lower().rstrip("/")
         return sorted(k for k in self._attrs(mailbox)

@@ -259,6 +259,7 @@ CACHE_SETTINGS = ("mail_cache_max_size", "mail_cache_max_headers_count",
                   "mail_cache_max_header_name_length")
 SESSION_SETTINGS = (
     "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
+    "imap_metadata",
     "imap_logout_format", "pop3_uidl_format", "pop3_logout_format", "mail_max_userip_connections",
     "hostname", "imap_autologout", "pop3_autologout",
 )

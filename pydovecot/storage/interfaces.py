@@ -310,6 +310,10 @@ class IMailStorage(Interface):
         follow their mailbox through RENAME and go with it on DELETE.
         """
 
+    def set_attributes(mailbox: str, changes: dict[str, bytes | None]) -> None:
+        """Apply several :meth:`set_attribute` changes at once: all of them
+        durably, or (on any error) none (SETMETADATA)."""
+
     def attribute_keys(mailbox: str, prefix: str = "") -> list[str]:
         """Every entry name of a mailbox (or, for ``""``, the server) that
         starts with ``prefix`` (``""`` = all, ``/private`` or ``/shared``, or

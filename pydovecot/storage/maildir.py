@@ -1573,6 +1573,19 @@ class MaildirStorage:
         prefix = A.dict_prefix(scope, guid, server)
         self.attributes.change({prefix + rest: value}, count_prefix=prefix)
 
+    def set_attributes(self, mailbox: str, changes: dict[str, bytes | None]) -> None:
+        entries = {key: A.split_entry(key) for key in changes}
+        limit = self.attributes.limits.max_value_size
+        if any(v is not None and len(v) > limit for v in changes.values()):
+            raise AttributeTooLarge(limit)
+        guid, server = self._attr_box(mailbox, any(v is not None for v in changes.values()))
+        if guid is None:
+            return  # only deletions, and nothing stored for the mailbox
+        sets = {A.dict_prefix(scope, guid, server) + rest: changes[key]
+                for key, (scope, rest) in entries.items()}
+        prefixes = {A.dict_prefix(scope, guid, server) for scope, _ in entries.values()}
+        self.attributes.change(sets, count_prefix=tuple(sorted(prefixes)))
+
     def attribute_keys(self, mailbox: str, prefix: str = "") -> list[str]:
         guid, server = self._attr_box(mailbox, False)
         if guid is None:
