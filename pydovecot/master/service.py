@@ -34,8 +34,8 @@ from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand_path, fixed_prefix
 from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
-from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master import sdnotify
+from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
     Deliver,
