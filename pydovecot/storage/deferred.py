@@ -39,4 +39,35 @@ def answers(method: Callable[..., T]) -> Callable[..., defer.Deferred[T]]:
     return wrapper
 
 
-__all__ = ["answers"]
+class Answer:
+    """A storage answer awaited from a generator running on a Cooperator
+    (which cannot send values back in): ``a = Answer(d)``, then
+    ``if a.pending: yield a.wait``, then ``a.get()`` (value, or the
+    failure's exception raised).  An answer that fired already costs no
+    extra step, so local storage keeps its pace."""
+
+    def __init__(self, d: defer.Deferred[Any]):
+        self._value: Any = None
+        self._failure: Any = None
+        self._done = False
+        self.wait: defer.Deferred[None] = d.addCallbacks(self._ok, self._err)
+
+    def _ok(self, value: Any) -> None:
+        self._value, self._done = value, True
+
+    def _err(self, failure: Any) -> None:
+        self._failure, self._done = failure, True
+
+    @property
+    def pending(self) -> bool:
+        return not self._done
+
+    def get(self) -> Any:
+        if not self._done:
+            raise RuntimeError("the storage's answer has not arrived")
+        if self._failure is not None:
+            self._failure.raiseException()
+        return self._value
+
+
+__all__ = ["answers", "Answer"]
