@@ -85,19 +85,25 @@ def _parse_query(client: Client, args: list[Token], charset: str | None = None) 
 # storage evaluates programs itself: IMailbox.search) ---------------------------------
 
 
-class _NeedData(Exception):
-    """The evaluator wants a message's bytes the view has not fetched yet."""
+_PARSED = "\0parsed"  # _NeedData.key: the parsed message, through the session's LRU
 
-    def __init__(self, uid: int):
-        super().__init__(uid)
+
+class _NeedData(Exception):
+    """The evaluator wants a message's bytes (or, with ``key``, an index
+    cache value) the view has not fetched yet."""
+
+    def __init__(self, uid: int, key: str | None = None):
+        super().__init__(uid, key)
         self.uid = uid
+        self.key = key
 
 
 class _FetchedView:
     """What the synchronous evaluator sees of the selected view: the same
     ``messages``/``recent``, ``message_file`` from bytes awaited before
-    (else :class:`_NeedData`, and the caller awaits them and evaluates
-    that message again), no index cache.  Holds one message at a time."""
+    and index cache values awaited before (else :class:`_NeedData`, and
+    the caller awaits them and evaluates that message again); cache
+    writes are sent after.  Holds one message at a time."""
 
     def __init__(self, client: Client, mbox: Any):
         self.client = client
@@ -106,12 +112,16 @@ class _FetchedView:
         self.messages = mbox.messages
         self.recent = mbox.recent
         self.data: dict[int, bytes] = {}
+        self.values: dict[tuple[int, str], object] = {}
+        self.writes: list[tuple[int, str, object]] = []
 
     def cached(self, uid: int, key: str) -> object | None:
-        return None
+        if (uid, key) not in self.values:
+            raise _NeedData(uid, key)
+        return self.values[(uid, key)]
 
     def set_cached(self, uid: int, key: str, value: object) -> None:
-        return None
+        self.writes.append((uid, key, value))
 
     def message_file(self, uid: int) -> Any:
         data = self.data.get(uid)
@@ -123,27 +133,47 @@ class _FetchedView:
         def load() -> Any:
             msg = self.client.cached_message(info)
             if msg is None:
-                raise _NeedData(info.uid)
+                raise _NeedData(info.uid, _PARSED)
             return msg
 
         return load
 
     async def fetch(self, need: _NeedData, info: MessageInfo) -> None:
-        await self.client.load(info)  # into the session's LRU, for the loader
+        if need.key is not None and need.key is not _PARSED:
+            try:
+                value = await self.mbox.cached(need.uid, need.key)
+            except Exception:
+                value = None
+            self.values[(need.uid, need.key)] = value
+            return
+        if need.key is _PARSED:
+            await self.client.load(info)  # into the session's LRU, for the loader
+            return
         with await self.mbox.message_file(need.uid) as f:
             self.data = {need.uid: f.read()}
 
     async def retrying(self, info: MessageInfo, func: Callable[[], Any]) -> Any:
         """``func()``, awaiting the message data it asks for first."""
         try:
-            for _ in range(3):
+            for _ in range(8):
                 try:
-                    return func()
+                    result = func()
+                    break
                 except _NeedData as need:
+                    self.writes = []
                     await self.fetch(need, info)
-            return func()
+            else:
+                result = func()
+            writes, self.writes = self.writes, []
+            for uid, key, value in writes:
+                try:
+                    await self.mbox.set_cached(uid, key, value)
+                except Exception:
+                    pass  # only a cache
+            return result
         finally:
             self.data = {}
+            self.values = {}
 
 
 async def _eval(view: _FetchedView, query: SearchQuery, messages: list[MessageInfo],
