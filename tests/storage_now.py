@@ -8,6 +8,7 @@ test failure (AssertionError), never a wait.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from twisted.internet import defer
@@ -15,7 +16,10 @@ from twisted.python.failure import Failure
 
 
 def result_now(d: Any) -> Any:
-    """The value of an already-fired Deferred (raising its failure)."""
+    """The value of an already-fired Deferred, or of a coroutine that
+    finishes without waiting (raising its failure)."""
+    if inspect.iscoroutine(d):
+        d = defer.Deferred.fromCoroutine(d)
     if not isinstance(d, defer.Deferred):
         return d
     box: list[Any] = []
