@@ -176,12 +176,12 @@ class _FetchedView:
             self.values = {}
 
 
-async def _eval(view: _FetchedView, query: SearchQuery, messages: list[MessageInfo],
+async def _eval(fetched: _FetchedView, query: SearchQuery, messages: list[MessageInfo],
                 saved: frozenset[int], now: float, seqs: Any) -> Hits:
     hits: Hits = []
     for seq in seqs:
-        hits.extend(await view.retrying(messages[seq - 1], lambda seq=seq: run_query(
-            view, query, messages, view.loader, saved, now, [seq])))
+        hits.extend(await fetched.retrying(messages[seq - 1], lambda seq=seq: run_query(
+            fetched, query, messages, fetched.loader, saved, now, [seq])))
     return hits
 
 
@@ -194,12 +194,12 @@ async def run_search(client: Client, query: SearchQuery) -> Hits:
     if query.uses_modseq:
         await client.announce_condstore()  # RFC 7162 3.1
     mbox = client.selected()
-    view = _FetchedView(client, mbox)
+    fetched = _FetchedView(client, mbox)
     messages = list(mbox.messages)
     saved = client.saved_uids()
     now = time.time()
     if len(messages) <= COOPERATE_OVER:
-        return await _eval(view, query, messages, saved, now, range(1, len(messages) + 1))
+        return await _eval(fetched, query, messages, saved, now, range(1, len(messages) + 1))
     hits: Hits = []
     step = CONTENT_STEP if query.needs_content else CHEAP_STEP
 
@@ -209,7 +209,7 @@ async def run_search(client: Client, query: SearchQuery) -> Hits:
                 return
             seqs = range(start, min(start + step, len(messages) + 1))
             answer = Answer(defer.Deferred.fromCoroutine(
-                _eval(view, query, messages, saved, now, seqs)))
+                _eval(fetched, query, messages, saved, now, seqs)))
             if answer.pending:
                 yield answer.wait
             hits.extend(answer.get())
@@ -223,10 +223,10 @@ async def _map_sliced(client: Client, items: list[Any], func: Callable[[Any], An
     """``[func(x) for x in items]`` for lazy contexts, awaiting message
     data they ask for: at once for a few items, else one item per
     Cooperator step."""
-    view = _FetchedView(client, client.selected())
+    fetched = _FetchedView(client, client.selected())
 
     async def one(x: Any) -> Any:
-        return await view.retrying(x.info, lambda: func(x.bind(view)))
+        return await fetched.retrying(x.info, lambda: func(x.bind(fetched)))
 
     if len(items) <= COOPERATE_OVER:
         return [await one(x) for x in items]
@@ -251,9 +251,9 @@ class _Lazy(LazyContext):
 
     __slots__ = ()
 
-    def bind(self, view: _FetchedView) -> LazyContext:
+    def bind(self, fetched: _FetchedView) -> LazyContext:
         _mbox, max_seq, max_uid, _loader = self._args
-        return LazyContext(self.seq, self.info, view, max_seq, max_uid, view.loader)
+        return LazyContext(self.seq, self.info, fetched, max_seq, max_uid, fetched.loader)
 
 
 def _contexts(client: Client, hits: Hits) -> list[Any]:
