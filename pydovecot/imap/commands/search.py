@@ -20,7 +20,6 @@ only in ``_sync``.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ from pydovecot.imap.ext_search import (
     thread_message,
     thread_messages,
 )
+from pydovecot.imap.fetched import FetchedView, evaluate
 from pydovecot.imap.parser import (
     Atom,
     ParseError,
@@ -57,12 +57,10 @@ from pydovecot.imap.search import (
     SearchParser,
     SearchQuery,
     charset_codec,
-    run_query,
 )
 from pydovecot.imap.sort import order_by_keys, parse_criteria, sort_key
 from pydovecot.imap.thread import ThreadMessage
 from pydovecot.storage.deferred import Answer
-from pydovecot.storage.interfaces import MessageInfo
 
 if TYPE_CHECKING:
     from pydovecot.imap.client import Client
@@ -81,110 +79,6 @@ def _parse_query(client: Client, args: list[Token], charset: str | None = None) 
     return query
 
 
-# -- the asynchronous storage under the synchronous evaluator (until the
-# storage evaluates programs itself: IMailbox.search) ---------------------------------
-
-
-_PARSED = "\0parsed"  # _NeedData.key: the parsed message, through the session's LRU
-
-
-class _NeedData(Exception):
-    """The evaluator wants a message's bytes (or, with ``key``, an index
-    cache value) the view has not fetched yet."""
-
-    def __init__(self, uid: int, key: str | None = None):
-        super().__init__(uid, key)
-        self.uid = uid
-        self.key = key
-
-
-class _FetchedView:
-    """What the synchronous evaluator sees of the selected view: the same
-    ``messages``/``recent``, ``message_file`` from bytes awaited before
-    and index cache values awaited before (else :class:`_NeedData`, and
-    the caller awaits them and evaluates that message again); cache
-    writes are sent after.  Holds one message at a time."""
-
-    def __init__(self, client: Client, mbox: Any):
-        self.client = client
-        self.mbox = mbox
-        self.name = mbox.name
-        self.messages = mbox.messages
-        self.recent = mbox.recent
-        self.data: dict[int, bytes] = {}
-        self.values: dict[tuple[int, str], object] = {}
-        self.writes: list[tuple[int, str, object]] = []
-
-    def cached(self, uid: int, key: str) -> object | None:
-        if (uid, key) not in self.values:
-            raise _NeedData(uid, key)
-        return self.values[(uid, key)]
-
-    def set_cached(self, uid: int, key: str, value: object) -> None:
-        self.writes.append((uid, key, value))
-
-    def message_file(self, uid: int) -> Any:
-        data = self.data.get(uid)
-        if data is None:
-            raise _NeedData(uid)
-        return io.BytesIO(data)
-
-    def loader(self, info: MessageInfo) -> Callable[[], Any]:
-        def load() -> Any:
-            msg = self.client.cached_message(info)
-            if msg is None:
-                raise _NeedData(info.uid, _PARSED)
-            return msg
-
-        return load
-
-    async def fetch(self, need: _NeedData, info: MessageInfo) -> None:
-        if need.key is not None and need.key is not _PARSED:
-            try:
-                value = await self.mbox.cached(need.uid, need.key)
-            except Exception:
-                value = None
-            self.values[(need.uid, need.key)] = value
-            return
-        if need.key is _PARSED:
-            await self.client.load(info)  # into the session's LRU, for the loader
-            return
-        with await self.mbox.message_file(need.uid) as f:
-            self.data = {need.uid: f.read()}
-
-    async def retrying(self, info: MessageInfo, func: Callable[[], Any]) -> Any:
-        """``func()``, awaiting the message data it asks for first."""
-        try:
-            for _ in range(8):
-                try:
-                    result = func()
-                    break
-                except _NeedData as need:
-                    self.writes = []
-                    await self.fetch(need, info)
-            else:
-                result = func()
-            writes, self.writes = self.writes, []
-            for uid, key, value in writes:
-                try:
-                    await self.mbox.set_cached(uid, key, value)
-                except Exception:
-                    pass  # only a cache
-            return result
-        finally:
-            self.data = {}
-            self.values = {}
-
-
-async def _eval(fetched: _FetchedView, query: SearchQuery, messages: list[MessageInfo],
-                saved: frozenset[int], now: float, seqs: Any) -> Hits:
-    hits: Hits = []
-    for seq in seqs:
-        hits.extend(await fetched.retrying(messages[seq - 1], lambda seq=seq: run_query(
-            fetched, query, messages, fetched.loader, saved, now, [seq])))
-    return hits
-
-
 async def run_search(client: Client, query: SearchQuery) -> Hits:
     """Evaluate a query on the selected view: at once for a small
     mailbox, else sliced through the global Cooperator so other sessions
@@ -194,12 +88,12 @@ async def run_search(client: Client, query: SearchQuery) -> Hits:
     if query.uses_modseq:
         await client.announce_condstore()  # RFC 7162 3.1
     mbox = client.selected()
-    fetched = _FetchedView(client, mbox)
+    fetched = FetchedView(client, mbox)
     messages = list(mbox.messages)
     saved = client.saved_uids()
     now = time.time()
     if len(messages) <= COOPERATE_OVER:
-        return await _eval(fetched, query, messages, saved, now, range(1, len(messages) + 1))
+        return await evaluate(fetched, query, messages, saved, now, range(1, len(messages) + 1))
     hits: Hits = []
     step = CONTENT_STEP if query.needs_content else CHEAP_STEP
 
@@ -209,7 +103,7 @@ async def run_search(client: Client, query: SearchQuery) -> Hits:
                 return
             seqs = range(start, min(start + step, len(messages) + 1))
             answer = Answer(defer.Deferred.fromCoroutine(
-                _eval(fetched, query, messages, saved, now, seqs)))
+                evaluate(fetched, query, messages, saved, now, seqs)))
             if answer.pending:
                 yield answer.wait
             hits.extend(answer.get())
@@ -223,7 +117,7 @@ async def _map_sliced(client: Client, items: list[Any], func: Callable[[Any], An
     """``[func(x) for x in items]`` for lazy contexts, awaiting message
     data they ask for: at once for a few items, else one item per
     Cooperator step."""
-    fetched = _FetchedView(client, client.selected())
+    fetched = FetchedView(client, client.selected())
 
     async def one(x: Any) -> Any:
         return await fetched.retrying(x.info, lambda: func(x.bind(fetched)))
@@ -247,11 +141,11 @@ async def _map_sliced(client: Client, items: list[Any], func: Callable[[Any], An
 
 
 class _Lazy(LazyContext):
-    """A LazyContext that can be pointed at a :class:`_FetchedView`."""
+    """A LazyContext that can be pointed at a :class:`~pydovecot.imap.fetched.FetchedView`."""
 
     __slots__ = ()
 
-    def bind(self, fetched: _FetchedView) -> LazyContext:
+    def bind(self, fetched: FetchedView) -> LazyContext:
         _mbox, max_seq, max_uid, _loader = self._args
         return LazyContext(self.seq, self.info, fetched, max_seq, max_uid, fetched.loader)
 
