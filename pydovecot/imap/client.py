@@ -12,7 +12,9 @@ the registry (:mod:`pydovecot.imap.commands.registry`) and run strictly in
 order; a handler may return a Deferred or a coroutine.  Handlers use only
 the public surface below (``send``, ``flush``, ``tagged``, ``resolve``,
 ``selected``, ``load``, ``sync`` …), never the underscore state.  Storage
-is reached only through :class:`~pydovecot.storage.interfaces.IMailStorage`.
+is reached only through :class:`~pydovecot.storage.interfaces.IMailStorage`,
+whose every answer is awaited: the tagged reply (and the next command)
+waits for the after-command sync, and syncs of the view never overlap.
 
 Many sessions share one reactor, so no session may hold it or grow the
 process (see ARCHITECTURE.md, "Facts"):
