@@ -779,6 +779,9 @@ class Client(Protocol):
         """Make ``mbox`` the selected view (None: unselect), closing the old one."""
         if self.mailbox is not None and self.mailbox is not mbox:
             self.mailbox.close()
+        if self.closed and mbox is not None:  # the client left while the storage answered
+            mbox.close()
+            mbox = None
         self.mailbox = mbox
 
     async def sync_changes(self, allow_expunge: bool = True) -> None:
