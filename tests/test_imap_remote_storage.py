@@ -237,3 +237,43 @@ class RemoteStorageFlows(unittest.TestCase):
         self.assertEqual(tags, [b"p1", b"p2", b"p3", b"p4", b"p5"])
         self.assertIn(b"* STATUS X (MESSAGES 1 UNSEEN 0)", out)
         self.assertNotIn(b" NO ", out)
+
+
+class RemotePOP3(unittest.TestCase):
+    """POP3 over the same late-answering storage: the greeting waits for
+    INBOX, RETR for the message file, QUIT for the UPDATE state."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_transaction(self):
+        from pydovecot.pop3.session import POP3Session
+
+        root = os.path.abspath(self.mktemp())
+        storage = RemoteStorage(MaildirStorage("alice", os.path.join(root, "Maildir"), home=root))
+        for data in (MSG1, BIG, MSG2):
+            yield storage.append("INBOX", io.BytesIO(data), [], WHEN)
+        transport = StringTransport()
+        pop3 = POP3Session(storage, SessionContext("alice", "p"))
+        pop3.makeConnection(transport)
+        pop3.start(b"STAT\r\nRETR 1\r\nRETR 2\r\nDELE 3\r\nTOP 1 0\r\nQUIT\r\n")
+        self.assertEqual(transport.value(), b"")  # INBOX is not open yet
+        waited = 0.0
+        while b"+OK Logging out." not in transport.value():
+            self.assertLess(waited, TIMEOUT, transport.value()[-300:])
+            yield task.deferLater(reactor, 0.001, lambda: None)
+            waited += 0.001
+        out = transport.value()
+        replies = [line for line in out.split(b"\r\n") if line.startswith((b"+OK", b"-ERR"))]
+        self.assertEqual(replies[:3], [b"+OK Logged in.", b"+OK 3 %d" % (
+            sum(len(d.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")) for d in (MSG1, BIG, MSG2))),
+            b"+OK %d octets" % len(MSG1)])
+        self.assertIn(b"Today: soup and bread.\r\n.\r\n", out)
+        self.assertIn(b"y" * 998 + b"\r\n.\r\n", out)  # the big one, streamed
+        self.assertEqual(replies[-1], b"+OK Logging out.")
+        pop3.connectionLost(None)
+        box = yield storage.open("INBOX")
+        self.assertEqual([(m.uid, m.flags) for m in box.messages],
+                         [(1, {"\\Seen"}), (2, {"\\Seen"})])
+        box.close()
+        self.assertEqual(storage.pending, 0)
