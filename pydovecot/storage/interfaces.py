@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from twisted.internet.defer import Deferred
-
 from zope.interface import Attribute, Interface
 
 

@@ -44,9 +44,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydovecot.log import sanitize
-from pydovecot.storage.deferred import answers
 from pydovecot.storage import attributes as A
 from pydovecot.storage import names as N
+from pydovecot.storage.deferred import answers
 from pydovecot.storage.index import (
     EXPUNGE_KEEP,
     CacheFile,
