@@ -49,6 +49,7 @@ class FetchedView:
         self.messages = mbox.messages
         self.recent = mbox.recent
         self.data: dict[int, bytes] = {}
+        self.parsed: dict[int, Any] = {}  # too big for the session's LRU, say
         self.values: dict[tuple[int, str], object] = {}
         self.writes: list[tuple[int, str, object]] = []
 
@@ -68,7 +69,7 @@ class FetchedView:
 
     def loader(self, info: MessageInfo) -> Callable[[], Any]:
         def load() -> Any:
-            msg = self.client.cached_message(info)
+            msg = self.parsed.get(info.uid) or self.client.cached_message(info)
             if msg is None:
                 raise NeedData(info.uid, PARSED)
             return msg
@@ -84,7 +85,7 @@ class FetchedView:
             self.values[(need.uid, need.key)] = value
             return
         if need.key is PARSED:
-            await self.client.load(info)  # into the session's LRU, for the loader
+            self.parsed = {info.uid: await self.client.load(info)}  # the LRU keeps it too, if small
             return
         with await self.mbox.message_file(need.uid) as f:
             self.data = {need.uid: f.read()}
@@ -110,6 +111,7 @@ class FetchedView:
             return result
         finally:
             self.data = {}
+            self.parsed = {}
             self.values = {}
 
 
