@@ -25,6 +25,12 @@ from pydovecot.storage.interfaces import MessageInfo
 PARSED = "\0parsed"  # NeedData.key: the parsed message, through the session's LRU
 
 
+#: Whole-batch evaluations :func:`evaluate` tries before going a message at a time.
+BATCH_TRIES = 4
+#: Index cache values a FetchedView keeps at most (then it starts again).
+MAX_VALUES = 50_000
+
+
 class NeedData(Exception):
     """The evaluator wants a message's bytes (or, with ``key``, an index
     cache value) the view has not fetched yet."""
@@ -51,6 +57,9 @@ class FetchedView:
         self.data: dict[int, bytes] = {}
         self.parsed: dict[int, Any] = {}  # too big for the session's LRU, say
         self.values: dict[tuple[int, str], object] = {}
+        #: UIDs evaluated together: a cache key one of them asks for is
+        #: fetched for all of them at once (one retry per batch, not per message)
+        self.batch: list[int] = []
         self.writes: list[tuple[int, str, object]] = []
 
     def cached(self, uid: int, key: str) -> object | None:
@@ -78,17 +87,32 @@ class FetchedView:
 
     async def fetch(self, need: NeedData, info: MessageInfo) -> None:
         if need.key is not None and need.key is not PARSED:
-            try:
-                value = await self.mbox.cached(need.uid, need.key)
-            except Exception:
-                value = None
-            self.values[(need.uid, need.key)] = value
+            if len(self.values) > MAX_VALUES:
+                self.values = {}
+            uids = self.batch if need.uid in self.batch else [need.uid]
+            for uid in uids:
+                if (uid, need.key) in self.values:
+                    continue
+                try:
+                    value = await self.mbox.cached(uid, need.key)
+                except Exception:
+                    value = None
+                self.values[(uid, need.key)] = value
             return
         if need.key is PARSED:
             self.parsed = {info.uid: await self.client.load(info)}  # the LRU keeps it too, if small
             return
         with await self.mbox.message_file(need.uid) as f:
             self.data = {need.uid: f.read()}
+
+    async def flush_writes(self) -> None:
+        """Send the index cache writes the evaluator made."""
+        writes, self.writes = self.writes, []
+        for uid, key, value in writes:
+            try:
+                await self.mbox.set_cached(uid, key, value)
+            except Exception:
+                pass  # only a cache
 
     async def retrying(self, info: MessageInfo, func: Callable[[], Any]) -> Any:
         """``func()``, awaiting the message data it asks for first."""
@@ -102,29 +126,43 @@ class FetchedView:
                     await self.fetch(need, info)
             else:
                 result = func()
-            writes, self.writes = self.writes, []
-            for uid, key, value in writes:
-                try:
-                    await self.mbox.set_cached(uid, key, value)
-                except Exception:
-                    pass  # only a cache
+            await self.flush_writes()
             return result
         finally:
             self.data = {}
             self.parsed = {}
-            self.values = {}
 
 
 async def evaluate(fetched: FetchedView, query: SearchQuery, messages: list[MessageInfo],
                    saved: frozenset[int], now: float | None, seqs: Any
                    ) -> list[tuple[int, MessageInfo]]:
-    """``run_query`` over the sequence numbers ``seqs``, a message at a
-    time, awaiting the data each one asks for."""
-    hits: list[tuple[int, MessageInfo]] = []
-    for seq in seqs:
-        hits.extend(await fetched.retrying(messages[seq - 1], lambda seq=seq: run_query(
-            fetched, query, messages, fetched.loader, saved, now, [seq])))
-    return hits
+    """``run_query`` over the sequence numbers ``seqs``, awaiting the data
+    the evaluator asks for: the whole batch again while what it lacks are
+    index cache values (fetched for the whole batch at once), then a
+    message at a time (message data is fetched per message)."""
+    seqs = list(seqs)
+    fetched.batch = [messages[seq - 1].uid for seq in seqs]
+    fetched.values = {}
+    try:
+        for _ in range(BATCH_TRIES):
+            try:
+                hits = run_query(fetched, query, messages, fetched.loader, saved, now, seqs)
+            except NeedData as need:
+                fetched.writes = []
+                if need.key is None or need.key is PARSED:
+                    break  # message data: one message at a time
+                await fetched.fetch(need, messages[seqs[0] - 1])
+                continue
+            await fetched.flush_writes()
+            return hits
+        hits = []
+        for seq in seqs:
+            hits.extend(await fetched.retrying(messages[seq - 1], lambda seq=seq: run_query(
+                fetched, query, messages, fetched.loader, saved, now, [seq])))
+        return hits
+    finally:
+        fetched.values = {}
+        fetched.batch = []
 
 
 __all__ = ["FetchedView", "NeedData", "evaluate", "PARSED"]
