@@ -354,3 +354,40 @@ class RemotePOP3(unittest.TestCase):
                          [(1, {"\\Seen"}), (2, {"\\Seen"})])
         box.close()
         self.assertEqual(storage.pending, 0)
+
+
+class CoreWaitsForSync(unittest.TestCase):
+    """The after-command sync is awaited: no tagged reply and no next
+    command before the view's sync has answered."""
+
+    def test_tagged_reply_and_next_command_wait(self):
+        from tests.imap_fakes import FakeStorage
+        from tests.test_imap_session import Client
+
+        storage = FakeStorage()
+        storage.append("INBOX", io.BytesIO(MSG1))
+        c = Client(storage)
+        c.start()
+        c.send(b"s SELECT INBOX\r\n")
+        mbox = c.session.mailbox
+        pending: list[defer.Deferred] = []
+        real_sync = mbox.sync
+
+        def slow_sync(allow_expunge=True):
+            d = defer.Deferred()
+            pending.append(d)
+            d.addCallback(lambda _: real_sync(allow_expunge))
+            return d
+
+        mbox.sync = slow_sync
+        storage.append("INBOX", io.BytesIO(MSG2))  # what the sync will report
+        out = c.send(b"a NOOP\r\nb NOOP\r\n")
+        self.assertEqual(out, b"")  # a waits for its sync; b has not started
+        self.assertEqual(len(pending), 1)
+        pending.pop().callback(None)
+        out = c.take()
+        self.assertTrue(out.startswith(b"* 2 EXISTS\r\n* 2 RECENT\r\na OK NOOP completed.\r\n"), out)
+        self.assertNotIn(b"b OK", out)  # b runs now and waits for its own sync
+        self.assertEqual(len(pending), 1)
+        pending.pop().callback(None)
+        self.assertEqual(c.take(), b"b OK NOOP completed.\r\n")
