@@ -26,8 +26,12 @@ process, on another host or in a database can sit behind the same
 interface; the local Maildir storage answers with already-fired Deferreds
 (:func:`pydovecot.storage.deferred.answers`).  Protocol code awaits every
 answer and never drops one.  Message bodies cross as file objects
-(:meth:`IMailbox.message_file` gives an open binary file, :meth:`IMailStorage.append`
-reads one), never as one bytes value.
+(:meth:`IMailbox.message_file` gives an open binary file,
+:meth:`IMailStorage.append` reads one), never as one bytes value.
+``tests/remote_storage.py`` puts any implementation behind a proxy that
+answers as a storage in another process would (a reactor turn or two
+later, values copied), and ``tests/test_imap_remote_storage.py`` runs the
+protocol flows over it.
 
 Kept synchronous, because they are the caller's local bookkeeping and a
 remote storage answers them from its local proxy: the attributes (a
