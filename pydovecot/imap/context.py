@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydovecot.imap.fetched import FetchedView, evaluate
 from pydovecot.imap.parser import NumberSet
-from pydovecot.imap.search import SearchContext, SearchQuery, run_query
+from pydovecot.imap.search import SearchContext, SearchQuery
 
 #: At most this many live contexts per session (Dovecot has a similar cap).
 MAX_CONTEXTS = 16
@@ -79,17 +80,17 @@ class UpdateContexts:
         return (b"* ESEARCH (TAG " + _tag(ctx.tag) + b")" + (b" UID" if ctx.uid else b"")
                 + b" " + body + b"\r\n")
 
-    def on_sync(self) -> None:
-        """The session's after-sync hook."""
+    async def on_sync(self) -> None:
+        """The session's after-sync hook (the session awaits it)."""
         mbox = self.session.mailbox
         for tag, ctx in list(self.contexts.items()):
             if ctx.mailbox is not mbox or mbox is None:
                 del self.contexts[tag]  # another mailbox was selected
                 continue
-            if self._update(ctx):
+            if await self._update(ctx):
                 self._summary(ctx)
 
-    def _update(self, ctx: UpdateContext) -> bool:
+    async def _update(self, ctx: UpdateContext) -> bool:
         """Send ADDTO/REMOVEFROM; True if the result changed."""
         mbox = ctx.mailbox
         messages = mbox.messages
@@ -112,8 +113,8 @@ class UpdateContexts:
         if not touched:
             return changed
         seqs = sorted(seq_of[u] for u in touched)
-        hits = run_query(mbox, ctx.query, messages, self.session.loader,
-                         self.session.saved_uids(), candidates=seqs)
+        hits = await evaluate(FetchedView(self.session, mbox), ctx.query, messages,
+                              self.session.saved_uids(), None, seqs)
         matched = {info.uid for _s, info in hits}
         removed = [u for u in touched if u in ctx.members and u not in matched]
         added = [u for u in sorted(matched) if u not in ctx.members]
@@ -130,22 +131,28 @@ class UpdateContexts:
                 ids = [u if ctx.uid else seq_of[u] for u in added]
                 self.session.send(self._line(ctx, b"ADDTO (0 " + _set(ids) + b")"))
             else:
-                self._resort(ctx, added, seq_of)
+                await self._resort(ctx, added, seq_of)
         return changed or bool(removed or added)
 
-    def _resort(self, ctx: UpdateContext, added: list[int], seq_of: dict[int, int]) -> None:
-        from pydovecot.imap.sort import sort_contexts
+    async def _resort(self, ctx: UpdateContext, added: list[int], seq_of: dict[int, int]) -> None:
+        from pydovecot.imap.sort import order_by_keys, sort_key
 
         mbox = ctx.mailbox
         messages = mbox.messages
         max_uid = messages[-1].uid if messages else 0
-        ctxs = [
-            SearchContext(seq_of[u], messages[seq_of[u] - 1], u in mbox.recent,
-                          self.session.loader(messages[seq_of[u] - 1]), len(messages),
-                          max_uid, mbox)
-            for u in sorted(ctx.members, key=lambda u: seq_of.get(u, 0)) if u in seq_of
-        ]
-        ordered = [c.info.uid for c in sort_contexts(ctxs, ctx.criteria or [])]
+        fetched = FetchedView(self.session, mbox)
+        criteria = ctx.criteria or []
+        ctxs: list[SearchContext] = []
+        keys: list[tuple] = []
+        for u in sorted(ctx.members, key=lambda u: seq_of.get(u, 0)):
+            if u not in seq_of:
+                continue
+            info = messages[seq_of[u] - 1]
+            c = SearchContext(seq_of[u], info, u in mbox.recent, fetched.loader(info),
+                              len(messages), max_uid, fetched)
+            ctxs.append(c)
+            keys.append(await fetched.retrying(info, lambda c=c: sort_key(c, criteria)))
+        ordered = [c.info.uid for c in order_by_keys(ctxs, keys, criteria)]
         ctx.uids = ordered
         new = set(added)
         for pos, u in enumerate(ordered, 1):

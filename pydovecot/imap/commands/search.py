@@ -43,6 +43,7 @@ from pydovecot.imap.ext_search import (
     thread_message,
     thread_messages,
 )
+from pydovecot.imap.fetched import FetchedView, evaluate
 from pydovecot.imap.parser import (
     Atom,
     ParseError,
@@ -53,14 +54,13 @@ from pydovecot.imap.search import (
     ADVERTISED_CHARSETS,
     BadCharset,
     QueryTooDeep,
-    SearchContext,
     SearchParser,
     SearchQuery,
     charset_codec,
-    run_query,
 )
 from pydovecot.imap.sort import order_by_keys, parse_criteria, sort_key
 from pydovecot.imap.thread import ThreadMessage
+from pydovecot.storage.deferred import Answer
 
 if TYPE_CHECKING:
     from pydovecot.imap.client import Client
@@ -76,69 +76,87 @@ def _parse_query(client: Client, args: list[Token], charset: str | None = None) 
         ) from None
     except QueryTooDeep as e:
         raise CommandError(b"BAD [LIMIT] " + str(e).encode() + b".") from None
-    if query.uses_modseq:
-        client.enable_condstore()  # RFC 7162 3.1
     return query
 
 
-def run_search(client: Client, query: SearchQuery) -> Hits | defer.Deferred[Hits]:
-    """Evaluate a query on the selected view: hits now for a small
-    mailbox, else a Deferred, the work sliced through the global
-    Cooperator so other sessions of the process keep being served."""
-    mbox = client.selected()
-    messages = list(mbox.messages)
-    saved = client.saved_uids()
-    if len(messages) <= COOPERATE_OVER:
-        return run_query(mbox, query, messages, client.loader, saved)
+async def run_search(client: Client, query: SearchQuery) -> Hits:
+    """Evaluate a query on the selected view: at once for a small
+    mailbox, else sliced through the global Cooperator so other sessions
+    of the process keep being served."""
     import time
 
+    if query.uses_modseq:
+        await client.announce_condstore()  # RFC 7162 3.1
+    mbox = client.selected()
+    fetched = FetchedView(client, mbox)
+    messages = list(mbox.messages)
+    saved = client.saved_uids()
     now = time.time()
+    if len(messages) <= COOPERATE_OVER:
+        return await evaluate(fetched, query, messages, saved, now, range(1, len(messages) + 1))
     hits: Hits = []
     step = CONTENT_STEP if query.needs_content else CHEAP_STEP
 
-    def work() -> Generator[None, None, None]:
+    def work() -> Generator[Any, None, None]:
         for start in range(1, len(messages) + 1, step):
             if client.closed:
                 return
             seqs = range(start, min(start + step, len(messages) + 1))
-            hits.extend(run_query(mbox, query, messages, client.loader, saved, now, seqs))
+            answer = Answer(defer.Deferred.fromCoroutine(
+                evaluate(fetched, query, messages, saved, now, seqs)))
+            if answer.pending:
+                yield answer.wait
+            hits.extend(answer.get())
             yield None
 
-    return task.cooperate(work()).whenDone().addCallback(lambda _: hits)
+    await task.cooperate(work()).whenDone()
+    return hits
 
 
-def _map_sliced(client: Client, items: list[Any], func: Callable[[Any], Any]) -> Any:
-    """``[func(x) for x in items]``: at once for a few items, else a
-    Deferred of it, one item per Cooperator step."""
+async def _map_sliced(client: Client, items: list[Any], func: Callable[[Any], Any]) -> list[Any]:
+    """``[func(x) for x in items]`` for lazy contexts, awaiting message
+    data they ask for: at once for a few items, else one item per
+    Cooperator step."""
+    fetched = FetchedView(client, client.selected())
+
+    async def one(x: Any) -> Any:
+        return await fetched.retrying(x.info, lambda: func(x.bind(fetched)))
+
     if len(items) <= COOPERATE_OVER:
-        return [func(x) for x in items]
+        return [await one(x) for x in items]
     out: list[Any] = []
 
-    def work() -> Generator[None, None, None]:
+    def work() -> Generator[Any, None, None]:
         for x in items:
             if client.closed:
                 return
-            out.append(func(x))
+            answer = Answer(defer.Deferred.fromCoroutine(one(x)))
+            if answer.pending:
+                yield answer.wait
+            out.append(answer.get())
             yield None
 
-    return task.cooperate(work()).whenDone().addCallback(lambda _: out)
+    await task.cooperate(work()).whenDone()
+    return out
 
 
-def _contexts(client: Client, hits: Hits, lazy: bool = False) -> list[Any]:
-    """A search context per hit; with ``lazy``, a light handle per hit
-    (``.seq``, ``.info``, and called: the context, made on demand), so
-    a sliced loop builds them one at a time."""
+class _Lazy(LazyContext):
+    """A LazyContext that can be pointed at a :class:`~pydovecot.imap.fetched.FetchedView`."""
+
+    __slots__ = ()
+
+    def bind(self, fetched: FetchedView) -> LazyContext:
+        _mbox, max_seq, max_uid, _loader = self._args
+        return LazyContext(self.seq, self.info, fetched, max_seq, max_uid, fetched.loader)
+
+
+def _contexts(client: Client, hits: Hits) -> list[Any]:
+    """A light handle per hit (``.seq``, ``.info``, and called: the
+    context, made on demand), so a sliced loop builds them one at a time."""
     mbox = client.selected()
     max_seq = len(mbox.messages)
     max_uid = mbox.messages[-1].uid if mbox.messages else 0
-    loader = client.loader
-    if lazy:
-        return [LazyContext(seq, info, mbox, max_seq, max_uid, loader) for seq, info in hits]
-    return [
-        SearchContext(seq, info, info.uid in mbox.recent, loader(info), max_seq,
-                      max_uid, mbox)
-        for seq, info in hits
-    ]
+    return [_Lazy(seq, info, mbox, max_seq, max_uid, client.loader) for seq, info in hits]
 
 
 def _return_options(client: Client, args: list[Token]) -> tuple[ReturnOptions | None, list[Token]]:
@@ -159,10 +177,8 @@ def search_command(client: Client, tag: bytes, args: list[Token], uid: bool = Fa
     client.selected()
     opts, args = _return_options(client, args)
     query = _parse_query(client, args)
-    result = run_search(client, query)
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(lambda hits: _answer_search(client, tag, uid, query, opts, hits))
-    return _answer_search(client, tag, uid, query, opts, result)
+    d = defer.Deferred.fromCoroutine(run_search(client, query))
+    return d.addCallback(lambda hits: _answer_search(client, tag, uid, query, opts, hits))
 
 
 def _answer_search(client: Client, tag: bytes, uid: bool, query: SearchQuery,
@@ -225,14 +241,13 @@ def cmd_sort(client: Client, tag: bytes, args: list[Token], uid: bool = False):
         raise ParseError("Missing SORT arguments")
     criteria = parse_criteria(args[0])
     query = _charset_query(client, args[1], args[2:])
-    result = run_search(client, query)
+    result = defer.Deferred.fromCoroutine(run_search(client, query))
 
     def order(hits: Hits) -> Any:
-        ctxs = _contexts(client, hits, lazy=True)
-        keys = _map_sliced(client, ctxs, lambda c: sort_key(c(), criteria))
-        if isinstance(keys, defer.Deferred):
-            return keys.addCallback(lambda k: offload(order_by_keys, ctxs, k, criteria))
-        return offload(order_by_keys, ctxs, keys, criteria)
+        ctxs = _contexts(client, hits)
+        keys = defer.Deferred.fromCoroutine(
+            _map_sliced(client, ctxs, lambda c: sort_key(c(), criteria)))
+        return keys.addCallback(lambda k: offload(order_by_keys, ctxs, k, criteria))
 
     def answer(ordered: list[Any]) -> bytes:
         pairs = [(c.seq, c.info) for c in ordered]
@@ -246,12 +261,7 @@ def cmd_sort(client: Client, tag: bytes, args: list[Token], uid: bool = False):
             _finish_return(client, tag, uid, query, opts, pairs, ids, modseq, criteria)
         return b"OK Sort completed."
 
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(order).addCallback(answer)
-    ordered = order(result)
-    if isinstance(ordered, defer.Deferred):
-        return ordered.addCallback(answer)
-    return answer(ordered)
+    return result.addCallback(order).addCallback(answer)
 
 
 def _charset_query(client: Client, charset_tok: Token, keys: list[Token]) -> SearchQuery:
@@ -276,10 +286,11 @@ def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = False)
     if algorithm not in THREAD_ALGORITHMS:
         raise ParseError(f"Unknown thread algorithm {algorithm[:30]}")
     query = _charset_query(client, args[1], args[2:])
-    result = run_search(client, query)
+    result = defer.Deferred.fromCoroutine(run_search(client, query))
 
     def collect(hits: Hits) -> Any:
-        return _map_sliced(client, _contexts(client, hits, lazy=True), lambda c: thread_message(c(), uid))
+        return defer.Deferred.fromCoroutine(
+            _map_sliced(client, _contexts(client, hits), lambda c: thread_message(c(), uid)))
 
     def threaded(msgs: list[ThreadMessage]) -> Any:
         return offload(thread_messages, msgs, algorithm)
@@ -288,15 +299,7 @@ def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = False)
         client.send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
         return b"OK Thread completed."
 
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(collect).addCallback(threaded).addCallback(answer)
-    msgs = collect(result)
-    if isinstance(msgs, defer.Deferred):
-        return msgs.addCallback(threaded).addCallback(answer)
-    text = threaded(msgs)
-    if isinstance(text, defer.Deferred):
-        return text.addCallback(answer)
-    return answer(text)
+    return result.addCallback(collect).addCallback(threaded).addCallback(answer)
 
 
 add_command("SEARCH", search_command, Flag.SELECTED | Flag.UID | Flag.USES_SEQS | Flag.NO_EXPUNGE)
