@@ -29,6 +29,7 @@ from pydovecot.storage.maildir import MaildirStorage
 from tests import dovecot_side
 from tests.dovecot_side import DOVECOT_IMAP, SideBySide, by_tag, split_responses
 from tests.harness import Master, User, privileged
+from tests.storage_now import now
 
 ON = {"imap_metadata": "yes"}
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -159,7 +160,7 @@ class DovecotSideBySide(unittest.TestCase):
         self.addCleanup(shutil.rmtree, home, True)
         os.chmod(home, 0o755)
         storage = MaildirStorage("alice", os.path.join(home, "Maildir"), home=home)
-        storage.create("Sub")
+        now(storage).create("Sub")
         out = run_session(storage, b'a SETMETADATA INBOX (/private/comment "one" /shared/x/y {3+}\r\ntwo)\r\n'
                                    b'b SETMETADATA Sub (/private/comment "sub")\r\n'
                                    b'c SETMETADATA "" (/private/comment "srv")\r\n')
@@ -204,14 +205,14 @@ class Semantics(unittest.TestCase):
         self.assertNotIn(b"METADATA", out[0])
         self.assertEqual(self.tagged(out, 1), b"t1 NO [CANNOT] Generic mailbox attributes not enabled.")
         self.assertEqual(self.tagged(out, 2), b"t2 NO [CANNOT] Generic mailbox attributes not enabled.")
-        self.assertIsNone(self.storage.get_attribute("INBOX", "/private/comment"))
+        self.assertIsNone(now(self.storage).get_attribute("INBOX", "/private/comment"))
 
     def test_capability_when_enabled(self) -> None:
         out = self.run_lines(b"CAPABILITY")
         self.assertIn(b" METADATA", out[0])
 
     def test_value_too_large_and_too_many(self) -> None:
-        self.storage.configure({"mail_attribute_max_value_size": "10",
+        now(self.storage).configure({"mail_attribute_max_value_size": "10",
                                 "mail_attribute_max_entries": "3"})
         out = self.run_lines(
             b'SETMETADATA INBOX (/private/a "0123456789A")',
@@ -245,7 +246,7 @@ class Semantics(unittest.TestCase):
         self.assertFalse([r for r in out if r.startswith(b"* METADATA")])
 
     def test_internal_entries_stay_hidden(self) -> None:
-        self.storage.set_attribute("INBOX", "/private/vendor/vendor.dovecot/pvt/urlauth", b"k")
+        now(self.storage).set_attribute("INBOX", "/private/vendor/vendor.dovecot/pvt/urlauth", b"k")
         out = self.run_lines(b"GETMETADATA (DEPTH infinity) INBOX /private",
                              b"GETMETADATA INBOX /private/vendor/vendor.dovecot/pvt/urlauth")
         self.assertFalse([r for r in out if r.startswith(b"* METADATA") and b"{1}" in r])
