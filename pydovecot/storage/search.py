@@ -305,9 +305,14 @@ def _date_pred(op: str, day: datetime.date, get: Callable[[MessageData], datetim
     return pred
 
 
+_EPOCH = datetime.date(1970, 1, 1)
+
+
 def _sent_date(d: MessageData) -> datetime.date | None:
+    """The Date: field's day (in its own zone); 1970-01-01 when there is
+    no usable Date:, as Dovecot (its sent date is then 0)."""
     when = d.sent_datetime()
-    return when.date() if when is not None else None
+    return when.date() if when is not None else _EPOCH
 
 
 def _save_date(d: MessageData) -> datetime.date | None:
