@@ -224,6 +224,17 @@ class MaildirEvaluatorTests(unittest.TestCase):
         return deferLater(reactor, 0.2, lambda: None).addCallback(
             lambda _: self.assertEqual(self.successResultOf(d), [1, 2]))
 
+    def test_header_keys_ignore_the_body(self):
+        """A message parsed for TEXT and then asked for a header field:
+        the field comes from the header block, not a body line."""
+        fake = FakeStorage()
+        fake.append("INBOX", io.BytesIO(b"Subject: s\r\n\r\nX-Body: yes\r\n"))
+        box = fake.open("INBOX")
+        for text, want in ((b"OR TEXT nothing HEADER X-Body yes", []),
+                           (b"TEXT x-body HEADER Subject s", [1])):
+            self.assertEqual(self.successResultOf(box.search(resolve(program(text), box.messages))),
+                             want, text)
+
     def test_fake_answers_the_same(self):
         fake = FakeStorage()
         for m in MESSAGES:

@@ -197,21 +197,22 @@ def offload(func: Callable[..., Any], items: list[Any], *args: Any) -> Any:
 
 
 def collect_data(mbox: IMailbox, uids: Sequence[int], items: Sequence[str],
-                 closed: Callable[[], bool] = lambda: False) -> defer.Deferred[list[dict]]:
-    """``mbox.fetch_data(uid, items)`` for every UID, in order: at once for
-    a few, else one message per step of the global Cooperator (which also
-    waits for a storage that answers later).  A message the storage cannot
-    answer for gives ``{}``."""
-    out: list[dict] = [{} for _ in uids]
+                 closed: Callable[[], bool] = lambda: False,
+                 convert: Callable[[int, dict], Any] = lambda _i, d: d) -> defer.Deferred[list[Any]]:
+    """``convert(i, mbox.fetch_data(uids[i], items))`` for every UID, in
+    order: at once for a few, else one message per step of the global
+    Cooperator (which also waits for a storage that answers later).  A
+    message the storage cannot answer for gives ``{}``."""
+    out: list[Any] = [None] * len(uids)
 
     def got(value: Any, i: int) -> None:
-        out[i] = value if isinstance(value, dict) else {}
+        out[i] = convert(i, value if isinstance(value, dict) else {})
 
     def work() -> Generator[Any, None, None]:
         for i, uid in enumerate(uids):
             if closed():
                 return
-            yield mbox.fetch_data(uid, items).addCallbacks(got, lambda _f: None, (i,))
+            yield mbox.fetch_data(uid, items).addCallbacks(got, lambda _f, i=i: got({}, i), (i,))
 
     if len(uids) <= COOPERATE_OVER:
         return defer.gatherResults(list(work())).addCallback(lambda _: out)

@@ -81,8 +81,10 @@ class MessageData:
     def header_block(self) -> bytes:
         """The top-level header block, read only as far as its end."""
         if self._block is None:
-            if self._parsed is not None:
-                self._block = self._parsed.data
+            if self._parsed is not None:  # its header block, not the body
+                data = self._parsed.data
+                end = 0 if data.startswith(b"\r\n") else data.find(b"\r\n\r\n")
+                self._block = data if end < 0 else data[:end + 2]
             else:
                 with self.source.open_message(self.uid) as f:
                     self._block, _complete = mime.read_header_block(f)

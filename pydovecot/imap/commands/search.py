@@ -55,7 +55,7 @@ from pydovecot.imap.search import (
     resolve,
 )
 from pydovecot.imap.sort import parse_criteria
-from pydovecot.imap.thread import from_data
+from pydovecot.imap.thread import ThreadMessage, from_data
 from pydovecot.storage.search import SearchProgram
 
 if TYPE_CHECKING:
@@ -214,9 +214,15 @@ async def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = 
     query = _charset_query(client, args[1], args[2:])
     mbox = client.selected()
     hits = await run_search(client, query)
-    data = await collect_data(mbox, [info.uid for _s, info in hits], ("threading",),
-                              lambda: client.closed)
-    msgs = [from_data(info.uid if uid else seq, seq, d.get("threading")) for (seq, info), d in zip(hits, data, strict=True)]
+
+    def convert(i: int, data: dict) -> ThreadMessage:
+        seq, info = hits[i]
+        return from_data(info.uid if uid else seq, seq, data.get("threading"))
+
+    msgs = await collect_data(mbox, [info.uid for _s, info in hits], ("threading",),
+                              lambda: client.closed, convert)
+    if client.closed:
+        return b"OK Thread completed."
     text = await defer.maybeDeferred(offload, thread_messages, msgs, algorithm)
     client.send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
     return b"OK Thread completed."
