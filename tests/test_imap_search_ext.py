@@ -173,6 +173,43 @@ class SearchExtTests(unittest.TestCase):
         self.c.send(b"s SELECT INBOX\r\nn NOOP\r\n")
         self.assertEqual(self.c.session.search_updates().contexts, {})
 
+    def test_search_stops_when_the_session_goes(self):
+        """A long storage search is cancelled (its sliced work stopped)
+        when the session closes; nothing is answered or logged."""
+        self.patch(storage_search, "COOPERATE_OVER", 1)
+        self.patch(storage_search, "CONTENT_STEP", 1)
+        for i in range(300):
+            self.storage.append("INBOX", io.BytesIO(b"Subject: bulk %d\r\n\r\nhay\r\n" % i))
+        self.c.send(b"n NOOP\r\n")
+        mbox = self.c.session.mailbox
+        opened: list[int] = []
+        real = mbox._search_source
+
+        def source():
+            src = real()
+            inner = src.open_message
+
+            def counting(uid):
+                opened.append(uid)
+                return inner(uid)
+
+            src.open_message = counting
+            return src
+
+        mbox._search_source = source
+        self.c.session.dataReceived(b"t SEARCH BODY needle\r\n")
+        self.c.session.connectionLost(None)
+        self.c.session.clock.advance(1)  # the session's watch sees it gone
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        def check(_):
+            self.assertLess(len(opened), 100)
+            self.assertNotIn(b"t OK", self.c.take())
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+        return deferLater(reactor, 0.3, lambda: None).addCallback(check)
+
     def test_large_content_search_cooperates(self):
         self.patch(storage_search, "COOPERATE_OVER", 1)
         self.patch(storage_search, "CONTENT_STEP", 2)

@@ -409,7 +409,8 @@ def _candidates(messages: Sequence[MessageInfo], uids: Iterable[int] | None) -> 
 
 def _sliced(items: list[Any], step: int, func: Callable[[list[Any]], None]) -> defer.Deferred[None]:
     """``func`` over ``items`` in slices of ``step``: at once for a few,
-    else on the global Cooperator."""
+    else on the global Cooperator.  Cancelling the Deferred stops the work
+    (a session that went away)."""
     if len(items) <= COOPERATE_OVER:
         func(items)
         return defer.succeed(None)
@@ -419,7 +420,28 @@ def _sliced(items: list[Any], step: int, func: Callable[[list[Any]], None]) -> d
             func(items[start:start + step])
             yield None
 
-    return task.cooperate(work()).whenDone().addCallback(lambda _: None)
+    coop = task.cooperate(work())
+    state = {"cancelled": False}
+
+    def cancel(_d: defer.Deferred[None]) -> None:
+        state["cancelled"] = True
+        try:
+            coop.stop()
+        except (task.TaskDone, task.TaskFailed):
+            pass
+
+    done: defer.Deferred[None] = defer.Deferred(cancel)
+
+    def finished(result: Any) -> None:
+        if state["cancelled"]:
+            return
+        if isinstance(result, failure.Failure):
+            done.errback(result)
+        else:
+            done.callback(None)
+
+    coop.whenDone().addBoth(finished)
+    return done
 
 
 def evaluate(source: MessageSource, program: SearchProgram, messages: Sequence[MessageInfo],

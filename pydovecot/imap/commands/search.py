@@ -21,9 +21,9 @@ view changes only in the core's ``sync``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from pydovecot.imap import context, features
 from pydovecot.imap.commands.registry import Flag, add_command
@@ -62,6 +62,12 @@ if TYPE_CHECKING:
     from pydovecot.imap.client import Client
 
 
+#: How often a long storage call checks that its session is still there (s).
+WATCH_INTERVAL = 0.5
+#: The answer to a command whose session went away (never sent).
+GONE = b"OK Session gone."
+
+
 def _parse_query(client: Client, args: list[Token], charset: str | None = None) -> SearchQuery:
     try:
         query = SearchParser.parse_query(args, charset)
@@ -88,10 +94,37 @@ def _hits(client: Client, uids: list[int]) -> Hits:
     return [(seq_of[u], messages[seq_of[u] - 1]) for u in uids if u in seq_of]
 
 
+class SessionGone(Exception):
+    """The session closed while the storage was working for it."""
+
+
+async def _storage(client: Client, d: defer.Deferred[Any]) -> Any:
+    """Await a storage answer; cancel it (the storage stops its sliced
+    work) if the session goes away meanwhile."""
+    if d.called:
+        return await d
+    from twisted.internet import reactor
+
+    def check() -> None:
+        if client.closed and not d.called:
+            d.cancel()
+
+    watch = task.LoopingCall(check)
+    watch.clock = getattr(client, "clock", None) or reactor
+    watch.start(WATCH_INTERVAL, now=False)
+    try:
+        return await d
+    except defer.CancelledError:
+        raise SessionGone() from None
+    finally:
+        if watch.running:
+            watch.stop()
+
+
 async def run_search(client: Client, query: SearchQuery) -> Hits:
     """Evaluate a query on the selected view, by the storage."""
     mbox = client.selected()
-    uids = await mbox.search(_program(client, query))
+    uids = await _storage(client, mbox.search(_program(client, query)))
     return _hits(client, uids)
 
 
@@ -113,7 +146,10 @@ async def search_command(client: Client, tag: bytes, args: list[Token], uid: boo
     client.selected()
     opts, args = _return_options(client, args)
     query = _parse_query(client, args)
-    hits = await run_search(client, query)
+    try:
+        hits = await run_search(client, query)
+    except SessionGone:
+        return GONE
     return _answer_search(client, tag, uid, query, opts, hits)
 
 
@@ -178,7 +214,10 @@ async def cmd_sort(client: Client, tag: bytes, args: list[Token], uid: bool = Fa
     criteria = parse_criteria(args[0])
     query = _charset_query(client, args[1], args[2:])
     mbox = client.selected()
-    pairs = _hits(client, await mbox.sort(criteria, _program(client, query)))
+    try:
+        pairs = _hits(client, await _storage(client, mbox.sort(criteria, _program(client, query))))
+    except SessionGone:
+        return GONE
     ids = [info.uid if uid else seq for seq, info in pairs]
     modseq = (max((info.modseq for _s, info in pairs), default=None)
               if query.uses_modseq else None)
@@ -213,7 +252,10 @@ async def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = 
         raise ParseError(f"Unknown thread algorithm {algorithm[:30]}")
     query = _charset_query(client, args[1], args[2:])
     mbox = client.selected()
-    hits = await run_search(client, query)
+    try:
+        hits = await run_search(client, query)
+    except SessionGone:
+        return GONE
 
     def convert(i: int, data: dict) -> ThreadMessage:
         seq, info = hits[i]
@@ -222,7 +264,7 @@ async def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = 
     msgs = await collect_data(mbox, [info.uid for _s, info in hits], ("threading",),
                               lambda: client.closed, convert)
     if client.closed:
-        return b"OK Thread completed."
+        return GONE
     text = await defer.maybeDeferred(offload, thread_messages, msgs, algorithm)
     client.send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
     return b"OK Thread completed."
