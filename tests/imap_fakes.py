@@ -209,15 +209,15 @@ class FakeMailbox:
 
         return S.CallableSource(lambda uid, key: self._cache.get((uid, key)), put, open_message)
 
-    @S.answers
+    @S.answers_deferred
     def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
         return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
 
-    @S.answers
+    @S.answers_deferred
     def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
         return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
 
-    @S.answers
+    @S.answers_deferred
     def fetch_data(self, uid: int, items: Sequence[str]):
         info = next((i for i in self.messages if i.uid == uid), None)
         if info is None or uid not in self._stored:

@@ -65,6 +65,7 @@ class UpdateContexts:
     def __init__(self, session: Any):
         self.session = session
         self.contexts: dict[bytes, UpdateContext] = {}
+        self._tail: defer.Deferred[None] = defer.succeed(None)  # the last sync's updates
 
     def add(self, ctx: UpdateContext) -> None:
         self.contexts.pop(ctx.tag, None)
@@ -84,8 +85,28 @@ class UpdateContexts:
 
     def on_sync(self) -> defer.Deferred[None]:
         """The session's after-sync hook.  The storage answers the
-        re-evaluation (at once for the local one); updates of the contexts
-        go out in order, each after the previous one's."""
+        re-evaluation (at once for the local one); the updates of one sync
+        go out after those of the previous one, and lines sent once the
+        session's command is over are flushed."""
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def run(_: object) -> defer.Deferred[None]:
+            at_once = [True]
+            d = self._run()
+
+            def finished(_: object) -> None:
+                if not at_once[0]:
+                    self.session.flush()
+                done.callback(None)
+
+            d.addBoth(finished)
+            at_once[0] = False
+            return d
+
+        self._tail.addBoth(run)
+        return done
+
+    def _run(self) -> defer.Deferred[None]:
         mbox = self.session.mailbox
         d: defer.Deferred[None] = defer.succeed(None)
         for tag, ctx in list(self.contexts.items()):

@@ -1211,17 +1211,17 @@ class MaildirMailbox:
 
         return S.CallableSource(get, put, lambda uid: S.sync_result(self.message_file(uid)))
 
-    @S.answers
+    @S.answers_deferred
     def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
         self._check()
         return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
 
-    @S.answers
+    @S.answers_deferred
     def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
         self._check()
         return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
 
-    @S.answers
+    @S.answers_deferred
     def fetch_data(self, uid: int, items: Sequence[str]):
         self._check()
         info = self._index.get(uid)

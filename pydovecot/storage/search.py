@@ -82,13 +82,17 @@ CONTENT_KEYS = frozenset({"HEADER", "BODY", "TEXT", "SENTBEFORE", "SENTON", "SEN
 ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc"})
 
 
-def answers(method: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
-    """A sync storage method made to answer with a Deferred (succeed/fail).
-    Local stand-in for ASYNC's ``pydovecot.storage.deferred.answers``."""
+def answers_deferred(method: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
+    """A storage method made to answer with a Deferred: its value becomes
+    ``succeed(value)``, an exception ``fail()``, and a Deferred it returns
+    (sliced work still running on the Cooperator) is the answer itself —
+    unlike ``pydovecot.storage.deferred.answers``, whose ``succeed()``
+    must not be given a Deferred.  ``method.now`` is the undecorated one."""
 
     def wrapper(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         return defer.maybeDeferred(method, *args, **kwargs)
 
+    wrapper.now = method  # type: ignore[attr-defined]
     return functools.wraps(method)(wrapper)
 
 
