@@ -103,14 +103,13 @@ async def _storage(client: Client, d: defer.Deferred[Any]) -> Any:
     work) if the session goes away meanwhile."""
     if d.called:
         return await d
-    from twisted.internet import reactor
 
     def check() -> None:
         if client.closed and not d.called:
             d.cancel()
 
     watch = task.LoopingCall(check)
-    watch.clock = getattr(client, "clock", None) or reactor
+    watch.clock = client.reactor()
     watch.start(WATCH_INTERVAL, now=False)
     try:
         return await d
