@@ -274,7 +274,7 @@ class SearchE2ETests(unittest.TestCase):
     def test_bench_search(self):
         for i in range(50):
             self.storage.append("INBOX", io.BytesIO(b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i % 7)))
-        mbox = self.storage.open("INBOX")
+        mbox = storage_search.sync_result(self.storage.open("INBOX"))
         start = time.perf_counter()
         self.assertEqual(self.successResultOf(bench_search(mbox, b"SUBJECT m49")), [50])
         self.assertEqual(len(self.successResultOf(bench_search(mbox, b"BODY \"body 3\""))), 7)

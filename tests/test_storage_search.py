@@ -53,6 +53,12 @@ MESSAGES = [
 ]
 
 
+def now(value):
+    """A storage answer that is there at once (a fired Deferred or, with
+    a synchronous interface, the value)."""
+    return S.sync_result(value)
+
+
 def program(text: bytes) -> SearchProgram:
     tokens = tokenize(RawCommand([(b"t SEARCH " + text, None)]))[2:]
     return SearchParser.parse_query(tokens).program
@@ -129,8 +135,8 @@ class MaildirEvaluatorTests(unittest.TestCase):
         self.storage = MaildirStorage("alice", os.path.join(self.dir, "Maildir"))
         for i, m in enumerate(MESSAGES):
             flags = {0: ["\\Seen"], 1: ["\\Seen", "\\Answered"], 3: ["$Work", "\\Flagged"]}.get(i, [])
-            self.storage.append("INBOX", io.BytesIO(m), flags)
-        self.mbox = self.storage.open("INBOX")
+            now(self.storage.append("INBOX", io.BytesIO(m), flags))
+        self.mbox = now(self.storage.open("INBOX"))
         self.addCleanup(self.mbox.close)
 
     def search(self, text: bytes, uids=None) -> list[int]:
@@ -139,7 +145,7 @@ class MaildirEvaluatorTests(unittest.TestCase):
 
     def test_interface(self):
         verifyObject(IMailbox, self.mbox)
-        verifyObject(IMailbox, FakeStorage().open("INBOX"))
+        verifyObject(IMailbox, now(FakeStorage().open("INBOX")))
 
     def test_keys(self):
         cases = {
@@ -185,7 +191,7 @@ class MaildirEvaluatorTests(unittest.TestCase):
                          {"subject": "LUNCH PLANS", "reply": True, "message_id": "m2@example.org",
                           "references": ["m1@example.org"],
                           "date": datetime.datetime(2024, 1, 2, 10, 0, tzinfo=datetime.UTC).timestamp()})
-        again = self.storage.open("INBOX")  # a new view: the index, not this view's memory
+        again = now(self.storage.open("INBOX"))  # a new view: the index, not this view's memory
         self.addCleanup(again.close)
         real = again.message_file
 
@@ -229,8 +235,8 @@ class MaildirEvaluatorTests(unittest.TestCase):
         """A message parsed for TEXT and then asked for a header field:
         the field comes from the header block, not a body line."""
         fake = FakeStorage()
-        fake.append("INBOX", io.BytesIO(b"Subject: s\r\n\r\nX-Body: yes\r\n"))
-        box = fake.open("INBOX")
+        now(fake.append("INBOX", io.BytesIO(b"Subject: s\r\n\r\nX-Body: yes\r\n")))
+        box = now(fake.open("INBOX"))
         for text, want in ((b"OR TEXT nothing HEADER X-Body yes", []),
                            (b"TEXT x-body HEADER Subject s", [1])):
             self.assertEqual(self.successResultOf(box.search(resolve(program(text), box.messages))),
@@ -239,8 +245,8 @@ class MaildirEvaluatorTests(unittest.TestCase):
     def test_fake_answers_the_same(self):
         fake = FakeStorage()
         for m in MESSAGES:
-            fake.append("INBOX", io.BytesIO(m))
-        box = fake.open("INBOX")
+            now(fake.append("INBOX", io.BytesIO(m)))
+        box = now(fake.open("INBOX"))
         for text in (b"SUBJECT lunch", b"BODY noon", b"CC carol", b"OR TEXT berlin LARGER 500"):
             got = self.successResultOf(box.search(resolve(program(text), box.messages)))
             self.assertEqual(got, self.search(text), text)
@@ -249,9 +255,7 @@ class MaildirEvaluatorTests(unittest.TestCase):
 
 
 def _path(mbox, uid: int) -> str:
-    f = mbox.message_file(uid)
-    f = S.sync_result(f)
-    with f:
+    with now(mbox.message_file(uid)) as f:
         return f.name
 
 
@@ -277,18 +281,23 @@ class LaterStorageTests(unittest.TestCase):
 
         storage = FakeStorage()
         for i, m in enumerate(MESSAGES):
-            storage.append("INBOX", io.BytesIO(m), ["\\Seen"] if i < 2 else [])
+            now(storage.append("INBOX", io.BytesIO(m), ["\\Seen"] if i < 2 else []))
         client = Client(storage)
         client.start()
         if later:
             real_open = storage.open
 
-            def open_later(name, readonly=False):
-                box = real_open(name, readonly)
+            def later_box(box):
                 for meth in ("search", "sort", "fetch_data"):
                     orig = getattr(box, meth)
                     setattr(box, meth, lambda *a, orig=orig: deferLater(reactor, 0, orig, *a))
                 return box
+
+            def open_later(name, readonly=False):
+                box = real_open(name, readonly)
+                if isinstance(box, defer.Deferred):  # the asynchronous interface
+                    return box.addCallback(later_box)
+                return later_box(box)
 
             storage.open = open_later
         client.session.dataReceived(self.SCRIPT)

@@ -77,9 +77,14 @@ def _parse_query(client: Client, args: list[Token], charset: str | None = None) 
         ) from None
     except QueryTooDeep as e:
         raise CommandError(b"BAD [LIMIT] " + str(e).encode() + b".") from None
-    if query.uses_modseq:
-        client.enable_condstore()  # RFC 7162 3.1
     return query
+
+
+async def _announce(client: Client, query: SearchQuery) -> None:
+    """A MODSEQ key turns CONDSTORE on (RFC 7162 3.1).  (On the async core:
+    ``await client.announce_condstore()``.)"""
+    if query.uses_modseq:
+        client.enable_condstore()
 
 
 def _program(client: Client, query: SearchQuery) -> SearchProgram:
@@ -145,6 +150,7 @@ async def search_command(client: Client, tag: bytes, args: list[Token], uid: boo
     client.selected()
     opts, args = _return_options(client, args)
     query = _parse_query(client, args)
+    await _announce(client, query)
     try:
         hits = await run_search(client, query)
     except SessionGone:
@@ -212,6 +218,7 @@ async def cmd_sort(client: Client, tag: bytes, args: list[Token], uid: bool = Fa
         raise ParseError("Missing SORT arguments")
     criteria = parse_criteria(args[0])
     query = _charset_query(client, args[1], args[2:])
+    await _announce(client, query)
     mbox = client.selected()
     try:
         pairs = _hits(client, await _storage(client, mbox.sort(criteria, _program(client, query))))
@@ -250,6 +257,7 @@ async def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = 
     if algorithm not in THREAD_ALGORITHMS:
         raise ParseError(f"Unknown thread algorithm {algorithm[:30]}")
     query = _charset_query(client, args[1], args[2:])
+    await _announce(client, query)
     mbox = client.selected()
     try:
         hits = await run_search(client, query)
