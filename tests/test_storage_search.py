@@ -354,6 +354,11 @@ class DovecotSearchTests(unittest.TestCase):
             b"SORT (SUBJECT) UTF-8 ALL", b"SORT (REVERSE DATE) UTF-8 ALL",
             b"SORT (FROM ARRIVAL) UTF-8 NOT SEEN", b"SORT (DISPLAYFROM) UTF-8 ALL",
             b"SORT (SIZE) UTF-8 BODY the", b"THREAD REFERENCES UTF-8 ALL",
+            b"SEARCH BODY EUR", b"SEARCH TEXT boss", b"SEARCH HEADER Message-ID m1",
+            b"SEARCH UID 2:4 NOT KEYWORD $Work", b"SEARCH SMALLER 180", b"SEARCH SENTON 3-Jan-2024",
+            b"SEARCH TEXT x-priority", b"SEARCH TO group", b"SEARCH TO b@example.org",
+            b"SEARCH BODY forwarded", b"SEARCH OR HEADER References m2 SUBJECT meeting",
+            b"SEARCH SENTSINCE 1-Jan-1970 SENTBEFORE 2-Jan-1970",
         ]
         theirs, ours = self.side.both(cmds)
         for cmd, t, o in zip(cmds, theirs, ours, strict=True):
