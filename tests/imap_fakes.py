@@ -21,6 +21,7 @@ from typing import BinaryIO
 from zope.interface import implementer
 
 from pydovecot.storage import attributes as A
+from pydovecot.storage import search as S
 from pydovecot.storage.deferred import answers
 from pydovecot.storage.interfaces import (
     AttributeTooLarge,
@@ -198,6 +199,42 @@ class FakeMailbox:
     def close(self) -> None:
         if self in self.storage.views:
             self.storage.views.remove(self)
+
+    # -- search, sort and parsed data (SEARCH's block) ---------------------------
+
+    def _search_source(self) -> S.CallableSource:
+        def open_message(uid: int) -> BinaryIO:
+            import io
+
+            m = self._stored.get(uid)
+            if m is None:
+                err = StorageError(f"Message UID {uid} has been expunged")
+                err.code = "EXPUNGEISSUED"
+                raise err
+            return io.BytesIO(m.data)
+
+        def put(uid: int, key: str, value: object) -> None:
+            if uid in self._stored:
+                self._cache[(uid, key)] = value
+
+        return S.CallableSource(lambda uid, key: self._cache.get((uid, key)), put, open_message)
+
+    @S.answers_deferred
+    def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
+        return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
+
+    @S.answers_deferred
+    def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
+        return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
+
+    @S.answers_deferred
+    def fetch_data(self, uid: int, items: Sequence[str]):
+        info = next((i for i in self.messages if i.uid == uid), None)
+        if info is None or uid not in self._stored:
+            err = StorageError(f"Message UID {uid} has been expunged")
+            err.code = "EXPUNGEISSUED"
+            raise err
+        return S.fetch_data(self._search_source(), info, items)
 
 
 @implementer(IMailStorage)

@@ -72,10 +72,13 @@ the tagged reply or starts the next command, and never runs two syncs of
 a view at once (a sync IDLE or NOTIFY began holds back the queue).
 Message bodies come as file objects.  A selected mailbox is a view whose
 attributes (``messages``, ``recent`` …) are the session's local copy and
-whose sequence numbers change only in the core's ``sync``.  The
-synchronous search evaluator reads the storage through
-:mod:`~pydovecot.imap.fetched` until the storage evaluates searches
-itself.  ``tests/test_imap_remote_storage.py`` runs the commands over a
+whose sequence numbers change only in the core's ``sync``.  SEARCH, SORT
+and THREAD hand the storage a program
+(:class:`~pydovecot.storage.search.SearchProgram`, JSON-able, sequence
+numbers already turned into UIDs) and await its answer
+(``IMailbox.search``/``sort``); envelope, body structure, header fields,
+preview and threading data come from ``IMailbox.fetch_data``, which a
+storage answers from its index, as Dovecot's lib-storage does.  ``tests/test_imap_remote_storage.py`` runs the commands over a
 storage that answers only reactor turns later.
 
 **Flow control** (see ARCHITECTURE.md, "Facts": many sessions share one

@@ -233,6 +233,30 @@ class IMailbox(Interface):
         """End this view; listeners are removed.  Synchronous (local
         bookkeeping): it returns nothing and cannot fail."""
 
+    # -- search, sort and parsed data (lib-storage's mail_search / mail_get_special)
+    # (pydovecot.storage.search.SearchProgram; see that module for the keys)
+
+    def search(program: object, uids: Sequence[int] | None = None) -> object:
+        """Deferred[list[int]]: the UIDs of the view's messages (of those in
+        ``uids`` if given) that match the SearchProgram, ascending.  The
+        program holds no sequence numbers (the protocol resolved them);
+        StorageError (failed Deferred) for a key the storage cannot run."""
+
+    def sort(criteria: Sequence[tuple[str, bool]], program: object) -> object:
+        """Deferred[list[int]]: the matching UIDs ordered by RFC 5256 /
+        RFC 5957 criteria, given as ``(name, reverse)`` (``ARRIVAL``, ``CC``,
+        ``DATE``, ``FROM``, ``SIZE``, ``SUBJECT``, ``TO``, ``DISPLAYFROM``,
+        ``DISPLAYTO``); exact ties keep mailbox order."""
+
+    def fetch_data(uid: int, items: Sequence[str]) -> object:
+        """Deferred[dict[str, object]]: parsed data of one message, from the
+        index when it has it (kept there once computed): ``envelope``,
+        ``bodystructure``, ``body`` (IMAP bytes), ``header:<name>`` (list of
+        the field's raw unfolded values, latin-1 text), ``preview`` (str),
+        ``sentdate`` (Date: as UTC seconds, or None), ``threading`` (dict:
+        subject, reply, message_id, references, date).  StorageError
+        (``EXPUNGEISSUED``) when the message is gone."""
+
 
 class IMailStorage(Interface):
     """One user's mail: the mailbox tree and its messages."""

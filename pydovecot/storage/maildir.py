@@ -46,6 +46,7 @@ from zope.interface import implementer
 from pydovecot.log import sanitize
 from pydovecot.storage import attributes as A
 from pydovecot.storage import names as N
+from pydovecot.storage import search as S
 from pydovecot.storage.deferred import answers
 from pydovecot.storage.index import (
     EXPUNGE_KEEP,
@@ -1198,6 +1199,44 @@ class MaildirMailbox:
             self.closed = True
             if self in self.box.views:
                 self.box.views.remove(self)
+
+    # -- search, sort and parsed data (SEARCH's block: pydovecot.storage.search) --
+
+    def _search_source(self) -> S.CallableSource:
+        """The index cache and files as the evaluator reads them (directly)."""
+        box = self.box
+
+        def get(uid: int, key: str) -> object | None:
+            value = box.cache.get(box.uidvalidity, uid, key)
+            return None if value is None else _decode_cached(value)
+
+        def put(uid: int, key: str, value: object) -> None:
+            if uid not in box.by_uid:
+                return
+            try:
+                box.cache.add(box.uidvalidity, uid, key, _encode_cached(value))
+            except OSError as e:
+                log.warn("{path}: cache not written: {err}", path=box.cache.path, err=e)
+
+        return S.CallableSource(get, put, lambda uid: S.sync_result(self.message_file(uid)))
+
+    @S.answers_deferred
+    def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
+        self._check()
+        return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
+
+    @S.answers_deferred
+    def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
+        self._check()
+        return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
+
+    @S.answers_deferred
+    def fetch_data(self, uid: int, items: Sequence[str]):
+        self._check()
+        info = self._index.get(uid)
+        if info is None:
+            raise self._expunge_issued(uid)
+        return S.fetch_data(self._search_source(), info, items)
 
 
 @implementer(IMailStorage)
