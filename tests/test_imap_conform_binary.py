@@ -235,6 +235,7 @@ class DovecotBinaryTests(unittest.TestCase):
         transport = StringTransport()
         session = IMAPSession(self.side.storage, SessionContext("alice", "b", settings={}))
         session.clock = Clock()
+        session.slice = 60.0  # both commands in this turn, however slow the machine
         session.makeConnection(transport)
         session.start(None, b"")
         session.dataReceived(b"s SELECT INBOX\r\nf FETCH 2 BINARY[4]\r\n")

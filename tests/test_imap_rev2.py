@@ -14,7 +14,6 @@ from twisted.trial import unittest
 
 from pydovecot.imap import ext_fetch, fetch, mime
 from pydovecot.imap.parser import Binary, CommandReader, LiteralString, ParseError, tokenize
-from pydovecot.storage.deferred import answers
 from pydovecot.storage.interfaces import MessageInfo
 from tests import test_imap_e2e as e2e
 from tests.imap_fakes import FakeStorage
@@ -213,20 +212,7 @@ class FetchPieceTests(unittest.TestCase):
         self.assertEqual(len(ext_fetch.make_preview(long)), ext_fetch.PREVIEW_CHARS)
         self.assertEqual(ext_fetch.make_preview(mime.ParsedMessage(b"Content-Type: image/png\r\n\r\nx")), "")
 
-    def test_preview_cache(self):
-        class Box:
-            def __init__(self):
-                self.store = {}
-
-            @answers
-            def cached(self, uid, key):
-                return self.store.get((uid, key))
-
-            @answers
-            def set_cached(self, uid, key, value):
-                self.store[(uid, key)] = value
-
-        box = Box()
+    def test_preview_formatting(self):
         info = MessageInfo(7, set(), 10, datetime.datetime.now(datetime.UTC))
         loads = []
 
@@ -234,12 +220,9 @@ class FetchPieceTests(unittest.TestCase):
             loads.append(1)
             return mime.ParsedMessage(b"\r\nhello there")
 
-        for _ in range(2):
-            text = self.successResultOf(defer.Deferred.fromCoroutine(
-                ext_fetch.preview_text(info, load, box)))
-            self.assertEqual(ext_fetch.preview(info, load, text), b'PREVIEW "hello there"')
+        self.assertEqual(ext_fetch.preview(info, load, "hello there"), b'PREVIEW "hello there"')
+        self.assertEqual(ext_fetch.preview(info, load), b'PREVIEW "hello there"')
         self.assertEqual(len(loads), 1)
-        self.assertEqual(box.store, {(7, "preview"): "hello there"})
         info.savedate = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
         self.assertEqual(fetch.savedate(info), b'SAVEDATE " 1-May-2024 12:00:00 +0000"')
 

@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from pydovecot.imap import mime
-from pydovecot.storage.interfaces import IMailbox, MessageInfo, StorageError
+from pydovecot.storage.interfaces import MessageInfo, StorageError
 
 #: RFC 8970 allows at most 256 characters; Dovecot sends up to 200.
 PREVIEW_CHARS = 200
@@ -176,26 +176,6 @@ def make_preview(msg: mime.ParsedMessage) -> str:
         kept.append(ln)
     folded = _SPACE_RE.sub(" ", " ".join(kept)).strip()
     return "".join(ch for ch in folded[:PREVIEW_CHARS] if ch.isprintable())
-
-
-async def preview_text(info: MessageInfo, load: Any, mailbox: IMailbox | None = None) -> str:
-    """The PREVIEW text of a message, via the index cache of ``mailbox``
-    (``load()`` gives the parsed message when the cache has none)."""
-    cached = None
-    if mailbox is not None:
-        try:
-            cached = await mailbox.cached(info.uid, PREVIEW_CACHE_KEY)
-        except (StorageError, OSError, NotImplementedError):
-            cached = None
-    if isinstance(cached, str):
-        return cached
-    text = make_preview(load())
-    if mailbox is not None:
-        try:
-            await mailbox.set_cached(info.uid, PREVIEW_CACHE_KEY, text)
-        except (StorageError, OSError, NotImplementedError):
-            pass
-    return text
 
 
 def preview(info: MessageInfo, load: Any, text: str | None = None) -> bytes:

@@ -370,18 +370,20 @@ def render_pieces(
     add_flags: bool = False,
     mailbox: Any = None,
     stream: bool = False,
-    preview: str | None = None,
+    data: dict[str, Any] | None = None,
 ) -> list[bytes | StreamedLiteral]:
     """One ``* seq FETCH (...)`` response (with CRLF) as pieces: bytes, and
     with ``stream`` a :class:`StreamedLiteral` for each whole-message or
     TEXT literal (the caller streams those from the file).
 
-    ``preview`` is the PREVIEW text when the caller fetched it from the
-    index (:func:`pydovecot.imap.ext_fetch.preview_text`); ``mailbox`` is
-    unused (kept for callers).  Everything here is synchronous: the caller
-    has awaited the storage for ``load``'s message.
+    ``data`` holds what the caller had the storage answer from its index
+    (``IMailbox.fetch_data``: ``envelope``, ``bodystructure``, ``body``,
+    ``preview``); items it lacks are made from ``load()``'s message.
+    ``mailbox`` is unused (kept for callers).  Everything here is
+    synchronous: the caller has awaited the storage.
     """
     out: list[bytes | StreamedLiteral | tuple[bytes, bytes]] = []
+    indexed = data or {}
     seen_flags = False
     for item in items:
         name = item.name
@@ -397,17 +399,18 @@ def render_pieces(
         elif name == "RFC822.SIZE":
             out.append(b"RFC822.SIZE %d" % info.size)
         elif name == "ENVELOPE":
-            out.append(b"ENVELOPE " + mime.envelope(load().root))
+            out.append(b"ENVELOPE " + (indexed.get("envelope") or mime.envelope(load().root)))
         elif name == "BODYSTRUCTURE":
-            out.append(b"BODYSTRUCTURE " + mime.bodystructure(load().root, True))
+            out.append(b"BODYSTRUCTURE " + (indexed.get("bodystructure")
+                                            or mime.bodystructure(load().root, True)))
         elif name == "BODY":
-            out.append(b"BODY " + mime.bodystructure(load().root, False))
+            out.append(b"BODY " + (indexed.get("body") or mime.bodystructure(load().root, False)))
         elif name == "MODSEQ":  # CONDSTORE (RFC 7162)
             out.append(b"MODSEQ (%d)" % info.modseq)
         elif name == "SAVEDATE":
             out.append(savedate(info))
         elif name == "PREVIEW":
-            out.append(ext_fetch.preview(info, load, preview))
+            out.append(ext_fetch.preview(info, load, indexed.get("preview")))
         elif stream and streamable(item):
             out.append(StreamedLiteral(info.uid, item.label, item.section.text == "TEXT",
                                        item.partial, name == "BINARY[]"))

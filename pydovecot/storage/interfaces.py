@@ -200,13 +200,6 @@ class IMailbox(Interface):
         """CONDSTORE STORE (UNCHANGEDSINCE n): ``(changed, failed)`` where
         ``failed`` are UIDs whose modseq is above ``unchangedsince``."""
 
-    def cached(uid: int, key: str) -> Deferred[object | None]:
-        """A value the index keeps for a message (``envelope``,
-        ``bodystructure``, ``header.<name>``, ``preview`` …), or None."""
-
-    def set_cached(uid: int, key: str, value: object) -> Deferred[None]:
-        """Keep a JSON-able value in the index for a message."""
-
     def message_file(uid: int) -> Deferred[BinaryIO]:
         """Open a message's bytes (as stored, LF or CRLF) for reading; the
         caller closes the file.

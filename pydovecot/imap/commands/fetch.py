@@ -83,27 +83,34 @@ def _fetch_result(client: Client, missing: int) -> bytes:
     return b"OK Fetch completed."
 
 
+#: FETCH items the storage answers from its index (``IMailbox.fetch_data``).
+DATA_ITEMS = {"ENVELOPE": "envelope", "BODYSTRUCTURE": "bodystructure", "BODY": "body",
+              "PREVIEW": "preview"}
+
+
 async def _prepare(client: Client, info: MessageInfo, items: list[fetch.FetchItem],
                    stream: bool = False, loaded: mime.ParsedMessage | None = None
-                   ) -> tuple[mime.ParsedMessage | None, str | None]:
-    """What rendering ``info`` needs from the storage, awaited: the parsed
-    message (header only where that is enough; None if no item needs it)
-    and the PREVIEW text from the index."""
+                   ) -> tuple[mime.ParsedMessage | None, dict[str, Any]]:
+    """What rendering ``info`` needs from the storage, awaited: ENVELOPE,
+    BODYSTRUCTURE, BODY and PREVIEW from the storage's index
+    (``fetch_data``), and the parsed message only for the items that need
+    its text (header only where that is enough; None if none does)."""
     rest = [i for i in items if not fetch.streamable(i)] if stream else items
+    wanted = sorted({DATA_ITEMS[i.name] for i in rest if i.name in DATA_ITEMS})
+    others = [i for i in rest if i.needs_message() and i.name not in DATA_ITEMS]
+    data: dict[str, Any] = {}
+    if wanted:
+        data = await client.selected().fetch_data(info.uid, wanted)
     msg = loaded
-    if msg is None and any(i.needs_message() for i in rest):
-        msg = await (client.load_header(info) if fetch.header_only(rest) else client.load(info))
-    text = None
-    if any(i.name == "PREVIEW" for i in items):
-        assert msg is not None
-        text = await ext_fetch.preview_text(info, lambda: msg, client.mailbox)
-    return msg, text
+    if msg is None and others:
+        msg = await (client.load_header(info) if fetch.header_only(others) else client.load(info))
+    return msg, data
 
 
 def _render(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
-            changed: set[int], recent: Any, prepared: tuple[mime.ParsedMessage | None, str | None],
+            changed: set[int], recent: Any, prepared: tuple[mime.ParsedMessage | None, dict[str, Any]],
             stream: bool = False) -> list:
-    msg, text = prepared
+    msg, data = prepared
 
     def message() -> mime.ParsedMessage:
         if msg is None:
@@ -112,13 +119,13 @@ def _render(client: Client, seq: int, info: MessageInfo, items: list[fetch.Fetch
 
     return fetch.render_pieces(
         seq, info, items, info.uid in recent, message, client.stats,
-        add_flags=info.uid in changed, stream=stream, preview=text,
+        add_flags=info.uid in changed, stream=stream, data=data,
     )
 
 
 def _render_steps(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
                   changed: set[int], recent: Any, loaded: mime.ParsedMessage,
-                  text: str | None, pieces: list) -> Generator[None, None, None]:
+                  data: dict[str, Any], pieces: list) -> Generator[None, None, None]:
     """Render a big message's response an item per step (each of
     BODYSTRUCTURE, BODY[1], BINARY[1] … may take milliseconds)."""
     head = b"* %d FETCH (" % seq
@@ -132,7 +139,7 @@ def _render_steps(client: Client, seq: int, info: MessageInfo, items: list[fetch
         last = k == len(unique) - 1
         part = fetch.render_pieces(
             seq, info, [item], info.uid in recent, lambda: loaded, client.stats,
-            add_flags=add_flags and last, stream=True, preview=text)
+            add_flags=add_flags and last, stream=True, data=data)
         assert isinstance(part[0], bytes) and isinstance(part[-1], bytes)
         part[0] = part[0][len(head):] if k else part[0]
         if k:
@@ -208,10 +215,10 @@ def _fetch_steps(client: Client, targets, items: list[fetch.FetchItem], changed:
                     _prepare(client, info, items, stream=True, loaded=loaded[0])))
                 if answer.pending:
                     yield answer.wait
-                _msg, text = answer.get()
+                _msg, data = answer.get()
                 pieces: list = []
                 yield from _render_steps(client, seq, info, items, changed, recent,
-                                         loaded[0], text, pieces)
+                                         loaded[0], data, pieces)
             else:
                 answer = Answer(defer.Deferred.fromCoroutine(
                     _prepare(client, info, items, stream=big)))
