@@ -92,7 +92,8 @@ def assert_keywords_announced(case: unittest.TestCase, transcript: bytes) -> set
                     continue
                 seen.add(kw)
                 case.assertIn(kw, flags, f"{kw} before FLAGS listed it: {r!r}")
-                case.assertIn(kw, permanent, f"{kw} before PERMANENTFLAGS listed it: {r!r}")
+                if permanent:  # () in a read-only session
+                    case.assertIn(kw, permanent, f"{kw} before PERMANENTFLAGS listed it: {r!r}")
     return seen
 
 
@@ -180,6 +181,23 @@ class KeywordTests(PairCase):
 
     async def test_keyword_of_other_session_ours(self) -> None:
         await self.other_session_keyword(self.side("ours"))
+
+    async def examined_keyword(self, side: Side) -> None:
+        """A read-only session gets FLAGS too (its PERMANENTFLAGS stay ())."""
+        a, b = side.new(), side.new()
+        await a.cmd(b"EXAMINE INBOX")
+        await b.cmd(b"SELECT INBOX")
+        await b.cmd(b"STORE 1 +FLAGS ($Ro)")
+        out = await a.cmd(b"NOOP")
+        self.assertIn(b"* OK [PERMANENTFLAGS ()]", out)
+        self.assertIn(b"$Ro", await a.cmd(b"FETCH 1 FLAGS"))
+        self.assertEqual(assert_keywords_announced(self, a.transcript), {"$Ro"})
+
+    async def test_examined_keyword_dovecot(self) -> None:
+        await self.examined_keyword(self.side("dovecot"))
+
+    async def test_examined_keyword_ours(self) -> None:
+        await self.examined_keyword(self.side("ours"))
 
     async def idle_keyword(self, side: Side) -> None:
         """A keyword another session or a delivery creates while this one IDLEs."""
