@@ -1,7 +1,8 @@
 """An in-memory IMailStorage for IMAP unit tests.
 
 Trusts its caller completely; implements every member of
-``pydovecot.storage.interfaces`` (``verifyObject`` passes, see
+``pydovecot.storage.interfaces`` (every method answers with an
+already-fired Deferred, via :func:`pydovecot.storage.deferred.answers`) (``verifyObject`` passes, see
 tests/test_storage_interfaces.py) with the simplest semantics the
 contract allows: views, \\Recent, listeners, sync reporting other views'
 changes (all of them deferred while ``allow_expunge`` is false), modseqs
@@ -20,6 +21,8 @@ from typing import BinaryIO
 from zope.interface import implementer
 
 from pydovecot.storage import attributes as A
+from pydovecot.storage import search as S
+from pydovecot.storage.deferred import answers
 from pydovecot.storage.interfaces import (
     AttributeTooLarge,
     IMailbox,
@@ -93,6 +96,7 @@ class FakeMailbox:
             added.append(m.uid)
         return added
 
+    @answers
     def sync(self, allow_expunge: bool = True) -> SyncResult:
         if not allow_expunge:
             # the contract lets a storage defer every change to a sync that
@@ -118,6 +122,7 @@ class FakeMailbox:
         result.added = self._take([m for m in box.messages if m.uid > last])
         return result
 
+    @answers
     def message_file(self, uid: int) -> BinaryIO:
         import io
 
@@ -128,26 +133,31 @@ class FakeMailbox:
             raise err
         return io.BytesIO(m.data)
 
+    @answers
     def vanished_since(self, modseq: int) -> list[int]:
         """No expunge log: every absent UID below UIDNEXT (RFC 7162 allows it)."""
         box = self.storage.boxes.get(self.name, _Box())
         present = {m.uid for m in box.messages} | {i.uid for i in self.messages}
         return [u for u in range(1, self.uidnext) if u not in present]
 
+    @answers
     def store_unchanged_since(self, uids: Iterable[int], flags: Iterable[str], mode: str,
                               unchangedsince: int) -> tuple[list[int], list[int]]:
         uids = list(uids)
         modseqs = {i.uid: i.modseq for i in self.messages}
         failed = [u for u in uids if modseqs.get(u, 0) > unchangedsince]
-        return self.store([u for u in uids if u not in failed], flags, mode), failed
+        return FakeMailbox.store.now(self, [u for u in uids if u not in failed], flags, mode), failed
 
+    @answers
     def cached(self, uid: int, key: str) -> object | None:
         return self._cache.get((uid, key))
 
+    @answers
     def set_cached(self, uid: int, key: str, value: object) -> None:
         if uid in self._stored:
             self._cache[(uid, key)] = value
 
+    @answers
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
         if self.readonly:
             raise StorageError("read-only")
@@ -170,6 +180,7 @@ class FakeMailbox:
             self.storage.notify(self.name)
         return changed
 
+    @answers
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         wanted = set(uids) if uids is not None else None
         box = self.storage.boxes[self.name]
@@ -189,6 +200,42 @@ class FakeMailbox:
         if self in self.storage.views:
             self.storage.views.remove(self)
 
+    # -- search, sort and parsed data (SEARCH's block) ---------------------------
+
+    def _search_source(self) -> S.CallableSource:
+        def open_message(uid: int) -> BinaryIO:
+            import io
+
+            m = self._stored.get(uid)
+            if m is None:
+                err = StorageError(f"Message UID {uid} has been expunged")
+                err.code = "EXPUNGEISSUED"
+                raise err
+            return io.BytesIO(m.data)
+
+        def put(uid: int, key: str, value: object) -> None:
+            if uid in self._stored:
+                self._cache[(uid, key)] = value
+
+        return S.CallableSource(lambda uid, key: self._cache.get((uid, key)), put, open_message)
+
+    @S.answers_deferred
+    def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
+        return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
+
+    @S.answers_deferred
+    def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
+        return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
+
+    @S.answers_deferred
+    def fetch_data(self, uid: int, items: Sequence[str]):
+        info = next((i for i in self.messages if i.uid == uid), None)
+        if info is None or uid not in self._stored:
+            err = StorageError(f"Message UID {uid} has been expunged")
+            err.code = "EXPUNGEISSUED"
+            raise err
+        return S.fetch_data(self._search_source(), info, items)
+
 
 @implementer(IMailStorage)
 class FakeStorage:
@@ -202,6 +249,7 @@ class FakeStorage:
         self.server_attributes: dict[str, bytes] = {}
         self.attribute_limits = A.AttributeLimits()
 
+    @answers
     def configure(self, settings: dict) -> None:
         self.attribute_limits = A.AttributeLimits.from_settings(settings)
 
@@ -213,6 +261,7 @@ class FakeStorage:
         for cb in list(self.tree_listeners):
             cb(kind, name, new)
 
+    @answers
     def list_mailboxes(self) -> list[MailboxInfo]:
         out = []
         for name in sorted(self.boxes, key=lambda n: (n != "INBOX", n)):
@@ -220,6 +269,7 @@ class FakeStorage:
             out.append(MailboxInfo(name, {"\\HasChildren" if kids else "\\HasNoChildren"}))
         return out
 
+    @answers
     def create(self, name: str) -> None:
         if name in self.boxes:
             raise MailboxExists("Mailbox already exists")
@@ -229,6 +279,7 @@ class FakeStorage:
         self.boxes[name] = _Box()
         self.tree_changed("create", name)
 
+    @answers
     def delete(self, name: str) -> None:
         if name == "INBOX":
             raise StorageError("INBOX can't be deleted.")
@@ -237,6 +288,7 @@ class FakeStorage:
         del self.boxes[name]
         self.tree_changed("delete", name)
 
+    @answers
     def rename(self, old: str, new: str) -> None:
         if old not in self.boxes:
             raise MailboxNotFound("Mailbox doesn't exist")
@@ -247,19 +299,23 @@ class FakeStorage:
                 self.boxes[new + name[len(old):]] = self.boxes.pop(name)
         self.tree_changed("rename", old, new)
 
+    @answers
     def subscriptions(self) -> list[str]:
         return list(self.subs)
 
+    @answers
     def subscribe(self, name: str) -> None:
         if name not in self.subs:
             self.subs.append(name)
         self.tree_changed("subscribe", name)
 
+    @answers
     def unsubscribe(self, name: str) -> None:
         if name in self.subs:
             self.subs.remove(name)
         self.tree_changed("unsubscribe", name)
 
+    @answers
     def status(self, name: str) -> MailboxStatus:
         box = self.boxes.get(name)
         if box is None:
@@ -272,11 +328,13 @@ class FakeStorage:
             unseen=sum(1 for m in box.messages if "\\Seen" not in m.flags),
         )
 
+    @answers
     def open(self, name: str, readonly: bool = False) -> FakeMailbox:
         if name not in self.boxes:
             raise MailboxNotFound("Mailbox doesn't exist")
         return FakeMailbox(self, name, readonly)
 
+    @answers
     def append(
         self,
         name: str,
@@ -294,6 +352,7 @@ class FakeStorage:
         self.notify(name)
         return box.uidvalidity, uid
 
+    @answers
     def copy(
         self, source: FakeMailbox, uids: Sequence[int], dest: str
     ) -> tuple[int, list[tuple[int, int]]]:
@@ -335,10 +394,12 @@ class FakeStorage:
             raise MailboxNotFound("Mailbox doesn't exist")
         return box.attributes
 
+    @answers
     def get_attribute(self, mailbox: str, key: str) -> bytes | None:
         scope, rest = A.split_entry(key)
         return self._attrs(mailbox).get(A.to_entry(scope, rest))
 
+    @answers
     def set_attribute(self, mailbox: str, key: str, value: bytes | None) -> None:
         scope, rest = A.split_entry(key)
         attrs = self._attrs(mailbox)
@@ -352,6 +413,19 @@ class FakeStorage:
             raise TooManyAttributes()
         attrs[entry] = bytes(value)
 
+    @answers
+    def set_attributes(self, mailbox: str, changes: dict[str, bytes | None]) -> None:
+        attrs = self._attrs(mailbox)
+        before = dict(attrs)
+        try:
+            for key, value in changes.items():
+                FakeStorage.set_attribute.now(self, mailbox, key, value)
+        except Exception:
+            attrs.clear()
+            attrs.update(before)
+            raise
+
+    @answers
     def attribute_keys(self, mailbox: str, prefix: str = "") -> list[str]:
         want = prefix.lower().rstrip("/")
         return sorted(k for k in self._attrs(mailbox)

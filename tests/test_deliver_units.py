@@ -151,7 +151,8 @@ class MailProcessTests(unittest.SynchronousTestCase):
             os.write(r, b"Subject: x\r\n\r\nhi\r\n")
             return locator.deliver(fd=r, user=user, fields=json.dumps(fields), session="s")
 
-        self.assertEqual(deliver("alice", {"home": home})["mailbox"], "INBOX")
+        self.assertEqual(self.successResultOf(deliver("alice", {"home": home}))["mailbox"],
+                         "INBOX")
         self.assertEqual(os.stat(home).st_mode & 0o777, 0o700)
         with self.assertRaises(DeliveryFailed) as e:
             deliver("carol", {"home": home + "2", "mail": "mbox:~/mbox"})

@@ -25,6 +25,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from pydovecot.storage.maildir import MaildirStorage
 from tests.harness import IN_CI, Master, User, ensure_system_user, free_port
+from tests.storage_now import now
 
 DOVECOT = "/usr/sbin/dovecot"
 MSG = "From: a@example.org\r\nSubject: {s}\r\n\r\nbody {s}\r\n"
@@ -217,7 +218,7 @@ service imap-login {{
             try:
                 os.setgid(self.gid)
                 os.setuid(self.uid)
-                st = MaildirStorage("alice", maildir)
+                st = now(MaildirStorage("alice", maildir))
                 box = st.open("INBOX")
                 got = (box.uidvalidity, [(m.uid, m.flags, m.size) for m in box.messages])
                 names = {m.name for m in st.list_mailboxes()}

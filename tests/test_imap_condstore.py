@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from pydovecot.imap import ext_sync
 from pydovecot.imap.parser import Atom, ParseError
+from pydovecot.storage.deferred import answers
 from pydovecot.storage.interfaces import MailboxStatus, SyncResult
 from tests.imap_fakes import FakeMailbox, FakeStorage
 from tests.test_imap_session import Client
@@ -35,6 +36,7 @@ class ModseqMailbox(FakeMailbox):
         info.modseq = self.storage.modseqs.get((self.name, m.uid), 1)
         return info
 
+    @answers
     def sync(self, allow_expunge: bool = True) -> SyncResult:
         box = self.storage.boxes.get(self.name)
         current = {m.uid: m for m in box.messages} if box else {}
@@ -61,8 +63,9 @@ class ModseqMailbox(FakeMailbox):
         self.highestmodseq = self.storage.modseq
         return result
 
+    @answers
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
-        changed = super().store(uids, flags, mode)
+        changed = FakeMailbox.store.now(self, uids, flags, mode)
         for uid in changed:
             self.storage.modseqs[(self.name, uid)] = self.storage.bump()
         for info in self.messages:
@@ -71,20 +74,23 @@ class ModseqMailbox(FakeMailbox):
             else self.highestmodseq
         return changed
 
+    @answers
     def store_unchanged_since(self, uids, flags, mode, unchangedsince):
         uids = list(uids)
         failed = [u for u in uids if self.storage.modseqs[(self.name, u)] > unchangedsince]
-        changed = self.store([u for u in uids if u not in failed], flags, mode)
+        changed = ModseqMailbox.store.now(self, [u for u in uids if u not in failed], flags, mode)
         return changed, failed
 
+    @answers
     def expunge(self, uids=None) -> list[int]:
-        gone = super().expunge(uids)
+        gone = FakeMailbox.expunge.now(self, uids)
         for uid in gone:
             self.storage.expunged.append((self.storage.bump(), self.name, uid))
         if gone:
             self.highestmodseq = self.storage.modseq
         return gone
 
+    @answers
     def vanished_since(self, modseq: int) -> list[int]:
         return [u for m, n, u in self.storage.expunged if n == self.name and m > modseq]
 
@@ -100,6 +106,7 @@ class ModseqStorage(FakeStorage):
         self.modseq += 1
         return self.modseq
 
+    @answers
     def open(self, name: str, readonly: bool = False) -> ModseqMailbox:
         if name not in self.boxes:
             from pydovecot.storage.interfaces import MailboxNotFound
@@ -107,19 +114,22 @@ class ModseqStorage(FakeStorage):
             raise MailboxNotFound("Mailbox doesn't exist")
         return ModseqMailbox(self, name, readonly)
 
+    @answers
     def append(self, name, message, flags=(), internaldate=None):
-        validity, uid = super().append(name, message, flags, internaldate)
+        validity, uid = FakeStorage.append.now(self, name, message, flags, internaldate)
         self.modseqs[(name, uid)] = self.bump()
         return validity, uid
 
+    @answers
     def copy(self, source, uids, dest):
-        validity, pairs = super().copy(source, uids, dest)
+        validity, pairs = FakeStorage.copy.now(self, source, uids, dest)
         for _s, d in pairs:
             self.modseqs[(dest, d)] = self.bump()
         return validity, pairs
 
+    @answers
     def status(self, name: str) -> MailboxStatus:
-        st = super().status(name)
+        st = FakeStorage.status.now(self, name)
         st.highestmodseq = self.modseq
         return st
 

@@ -16,6 +16,7 @@ from pydovecot.storage import open_storage
 from pydovecot.storage.interfaces import MailboxStatus
 from tests import test_imap_e2e as e2e
 from tests.imap_fakes import FakeStorage
+from tests.storage_now import result_now
 from tests.test_imap_session import MSG1, MSG2, Client
 
 NAMESPACES = {
@@ -120,7 +121,8 @@ class ListTests(unittest.TestCase):
         self.assertIn(b'* LIST (\\HasNoChildren) "/" Archive', self.lines(b'l LIST "" "Archive"'))
 
     def test_status_items(self):
-        self.storage.status = lambda name: MailboxStatus(2, 0, 3, 1234, 1, size=99, deleted=1)
+        self.storage.status = lambda name: defer.succeed(
+            MailboxStatus(2, 0, 3, 1234, 1, size=99, deleted=1))
         out = self.c.send(b"a STATUS INBOX (MESSAGES DELETED SIZE APPENDLIMIT UIDNEXT)\r\n")
         self.assertEqual(out, b"* STATUS INBOX (MESSAGES 2 DELETED 1 SIZE 99 APPENDLIMIT 67108864 "
                               b"UIDNEXT 3)\r\na OK Status completed.\r\n")
@@ -136,17 +138,18 @@ class SpecialUseFileTests(unittest.TestCase):
         os.makedirs(root)
         storage = open_storage("alice", "maildir:~/Maildir", root)
         for name in ("Ärchiv", "INBOX/x", "Name"):
-            storage.create(name)
+            result_now(storage.create(name))
         su = specialuse.SpecialUse(specialuse.from_namespaces(NAMESPACES), storage)
-        su.set("Ärchiv", ["\\Archive"])
-        su.set("inbox/x", ["\\Junk", "\\Trash"])
+        result_now(su.set("Ärchiv", ["\\Archive"]))
+        result_now(su.set("inbox/x", ["\\Junk", "\\Trash"]))
         again = specialuse.SpecialUse({}, open_storage("alice", "maildir:~/Maildir", root))
-        self.assertEqual(again.all(), {"Ärchiv": {"\\Archive"}, "INBOX/x": {"\\Junk", "\\Trash"}})
-        storage.set_attribute("Name", specialuse.ATTRIBUTE, b"\\Bogus garbage")
-        self.assertEqual(set(again.all()), {"Ärchiv", "INBOX/x"})
-        again.set("Ärchiv", [])
-        self.assertEqual(set(specialuse.SpecialUse({}, storage).all()), {"INBOX/x"})
-        self.assertEqual(su.attributes("Sent"), {"\\Sent"})
+        self.assertEqual(result_now(again.all()),
+                         {"Ärchiv": {"\\Archive"}, "INBOX/x": {"\\Junk", "\\Trash"}})
+        result_now(storage.set_attribute("Name", specialuse.ATTRIBUTE, b"\\Bogus garbage"))
+        self.assertEqual(set(result_now(again.all())), {"Ärchiv", "INBOX/x"})
+        result_now(again.set("Ärchiv", []))
+        self.assertEqual(set(result_now(specialuse.SpecialUse({}, storage).all())), {"INBOX/x"})
+        self.assertEqual(result_now(su.attributes("Sent")), {"\\Sent"})
 
 
 class MailboxExtE2ETests(unittest.TestCase):
@@ -199,6 +202,7 @@ class MailboxExtE2ETests(unittest.TestCase):
         self.assertEqual(r["status"][b"APPENDLIMIT"], 64 * 1024 * 1024)
         self.assertEqual(r["subscribed"], ["Sent"])
         self.assertIn(b"INBOX (MESSAGES 2)", r["list_status"][1])
-        self.assertEqual(self.storage.get_attribute("Keep", specialuse.ATTRIBUTE), b"\\Archive")
+        self.assertEqual(result_now(self.storage.get_attribute("Keep", specialuse.ATTRIBUTE)),
+                         b"\\Archive")
         reopened = open_storage("alice", "maildir:~/Maildir", self.home)
-        self.assertIn("Sent", [i.name for i in reopened.list_mailboxes()])
+        self.assertIn("Sent", [i.name for i in result_now(reopened.list_mailboxes())])

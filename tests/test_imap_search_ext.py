@@ -12,8 +12,8 @@ import time
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from pydovecot.imap import ext_search
 from pydovecot.imap.search import bench_search
+from pydovecot.storage import search as storage_search
 from tests import test_imap_e2e
 from tests.imap_fakes import FakeStorage
 from tests.test_imap_session import MSG1, MSG2, Client
@@ -113,10 +113,8 @@ class SearchExtTests(unittest.TestCase):
         self.assertEqual(self.cmd(b"SEARCH DELETED"), [b'* ESEARCH (TAG "t")'])
 
     def test_header_cache(self):
-        cache: dict[tuple[int, str], object] = {}
         mbox = self.c.session.mailbox
-        mbox.cached = lambda uid, key: cache.get((uid, key))
-        mbox.set_cached = lambda uid, key, value: cache.__setitem__((uid, key), value)
+        cache = mbox._cache  # the fake storage's index
         self.assertEqual(self.search(b"FROM bob"), b"* SEARCH 2")
         self.assertEqual(cache[(2, "header.from")], ["Bob <bob@example.org>"])
         self.assertEqual(cache[(3, "header.from")], ["=?iso-8859-1?q?J=F6rg?= <jorg@example.de>"])
@@ -124,6 +122,14 @@ class SearchExtTests(unittest.TestCase):
         def no_files(uid):
             raise AssertionError("opened a message file")
 
+        real = mbox._search_source
+
+        def source():
+            src = real()
+            src.open_message = no_files
+            return src
+
+        mbox._search_source = source
         mbox.message_file = no_files
         self.c.session.cache = type(self.c.session.cache)()
         self.assertEqual(self.search(b"FROM J\xc3\xb6RG"), b"* SEARCH 3")
@@ -167,9 +173,46 @@ class SearchExtTests(unittest.TestCase):
         self.c.send(b"s SELECT INBOX\r\nn NOOP\r\n")
         self.assertEqual(self.c.session.search_updates().contexts, {})
 
+    def test_search_stops_when_the_session_goes(self):
+        """A long storage search is cancelled (its sliced work stopped)
+        when the session closes; nothing is answered or logged."""
+        self.patch(storage_search, "COOPERATE_OVER", 1)
+        self.patch(storage_search, "CONTENT_STEP", 1)
+        for i in range(300):
+            self.storage.append("INBOX", io.BytesIO(b"Subject: bulk %d\r\n\r\nhay\r\n" % i))
+        self.c.send(b"n NOOP\r\n")
+        mbox = self.c.session.mailbox
+        opened: list[int] = []
+        real = mbox._search_source
+
+        def source():
+            src = real()
+            inner = src.open_message
+
+            def counting(uid):
+                opened.append(uid)
+                return inner(uid)
+
+            src.open_message = counting
+            return src
+
+        mbox._search_source = source
+        self.c.session.dataReceived(b"t SEARCH BODY needle\r\n")
+        self.c.session.connectionLost(None)
+        self.c.session.clock.advance(1)  # the session's watch sees it gone
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        def check(_):
+            self.assertLess(len(opened), 100)
+            self.assertNotIn(b"t OK", self.c.take())
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+        return deferLater(reactor, 0.3, lambda: None).addCallback(check)
+
     def test_large_content_search_cooperates(self):
-        self.patch(ext_search, "COOPERATE_OVER", 1)
-        self.patch(ext_search, "CONTENT_STEP", 2)
+        self.patch(storage_search, "COOPERATE_OVER", 1)
+        self.patch(storage_search, "CONTENT_STEP", 2)
         for i in range(5):
             self.storage.append("INBOX", io.BytesIO(b"Subject: bulk %d\r\n\r\nneedle\r\n" % i))
         self.c.send(b"n NOOP\r\n")
@@ -231,11 +274,12 @@ class SearchE2ETests(unittest.TestCase):
     def test_bench_search(self):
         for i in range(50):
             self.storage.append("INBOX", io.BytesIO(b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i % 7)))
-        mbox = self.storage.open("INBOX")
+        mbox = storage_search.sync_result(self.storage.open("INBOX"))
         start = time.perf_counter()
-        self.assertEqual(bench_search(mbox, b"SUBJECT m49"), [50])
-        self.assertEqual(len(bench_search(mbox, b"BODY \"body 3\"")), 7)
+        self.assertEqual(self.successResultOf(bench_search(mbox, b"SUBJECT m49")), [50])
+        self.assertEqual(len(self.successResultOf(bench_search(mbox, b"BODY \"body 3\""))), 7)
         # the second header search is answered from the index cache
-        self.assertEqual(bench_search(mbox, b"OR SUBJECT m1 SUBJECT m2", uid=False)[:2], [2, 3])
+        self.assertEqual(self.successResultOf(
+            bench_search(mbox, b"OR SUBJECT m1 SUBJECT m2", uid=False))[:2], [2, 3])
         self.assertLess(time.perf_counter() - start, 5)
         mbox.close()

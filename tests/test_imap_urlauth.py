@@ -28,6 +28,13 @@ from pydovecot.imap.imapurl import ImapURL, URLError
 from pydovecot.imap.session import IMAPSession
 from pydovecot.session import SessionContext
 from pydovecot.storage import open_storage
+from tests.storage_now import now, result_now
+
+
+def now_resolve(session, url):
+    """urlauth.resolve_url, whose storage answers are already in."""
+    return result_now(urlauth.resolve_url(session, url))
+
 
 MSG = (
     b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: parts\r\n"
@@ -132,15 +139,15 @@ class PiecesTests(unittest.TestCase):
     def test_keystore_file(self):
         root = tempfile.mkdtemp()
         path = os.path.join(root, "dovecot-attributes")  # the storage's attribute dict
-        storage = open_storage("alice", "maildir:~/Maildir", root)
+        storage = now(open_storage("alice", "maildir:~/Maildir", root))
         storage.create("Sent")
         storage.create("Box")
-        store = urlauth.KeyStore(storage)
+        store = now(urlauth.KeyStore(storage.inner))
         self.assertIsNone(store.get("INBOX", 5, create=False))
         key = store.get("INBOX", 5, create=True)
         self.assertEqual(len(key), 32)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        other = urlauth.KeyStore(open_storage("alice", "maildir:~/Maildir", root))  # another process
+        other = now(urlauth.KeyStore(open_storage("alice", "maildir:~/Maildir", root)))  # another process
         self.assertEqual(other.get("INBOX", 5, create=False), key)
         self.assertIsNotNone(other.get("Box", 5, create=True))
         storage.delete("Box")
@@ -251,7 +258,7 @@ class ProtocolTests(unittest.TestCase):
                          b"f OK URLFETCH completed.\r\n")
         path = os.path.join(self.home, "dovecot-attributes")
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        self.assertEqual([m.name for m in self.storage.list_mailboxes()], ["INBOX"])
+        self.assertEqual([m.name for m in result_now(self.storage.list_mailboxes())], ["INBOX"])
 
     def test_multiple_urls_and_tampering(self):
         out = self.c.send(b'g GENURLAUTH "imap://alice@h/INBOX/;UID=1;URLAUTH=anonymous" INTERNAL '
@@ -361,7 +368,7 @@ class ProtocolTests(unittest.TestCase):
                 out = self.c.send(b"g GENURLAUTH " + args + b"\r\n")
                 self.assertTrue(out.startswith(b"g BAD Error in IMAP command GENURLAUTH: "), out)
                 self.assertIn(why, out)
-        self.assertIsNone(self.storage.get_attribute("INBOX", urlauth.KEY_ATTRIBUTE))
+        self.assertIsNone(result_now(self.storage.get_attribute("INBOX", urlauth.KEY_ATTRIBUTE)))
 
     def test_configured_host(self):
         c = Client(self.storage, settings={"imap_urlauth_host": "mail.example.com"})
@@ -403,36 +410,36 @@ class ResolveTests(unittest.TestCase):
         self.storage.append("Drafts", io.BytesIO(b"Subject: draft\r\n\r\ndraft body\r\n"))
 
     def test_relative_and_absolute(self):
-        drafts = self.storage.open("Drafts")
+        drafts = result_now(self.storage.open("Drafts"))
         self.addCleanup(drafts.close)
         s = FakeSession(self.storage, "alice", drafts)
         v = drafts.uidvalidity
-        self.assertEqual(urlauth.resolve_url(s, ";UID=1/;SECTION=TEXT"), b"draft body\r\n")
-        self.assertEqual(urlauth.resolve_url(s, b"/Drafts;UIDVALIDITY=%d/;UID=1/;SECTION=HEADER" % v),
+        self.assertEqual(now_resolve(s, ";UID=1/;SECTION=TEXT"), b"draft body\r\n")
+        self.assertEqual(now_resolve(s, b"/Drafts;UIDVALIDITY=%d/;UID=1/;SECTION=HEADER" % v),
                          b"Subject: draft\r\n\r\n")
-        self.assertIsNone(urlauth.resolve_url(s, f"/Drafts;UIDVALIDITY={v + 1}/;UID=1"))
-        self.assertEqual(urlauth.resolve_url(s, "/INBOX/;UID=1/;SECTION=1/;PARTIAL=3.5"), b"vis p")
-        self.assertEqual(urlauth.resolve_url(s, "imap://alice@h/INBOX/;UID=1/;SECTION=1.MIME"),
+        self.assertIsNone(now_resolve(s, f"/Drafts;UIDVALIDITY={v + 1}/;UID=1"))
+        self.assertEqual(now_resolve(s, "/INBOX/;UID=1/;SECTION=1/;PARTIAL=3.5"), b"vis p")
+        self.assertEqual(now_resolve(s, "imap://alice@h/INBOX/;UID=1/;SECTION=1.MIME"),
                          b"Content-Type: text/plain\r\n\r\n")
-        self.assertIsNone(urlauth.resolve_url(s, "imap://bob@h/INBOX/;UID=1"))
-        self.assertIsNone(urlauth.resolve_url(s, "/INBOX/;UID=2"))
-        self.assertIsNone(urlauth.resolve_url(s, "/INBOX/;UID=1/;SECTION=3"))
-        self.assertIsNone(urlauth.resolve_url(s, "/Nope/;UID=1"))
-        self.assertIsNone(urlauth.resolve_url(s, "/INBOX"))
-        self.assertIsNone(urlauth.resolve_url(s, "not a url"))
-        self.assertIsNone(urlauth.resolve_url(FakeSession(self.storage, "alice"), ";UID=1"))
+        self.assertIsNone(now_resolve(s, "imap://bob@h/INBOX/;UID=1"))
+        self.assertIsNone(now_resolve(s, "/INBOX/;UID=2"))
+        self.assertIsNone(now_resolve(s, "/INBOX/;UID=1/;SECTION=3"))
+        self.assertIsNone(now_resolve(s, "/Nope/;UID=1"))
+        self.assertIsNone(now_resolve(s, "/INBOX"))
+        self.assertIsNone(now_resolve(s, "not a url"))
+        self.assertIsNone(now_resolve(FakeSession(self.storage, "alice"), ";UID=1"))
         configured = FakeSession(self.storage, "alice", drafts, {"imap_urlauth_host": "mail"})
-        self.assertIsNone(urlauth.resolve_url(configured, "imap://alice@h/INBOX/;UID=1"))
-        self.assertIsNotNone(urlauth.resolve_url(configured, "imap://alice@mail/INBOX/;UID=1"))
+        self.assertIsNone(now_resolve(configured, "imap://alice@h/INBOX/;UID=1"))
+        self.assertIsNotNone(now_resolve(configured, "imap://alice@mail/INBOX/;UID=1"))
 
     def test_urlauth_url(self):
         c = Client(self.storage)
         out = c.send(b'g GENURLAUTH "imap://alice@h/INBOX/;UID=1/;SECTION=1;URLAUTH=user+alice" INTERNAL\r\n')
         url = quoted(out, b"* GENURLAUTH ").decode()
         s = FakeSession(self.storage, "alice")
-        self.assertEqual(urlauth.resolve_url(s, url), b"Si vis pacem, para bellum.")
-        self.assertIsNone(urlauth.resolve_url(s, url[:-1] + ("0" if url[-1] != "0" else "1")))
-        self.assertIsNone(urlauth.resolve_url(FakeSession(self.storage, "bob"), url))
+        self.assertEqual(now_resolve(s, url), b"Si vis pacem, para bellum.")
+        self.assertIsNone(now_resolve(s, url[:-1] + ("0" if url[-1] != "0" else "1")))
+        self.assertIsNone(now_resolve(FakeSession(self.storage, "bob"), url))
 
 
 class GreetingSession(IMAPSession):

@@ -21,6 +21,7 @@ from pydovecot.storage import maildir as M
 from pydovecot.storage.interfaces import StorageError
 from pydovecot.storage.maildir import MaildirStorage
 from pydovecot.storage.uidlist import read_uidlist
+from tests.storage_now import now
 
 MSG = b"Subject: hi\r\n\r\nhello\r\n"
 
@@ -36,7 +37,7 @@ class Base(unittest.TestCase):
     def setUp(self) -> None:
         self.root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.root, True)
-        self.st = MaildirStorage("u", self.root)
+        self.st = now(MaildirStorage("u", self.root))
 
     def fill(self, n: int, flags: tuple[str, ...] = ()) -> None:
         for _ in range(n):
@@ -115,12 +116,12 @@ class CondstoreTests(Base):
         box.sync()
         self.assertEqual(box.highestmodseq, st.highestmodseq)
         # persistent across a restart, and monotonic even when the index is lost
-        again = MaildirStorage("u", self.root).open("INBOX")
+        again = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual(again.highestmodseq, st.highestmodseq)
         self.assertEqual([(i.uid, i.modseq) for i in again.messages],
                          [(i.uid, i.modseq) for i in box.messages])
         os.unlink(self.index_path())
-        rebuilt = MaildirStorage("u", self.root).open("INBOX")
+        rebuilt = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertGreater(rebuilt.highestmodseq, st.highestmodseq)
         self.assertTrue(all(i.modseq > st.highestmodseq for i in rebuilt.messages))
         self.assertEqual([(i.uid, i.flags) for i in rebuilt.messages],
@@ -131,7 +132,7 @@ class CondstoreTests(Base):
         for name in os.listdir(self.root):
             if name.startswith("dovecot.index"):
                 os.unlink(os.path.join(self.root, name))
-        again = MaildirStorage("u", self.root).open("INBOX")
+        again = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertGreater(again.highestmodseq, hms)
         self.assertLess(again.highestmodseq, 2**63)
 
@@ -160,7 +161,7 @@ class CondstoreTests(Base):
         self.assertNotIn("\\Seen", box.messages[1].flags)
         # another process changed message 1 after we read its modseq
         ms1 = box.messages[0].modseq
-        other = MaildirStorage("u", self.root).open("INBOX")
+        other = now(MaildirStorage("u", self.root)).open("INBOX")
         other.store([1], ["\\Answered"], "+")
         changed, failed = box.store_unchanged_since([1], ["\\Draft"], "+", ms1)
         self.assertEqual((changed, failed), ([], [1]))
@@ -181,11 +182,11 @@ class CondstoreTests(Base):
         self.assertEqual(box.vanished_since(after2), [4])
         self.assertEqual(box.vanished_since(self.st.status("INBOX").highestmodseq), [])
         # survives a restart (kept in the index)
-        again = MaildirStorage("u", self.root).open("INBOX")
+        again = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual(again.vanished_since(start), [2, 4])
         # lost index: over-report every UID that is not here
         os.unlink(self.index_path())
-        rebuilt = MaildirStorage("u", self.root).open("INBOX")
+        rebuilt = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual(rebuilt.vanished_since(start), [2, 4])
         self.assertEqual(rebuilt.vanished_since(0), [2, 4])
 
@@ -252,7 +253,7 @@ class CondstoreTests(Base):
         box.set_cached(2, "bodystructure", ["text", "plain"])
         box.set_cached(99, "envelope", "x")  # unknown: ignored
         self.assertEqual(box.cached(1, "envelope"), b"(\"date\" NIL)")
-        again = MaildirStorage("u", self.root).open("INBOX")
+        again = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual(again.cached(1, "envelope"), b"(\"date\" NIL)")
         self.assertEqual(again.cached(1, "header.subject"), "hi")
         self.assertEqual(again.cached(2, "bodystructure"), ["text", "plain"])
@@ -264,8 +265,8 @@ class IndexTests(Base):
         self.fill(3, flags=("\\Seen", "kw"))
         self.st.open("INBOX").store([2], ["\\Flagged"], "+")
         _age_dirs(self.root)
-        MaildirStorage("u", self.root).open("INBOX")  # confirms the aged stamp
-        st = MaildirStorage("u", self.root)
+        now(MaildirStorage("u", self.root)).open("INBOX")  # confirms the aged stamp
+        st = now(MaildirStorage("u", self.root))
         self.patch(M._Box, "_list", lambda box: self.fail("scanned"))
         box = st.open("INBOX")
         self.assertEqual([(m.uid, m.flags) for m in box.messages],
@@ -280,14 +281,14 @@ class IndexTests(Base):
         want = [(m.uid, m.flags, m.size) for m in box.messages]
         hms = box.highestmodseq
         damage()
-        again = MaildirStorage("u", self.root).open("INBOX")
+        again = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual([(m.uid, m.flags, m.size) for m in again.messages], want)
         self.assertGreaterEqual(again.highestmodseq, hms)
         self.assertEqual(again.uidnext, 5)
         self.assertEqual(again.uidvalidity, box.uidvalidity)
         # and the rebuilt index is valid again
         self.assertIsNotNone(I.MailboxIndex(self.root).load())
-        self.assertEqual(MaildirStorage("u", self.root).append("INBOX", io.BytesIO(MSG))[1], 5)
+        self.assertEqual(now(MaildirStorage("u", self.root)).append("INBOX", io.BytesIO(MSG))[1], 5)
 
     def test_rebuild_when_missing(self) -> None:
         self._check_rebuilt(lambda: os.unlink(self.index_path()))
@@ -315,14 +316,14 @@ class IndexTests(Base):
         self.fill(2)
         self.st.open("INBOX")
         _age_dirs(self.root)
-        MaildirStorage("u", self.root).open("INBOX")
+        now(MaildirStorage("u", self.root)).open("INBOX")
         # Dovecot (or a shell) changes flags and delivers behind our back
         cur = os.path.join(self.root, "cur")
         name = sorted(os.listdir(cur))[0]
         os.rename(os.path.join(cur, name), os.path.join(cur, name.split(":")[0] + ":2,FS"))
         with open(os.path.join(self.root, "new", "1600000000.x"), "wb") as f:
             f.write(b"a\n")
-        box = MaildirStorage("u", self.root).open("INBOX")
+        box = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual([(m.uid, m.flags) for m in box.messages],
                          [(1, {"\\Flagged", "\\Seen"}), (2, set()), (3, set())])
 
@@ -331,14 +332,14 @@ class IndexTests(Base):
         self.fill(2)
         self.st.open("INBOX")
         _age_dirs(self.root)
-        MaildirStorage("u", self.root).open("INBOX")
+        now(MaildirStorage("u", self.root)).open("INBOX")
         with open(self.index_path(".log"), "ab") as f:
             f.write(I.encode_op(["b"]))
         cur = os.path.join(self.root, "cur")
         name = sorted(os.listdir(cur))[0]
         os.rename(os.path.join(cur, name), os.path.join(cur, name.split(":")[0] + ":2,S"))
         _age_dirs(self.root)  # even with an unchanged-looking directory
-        box = MaildirStorage("u", self.root).open("INBOX")
+        box = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual(box.messages[0].flags, {"\\Seen"})
 
     def test_hostile_log_is_not_followed(self) -> None:
@@ -350,7 +351,7 @@ class IndexTests(Base):
         box.sync()
         with box.message_file(1) as f:
             self.assertTrue(f.read().startswith(b"Subject"))
-        again = MaildirStorage("u", self.root).open("INBOX")
+        again = now(MaildirStorage("u", self.root)).open("INBOX")
         with again.message_file(1) as f:
             self.assertTrue(f.read().startswith(b"Subject"))
 
@@ -360,17 +361,17 @@ class IndexTests(Base):
         box.set_cached(1, "k", "old")
         for name in ("dovecot-uidlist", I.INDEX, I.INDEX + ".log"):
             os.unlink(os.path.join(self.root, name))
-        fresh = MaildirStorage("u", self.root).open("INBOX")
+        fresh = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertNotEqual(fresh.uidvalidity, box.uidvalidity)
         self.assertIsNone(fresh.cached(1, "k"))
         fresh.set_cached(1, "k", "new")
-        self.assertEqual(MaildirStorage("u", self.root).open("INBOX").cached(1, "k"), "new")
+        self.assertEqual(now(MaildirStorage("u", self.root)).open("INBOX").cached(1, "k"), "new")
 
     def test_uidlist_lost_index_keeps_uids(self) -> None:
         self.fill(3)
         v = self.st.status("INBOX").uidvalidity
         os.unlink(os.path.join(self.root, "dovecot-uidlist"))
-        box = MaildirStorage("u", self.root).open("INBOX")
+        box = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual((box.uidvalidity, [m.uid for m in box.messages]), (v, [1, 2, 3]))
         ul = read_uidlist(os.path.join(self.root, "dovecot-uidlist"))
         self.assertEqual((ul.uidvalidity, [r.uid for r in ul.records]), (v, [1, 2, 3]))
@@ -379,7 +380,7 @@ class IndexTests(Base):
         self.patch(M, "LOG_COMPACT_BYTES", 2000)
         self.fill(5)
         a = self.st.open("INBOX")
-        b_st = MaildirStorage("u", self.root)
+        b_st = now(MaildirStorage("u", self.root))
         b = b_st.open("INBOX")
         with open(self.index_path(".log"), "rb") as f:
             log_id = f.readline()
@@ -394,7 +395,7 @@ class IndexTests(Base):
 
 
 def _flagger(root: str, uids: list[int], flag: str, rounds: int) -> None:
-    st = MaildirStorage("u", root)
+    st = now(MaildirStorage("u", root))
     box = st.open("INBOX")
     for _ in range(rounds):
         box.sync()
@@ -406,7 +407,7 @@ class ConcurrencyTests(Base):
     def test_two_processes_share_modseqs(self) -> None:
         self.fill(3)
         a = self.st.open("INBOX")
-        other = MaildirStorage("u", self.root)
+        other = now(MaildirStorage("u", self.root))
         b = other.open("INBOX")
         b.store([1], ["\\Seen"], "+")
         a.store([2], ["\\Seen"], "+")
@@ -438,7 +439,7 @@ class ConcurrencyTests(Base):
             self.assertEqual(p.exitcode, 0)
         ul = read_uidlist(os.path.join(self.root, "dovecot-uidlist"))
         self.assertEqual([r.uid for r in ul.records], list(range(1, 4 + 40 + 10 + 1)))
-        fresh = MaildirStorage("u", self.root).open("INBOX")
+        fresh = now(MaildirStorage("u", self.root)).open("INBOX")
         self.assertEqual(len(fresh.messages), 54)
         want = set(flags)
         self.assertEqual(fresh.messages[0].flags, want | {"\\Draft"})
@@ -473,12 +474,12 @@ class TimingTests(unittest.TestCase):
         _age_dirs(root)
         times = {}
         t = time.perf_counter()
-        box = MaildirStorage("u", root).open("INBOX")
+        box = now(MaildirStorage("u", root)).open("INBOX")
         times["cold"] = time.perf_counter() - t
         self.assertEqual(len(box.messages), n)
         self.patch(M._Box, "_list", lambda box: self.fail("warm open scanned"))
         t = time.perf_counter()
-        warm = MaildirStorage("u", root).open("INBOX")
+        warm = now(MaildirStorage("u", root)).open("INBOX")
         times["warm"] = time.perf_counter() - t
         self.assertEqual([(m.uid, m.flags) for m in warm.messages],
                          [(m.uid, m.flags) for m in box.messages])

@@ -542,3 +542,41 @@ class AuthLinkTests(unittest.TestCase):
         d = link.call(object)
         clock.advance(2.1)
         self.failureResultOf(d, AuthUnavailable)
+
+
+class IDMaximaTests(unittest.TestCase):
+    """RFC 2971's maxima (30 pairs, 1024-octet values) are accepted before
+    login and after it; one pair more is refused."""
+
+    def id_command(self, pairs: int, size: int = 1024) -> bytes:
+        fields = b" ".join(b'"f%02d" "%s"' % (i, b"v" * size) for i in range(pairs))
+        return b"a ID (" + fields + b")\r\n"
+
+    def test_before_login(self):
+        proto, t = _connected(IMAPLoginFactory(FakeLoginBackend(), False, clock=Clock()))
+        proto.dataReceived(self.id_command(30) + self.id_command(31).replace(b"a ID", b"b ID"))
+        got = t.value()
+        self.assertIn(b'* ID ("name" "pydovecot")\r\na OK ID completed.', got)
+        self.assertIn(b"b BAD Error in IMAP command ID: Invalid parameters.", got)
+        self.assertEqual(len(proto.client_id), 30)
+        self.assertFalse(t.disconnecting)
+
+    def test_after_login(self):
+        from twisted.internet.testing import StringTransport
+
+        from pydovecot.imap.session import IMAPSession
+        from pydovecot.session import SessionContext
+        from tests.imap_fakes import FakeStorage
+
+        transport = StringTransport()
+        session = IMAPSession(FakeStorage(), SessionContext("alice", "t", settings={}))
+        session.clock = Clock()
+        session.slice = 60.0
+        session.makeConnection(transport)
+        session.start(None, b"")
+        session.dataReceived(self.id_command(30) + self.id_command(31).replace(b"a ID", b"b ID")
+                             + b"c ID NIL\r\n")
+        got = transport.value()
+        self.assertIn(b'* ID ("name" "pydovecot")\r\na OK ID completed.', got)
+        self.assertIn(b"b BAD Error in IMAP command ID: Invalid parameters.", got)
+        self.assertIn(b"c OK ID completed.", got)

@@ -24,12 +24,13 @@ from pydovecot.storage.interfaces import (
 )
 from pydovecot.storage.maildir import MaildirStorage
 from pydovecot.storage.uidlist import read_uidlist
+from tests.storage_now import now
 
 MSG = b"Subject: hi\r\n\r\nhello\r\n.dot\r\n"
 
 
 def _append_many(root: str, n: int) -> None:
-    st = MaildirStorage("u", root)
+    st = now(MaildirStorage("u", root))
     for _ in range(n):
         st.append("INBOX", io.BytesIO(MSG))
 
@@ -39,7 +40,7 @@ class StorageTests(unittest.TestCase):
         self.home = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.home, True)
         self.root = os.path.join(self.home, "Maildir")
-        self.st = open_storage("u", "maildir:~/Maildir", self.home)
+        self.st = now(open_storage("u", "maildir:~/Maildir", self.home))
 
     def test_location(self) -> None:
         self.assertEqual(parse_location("maildir:~/Maildir:UTF-8", "/h"), ("/h/Maildir", {"UTF-8": ""}))
@@ -149,20 +150,20 @@ class StorageTests(unittest.TestCase):
         v = self.st.status("INBOX").uidvalidity
         os.unlink(os.path.join(self.root, "dovecot-uidlist"))
         # the index still knows the UIDs: the uidlist is rewritten from it
-        s = MaildirStorage("u", self.root).status("INBOX")
+        s = now(MaildirStorage("u", self.root)).status("INBOX")
         self.assertEqual((s.messages, s.uidvalidity), (2, v))
         self.assertEqual(read_uidlist(os.path.join(self.root, "dovecot-uidlist")).uidvalidity, v)
         # without uidlist and index the mailbox is new to every client
         os.unlink(os.path.join(self.root, "dovecot-uidlist"))
         os.unlink(os.path.join(self.root, "dovecot.index.pydovecot"))
-        st2 = MaildirStorage("u", self.root)
+        st2 = now(MaildirStorage("u", self.root))
         s = st2.status("INBOX")
         self.assertEqual(s.messages, 2)
         self.assertNotEqual(s.uidvalidity, v)
         # a uidlist entry without a file is dropped, a file without entry is numbered
         with open(os.path.join(self.root, "new", "999.x,S=1,W=1"), "wb") as f:
             f.write(b"x")
-        st3 = MaildirStorage("u", self.root)
+        st3 = now(MaildirStorage("u", self.root))
         box = st3.open("INBOX")
         self.assertEqual([m.uid for m in box.messages], [1, 2, 3])
 
@@ -240,7 +241,7 @@ class DovecotRoundTripTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, base, True)
         os.chmod(base, 0o755)
         home = os.path.join(base, "home")
-        st = open_storage("u", "maildir:~/Maildir", home)
+        st = now(open_storage("u", "maildir:~/Maildir", home))
         st.append("INBOX", io.BytesIO(MSG), flags=["\\Seen", "Work"])
         st.append("INBOX", io.BytesIO(MSG))
         st.create("Sub/Box")

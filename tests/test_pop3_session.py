@@ -74,7 +74,7 @@ class POP3SessionTests(unittest.TestCase):
     @inlineCallbacks
     def test_transaction(self) -> None:
         factory, port = self.listen()
-        box = self.storage.open("INBOX", readonly=True)
+        box = yield self.storage.open("INBOX", readonly=True)
         v = box.uidvalidity
         box.close()
 
@@ -123,7 +123,7 @@ class POP3SessionTests(unittest.TestCase):
         self.assertEqual(r["retr9"], b"-ERR There's no message 9.")
         self.assertEqual(r["stat2"], (2, sizes[0] + sizes[1]))
         self.assertEqual(r["quit"], b"+OK Logging out.")
-        box = self.storage.open("INBOX")
+        box = yield self.storage.open("INBOX")
         self.assertEqual([m.uid for m in box.messages], [2, 3])
         self.assertEqual(box.messages[0].flags, {"\\Seen"})
         self.assertEqual(box.messages[1].flags, set())

@@ -30,6 +30,7 @@ from pydovecot.storage.interfaces import (
 from pydovecot.storage.maildir import MaildirStorage, uidlist_guid
 from tests.dovecot_local import LocalDovecot
 from tests.imap_fakes import FakeStorage
+from tests.storage_now import now
 
 
 class _Semantics:
@@ -127,14 +128,14 @@ class _Semantics:
 
 class FakeAttributeTests(_Semantics, unittest.TestCase):
     def make(self) -> FakeStorage:
-        return FakeStorage()
+        return now(FakeStorage())
 
 
 class MaildirAttributeTests(_Semantics, unittest.TestCase):
     def make(self) -> MaildirStorage:
         self.home = os.path.abspath(self.mktemp())
         self.root = os.path.join(self.home, "Maildir")
-        return MaildirStorage("alice", self.root, home=self.home)
+        return now(MaildirStorage("alice", self.root, home=self.home))
 
     def dict_file(self) -> bytes:
         with open(os.path.join(self.home, "dovecot-attributes"), "rb") as f:
@@ -158,7 +159,7 @@ class MaildirAttributeTests(_Semantics, unittest.TestCase):
 
     def test_no_home_means_the_mail_root(self) -> None:
         root = os.path.abspath(self.mktemp())
-        s = MaildirStorage("alice", root)
+        s = now(MaildirStorage("alice", root))
         s.set_attribute("INBOX", "/private/comment", b"x")
         self.assertTrue(os.path.exists(os.path.join(root, "dovecot-attributes")))
 
@@ -168,7 +169,7 @@ class MaildirAttributeTests(_Semantics, unittest.TestCase):
         path = os.path.join(self.root, ".Old", "dovecot-uidlist")
         with open(path, "w") as f:
             f.write("3 V1234 N5\n4 :1700000000.M1P1.host\n")
-        s2 = MaildirStorage("alice", self.root, home=self.home)
+        s2 = now(MaildirStorage("alice", self.root, home=self.home))
         self.assertEqual(s2.attribute_keys("Old"), [])
         self.assertEqual(uidlist_guid(path), "")  # reading does not write
         s2.set_attribute("Old", "/private/comment", b"x")
@@ -200,7 +201,7 @@ class MaildirAttributeTests(_Semantics, unittest.TestCase):
 
     def test_another_process_sees_changes(self) -> None:
         a = self.make()
-        b = MaildirStorage("alice", self.root, home=self.home)
+        b = now(MaildirStorage("alice", self.root, home=self.home))
         a.set_attribute("INBOX", "/private/comment", b"one")
         self.assertEqual(b.get_attribute("INBOX", "/private/comment"), b"one")
         b.set_attribute("INBOX", "/private/other", b"two")
@@ -282,14 +283,14 @@ class MaildirAttributeTests(_Semantics, unittest.TestCase):
             json.dump({"version": 1, "keys": {
                 "Sent": {"uidvalidity": validity, "key": "ab" * 32},
                 "Old": {"uidvalidity": 1, "key": "cd" * 32}}}, f)
-        s2 = MaildirStorage("alice", self.root, home=self.home)
+        s2 = now(MaildirStorage("alice", self.root, home=self.home))
         self.assertEqual(s2.get_attribute("Sent", A.SPECIALUSE), b"\\Sent")
         self.assertEqual(s2.get_attribute("Sent", A.URLAUTH_KEY), b"ab" * 32)
         self.assertIsNone(s2.get_attribute("Old", A.URLAUTH_KEY))  # an earlier "Old"'s key
         self.assertEqual(sorted(f for f in os.listdir(self.root) if f.startswith("pydovecot-")),
                          ["pydovecot-special-use.migrated", "pydovecot-urlauth-keys.migrated"])
         s2.set_attribute("Sent", A.SPECIALUSE, b"\\Sent \\Archive")
-        s3 = MaildirStorage("alice", self.root, home=self.home)
+        s3 = now(MaildirStorage("alice", self.root, home=self.home))
         self.assertEqual(s3.get_attribute("Sent", A.SPECIALUSE), b"\\Sent \\Archive")
 
 
@@ -310,7 +311,7 @@ class DovecotInteropTests(unittest.TestCase):
         self.dovecot = LocalDovecot(self)
 
     def storage(self) -> MaildirStorage:
-        return MaildirStorage("alice", self.dovecot.maildir, home=self.dovecot.home)
+        return now(MaildirStorage("alice", self.dovecot.maildir, home=self.dovecot.home))
 
     def get(self, mailbox: str, key: str) -> str:
         args = ["-s", ""] if mailbox == "" else [mailbox]

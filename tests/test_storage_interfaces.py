@@ -18,17 +18,21 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import os
 import pathlib
 
+from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 import pydovecot
-from pydovecot.storage.interfaces import IMailbox, IMailStorage
+from pydovecot.storage.interfaces import IMailbox, IMailStorage, MailboxNotFound, StorageError
 from pydovecot.storage.maildir import MaildirStorage
 from tests.imap_fakes import FakeStorage
+from tests.remote_storage import SYNCHRONOUS, RemoteMailbox, RemoteStorage
+from tests.storage_now import result_now
 from tests.test_imap_condstore import ModseqStorage
 
 PROTOCOL_DIRS = ("imap", "pop3", "lmtp", "mailproc")
@@ -77,27 +81,80 @@ def storage_uses(root: pathlib.Path) -> dict[str, set[str]]:
     return uses
 
 
+def verify(test: unittest.TestCase, iface: type, obj: object) -> None:
+    """verifyObject, plus the real signature of each method (a decorated
+    method's wrapper takes ``*args``, so verifyObject alone would accept
+    any): its parameters are the declared ones, in order."""
+    test.assertTrue(verifyObject(iface, obj))
+    for name in iface.names(all=True):
+        desc = iface[name]
+        if not hasattr(desc, "getSignatureInfo"):
+            continue
+        params = [p for p in inspect.signature(getattr(obj, name)).parameters.values()
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        declared = list(desc.getSignatureInfo()["positional"])
+        test.assertEqual([p.name for p in params][:len(declared)], declared,
+                         f"{type(obj).__name__}.{name}")
+
+
 class VerifyObjectTests(unittest.TestCase):
     def test_maildir(self) -> None:
         d = self.mktemp()
         storage = MaildirStorage("alice", os.path.join(d, "Maildir"), home=d)
-        storage.append("INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
-        self.assertTrue(verifyObject(IMailStorage, storage))
-        box = storage.open("INBOX")
+        result_now(storage.append("INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n")))
+        verify(self, IMailStorage, storage)
+        box = result_now(storage.open("INBOX"))
         self.addCleanup(box.close)
-        self.assertTrue(verifyObject(IMailbox, box))
-        ro = storage.open("INBOX", readonly=True)
+        verify(self, IMailbox, box)
+        ro = result_now(storage.open("INBOX", readonly=True))
         self.addCleanup(ro.close)
-        self.assertTrue(verifyObject(IMailbox, ro))
+        verify(self, IMailbox, ro)
 
     def test_fakes(self) -> None:
         for cls in (FakeStorage, ModseqStorage):
             storage = cls()
-            storage.append("INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
-            self.assertTrue(verifyObject(IMailStorage, storage), cls)
-            box = storage.open("INBOX")
-            self.assertTrue(verifyObject(IMailbox, box), cls)
+            result_now(storage.append("INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n")))
+            verify(self, IMailStorage, storage)
+            box = result_now(storage.open("INBOX"))
+            verify(self, IMailbox, box)
             box.close()
+
+    def test_remote(self) -> defer.Deferred:
+        """The remote-like proxy (tests.remote_storage), built from the
+        interface's names, passes too; its methods answer only later."""
+        d = self.mktemp()
+        storage = RemoteStorage(MaildirStorage("alice", os.path.join(d, "Maildir"), home=d))
+        verify(self, IMailStorage, storage)
+        status = storage.status("INBOX")
+        self.assertFalse(status.called)
+        inner = result_now(storage.target.open("INBOX"))
+        self.addCleanup(inner.close)
+        box = RemoteMailbox(inner)
+        verify(self, IMailbox, box)
+        synced = box.sync()
+        self.assertFalse(synced.called)
+        declared = {n for n in IMailbox.names(all=True) if n not in SYNCHRONOUS
+                    and hasattr(IMailbox[n], "getSignatureInfo")}
+        self.assertTrue(declared <= set(vars(RemoteMailbox)))
+        return defer.gatherResults([status, synced])
+
+    def test_methods_answer_with_deferreds(self) -> None:
+        """Every asynchronous method of the Maildir storage and the fakes
+        answers with a Deferred, errors included (a failed Deferred, not a
+        raise)."""
+        d = self.mktemp()
+        for storage in (MaildirStorage("alice", os.path.join(d, "Maildir"), home=d),
+                        FakeStorage(), ModseqStorage()):
+            name = type(storage).__name__
+            self.assertIsInstance(storage.status("INBOX"), defer.Deferred, name)
+            missing = storage.status("nonexistent")
+            self.assertIsInstance(missing, defer.Deferred, name)
+            self.failureResultOf(missing, MailboxNotFound)
+            self.failureResultOf(storage.open("nonexistent"), MailboxNotFound)
+            box = self.successResultOf(storage.open("INBOX"))
+            self.assertIsInstance(box.sync(), defer.Deferred, name)
+            self.failureResultOf(box.message_file(99), StorageError)
+            self.assertIsNone(box.close(), name)  # synchronous by choice
 
     def test_declared_members_are_documented(self) -> None:
         for iface in (IMailStorage, IMailbox):

@@ -23,6 +23,7 @@ from twisted.trial import unittest
 from pydovecot.storage.maildir import MaildirStorage
 from tests.dovecot_local import DovecotSession, LocalDovecot
 from tests.imap_fakes import FakeStorage
+from tests.storage_now import now
 
 MSG = b"Subject: recent\r\n\r\nbody\r\n"
 
@@ -133,14 +134,14 @@ class _Dovecot(_Script):
 class MaildirRecentTests(unittest.TestCase):
     def storage(self) -> MaildirStorage:
         self.root = os.path.abspath(self.mktemp())
-        return MaildirStorage("alice", self.root)
+        return now(MaildirStorage("alice", self.root))
 
     def test_same_process(self) -> None:
         self.assertEqual(_Ours(self.storage()).run(), EXPECTED)
 
     def test_other_process(self) -> None:
         first = self.storage()
-        second = MaildirStorage("alice", self.root)
+        second = now(MaildirStorage("alice", self.root))
         self.assertEqual(_Ours(first, second).run(), EXPECTED)
 
     def test_selecting_session_keeps_its_recent(self) -> None:
@@ -156,7 +157,7 @@ class MaildirRecentTests(unittest.TestCase):
         self.assertEqual(a.recent, {1})
 
     def test_fake_follows_the_same_rule(self) -> None:
-        self.assertEqual(_Ours(FakeStorage()).run(), EXPECTED)
+        self.assertEqual(_Ours(now(FakeStorage())).run(), EXPECTED)
 
 
 class DovecotRecentTests(unittest.TestCase):

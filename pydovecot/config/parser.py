@@ -671,8 +671,9 @@ class _Parser:
         if kind == "implemented":
             if key == "mail_plugins":
                 self.check_mail_plugins(where, value)
-            elif key == "mail_location":
-                why = S.check_location(value)
+            elif key in ("mail_location", "mail_attribute_dict"):
+                check = S.check_location if key == "mail_location" else S.check_attribute_dict
+                why = check(value)
                 if why:
                     self.refuse_value(where, key, why)
             return

@@ -43,6 +43,8 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "log_path": (STR, ""),
     "login_greeting": (STR, "pydovecot ready."),
     "mail_location": (STR, ""),
+    "imap_metadata": (BOOL, "no"),
+    "mail_attribute_dict": (STR, ""),
     "mail_home": (STR, ""),
     "mail_uid": (STR, ""),
     "mail_gid": (STR, ""),
@@ -703,8 +705,6 @@ REFUSED: dict[str, str] = {
     "mail_attachment_fs": "single-instance attachment storage is not supported",
     "mail_attachment_hash": "single-instance attachment storage is not supported",
     "mail_attachment_min_size": "single-instance attachment storage is not supported",
-    "mail_attribute_dict": "IMAP METADATA storage is not supported",
-    "imap_metadata": "IMAP METADATA is not supported",
     "imap_fetch_failure": "pydovecot's FETCH failure handling is fixed",
     "mail_chroot": "chrooting mail processes is not supported",
     "valid_chroot_dirs": "chrooting mail processes is not supported",
@@ -901,7 +901,7 @@ def default_of(name: str) -> str:
 #: Settings the config package itself reads (it has no other reader).
 CONFIG_READERS = frozenset({
     "protocols", "listen", "base_dir", "default_client_limit", "default_process_limit",
-    "default_vsz_limit", "mail_plugins", "mail_location",
+    "default_vsz_limit", "mail_plugins", "mail_location", "mail_attribute_dict",
 })  # fmt: skip
 
 # -- sections: keys of service, listener, namespace, mailbox, passdb ---------
@@ -1019,6 +1019,20 @@ def plugin_key_owner(key: str) -> str | None:
 #: enforces the same rules for userdb ``mail`` overrides).
 LOCATION_FORMATS = frozenset({"maildir"})
 LOCATION_OPTIONS = {"UTF-8": None, "LAYOUT": frozenset({"maildir++"})}
+
+
+#: The attribute dicts pydovecot keeps (pydovecot/storage/attributes.py):
+#: Dovecot's file dict in the home, always on (special-use and URLAUTH keys
+#: live there too), so an empty value means the same file.
+ATTRIBUTE_DICTS = frozenset({"", "file:%h/dovecot-attributes", "file:~/dovecot-attributes"})
+
+
+def check_attribute_dict(value: str) -> str | None:
+    """Why a mail_attribute_dict can't be honoured, or None when it can."""
+    if value.strip() in ATTRIBUTE_DICTS:
+        return None
+    return (f"mail_attribute_dict = {value}: pydovecot keeps mailbox attributes in "
+            "file:%h/dovecot-attributes only")
 
 
 def check_location(value: str) -> str | None:

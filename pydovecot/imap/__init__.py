@@ -14,8 +14,10 @@ control, and the selected mailbox's view and its sync (EXISTS, EXPUNGE or
 VANISHED, FETCH FLAGS with MODSEQ, after every command its flags allow).
 It knows no command.  Commands use its public surface only: ``send``,
 ``flush``, ``tagged``, ``send_paced``/``drained``/``output_blocked``,
-``selected``/``select``/``resolve``, ``load``/``load_header``, ``sync``,
-``recent_view``, ``highestmodseq``/``enable_condstore``/``modseq_part``,
+``selected``/``select``/``resolve``, ``load``/``load_header`` (awaitable),
+``sync`` (awaitable), ``run_steps``, ``recent_view``,
+``highestmodseq``/``vanished_since`` (awaitable),
+``enable_condstore``/``announce_condstore``/``modseq_part``,
 ``decode_mailbox``/``encode_mailbox``, ``wait_input`` (IDLE), ``logout``,
 ``start_compression``, and plain attributes (``storage``, ``mailbox``,
 ``ctx``, ``cache``, ``condstore``, ``qresync``, ``rev2``, ``utf8``,
@@ -58,8 +60,26 @@ search/sort/thread (``search``, ``sort``, ``thread``, ``ext_search``,
 
 **Storage interface**: everything about mail goes through
 :class:`~pydovecot.storage.interfaces.IMailStorage` and ``IMailbox``; the
-engine never opens a mail file itself.  A selected mailbox is a view
-whose sequence numbers change only in the core's ``sync``.
+engine never opens a mail file itself.  Every storage method answers with
+a Deferred (values, or StorageError failures that become tagged ``NO``),
+so the storage may live in another process, on another host or in a
+database: handlers that reach storage are ``async def`` and await each
+answer; the cooperator loops of FETCH, LIST and SEARCH wait on a pending
+answer as they wait on ``drained()`` (:class:`~pydovecot.storage.deferred.Answer`),
+and go on in the same step when it is already in (the local Maildir
+answers at once).  The core awaits the after-command sync before it sends
+the tagged reply or starts the next command, and never runs two syncs of
+a view at once (a sync IDLE or NOTIFY began holds back the queue).
+Message bodies come as file objects.  A selected mailbox is a view whose
+attributes (``messages``, ``recent`` …) are the session's local copy and
+whose sequence numbers change only in the core's ``sync``.  SEARCH, SORT
+and THREAD hand the storage a program
+(:class:`~pydovecot.storage.search.SearchProgram`, JSON-able, sequence
+numbers already turned into UIDs) and await its answer
+(``IMailbox.search``/``sort``); envelope, body structure, header fields,
+preview and threading data come from ``IMailbox.fetch_data``, which a
+storage answers from its index, as Dovecot's lib-storage does.  ``tests/test_imap_remote_storage.py`` runs the commands over a
+storage that answers only reactor turns later.
 
 **Flow control** (see ARCHITECTURE.md, "Facts": many sessions share one
 reactor): the core registers a push producer on its transport and stops

@@ -64,6 +64,8 @@ def capability_string(settings: dict[str, Any]) -> str:
     """The space-separated capability list for this session."""
     override = str(settings.get("imap_capability") or "").strip()
     caps = list(BASE) + [f"APPENDLIMIT={append_limit(settings)}"]
+    if str(settings.get("imap_metadata") or "").strip().lower() in ("yes", "y", "true", "1"):
+        caps.append("METADATA")  # commands/metadata.py (RFC 5464, server entries too)
     if str(settings.get("imap_literal_minus") or "").strip().lower() in ("yes", "y", "true", "1"):
         caps[caps.index("LITERAL+")] = "LITERAL-"  # RFC 7888; IMAP4rev2 implies it anyway
     if override.startswith("+"):

@@ -12,7 +12,9 @@ the registry (:mod:`pydovecot.imap.commands.registry`) and run strictly in
 order; a handler may return a Deferred or a coroutine.  Handlers use only
 the public surface below (``send``, ``flush``, ``tagged``, ``resolve``,
 ``selected``, ``load``, ``sync`` …), never the underscore state.  Storage
-is reached only through :class:`~pydovecot.storage.interfaces.IMailStorage`.
+is reached only through :class:`~pydovecot.storage.interfaces.IMailStorage`,
+whose every answer is awaited: the tagged reply (and the next command)
+waits for the after-command sync, and syncs of the view never overlap.
 
 Many sessions share one reactor, so no session may hold it or grow the
 process (see ARCHITECTURE.md, "Facts"):
@@ -160,6 +162,9 @@ class Client(Protocol):
         self.bytes_out = 0
         self._queue: deque[RawCommand | ReaderError] = deque()
         self._busy = False
+        #: Held while the selected view syncs: syncs never overlap, and no
+        #: command starts while a sync a listener began (IDLE, NOTIFY) runs.
+        self._sync_lock = defer.DeferredLock()
         self._pumping = False
         self._pump_task: task.CooperativeTask | None = None
         self._paused = False  # input: the reader and the socket are stopped
@@ -201,11 +206,12 @@ class Client(Protocol):
         self.reader.literal_minus = syntax.is_yes(settings.get("imap_literal_minus"))
         namespaces = ctx.namespaces or settings.get("namespaces")
         self.special_use = SpecialUse(from_namespaces(namespaces), storage)
-        try:
-            self.special_use.autocreate(storage)
-        except Exception:
-            self.log.error("Autocreating mailboxes failed: {e}", e=error_line(Failure()),
-                           log_prefix=self.prefix)
+        # autocreate = yes mailboxes: no command runs before the storage answered
+        self._busy = True
+        d = defer.Deferred.fromCoroutine(self.special_use.autocreate(storage))
+        d.addErrback(lambda f: self.log.error("Autocreating mailboxes failed: {e}",
+                                              e=error_line(f), log_prefix=self.prefix))
+        d.addBoth(self._command_done)
 
     # -- connection ----------------------------------------------------------
 
@@ -432,6 +438,23 @@ class Client(Protocol):
             self.flush()
             yield None
 
+    def run_steps(self, steps: Generator[Any, None, None], sync_steps: int) -> defer.Deferred[None]:
+        """Run a long command's generator: up to ``sync_steps`` steps at once
+        while each storage answer it waits for is already in, the rest as a
+        task on the global cooperator (a yielded Deferred pauses it)."""
+        for _ in range(sync_steps):
+            try:
+                value = next(steps)
+            except StopIteration:
+                return defer.succeed(None)
+            if isinstance(value, defer.Deferred) and not value.called:
+                def rest(first: defer.Deferred[Any] = value) -> Generator[Any, None, None]:
+                    yield first
+                    yield from steps
+
+                return task.cooperate(rest()).whenDone()
+        return task.cooperate(steps).whenDone()
+
     # -- the command queue --------------------------------------------------------
 
     def _enqueue(self, item: RawCommand | ReaderError) -> None:
@@ -474,7 +497,8 @@ class Client(Protocol):
 
     def _runnable(self) -> bool:
         return (bool(self._queue) and not self._busy and not self.logged_out
-                and not self.closed and not self._output_paused)
+                and not self.closed and not self._output_paused
+                and not self._sync_lock.locked)
 
     def _pump(self) -> None:
         """Run queued commands: synchronously until the slice of this reactor
@@ -592,56 +616,63 @@ class Client(Protocol):
             self.tagged(tag, b"BAD No mailbox selected.")
             return None
 
-        def ok(response: bytes) -> None:
-            self._finish(tag, response, cmd, uid)
+        def ok(response: bytes) -> defer.Deferred[None]:
+            return self._finish(tag, response, cmd, uid)
 
-        def failed(f: Failure) -> None:
+        def failed(f: Failure) -> defer.Deferred[None] | None:
             if f.check(Silent):
-                return
+                return None
             if f.check(CommandError):
                 response = f.value.response
                 if response.startswith(b"BAD ") and not response.startswith(b"BAD ["):
                     response = b"BAD Error in IMAP command %s: %s" % (shown.encode(), response[4:])
-                self._finish(tag, response, cmd, uid)
-            elif f.check(ParseError):
+                return self._finish(tag, response, cmd, uid)
+            if f.check(ParseError):
                 msg = str(f.value).encode()
-                self._finish(tag, b"BAD Error in IMAP command %s: %s" % (shown.encode(), msg), cmd, uid)
-            elif f.check(StorageError):
+                return self._finish(tag, b"BAD Error in IMAP command %s: %s" % (shown.encode(), msg),
+                                    cmd, uid)
+            if f.check(StorageError):
                 err = f.value
                 text = str(err) or type(err).__name__
-                self._finish(tag, b"NO [%s] %s" % (err.code.encode(), text.encode()), cmd, uid)
-            else:
-                self.log.error("{cmd} failed: {e}", cmd=sanitize(shown, 40), e=error_line(f),
-                               log_prefix=self.prefix)
-                self._finish(tag, SERVERBUG, cmd, uid)
+                return self._finish(tag, b"NO [%s] %s" % (err.code.encode(), text.encode()), cmd, uid)
+            self.log.error("{cmd} failed: {e}", cmd=sanitize(shown, 40), e=error_line(f),
+                           log_prefix=self.prefix)
+            return self._finish(tag, SERVERBUG, cmd, uid)
 
         try:
             result = cmd.handler(self, tag, args, uid)
             if inspect.iscoroutine(result):
                 result = defer.Deferred.fromCoroutine(result)
         except BaseException:
-            failed(Failure())
-            return None
+            return failed(Failure())
         finally:
             raw.close()
-        if isinstance(result, defer.Deferred):
-            result.addCallbacks(ok, failed)
-            result.addErrback(lambda f: self.log.error("Finishing {cmd} failed: {e}",
-                                                       cmd=sanitize(shown, 40), e=error_line(f),
-                                                       log_prefix=self.prefix))
-            return result
-        ok(result)
-        return None
+        if not isinstance(result, defer.Deferred):
+            result = defer.succeed(result)
+        result.addCallbacks(ok, failed)
+        result.addErrback(lambda f: self.log.error("Finishing {cmd} failed: {e}",
+                                                   cmd=sanitize(shown, 40), e=error_line(f),
+                                                   log_prefix=self.prefix))
+        return result
 
-    def _finish(self, tag: bytes, response: bytes, cmd: registry.Command, uid: bool) -> None:
+    def _finish(self, tag: bytes, response: bytes, cmd: registry.Command,
+                uid: bool) -> defer.Deferred[None]:
+        """The after-command sync, then the tagged reply: the reply (and the
+        next command) waits until the sync's answer is in."""
+        return defer.Deferred.fromCoroutine(self._finish_async(tag, response, cmd, uid))
+
+    async def _finish_async(self, tag: bytes, response: bytes, cmd: registry.Command,
+                            uid: bool) -> None:
         if self.closed:
             return
         if (self.mailbox is not None and not cmd.flags & registry.Flag.NO_SYNC
                 and not self.logged_out):
             try:
-                self.sync(allow_expunge=cmd.allows_expunges(uid))
+                await self.sync(allow_expunge=cmd.allows_expunges(uid))
             except Exception:
                 self.log.error("Sync failed: {e}", e=error_line(Failure()), log_prefix=self.prefix)
+        if self.closed:
+            return
         self.tagged(tag, response)
         self.flush()
 
@@ -652,11 +683,15 @@ class Client(Protocol):
 
     # -- mailbox changes ---------------------------------------------------------
 
-    def sync(self, allow_expunge: bool = True) -> None:
-        """Report other sessions' changes as untagged responses (ext_sync)."""
-        self.sync_changes(allow_expunge)
-        for hook in self.after_sync_hooks:
-            hook()
+    async def sync(self, allow_expunge: bool = True) -> None:
+        """Report other sessions' changes as untagged responses (ext_sync);
+        awaits the storage's sync and then every after-sync hook (a hook
+        may return an awaitable)."""
+        await self.sync_changes(allow_expunge)
+        for hook in list(self.after_sync_hooks):
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
 
     def report_expunges(self, old_uids: list[int], expunged: list[int]) -> None:
         if not expunged or self.vanished(expunged):
@@ -695,34 +730,48 @@ class Client(Protocol):
         nset = NumberSet(ranges, count)
         return [(i, messages[i - 1]) for i in nset]
 
-    def load(self, info: MessageInfo) -> mime.ParsedMessage:
+    def cached_message(self, info: MessageInfo) -> mime.ParsedMessage | None:
+        """``info``'s parsed message if the session's LRU holds it."""
+        mbox = self.selected()
+        return self.cache.get((mbox.name, mbox.uidvalidity, info.uid))
+
+    async def load(self, info: MessageInfo) -> mime.ParsedMessage:
+        """``info``'s message, read through the storage and parsed (LRU)."""
         mbox = self.selected()
         key = (mbox.name, mbox.uidvalidity, info.uid)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        with mbox.message_file(info.uid) as f:
+        with await mbox.message_file(info.uid) as f:
             data = mime.normalize_crlf(f.read())
         parsed = mime.ParsedMessage(data)
         self.cache.put(key, parsed)
         return parsed
 
-    def load_header(self, info: MessageInfo) -> mime.ParsedMessage:
+    async def load_header(self, info: MessageInfo) -> mime.ParsedMessage:
         """A message parsed from its top-level header only, for FETCH items
         that need nothing more (a whole message already cached serves too)."""
         mbox = self.selected()
         cached = self.cache.get((mbox.name, mbox.uidvalidity, info.uid))
         if cached is not None:
             return cached
-        with mbox.message_file(info.uid) as f:
+        with await mbox.message_file(info.uid) as f:
             block, complete = mime.read_header_block(f)
         if not complete:  # no body separator: parse it all, as _load would
-            return self.load(info)
+            return await self.load(info)
         return mime.ParsedMessage(mime.normalize_crlf(block) + b"\r\n\r\n")
 
     def loader(self, info: MessageInfo) -> Callable[[], mime.ParsedMessage]:
-        """A thunk that parses ``info``'s message when called (SEARCH)."""
-        return lambda: self.load(info)
+        """A thunk for synchronous evaluators (SEARCH, SORT): the parsed
+        message from the session's LRU, where the caller put it with
+        :meth:`load` before (it raises StorageError if it is not there)."""
+        def load() -> mime.ParsedMessage:
+            msg = self.cached_message(info)
+            if msg is None:
+                raise StorageError(f"Message UID {info.uid} was not loaded")
+            return msg
+
+        return load
 
     # -- the selected view ------------------------------------------------------------
 
@@ -730,18 +779,40 @@ class Client(Protocol):
         """Make ``mbox`` the selected view (None: unselect), closing the old one."""
         if self.mailbox is not None and self.mailbox is not mbox:
             self.mailbox.close()
+        if self.closed and mbox is not None:  # the client left while the storage answered
+            mbox.close()
+            mbox = None
         self.mailbox = mbox
 
-    def sync_changes(self, allow_expunge: bool = True) -> None:
+    async def sync_changes(self, allow_expunge: bool = True) -> None:
         """Report other sessions' and deliveries' changes to the selected
         mailbox.  Without ``allow_expunge`` (FETCH, STORE, SEARCH) the view
         keeps expunged messages so sequence numbers do not move; they are
         reported at the next command that allows it."""
+        if self.mailbox is None:
+            return
+        await self._sync_lock.acquire()
+        try:
+            await self._sync_view(allow_expunge)
+        finally:
+            self._sync_lock.release()
+            if not self._busy and not self._pumping and not self.closed:
+                self._new_slice()  # a sync a listener began: queued commands may go
+                self._pump()
+        notifier = self.notifier
+        if notifier is not None and not self.closed:
+            if allow_expunge:
+                notifier.selected_dirty = False
+            await notifier.flush_pending()  # outside the lock: it may sync again
+
+    async def _sync_view(self, allow_expunge: bool) -> None:
         mbox = self.mailbox
         if mbox is None:
             return
         old_uids = [m.uid for m in mbox.messages]
-        result: SyncResult = mbox.sync(allow_expunge=allow_expunge)
+        result: SyncResult = await mbox.sync(allow_expunge=allow_expunge)
+        if self.mailbox is not mbox or self.closed:
+            return  # the session moved on (or ended) while the storage answered
         if mbox.deleted:
             self._mailbox_gone()
             return
@@ -757,10 +828,6 @@ class Client(Protocol):
                     self.send(b"* %d FETCH (UID %d FLAGS %s%s)\r\n" % (
                         seq, info.uid, fetch.format_flags(info.flags, info.uid in self.recent_view()),
                         self.modseq_part(info)))
-        if self.notifier is not None:
-            if allow_expunge:
-                self.notifier.selected_dirty = False
-            self.notifier.flush_pending()
 
     def _mailbox_gone(self) -> None:
         """The selected mailbox was deleted or renamed away under this
@@ -792,36 +859,40 @@ class Client(Protocol):
             self.send(b"* VANISHED %s\r\n" % compress(sorted(expunged)))
         return True
 
-    def enable_condstore(self, announce: bool = True) -> None:
-        """Turn CONDSTORE on; a CONDSTORE-enabling command in the selected
-        state also reports HIGHESTMODSEQ (RFC 7162 3.1)."""
-        if self.condstore:
-            return
+    def enable_condstore(self) -> bool:
+        """Turn CONDSTORE on (ENABLE); True if it was off."""
+        was = self.condstore
         self.condstore = True
-        if announce and self.mailbox is not None:
-            self.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % self.highestmodseq(self.mailbox))
+        return not was
 
-    def highestmodseq(self, mbox: IMailbox) -> int:
+    async def announce_condstore(self) -> None:
+        """Turn CONDSTORE on for a CONDSTORE-enabling command: in the
+        selected state it also reports HIGHESTMODSEQ (RFC 7162 3.1)."""
+        if self.enable_condstore() and self.mailbox is not None:
+            modseq = await self.highestmodseq(self.mailbox)
+            self.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % modseq)
+
+    async def highestmodseq(self, mbox: IMailbox) -> int:
         """The HIGHESTMODSEQ this view may report."""
         if mbox.highestmodseq > 0:
             return mbox.highestmodseq
         if mbox.seen_modseq > 0:
             return mbox.seen_modseq
         try:
-            status = self.storage.status(mbox.name).highestmodseq
+            status = (await self.storage.status(mbox.name)).highestmodseq
         except Exception:
             status = 0
         return max([status, 1, *(m.modseq for m in mbox.messages)])
 
-    def vanished_since(self, mbox: IMailbox, modseq: int, known: NumberSet | None,
-                       present: set[int]) -> list[int]:
+    async def vanished_since(self, mbox: IMailbox, modseq: int, known: NumberSet | None,
+                             present: set[int]) -> list[int]:
         """UIDs expunged since ``modseq`` (limited to ``known``).  RFC 7162
         lets a server over-report, so without an expunge log every absent
         UID below UIDNEXT is listed."""
         if known is not None:
             return [u for u in known if u not in present and u < mbox.uidnext]
         try:
-            return sorted(set(mbox.vanished_since(modseq)) - present)
+            return sorted(set(await mbox.vanished_since(modseq)) - present)
         except NotImplementedError:
             pass
         return [u for u in range(1, mbox.uidnext) if u not in present]

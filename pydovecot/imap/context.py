@@ -18,8 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
+
 from pydovecot.imap.parser import NumberSet
-from pydovecot.imap.search import SearchContext, SearchQuery, run_query
+from pydovecot.imap.search import SearchQuery, resolve
+from pydovecot.storage.search import SearchProgram
 
 #: At most this many live contexts per session (Dovecot has a similar cap).
 MAX_CONTEXTS = 16
@@ -62,6 +65,7 @@ class UpdateContexts:
     def __init__(self, session: Any):
         self.session = session
         self.contexts: dict[bytes, UpdateContext] = {}
+        self._tail: defer.Deferred[None] = defer.succeed(None)  # the last sync's updates
 
     def add(self, ctx: UpdateContext) -> None:
         self.contexts.pop(ctx.tag, None)
@@ -79,20 +83,49 @@ class UpdateContexts:
         return (b"* ESEARCH (TAG " + _tag(ctx.tag) + b")" + (b" UID" if ctx.uid else b"")
                 + b" " + body + b"\r\n")
 
-    def on_sync(self) -> None:
-        """The session's after-sync hook."""
+    def on_sync(self) -> defer.Deferred[None]:
+        """The session's after-sync hook.  The storage answers the
+        re-evaluation (at once for the local one); the updates of one sync
+        go out after those of the previous one, and lines sent once the
+        session's command is over are flushed."""
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def run(_: object) -> defer.Deferred[None]:
+            at_once = [True]
+            d = self._run()
+
+            def finished(_: object) -> None:
+                if not at_once[0]:
+                    self.session.flush()
+                done.callback(None)
+
+            d.addBoth(finished)
+            at_once[0] = False
+            return d
+
+        self._tail.addBoth(run)
+        return done
+
+    def _run(self) -> defer.Deferred[None]:
         mbox = self.session.mailbox
+        d: defer.Deferred[None] = defer.succeed(None)
         for tag, ctx in list(self.contexts.items()):
             if ctx.mailbox is not mbox or mbox is None:
                 del self.contexts[tag]  # another mailbox was selected
                 continue
-            if self._update(ctx):
-                self._summary(ctx)
+            d.addCallback(lambda _, c=ctx: self._update(c))
+            d.addCallback(lambda changed, c=ctx: self._summary(c) if changed else None)
+        return d.addErrback(self._failed)
 
-    def _update(self, ctx: UpdateContext) -> bool:
-        """Send ADDTO/REMOVEFROM; True if the result changed."""
+    def _failed(self, reason: Any) -> None:
+        log = getattr(self.session, "log", None)
+        if log is not None:
+            log.warn("CONTEXT update failed: {err}", err=reason.getErrorMessage())
+
+    def _update(self, ctx: UpdateContext) -> Any:
+        """Send ADDTO/REMOVEFROM; (a Deferred of) True if the result changed."""
         mbox = ctx.mailbox
-        messages = mbox.messages
+        messages = list(mbox.messages)
         old = ctx.snapshot
         new = take_snapshot(mbox)
         ctx.snapshot = new
@@ -111,10 +144,13 @@ class UpdateContexts:
                 self.session.send(self._line(ctx, b"REMOVEFROM (0 " + _set(gone) + b")"))
         if not touched:
             return changed
-        seqs = sorted(seq_of[u] for u in touched)
-        hits = run_query(mbox, ctx.query, messages, self.session.loader,
-                         self.session.saved_uids(), candidates=seqs)
-        matched = {info.uid for _s, info in hits}
+        program = resolve(ctx.query.program, messages, self.session.saved_uids())
+        d = mbox.search(program, sorted(touched))
+        return d.addCallback(self._matched, ctx, touched, program, seq_of, changed)
+
+    def _matched(self, hits: list[int], ctx: UpdateContext, touched: list[int],
+                 program: SearchProgram, seq_of: dict[int, int], changed: bool) -> Any:
+        matched = set(hits)
         removed = [u for u in touched if u in ctx.members and u not in matched]
         added = [u for u in sorted(matched) if u not in ctx.members]
         if removed:
@@ -123,29 +159,21 @@ class UpdateContexts:
             ctx.uids = [u for u in ctx.uids if u not in rs]
             ctx.members -= rs
             self.session.send(self._line(ctx, b"REMOVEFROM (0 " + _set(ids) + b")"))
-        if added:
-            ctx.members |= set(added)
-            if ctx.criteria is None:
-                ctx.uids = sorted(ctx.members)
-                ids = [u if ctx.uid else seq_of[u] for u in added]
-                self.session.send(self._line(ctx, b"ADDTO (0 " + _set(ids) + b")"))
-            else:
-                self._resort(ctx, added, seq_of)
-        return changed or bool(removed or added)
+        result = changed or bool(removed or added)
+        if not added:
+            return result
+        ctx.members |= set(added)
+        if ctx.criteria is None:
+            ctx.uids = sorted(ctx.members)
+            ids = [u if ctx.uid else seq_of[u] for u in added]
+            self.session.send(self._line(ctx, b"ADDTO (0 " + _set(ids) + b")"))
+            return result
+        members = SearchProgram.uids((u, u) for u in sorted(ctx.members) if u in seq_of)
+        d = ctx.mailbox.sort(ctx.criteria, members)
+        return d.addCallback(self._resorted, ctx, added, seq_of).addCallback(lambda _: result)
 
-    def _resort(self, ctx: UpdateContext, added: list[int], seq_of: dict[int, int]) -> None:
-        from pydovecot.imap.sort import sort_contexts
-
-        mbox = ctx.mailbox
-        messages = mbox.messages
-        max_uid = messages[-1].uid if messages else 0
-        ctxs = [
-            SearchContext(seq_of[u], messages[seq_of[u] - 1], u in mbox.recent,
-                          self.session.loader(messages[seq_of[u] - 1]), len(messages),
-                          max_uid, mbox)
-            for u in sorted(ctx.members, key=lambda u: seq_of.get(u, 0)) if u in seq_of
-        ]
-        ordered = [c.info.uid for c in sort_contexts(ctxs, ctx.criteria or [])]
+    def _resorted(self, ordered: list[int], ctx: UpdateContext, added: list[int],
+                  seq_of: dict[int, int]) -> None:
         ctx.uids = ordered
         new = set(added)
         for pos, u in enumerate(ordered, 1):

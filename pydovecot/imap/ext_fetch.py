@@ -178,23 +178,31 @@ def make_preview(msg: mime.ParsedMessage) -> str:
     return "".join(ch for ch in folded[:PREVIEW_CHARS] if ch.isprintable())
 
 
-def preview(info: MessageInfo, load: Any, mailbox: IMailbox | None = None) -> bytes:
-    """``PREVIEW <nstring>`` for a FETCH response, via the index cache."""
+async def preview_text(info: MessageInfo, load: Any, mailbox: IMailbox | None = None) -> str:
+    """The PREVIEW text of a message, via the index cache of ``mailbox``
+    (``load()`` gives the parsed message when the cache has none)."""
     cached = None
     if mailbox is not None:
         try:
-            cached = mailbox.cached(info.uid, PREVIEW_CACHE_KEY)
+            cached = await mailbox.cached(info.uid, PREVIEW_CACHE_KEY)
         except (StorageError, OSError, NotImplementedError):
             cached = None
     if isinstance(cached, str):
-        text = cached
-    else:
+        return cached
+    text = make_preview(load())
+    if mailbox is not None:
+        try:
+            await mailbox.set_cached(info.uid, PREVIEW_CACHE_KEY, text)
+        except (StorageError, OSError, NotImplementedError):
+            pass
+    return text
+
+
+def preview(info: MessageInfo, load: Any, text: str | None = None) -> bytes:
+    """``PREVIEW <nstring>`` for a FETCH response: ``text`` if the caller
+    has it (:func:`preview_text`), else made from ``load()``."""
+    if text is None:
         text = make_preview(load())
-        if mailbox is not None:
-            try:
-                mailbox.set_cached(info.uid, PREVIEW_CACHE_KEY, text)
-            except (StorageError, OSError, NotImplementedError):
-                pass
     return b"PREVIEW " + mime.imap_string(text)
 
 

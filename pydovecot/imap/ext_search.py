@@ -7,13 +7,12 @@ SORT=DISPLAY (RFC 5957), THREAD=ORDEREDSUBJECT/REFERENCES (RFC 5256) and
 CONTEXT=SEARCH/SORT (RFC 5267, see :mod:`pydovecot.imap.context`).
 
 Command arguments are untrusted (errors become BAD/NO through the
-session's CommandError/ParseError handling); the selected mailbox view and
-the session's message loader are trusted.  Other sessions of the mail
-process keep being served while a big one runs: searches over more than a
-few messages, and the per-message work of SORT and THREAD (header reads),
-go through the global Cooperator (one message per step for content keys);
-the pure computations on their results (ordering, the thread algorithms)
-run in a pool thread; the cyclic GC is paused for the command (see
+session's CommandError/ParseError handling); the selected mailbox view is
+trusted.  Searching and sorting are the storage's (``IMailbox.search``/
+``sort``, sliced on the global Cooperator there); THREAD's per-message data
+comes from ``IMailbox.fetch_data`` (:func:`collect_data`, one message per
+Cooperator step), and the thread algorithms run in a pool thread for big
+results; the cyclic GC is paused for the command (see
 :func:`pydovecot.storage.index.pause_gc`).  The view cannot move meanwhile,
 since the session's queue runs one command at a time and the view changes
 only in the core's ``sync``.
@@ -22,13 +21,13 @@ only in the core's ``sync``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import twisted.python.threadpool  # noqa: F401  (deferToThread needs it after the privilege drop)
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 
-from pydovecot.imap import mime
 from pydovecot.imap.parser import (
     Atom,
     NumberSet,
@@ -36,37 +35,22 @@ from pydovecot.imap.parser import (
     Token,
     compress,
 )
-from pydovecot.imap.search import (
-    SearchContext,
-    first_header,
-)
-from pydovecot.imap.sort import (
-    base_subject,
-    collate,
-    order_by_keys,
-    sent_timestamp,
-    sort_key,
-)
 from pydovecot.imap.thread import (
     ThreadMessage,
     dismantle,
-    message_ids,
     ordered_subject,
     references,
     render,
 )
 from pydovecot.storage.index import pause_gc
-from pydovecot.storage.interfaces import MessageInfo
+from pydovecot.storage.interfaces import IMailbox, MessageInfo
+from pydovecot.storage.search import CHEAP_STEP, CONTENT_STEP, COOPERATE_OVER
+
+__all__ = ["CHEAP_STEP", "CONTENT_STEP", "COOPERATE_OVER", "THREAD_ALGORITHMS", "THREAD_OVER",
+           "Hits", "ReturnOptions", "collect_data", "format_esearch", "gc_paused", "offload",
+           "search_response", "thread_messages"]
 
 RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"}
-#: Messages tested per step of a sliced search: one for content keys (a
-#: message may take a while to parse), more for flag/date/UID keys.  The
-#: global Cooperator runs steps of every task for ~10 ms, then lets the
-#: reactor serve everyone else.
-CONTENT_STEP = 1
-CHEAP_STEP = 200
-#: Searches, sorts and threads over at most this many messages run at once.
-COOPERATE_OVER = 50
 #: Sorting or threading more messages than this (pure computation on data
 #: of their own: nothing shared) runs in a thread of the reactor's pool;
 #: the GIL's switch interval (5 ms) then keeps the reactor serving.
@@ -182,6 +166,8 @@ def gc_paused(method: Callable[..., Any]) -> Callable[..., Any]:
         release = pause_gc()
         try:
             result = method(self, *args, **kwargs)
+            if inspect.iscoroutine(result):
+                result = defer.Deferred.fromCoroutine(result)
         except BaseException:
             release()
             raise
@@ -201,23 +187,6 @@ def gc_paused(method: Callable[..., Any]) -> Callable[..., Any]:
     return functools.wraps(method)(wrapper)
 
 
-class LazyContext:
-    """A hit whose :class:`SearchContext` is made when called."""
-
-    __slots__ = ("seq", "info", "_args")
-
-    def __init__(self, seq: int, info: MessageInfo, mbox: Any, max_seq: int, max_uid: int,
-                 loader: Callable[[MessageInfo], Callable[[], mime.ParsedMessage]]):
-        self.seq, self.info = seq, info
-        self._args = (mbox, max_seq, max_uid, loader)
-
-    def __call__(self) -> SearchContext:
-        mbox, max_seq, max_uid, loader = self._args
-        info = self.info
-        return SearchContext(self.seq, info, info.uid in mbox.recent, loader(info), max_seq,
-                             max_uid, mbox)
-
-
 def offload(func: Callable[..., Any], items: list[Any], *args: Any) -> Any:
     """``func(items, *args)``: here for a few items, else in a thread of
     the reactor's pool (a Deferred).  Only for functions that touch
@@ -227,35 +196,27 @@ def offload(func: Callable[..., Any], items: list[Any], *args: Any) -> Any:
     return threads.deferToThread(func, items, *args)
 
 
-def sort_hits(ctxs: list[SearchContext], criteria: list[tuple[str, bool]]) -> list[SearchContext]:
-    """Hits (in mailbox order) in SORT order."""
-    return order_by_keys(ctxs, [sort_key(c, criteria) for c in ctxs], criteria)
+def collect_data(mbox: IMailbox, uids: Sequence[int], items: Sequence[str],
+                 closed: Callable[[], bool] = lambda: False,
+                 convert: Callable[[int, dict], Any] = lambda _i, d: d) -> defer.Deferred[list[Any]]:
+    """``convert(i, mbox.fetch_data(uids[i], items))`` for every UID, in
+    order: at once for a few, else one message per step of the global
+    Cooperator (which also waits for a storage that answers later).  A
+    message the storage cannot answer for gives ``{}``."""
+    out: list[Any] = [None] * len(uids)
 
+    def got(value: Any, i: int) -> None:
+        out[i] = convert(i, value if isinstance(value, dict) else {})
 
-def thread_message(ctx: SearchContext, uid: bool) -> ThreadMessage:
-    """What threading needs of one message, from (cached) header fields."""
-    subject_raw = first_header(ctx, "Subject")
-    subject, reply = ("", False)
-    if subject_raw is not None:
-        subject, reply = base_subject(mime.decode_header_value(subject_raw))
-    refs = message_ids(first_header(ctx, "References"))
-    if not refs:
-        refs = message_ids(first_header(ctx, "In-Reply-To"))[:1]
-    ids = message_ids(first_header(ctx, "Message-ID"))
-    return ThreadMessage(
-        ident=ctx.info.uid if uid else ctx.seq,
-        order=ctx.seq,
-        date=sent_timestamp(ctx),
-        subject=collate(subject),
-        reply=reply,
-        message_id=ids[0] if ids else None,
-        references=refs,
-    )
+    def work() -> Generator[Any, None, None]:
+        for i, uid in enumerate(uids):
+            if closed():
+                return
+            yield mbox.fetch_data(uid, items).addCallbacks(got, lambda _f, i=i: got({}, i), (i,))
 
-
-def thread_hits(ctxs: list[SearchContext], algorithm: str, uid: bool) -> str:
-    """The thread-list text for the hits."""
-    return thread_messages([thread_message(c, uid) for c in ctxs], algorithm)
+    if len(uids) <= COOPERATE_OVER:
+        return defer.gatherResults(list(work())).addCallback(lambda _: out)
+    return task.cooperate(work()).whenDone().addCallback(lambda _: out)
 
 
 def thread_messages(msgs: list[ThreadMessage], algorithm: str) -> str:

@@ -82,12 +82,12 @@ def enable(client: Any, names: list[str], offered: set[str]) -> list[str]:
 
 
 def _enable_condstore(client: Any) -> None:
-    client.enable_condstore(announce=False)
+    client.enable_condstore()
 
 
 def _enable_qresync(client: Any) -> None:
     client.qresync = True
-    client.enable_condstore(announce=False)
+    client.enable_condstore()
 
 
 def _enable_rev2(client: Any) -> None:

@@ -370,12 +370,16 @@ def render_pieces(
     add_flags: bool = False,
     mailbox: Any = None,
     stream: bool = False,
+    preview: str | None = None,
 ) -> list[bytes | StreamedLiteral]:
     """One ``* seq FETCH (...)`` response (with CRLF) as pieces: bytes, and
     with ``stream`` a :class:`StreamedLiteral` for each whole-message or
     TEXT literal (the caller streams those from the file).
 
-    ``mailbox`` (the IMailbox, optional) gives PREVIEW its index cache.
+    ``preview`` is the PREVIEW text when the caller fetched it from the
+    index (:func:`pydovecot.imap.ext_fetch.preview_text`); ``mailbox`` is
+    unused (kept for callers).  Everything here is synchronous: the caller
+    has awaited the storage for ``load``'s message.
     """
     out: list[bytes | StreamedLiteral | tuple[bytes, bytes]] = []
     seen_flags = False
@@ -403,7 +407,7 @@ def render_pieces(
         elif name == "SAVEDATE":
             out.append(savedate(info))
         elif name == "PREVIEW":
-            out.append(ext_fetch.preview(info, load, mailbox))
+            out.append(ext_fetch.preview(info, load, preview))
         elif stream and streamable(item):
             out.append(StreamedLiteral(info.uid, item.label, item.section.text == "TEXT",
                                        item.partial, name == "BINARY[]"))

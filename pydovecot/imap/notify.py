@@ -10,7 +10,9 @@ go through the one storage of the mail process), and turns changes into
 one.  Mailbox tree changes (MailboxName, SubscriptionChange) come from the
 storage's tree listeners (``IMailStorage.add_tree_listener``).
 
-Notifications are written only between commands (or during IDLE); while a
+Storage answers are awaited; the listener-driven work runs one piece after
+the other (:meth:`Notifier._run`), since an answer may come in a later
+reactor turn.  Notifications are written only between commands (or during IDLE); while a
 command runs they wait, and the selected mailbox never gets an expunge
 in the middle of FETCH, STORE or SEARCH.  Too many waiting notifications
 end in ``* OK [NOTIFICATIONOVERFLOW]`` and notifications stop, as RFC 5465
@@ -22,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
 
 from pydovecot.imap import fetch, mutf7
 from pydovecot.imap.parser import Atom, ParseError, Token, as_bytes
@@ -174,19 +178,33 @@ class Notifier:
         self.stopped = False
         self._retry: Any = None
         self._subs: list[str] | None = None
+        #: Listener-driven work, one piece after the other (storage answers
+        #: may arrive in any later reactor turn).
+        self._chain: defer.Deferred[None] = defer.succeed(None)
+
+    def _run(self, work: Callable[..., Any], *args: Any) -> None:
+        """Queue ``await work(*args)`` behind the work already queued."""
+        def step(_: object) -> defer.Deferred[None]:
+            return defer.Deferred.fromCoroutine(work(*args))
+
+        def failed(f: Any) -> None:
+            self.session.log.error("NOTIFY failed: {e}", e=f.getErrorMessage(),
+                                   log_prefix=self.session.prefix)
+
+        self._chain.addCallback(step).addErrback(failed)
 
     # -- life cycle --------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.session.storage.add_tree_listener(self._tree_changed)
-        self._rewatch()
+        await self._rewatch()
         if self.spec.status:
-            for name in self._watched_names():
+            for name in await self._watched_names():
                 if self._is_selected(name):
                     continue
                 f = self._filter_for(name)
                 if f is not None and f.events & MESSAGE_EVENTS:
-                    line = status_line(self.session, name, STATUS_ITEMS)
+                    line = await status_line(self.session, name, STATUS_ITEMS)
                     if line is not None:
                         self.session.send(line)
 
@@ -203,14 +221,19 @@ class Notifier:
 
     def selected(self, name: str) -> None:
         """The session selected ``name``: watch it if a SELECTED filter asks."""
-        self._rewatch()
+        self._run(self._rewatch)
 
     # -- which mailboxes ----------------------------------------------------
 
+    async def _refresh_subscribed(self) -> None:
+        try:
+            self._subs = list(await self.session.storage.subscriptions())
+        except Exception:
+            self._subs = []
+
     def _subscribed(self) -> list[str]:
-        if self._subs is None:
-            self._subs = self.session.storage.subscriptions()
-        return self._subs
+        """The subscriptions as last read (:meth:`_refresh_subscribed`)."""
+        return self._subs or []
 
     def _is_selected(self, name: str) -> bool:
         mbox = self.session.mailbox
@@ -229,20 +252,22 @@ class Notifier:
         mbox = self.session.mailbox
         return self._filter_for(mbox.name) if mbox is not None else None
 
-    def _watched_names(self) -> list[str]:
-        self._subs = None
+    async def _watched_names(self) -> list[str]:
+        await self._refresh_subscribed()
         try:
-            infos = self.session.storage.list_mailboxes()
+            infos = await self.session.storage.list_mailboxes()
         except Exception:
             infos = []
         names = [i.name for i in infos if "\\Noselect" not in i.attributes
                  and "\\NonExistent" not in i.attributes]
         return [n for n in names if self._filter_for(n) is not None]
 
-    def _rewatch(self) -> None:
+    async def _rewatch(self) -> None:
         if self.stopped:
             return
-        wanted = set(self._watched_names())
+        wanted = set(await self._watched_names())
+        if self.stopped:
+            return
         mbox = self.session.mailbox
         if mbox is not None and any(f.selected() for f in self.spec.filters):
             wanted.add(mbox.name)
@@ -254,24 +279,24 @@ class Notifier:
             cb = self._listener(name)
             self.listeners[name] = cb
             storage.add_listener(name, cb)
-            self.snapshots[name] = self._snapshot(name)
+            self.snapshots[name] = await self._snapshot(name)
 
     def _listener(self, name: str) -> Callable[[], None]:
         def changed() -> None:
-            self._changed(name)
+            self._run(self._changed, name)
 
         return changed
 
-    def _snapshot(self, name: str) -> tuple[int, ...]:
+    async def _snapshot(self, name: str) -> tuple[int, ...]:
         try:
-            st = self.session.storage.status(name)
+            st = await self.session.storage.status(name)
         except Exception:
             return ()
         return (st.messages, st.uidnext, st.uidvalidity, st.unseen, st.highestmodseq)
 
     # -- events -------------------------------------------------------------
 
-    def _changed(self, name: str) -> None:
+    async def _changed(self, name: str) -> None:
         if self.stopped:
             return
         if self.session.closed:
@@ -287,7 +312,7 @@ class Notifier:
         if f is None or not f.events & MESSAGE_EVENTS:
             return
         old = self.snapshots.get(name, ())
-        new = self._snapshot(name)
+        new = await self._snapshot(name)
         self.snapshots[name] = new
         if old and new and old[:3] == new[:3] and "FlagChange" not in f.events:
             return
@@ -297,12 +322,15 @@ class Notifier:
         self._schedule()
 
     def _tree_changed(self, kind: str, name: str, new: str | None) -> None:
+        self._run(self._tree_event, kind, name, new)
+
+    async def _tree_event(self, kind: str, name: str, new: str | None) -> None:
         if self.stopped:
             return
         if self.session.closed:
             self.stop()
             return
-        self._subs = None
+        await self._refresh_subscribed()
         event = "SubscriptionChange" if kind in ("subscribe", "unsubscribe") else "MailboxName"
         target = new or name
         f = self._filter_for(target) or self._filter_for(name)
@@ -324,7 +352,7 @@ class Notifier:
         if kind != "subscribe" and kind != "unsubscribe" or any(
             f.kind == "SUBSCRIBED" for f in self.spec.filters
         ):
-            self._rewatch()
+            await self._rewatch()
 
     # -- delivery -----------------------------------------------------------
 
@@ -336,8 +364,7 @@ class Notifier:
             self._overflow()
             return
         if self.session.idle_point():
-            self.flush_pending()
-            self.session.flush()
+            self._run(self._flush_now)
         elif self._retry is None or not self._retry.active():
             self._retry = self.session.reactor().callLater(RETRY, self._retry_flush)
 
@@ -359,13 +386,21 @@ class Notifier:
         if self.session.idle_point():
             self.session.flush()
 
-    def flush_pending(self) -> None:
+    async def _flush_now(self) -> None:
+        if self.stopped or not self.session.idle_point():
+            if not self.stopped and self._count():
+                self._schedule()
+            return
+        await self.flush_pending()
+        self.session.flush()
+
+    async def flush_pending(self) -> None:
         """Write what waits; called between commands and at command ends
         (from the session's sync, where expunges are already handled)."""
         session = self.session
         if self.selected_dirty and session.mailbox is not None and session.idle_point():
             self.selected_dirty = False
-            self._push_selected()
+            await self._push_selected()
         lines, self.pending_lines = self.pending_lines, []
         for line in lines:
             session.send(line)
@@ -373,16 +408,18 @@ class Notifier:
         for name in names:
             if self._is_selected(name):
                 continue
-            line = status_line(session, name, STATUS_ITEMS)
+            line = await status_line(session, name, STATUS_ITEMS)
             if line is not None:
                 session.send(line)
 
-    def _push_selected(self) -> None:
+    async def _push_selected(self) -> None:
         session = self.session
         mbox = session.mailbox
         assert mbox is not None
         last = mbox.messages[-1].uid if mbox.messages else 0
-        session.sync_changes(True)
+        await session.sync_changes(True)
+        if session.mailbox is not mbox:
+            return
         f = self._selected_filter()
         if f is None or not f.fetch_items:
             return
@@ -391,17 +428,19 @@ class Notifier:
             if info.uid <= last:
                 continue
             try:
+                msg = await session.load(info) if any(
+                    i.needs_message() for i in f.fetch_items) else None
                 session.send(fetch.render(seq, info, f.fetch_items, info.uid in recent,
-                                           lambda info=info: session.load(info), session.stats))
+                                          lambda msg=msg: msg, session.stats))
             except Exception:
                 continue
 
 
-def status_line(session: IMAPSession, name: str, items: list[str]) -> bytes | None:
+async def status_line(session: IMAPSession, name: str, items: list[str]) -> bytes | None:
     """``* STATUS name (…)`` for a watched mailbox (None if it is gone);
     HIGHESTMODSEQ too once CONDSTORE is enabled."""
     try:
-        status = session.storage.status(name)
+        status = await session.storage.status(name)
     except Exception:
         return None
     if session.condstore and "HIGHESTMODSEQ" not in items:

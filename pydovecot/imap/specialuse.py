@@ -89,9 +89,9 @@ class SpecialUse:
         self.configured = configured
         self.storage = storage
 
-    def _stored(self, name: str) -> set[str]:
+    async def _stored(self, name: str) -> set[str]:
         try:
-            raw = self.storage.get_attribute(name, ATTRIBUTE)
+            raw = await self.storage.get_attribute(name, ATTRIBUTE)
         except (StorageError, OSError):
             return set()
         if not raw:
@@ -100,44 +100,45 @@ class SpecialUse:
 
     # -- queries and changes ------------------------------------------
 
-    def all(self) -> dict[str, set[str]]:
+    async def all(self) -> dict[str, set[str]]:
         """Every mailbox name with special-use attributes → its attributes."""
         out = {name: set(box.special_use) for name, box in self.configured.items() if box.special_use}
         try:
-            infos = self.storage.list_mailboxes()
+            infos = await self.storage.list_mailboxes()
         except (StorageError, OSError):
             return out
         for info in infos:
             if "\\Noselect" in info.attributes:
                 continue
-            found = self._stored(info.name)
+            found = await self._stored(info.name)
             if found:
                 out.setdefault(info.name, set()).update(found)
         return out
 
-    def attributes(self, name: str, exists: bool = True) -> set[str]:
+    async def attributes(self, name: str, exists: bool = True) -> set[str]:
         """One mailbox's attributes: configured, and stored if it ``exists``
         (one storage lookup, so LIST can ask a mailbox per step)."""
         name = _canon_name(name)
         box = self.configured.get(name)
         out = set(box.special_use) if box is not None else set()
         if exists:
-            out |= self._stored(name)
+            out |= await self._stored(name)
         return out
 
-    def set(self, name: str, attrs: Iterable[str]) -> None:
+    async def set(self, name: str, attrs: Iterable[str]) -> None:
         """Record (or, with no attributes, forget) a mailbox's attributes."""
         value = " ".join(sorted(set(attrs))).encode()
-        self.storage.set_attribute(_canon_name(name), ATTRIBUTE, value or None)
+        await self.storage.set_attribute(_canon_name(name), ATTRIBUTE, value or None)
 
-    def autocreate(self, storage: IMailStorage) -> None:
+    async def autocreate(self, storage: IMailStorage) -> None:
         """Create (and subscribe) the ``auto = create/subscribe`` mailboxes."""
         wanted = [b for b in self.configured.values() if b.auto in ("create", "subscribe")]
         if not wanted:
             return
         try:
-            existing = {i.name for i in storage.list_mailboxes() if "\\Noselect" not in i.attributes}
-            subscribed = set(storage.subscriptions())
+            existing = {i.name for i in await storage.list_mailboxes()
+                        if "\\Noselect" not in i.attributes}
+            subscribed = set(await storage.subscriptions())
         except (StorageError, OSError):
             log.failure("Listing mailboxes for autocreate failed")
             return
@@ -145,10 +146,10 @@ class SpecialUse:
             try:
                 if box.name not in existing:
                     try:
-                        storage.create(box.name)
+                        await storage.create(box.name)
                     except MailboxExists:
                         pass
                 if box.auto == "subscribe" and box.name not in subscribed:
-                    storage.subscribe(box.name)
+                    await storage.subscribe(box.name)
             except (StorageError, OSError) as e:
                 log.warn("Autocreating {name} failed: {err}", name=box.name, err=e)

@@ -1,6 +1,7 @@
 """THREAD=ORDEREDSUBJECT and THREAD=REFERENCES, exactly as RFC 5256 section 3.
 
-Input is a list of :class:`ThreadMessage` (built from message headers that
+Input is a list of :class:`ThreadMessage` (built by :func:`from_data` from
+the storage's ``threading`` data of each message, i.e. from headers that
 anyone could have written: Message-IDs may be missing, duplicated, or form
 loops — all of that is handled, never trusted); output is the
 ``thread-list`` text of the ``* THREAD`` response.  No I/O here, and no
@@ -10,18 +11,14 @@ them thousands of levels deep).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-_MSGID = re.compile(rb"<([^<>\s@]+@[^<>\s]+)>")
+from pydovecot.storage.parsed import message_ids
 
-
-def message_ids(raw: bytes | None) -> list[str]:
-    """Valid ``<local@domain>`` Message-IDs in a header value, in order."""
-    if not raw:
-        return []
-    return [m.group(1).decode("latin-1") for m in _MSGID.finditer(raw)]
+__all__ = ["ThreadMessage", "dismantle", "from_data", "message_ids", "ordered_subject",
+           "references", "render"]
 
 
 @dataclass(eq=False)
@@ -35,6 +32,24 @@ class ThreadMessage:
     reply: bool  # base subject extraction removed Re:/Fwd: marks
     message_id: str | None = None
     references: list[str] = field(default_factory=list)  # References, or In-Reply-To
+
+
+def from_data(ident: int, order: int, data: Any) -> ThreadMessage:
+    """A ThreadMessage from the storage's ``threading`` data item (a dict
+    of JSON values: checked, since it crossed the storage boundary)."""
+    if not isinstance(data, dict):
+        data = {}
+    refs = data.get("references")
+    mid = data.get("message_id")
+    date = data.get("date")
+    return ThreadMessage(
+        ident=ident, order=order,
+        date=float(date) if isinstance(date, int | float) else 0.0,
+        subject=str(data.get("subject") or ""),
+        reply=bool(data.get("reply")),
+        message_id=mid if isinstance(mid, str) else None,
+        references=[r for r in refs if isinstance(r, str)] if isinstance(refs, list) else [],
+    )
 
 
 @dataclass(eq=False)

@@ -78,8 +78,8 @@ class KeyStore:
     def __init__(self, storage: IMailStorage):
         self.storage = storage
 
-    def _stored(self, mailbox: str) -> bytes | None:
-        raw = self.storage.get_attribute(mailbox, KEY_ATTRIBUTE)
+    async def _stored(self, mailbox: str) -> bytes | None:
+        raw = await self.storage.get_attribute(mailbox, KEY_ATTRIBUTE)
         if not raw:
             return None
         try:
@@ -89,27 +89,27 @@ class KeyStore:
             return None
         return key if len(key) == KEY_LEN else None
 
-    def get(self, mailbox: str, uidvalidity: int, create: bool) -> bytes | None:
+    async def get(self, mailbox: str, uidvalidity: int, create: bool) -> bytes | None:
         """The mailbox's key; a new one if ``create`` and there is none.
         (``uidvalidity`` is kept for callers: the attribute dies with its
         mailbox, so a key never outlives the UIDVALIDITY it was made for.)"""
-        key = self._stored(mailbox)
+        key = await self._stored(mailbox)
         if key is not None or not create:
             return key
-        self.storage.set_attribute(mailbox, KEY_ATTRIBUTE,
-                                   secrets.token_bytes(KEY_LEN).hex().encode())
-        return self._stored(mailbox)  # what was stored, if another session raced us
+        await self.storage.set_attribute(mailbox, KEY_ATTRIBUTE,
+                                         secrets.token_bytes(KEY_LEN).hex().encode())
+        return await self._stored(mailbox)  # what was stored, if another session raced us
 
-    def reset(self, mailbox: str | None = None) -> None:
+    async def reset(self, mailbox: str | None = None) -> None:
         """Forget one mailbox's key, or all of them."""
         if mailbox is not None:
-            self.storage.set_attribute(mailbox, KEY_ATTRIBUTE, None)
+            await self.storage.set_attribute(mailbox, KEY_ATTRIBUTE, None)
             return
-        for info in self.storage.list_mailboxes():
+        for info in await self.storage.list_mailboxes():
             if "\\Noselect" in info.attributes:
                 continue
             try:
-                self.storage.set_attribute(info.name, KEY_ATTRIBUTE, None)
+                await self.storage.set_attribute(info.name, KEY_ATTRIBUTE, None)
             except MailboxNotFound:
                 pass  # removed meanwhile
 
@@ -204,7 +204,7 @@ def _find_section(msg: mime.ParsedMessage, text: str | None) -> tuple[fetch.Sect
     return section, part
 
 
-def load_target(storage: Any, selected: IMailbox | None, url: ImapURL) -> Target:
+async def load_target(storage: Any, selected: IMailbox | None, url: ImapURL) -> Target:
     """Read what ``url`` names from ``storage`` (URLNotFound/StorageError).
 
     Uses the selected view when the URL names that mailbox, else a
@@ -214,13 +214,13 @@ def load_target(storage: Any, selected: IMailbox | None, url: ImapURL) -> Target
     view = selected if selected is not None and selected.name == name else None
     opened = None
     if view is None:
-        opened = view = storage.open(name, readonly=True)
+        opened = view = await storage.open(name, readonly=True)
     try:
         if url.uidvalidity is not None and url.uidvalidity != view.uidvalidity:
             raise URLNotFound("UIDVALIDITY mismatch")
         if not any(info.uid == url.uid for info in view.messages):
             raise URLNotFound("No such message")
-        with view.message_file(url.uid) as f:
+        with await view.message_file(url.uid) as f:
             msg = mime.ParsedMessage(mime.normalize_crlf(f.read()))
     finally:
         if opened is not None:
@@ -252,7 +252,7 @@ def binary_data(target: Target) -> bytes | None:
 # -- CATENATE ---------------------------------------------------------------------------
 
 
-def resolve_url(session: Any, url: str | bytes) -> bytes | None:
+async def resolve_url(session: Any, url: str | bytes) -> bytes | None:
     """The bytes a CATENATE URL part names, or None if it is not valid.
 
     Relative URLs are taken against the session's user and selected
@@ -261,13 +261,13 @@ def resolve_url(session: Any, url: str | bytes) -> bytes | None:
     URLFETCH check.  ``;PARTIAL=`` (URL-PARTIAL) is applied.
     """
     try:
-        return _resolve(session, url)
+        return await _resolve(session, url)
     except (URLError, URLNotFound, StorageError, OSError) as e:
         log.debug("CATENATE URL refused: {why}", why=str(e))
         return None
 
 
-def _resolve(session: Any, text: str | bytes) -> bytes | None:
+async def _resolve(session: Any, text: str | bytes) -> bytes | None:
     user = session.ctx.user
     mbox = session.mailbox
     base = ImapURL(user=user)
@@ -284,11 +284,11 @@ def _resolve(session: Any, text: str | bytes) -> bytes | None:
     if url.access is not None:
         if fetch_check(session, url) is not None:
             return None
-        target, _why = verified_target(session, url)
+        target, _why = await verified_target(session, url)
         if target is None:
             return None
     else:
-        target = load_target(session.storage, mbox, url)
+        target = await load_target(session.storage, mbox, url)
     return apply_partial(target.data, url.partial)
 
 
@@ -314,24 +314,24 @@ def fetch_check(session: Any, url: ImapURL) -> str | None:
     return check_hostport(url, session.ctx.settings or {})
 
 
-def verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
+async def verified_target(session: Any, url: ImapURL) -> tuple[Target | None, str]:
     """Verify the token against the mailbox key, then load the target."""
     assert url.mailbox is not None and url.rump is not None and url.token is not None
     name = canon_mailbox(url.mailbox)
     try:
-        status = session.storage.status(name)
+        status = await session.storage.status(name)
     except StorageError:
         # RFC 4467: compute a token with a plausible key anyway (timing).
         verify_token(secrets.token_bytes(KEY_LEN), url.rump, url.token)
         return None, "Invalid URLAUTH: Mailbox doesn't exist"
-    key = keystore_for(session.storage).get(name, status.uidvalidity, create=False)
+    key = await keystore_for(session.storage).get(name, status.uidvalidity, create=False)
     if key is None:
         verify_token(secrets.token_bytes(KEY_LEN), url.rump, url.token)
         return None, "URLAUTH verification failed"
     if not verify_token(key, url.rump, url.token):
         return None, "URLAUTH verification failed"
     try:
-        return load_target(session.storage, session.mailbox, url), ""
+        return await load_target(session.storage, session.mailbox, url), ""
     except (URLNotFound, StorageError, OSError) as e:
         return None, f"Invalid URLAUTH: {e}"
 
@@ -373,7 +373,7 @@ class URLFetcher:
     def mailbox(self) -> IMailbox | None:
         return self.client.mailbox
 
-    def urlfetch_one(self, text: str, params: set[str] | None) -> bytes:
+    async def urlfetch_one(self, text: str, params: set[str] | None) -> bytes:
         head = b"* URLFETCH " + mime.imap_string(text.encode("latin-1"))
         target, why = None, ""
         try:
@@ -383,7 +383,7 @@ class URLFetcher:
         else:
             why = fetch_check(self, url) or ""
             if not why:
-                target, why = verified_target(self, url)
+                target, why = await verified_target(self, url)
         if target is None:
             return head + b" NIL\r\n* NO " + why.encode("utf-8", "replace")[:200] + b".\r\n"
         data = apply_partial(target.data, url.partial)

@@ -49,6 +49,11 @@ LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}$")
 TAG_CHARS = re.compile(rb"^[\x21-\x7e]+$")
 MAX_ID_FIELDS = 30
 MAX_ID_VALUE = 1024
+#: RFC 2971's maxima (30 pairs, 30-octet fields, 1024-octet values), quoted
+#: with every octet escaped, fit in an ID line of this size; other
+#: commands keep ``max_line``.
+MAX_ID_LINE = 2 * MAX_ID_FIELDS * (2 * MAX_ID_VALUE + 16) + 256
+_ID_COMMAND = re.compile(rb"[^ \r\n]{1,64} ID[ (]", re.I)
 
 
 def quote(value: str) -> str:
@@ -75,10 +80,11 @@ class IMAPLoginProtocol(LoginProtocol):
             return self.extract_line()
         buf = self._buffer
         pos = self._scan_pos
+        limit = MAX_ID_LINE if _ID_COMMAND.match(buf) else self.max_line
         while True:
-            i = buf.find(b"\n", pos, self.max_line + 2)
+            i = buf.find(b"\n", pos, limit + 2)
             if i < 0:
-                if len(buf) > self.max_line:
+                if len(buf) > limit:
                     return self._too_long(buf[:128])
                 self._scan_pos = pos
                 return None
@@ -92,7 +98,7 @@ class IMAPLoginProtocol(LoginProtocol):
                 return cmd[:-1] if cmd.endswith(b"\r") else cmd
             size, nonsync = int(m.group(1)), bool(m.group(2))
             end = i + 1 + size
-            if end > self.max_line:
+            if end > limit:
                 if nonsync:
                     return self._too_long(buf[:128])
                 # Refuse the synchronising literal: the client won't send it.

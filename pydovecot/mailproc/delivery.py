@@ -33,11 +33,17 @@ def wants_sieve(config) -> bool:
     return sieve_enabled(config)
 
 
-def save(storage: IMailStorage, message: BinaryIO, what: str, prefix: str) -> dict:
-    """Store ``message`` in INBOX as it is."""
+def save(storage: IMailStorage, message: BinaryIO, what: str,
+         prefix: str) -> defer.Deferred[dict]:
+    """Store ``message`` in INBOX as it is (the file stays open until the
+    storage has answered; the caller closes it)."""
+    return defer.Deferred.fromCoroutine(_save(storage, message, what, prefix))
+
+
+async def _save(storage: IMailStorage, message: BinaryIO, what: str, prefix: str) -> dict:
     try:
         message.seek(0)
-        _validity, uid = storage.append("INBOX", message)
+        _validity, uid = await storage.append("INBOX", message)
     except (OSError, StorageError) as e:
         log.error("{what}: {e}", what=what, e=sanitize(_reason(e)), log_prefix=prefix)
         raise _failure(e) from None

@@ -42,7 +42,7 @@ import sys
 import unicodedata  # noqa: F401
 
 import setproctitle
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -149,8 +149,11 @@ class MailProcess:
             if home:
                 make_home(home)
             storage = open_storage(user, location, home)
-            if hasattr(storage, "configure"):  # mail_cache_* limits
-                storage.configure({k: self.config.get(k) for k in CACHE_SETTINGS})
+            # mail_cache_* limits; the local storage applies them before it
+            # answers, so sessions started right after see them
+            storage.configure({k: self.config.get(k) for k in CACHE_SETTINGS}).addErrback(
+                lambda f, user=user: log.error("configuring the storage of {user} failed: {e}",
+                                               user=sanitize(user), e=f.getErrorMessage()))
             self.storages[user] = storage
         return storage
 
@@ -208,19 +211,27 @@ class MailProcess:
         :class:`DeliveryFailed` (an LMTP 4xx)."""
         prefix = f"lmtp({sanitize(user)})<{os.getpid()}><{sanitize(session)}>"
         what = f"msgid={sanitize(msgid or '<none>')}: save failed to INBOX"
-        with os.fdopen(fd, "rb") as message:
-            try:
-                userdb = json.loads(fields)
-                storage = self.storage_for(user, userdb)
-            except (OSError, StorageError, ValueError) as e:
-                log.error("{what}: cannot open the user's storage: {e}", what=what,
-                          e=sanitize(_reason(e)), log_prefix=prefix)
-                raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
-            if delivery.wants_sieve(self.config):
-                return delivery.deliver_with_sieve(
-                    self.config, storage, user, userdb, message, session, msgid,
-                    sender, recipient, prefix)
-            return delivery.save(storage, message, what, prefix)
+        message = os.fdopen(fd, "rb")
+        try:
+            userdb = json.loads(fields)
+            storage = self.storage_for(user, userdb)
+        except (OSError, StorageError, ValueError) as e:
+            message.close()
+            log.error("{what}: cannot open the user's storage: {e}", what=what,
+                      e=sanitize(_reason(e)), log_prefix=prefix)
+            raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+        if delivery.wants_sieve(self.config):
+            d = defer.maybeDeferred(
+                delivery.deliver_with_sieve, self.config, storage, user, userdb, message,
+                session, msgid, sender, recipient, prefix)
+        else:
+            d = delivery.save(storage, message, what, prefix)
+
+        def close(result: object) -> object:
+            message.close()  # once the storage has answered
+            return result
+
+        return d.addBoth(close)
 
     def session_settings(self, service: str) -> dict:
         """The settings a session reads, per protocol; looked up once (the
@@ -259,6 +270,7 @@ CACHE_SETTINGS = ("mail_cache_max_size", "mail_cache_max_headers_count",
                   "mail_cache_max_header_name_length")
 SESSION_SETTINGS = (
     "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
+    "imap_metadata",
     "imap_logout_format", "pop3_uidl_format", "pop3_logout_format", "mail_max_userip_connections",
     "hostname", "imap_autologout", "pop3_autologout",
 )

@@ -141,8 +141,8 @@ def rehearse(settings: dict, timeout: float = 10.0):
     root = tempfile.mkdtemp(prefix="pydovecot-rehearsal-")
     try:
         storage = open_storage("rehearsal", f"maildir:{root}/Maildir", root)
-        storage.append("INBOX", io.BytesIO(SAMPLE))
-        storage.append("INBOX", io.BytesIO(SAMPLE.replace(b"<rehearsal@", b"<second@")))
+        yield storage.append("INBOX", io.BytesIO(SAMPLE))
+        yield storage.append("INBOX", io.BytesIO(SAMPLE.replace(b"<rehearsal@", b"<second@")))
         yield _run(IMAPSession(storage, _context(settings, "imap")),
                    lambda s: s.start(b"a0", IMAP_SCRIPT), b"z9 ", timeout)
         yield _run(POP3Session(storage, _context(settings, "pop3")),

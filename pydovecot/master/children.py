@@ -45,6 +45,7 @@ def child_environment() -> dict[str, str]:
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if os.path.isdir(p)))
     env.pop("PYTHONSTARTUP", None)
+    env.pop("NOTIFY_SOCKET", None)  # only the master speaks to systemd
     return env
 
 
@@ -92,6 +93,8 @@ class Child:
         #: The channel closed: the child is dying even if its exit has not
         #: been reaped yet; nothing new should be sent to it.
         self.lost = False
+        #: Signals the master sent (see :meth:`signal`).
+        self.sent_signals: set[int] = set()
 
     def spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -127,6 +130,9 @@ class Child:
         Logger(namespace=prefix).emit(level, "{text}", text=text, log_prefix=prefix)
 
     def signal(self, signo: int) -> None:
+        """Send ``signo``; the child's death by it is then expected (a stop,
+        a reload's retirement, a kill after a failed start): no Error line."""
+        self.sent_signals.add(signo)
         if self.process is not None and self.process.pid is not None:
             try:
                 self.process.signalProcess(signo)
@@ -137,7 +143,12 @@ class Child:
         self.process = None
         if self.channel is not None and self.channel.transport is not None:
             self.channel.transport.loseConnection()
-        if not reason.check(ProcessDone):
+        if reason.check(ProcessDone):
+            pass
+        elif getattr(reason.value, "signal", None) in self.sent_signals:
+            log.info("service({role}): child {pid} stopped ({how})", role=self.role,
+                     pid=self.pid, how=_describe_exit(reason), log_prefix="master")
+        else:
             log.error("service({role}): child {pid} {how}", role=self.role, pid=self.pid,
                       how=_describe_exit(reason), log_prefix="master")
         if self.on_end is not None:

@@ -34,6 +34,7 @@ from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand_path, fixed_prefix
 from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
+from pydovecot.master import sdnotify
 from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
@@ -168,6 +169,7 @@ class MasterService(Service):
         self.pool: MailProcessPool | None = None
         self.auth: AuthMasterClient | None = None
         self._log_observer = None
+        self._log_line_observer = None
         self._log_file = None
 
     def setServiceParent(self, parent) -> None:
@@ -201,8 +203,10 @@ class MasterService(Service):
         self.auth = AuthMasterClient(os.path.join(self.base_dir, "auth-master"))
         self._start_children()
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(self.reopen_log))
         log.info("pydovecot starting up for {protocols} (core dumps disabled)",
                  protocols=", ".join(self.config.protocols), log_prefix="master")
+        sdnotify.ready(f"serving {', '.join(self.config.protocols)}")
 
     def _fatal(self, error: Exception) -> None:
         """Stop the start with one line (no traceback) and exit code 89."""
@@ -234,10 +238,27 @@ class MasterService(Service):
         if path and path not in ("syslog", "/dev/stderr"):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self._log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._log_line_observer = DovecotLineObserver(self._log_file, "master", timestamps=True)
             self._log_observer = FilteringLogObserver(
-                DovecotLineObserver(self._log_file, "master", timestamps=True),
-                [TwistedChatter(), QuietTwisted()])
+                self._log_line_observer, [TwistedChatter(), QuietTwisted()])
             globalLogPublisher.addObserver(self._log_observer)
+
+    def reopen_log(self) -> None:
+        """SIGUSR1 (Dovecot's ``doveadm log reopen``; logrotate's
+        postrotate): reopen ``log_path``.  Children log through the master,
+        so its file is the only one."""
+        if self._log_file is None:
+            return
+        path = self._log_file.name
+        try:
+            new = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        except OSError as e:
+            log.error("SIGUSR1: can't reopen {path}: {e}", path=path, e=e, log_prefix="master")
+            return
+        old, self._log_file = self._log_file, new
+        self._log_line_observer.stream = new
+        old.close()
+        log.info("log file reopened", log_prefix="master")
 
     def _prepare_dirs(self) -> None:
         for path in (self.base_dir, self.config.path_setting("state_dir")):
@@ -660,6 +681,7 @@ class MasterService(Service):
             log.error("SIGHUP: config not reloaded: {e}", e=e, log_prefix="master")
             return
         log.info("SIGHUP received - reloading configuration", log_prefix="master")
+        sdnotify.reloading()
         try:
             os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
             self._write_snapshot(config)
@@ -683,6 +705,7 @@ class MasterService(Service):
             self.listeners = new_listeners
             self.supervised = {}
             self._start_services()
+            sdnotify.ready(f"serving {', '.join(config.protocols)}")
 
         d.addCallback(restart)
 
@@ -715,6 +738,7 @@ class MasterService(Service):
     def stopService(self):
         super().stopService()
         log.info("pydovecot shutting down", log_prefix="master")
+        sdnotify.stopping()
         d = self._stop_children(signal.SIGTERM)
 
         def cleanup(_):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, BinaryIO
 
 from twisted.internet import defer, interfaces, protocol, task
@@ -189,19 +189,54 @@ class POP3Session(protocol.Protocol):
             transport.bufferSize = OUTPUT_BOUND
         if hasattr(transport, "registerProducer") and getattr(transport, "producer", None) is None:
             transport.registerProducer(_Output(self), True)
+        self._wait_for(self.storage.open("INBOX"),
+                       lambda mailbox: self._opened(mailbox, pending), self._open_failed)
+
+    def _opened(self, mailbox: IMailbox, pending: bytes) -> None:
+        if self._closing:  # the client left while the storage answered
+            mailbox.close()
+            return
+        self.mailbox = mailbox
         try:
-            self.mailbox = self.storage.open("INBOX")
-            self.messages = list(self.mailbox.messages)
+            self.messages = list(mailbox.messages)
             format_uidl(self.uidl_format, 1, 1)
         except Exception:
-            self.log.error("Couldn't open INBOX: {e}", e=_error_line(Failure()),
-                           log_prefix=self.log_prefix)
-            self.transport.write(b"-ERR [SYS/TEMP] Couldn't open INBOX.\r\n")
-            self._close()
+            self._open_failed(Failure())
             return
         self._started = True
         self.transport.write(b"+OK Logged in.\r\n")
         self.dataReceived(pending)
+
+    def _open_failed(self, failure: Failure) -> None:
+        if self._closing:
+            return
+        self.log.error("Couldn't open INBOX: {e}", e=_error_line(failure),
+                       log_prefix=self.log_prefix)
+        self.transport.write(b"-ERR [SYS/TEMP] Couldn't open INBOX.\r\n")
+        self._close()
+
+    def _wait_for(self, d: defer.Deferred[Any], then: Callable[[Any], None],
+                  failed: Callable[[Failure], None]) -> None:
+        """Go on with ``then(value)`` (or ``failed(failure)``) once the
+        storage has answered; later commands wait meanwhile (``_busy``).
+        An answer already in runs at once, in this reactor turn."""
+        self._busy = True
+        later: list[bool] = []
+
+        def answered(result: object) -> None:
+            self._busy = False
+            if isinstance(result, Failure):
+                failed(result)
+            else:
+                then(result)
+            if later and not self._busy and not self._closing and self._started:
+                self._slice_end = time.monotonic() + SLICE  # a new reactor turn
+                self._process()
+
+        d.addBoth(answered)
+        d.addErrback(lambda f: self.log.error("POP3 command failed: {e}", e=_error_line(f),
+                                              log_prefix=self.log_prefix))
+        later.append(True)
 
     def dataReceived(self, data: bytes) -> None:
         self._buf += data
@@ -504,12 +539,19 @@ class POP3Session(protocol.Protocol):
     def _send(self, i: int, head: bytes, body_lines: int | None) -> None:
         assert self.mailbox is not None
         msg = self.messages[i]
-        try:
-            f = self.mailbox.message_file(msg.uid)
-        except Exception:
+
+        def failed(failure: Failure) -> None:
             self.log.error("Couldn't open message UID {uid}: {e}", uid=msg.uid,
-                           e=_error_line(Failure()), log_prefix=self.log_prefix)
+                           e=_error_line(failure), log_prefix=self.log_prefix)
             self._write(b"-ERR [SYS/TEMP] Couldn't read the message.\r\n")
+
+        self._wait_for(self.mailbox.message_file(msg.uid),
+                       lambda f: self._send_file(i, head, body_lines, f), failed)
+
+    def _send_file(self, i: int, head: bytes, body_lines: int | None, f: BinaryIO) -> None:
+        msg = self.messages[i]
+        if self._closing:
+            f.close()
             return
         if body_lines is None:
             self.stats["retr"] += 1
@@ -569,17 +611,25 @@ class POP3Session(protocol.Protocol):
         self._quit = True
         dele = [self.messages[i].uid for i in sorted(self.deleted)]
         seen = [self.messages[i].uid for i in sorted(self.retrieved - self.deleted)]
-        try:
-            if seen:
-                self.mailbox.store(seen, ["\\Seen"], "+")
-            if dele:
-                self.mailbox.store(dele, ["\\Deleted"], "+")
-                self.mailbox.expunge(dele)
-        except Exception:
-            self.log.error("POP3 UPDATE failed: {e}", e=_error_line(Failure()),
+
+        def failed(failure: Failure) -> None:
+            self.log.error("POP3 UPDATE failed: {e}", e=_error_line(failure),
                            log_prefix=self.log_prefix)
             self._write(b"-ERR [SYS/TEMP] Couldn't update the mailbox.\r\n")
             self._close()
-            return
-        self._write(b"+OK Logging out.\r\n")
-        self._close()
+
+        def done(_: object) -> None:
+            self._write(b"+OK Logging out.\r\n")
+            self._close()
+
+        self._wait_for(defer.Deferred.fromCoroutine(self._update(self.mailbox, seen, dele)),
+                       done, failed)
+
+    @staticmethod
+    async def _update(mailbox: IMailbox, seen: list[int], dele: list[int]) -> None:
+        """The UPDATE state: \\Seen for what was retrieved, DELE expunged."""
+        if seen:
+            await mailbox.store(seen, ["\\Seen"], "+")
+        if dele:
+            await mailbox.store(dele, ["\\Deleted"], "+")
+            await mailbox.expunge(dele)

@@ -117,6 +117,7 @@ class SieveDelivery:
                  send: Callable | None = None):
         self.config = config
         self.storage = storage
+        self._mailboxes: set[str] = set()  # for mailboxexists: load_mailboxes()
         self.user = user
         self.fields = fields
         self.home = fields.get("home", "") or ""
@@ -236,6 +237,8 @@ class SieveDelivery:
         message = Message(raw)
         if not self.msgid:
             self.msgid = (message.raw_values("message-id") or [""])[0][:256]
+        if sequence:  # for mailboxexists (RFC 5490): the interpreter is synchronous
+            yield self.load_mailboxes()
         ctx = self.context(message)
         interp = Interpreter(message, ctx)
         if sequence and len(raw) > PARSE_IN_SLICES:
@@ -375,12 +378,32 @@ class SieveDelivery:
 
     # -- carrying the actions out -------------------------------------------
 
-    def mailbox_exists(self, name: str) -> bool:
+    @defer.inlineCallbacks
+    def load_mailboxes(self):
+        """Read the mailbox list once, before the scripts run (they test
+        ``mailboxexists`` synchronously); the list is refreshed as this
+        delivery creates mailboxes."""
         try:
-            self.storage.status(name)
+            infos = yield self.storage.list_mailboxes()
+        except (StorageError, OSError):
+            infos = []
+        self._mailboxes = {i.name for i in infos if "\\Noselect" not in i.attributes
+                           and "\\NonExistent" not in i.attributes}
+
+    def mailbox_exists(self, name: str) -> bool:
+        """Whether ``name`` existed when the delivery began (or was made by it)."""
+        if name.upper() == "INBOX":
             return True
+        return name in self._mailboxes
+
+    @defer.inlineCallbacks
+    def mailbox_answers(self, name: str):
+        """Whether the storage knows ``name`` (STATUS answers)."""
+        try:
+            yield self.storage.status(name)
         except (StorageError, OSError):
             return False
+        return True
 
     @defer.inlineCallbacks
     def commit(self, message: Message, result: Result):
@@ -391,7 +414,7 @@ class SieveDelivery:
         for action in list(result.actions):
             try:
                 if action.kind == "store":
-                    uid = self.store(action.target, data, action.flags, action.create)
+                    uid = yield self.store(action.target, data, action.flags, action.create)
                     outcome.stored.append(action.target)
                     if not outcome.mailbox:
                         outcome.uid, outcome.mailbox = uid, action.target
@@ -417,7 +440,7 @@ class SieveDelivery:
             self.mark("duplicate", ident, handle, seconds)
         if (result.implicit_keep or keep_failed) and "INBOX" not in outcome.stored:
             flags = result.keep_flags if result.implicit_keep else []
-            uid = self.store("INBOX", data, flags, False)  # a failure here fails delivery
+            uid = yield self.store("INBOX", data, flags, False)  # a failure here fails delivery
             outcome.stored.append("INBOX")
             outcome.uid, outcome.mailbox = uid, "INBOX"
             log.info("sieve: msgid={msgid}: stored mail into mailbox 'INBOX'", msgid=msgid,
@@ -425,21 +448,24 @@ class SieveDelivery:
         self.save_dupes()
         return outcome
 
-    def store(self, box: str, data: bytes, flags: list[str], create: bool) -> int:
+    @defer.inlineCallbacks
+    def store(self, box: str, data: bytes, flags: list[str], create: bool):
+        """Save into ``box`` (creating it if asked); fires with the UID."""
         if box.upper() == "INBOX":
             box = "INBOX"
-        if box != "INBOX" and not self.mailbox_exists(box):
+        exists = box == "INBOX" or (yield self.mailbox_answers(box))
+        if not exists:
             autocreate = self._cfg("lda_mailbox_autocreate", "no") == "yes"
             if not (create or autocreate):
                 raise StorageError(f"Mailbox doesn't exist: {box}")
             try:
-                self.storage.create(box)
+                yield self.storage.create(box)
             except MailboxExists:
                 pass
-            if self._cfg("lda_mailbox_autosubscribe", "no") == "yes" and hasattr(
-                    self.storage, "subscribe"):
-                self.storage.subscribe(box)
-        _validity, uid = self.storage.append(box, io.BytesIO(data), flags)
+            self._mailboxes.add(box)
+            if self._cfg("lda_mailbox_autosubscribe", "no") == "yes":
+                yield self.storage.subscribe(box)
+        _validity, uid = yield self.storage.append(box, io.BytesIO(data), flags)
         return uid
 
     def user_email(self) -> str:

@@ -193,11 +193,13 @@ class AttributeDict:
 
     # -- changing ------------------------------------------------------
 
-    def change(self, sets: dict[str, bytes | None], count_prefix: str | None = None,
+    def change(self, sets: dict[str, bytes | None],
+               count_prefix: str | tuple[str, ...] | None = None,
                drop_prefixes: Iterable[str] = ()) -> None:
         """Apply ``sets`` (None deletes) and delete every key under
         ``drop_prefixes``, under the dotlock, crash-safely.  New entries
-        beyond ``max_entries`` under ``count_prefix`` fail (TOOMANY)."""
+        beyond ``max_entries`` under ``count_prefix`` (or under any of
+        several) fail (TOOMANY), and then nothing changes."""
         for value in sets.values():
             if value is not None and len(value) > self.limits.max_value_size:
                 raise AttributeTooLarge(self.limits.max_value_size)
@@ -223,9 +225,11 @@ class AttributeDict:
                         added += k not in pairs
                         pairs[k] = bytes(value)
                 if added and count_prefix is not None:
-                    cp = count_prefix.encode("utf-8", "surrogateescape")
-                    if sum(1 for k in pairs if k.startswith(cp)) > self.limits.max_entries:
-                        raise TooManyAttributes()
+                    counted = (count_prefix,) if isinstance(count_prefix, str) else count_prefix
+                    for prefix in counted:
+                        cp = prefix.encode("utf-8", "surrogateescape")
+                        if sum(1 for k in pairs if k.startswith(cp)) > self.limits.max_entries:
+                            raise TooManyAttributes()
                 if pairs == old:
                     return  # nothing changes
                 data = serialize(pairs)

@@ -17,11 +17,35 @@ Dovecot keys them; ``tests/test_storage_interfaces.py`` checks that every
 member protocol code uses is declared here and that every implementation,
 the test fakes included, passes ``verifyObject``.
 
-All calls are synchronous: a mail process serves one uid from one reactor,
-and local disk I/O on Maildir is short.  Several sessions of one user share
-one :class:`IMailStorage` and one :class:`IMailbox` view per session;
-changes made by one are reported to the others via :meth:`IMailbox.sync`
-and the storage's change listeners.
+Every method of :class:`IMailStorage` and :class:`IMailbox` is
+asynchronous: it returns a :class:`~twisted.internet.defer.Deferred` that
+fires with the documented value (below, "returns X" means "returns a
+Deferred firing with X"), and errors travel as failed Deferreds carrying
+the :class:`StorageError` subclasses below.  So a storage in another
+process, on another host or in a database can sit behind the same
+interface; the local Maildir storage answers with already-fired Deferreds
+(:func:`pydovecot.storage.deferred.answers`).  Protocol code awaits every
+answer and never drops one.  Message bodies cross as file objects
+(:meth:`IMailbox.message_file` gives an open binary file,
+:meth:`IMailStorage.append` reads one), never as one bytes value.
+``tests/remote_storage.py`` puts any implementation behind a proxy that
+answers as a storage in another process would (a reactor turn or two
+later, values copied), and ``tests/test_imap_remote_storage.py`` runs the
+protocol flows over it.
+
+Kept synchronous, because they are the caller's local bookkeeping and a
+remote storage answers them from its local proxy: the attributes (a
+mailbox view's ``messages``, ``recent``, ``uidnext``, ``highestmodseq`` …
+are the session's local view, refreshed only inside :meth:`IMailbox.sync`
+and by the answers of the view's own ``store``/``expunge``),
+:meth:`IMailbox.close` (ends the local view; a remote storage releases
+its side in the background) and the listener registrations
+(``add_listener`` … ``remove_tree_listener``; a listener is called with no
+promise about which reactor turn, and must itself only schedule work).
+
+Several sessions of one user share one :class:`IMailStorage` and one
+:class:`IMailbox` view per session; changes made by one are reported to
+the others via :meth:`IMailbox.sync` and the storage's change listeners.
 """
 
 from __future__ import annotations
@@ -31,6 +55,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
@@ -156,7 +181,7 @@ class IMailbox(Interface):
         "bool: the mailbox no longer exists on disk (deleted or renamed away by "
         "another session or process); the session ends with BYE, as Dovecot's does")
 
-    def sync(allow_expunge: bool = True) -> SyncResult:
+    def sync(allow_expunge: bool = True) -> Deferred[SyncResult]:
         """Re-read the mailbox (new deliveries, other sessions' changes).
 
         With ``allow_expunge`` false (during FETCH, STORE, SEARCH, where IMAP
@@ -166,30 +191,31 @@ class IMailbox(Interface):
         later sync (the test fake does).
         """
 
-    def vanished_since(modseq: int) -> list[int]:
+    def vanished_since(modseq: int) -> Deferred[list[int]]:
         """QRESYNC: UIDs expunged with a modseq above ``modseq`` (may over-report
         when the expunge log was trimmed, as RFC 7162 allows)."""
 
     def store_unchanged_since(uids: Iterable[int], flags: Iterable[str], mode: str,
-                              unchangedsince: int) -> tuple[list[int], list[int]]:
+                              unchangedsince: int) -> Deferred[tuple[list[int], list[int]]]:
         """CONDSTORE STORE (UNCHANGEDSINCE n): ``(changed, failed)`` where
         ``failed`` are UIDs whose modseq is above ``unchangedsince``."""
 
-    def cached(uid: int, key: str) -> object | None:
+    def cached(uid: int, key: str) -> Deferred[object | None]:
         """A value the index keeps for a message (``envelope``,
         ``bodystructure``, ``header.<name>``, ``preview`` …), or None."""
 
-    def set_cached(uid: int, key: str, value: object) -> None:
+    def set_cached(uid: int, key: str, value: object) -> Deferred[None]:
         """Keep a JSON-able value in the index for a message."""
 
-    def message_file(uid: int) -> BinaryIO:
-        """Open a message's bytes (as stored, LF or CRLF) for reading.
+    def message_file(uid: int) -> Deferred[BinaryIO]:
+        """Open a message's bytes (as stored, LF or CRLF) for reading; the
+        caller closes the file.
 
         A message expunged elsewhere but still in the view stays readable
         while its file exists; otherwise StorageError with code
         ``EXPUNGEISSUED``."""
 
-    def store(uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
+    def store(uids: Iterable[int], flags: Iterable[str], mode: str) -> Deferred[list[int]]:
         """Change flags: ``mode`` is ``"+"``, ``"-"`` or ``"="``.
 
         Returns the UIDs whose flags really changed.  The view's
@@ -197,14 +223,39 @@ class IMailbox(Interface):
         change at their next sync.  Raises StorageError if readonly.
         """
 
-    def expunge(uids: Iterable[int] | None = None) -> list[int]:
+    def expunge(uids: Iterable[int] | None = None) -> Deferred[list[int]]:
         """Remove \\Deleted messages (only those in ``uids`` if given).
 
         Returns the UIDs removed; they are gone from ``messages`` too.
         """
 
     def close() -> None:
-        """End this view; listeners are removed."""
+        """End this view; listeners are removed.  Synchronous (local
+        bookkeeping): it returns nothing and cannot fail."""
+
+    # -- search, sort and parsed data (lib-storage's mail_search / mail_get_special)
+    # (pydovecot.storage.search.SearchProgram; see that module for the keys)
+
+    def search(program: object, uids: Sequence[int] | None = None) -> object:
+        """Deferred[list[int]]: the UIDs of the view's messages (of those in
+        ``uids`` if given) that match the SearchProgram, ascending.  The
+        program holds no sequence numbers (the protocol resolved them);
+        StorageError (failed Deferred) for a key the storage cannot run."""
+
+    def sort(criteria: Sequence[tuple[str, bool]], program: object) -> object:
+        """Deferred[list[int]]: the matching UIDs ordered by RFC 5256 /
+        RFC 5957 criteria, given as ``(name, reverse)`` (``ARRIVAL``, ``CC``,
+        ``DATE``, ``FROM``, ``SIZE``, ``SUBJECT``, ``TO``, ``DISPLAYFROM``,
+        ``DISPLAYTO``); exact ties keep mailbox order."""
+
+    def fetch_data(uid: int, items: Sequence[str]) -> object:
+        """Deferred[dict[str, object]]: parsed data of one message, from the
+        index when it has it (kept there once computed): ``envelope``,
+        ``bodystructure``, ``body`` (IMAP bytes), ``header:<name>`` (list of
+        the field's raw unfolded values, latin-1 text), ``preview`` (str),
+        ``sentdate`` (Date: as UTC seconds, or None), ``threading`` (dict:
+        subject, reply, message_id, references, date).  StorageError
+        (``EXPUNGEISSUED``) when the message is gone."""
 
 
 class IMailStorage(Interface):
@@ -212,33 +263,33 @@ class IMailStorage(Interface):
 
     user = Attribute("str: the user's name")
 
-    def configure(settings: dict) -> None:
+    def configure(settings: dict) -> Deferred[None]:
         """Apply the user's settings to this storage: ``mail_cache_*``
         limits and the ``mail_attribute_*`` bounds (unknown keys ignored)."""
 
-    def list_mailboxes() -> list[MailboxInfo]:
+    def list_mailboxes() -> Deferred[list[MailboxInfo]]:
         """Every mailbox, INBOX first, with \\HasChildren/\\HasNoChildren."""
 
-    def create(name: str) -> None:
+    def create(name: str) -> Deferred[None]:
         """Create a mailbox (and missing parents).  MailboxExists if present."""
 
-    def delete(name: str) -> None:
+    def delete(name: str) -> Deferred[None]:
         """Delete a mailbox and its messages.  INBOX cannot be deleted."""
 
-    def rename(old: str, new: str) -> None:
+    def rename(old: str, new: str) -> Deferred[None]:
         """Rename a mailbox and its children.  Renaming INBOX moves its
         messages to ``new`` and leaves INBOX empty (RFC 3501)."""
 
-    def subscriptions() -> list[str]:
+    def subscriptions() -> Deferred[list[str]]:
         """Subscribed names, as in Dovecot's ``subscriptions`` file."""
 
-    def subscribe(name: str) -> None:
+    def subscribe(name: str) -> Deferred[None]:
         """Add a name to the subscriptions (need not exist)."""
 
-    def unsubscribe(name: str) -> None:
+    def unsubscribe(name: str) -> Deferred[None]:
         """Remove a name from the subscriptions."""
 
-    def status(name: str) -> MailboxStatus:
+    def status(name: str) -> Deferred[MailboxStatus]:
         """Counts for STATUS without selecting.
 
         ``recent`` counts the messages no session has claimed \\Recent for
@@ -248,7 +299,7 @@ class IMailStorage(Interface):
         ``recent`` (Dovecot answers from the selected mailbox then).
         """
 
-    def open(name: str, readonly: bool = False) -> IMailbox:
+    def open(name: str, readonly: bool = False) -> Deferred[IMailbox]:
         """Open a view of a mailbox (SELECT/EXAMINE).  The first view to
         see a new message takes its \\Recent."""
 
@@ -257,16 +308,17 @@ class IMailStorage(Interface):
         message: BinaryIO,
         flags: Iterable[str] = (),
         internaldate: datetime.datetime | None = None,
-    ) -> tuple[int, int]:
+    ) -> Deferred[tuple[int, int]]:
         """Save a message: tmp/, fsync, rename into new/ or cur/.
 
-        ``message`` is read from its current position to its end.  Returns
+        ``message`` (a binary file) is read from its current position to
+        its end before the answer fires; the caller keeps and closes it.  Returns
         ``(uidvalidity, uid)`` once the message is durable.
         """
 
     def copy(
         source: IMailbox, uids: Sequence[int], dest: str
-    ) -> tuple[int, list[tuple[int, int]]]:
+    ) -> Deferred[tuple[int, list[tuple[int, int]]]]:
         """Copy messages (hard links where possible) keeping their flags.
 
         Returns ``(dest uidvalidity, [(source uid, dest uid), …])``.
@@ -289,7 +341,7 @@ class IMailStorage(Interface):
 
     # -- mailbox attributes (RFC 5464 METADATA, RFC 6154 special-use) -------
 
-    def get_attribute(mailbox: str, key: str) -> bytes | None:
+    def get_attribute(mailbox: str, key: str) -> Deferred[bytes | None]:
         """The value of an attribute, or None.
 
         ``mailbox`` ``""`` means the server; ``key`` is an RFC 5464 entry
@@ -302,7 +354,7 @@ class IMailStorage(Interface):
         missing mailbox; StorageError (``CANNOT``) for a bad entry name.
         """
 
-    def set_attribute(mailbox: str, key: str, value: bytes | None) -> None:
+    def set_attribute(mailbox: str, key: str, value: bytes | None) -> Deferred[None]:
         """Set (or, with None, delete) an attribute, durably.
 
         AttributeTooLarge above the value limit, TooManyAttributes when a
@@ -310,7 +362,11 @@ class IMailStorage(Interface):
         follow their mailbox through RENAME and go with it on DELETE.
         """
 
-    def attribute_keys(mailbox: str, prefix: str = "") -> list[str]:
+    def set_attributes(mailbox: str, changes: dict[str, bytes | None]) -> Deferred[None]:
+        """Apply several :meth:`set_attribute` changes at once: all of them
+        durably, or (on any error) none (SETMETADATA)."""
+
+    def attribute_keys(mailbox: str, prefix: str = "") -> Deferred[list[str]]:
         """Every entry name of a mailbox (or, for ``""``, the server) that
         starts with ``prefix`` (``""`` = all, ``/private`` or ``/shared``, or
         any deeper entry), sorted, with its scope (``/private/comment``)."""

@@ -46,6 +46,8 @@ from zope.interface import implementer
 from pydovecot.log import sanitize
 from pydovecot.storage import attributes as A
 from pydovecot.storage import names as N
+from pydovecot.storage import search as S
+from pydovecot.storage.deferred import answers
 from pydovecot.storage.index import (
     EXPUNGE_KEEP,
     CacheFile,
@@ -1008,6 +1010,7 @@ class MaildirMailbox:
         ``* BYE Selected mailbox was deleted``, as Dovecot does)."""
         return self.box.deleted()
 
+    @answers
     def sync(self, allow_expunge: bool = True) -> SyncResult:
         self._check()
         box = self.box
@@ -1051,6 +1054,7 @@ class MaildirMailbox:
         err.code = "EXPUNGEISSUED"
         return err
 
+    @answers
     def message_file(self, uid: int) -> BinaryIO:
         self._check()
         box = self.box
@@ -1074,9 +1078,11 @@ class MaildirMailbox:
                 rec = box.find_again(rec)
         raise StorageError(f"Message UID {uid} keeps moving")
 
+    @answers
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
         return self._store(uids, flags, mode, None)[0]
 
+    @answers
     def store_unchanged_since(self, uids: Iterable[int], flags: Iterable[str], mode: str,
                               unchangedsince: int) -> tuple[list[int], list[int]]:
         return self._store(uids, flags, mode, unchangedsince)
@@ -1127,6 +1133,7 @@ class MaildirMailbox:
             self.storage._notify(self.name)
         return changed, failed
 
+    @answers
     def vanished_since(self, modseq: int) -> list[int]:
         box = self.box
         present = set(box.uids) | set(self._ghosts)
@@ -1136,10 +1143,12 @@ class MaildirMailbox:
         i = bisect.bisect_right(box.expunged, (modseq, 1 << 62))
         return sorted({u for _m, u in box.expunged[i:] if u not in present})
 
+    @answers
     def cached(self, uid: int, key: str) -> object | None:
         value = self.box.cache.get(self.box.uidvalidity, uid, key)
         return None if value is None else _decode_cached(value)
 
+    @answers
     def set_cached(self, uid: int, key: str, value: object) -> None:
         box = self.box
         if uid not in box.by_uid:
@@ -1149,6 +1158,7 @@ class MaildirMailbox:
         except OSError as e:
             log.warn("{path}: cache not written: {err}", path=box.cache.path, err=e)
 
+    @answers
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         self._check()
         if self.readonly:
@@ -1190,6 +1200,44 @@ class MaildirMailbox:
             if self in self.box.views:
                 self.box.views.remove(self)
 
+    # -- search, sort and parsed data (SEARCH's block: pydovecot.storage.search) --
+
+    def _search_source(self) -> S.CallableSource:
+        """The index cache and files as the evaluator reads them (directly)."""
+        box = self.box
+
+        def get(uid: int, key: str) -> object | None:
+            value = box.cache.get(box.uidvalidity, uid, key)
+            return None if value is None else _decode_cached(value)
+
+        def put(uid: int, key: str, value: object) -> None:
+            if uid not in box.by_uid:
+                return
+            try:
+                box.cache.add(box.uidvalidity, uid, key, _encode_cached(value))
+            except OSError as e:
+                log.warn("{path}: cache not written: {err}", path=box.cache.path, err=e)
+
+        return S.CallableSource(get, put, lambda uid: S.sync_result(self.message_file(uid)))
+
+    @S.answers_deferred
+    def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
+        self._check()
+        return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
+
+    @S.answers_deferred
+    def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
+        self._check()
+        return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
+
+    @S.answers_deferred
+    def fetch_data(self, uid: int, items: Sequence[str]):
+        self._check()
+        info = self._index.get(uid)
+        if info is None:
+            raise self._expunge_issued(uid)
+        return S.fetch_data(self._search_source(), info, items)
+
 
 @implementer(IMailStorage)
 class MaildirStorage:
@@ -1214,6 +1262,7 @@ class MaildirStorage:
         self._real_root = os.path.realpath(self.root)
         self._subs = Subscriptions(self.root, utf8)
 
+    @answers
     def configure(self, settings: dict) -> None:
         """Apply the user's settings (``mail_cache_*``) to this storage."""
         limits = CacheLimits.from_settings(settings)
@@ -1279,6 +1328,7 @@ class MaildirStorage:
 
     # -- mailbox tree -------------------------------------------------
 
+    @answers
     def list_mailboxes(self) -> list[MailboxInfo]:
         real: set[str] = {"INBOX"}
         for entry in os.listdir(self.root):
@@ -1308,6 +1358,7 @@ class MaildirStorage:
         open(os.path.join(path, "maildirfolder"), "wb").close()
         _fsync_dir(self.root)
 
+    @answers
     def create(self, name: str) -> None:
         name = N.normalize(name, for_create=True)
         if name == "INBOX" or self._exists(name):
@@ -1324,6 +1375,7 @@ class MaildirStorage:
             raise MailboxExists(f"Mailbox already exists: {name}") from None
         self._tree_changed("create", name)
 
+    @answers
     def delete(self, name: str) -> None:
         name = N.normalize(name)
         if name == "INBOX":
@@ -1346,6 +1398,7 @@ class MaildirStorage:
         self._notify(name)
         self._tree_changed("delete", name)
 
+    @answers
     def rename(self, old: str, new: str) -> None:
         old, new = N.normalize(old), N.normalize(new, for_create=True)
         if new == "INBOX" or self._exists(new):
@@ -1356,7 +1409,7 @@ class MaildirStorage:
             self._rename_inbox(new)
             self._tree_changed("rename", old, new)
             return
-        children = [m.name for m in self.list_mailboxes()
+        children = [m.name for m in MaildirStorage.list_mailboxes.now(self)
                     if m.name.startswith(old + "/") and "\\Noselect" not in m.attributes]
         if not os.path.isdir(self._dir(old)) and not children:
             raise MailboxNotFound(f"Mailbox doesn't exist: {old}")
@@ -1379,7 +1432,7 @@ class MaildirStorage:
         """RFC 3501: move INBOX's messages to ``new``; INBOX stays, empty,
         with its UIDVALIDITY and next UID."""
         inbox = self._box("INBOX")
-        self.create(new)
+        MaildirStorage.create.now(self, new)
         dest = self._dir(new)
         with Dotlock(inbox.uidlist_path):
             ul = read_uidlist(inbox.uidlist_path) or UidList.new(self.next_uidvalidity())
@@ -1400,19 +1453,23 @@ class MaildirStorage:
 
     # -- subscriptions ------------------------------------------------
 
+    @answers
     def subscriptions(self) -> list[str]:
         return self._subs.read()
 
+    @answers
     def subscribe(self, name: str) -> None:
         self._subs.change(N.normalize(name), True)
         self._tree_changed("subscribe", name)
 
+    @answers
     def unsubscribe(self, name: str) -> None:
         self._subs.change(N.normalize(name), False)
         self._tree_changed("unsubscribe", name)
 
     # -- messages -----------------------------------------------------
 
+    @answers
     def status(self, name: str) -> MailboxStatus:
         box = self._box(name)
         recs = box.by_uid.values()
@@ -1434,12 +1491,14 @@ class MaildirStorage:
             highestmodseq=box.modseq,
         )
 
+    @answers
     def open(self, name: str, readonly: bool = False) -> MaildirMailbox:
         return MaildirMailbox(self, self._box(name), readonly)
 
     def _flags_info(self, box: _Box, flags: Iterable[str]) -> str:
         return box.info_for({canon_flag(f) for f in flags if f.lower() != "\\recent"})
 
+    @answers
     def append(
         self,
         name: str,
@@ -1483,6 +1542,7 @@ class MaildirStorage:
         self._notify(box.name)
         return box.uidvalidity, uid
 
+    @answers
     def copy(
         self, source: IMailbox, uids: Sequence[int], dest: str
     ) -> tuple[int, list[tuple[int, int]]]:
@@ -1556,6 +1616,7 @@ class MaildirStorage:
         self._migrate_legacy()
         return box.mailbox_guid(create), server
 
+    @answers
     def get_attribute(self, mailbox: str, key: str) -> bytes | None:
         scope, rest = A.split_entry(key)
         guid, server = self._attr_box(mailbox, False)
@@ -1563,6 +1624,7 @@ class MaildirStorage:
             return None
         return self.attributes.get(A.dict_prefix(scope, guid, server) + rest)
 
+    @answers
     def set_attribute(self, mailbox: str, key: str, value: bytes | None) -> None:
         scope, rest = A.split_entry(key)
         if value is not None and len(value) > self.attributes.limits.max_value_size:
@@ -1573,6 +1635,21 @@ class MaildirStorage:
         prefix = A.dict_prefix(scope, guid, server)
         self.attributes.change({prefix + rest: value}, count_prefix=prefix)
 
+    @answers
+    def set_attributes(self, mailbox: str, changes: dict[str, bytes | None]) -> None:
+        entries = {key: A.split_entry(key) for key in changes}
+        limit = self.attributes.limits.max_value_size
+        if any(v is not None and len(v) > limit for v in changes.values()):
+            raise AttributeTooLarge(limit)
+        guid, server = self._attr_box(mailbox, any(v is not None for v in changes.values()))
+        if guid is None:
+            return  # only deletions, and nothing stored for the mailbox
+        sets = {A.dict_prefix(scope, guid, server) + rest: changes[key]
+                for key, (scope, rest) in entries.items()}
+        prefixes = {A.dict_prefix(scope, guid, server) for scope, _ in entries.values()}
+        self.attributes.change(sets, count_prefix=tuple(sorted(prefixes)))
+
+    @answers
     def attribute_keys(self, mailbox: str, prefix: str = "") -> list[str]:
         guid, server = self._attr_box(mailbox, False)
         if guid is None:

@@ -23,6 +23,7 @@ from pydovecot.imap.commands import (  # noqa: F401  (each registers its command
     idle,
     list,
     mailbox,
+    metadata,
     namespace,
     notify,
     registry,
@@ -34,7 +35,7 @@ from pydovecot.imap.commands import (  # noqa: F401  (each registers its command
 )
 
 MODULES = (append, base, compress, copy, enable, expunge, fetch, id, idle, list, mailbox,
-           namespace, notify, search, select, status, store, urlauth)
+           metadata, namespace, notify, search, select, status, store, urlauth)
 
 
 def load() -> list[registry.Command]:

@@ -51,27 +51,27 @@ class _Message:
         self.parts: list[tuple[str, Token]] = []  # CATENATE: ("TEXT", tok) / ("URL", tok)
 
 
-def append_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def append_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     if len(args) < 2:
         raise CommandError(b"BAD Missing arguments")
     name = client.decode_mailbox(args[0])
     messages = _parse_append(client, args[1:])
     try:
-        client.storage.status(name)
+        await client.storage.status(name)
     except MailboxNotFound:
         raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + client.encode_mailbox(name)) from None
     files: list[BinaryIO] = []
     try:
         for msg in messages:
-            files.append(_message_file(client, msg))
+            files.append(await _message_file(client, msg))
         uids: list[int] = []
         validity = 0
         try:
             for msg, f in zip(messages, files, strict=True):
-                validity, uid = client.storage.append(name, f, msg.flags, msg.when)
+                validity, uid = await client.storage.append(name, f, msg.flags, msg.when)
                 uids.append(uid)
         except BaseException:
-            _undo_append(client, name, uids)
+            await _undo_append(client, name, uids)
             raise
     finally:
         for f in files:
@@ -133,7 +133,7 @@ def _parse_catenate(tokens: list[Token]) -> list[tuple[str, Token]]:
     return parts
 
 
-def _message_file(client: Client, msg: _Message) -> BinaryIO:
+async def _message_file(client: Client, msg: _Message) -> BinaryIO:
     """The message's bytes as a file; NO for empty, too big, bad URL."""
     if msg.data is not None:
         size = msg.data.size if isinstance(msg.data, Literal) else len(msg.data)  # type: ignore[arg-type]
@@ -143,7 +143,7 @@ def _message_file(client: Client, msg: _Message) -> BinaryIO:
     try:
         total = 0
         for kind, value in msg.parts:
-            data = _resolve_url(client, as_bytes(value)) if kind == "URL" else None
+            data = await _resolve_url(client, as_bytes(value)) if kind == "URL" else None
             if data is None:
                 src = as_file(value)
                 while chunk := src.read(65536):
@@ -171,11 +171,11 @@ def _check_size(client: Client, size: int) -> None:
         raise CommandError(b"NO [TOOBIG] Mail is larger than the APPENDLIMIT.")
 
 
-def _resolve_url(client: Client, url: bytes) -> bytes:
+async def _resolve_url(client: Client, url: bytes) -> bytes:
     """A CATENATE URL part's bytes (URLAUTH's resolver)."""
     shown = mime.imap_string(url)
     try:
-        data = urlauth.resolve_url(client, url)
+        data = await urlauth.resolve_url(client, url)
     except StorageError:
         raise CommandError(b"NO [BADURL %s] Cannot fetch the URL." % shown) from None
     if data is None:
@@ -183,15 +183,15 @@ def _resolve_url(client: Client, url: bytes) -> bytes:
     return bytes(data)
 
 
-def _undo_append(client: Client, name: str, uids: list[int]) -> None:
+async def _undo_append(client: Client, name: str, uids: list[int]) -> None:
     """MULTIAPPEND is all or nothing: expunge what was saved."""
     if not uids:
         return
     try:
-        view = client.storage.open(name)
+        view = await client.storage.open(name)
         try:
-            view.store(uids, ["\\Deleted"], "+")
-            view.expunge(uids)
+            await view.store(uids, ["\\Deleted"], "+")
+            await view.expunge(uids)
         finally:
             view.close()
     except Exception:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 
-def _copy(client: Client, args: list[Token], uid: bool) -> tuple[str, list[int], bytes]:
+async def _copy(client: Client, args: list[Token], uid: bool) -> tuple[str, list[int], bytes]:
     if len(args) != 2:
         raise bad("Invalid arguments")
     dest = client.decode_mailbox(args[1])
@@ -30,7 +30,7 @@ def _copy(client: Client, args: list[Token], uid: bool) -> tuple[str, list[int],
     if not uids:
         return dest, [], b""
     try:
-        validity, pairs = client.storage.copy(client.selected(), uids, dest)
+        validity, pairs = await client.storage.copy(client.selected(), uids, dest)
     except MailboxNotFound:
         raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + client.encode_mailbox(dest)) from None
     if dest.lower() == "trash" or dest.lower().endswith("/trash"):
@@ -41,24 +41,24 @@ def _copy(client: Client, args: list[Token], uid: bool) -> tuple[str, list[int],
     return dest, uids, code
 
 
-def cmd_copy(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
-    _dest, uids, code = _copy(client, args, uid)
+async def cmd_copy(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+    _dest, uids, code = await _copy(client, args, uid)
     if not uids:
         return b"OK No messages found."
     return b"OK [%s] Copy completed." % code
 
 
-def cmd_move(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_move(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     mbox = client.selected()
     if mbox.readonly:
         raise CommandError(b"NO [READ-ONLY] Mailbox is read-only.")
-    _dest, uids, code = _copy(client, args, uid)
+    _dest, uids, code = await _copy(client, args, uid)
     if not uids:
         return b"OK No messages found."
     client.send(b"* OK [%s] Moved UIDs.\r\n" % code)
     old = [m.uid for m in mbox.messages]
-    mbox.store(uids, ["\\Deleted"], "+")
-    removed = mbox.expunge(uids)
+    await mbox.store(uids, ["\\Deleted"], "+")
+    removed = await mbox.expunge(uids)
     client.counters["expunged"] += len(removed)
     client.report_expunges(old, removed)
     return b"OK Move completed."

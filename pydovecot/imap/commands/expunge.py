@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 
-def cmd_expunge(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_expunge(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     mbox = client.selected()
     if mbox.readonly:
         raise CommandError(b"NO [READ-ONLY] Mailbox is read-only.")
@@ -29,17 +29,17 @@ def cmd_expunge(client: Client, tag: bytes, args: list[Token], uid: bool = False
     elif args:
         raise bad("Unexpected arguments")
     old = [m.uid for m in mbox.messages]
-    removed = mbox.expunge(uids)
+    removed = await mbox.expunge(uids)
     client.counters["expunged"] += len(removed)
     client.report_expunges(old, removed)
-    return _expunge_result(client, b"OK Expunge completed.")
+    return await _expunge_result(client, b"OK Expunge completed.")
 
 
-def _expunge_result(client: Client, response: bytes) -> bytes:
+async def _expunge_result(client: Client, response: bytes) -> bytes:
     """Under QRESYNC the tagged OK of EXPUNGE carries HIGHESTMODSEQ."""
     if client.qresync and client.mailbox is not None:
         return b"OK [HIGHESTMODSEQ %d] %s" % (
-            client.highestmodseq(client.mailbox), response.removeprefix(b"OK "))
+            await client.highestmodseq(client.mailbox), response.removeprefix(b"OK "))
     return response
 
 

@@ -26,7 +26,9 @@ from pydovecot.imap.parser import (
     compress,
     parse_sequence_set,
 )
+from pydovecot.storage.deferred import Answer
 from pydovecot.storage.interfaces import (
+    IMailbox,
     MessageInfo,
     StorageError,
 )
@@ -42,10 +44,10 @@ FETCH_SYNC = 50
 FETCH_SYNC_BYTES = 512 * 1024
 
 
-def cmd_fetch(client: Client, tag: bytes, args: list[Token], uid: bool = False):
+async def cmd_fetch(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     prepared = prepare_fetch(client, args, uid, lambda: cmd_fetch(client, tag, args, uid))
     if prepared is not None:  # ext_sync: big MIME trees parsed in slices first
-        return prepared
+        return await prepared
     mbox = client.selected()
     if len(args) < 2:
         raise bad("Missing arguments")
@@ -53,7 +55,8 @@ def cmd_fetch(client: Client, tag: bytes, args: list[Token], uid: bool = False):
     items = fetch.parse_items(args[1:2])
     if uid and not any(i.name == "UID" for i in items):
         items.insert(0, fetch.FetchItem("UID"))
-    targets = _fetch_targets(client, args, client.resolve(args[0], uid), items, fetch_mods, uid)
+    targets = await _fetch_targets(client, args, client.resolve(args[0], uid), items,
+                                   fetch_mods, uid)
     set_seen = not mbox.readonly and any(
         i.section is not None and not i.peek for i in items
     )
@@ -61,18 +64,17 @@ def cmd_fetch(client: Client, tag: bytes, args: list[Token], uid: bool = False):
     if set_seen:
         unseen = [m.uid for _s, m in targets if "\\Seen" not in m.flags]
         if unseen:
-            changed = set(mbox.store(unseen, ["\\Seen"], "+"))
+            changed = set(await mbox.store(unseen, ["\\Seen"], "+"))
     small = len(targets) <= FETCH_SYNC and (
         fetch.header_only(items)
         or (all(m.size <= fetch.STREAM_OVER for _s, m in targets)
             and sum(m.size for _s, m in targets) <= FETCH_SYNC_BYTES))
     if small:
-        missing = _fetch_range(client, targets, items, changed)
+        missing = await _fetch_range(client, targets, items, changed)
         return _fetch_result(client, missing)
     state = {"missing": 0}
-    d = task.cooperate(_fetch_steps(client, targets, items, changed, state)).whenDone()
-    d.addCallback(lambda _: _fetch_result(client, state["missing"]))
-    return d
+    await task.cooperate(_fetch_steps(client, targets, items, changed, state)).whenDone()
+    return _fetch_result(client, state["missing"])
 
 
 def _fetch_result(client: Client, missing: int) -> bytes:
@@ -81,24 +83,42 @@ def _fetch_result(client: Client, missing: int) -> bytes:
     return b"OK Fetch completed."
 
 
-def _render(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
-            changed: set[int], recent: Any, stream: bool = False,
-            loaded: mime.ParsedMessage | None = None) -> list:
+async def _prepare(client: Client, info: MessageInfo, items: list[fetch.FetchItem],
+                   stream: bool = False, loaded: mime.ParsedMessage | None = None
+                   ) -> tuple[mime.ParsedMessage | None, str | None]:
+    """What rendering ``info`` needs from the storage, awaited: the parsed
+    message (header only where that is enough; None if no item needs it)
+    and the PREVIEW text from the index."""
     rest = [i for i in items if not fetch.streamable(i)] if stream else items
-    load = client.load_header if fetch.header_only(rest) else client.load
+    msg = loaded
+    if msg is None and any(i.needs_message() for i in rest):
+        msg = await (client.load_header(info) if fetch.header_only(rest) else client.load(info))
+    text = None
+    if any(i.name == "PREVIEW" for i in items):
+        assert msg is not None
+        text = await ext_fetch.preview_text(info, lambda: msg, client.mailbox)
+    return msg, text
+
+
+def _render(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
+            changed: set[int], recent: Any, prepared: tuple[mime.ParsedMessage | None, str | None],
+            stream: bool = False) -> list:
+    msg, text = prepared
 
     def message() -> mime.ParsedMessage:
-        return loaded if loaded is not None else load(info)
+        if msg is None:
+            raise StorageError("Message was not loaded")
+        return msg
 
     return fetch.render_pieces(
         seq, info, items, info.uid in recent, message, client.stats,
-        add_flags=info.uid in changed, mailbox=client.mailbox, stream=stream,
+        add_flags=info.uid in changed, stream=stream, preview=text,
     )
 
 
 def _render_steps(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
                   changed: set[int], recent: Any, loaded: mime.ParsedMessage,
-                  pieces: list) -> Generator[None, None, None]:
+                  text: str | None, pieces: list) -> Generator[None, None, None]:
     """Render a big message's response an item per step (each of
     BODYSTRUCTURE, BODY[1], BINARY[1] … may take milliseconds)."""
     head = b"* %d FETCH (" % seq
@@ -112,7 +132,7 @@ def _render_steps(client: Client, seq: int, info: MessageInfo, items: list[fetch
         last = k == len(unique) - 1
         part = fetch.render_pieces(
             seq, info, [item], info.uid in recent, lambda: loaded, client.stats,
-            add_flags=add_flags and last, mailbox=client.mailbox, stream=True)
+            add_flags=add_flags and last, stream=True, preview=text)
         assert isinstance(part[0], bytes) and isinstance(part[-1], bytes)
         part[0] = part[0][len(head):] if k else part[0]
         if k:
@@ -123,16 +143,24 @@ def _render_steps(client: Client, seq: int, info: MessageInfo, items: list[fetch
         yield None
 
 
+def _open(mbox: IMailbox, uid: int) -> Answer:
+    """The storage's answer to ``message_file(uid)``, for a generator."""
+    return Answer(mbox.message_file(uid))
+
+
 def _load_steps(client: Client, info: MessageInfo,
-                out: list[mime.ParsedMessage]) -> Generator[None, None, None]:
-    """:meth:`_load` for a large message, a chunk per cooperator step
+                out: list[mime.ParsedMessage]) -> Generator[Any, None, None]:
+    """:meth:`Client.load` for a large message, a chunk per cooperator step
     (normalizing 20 MB at once would hold the reactor for ~200 ms)."""
     mbox = client.selected()
     key = (mbox.name, mbox.uidvalidity, info.uid)
     cached = client.cache.get(key)
     if cached is None:
         parts: list[bytes] = []
-        with mbox.message_file(info.uid) as f:
+        answer = _open(mbox, info.uid)
+        if answer.pending:
+            yield answer.wait
+        with answer.get() as f:
             for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):
                 parts.append(chunk)
                 yield None
@@ -142,12 +170,14 @@ def _load_steps(client: Client, info: MessageInfo,
     out.append(cached)
 
 
-def _fetch_range(client: Client, targets, items: list[fetch.FetchItem], changed: set[int]) -> int:
+async def _fetch_range(client: Client, targets, items: list[fetch.FetchItem],
+                       changed: set[int]) -> int:
     recent = client.recent_view()
     missing = 0
     for seq, info in targets:
         try:
-            pieces = _render(client, seq, info, items, changed, recent)
+            prepared = await _prepare(client, info, items)
+            pieces = _render(client, seq, info, items, changed, recent, prepared)
         except ext_fetch.UnknownCTE:
             raise
         except (OSError, StorageError):
@@ -161,7 +191,8 @@ def _fetch_range(client: Client, targets, items: list[fetch.FetchItem], changed:
 def _fetch_steps(client: Client, targets, items: list[fetch.FetchItem], changed: set[int],
                  state: dict[str, int]) -> Generator[Any, None, None]:
     """A large FETCH for the cooperator: one message (or one chunk of a
-    streamed literal) per step, waiting while the client is not reading."""
+    streamed literal) per step, waiting while the client is not reading
+    (and while the storage has not answered)."""
     recent = client.recent_view()
     for seq, info in targets:
         if client.closed:
@@ -173,11 +204,21 @@ def _fetch_steps(client: Client, targets, items: list[fetch.FetchItem], changed:
         try:
             if big and fetch.needs_body(items):
                 yield from _load_steps(client, info, loaded)
+                answer = Answer(defer.Deferred.fromCoroutine(
+                    _prepare(client, info, items, stream=True, loaded=loaded[0])))
+                if answer.pending:
+                    yield answer.wait
+                _msg, text = answer.get()
                 pieces: list = []
                 yield from _render_steps(client, seq, info, items, changed, recent,
-                                              loaded[0], pieces)
+                                         loaded[0], text, pieces)
             else:
-                pieces = _render(client, seq, info, items, changed, recent, stream=big)
+                answer = Answer(defer.Deferred.fromCoroutine(
+                    _prepare(client, info, items, stream=big)))
+                if answer.pending:
+                    yield answer.wait
+                pieces = _render(client, seq, info, items, changed, recent, answer.get(),
+                                 stream=big)
         except (OSError, StorageError):
             state["missing"] += 1
             continue
@@ -200,20 +241,27 @@ def _stream_literal(client: Client, lit: fetch.StreamedLiteral) -> Generator[Any
     scan = client.scans.get(key)
     if scan is None:
         found: list[fetch.MessageScan] = []
-        with mbox.message_file(lit.uid) as f:
+        answer = _open(mbox, lit.uid)
+        if answer.pending:
+            yield answer.wait
+        with answer.get() as f:
             yield from fetch.scan_message(f, found)
         scan = found[0]
         client.scans[key] = scan
         while len(client.scans) > 16:
             client.scans.pop(next(iter(client.scans)))
     start, end = scan.window(lit)
+    answer = _open(mbox, lit.uid)
+    if answer.pending:
+        yield answer.wait
+    f = answer.get()  # before the literal's head: a failure here is still clean
     marker = b"~{%d}\r\n" if lit.binary and scan.has_nul else b"{%d}\r\n"
     client.send(lit.label + b" " + marker % (end - start))
     client.stats.body_count += 1
     client.stats.body_bytes += end - start
     pos = 0
     sent = 0
-    with mbox.message_file(lit.uid) as f:
+    with f:
         for chunk in fetch.normalized_chunks(f):
             if client.closed:
                 return
@@ -283,8 +331,8 @@ def prepare_fetch(client: Client, args: list[Token], uid: bool,
     def run(got: list[tuple]) -> object:
         keys.extend(got)
         client.preparing = True
-        try:
-            return then()
+        try:  # FETCH again: it sees ``preparing`` before its first await
+            return defer.ensureDeferred(then())  # type: ignore[arg-type]
         finally:
             client.preparing = False
 
@@ -296,15 +344,15 @@ def prepare_fetch(client: Client, args: list[Token], uid: bool,
     return d.addCallback(run).addBoth(unpin)
 
 
-def _fetch_targets(client: Client, args: list[Token], targets: list[tuple[int, MessageInfo]],
-                   items: list[fetch.FetchItem], mods: FetchModifiers,
-                   uid: bool) -> list[tuple[int, MessageInfo]]:
+async def _fetch_targets(client: Client, args: list[Token], targets: list[tuple[int, MessageInfo]],
+                         items: list[fetch.FetchItem], mods: FetchModifiers,
+                         uid: bool) -> list[tuple[int, MessageInfo]]:
     """Apply CHANGEDSINCE/VANISHED and add MODSEQ where CONDSTORE wants it."""
     mbox = client.mailbox
     assert mbox is not None
     names = {i.name for i in items}
     if "MODSEQ" in names or mods.changedsince is not None:
-        client.enable_condstore()
+        await client.announce_condstore()
     if client.condstore and "MODSEQ" not in names and (
         "FLAGS" in names or mods.changedsince is not None
         or (not mbox.readonly and any(i.section is not None and not i.peek for i in items))
@@ -316,7 +364,7 @@ def _fetch_targets(client: Client, args: list[Token], targets: list[tuple[int, M
         present = {m.uid for m in mbox.messages}
         requested = NumberSet(parse_sequence_set(args[0]),  # type: ignore[arg-type]
                               mbox.messages[-1].uid if mbox.messages else 0)
-        gone = [u for u in client.vanished_since(mbox, mods.changedsince, None, present)
+        gone = [u for u in await client.vanished_since(mbox, mods.changedsince, None, present)
                 if u in requested]
         if gone:
             client.send(b"* VANISHED (EARLIER) %s\r\n" % compress(gone))
@@ -358,13 +406,16 @@ def _parse_big(session: Client, targets: list[tuple[int, MessageInfo]],
         return None
     keys: list[tuple] = []
 
-    def work() -> Generator[None, None, None]:
+    def work() -> Generator[Any, None, None]:
         for info in big:
             if session.closed or session.mailbox is not mbox:
                 return
             parts: list[bytes] = []
+            answer = _open(mbox, info.uid)
+            if answer.pending:
+                yield answer.wait
             try:
-                with mbox.message_file(info.uid) as f:
+                with answer.get() as f:
                     # read and normalized a chunk per step (20 MB at once
                     # would hold the reactor for ~200 ms)
                     for chunk in fetch.normalized_chunks(f, 4 * fetch.STREAM_CHUNK):

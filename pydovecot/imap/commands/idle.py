@@ -35,6 +35,8 @@ class Idle:
         self.timer: task.LoopingCall | None = None
         self.listener: Callable[[], None] | None = None
         self.mailbox: str | None = None
+        self.syncing: defer.Deferred[None] | None = None  # a sync in flight
+        self.again = False  # a change arrived while it ran
 
     def start(self) -> None:
         client = self.client
@@ -49,15 +51,33 @@ class Idle:
         client.wait_input(self)
 
     def changed(self) -> None:
+        """A storage listener (or the timer): sync now, or once more after
+        the sync in flight (syncs of one view never overlap)."""
         client = self.client
         if client.waiter is not self or client.closed:
             return
+        if self.syncing is not None:
+            self.again = True
+            return
+        d = defer.Deferred.fromCoroutine(self._sync())
+        if not d.called:
+            self.syncing = d
+
+    async def _sync(self) -> None:
+        client = self.client
         try:
-            client.sync()
-        except Exception:
-            client.log.error("IDLE sync failed: {e}", e=error_line(Failure()),
-                             log_prefix=client.prefix)
-        client.flush()
+            while True:
+                self.again = False
+                try:
+                    await client.sync()
+                except Exception:
+                    client.log.error("IDLE sync failed: {e}", e=error_line(Failure()),
+                                     log_prefix=client.prefix)
+                client.flush()
+                if not self.again or client.waiter is not self or client.closed:
+                    break
+        finally:
+            self.syncing = None
 
     def tick(self) -> None:
         client = self.client
@@ -84,21 +104,29 @@ class Idle:
             line = item.first_line.strip().upper()
             item.close()
             if line == b"DONE" and len(item.segments) == 1:
-                self.done.callback(b"OK Idle completed.")
+                self._after_sync(lambda: self.done.callback(b"OK Idle completed."))
                 return
-        self.done.errback(CommandError(b"BAD Expected DONE."))
+        self._after_sync(lambda: self.done.errback(CommandError(b"BAD Expected DONE.")))
+
+    def _after_sync(self, then: Callable[[], None]) -> None:
+        """Run ``then`` (the tagged reply) once a sync in flight has sent
+        its untagged responses."""
+        if self.syncing is None:
+            then()
+        else:
+            self.syncing.addBoth(lambda _: then())
 
 
-def cmd_idle(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> defer.Deferred[bytes]:
+async def cmd_idle(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     if args:
         raise bad("Unexpected arguments")
     if client.mailbox is not None:
-        client.sync()
+        await client.sync()
     client.send(b"+ idling\r\n")
     client.flush()
     idle = Idle(client)
     idle.start()
-    return idle.done
+    return await idle.done
 
 
 add_command("IDLE", cmd_idle, Flag.NO_SYNC)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from pydovecot.imap import features
 from pydovecot.imap.commands.registry import Flag, add_command
@@ -41,6 +41,7 @@ from pydovecot.imap.parser import (
     as_bytes,
 )
 from pydovecot.imap.syntax import list_pattern
+from pydovecot.storage.deferred import Answer
 from pydovecot.storage.interfaces import (
     MailboxInfo,
 )
@@ -81,8 +82,7 @@ def _list_entries(
     return out
 
 
-def list_command(client: Client, tag: bytes, args: list[Token],
-                 lsub: bool = False) -> bytes | defer.Deferred[bytes]:
+async def list_command(client: Client, tag: bytes, args: list[Token], lsub: bool = False) -> bytes:
     kind = b"LSUB" if lsub else b"LIST"
     done = b"OK %s completed." % kind.capitalize()
     args = list(args)
@@ -133,21 +133,18 @@ def list_command(client: Client, tag: bytes, args: list[Token],
     except ValueError:
         return done
     if lsub:
-        _lsub(client, reference, patterns)
+        await _lsub(client, reference, patterns)
         return done
-    steps = _list(client, reference, patterns, selection, returns, status_items,
-                       extended or client.rev2)
-    if steps is None:
-        return done
-    d = task.cooperate(steps).whenDone()
-    d.addCallback(lambda _: done)
-    return d
+    await _list(client, reference, patterns, selection, returns, status_items,
+                extended or client.rev2)
+    return done
 
 
-def _lsub(client: Client, reference: str, patterns: list[str]) -> None:
-    existing = {i.name for i in client.storage.list_mailboxes() if "\\Noselect" not in i.attributes}
+async def _lsub(client: Client, reference: str, patterns: list[str]) -> None:
+    existing = {i.name for i in await client.storage.list_mailboxes()
+                if "\\Noselect" not in i.attributes}
     infos = [MailboxInfo(n, set() if n in existing else {"\\Noselect"})
-             for n in client.storage.subscriptions()]
+             for n in await client.storage.subscriptions()]
     for name, attrs in _match(client, infos, reference, patterns):
         attr = " ".join(sorted(a for a in attrs if a == "\\Noselect")).encode()
         client.send(b'* LSUB (%s) "/" %s\r\n' % (attr, client.encode_mailbox(name)))
@@ -164,15 +161,14 @@ def _match(client: Client, infos: list[MailboxInfo], reference: str,
     return sorted(seen.items(), key=lambda e: (order.get(e[0], len(order)), e[0]))
 
 
-def _list(client: Client, reference: str, patterns: list[str], selection: set[str],
-          returns: set[str], status_items: list[str],
-          extended: bool) -> Generator[Any, None, None] | None:
-    """Send the LIST lines now, or return the steps that will (for
-    many mailboxes)."""
-    infos = client.storage.list_mailboxes()
+async def _list(client: Client, reference: str, patterns: list[str], selection: set[str],
+                returns: set[str], status_items: list[str], extended: bool) -> None:
+    """Send the LIST lines: at once for a few mailboxes, else a mailbox
+    per cooperator step."""
+    infos = await client.storage.list_mailboxes()
     real = {i.name: i.attributes for i in infos if "\\Noselect" not in i.attributes}
     want_subs = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
-    subs = set(client.storage.subscriptions()) if want_subs or extended else set()
+    subs = set(await client.storage.subscriptions()) if want_subs or extended else set()
     if "SUBSCRIBED" in selection:
         candidates = [
             MailboxInfo(n, set(real[n]) if n in real else {"\\NonExistent"})
@@ -195,11 +191,8 @@ def _list(client: Client, reference: str, patterns: list[str], selection: set[st
                 names.add(name)
     steps = _list_lines(client, matched, real, selection, want_subs, subs,
                              childinfo, status_items, extended)
-    if len(matched) <= (LIST_STATUS_SYNC if status_items else LIST_SYNC):
-        for _ in steps:
-            pass
-        return None
-    return steps
+    small = len(matched) <= (LIST_STATUS_SYNC if status_items else LIST_SYNC)
+    await client.run_steps(steps, len(matched) + 1 if small else 0)
 
 
 def _list_lines(client: Client, matched: list[tuple[str, set[str]]], real: dict,
@@ -211,8 +204,13 @@ def _list_lines(client: Client, matched: list[tuple[str, set[str]]], real: dict,
         if client.output_blocked:
             yield client.drained()
         attrs = set(attrs)
-        special = (client.special_use.attributes(name, exists=name in real)
-                   if client.special_use is not None else set())
+        special: set[str] = set()
+        if client.special_use is not None:
+            answer = Answer(defer.Deferred.fromCoroutine(
+                client.special_use.attributes(name, exists=name in real)))
+            if answer.pending:
+                yield answer.wait
+            special = answer.get()
         if "\\NonExistent" in attrs or ("\\Noselect" in attrs and name not in real):
             attrs.discard("\\Noselect")
             attrs.add("\\NonExistent" if extended else "\\Noselect")
@@ -230,13 +228,16 @@ def _list_lines(client: Client, matched: list[tuple[str, set[str]]], real: dict,
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'
         client.send(line + b"\r\n")
         if status_items and name in real:
-            _list_status(client, name, status_items)
+            answer = Answer(client.storage.status(name))
+            if answer.pending:
+                yield answer.wait
+            _list_status(client, name, answer, status_items)
         yield None
 
 
-def _list_status(client: Client, name: str, items: list[str]) -> None:
+def _list_status(client: Client, name: str, answer: Answer, items: list[str]) -> None:
     try:
-        status = client.storage.status(name)
+        status = answer.get()
     except Exception:  # a mailbox that vanished meanwhile: no STATUS (RFC 5819)
         return
     client.send(b"* STATUS %s (%s)\r\n" % (
@@ -262,12 +263,12 @@ def _order(attrs: set[str]) -> list[str]:
     return head + sorted(attrs - set(head))
 
 
-def cmd_list(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes | defer.Deferred[bytes]:
-    return list_command(client, tag, args, lsub=False)
+async def cmd_list(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+    return await list_command(client, tag, args, lsub=False)
 
 
-def cmd_lsub(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes | defer.Deferred[bytes]:
-    return list_command(client, tag, args, lsub=True)
+async def cmd_lsub(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+    return await list_command(client, tag, args, lsub=True)
 
 
 add_command("LIST", cmd_list, Flag.NONE)

@@ -26,33 +26,33 @@ def _one_mailbox(client: Client, args: list[Token], count: int = 1) -> list[str]
     return [client.decode_mailbox(a) for a in args]
 
 
-def cmd_delete(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_delete(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     (name,) = _one_mailbox(client, args)
     if client.mailbox is not None and client.mailbox.name == name:
         client.select(None)
-    client.storage.delete(name)
+    await client.storage.delete(name)
     return b"OK Delete completed."
 
 
-def cmd_rename(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_rename(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     old, new = _one_mailbox(client, args, 2)
-    client.storage.rename(old, new.rstrip("/"))
+    await client.storage.rename(old, new.rstrip("/"))
     return b"OK Rename completed."
 
 
-def cmd_subscribe(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_subscribe(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     (name,) = _one_mailbox(client, args)
-    client.storage.subscribe(name)
+    await client.storage.subscribe(name)
     return b"OK Subscribe completed."
 
 
-def cmd_unsubscribe(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_unsubscribe(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     (name,) = _one_mailbox(client, args)
-    client.storage.unsubscribe(name)
+    await client.storage.unsubscribe(name)
     return b"OK Unsubscribe completed."
 
 
-def create_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def create_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     if not args or len(args) > 2 or isinstance(args[0], list):
         raise CommandError(b"BAD Invalid arguments")
     use: set[str] = set()
@@ -73,9 +73,9 @@ def create_command(client: Client, tag: bytes, args: list[Token], uid: bool = Fa
         raise CommandError(b"NO [CANNOT] Invalid mailbox name: empty")
     if name == "INBOX":
         raise CommandError(b"NO [ALREADYEXISTS] Mailbox already exists")
-    client.storage.create(name)
+    await client.storage.create(name)
     if client.special_use is not None:
-        client.special_use.set(name, use)  # also drops a deleted namesake's
+        await client.special_use.set(name, use)  # also drops a deleted namesake's
     return b"OK Create completed."
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pydovecot.imap.client import Client
 
 
-def cmd_notify(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_notify(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     try:
         spec = notify.parse(args, client.decode_mailbox)
     except notify.BadEvent:
@@ -26,7 +26,7 @@ def cmd_notify(client: Client, tag: bytes, args: list[Token], uid: bool = False)
     if spec is None:
         return b"OK NOTIFY completed."
     client.notifier = notify.Notifier(client, spec)
-    client.notifier.start()
+    await client.notifier.start()
     return b"OK NOTIFY completed."
 
 

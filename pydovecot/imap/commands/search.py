@@ -6,21 +6,21 @@ SORT=DISPLAY (RFC 5957), THREAD=ORDEREDSUBJECT/REFERENCES (RFC 5256) and
 CONTEXT=SEARCH/SORT (RFC 5267, see :mod:`pydovecot.imap.context`).
 
 Command arguments are untrusted (errors become BAD/NO through the
-session's CommandError/ParseError handling); the selected mailbox view and
-the session's message loader are trusted.  Other sessions of the mail
-process keep being served while a big one runs: searches over more than a
-few messages, and the per-message work of SORT and THREAD (header reads),
-go through the global Cooperator (one message per step for content keys);
-the pure computations on their results (ordering, the thread algorithms)
-run in a pool thread; the cyclic GC is paused for the command (see
-:func:`pydovecot.storage.index.pause_gc`).  The view cannot move meanwhile,
-since the session's queue runs one command at a time and the view changes
-only in ``_sync``.
+session's CommandError/ParseError handling); the selected mailbox view is
+trusted.  The handlers parse the keys into a SearchProgram, resolve its
+sequence sets and ``$`` against the view, and await the storage:
+``IMailbox.search`` and ``IMailbox.sort`` evaluate (sliced on the global
+Cooperator, so other sessions of the mail process keep being served),
+THREAD's per-message data is ``IMailbox.fetch_data(uid, ["threading"])``;
+no message file is opened here.  The thread algorithms run in a pool
+thread for big results; the cyclic GC is paused for the command (see
+:func:`pydovecot.storage.index.pause_gc`).  The view cannot move
+meanwhile, since the session's queue runs one command at a time and the
+view changes only in the core's ``sync``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
@@ -29,18 +29,14 @@ from pydovecot.imap import context, features
 from pydovecot.imap.commands.registry import Flag, add_command
 from pydovecot.imap.errors import CommandError
 from pydovecot.imap.ext_search import (
-    CHEAP_STEP,
-    CONTENT_STEP,
-    COOPERATE_OVER,
     THREAD_ALGORITHMS,
     Hits,
-    LazyContext,
     ReturnOptions,
+    collect_data,
     format_esearch,
     gc_paused,
     offload,
     search_response,
-    thread_message,
     thread_messages,
 )
 from pydovecot.imap.parser import (
@@ -53,18 +49,23 @@ from pydovecot.imap.search import (
     ADVERTISED_CHARSETS,
     BadCharset,
     QueryTooDeep,
-    SearchContext,
     SearchParser,
     SearchQuery,
     charset_codec,
-    run_query,
+    resolve,
 )
-from pydovecot.imap.sort import order_by_keys, parse_criteria, sort_key
-from pydovecot.imap.thread import ThreadMessage
+from pydovecot.imap.sort import parse_criteria
+from pydovecot.imap.thread import ThreadMessage, from_data
+from pydovecot.storage.search import SearchProgram
 
 if TYPE_CHECKING:
     from pydovecot.imap.client import Client
 
+
+#: How often a long storage call checks that its session is still there (s).
+WATCH_INTERVAL = 0.5
+#: The answer to a command whose session went away (never sent).
+GONE = b"OK Session gone."
 
 
 def _parse_query(client: Client, args: list[Token], charset: str | None = None) -> SearchQuery:
@@ -76,69 +77,58 @@ def _parse_query(client: Client, args: list[Token], charset: str | None = None) 
         ) from None
     except QueryTooDeep as e:
         raise CommandError(b"BAD [LIMIT] " + str(e).encode() + b".") from None
-    if query.uses_modseq:
-        client.enable_condstore()  # RFC 7162 3.1
     return query
 
 
-def run_search(client: Client, query: SearchQuery) -> Hits | defer.Deferred[Hits]:
-    """Evaluate a query on the selected view: hits now for a small
-    mailbox, else a Deferred, the work sliced through the global
-    Cooperator so other sessions of the process keep being served."""
+async def _announce(client: Client, query: SearchQuery) -> None:
+    """A MODSEQ key turns CONDSTORE on (RFC 7162 3.1)."""
+    if query.uses_modseq:
+        await client.announce_condstore()
+
+
+def _program(client: Client, query: SearchQuery) -> SearchProgram:
+    """The query's program as the storage takes it (no sequence numbers)."""
+    return resolve(query.program, client.selected().messages, client.saved_uids())
+
+
+def _hits(client: Client, uids: list[int]) -> Hits:
+    """``[(seq, info)]`` of UIDs the storage answered (in its order)."""
+    messages = client.selected().messages
+    seq_of = {m.uid: i for i, m in enumerate(messages, 1)}
+    return [(seq_of[u], messages[seq_of[u] - 1]) for u in uids if u in seq_of]
+
+
+class SessionGone(Exception):
+    """The session closed while the storage was working for it."""
+
+
+async def _storage(client: Client, d: defer.Deferred[Any]) -> Any:
+    """Await a storage answer; cancel it (the storage stops its sliced
+    work) if the session goes away meanwhile."""
+    if d.called:
+        return await d
+
+    def check() -> None:
+        if client.closed and not d.called:
+            d.cancel()
+
+    watch = task.LoopingCall(check)
+    watch.clock = client.reactor()
+    watch.start(WATCH_INTERVAL, now=False)
+    try:
+        return await d
+    except defer.CancelledError:
+        raise SessionGone() from None
+    finally:
+        if watch.running:
+            watch.stop()
+
+
+async def run_search(client: Client, query: SearchQuery) -> Hits:
+    """Evaluate a query on the selected view, by the storage."""
     mbox = client.selected()
-    messages = list(mbox.messages)
-    saved = client.saved_uids()
-    if len(messages) <= COOPERATE_OVER:
-        return run_query(mbox, query, messages, client.loader, saved)
-    import time
-
-    now = time.time()
-    hits: Hits = []
-    step = CONTENT_STEP if query.needs_content else CHEAP_STEP
-
-    def work() -> Generator[None, None, None]:
-        for start in range(1, len(messages) + 1, step):
-            if client.closed:
-                return
-            seqs = range(start, min(start + step, len(messages) + 1))
-            hits.extend(run_query(mbox, query, messages, client.loader, saved, now, seqs))
-            yield None
-
-    return task.cooperate(work()).whenDone().addCallback(lambda _: hits)
-
-
-def _map_sliced(client: Client, items: list[Any], func: Callable[[Any], Any]) -> Any:
-    """``[func(x) for x in items]``: at once for a few items, else a
-    Deferred of it, one item per Cooperator step."""
-    if len(items) <= COOPERATE_OVER:
-        return [func(x) for x in items]
-    out: list[Any] = []
-
-    def work() -> Generator[None, None, None]:
-        for x in items:
-            if client.closed:
-                return
-            out.append(func(x))
-            yield None
-
-    return task.cooperate(work()).whenDone().addCallback(lambda _: out)
-
-
-def _contexts(client: Client, hits: Hits, lazy: bool = False) -> list[Any]:
-    """A search context per hit; with ``lazy``, a light handle per hit
-    (``.seq``, ``.info``, and called: the context, made on demand), so
-    a sliced loop builds them one at a time."""
-    mbox = client.selected()
-    max_seq = len(mbox.messages)
-    max_uid = mbox.messages[-1].uid if mbox.messages else 0
-    loader = client.loader
-    if lazy:
-        return [LazyContext(seq, info, mbox, max_seq, max_uid, loader) for seq, info in hits]
-    return [
-        SearchContext(seq, info, info.uid in mbox.recent, loader(info), max_seq,
-                      max_uid, mbox)
-        for seq, info in hits
-    ]
+    uids = await _storage(client, mbox.search(_program(client, query)))
+    return _hits(client, uids)
 
 
 def _return_options(client: Client, args: list[Token]) -> tuple[ReturnOptions | None, list[Token]]:
@@ -155,14 +145,16 @@ def _return_options(client: Client, args: list[Token]) -> tuple[ReturnOptions | 
 
 
 @gc_paused
-def search_command(client: Client, tag: bytes, args: list[Token], uid: bool = False):
+async def search_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     client.selected()
     opts, args = _return_options(client, args)
     query = _parse_query(client, args)
-    result = run_search(client, query)
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(lambda hits: _answer_search(client, tag, uid, query, opts, hits))
-    return _answer_search(client, tag, uid, query, opts, result)
+    await _announce(client, query)
+    try:
+        hits = await run_search(client, query)
+    except SessionGone:
+        return GONE
+    return _answer_search(client, tag, uid, query, opts, hits)
 
 
 def _answer_search(client: Client, tag: bytes, uid: bool, query: SearchQuery,
@@ -218,40 +210,28 @@ def cmd_cancelupdate(client: Client, tag: bytes, args: list[Token], uid: bool = 
 
 
 @gc_paused
-def cmd_sort(client: Client, tag: bytes, args: list[Token], uid: bool = False):
+async def cmd_sort(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     client.selected()
     opts, args = _return_options(client, args)
     if len(args) < 3:
         raise ParseError("Missing SORT arguments")
     criteria = parse_criteria(args[0])
     query = _charset_query(client, args[1], args[2:])
-    result = run_search(client, query)
-
-    def order(hits: Hits) -> Any:
-        ctxs = _contexts(client, hits, lazy=True)
-        keys = _map_sliced(client, ctxs, lambda c: sort_key(c(), criteria))
-        if isinstance(keys, defer.Deferred):
-            return keys.addCallback(lambda k: offload(order_by_keys, ctxs, k, criteria))
-        return offload(order_by_keys, ctxs, keys, criteria)
-
-    def answer(ordered: list[Any]) -> bytes:
-        pairs = [(c.seq, c.info) for c in ordered]
-        ids = [info.uid if uid else seq for seq, info in pairs]
-        modseq = (max((info.modseq for _s, info in pairs), default=None)
-                  if query.uses_modseq else None)
-        if opts is None:
-            tail = b" (MODSEQ %d)" % modseq if modseq is not None else b""
-            client.send(b"* SORT" + b"".join(b" %d" % n for n in ids) + tail + b"\r\n")
-        else:
-            _finish_return(client, tag, uid, query, opts, pairs, ids, modseq, criteria)
-        return b"OK Sort completed."
-
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(order).addCallback(answer)
-    ordered = order(result)
-    if isinstance(ordered, defer.Deferred):
-        return ordered.addCallback(answer)
-    return answer(ordered)
+    await _announce(client, query)
+    mbox = client.selected()
+    try:
+        pairs = _hits(client, await _storage(client, mbox.sort(criteria, _program(client, query))))
+    except SessionGone:
+        return GONE
+    ids = [info.uid if uid else seq for seq, info in pairs]
+    modseq = (max((info.modseq for _s, info in pairs), default=None)
+              if query.uses_modseq else None)
+    if opts is None:
+        tail = b" (MODSEQ %d)" % modseq if modseq is not None else b""
+        client.send(b"* SORT" + b"".join(b" %d" % n for n in ids) + tail + b"\r\n")
+    else:
+        _finish_return(client, tag, uid, query, opts, pairs, ids, modseq, criteria)
+    return b"OK Sort completed."
 
 
 def _charset_query(client: Client, charset_tok: Token, keys: list[Token]) -> SearchQuery:
@@ -268,7 +248,7 @@ def _charset_query(client: Client, charset_tok: Token, keys: list[Token]) -> Sea
 
 
 @gc_paused
-def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = False):
+async def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     client.selected()
     if len(args) < 3 or not isinstance(args[0], Atom):
         raise ParseError("Missing THREAD arguments")
@@ -276,27 +256,24 @@ def cmd_thread(client: Client, tag: bytes, args: list[Token], uid: bool = False)
     if algorithm not in THREAD_ALGORITHMS:
         raise ParseError(f"Unknown thread algorithm {algorithm[:30]}")
     query = _charset_query(client, args[1], args[2:])
-    result = run_search(client, query)
+    await _announce(client, query)
+    mbox = client.selected()
+    try:
+        hits = await run_search(client, query)
+    except SessionGone:
+        return GONE
 
-    def collect(hits: Hits) -> Any:
-        return _map_sliced(client, _contexts(client, hits, lazy=True), lambda c: thread_message(c(), uid))
+    def convert(i: int, data: dict) -> ThreadMessage:
+        seq, info = hits[i]
+        return from_data(info.uid if uid else seq, seq, data.get("threading"))
 
-    def threaded(msgs: list[ThreadMessage]) -> Any:
-        return offload(thread_messages, msgs, algorithm)
-
-    def answer(text: str) -> bytes:
-        client.send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
-        return b"OK Thread completed."
-
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(collect).addCallback(threaded).addCallback(answer)
-    msgs = collect(result)
-    if isinstance(msgs, defer.Deferred):
-        return msgs.addCallback(threaded).addCallback(answer)
-    text = threaded(msgs)
-    if isinstance(text, defer.Deferred):
-        return text.addCallback(answer)
-    return answer(text)
+    msgs = await collect_data(mbox, [info.uid for _s, info in hits], ("threading",),
+                              lambda: client.closed, convert)
+    if client.closed:
+        return GONE
+    text = await defer.maybeDeferred(offload, thread_messages, msgs, algorithm)
+    client.send(b"* THREAD " + text.encode() + b"\r\n" if text else b"* THREAD\r\n")
+    return b"OK Thread completed."
 
 
 add_command("SEARCH", search_command, Flag.SELECTED | Flag.UID | Flag.USES_SEQS | Flag.NO_EXPUNGE)

@@ -28,11 +28,11 @@ if TYPE_CHECKING:
 
 
 
-def cmd_select(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
-    return _select(client, args, readonly=False)
+async def cmd_select(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+    return await _select(client, args, readonly=False)
 
 
-def _select(client: Client, args: list[Token], readonly: bool) -> bytes:
+async def _select(client: Client, args: list[Token], readonly: bool) -> bytes:
     args, select_params = _select_params(client, args)
     if len(args) != 1 or isinstance(args[0], list):
         raise bad("Invalid arguments")
@@ -40,7 +40,7 @@ def _select(client: Client, args: list[Token], readonly: bool) -> bytes:
     if client.mailbox is not None:
         client.select(None)
         client.send(b"* OK [CLOSED] Previous mailbox closed.\r\n")
-    mbox = client.storage.open(name, readonly=readonly)
+    mbox = await client.storage.open(name, readonly=readonly)
     client.select(mbox)
     keywords = list(mbox.keywords)
     flags = " ".join(["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *keywords])
@@ -58,20 +58,20 @@ def _select(client: Client, args: list[Token], readonly: bool) -> bytes:
             break
     client.send(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
     client.send(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
-    _select_done(client, mbox, select_params)
+    await _select_done(client, mbox, select_params)
     if readonly or mbox.readonly:
         return b"OK [READ-ONLY] Examine completed." if readonly else b"OK [READ-ONLY] Select completed."
     return b"OK [READ-WRITE] Select completed."
 
 
-def cmd_examine(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
-    return _select(client, args, readonly=True)
+async def cmd_examine(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+    return await _select(client, args, readonly=True)
 
 
-def cmd_close(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_close(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     mbox = client.selected()
     if not mbox.readonly:
-        client.counters["expunged"] += len(mbox.expunge())
+        client.counters["expunged"] += len(await mbox.expunge())
     client.select(None)
     return b"OK Close completed."
 
@@ -124,17 +124,17 @@ def _parse_qresync(items: list[Token]) -> QresyncParams:
     return params
 
 
-def _select_done(client: Client, mbox: IMailbox, params: SelectParams) -> None:
+async def _select_done(client: Client, mbox: IMailbox, params: SelectParams) -> None:
     """After SELECT's standard responses: HIGHESTMODSEQ and, for
     QRESYNC, VANISHED (EARLIER) and the flags changed since."""
     if params.condstore or params.qresync is not None:
         client.condstore = True
     if client.condstore:
-        client.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % client.highestmodseq(mbox))
+        client.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % await client.highestmodseq(mbox))
     q = params.qresync
     if q is not None and q.uidvalidity == mbox.uidvalidity:
         present = {m.uid for m in mbox.messages}
-        vanished = client.vanished_since(mbox, q.modseq, q.known, present)
+        vanished = await client.vanished_since(mbox, q.modseq, q.known, present)
         if vanished:
             client.send(b"* VANISHED (EARLIER) %s\r\n" % compress(vanished))
         for seq, info in enumerate(mbox.messages, 1):

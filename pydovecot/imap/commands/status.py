@@ -50,14 +50,14 @@ def status_values(client: Client, status: MailboxStatus, wanted: list[str]) -> b
     return b" ".join(values)
 
 
-def status_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def status_command(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     if len(args) != 2 or not isinstance(args[1], list):
         raise CommandError(b"BAD Invalid arguments")
     name = client.decode_mailbox(args[0])
     wanted = status_items(client, args[1])
     if "HIGHESTMODSEQ" in wanted:
-        client.enable_condstore()  # RFC 7162 3.1
-    status = client.storage.status(name)
+        await client.announce_condstore()  # RFC 7162 3.1
+    status = await client.storage.status(name)
     client.send(b"* STATUS %s (%s)\r\n" % (
         client.encode_mailbox(name), status_values(client, status, wanted)))
     return b"OK Status completed."

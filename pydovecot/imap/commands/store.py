@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 from pydovecot.imap.ext_sync import parse_modseq
 
 
-def cmd_store(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_store(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     mbox = client.selected()
     args, unchanged = _store_modifiers(client, args)
+    if unchanged is not None:
+        await client.announce_condstore()
     if len(args) < 3:
         raise bad("Missing arguments")
     if not isinstance(args[1], Atom):
@@ -50,7 +52,7 @@ def cmd_store(client: Client, tag: bytes, args: list[Token], uid: bool = False) 
     mode = modes[base]
     before_deleted = {m.uid for _s, m in targets if "\\Deleted" in m.flags}
     before_modseq = {m.uid: m.modseq for _s, m in targets}
-    failed = _store_flags(client, mbox, targets, flags, mode, unchanged)
+    failed = await _store_flags(client, mbox, targets, flags, mode, unchanged)
     for seq, info in targets:
         if "\\Deleted" in info.flags and info.uid not in before_deleted:
             client.counters["deleted"] += 1
@@ -67,25 +69,24 @@ def _store_modifiers(client: Client, args: list[Token]) -> tuple[list[Token], in
     if len(mods) != 2 or not isinstance(mods[0], Atom) or mods[0].upper_str() != "UNCHANGEDSINCE":
         raise ParseError("Unknown STORE modifier")
     value = parse_modseq(mods[1], zero=True)
-    client.enable_condstore()
     return [args[0], *args[2:]], value
 
 
-def _store_flags(client: Client, mbox: IMailbox, targets: list[tuple[int, MessageInfo]],
+async def _store_flags(client: Client, mbox: IMailbox, targets: list[tuple[int, MessageInfo]],
                  flags: list[str], mode: str, unchanged: int | None) -> set[int]:
     """Store, conditionally if ``unchanged`` is set; the UIDs that failed."""
     uids = [m.uid for _s, m in targets]
     if unchanged is None:
-        mbox.store(uids, flags, mode)
+        await mbox.store(uids, flags, mode)
         return set()
     try:
-        _changed, failed = mbox.store_unchanged_since(uids, flags, mode, unchanged)
+        _changed, failed = await mbox.store_unchanged_since(uids, flags, mode, unchanged)
         return set(failed)
     except NotImplementedError:
         pass
-    # One reactor turn: nothing can change the modseqs between check and store.
+    # a storage without a conditional store: best effort, checked on the view
     failed_set = {m.uid for _s, m in targets if m.modseq > unchanged}
-    mbox.store([u for u in uids if u not in failed_set], flags, mode)
+    await mbox.store([u for u in uids if u not in failed_set], flags, mode)
     return failed_set
 
 

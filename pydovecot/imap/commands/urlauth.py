@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 
-def cmd_genurlauth(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_genurlauth(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     if not args or len(args) % 2:
         raise ParseError("Invalid arguments.")
     urls: list[bytes] = []
@@ -49,12 +49,12 @@ def cmd_genurlauth(client: Client, tag: bytes, args: list[Token], uid: bool = Fa
         if not isinstance(mech, Atom) or isinstance(mech, String):
             raise ParseError("Invalid arguments.")
         text = url_text(raw)
-        urls.append(_genurlauth(client, text, mech.decode("latin-1")).encode("ascii"))
+        urls.append((await _genurlauth(client, text, mech.decode("latin-1"))).encode("ascii"))
     client.send(b"* GENURLAUTH " + b" ".join(mime.imap_string(u) for u in urls) + b"\r\n")
     return b"OK GENURLAUTH completed."
 
 
-def _genurlauth(client: Client, text: str, mechanism: str) -> str:
+async def _genurlauth(client: Client, text: str, mechanism: str) -> str:
     if mechanism.upper() not in MECHANISMS:
         raise ParseError(f"Unsupported URLAUTH mechanism: {mechanism[:30]}")
     try:
@@ -73,21 +73,21 @@ def _genurlauth(client: Client, text: str, mechanism: str) -> str:
     if why is not None:
         raise ParseError(why)
     try:
-        load_target(client.storage, client.mailbox, url)
+        await load_target(client.storage, client.mailbox, url)
     except (URLNotFound, StorageError) as e:
         raise ParseError(f"Invalid URL: {e}") from None
     assert url.mailbox is not None and url.rump is not None
     name = canon_mailbox(url.mailbox)
-    uidvalidity = client.storage.status(name).uidvalidity
-    key = keystore_for(client.storage).get(name, uidvalidity, create=True)
+    uidvalidity = (await client.storage.status(name)).uidvalidity
+    key = await keystore_for(client.storage).get(name, uidvalidity, create=True)
     assert key is not None
     return f"{url.rump}:internal:{make_token(key, url.rump)}"
 
 
-def cmd_resetkey(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_resetkey(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     store = keystore_for(client.storage)
     if not args:
-        store.reset(None)
+        await store.reset(None)
         return b"OK All keys removed."
     if isinstance(args[0], list):
         raise ParseError("Invalid arguments.")
@@ -97,12 +97,12 @@ def cmd_resetkey(client: Client, tag: bytes, args: list[Token], uid: bool = Fals
         if mech.decode("latin-1").upper() not in MECHANISMS:
             return b"NO Unsupported URLAUTH mechanism."
     name = client.decode_mailbox(args[0])
-    client.storage.status(name)  # NO [NONEXISTENT] if it does not exist
-    store.reset(name)
+    await client.storage.status(name)  # NO [NONEXISTENT] if it does not exist
+    await store.reset(name)
     return b"OK [URLMECH INTERNAL] Key removed."
 
 
-def cmd_urlfetch(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
+async def cmd_urlfetch(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:
     if not args:
         raise ParseError("Invalid arguments.")
     requests: list[tuple[str, set[str] | None]] = []
@@ -128,7 +128,7 @@ def cmd_urlfetch(client: Client, tag: bytes, args: list[Token], uid: bool = Fals
             requests.append((url_text(arg), None))
     fetcher = URLFetcher(client)
     for text, params in requests:
-        client.send(fetcher.urlfetch_one(text, params))
+        client.send(await fetcher.urlfetch_one(text, params))
     return b"OK URLFETCH completed."
 
 
