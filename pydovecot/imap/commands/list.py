@@ -5,7 +5,9 @@ LIST and LSUB:
 * ``LIST [(selection options)] reference (pattern | (patterns)) [RETURN
   (return options)]`` (RFC 5258): selection ``SUBSCRIBED``, ``REMOTE``
   (no remote mailboxes here, so it changes nothing), ``RECURSIVEMATCH``
-  (parents of matches get ``CHILDINFO``), ``SPECIAL-USE`` (RFC 6154);
+  (listed parents of subscribed mailboxes get ``CHILDINFO``; a parent that
+  is not subscribed is listed only for children the pattern does not list,
+  as Dovecot), ``SPECIAL-USE`` (RFC 6154);
   return ``SUBSCRIBED``, ``CHILDREN``, ``SPECIAL-USE`` and ``STATUS (…)``
   (RFC 5819: a ``* STATUS`` after each selectable mailbox).  Names that do
   not exist are ``\\NonExistent`` in extended and IMAP4rev2 answers and

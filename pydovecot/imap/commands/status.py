@@ -1,5 +1,8 @@
 """STATUS (RFC 3501 6.3.10) with SIZE (RFC 8438), DELETED (RFC 9051),
 APPENDLIMIT (RFC 7889) and HIGHESTMODSEQ (RFC 7162).
+
+STATUS of the selected mailbox answers from the session's view (what it
+was told, its own \\Recent messages) with ``OK [CLIENTBUG]``, as Dovecot.
 """
 
 from __future__ import annotations
