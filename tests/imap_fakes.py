@@ -65,7 +65,9 @@ class FakeMailbox:
         self.uidvalidity = box.uidvalidity
         self.recent: set[int] = set()
         self.messages: list[MessageInfo] = []
-        self.keywords: list[str] = []
+        # the keywords the mailbox's messages carry (a storage defines them)
+        self.keywords: list[str] = sorted(
+            {f for m in box.messages for f in m.flags if not f.startswith("\\")})
         self.highestmodseq = 1  # modseqs stay 1 here (ModseqMailbox has real ones)
         self.seen_modseq = 1
         self._stored: dict[int, _Stored] = {}  # what the view has seen, expunged or not
@@ -360,6 +362,10 @@ class FakeStorage:
         if box is None:
             raise MailboxNotFound("Mailbox doesn't exist")
         src = {m.uid: m for m in self.boxes[source.name].messages}
+        if any(uid not in src for uid in uids):
+            err = StorageError("Some of the requested messages no longer exist.")
+            err.code = "EXPUNGEISSUED"
+            raise err
         pairs = []
         for uid in uids:
             m = src[uid]

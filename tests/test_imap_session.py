@@ -77,8 +77,8 @@ class SessionTests(unittest.TestCase):
         out = self.select()
         self.assertEqual(
             out,
-            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
-            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] "
+            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n"
+            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] "
             b"Flags permitted.\r\n* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
             b"* OK [UIDVALIDITY 1234] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
             b"s OK [READ-WRITE] Select completed.\r\n",
@@ -183,8 +183,11 @@ class SessionTests(unittest.TestCase):
     def test_store(self):
         self.select()
         out = self.c.send(b"a STORE 1:2 +FLAGS (\\Flagged Foo)\r\n")
-        self.assertEqual(
+        self.assertEqual(  # a new keyword: FLAGS first (RFC 3501 7.2.6)
             out,
+            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work Foo)\r\n"
+            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work Foo \\*)] "
+            b"Flags permitted.\r\n"
             b"* 1 FETCH (FLAGS (\\Recent \\Flagged Foo))\r\n"
             b"* 2 FETCH (FLAGS (\\Recent \\Flagged \\Seen $Work Foo))\r\n"
             b"a OK Store completed.\r\n",

@@ -206,7 +206,7 @@ class IMAPLoginTests(ListeningMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_overlong_line_refused_session_continues(self):
-        data = b"a NOOP " + b"x" * 20000 + b"\r\nb LOGIN alice secret\r\n"
+        data = b"a NOOP " + b"x" * 70000 + b"\r\nb LOGIN alice secret\r\n"
         got = yield threads.deferToThread(raw_exchange, self.port, data, b"b OK")
         self.assertIn(b"a BAD Error in IMAP command: Too long argument.", got)
         self.assertIn(b"b OK Logged in", got)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -129,6 +129,10 @@ class _Output:
         self.session._output_stopped()
 
 
+#: The system flags as FLAGS and PERMANENTFLAGS list them (Dovecot's order).
+FLAGS_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
 class Client(Protocol):
     """One authenticated IMAP client connection (the engine's core)."""
 
@@ -151,6 +155,8 @@ class Client(Protocol):
             self._enqueue, self._want_continuation, self.max_line, self.append_limit
         )
         self.mailbox: IMailbox | None = None
+        #: Keywords the selected mailbox's FLAGS/PERMANENTFLAGS told the client of.
+        self.announced_keywords: set[str] = set()
         # bounded in count, per message and in total: a session never holds
         # more than CACHE_BYTES of message text
         self.cache = mime.MessageCache(size=16, max_bytes=CACHE_BYTES // 4,
@@ -694,7 +700,11 @@ class Client(Protocol):
                 await result
 
     def report_expunges(self, old_uids: list[int], expunged: list[int]) -> None:
-        if not expunged or self.vanished(expunged):
+        if not expunged:
+            return
+        if self._updates is not None:  # RFC 5267: REMOVEFROM before the EXPUNGE
+            self._updates.on_expunge(old_uids, expunged)
+        if self.vanished(expunged):
             return
         gone = set(expunged)
         seqs = [i for i, u in enumerate(old_uids, 1) if u in gone]
@@ -775,6 +785,36 @@ class Client(Protocol):
 
     # -- the selected view ------------------------------------------------------------
 
+    def send_flags(self, mbox: IMailbox, extra: Iterable[str] = ()) -> None:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS …]`` with the mailbox's
+        keywords (and ``extra`` ones): at SELECT, and again whenever a
+        keyword the client was not told of is about to reach it."""
+        keywords = list(mbox.keywords)
+        known = set(keywords)
+        for kw in [*sorted(self.announced_keywords), *extra]:
+            if kw not in known and not kw.startswith("\\"):
+                keywords.append(kw)
+                known.add(kw)
+        self.announced_keywords = known
+        flags = " ".join([*FLAGS_ORDER, *keywords]).encode()
+        self.send(b"* FLAGS (%s)\r\n" % flags)
+        if mbox.readonly:
+            self.send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n")
+        else:
+            self.send(b"* OK [PERMANENTFLAGS (%s \\*)] Flags permitted.\r\n" % flags)
+
+    def announce_keywords(self, flags: Iterable[str] = ()) -> None:
+        """RFC 3501 7.2.6 / RFC 9051 7.3.5: before a FETCH FLAGS (or any
+        response) carries a keyword new to this session (another session,
+        a delivery or this one created it), FLAGS and PERMANENTFLAGS list it."""
+        mbox = self.mailbox
+        if mbox is None:
+            return
+        new = {k for k in (*mbox.keywords, *flags) if not k.startswith("\\")}
+        new -= self.announced_keywords
+        if new:
+            self.send_flags(mbox, sorted(new))
+
     def select(self, mbox: IMailbox | None) -> None:
         """Make ``mbox`` the selected view (None: unselect), closing the old one."""
         if self.mailbox is not None and self.mailbox is not mbox:
@@ -816,6 +856,10 @@ class Client(Protocol):
         if mbox.deleted:
             self._mailbox_gone()
             return
+        if result.added or result.flags_changed:
+            touched = {*result.added, *result.flags_changed}
+            self.announce_keywords(
+                f for info in mbox.messages if info.uid in touched for f in info.flags)
         self.report_expunges(old_uids, result.expunged)
         if result.added or len(mbox.messages) != len(old_uids) - len(result.expunged):
             self.send(b"* %d EXISTS\r\n" % len(mbox.messages))

@@ -6,9 +6,11 @@ behind.  The session calls :meth:`UpdateContexts.on_sync` from its
 context compares the view with its own snapshot (UIDs, modseqs, flags), so
 it sees this session's own STOREs as well as other sessions' changes, and
 sends ``ADDTO`` for messages that now match and ``REMOVEFROM`` for those
-that no longer do.  Expunged messages get a ``REMOVEFROM`` only in UID
-contexts: for sequence-number contexts the EXPUNGE response already told
-the client (and renumbered its result).  SEARCH contexts use position 0;
+that no longer do.  Expunged messages get their ``REMOVEFROM`` from
+:meth:`UpdateContexts.on_expunge` just before the session sends the
+EXPUNGE (or VANISHED) responses, in UID and sequence-number contexts alike
+(numbered as before the expunge), as Dovecot sends them (RFC 5267 4.3).
+SEARCH contexts use position 0;
 SORT contexts give each added message its 1-based position in the new sort
 order.  Everything here trusts the session and the view.
 """
@@ -41,6 +43,7 @@ class UpdateContext:
     uids: list[int]
     members: set[int] = field(default_factory=set)
     snapshot: dict[int, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    shrunk: bool = False  # expunges removed members since the last summary
 
     def __post_init__(self) -> None:
         self.members = set(self.uids)
@@ -114,8 +117,34 @@ class UpdateContexts:
                 del self.contexts[tag]  # another mailbox was selected
                 continue
             d.addCallback(lambda _, c=ctx: self._update(c))
-            d.addCallback(lambda changed, c=ctx: self._summary(c) if changed else None)
+            d.addCallback(lambda changed, c=ctx: self._summarize(c, changed))
         return d.addErrback(self._failed)
+
+    def _summarize(self, ctx: UpdateContext, changed: bool) -> None:
+        if changed or ctx.shrunk:
+            ctx.shrunk = False
+            self._summary(ctx)
+
+    def on_expunge(self, old_uids: list[int], expunged: list[int]) -> None:
+        """Before the session reports ``expunged`` (``old_uids``: the view
+        before): ``REMOVEFROM`` for the results they were in, numbered as
+        before the expunge, in UID and sequence contexts (as Dovecot)."""
+        mbox = self.session.mailbox
+        gone = set(expunged)
+        seq_of = {u: i for i, u in enumerate(old_uids, 1)}
+        for ctx in self.contexts.values():
+            if ctx.mailbox is not mbox:
+                continue
+            hit = [u for u in ctx.uids if u in gone]
+            for u in gone:
+                ctx.snapshot.pop(u, None)
+            if not hit:
+                continue
+            ctx.uids = [u for u in ctx.uids if u not in gone]
+            ctx.members -= gone
+            ctx.shrunk = True
+            ids = sorted(u if ctx.uid else seq_of[u] for u in hit)
+            self.session.send(self._line(ctx, b"REMOVEFROM (0 " + _set(ids) + b")"))
 
     def _failed(self, reason: Any) -> None:
         log = getattr(self.session, "log", None)

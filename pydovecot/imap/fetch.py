@@ -371,6 +371,7 @@ def render_pieces(
     mailbox: Any = None,
     stream: bool = False,
     data: dict[str, Any] | None = None,
+    expunged: bool = False,
 ) -> list[bytes | StreamedLiteral]:
     """One ``* seq FETCH (...)`` response (with CRLF) as pieces: bytes, and
     with ``stream`` a :class:`StreamedLiteral` for each whole-message or
@@ -380,7 +381,8 @@ def render_pieces(
     (``IMailbox.fetch_data``: ``envelope``, ``bodystructure``, ``body``,
     ``preview``); items it lacks are made from ``load()``'s message.
     ``mailbox`` is unused (kept for callers).  Everything here is
-    synchronous: the caller has awaited the storage.
+    synchronous: the caller has awaited the storage.  ``expunged``: the
+    message's contents are gone (expunged elsewhere): its sections are NIL.
     """
     out: list[bytes | StreamedLiteral | tuple[bytes, bytes]] = []
     indexed = data or {}
@@ -410,7 +412,12 @@ def render_pieces(
         elif name == "SAVEDATE":
             out.append(savedate(info))
         elif name == "PREVIEW":
-            out.append(ext_fetch.preview(info, load, indexed.get("preview")))
+            out.append(b"PREVIEW NIL" if expunged
+                       else ext_fetch.preview(info, load, indexed.get("preview")))
+        elif expunged and name == "BINARY.SIZE":
+            out.append(item.label + b" 0")
+        elif expunged:  # BODY[…], BINARY[…] of a message whose file is gone
+            out.append(item.label + b" NIL")
         elif stream and streamable(item):
             out.append(StreamedLiteral(info.uid, item.label, item.section.text == "TEXT",
                                        item.partial, name == "BINARY[]"))
@@ -481,6 +488,11 @@ def render_pieces(
     current.append(b")\r\n")
     pieces.append(b"".join(current))
     return pieces
+
+
+#: What ENVELOPE/BODYSTRUCTURE describe for an expunged message whose file
+#: is gone: an empty message (Dovecot's all-NIL envelope).
+EXPUNGED_MESSAGE = mime.ParsedMessage(b"\r\n")
 
 
 def savedate(info: MessageInfo) -> bytes:

@@ -110,9 +110,12 @@ def _events(tok: Token, selected: bool) -> tuple[set[str], list[fetch.FetchItem]
                 raise ParseError("MessageNew fetch attributes need SELECTED")
             items = fetch.parse_items([tok[i]])
             i += 1
-    if ("MessageNew" in events) != ("MessageExpunge" in events):
+    # RFC 5465 5.2-5.4: only for the selected mailbox do MessageNew and
+    # MessageExpunge go together (its sequence numbers), and FlagChange need
+    # them; elsewhere each event stands alone (Dovecot accepts the same)
+    if selected and ("MessageNew" in events) != ("MessageExpunge" in events):
         raise ParseError("MessageNew and MessageExpunge go together")
-    if "FlagChange" in events and "MessageNew" not in events:
+    if selected and "FlagChange" in events and "MessageNew" not in events:
         raise ParseError("FlagChange needs MessageNew and MessageExpunge")
     return events, items
 
@@ -314,12 +317,25 @@ class Notifier:
         old = self.snapshots.get(name, ())
         new = await self._snapshot(name)
         self.snapshots[name] = new
-        if old and new and old[:3] == new[:3] and "FlagChange" not in f.events:
-            return
-        if old == new:
+        if old == new or not self._wanted(f.events, old, new):
             return
         self.pending_status[name] = None
         self._schedule()
+
+    @staticmethod
+    def _wanted(events: set[str], old: tuple[int, ...], new: tuple[int, ...]) -> bool:
+        """Whether a change of a watched mailbox's (messages, uidnext,
+        uidvalidity, unseen, highestmodseq) is one of ``events``: MessageNew
+        sees UIDNEXT grow, MessageExpunge MESSAGES shrink (fewer than the
+        new UIDs account for), FlagChange the rest."""
+        if not old or not new or old[2] != new[2]:
+            return True
+        added = new[1] - old[1]
+        if "MessageNew" in events and added > 0:
+            return True
+        if "MessageExpunge" in events and new[0] < old[0] + added:
+            return True
+        return "FlagChange" in events and old[3:] != new[3:]
 
     def _tree_changed(self, kind: str, name: str, new: str | None) -> None:
         self._run(self._tree_event, kind, name, new)

@@ -49,6 +49,7 @@ LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}$")
 TAG_CHARS = re.compile(rb"^[\x21-\x7e]+$")
 MAX_ID_FIELDS = 30
 MAX_ID_VALUE = 1024
+MAX_ID_FIELD = 30  # RFC 2971 3.3: field names are at most 30 octets
 #: RFC 2971's maxima (30 pairs, 30-octet fields, 1024-octet values), quoted
 #: with every octet escaped, fit in an ID line of this size; other
 #: commands keep ``max_line``.
@@ -65,6 +66,10 @@ class IMAPLoginProtocol(LoginProtocol):
     """One pre-auth IMAP client connection."""
 
     service = "imap"
+    #: One command with its literals: room for RFC 2971's ID maxima (30
+    #: pairs of 30-octet fields and 1024-octet values, ~32 KiB, up to twice
+    #: that quoted with escapes), which Dovecot's imap-login accepts.
+    max_line = 65536
 
     def __init__(self) -> None:
         super().__init__()
@@ -251,7 +256,8 @@ class IMAPLoginProtocol(LoginProtocol):
         if isinstance(args[0], list):
             fields = args[0]
             if len(fields) % 2 or len(fields) > 2 * MAX_ID_FIELDS or any(
-                    isinstance(f, list) or len(f) > MAX_ID_VALUE for f in fields):
+                    isinstance(f, list) or len(f) > MAX_ID_VALUE for f in fields) or any(
+                    len(k) > MAX_ID_FIELD for k in fields[0::2]):
                 self.bad(tag, "Error in IMAP command ID: Invalid parameters.")
                 return
             self.client_id = {

@@ -1550,6 +1550,11 @@ class MaildirStorage:
             raise StorageError("Can't copy from a foreign mailbox")
         dbox = self._box(dest)
         sbox = source.box
+        gone = [uid for uid in uids if uid in source._index and uid not in sbox.by_uid]
+        if gone:  # RFC 9051 7.1: no partial copy of messages expunged elsewhere
+            err = StorageError("Some of the requested messages no longer exist.")
+            err.code = "EXPUNGEISSUED"
+            raise err
         todo = [(uid, sbox.by_uid[uid]) for uid in uids
                 if uid in sbox.by_uid and uid in source._index]
         made: list[tuple[int, _Rec]] = []

@@ -51,6 +51,7 @@ async def cmd_fetch(client: Client, tag: bytes, args: list[Token], uid: bool = F
     mbox = client.selected()
     if len(args) < 2:
         raise bad("Missing arguments")
+    client.announce_keywords()
     fetch_mods = _fetch_modifiers(client, args[2:], uid)
     items = fetch.parse_items(args[1:2])
     if uid and not any(i.name == "UID" for i in items):
@@ -78,9 +79,22 @@ async def cmd_fetch(client: Client, tag: bytes, args: list[Token], uid: bool = F
 
 
 def _fetch_result(client: Client, missing: int) -> bytes:
+    """RFC 9051 7.1 / RFC 2180 4.1.3: a FETCH that touched messages another
+    session expunged still completes; OK [EXPUNGEISSUED] says some of
+    their data could not be served (NIL bodies), as Dovecot answers."""
     if missing:
-        return b"NO [EXPUNGEISSUED] Some messages were expunged."
+        return b"OK [EXPUNGEISSUED] Some messages were already expunged."
     return b"OK Fetch completed."
+
+
+def _render_expunged(client: Client, seq: int, info: MessageInfo, items: list[fetch.FetchItem],
+                     changed: set[int], recent: Any) -> list:
+    """A message whose file is gone (expunged elsewhere, not yet reported):
+    what the view knows (UID, FLAGS, sizes, dates, MODSEQ) and NIL for its
+    contents; ENVELOPE and BODYSTRUCTURE of an empty message."""
+    return fetch.render_pieces(
+        seq, info, items, info.uid in recent, lambda: fetch.EXPUNGED_MESSAGE, client.stats,
+        add_flags=info.uid in changed, expunged=True)
 
 
 #: FETCH items the storage answers from its index (``IMailbox.fetch_data``).
@@ -189,7 +203,7 @@ async def _fetch_range(client: Client, targets, items: list[fetch.FetchItem],
             raise
         except (OSError, StorageError):
             missing += 1
-            continue
+            pieces = _render_expunged(client, seq, info, items, changed, recent)
         for piece in pieces:
             client.send(piece)
     return missing
@@ -228,7 +242,7 @@ def _fetch_steps(client: Client, targets, items: list[fetch.FetchItem], changed:
                                  stream=big)
         except (OSError, StorageError):
             state["missing"] += 1
-            continue
+            pieces = _render_expunged(client, seq, info, items, changed, recent)
         for piece in pieces:
             if isinstance(piece, fetch.StreamedLiteral):
                 yield from _stream_literal(client, piece)

@@ -5,7 +5,9 @@ LIST and LSUB:
 * ``LIST [(selection options)] reference (pattern | (patterns)) [RETURN
   (return options)]`` (RFC 5258): selection ``SUBSCRIBED``, ``REMOTE``
   (no remote mailboxes here, so it changes nothing), ``RECURSIVEMATCH``
-  (parents of matches get ``CHILDINFO``), ``SPECIAL-USE`` (RFC 6154);
+  (listed parents of subscribed mailboxes get ``CHILDINFO``; a parent that
+  is not subscribed is listed only for children the pattern does not list,
+  as Dovecot), ``SPECIAL-USE`` (RFC 6154);
   return ``SUBSCRIBED``, ``CHILDREN``, ``SPECIAL-USE`` and ``STATUS (…)``
   (RFC 5819: a ``* STATUS`` after each selectable mailbox).  Names that do
   not exist are ``\\NonExistent`` in extended and IMAP4rev2 answers and
@@ -181,14 +183,22 @@ async def _list(client: Client, reference: str, patterns: list[str], selection: 
         matched = [(n, a) for n, a in matched if n in subs]
     childinfo: set[str] = set()
     if "RECURSIVEMATCH" in selection and "SUBSCRIBED" in selection:
-        names = {n for n, _a in matched}
-        parents = [MailboxInfo(p, set(real.get(p, {"\\NonExistent"})))
-                   for n in subs for p in _parents(n)]
+        listed = {n for n, _a in matched}
+        unlisted: dict[str, bool] = {}  # parent → has a subscribed child not listed
+        for n in sorted(subs):
+            for p in _parents(n):
+                unlisted[p] = unlisted.get(p, False) or n not in listed
+        parents = [MailboxInfo(p, set(real.get(p, {"\\NonExistent"}))) for p in unlisted]
+        # RFC 5258 4: a parent that is not selected itself is listed (with
+        # CHILDINFO) only for subscribed children the patterns do not list
+        # (as Dovecot); a listed subscribed parent gets CHILDINFO too
         for name, attrs in _match(client, parents, reference, patterns):
-            childinfo.add(name)
-            if name not in names:
+            if name in listed:
+                childinfo.add(name)
+            elif unlisted[name]:
+                childinfo.add(name)
                 matched.append((name, attrs))
-                names.add(name)
+                listed.add(name)
     steps = _list_lines(client, matched, real, selection, want_subs, subs,
                              childinfo, status_items, extended)
     small = len(matched) <= (LIST_STATUS_SYNC if status_items else LIST_SYNC)

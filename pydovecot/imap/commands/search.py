@@ -21,6 +21,7 @@ view changes only in the core's ``sync``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
@@ -176,6 +177,8 @@ def _finish_return(client: Client, tag: bytes, uid: bool, query: SearchQuery, op
                    hits: Hits, ids: list[int], modseq: int | None,
                    criteria: list[tuple[str, bool]] | None) -> None:
     ordered = criteria is not None
+    if modseq is not None:
+        modseq = esearch_modseq(opts.names, hits, ids, ordered)
     if "SAVE" in opts.names:
         uids = [info.uid for _s, info in hits]
         if opts.names & {"MIN", "MAX"} and not opts.names & {"ALL", "COUNT"}:
@@ -194,6 +197,24 @@ def _finish_return(client: Client, tag: bytes, uid: bool, query: SearchQuery, op
             context.UpdateContext(tag, uid, query, criteria, opts.names, client.selected(),
                                   [info.uid for _s, info in hits])
         )
+
+
+def esearch_modseq(names: Iterable[str], hits: Hits, ids: list[int], ordered: bool) -> int | None:
+    """ESEARCH's MODSEQ (RFC 7162 3.1.5): with only MIN and/or MAX asked
+    for, the highest modseq of the message(s) returned; otherwise (ALL,
+    COUNT, PARTIAL) the highest of all matching messages."""
+    if not hits:
+        return None
+    asked = set(names) & {"MIN", "MAX", "ALL", "COUNT", "PARTIAL"}
+    if not asked or not asked <= {"MIN", "MAX"}:
+        return max(info.modseq for _s, info in hits)
+    pairs = list(zip(ids, hits, strict=True))
+    picks = []
+    if "MIN" in asked:
+        picks.append(pairs[0] if ordered else min(pairs, key=lambda p: p[0]))
+    if "MAX" in asked:
+        picks.append(pairs[-1] if ordered else max(pairs, key=lambda p: p[0]))
+    return max(hit[1].modseq for _id, hit in picks)
 
 
 def cmd_cancelupdate(client: Client, tag: bytes, args: list[Token], uid: bool = False) -> bytes:

@@ -42,13 +42,8 @@ async def _select(client: Client, args: list[Token], readonly: bool) -> bytes:
         client.send(b"* OK [CLOSED] Previous mailbox closed.\r\n")
     mbox = await client.storage.open(name, readonly=readonly)
     client.select(mbox)
-    keywords = list(mbox.keywords)
-    flags = " ".join(["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *keywords])
-    client.send(b"* FLAGS (%s)\r\n" % flags.encode())
-    if readonly:
-        client.send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n")
-    else:
-        client.send(b"* OK [PERMANENTFLAGS (%s \\*)] Flags permitted.\r\n" % flags.encode())
+    client.announced_keywords = set()
+    client.send_flags(mbox)
     client.send(b"* %d EXISTS\r\n" % len(mbox.messages))
     if not client.rev2:  # RFC 9051 has no RECENT
         client.send(b"* %d RECENT\r\n" % len(mbox.recent))

@@ -1,5 +1,8 @@
 """STATUS (RFC 3501 6.3.10) with SIZE (RFC 8438), DELETED (RFC 9051),
 APPENDLIMIT (RFC 7889) and HIGHESTMODSEQ (RFC 7162).
+
+STATUS of the selected mailbox answers from the session's view (what it
+was told, its own \\Recent messages) with ``OK [CLIENTBUG]``, as Dovecot.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pydovecot.imap.parser import (
 if TYPE_CHECKING:
     from pydovecot.imap.client import Client
 
-from pydovecot.storage.interfaces import MailboxStatus
+from pydovecot.storage.interfaces import IMailbox, MailboxStatus
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED",
                 "APPENDLIMIT", "HIGHESTMODSEQ")
@@ -57,10 +60,37 @@ async def status_command(client: Client, tag: bytes, args: list[Token], uid: boo
     wanted = status_items(client, args[1])
     if "HIGHESTMODSEQ" in wanted:
         await client.announce_condstore()  # RFC 7162 3.1
-    status = await client.storage.status(name)
+    mbox = client.mailbox
+    if mbox is not None and _same_mailbox(mbox.name, name):
+        status = view_status(client, mbox)
+        done = b"OK [CLIENTBUG] Status on selected mailbox completed."
+    else:
+        status = await client.storage.status(name)
+        done = b"OK Status completed."
     client.send(b"* STATUS %s (%s)\r\n" % (
         client.encode_mailbox(name), status_values(client, status, wanted)))
-    return b"OK Status completed."
+    return done
+
+
+def _same_mailbox(a: str, b: str) -> bool:
+    return a == b or a.upper() == b.upper() == "INBOX"
+
+
+def view_status(client: Client, mbox: IMailbox) -> MailboxStatus:
+    """STATUS of the selected mailbox is its view's, as Dovecot answers it:
+    the messages the session was told of, and the \\Recent ones it holds
+    (the storage's count leaves out what a session has taken)."""
+    messages = mbox.messages
+    return MailboxStatus(
+        messages=len(messages),
+        recent=len(mbox.recent),
+        uidnext=mbox.uidnext,
+        uidvalidity=mbox.uidvalidity,
+        unseen=sum("\\Seen" not in m.flags for m in messages),
+        size=sum(m.size for m in messages),
+        deleted=sum("\\Deleted" in m.flags for m in messages),
+        highestmodseq=client.highestmodseq(mbox),
+    )
 
 
 add_command("STATUS", status_command, Flag.NONE)

@@ -53,6 +53,7 @@ async def cmd_store(client: Client, tag: bytes, args: list[Token], uid: bool = F
     before_deleted = {m.uid for _s, m in targets if "\\Deleted" in m.flags}
     before_modseq = {m.uid: m.modseq for _s, m in targets}
     failed = await _store_flags(client, mbox, targets, flags, mode, unchanged)
+    client.announce_keywords(flags)  # a new keyword: FLAGS before its FETCH
     for seq, info in targets:
         if "\\Deleted" in info.flags and info.uid not in before_deleted:
             client.counters["deleted"] += 1
