@@ -1,0 +1,176 @@
+"""The stats process through the real master (issue 11): logins counted
+into ``metric { }`` blocks and served on ``/metrics``, the stats process
+running unprivileged and chrooted (checked in /proc), events from authd
+and the login processes, the master's process gauges.
+
+Needs root for the privileged run (CI); a plain user still runs the test
+unprivileged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from twisted.trial import unittest
+
+from tests.harness import LineClient, Master, listening_socket, privileged, proc_ids
+
+METRICS = """
+metric auth_success {
+  filter = event=auth_request_finished AND success=yes
+}
+metric auth_failures {
+  filter = event=auth_request_finished AND NOT success=yes
+}
+metric auth_req {
+  filter = event=auth_request_finished
+  group_by = service mechanism
+}
+metric auth_hist {
+  filter = event=auth_request_finished
+  group_by = service duration:exponential:1:7:10
+}
+metric login_side {
+  filter = event=auth_client_request_finished
+  group_by = error
+}
+"""
+
+
+def stats_master(**kwargs) -> tuple[Master, int]:
+    """A master with a stats http listener on a socket bound here (port
+    chosen by the kernel, handed in like the harness's own listeners)."""
+    master = Master(**kwargs)
+    sock = listening_socket()
+    master.sockets["http"] = sock
+    port = sock.getsockname()[1]
+    master.extra_config += f"""
+service stats {{
+  inet_listener http {{
+    port = {port}
+  }}
+}}
+{METRICS}
+"""
+    master.write_config()
+    return master, port
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def login(port: int, password: str) -> bytes:
+    client = LineClient(port, greeting=True)
+    try:
+        return client.tagged(b"LOGIN alice " + password.encode())[-1]
+    finally:
+        client.close()
+
+
+class StatsThroughMaster(unittest.TestCase):
+    def setUp(self):
+        self.master, self.port = stats_master(**privileged())
+        self.addCleanup(self.master.cleanup)
+        self.master.start()
+
+    def wait_metrics(self, predicate, what: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        values: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                status, _, text = scrape(self.port)
+                if status == 200:
+                    values = samples(text)
+                    if predicate(values):
+                        return values
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.fail(f"timed out waiting for {what}: {values}\n{self.master.output()}")
+
+    def test_logins_counted(self):
+        imap = self.master.ports["imap"]
+        self.assertIn(b"OK", login(imap, "secret"))
+        self.assertIn(b"NO", login(imap, "wrong"))
+        self.assertIn(b"OK", login(imap, "secret"))
+        values = self.wait_metrics(
+            lambda v: v.get(("dovecot_auth_success_total", ())) == 2
+            and v.get(("dovecot_auth_failures_total", ())) == 1, "auth counters")
+        self.assertEqual(values[("dovecot_auth_req_total", (("service", "imap"),))], 3)
+        self.assertEqual(values[("dovecot_auth_req_total",
+                                 (("mechanism", "PLAIN"), ("service", "imap")))], 3)
+        self.assertEqual(values[("dovecot_auth_req_count", ())], 3)
+        self.assertGreater(values[("dovecot_auth_success_duration_seconds_total", ())], 0)
+        self.assertEqual(values[("dovecot_auth_hist_count", (("service", "imap"),))], 3)
+        self.assertEqual(values[("dovecot_auth_hist_bucket",
+                                 (("le", "+Inf"), ("service", "imap")))], 3)
+        # the login processes' own event, as Dovecot's lib-auth client emits it
+        values = self.wait_metrics(
+            lambda v: v.get(("dovecot_login_side_count", ())) == 3, "login-side events")
+        self.assertEqual(values[("dovecot_login_side_total",
+                                 (("error", "Authentication failed"),))], 1)
+        self.assertEqual(values[("dovecot_build_info",
+                                 (("revision", "pydovecot"), ("version", "0.1.0")))], 1)
+        # more logins: the counters grow
+        self.assertIn(b"OK", login(imap, "secret"))
+        self.wait_metrics(lambda v: v.get(("dovecot_auth_success_total", ())) == 3,
+                          "the counter to grow")
+
+    def test_process_gauges(self):
+        client = LineClient(self.master.ports["imap"], greeting=True)
+        self.addCleanup(client.close)
+        self.assertIn(b"OK", client.tagged(b"LOGIN alice secret")[-1])
+        values = self.wait_metrics(
+            lambda v: v.get(("pydovecot_connections", (("protocol", "imap"),))) == 1,
+            "the master's connection gauge")
+        self.assertGreaterEqual(values[("pydovecot_mail_processes", (("state", "assigned"),))],
+                                1)
+        self.assertIn(1.0, [v for (name, _), v in values.items()
+                            if name == "pydovecot_mail_process_sessions"])
+        self.assertEqual(values[("pydovecot_service_restarts_total", (("service", "auth"),))],
+                         0)
+        self.assertGreaterEqual(values[("pydovecot_stats_events_total",
+                                        (("service", "auth"),))], 1)
+
+    def test_unprivileged_and_chrooted(self):
+        pids = self.master.children("pydovecot/stats")
+        self.assertEqual(len(pids), 1, self.master.output())
+        self.wait_metrics(lambda v: True, "the page")
+        uid, gid = proc_ids(pids[0])
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("pydovecot")
+            self.assertEqual((uid, gid), (user.pw_uid, user.pw_gid))
+            root = os.readlink(f"/proc/{pids[0]}/root")
+            self.assertEqual(root, os.path.join(self.master.dir, "run", "empty"))
+            with open(f"/proc/{pids[0]}/status") as f:
+                self.assertIn("NoNewPrivs:\t1", f.read())
+        else:
+            self.assertEqual(uid, os.getuid())
+
+    def test_http_paths(self):
+        self.wait_metrics(lambda v: True, "the page")
+        status, ctype, text = scrape(self.port)
+        self.assertEqual(status, 200)
+        self.assertTrue(ctype.startswith("application/openmetrics-text"), ctype)
+        self.assertTrue(text.endswith("# EOF\n"))
+        self.assertEqual(scrape(self.port, "/")[0], 404)
+        self.assertEqual(scrape(self.port, "/metricsX")[0], 404)
