@@ -41,7 +41,7 @@ metric login_side {
 """
 
 
-def stats_master(**kwargs) -> tuple[Master, int]:
+def stats_master(blocks: str = METRICS, **kwargs) -> tuple[Master, int]:
     """A master with a stats http listener on a socket bound here (port
     chosen by the kernel, handed in like the harness's own listeners)."""
     master = Master(**kwargs)
@@ -54,7 +54,7 @@ service stats {{
     port = {port}
   }}
 }}
-{METRICS}
+{blocks}
 """
     master.write_config()
     return master, port
