@@ -101,11 +101,16 @@ class Emitter:
             self.dropped += 1
             return
         self.queue.append(line)
-        self._schedule(0)
+        if self.in_flight < MAX_IN_FLIGHT:  # else an answer flushes
+            self._schedule(0)
 
     def _schedule(self, delay: float) -> None:
-        if self._scheduled is None or not self._scheduled.active():
-            self._scheduled = self.clock.callLater(delay, self.flush)
+        call = self._scheduled
+        if call is not None and call.active():
+            if delay < call.getTime() - self.clock.seconds():
+                call.reset(delay)
+            return
+        self._scheduled = self.clock.callLater(delay, self.flush)
 
     def flush(self) -> None:
         """Send what is queued, as far as the in-flight bound allows."""
@@ -132,7 +137,7 @@ class Emitter:
         if not answer.get("wanted", True):
             self.enabled = False
             self.queue.clear()
-        elif self.queue:
+        elif self.queue or self.dropped:
             self._schedule(0)
 
     def _failed(self, failure, lost: int) -> None:
