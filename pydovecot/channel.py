@@ -15,6 +15,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from pydovecot.stats import events
+
 MASTER_FD = 3
 
 log = Logger()
@@ -65,8 +67,6 @@ def adopt_channel(fd: int, protocol: amp.AMP):
     transport = reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
     os.close(fd)
     if fd == MASTER_FD:
-        from pydovecot.stats import events
-
         events.attach(protocol)
     return transport
 

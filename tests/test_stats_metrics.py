@@ -293,6 +293,19 @@ class BatchLines(unittest.TestCase):
         event = parse_line(b'["a",1,{"x":[1],"y":null,"z":"ok"}]')
         self.assertEqual(event.fields, {"z": "ok"})
 
+    def test_events_only_from_their_service(self):
+        state = StatsState(Metrics.from_config({"a": {"filter": "event=auth_request_finished"},
+                                                "c": {"filter": "event=auth_client_*"}}))
+        auth = events.encode("auth_request_finished", 1, {"success": "yes"})
+        client = events.encode("auth_client_request_finished", 1, {})
+        self.assertEqual(state.add_batch("imap-login", auth + b"\n" + client), 1)
+        self.assertEqual(state.add_batch("mail", auth), 0)
+        self.assertEqual(state.add_batch("auth", auth), 1)
+        self.assertEqual(state.add_batch("imap-login", events.encode("imap_command_finished",
+                                                                     1, {})), 0)
+        self.assertEqual([s.root.count for s in state.metrics.states], [1, 1])
+        self.assertEqual(state.dropped, {"imap-login": 2, "mail": 1})
+
     def test_encode_bounds(self):
         line = events.encode("e" * 500, 0, {f"k{i}": "v" * 1000 for i in range(100)})
         name, _, fields = json.loads(line)

@@ -11,7 +11,8 @@ the ``metric { }`` families, then pydovecot's own process families
 a 404 for anything else, as Dovecot's stats HTTP server does.
 
 Trusts: the master for the gauges and for who sent a batch; nothing in a
-batch beyond its shape.
+batch beyond its shape, and an event only from a service that emits it
+(:func:`allowed`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class StatsState:
             if not line:
                 continue
             event = parse_line(line)
-            if event is None:
+            if event is None or not allowed(service, event.name):
                 bad += 1
                 continue
             self.metrics.add(event)
@@ -103,6 +104,22 @@ class StatsState:
 
     def render(self) -> bytes:
         return generate_latest(self)
+
+
+def allowed(service: str, name: str) -> bool:
+    """Whether ``service`` may report event ``name``: authd's own events
+    (``auth_*`` but ``auth_client_*``) come from authd only, and a login
+    process reports only login-side ones, so a compromised login process
+    cannot fake authd's or the mail processes' counts."""
+    if name.startswith("auth_") and not name.startswith("auth_client_"):
+        return service == "auth"
+    if service.endswith("-login"):
+        return name.startswith(LOGIN_EVENTS)
+    return True
+
+
+#: Event name prefixes a login process may report (Dovecot's login-side events).
+LOGIN_EVENTS = ("auth_client_", "login_", "proxy_", "imap_id_", "client_")
 
 
 def _labelled(name: str, doc: str, kind: str, label: str, values: dict,
