@@ -13,11 +13,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.parser import Config
 from pydovecot.stats import events, metrics, protocol
 from pydovecot.stats.http import StatsState, parse_line
+from pydovecot.stats.interfaces import IEventEmitter, IStatsSink
 from pydovecot.stats.metrics import (
     Event,
     FilterError,
@@ -279,6 +281,13 @@ dovecot_empty_hist_bucket{le="+Inf"} 0.0
         root = m.states[0].root
         self.assertEqual((root.count, root.children["imap"].count), (1, 1))
         self.assertEqual(root.children["imap"].children, {})
+
+
+class Interfaces(unittest.TestCase):
+    def test_implementations(self):
+        self.assertTrue(verifyObject(IEventEmitter, events.Emitter(task.Clock())))
+        self.assertTrue(verifyObject(IEventEmitter, events.EMITTER))
+        self.assertTrue(verifyObject(IStatsSink, StatsState(Metrics([]))))
 
 
 class BatchLines(unittest.TestCase):

@@ -16,15 +16,26 @@ Names and fields are Dovecot's (``imap_command_finished`` with
 ``success``, ``mechanism``, ``service``).  Values are str or int; others
 are turned into str.  Never pass a password or a message body.
 
-Hook points (one line each; ``start = time.monotonic()`` where the
-operation begins):
+Hook points for the protocol code (one line each; ``start =
+time.monotonic()`` where the operation begins; field names as Dovecot
+2.3.19 sets them, checked against Debian's):
 
-- IMAP command done: ``emit("imap_command_finished", duration=…,
-  cmd_name="SELECT", tagged_reply_state="OK", user=…)``
-- delivery done: ``emit("mail_delivery_finished", duration=…, user=…,
-  error=… (only on failure))``
-- LMTP transaction done: ``emit("smtp_server_transaction_finished",
-  duration=…, mail_from=…, rcpt_count=…, data_size=…, error=…)``
+- IMAP command answered (pydovecot/imap/client.py, where the tagged reply
+  is sent, ``_finish``): ``emit("imap_command_finished",
+  duration=since(start), cmd_name="SELECT" ("UID FETCH" for UID commands,
+  "unknown" for an unknown one), tagged_reply_state="OK"|"NO"|"BAD",
+  tagged_reply="OK Select completed.", cmd_tag=…, user=…, session=…)``
+- POP3 command answered (pydovecot/pop3/session.py ``_command``):
+  ``emit("pop3_command_finished", duration=…, cmd_name="RETR", …)``
+- delivery done (pydovecot/mailproc/main.py ``deliver``, at its result):
+  ``emit("mail_delivery_finished", duration=…, user=…, message_id=…,
+  message_subject=…, message_from=…, message_size=…, error=… (failure
+  only))``
+- LMTP transaction done (pydovecot/lmtp/protocol.py, after the last
+  recipient's reply for DATA, ``_deliver_all``'s result):
+  ``emit("smtp_server_transaction_finished", duration=…, mail_from=…,
+  transaction_id=…, status_code="250", enhanced_code="2.0.0", error=…
+  (failure only))``
 
 Trusts: its caller.
 """
@@ -38,7 +49,9 @@ from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from pydovecot.stats.interfaces import IEventEmitter
 from pydovecot.stats.protocol import MAX_BATCH, StatsEvents
 
 log = Logger()
@@ -70,6 +83,7 @@ def encode(name: str, duration_us: int, fields: dict) -> bytes:
                       separators=(",", ":")).encode()
 
 
+@implementer(IEventEmitter)
 class Emitter:
     """The process's event queue and its sender."""
 

@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web import resource
+from zope.interface import implementer
 
+from pydovecot.stats.interfaces import IStatsSink
 from pydovecot.stats.metrics import MAX_VALUE, Event, Metrics
 
 #: Reported as dovecot_build_info{version, revision}.
@@ -40,6 +42,7 @@ SERVICE_FAMILIES = {
 }
 
 
+@implementer(IStatsSink)
 class StatsState:
     """What the stats process knows: metric counts and the master's gauges."""
 
