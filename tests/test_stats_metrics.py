@@ -533,6 +533,15 @@ metric auth_ok {
         self.assertEqual(Config.from_dict(json.loads(json.dumps(cfg.to_dict()))).metrics,
                          cfg.metrics)
 
+    def test_pydoveconf_prints_them(self):
+        from pydovecot.config.cli import Dumper
+
+        path = self.write('metric b {\n  filter = event=x AND y="a b"\n  group_by = y\n}\n'
+                          "metric a {\n  filter = event=z\n}\n")
+        cfg = load_config(path)
+        again = load_config(self.write("\n".join(Dumper(cfg).dump(False)) + "\n"))
+        self.assertEqual(list(again.metrics.items()), list(cfg.metrics.items()))
+
     def test_bad_filter_refused_with_line(self):
         path = self.write("protocols = imap\nmetric m {\n  filter = event=a AND (b=1\n}\n")
         with self.assertRaises(ConfigError) as e:
