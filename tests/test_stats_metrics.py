@@ -548,6 +548,13 @@ metric auth_ok {
             load_config(path)
         self.assertIn(f"{path}:2: metric m: filter:", str(e.exception))
 
+    def test_stats_sockets_warned(self):
+        path = self.write("service stats {\n  unix_listener stats-writer {\n    mode = 0660\n"
+                          "  }\n}\n")
+        cfg = load_config(path)
+        self.assertTrue(any(":2: unix_listener stats-writer in service stats is not served"
+                            in w for w in cfg.warnings), cfg.warnings)
+
     def test_twice_refused(self):
         path = self.write("metric m {\n filter = event=a\n}\nmetric m {\n filter = event=b\n}\n")
         self.assertRaises(ConfigError, load_config, path)

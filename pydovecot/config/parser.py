@@ -794,6 +794,10 @@ class _Parser:
         elif kind.endswith("_listener"):
             raw = self.raw_services[parent.arg]  # type: ignore[union-attr]
             section.data = raw[kind + "s"].setdefault(arg, {})
+            if parent.arg == "stats" and kind != "inet_listener":  # type: ignore[union-attr]
+                self.warn(where, f"{kind} {arg} in service stats is not served by pydovecot "
+                                 "(only inet_listener http, for /metrics); ignored",
+                          once=f"stats {kind} {arg}")
         if kind in ("local", "remote"):
             self.check_network(where, kind, arg)
         if kind in _FILTERS and (kind != "protocol" or any(s.kind in _FILTERS
