@@ -23,7 +23,7 @@ from twisted.trial import unittest
 from twisted.trial.unittest import SkipTest
 
 from tests.harness import IN_CI, LineClient, ensure_system_user, free_port, privileged
-from tests.test_stats_process import scrape, stats_master
+from tests.test_stats_process import health_check, scrape, stats_master
 
 DOVECOT = "/usr/sbin/dovecot"
 
@@ -127,7 +127,7 @@ class PrivateDovecot:
         hashed = sha512_crypt.using(rounds=5000).hash("secret")
         with open(os.path.join(self.dir, "users"), "w") as f:
             f.write(f"alice:{{SHA512-CRYPT}}{hashed}::::::\n")
-        self.imap_port, self.http_port = free_port(), free_port()
+        self.imap_port, self.http_port, self.health_port = free_port(), free_port(), free_port()
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
             f.write(f"""
@@ -160,6 +160,12 @@ service imap-login {{
 service stats {{
   inet_listener http {{
     port = {self.http_port}
+  }}
+}}
+service health-check {{
+  executable = script -p /usr/lib/dovecot/health-check.sh
+  inet_listener health-check {{
+    port = {self.health_port}
   }}
 }}
 {blocks}
@@ -259,3 +265,14 @@ class SameExpositionAsDovecot(unittest.TestCase):
             self.assertEqual(b[name], a[name], f"family {name}")
         # the families come in Dovecot's order (the config's)
         self.assertEqual([n for n in ours if n in a], [n for n in theirs if n in a])
+
+    def test_same_health_check(self):
+        dovecot = PrivateDovecot(self, "")
+        master, _ = stats_master("", **privileged())
+        self.addCleanup(master.cleanup)
+        master.start()
+        for data in (b"PING\n", b"PING\r\n", b" PING!\n", b"ping\n", b"PONG\n", b"\n"):
+            theirs = health_check(dovecot.health_port, data, quiet=2)
+            ours = health_check(master.health_port, data, quiet=2)
+            self.assertEqual(ours, theirs, data)
+        self.assertEqual(health_check(master.health_port, b"PING\n"), b"PONG\n")

@@ -500,6 +500,32 @@ class MasterRelay(unittest.TestCase):
         relay.stop()
 
 
+class HealthCheckUnit(unittest.TestCase):
+    def answer(self, *chunks: bytes, advance: float = 0) -> tuple[bytes, bool]:
+        from twisted.internet.testing import StringTransport
+
+        from pydovecot.stats.health import HealthCheckFactory
+
+        clock = task.Clock()
+        proto = HealthCheckFactory(clock).buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        clock.advance(advance)
+        return transport.value(), transport.disconnecting
+
+    def test_ping(self):
+        self.assertEqual(self.answer(b"PI", b"NG\n"), (b"PONG\n", True))
+        self.assertEqual(self.answer(b" PING!\r\n"), (b"PONG\n", True))  # cleaned as the script
+
+    def test_anything_else(self):
+        self.assertEqual(self.answer(b"ping\n"), (b"", True))
+        self.assertEqual(self.answer(b"x" * 2000), (b"", True))
+        self.assertEqual(self.answer(b"PING"), (b"", False))  # no newline yet
+        self.assertEqual(self.answer(b"PING", advance=10), (b"", True))  # timed out
+
+
 class ConfigBlocks(unittest.TestCase):
     def write(self, text: str) -> str:
         fd, path = tempfile.mkstemp(suffix=".conf")
@@ -554,6 +580,17 @@ metric auth_ok {
         cfg = load_config(path)
         self.assertTrue(any(":2: unix_listener stats-writer in service stats is not served"
                             in w for w in cfg.warnings), cfg.warnings)
+
+    def test_health_check_executable(self):
+        stock = self.write("service health-check {\n  executable = script -p "
+                           "/usr/lib/dovecot/health-check.sh\n  inet_listener health-check {\n"
+                           "    port = 5001\n  }\n}\n")
+        cfg = load_config(stock)
+        self.assertEqual(cfg.warnings, [])
+        self.assertEqual(cfg.services["health-check"].inet_listeners["health-check"].port, 5001)
+        custom = self.write("service health-check {\n  executable = script -p /x/check.sh\n}\n")
+        self.assertTrue(any(":2: service health-check: only" in w
+                            for w in load_config(custom).warnings))
 
     def test_twice_refused(self):
         path = self.write("metric m {\n filter = event=a\n}\nmetric m {\n filter = event=b\n}\n")

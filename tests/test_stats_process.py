@@ -10,6 +10,7 @@ unprivileged.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -41,23 +42,49 @@ metric login_side {
 """
 
 
-def stats_master(blocks: str = METRICS, **kwargs) -> tuple[Master, int]:
-    """A master with a stats http listener on a socket bound here (port
-    chosen by the kernel, handed in like the harness's own listeners)."""
+def stats_master(blocks: str = METRICS, http: bool = True, **kwargs) -> tuple[Master, int]:
+    """A master with a stats http listener and a health-check listener on
+    sockets bound here (ports chosen by the kernel, handed in like the
+    harness's own listeners)."""
     master = Master(**kwargs)
-    sock = listening_socket()
-    master.sockets["http"] = sock
-    port = sock.getsockname()[1]
-    master.extra_config += f"""
+    for name in ("http", "health-check"):
+        master.sockets[name] = listening_socket()
+    port = master.sockets["http"].getsockname()[1]
+    master.health_port = master.sockets["health-check"].getsockname()[1]
+    if http:
+        master.extra_config += f"""
 service stats {{
   inet_listener http {{
     port = {port}
+  }}
+}}
+"""
+    master.extra_config += f"""
+service health-check {{
+  inet_listener health-check {{
+    port = {master.health_port}
   }}
 }}
 {blocks}
 """
     master.write_config()
     return master, port
+
+
+def health_check(port: int, data: bytes, quiet: float = 10) -> bytes:
+    """What the health-check listener answers to ``data``: up to its first
+    line, or nothing when it closes or stays silent for ``quiet`` seconds
+    (Dovecot's script keeps the connection until its 10 s timer ends)."""
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        s.sendall(data)
+        s.settimeout(quiet)
+        answer = b""
+        try:
+            while b"\n" not in answer and (chunk := s.recv(100)):
+                answer += chunk
+        except TimeoutError:
+            pass
+        return answer
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str, str]:
@@ -174,3 +201,31 @@ class StatsThroughMaster(unittest.TestCase):
         self.assertTrue(text.endswith("# EOF\n"))
         self.assertEqual(scrape(self.port, "/")[0], 404)
         self.assertEqual(scrape(self.port, "/metricsX")[0], 404)
+
+    def test_health_check(self):
+        """Dovecot's health-check.sh answers, served by the same process."""
+        port = self.master.health_port
+        self.assertEqual(health_check(port, b"PING\n"), b"PONG\n")
+        self.assertEqual(health_check(port, b"PING\r\n"), b"PONG\n")
+        self.assertEqual(health_check(port, b"PONG\n"), b"")
+        self.assertEqual(health_check(port, b"x" * 5000 + b"\n"), b"")
+        self.assertEqual(len(self.master.children("pydovecot/stats")), 1)
+
+
+class HealthCheckAlone(unittest.TestCase):
+    def test_without_metrics(self):
+        """Only service health-check: the stats process runs for it alone."""
+        master, _ = stats_master(blocks="", http=False, **privileged())
+        self.addCleanup(master.cleanup)
+        master.start()
+        master.wait_for(lambda: len(master.children("pydovecot/stats")) == 1, 20,
+                        "the stats process")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.assertEqual(health_check(master.health_port, b"PING\n"), b"PONG\n")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)

@@ -725,6 +725,12 @@ class _Parser:
                                          "pydovecot yet; ignored", once=f"service {section.arg}")
                 return
             tables = (S.SERVICE_REFUSED, S.SERVICE_WARNED, {})
+            if section.arg == "health-check" and key == "executable":
+                if not (value.split()[-1:] == ["health-check.sh"]
+                        or value.endswith("/health-check.sh")):
+                    self.warn(where, "service health-check: only Dovecot's health-check.sh "
+                                     "(PING -> PONG) is served; executable ignored")
+                return
             builtin = S.SERVICE_DEFAULTS.get(section.arg, {}).get("settings", {})
             defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
         elif kind.endswith("_listener"):

@@ -183,7 +183,8 @@ MAILBOX_SETTINGS = frozenset(
 )  # fmt: skip
 
 #: Services pydovecot runs.
-IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats")
+IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
+                        "health-check")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -258,6 +259,13 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
         "settings": {
             "executable": "stats", "process_limit": "1", "client_limit": "0",
             "service_count": "0", "user": "$default_internal_user",
+        },
+    },
+    # Dovecot's health-check.sh (PING -> PONG), served by the stats process.
+    "health-check": {
+        "settings": {
+            "executable": "script -p health-check.sh", "process_limit": "1",
+            "user": "$default_internal_user",
         },
     },
     "lmtp": {

@@ -51,6 +51,8 @@ from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
 log = Logger(namespace="master")
 
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+#: Served by the unprivileged stats process, when they have a listener.
+STATS_SERVICES = ("stats", "health-check")
 AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
 #: Sockets hard-linked into the login chroot (as Dovecot keeps the login
 #: processes' auth socket in their chroot), so a login process can
@@ -348,13 +350,11 @@ class MasterService(Service):
         names = [s for s, proto in LOGIN_SERVICES.items() if proto in self.config.protocols]
         if "lmtp" in self.config.protocols:
             names.append("lmtp")
-        if self._stats_wanted():
-            names.append("stats")
+        names += [name for name in STATS_SERVICES if self._has_port(name)]
         return names
 
-    def _stats_wanted(self) -> bool:
-        """A stats process runs when ``service stats`` has an http listener."""
-        service = self.config.services.get("stats")
+    def _has_port(self, name: str) -> bool:
+        service = self.config.services.get(name)
         return service is not None and any(li.port for li in service.inet_listeners.values())
 
     def _open_auth_sockets(self) -> None:
@@ -421,8 +421,8 @@ class MasterService(Service):
                     self._supervise(name, lambda n=name: self._make_login(n))
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
-            elif name == "stats":
-                self._supervise("stats", self._make_stats)
+            elif name == "stats" or name == "health-check" and not self._has_port("stats"):
+                self._supervise("stats", self._make_stats)  # serves both
 
     def _supervise(self, role: str, make) -> None:
         supervised = SupervisedChild(role, make)
@@ -438,9 +438,10 @@ class MasterService(Service):
         argv = python_module_argv("authd", *self._config_args(), *args)
         return Child("auth", argv, locator=AuthLocator(self), extra_fds=fds)
 
-    def _listener_args(self, name: str) -> tuple[list[str], dict[int, int]]:
+    def _listener_args(self, name: str, first: int = FIRST_CHILD_FD
+                       ) -> tuple[list[str], dict[int, int]]:
         args, fds = [], {}
-        for number, (lname, sock, ssl) in enumerate(self.listeners.get(name, []), FIRST_CHILD_FD):
+        for number, (lname, sock, ssl) in enumerate(self.listeners.get(name, []), first):
             fds[number] = sock.fileno()
             args += ["--listener", f"{lname}:{number}:{int(ssl)}"]
         return args, fds
@@ -463,6 +464,9 @@ class MasterService(Service):
 
     def _make_stats(self) -> Child:
         args, fds = self._listener_args("stats")
+        health, more = self._listener_args("health-check", FIRST_CHILD_FD + len(fds))
+        fds.update(more)
+        args += [a.replace("--listener", "--health") for a in health]
         argv = python_module_argv("pydovecot.stats.main", *self._config_args(),
                                   "--chroot", self.chroot_dir, *args)
         return Child("stats", argv, locator=ChannelLocator(), extra_fds=fds)

@@ -3,7 +3,8 @@
 It counts the events the master forwards into the config's ``metric { }``
 blocks and serves them as OpenMetrics on the listeners of ``service stats
 { inet_listener http { } }``, which it inherits from the master (``--listener
-NAME:FD:SSL``).  Started as root, it builds everything, answers one
+NAME:FD:SSL``), and answers Dovecot's health check on those of ``service
+health-check`` (``--health NAME:FD:SSL``; pydovecot.stats.health).  Started as root, it builds everything, answers one
 rehearsal request (so nothing is imported lazily later), then chroots to
 the master's empty directory and drops to ``default_internal_user`` with
 no_new_privs, before it reads a byte from the network.  It stops when the
@@ -39,6 +40,7 @@ from pydovecot.channel import (
     stop_process,
 )
 from pydovecot.config import load_config
+from pydovecot.stats.health import HealthCheckFactory
 from pydovecot.stats.http import MetricsResource, StatsState
 from pydovecot.stats.metrics import Metrics
 from pydovecot.stats.protocol import ForwardEvents, ProcessGauges, StatsRefused
@@ -99,14 +101,15 @@ def start(args) -> defer.Deferred:
     site = QuietSite(MetricsResource(state))
     rehearse(site)
     state.events.clear()
-    for spec in args.listener:
+    health = HealthCheckFactory()
+    for spec, factory in [*((s, site) for s in args.listener),
+                          *((s, health) for s in args.health)]:
         name, fd, ssl = parse_listener(spec)
         if ssl:
-            log.error("inet_listener {name}: ssl is not supported for stats; not served",
-                      name=name)
+            log.error("inet_listener {name}: ssl is not supported here; not served", name=name)
             os.close(fd)
             continue
-        adopt_listener(fd, site)
+        adopt_listener(fd, factory)
     if privileges.is_root():
         user = config.get("default_internal_user")
         uid, gid = privileges.lookup_user(user)
@@ -120,7 +123,8 @@ def start(args) -> defer.Deferred:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pydovecot-stats")
     parser.add_argument("-c", "--config", default=None)
-    parser.add_argument("--listener", action="append", default=[])
+    parser.add_argument("--listener", action="append", default=[])  # /metrics
+    parser.add_argument("--health", action="append", default=[])  # health-check
     parser.add_argument("--chroot", required=True)
     args = parser.parse_args(argv)
     run_child("stats", lambda: start(args))
