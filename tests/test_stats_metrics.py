@@ -500,6 +500,46 @@ class MasterRelay(unittest.TestCase):
         relay.stop()
 
 
+class MetricsSite(unittest.TestCase):
+    def site(self):
+        from pydovecot.stats.http import MetricsResource
+        from pydovecot.stats.main import QuietSite
+
+        return QuietSite(MetricsResource(StatsState(Metrics.from_config(BLOCKS))))
+
+    def request(self, site, data: bytes) -> bytes:
+        from twisted.internet.testing import StringTransport
+
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        channel.connectionLost(None)
+        return transport.value()
+
+    def test_page_and_404(self):
+        site = self.site()
+        page = self.request(site, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200 OK", page.split(b"\r\n")[0])
+        self.assertIn(b"content-type: application/openmetrics-text", page.lower())
+        self.assertTrue(page.endswith(b"# EOF\n"))
+        self.assertIn(b" 404 ", self.request(site, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
+
+    def test_body_dropped(self):
+        site = self.site()
+        body = b"x" * 500000
+        page = self.request(site, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                            + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.assertIn(b"HTTP/1.1 ", page)  # answered, nothing spooled
+
+    def test_connections_bounded(self):
+        site = self.site()
+        channels = [site.buildProtocol(None) for _ in range(site.MAX_CLIENTS)]
+        self.assertIsNone(site.buildProtocol(None))
+        channels[0].connectionLost(None)
+        self.assertIsNotNone(site.buildProtocol(None))
+
+
 class HealthCheckUnit(unittest.TestCase):
     def answer(self, *chunks: bytes, advance: float = 0) -> tuple[bytes, bool]:
         from twisted.internet.testing import StringTransport

@@ -68,11 +68,62 @@ class StatsLocator(ChannelLocator):
         return {}
 
 
+class _Discard:
+    """A request body sink that keeps nothing (the page takes no input)."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def read(self, *args) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class BodylessRequest(server.Request):
+    """A request whose body, if any, is dropped as it arrives (Twisted
+    would spool a large one to a temp file, which the chroot has none of)."""
+
+    def gotLength(self, length) -> None:
+        self.content = _Discard()
+
+
 class QuietSite(server.Site):
-    """A Site that writes no access log (Dovecot's stats logs none)."""
+    """The /metrics site: no access log (Dovecot's stats writes none),
+    bodies dropped, at most :data:`MAX_CLIENTS` connections, idle ones
+    closed after :data:`IDLE_TIMEOUT` seconds."""
+
+    requestFactory = BodylessRequest
+    MAX_CLIENTS = 64
+    IDLE_TIMEOUT = 60
+
+    def __init__(self, resource):
+        super().__init__(resource, timeout=self.IDLE_TIMEOUT)
+        self.clients = 0
 
     def log(self, request) -> None:
         pass
+
+    def buildProtocol(self, addr):
+        if self.clients >= self.MAX_CLIENTS:
+            return None  # the connection is closed at once
+        channel = super().buildProtocol(addr)
+        self.clients += 1
+        lost = channel.connectionLost
+
+        def connection_lost(reason):
+            self.clients -= 1
+            lost(reason)
+
+        channel.connectionLost = connection_lost
+        return channel
 
 
 def rehearse(site: server.Site) -> None:
