@@ -20,8 +20,9 @@ Hook points for the protocol code (one line each; ``start =
 time.monotonic()`` where the operation begins; field names as Dovecot
 2.3.19 sets them, checked against Debian's):
 
-- IMAP command answered (pydovecot/imap/client.py, where the tagged reply
-  is sent, ``_finish``): ``emit("imap_command_finished",
+- IMAP command answered (pydovecot/imap/client.py: ``start`` taken in
+  ``_step`` before ``_execute``; emitted in ``_finish_async`` before
+  ``self.tagged``, and where a ReaderError/unknown command gets its BAD): ``emit("imap_command_finished",
   duration=since(start), cmd_name="SELECT" ("UID FETCH" for UID commands,
   "unknown" for an unknown one), tagged_reply_state="OK"|"NO"|"BAD",
   tagged_reply="OK Select completed.", cmd_tag=…, user=…, session=…)``
