@@ -212,6 +212,21 @@ class StatsThroughMaster(unittest.TestCase):
         self.assertEqual(len(self.master.children("pydovecot/stats")), 1)
 
 
+    def test_reload_keeps_serving(self):
+        """SIGHUP: a new stats process serves the same listener."""
+        import signal
+
+        self.wait_metrics(lambda v: True, "the page")
+        old = self.master.children("pydovecot/stats")
+        self.master.process.send_signal(signal.SIGHUP)
+        self.master.wait_for(lambda: (pids := self.master.children("pydovecot/stats"))
+                             and pids != old, 30, "a new stats process")
+        self.assertIn(b"OK", login(self.master.ports["imap"], "secret"))
+        self.wait_metrics(lambda v: v.get(("dovecot_auth_success_total", ())) == 1,
+                          "counting after the reload")
+        self.assertEqual(health_check(self.master.health_port, b"PING\n"), b"PONG\n")
+
+
 class HealthCheckAlone(unittest.TestCase):
     def test_without_metrics(self):
         """Only service health-check: the stats process runs for it alone."""
