@@ -19,6 +19,7 @@ process.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 from authd import sasl, schemes
 from authd.interfaces import AuthRequest, PassdbResult, PassdbStatus
 from pydovecot.log import sanitize
+from pydovecot.stats import events
 
 if TYPE_CHECKING:
     from authd.server import AuthEngine
@@ -129,6 +131,7 @@ class SASLExchange:
         self.finished = False
         self._passdb_result: PassdbResult | None = None
         self._failing: Reply | None = None  # a failure the mechanism is still telling
+        self.started = time.monotonic()
 
     # -- public ------------------------------------------------------------
 
@@ -178,7 +181,19 @@ class SASLExchange:
         self.finished = True
         if reply.status == "fail" and not reply.reason:
             reply.reason = AUTH_FAILED
+        self._emit(reply)
         return reply
+
+    def _emit(self, reply: Reply) -> None:
+        """Dovecot's ``auth_request_finished`` event: ``success=yes`` only
+        on success (Dovecot 2.3 sets no success field on a failure)."""
+        request = self.request
+        events.emit("auth_request_finished", duration=events.since(self.started),
+                    success="yes" if reply.ok else None, mechanism=self.name,
+                    service=request.service, user=(reply.user if reply.ok else None)
+                    or request.user or request.original_user or None,
+                    session=request.session or None, local_ip=request.local_ip or None,
+                    remote_ip=request.remote_ip or None)
 
     def _crashed(self, failure: Failure) -> Reply:
         log.failure("{who}: authentication crashed", failure, who=self._who())

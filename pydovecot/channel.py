@@ -15,6 +15,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from pydovecot.stats import events
+
 MASTER_FD = 3
 
 log = Logger()
@@ -57,11 +59,15 @@ class ChannelAMP(amp.AMP):
 def adopt_channel(fd: int, protocol: amp.AMP):
     """Adopt a connected AF_UNIX socket ``fd`` as ``protocol``'s transport.
 
-    The fd is closed here (the reactor keeps its own duplicate).
+    The fd is closed here (the reactor keeps its own duplicate).  For the
+    master's channel (``MASTER_FD``) the process's events
+    (pydovecot.stats.events) go over it from then on.
     """
     factory = Factory.forProtocol(lambda: protocol)
     transport = reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
     os.close(fd)
+    if fd == MASTER_FD:
+        events.attach(protocol)
     return transport
 
 

@@ -178,6 +178,8 @@ class Dumper:
             parts.append(("plugin", self.free("plugin", cfg.plugin)))
         if cfg.dict:
             parts.append(("dict", self.free("dict", cfg.dict)))
+        for name, block in cfg.metrics.items():  # one key: they keep the file's order
+            parts.append(("metric", self.free(f"metric {name}", block)))
         parts.sort(key=lambda p: p[0])
         lines = [line for _key, part in parts for line in part]
         return lines + (self.filters() if with_filters else [])

@@ -177,6 +177,9 @@ class Config:
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.plugin: dict[str, str] = {}
         self.dict: dict[str, str] = {}
+        #: ``metric NAME { filter, group_by, … }`` blocks, in file order
+        #: (checked at load by pydovecot.stats.metrics.parse_metric).
+        self.metrics: dict[str, dict[str, str]] = {}
         self.warnings: list[str] = []
         #: Fatal problems found by a lenient parse (pydoveconf); a server
         #: start raises the first one instead.
@@ -289,6 +292,7 @@ class Config:
             "namespaces": _copy(self.namespaces),
             "plugin": dict(self.plugin),
             "dict": dict(self.dict),
+            "metrics": _copy(self.metrics),
             "warnings": list(self.warnings),
             "refusals": list(self.refusals),
             "raw_services": _copy(self.raw_services),
@@ -385,6 +389,7 @@ class _Parser:
         self.ns_counter = 0
         self.warned: set[str] = set()
         self.ns_where: dict[str, str] = {}
+        self.metric_where: dict[str, str] = {}
         #: Refused values by scope, until a later line replaces them.
         self.pending: dict[tuple, tuple[str, str]] = {}
 
@@ -720,6 +725,12 @@ class _Parser:
                                          "pydovecot yet; ignored", once=f"service {section.arg}")
                 return
             tables = (S.SERVICE_REFUSED, S.SERVICE_WARNED, {})
+            if section.arg == "health-check" and key == "executable":
+                if not (value.split()[-1:] == ["health-check.sh"]
+                        or value.endswith("/health-check.sh")):
+                    self.warn(where, "service health-check: only Dovecot's health-check.sh "
+                                     "(PING -> PONG) is served; executable ignored")
+                return
             builtin = S.SERVICE_DEFAULTS.get(section.arg, {}).get("settings", {})
             defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
         elif kind.endswith("_listener"):
@@ -789,6 +800,10 @@ class _Parser:
         elif kind.endswith("_listener"):
             raw = self.raw_services[parent.arg]  # type: ignore[union-attr]
             section.data = raw[kind + "s"].setdefault(arg, {})
+            if parent.arg == "stats" and kind != "inet_listener":  # type: ignore[union-attr]
+                self.warn(where, f"{kind} {arg} in service stats is not served by pydovecot "
+                                 "(only inet_listener http, for /metrics); ignored",
+                          once=f"stats {kind} {arg}")
         if kind in ("local", "remote"):
             self.check_network(where, kind, arg)
         if kind in _FILTERS and (kind != "protocol" or any(s.kind in _FILTERS
@@ -820,7 +835,12 @@ class _Parser:
             section.data = parent.plugin if parent is not None else self.cfg.plugin
         elif kind == "dict":
             section.data = self.cfg.dict
-        elif kind in ("metric", "event_exporter"):
+        elif kind == "metric":
+            if arg in self.cfg.metrics:
+                raise self.fail(where, f"metric {arg} {{ }} is defined twice")
+            section.data = self.cfg.metrics.setdefault(arg, {})
+            self.metric_where[arg] = where
+        elif kind == "event_exporter":
             self.warn(where, f"{kind} {arg} {{ }} is not supported by pydovecot yet; ignored")
         elif kind in ("passdb", "userdb") and arg:
             section.data["name"] = arg
@@ -880,7 +900,18 @@ class _Parser:
                                "private INBOX one) is supported yet")
         for name in S.IMPLEMENTED_SERVICES:
             cfg.services[name] = self.build_service(name)
+        self.check_metrics()
         return cfg
+
+    def check_metrics(self) -> None:
+        """Each ``metric { }`` block's filter and group_by must parse."""
+        from pydovecot.stats.metrics import FilterError, parse_metric
+
+        for name, values in self.cfg.metrics.items():
+            try:
+                parse_metric(name, values)
+            except FilterError as e:
+                self.refuse(self.metric_where.get(name, self.cfg.path), str(e))
 
     def resolve(self, value: str, scope: dict[str, str]) -> str:
         """Resolve a built-in default's leading $name against the final settings."""

@@ -183,7 +183,8 @@ MAILBOX_SETTINGS = frozenset(
 )  # fmt: skip
 
 #: Services pydovecot runs.
-IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp")
+IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
+                        "health-check")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -250,6 +251,21 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
         "settings": {
             "executable": "pop3", "protocol": "pop3", "service_count": "0",
             "client_limit": "0", "process_limit": "1024",
+        },
+    },
+    # Runs only with an inet_listener http (OpenMetrics on /metrics);
+    # Dovecot's stats-reader/stats-writer sockets are not served.
+    "stats": {
+        "settings": {
+            "executable": "stats", "process_limit": "1", "client_limit": "0",
+            "service_count": "0", "user": "$default_internal_user",
+        },
+    },
+    # Dovecot's health-check.sh (PING -> PONG), served by the stats process.
+    "health-check": {
+        "settings": {
+            "executable": "script -p health-check.sh", "process_limit": "1",
+            "user": "$default_internal_user",
         },
     },
     "lmtp": {

@@ -28,6 +28,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import time
 from collections.abc import Iterable
 from enum import Enum
 
@@ -40,6 +41,7 @@ from twisted.python.failure import Failure
 from pydovecot.log import sanitize
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.master.protocol import LimitExceeded
+from pydovecot.stats import events
 
 log = Logger()
 
@@ -255,6 +257,7 @@ class LoginProtocol(Protocol):
         self._disconnect_reason: str | None = None
         # SASL exchange in progress
         self._sasl_mech: str | None = None
+        self._sasl_started = 0.0
         self._sasl_tag: bytes | None = None
         self._sasl_waiting = False  # a challenge was sent; next line answers it
 
@@ -525,6 +528,7 @@ class LoginProtocol(Protocol):
         self.auth_attempts += 1
         self._sasl_mech = mechanism
         self._sasl_tag = tag
+        self._sasl_started = time.monotonic()
         d = defer.maybeDeferred(self.backend.auth_start, self.conn, self.service,
                                 mechanism, initial)
         return self._on_auth_reply(d)
@@ -550,6 +554,11 @@ class LoginProtocol(Protocol):
             return None
         tag, mech = self._sasl_tag, self._sasl_mech
         self._sasl_mech = self._sasl_tag = None
+        # Dovecot's login-side event (lib-auth's auth client).
+        events.emit("auth_client_request_finished", duration=events.since(self._sasl_started),
+                    mechanism=mech.upper(), service=self.service, user=reply.user or None,
+                    error=None if reply.status == "ok" else "Authentication failed",
+                    session=self.conn.session_id)
         if reply.status == "ok":
             if reply.user:
                 self.user = reply.user

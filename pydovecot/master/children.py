@@ -198,6 +198,8 @@ class SupervisedChild:
         self.stopping = False
         self.delay = self.MIN_DELAY
         self._restart_call = None
+        #: Children of this role that ended and were restarted (stats).
+        self.restarts = 0
 
     def start(self) -> None:
         self.stopping = False
@@ -231,6 +233,7 @@ class SupervisedChild:
             if reactor.running:
                 reactor.callLater(0, reactor.stop)
             return
+        self.restarts += 1
         lived = time.monotonic() - child.started_at
         if lived >= self.STABLE_AFTER:
             self.delay = self.MIN_DELAY

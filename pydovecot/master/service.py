@@ -46,10 +46,13 @@ from pydovecot.master.protocol import (
     NewClient,
     SessionEnded,
 )
+from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
 
 log = Logger(namespace="master")
 
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+#: Served by the unprivileged stats process, when they have a listener.
+STATS_SERVICES = ("stats", "health-check")
 AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
 #: Sockets hard-linked into the login chroot (as Dovecot keeps the login
 #: processes' auth socket in their chroot), so a login process can
@@ -101,7 +104,7 @@ class AuthMasterClient:
             self.protocol.transport.loseConnection()
 
 
-class LoginLocator(ChannelLocator):
+class LoginLocator(StatsForwarding):
     """Commands a login process may send: HandOff only."""
 
     def __init__(self, master: MasterService):
@@ -113,7 +116,7 @@ class LoginLocator(ChannelLocator):
         return self.master.handoff(self.child.pid, **kwargs)
 
 
-class LmtpLocator(ChannelLocator):
+class LmtpLocator(StatsForwarding):
     """Commands lmtp may send: DeliverRequest only."""
 
     def __init__(self, master: MasterService):
@@ -124,7 +127,7 @@ class LmtpLocator(ChannelLocator):
         return self.master.deliver(**kwargs)
 
 
-class MailLocator(ChannelLocator):
+class MailLocator(StatsForwarding):
     """Commands a mail process may send: SessionEnded only."""
 
     def __init__(self, master: MasterService):
@@ -168,6 +171,7 @@ class MasterService(Service):
         self.auth_sockets: dict[str, socket.socket] = {}
         self.pool: MailProcessPool | None = None
         self.auth: AuthMasterClient | None = None
+        self.stats = StatsRelay(self)  # children's events to the stats process
         self._log_observer = None
         self._log_line_observer = None
         self._log_file = None
@@ -346,7 +350,12 @@ class MasterService(Service):
         names = [s for s, proto in LOGIN_SERVICES.items() if proto in self.config.protocols]
         if "lmtp" in self.config.protocols:
             names.append("lmtp")
+        names += [name for name in STATS_SERVICES if self._has_port(name)]
         return names
+
+    def _has_port(self, name: str) -> bool:
+        service = self.config.services.get(name)
+        return service is not None and any(li.port for li in service.inet_listeners.values())
 
     def _open_auth_sockets(self) -> None:
         service = self.config.services.get("auth")
@@ -396,6 +405,7 @@ class MasterService(Service):
             process_limit=imap.process_limit,
         )
         self.pool.start()
+        self.stats.start()
 
     def _start_services(self) -> None:
         """authd, the login processes and lmtp."""
@@ -411,6 +421,8 @@ class MasterService(Service):
                     self._supervise(name, lambda n=name: self._make_login(n))
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
+            elif name == "stats" or name == "health-check" and not self._has_port("stats"):
+                self._supervise("stats", self._make_stats)  # serves both
 
     def _supervise(self, role: str, make) -> None:
         supervised = SupervisedChild(role, make)
@@ -424,11 +436,12 @@ class MasterService(Service):
             kind = name if name in AUTH_SOCKETS else "auth-client"
             args += ["--socket", f"{kind}={number}"]
         argv = python_module_argv("authd", *self._config_args(), *args)
-        return Child("auth", argv, extra_fds=fds)
+        return Child("auth", argv, locator=AuthLocator(self), extra_fds=fds)
 
-    def _listener_args(self, name: str) -> tuple[list[str], dict[int, int]]:
+    def _listener_args(self, name: str, first: int = FIRST_CHILD_FD
+                       ) -> tuple[list[str], dict[int, int]]:
         args, fds = [], {}
-        for number, (lname, sock, ssl) in enumerate(self.listeners.get(name, []), FIRST_CHILD_FD):
+        for number, (lname, sock, ssl) in enumerate(self.listeners.get(name, []), first):
             fds[number] = sock.fileno()
             args += ["--listener", f"{lname}:{number}:{int(ssl)}"]
         return args, fds
@@ -448,6 +461,15 @@ class MasterService(Service):
         argv = python_module_argv("pydovecot.lmtp.process", *self._config_args(),
                                   "--chroot", self.chroot_dir, *args)
         return Child("lmtp", argv, locator=LmtpLocator(self), extra_fds=fds)
+
+    def _make_stats(self) -> Child:
+        args, fds = self._listener_args("stats")
+        health, more = self._listener_args("health-check", FIRST_CHILD_FD + len(fds))
+        fds.update(more)
+        args += [a.replace("--listener", "--health") for a in health]
+        argv = python_module_argv("pydovecot.stats.main", *self._config_args(),
+                                  "--chroot", self.chroot_dir, *args)
+        return Child("stats", argv, locator=ChannelLocator(), extra_fds=fds)
 
     def _make_mail(self) -> Child:
         locator = MailLocator(self)
@@ -739,6 +761,7 @@ class MasterService(Service):
         super().stopService()
         log.info("pydovecot shutting down", log_prefix="master")
         sdnotify.stopping()
+        self.stats.stop()
         d = self._stop_children(signal.SIGTERM)
 
         def cleanup(_):
