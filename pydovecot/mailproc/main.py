@@ -288,6 +288,11 @@ class MailLocator(ChannelLocator):
     def admin(self, **kwargs):  # pydoveadm's mailbox verbs (mailproc/admin.py)
         return admin.handle(self.process, **kwargs)
 
+    def _sendFileDescriptor(self, descriptor: int) -> int:
+        # AMP serialises a Descriptor in a response through the responder
+        # object (AdminRequest's result fd): the channel sends it.
+        return self.channel._sendFileDescriptor(descriptor)
+
 
 def make_home(home: str) -> None:
     """Create a missing home (and parents) 0700, as this process's user."""
