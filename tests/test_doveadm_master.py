@@ -293,3 +293,45 @@ class ControlTests(AdminCase):
         self.adm("stop")
         self.assertEqual(self.master.process.wait(30), 0)
         self.assertFalse(os.path.exists(self.socket_path))
+
+
+class IsolationTests(AdminCase):
+    def test_a_long_verb_does_not_stall_other_sessions(self) -> None:
+        """alice and bob share one mail process (one vmail uid): a fetch
+        over thousands of alice's messages yields, so bob's NOOPs are
+        answered meanwhile."""
+        import threading
+
+        maildir = os.path.join(self.master.dir, "home", "alice", "Maildir")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+        for i in range(3000):
+            with open(os.path.join(maildir, "cur", f"{1700000000 + i}.M{i}P1.host:2,S"),
+                      "wb") as f:
+                f.write(b"Subject: message %d\n\n" % i + b"some body text\n" * 40)
+        subprocess.run(["chown", "-R", "pdvmail:pdvmail",
+                        os.path.join(self.master.dir, "home")], check=True)
+        self.adm("mailbox", "status", "-u", "alice", "messages", "INBOX")  # index it first
+        bob = self.login("bob")
+        done = threading.Event()
+        latencies: list[float] = []
+
+        def noops() -> None:
+            while not done.is_set():
+                start = time.monotonic()
+                bob.noop()
+                latencies.append(time.monotonic() - start)
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=noops)
+        thread.start()
+        try:
+            start = time.monotonic()
+            rows = self.json("fetch", "-u", "alice", "uid text", "mailbox", "INBOX", "all")
+            took = time.monotonic() - start
+        finally:
+            done.set()
+            thread.join(30)
+        self.assertEqual(len(rows), 3000)
+        self.assertGreater(len(latencies), 3, f"fetch took {took:.2f}s")
+        self.assertLess(max(latencies), 1.5, f"fetch took {took:.2f}s, NOOPs {latencies}")

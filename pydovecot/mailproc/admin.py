@@ -462,7 +462,8 @@ FETCH_FIELDS = ("user", "mailbox", "mailbox-guid", "seq", "uid", "guid", "flags"
 STREAMED = {"hdr", "body", "text", "text.utf8"}
 CONTENT = {"hdr", "body", "text", "text.utf8", "size.physical", "date.sent",
            "date.sent.unixtime", "imap.envelope", "imap.bodystructure", "imap.body"}
-MAX_FETCH_RESULT = 512 << 20
+#: The most a fetch result may hold (a bound on this process's memory).
+MAX_FETCH_RESULT = 128 << 20
 
 
 def _fetch_fields(spec: str) -> list[str]:

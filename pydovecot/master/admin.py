@@ -70,6 +70,8 @@ RING_SIZE = 1000
 RING_LEVELS = {LogLevel.warn: "Warning", LogLevel.error: "Error", LogLevel.critical: "Fatal"}
 #: Seconds a mail process may take for one admin request.
 MAIL_TIMEOUT = 600.0
+#: A verb's result that is a mail process's result fd, passed on as it is.
+FORWARD = "_forward_fd"
 #: Seconds auth-client may take to answer ``auth test`` (failures are delayed).
 AUTH_TIMEOUT = 30.0
 
@@ -114,6 +116,7 @@ class AdminProtocol(amp.AMP):
         super().__init__()
         self.server = server
         self.sent_fds: list[int] = []
+        self.lost = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -124,6 +127,7 @@ class AdminProtocol(amp.AMP):
             self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
+        self.lost = True
         self._close_sent()
         super().connectionLost(reason)
 
@@ -143,9 +147,11 @@ class AdminProtocol(amp.AMP):
         d = defer.ensureDeferred(self.server.run(verb, args, input))
 
         def answer(value: dict) -> dict:
-            packed = pack(value)
+            packed = {"output": value[FORWARD]} if FORWARD in value else pack(value)
             if "output" in packed:
                 self.sent_fds.append(packed["output"])
+                if self.lost:  # nobody to send it to
+                    self._close_sent()
             return packed
 
         def closed(r):
@@ -265,6 +271,9 @@ class AdminServer:
         except Exception as e:
             raise AdminError(EX_TEMPFAIL, f"mail process {process.pid}: "
                                           f"{sanitize(getattr(e, 'value', e))}") from None
+        if answer.get("output") is not None:
+            # a large result goes on to pydoveadm as the very file, unread
+            return {FORWARD: answer["output"]}
         return unpack(answer)
 
     # -- process control ---------------------------------------------------------
