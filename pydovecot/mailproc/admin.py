@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import io
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -169,15 +170,9 @@ async def _names(storage: Any, selectable: bool = True) -> list[str]:
 
 
 def mailbox_guid(storage: Any, name: str) -> str:
-    """The mailbox GUID when the storage offers one (``mailbox_guid``), else
-    ``""``: IMailStorage does not declare GUIDs yet."""
-    get = getattr(storage, "mailbox_guid", None)
-    if get is None:
-        return ""
-    try:
-        return get(name) or ""
-    except (StorageError, OSError):
-        return ""
+    """The mailbox GUID: ``""`` for now, as IMailStorage declares none
+    (doveadm's ``guid``/``mailbox-guid`` columns stay empty)."""
+    return ""
 
 
 FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -214,6 +209,38 @@ async def _open(storage: Any, name: str, readonly: bool):
     return await call(storage, "open", name, readonly=readonly)
 
 
+class _Loaded:
+    """What the (synchronous) IMAP search evaluator sees of one view: its
+    messages, and the bytes of the one message under test, read before
+    through the storage (so this works whether the storage answers at
+    once or with Deferreds); no index cache."""
+
+    def __init__(self, view: Any):
+        self.name = view.name
+        self.messages = list(view.messages)
+        self.recent = set(view.recent)
+        self.data: dict[int, bytes] = {}
+
+    def cached(self, uid: int, key: str) -> object | None:
+        return None
+
+    def set_cached(self, uid: int, key: str, value: object) -> None:
+        pass
+
+    def message_file(self, uid: int) -> io.BytesIO:
+        data = self.data.get(uid)
+        if data is None:
+            raise StorageError("message not loaded")  # the evaluator: no match
+        return io.BytesIO(data)
+
+
+async def read_message(view: Any, uid: int) -> bytes:
+    """A message's bytes as stored."""
+    f = await call(view, "message_file", uid)
+    with f:
+        return f.read()
+
+
 async def matching(storage: Any, query: Q.Query, readonly: bool):
     """Yield ``(name, view, [(seq, info)])`` for every mailbox the query
     names, with its matching messages; each view is closed after use."""
@@ -222,16 +249,28 @@ async def matching(storage: Any, query: Q.Query, readonly: bool):
             continue
         view = await _open(storage, name, readonly)
         try:
-            msgs = list(view.messages)
+            loaded = _Loaded(view)
+            msgs = loaded.messages
             if query.search is None:
                 hits = list(enumerate(msgs, 1))
-            else:
+            elif not query.search.needs_content:
                 hits = []
                 for start in range(1, len(msgs) + 1, STEP):
                     seqs = range(start, min(start + STEP, len(msgs) + 1))
-                    hits += run_query(view, query.search, msgs, candidates=seqs)
+                    hits += run_query(loaded, query.search, msgs, candidates=seqs)
                     if len(msgs) > STEP:
                         await pause()
+            else:
+                hits = []
+                for seq, info in enumerate(msgs, 1):
+                    try:
+                        loaded.data = {info.uid: await read_message(view, info.uid)}
+                    except (OSError, StorageError):
+                        continue  # expunged meanwhile
+                    hits += run_query(loaded, query.search, msgs, candidates=[seq])
+                    if seq % STEP == 0:
+                        await pause()
+                loaded.data = {}
             yield name, view, hits
         finally:
             # no await here: a consumer that stops early closes this
@@ -469,7 +508,7 @@ MAX_FETCH_RESULT = 128 << 20
 def _fetch_fields(spec: str) -> list[str]:
     fields = spec.split()
     for f in fields:
-        if f not in FETCH_FIELDS and not f.startswith("hdr.") and not f.startswith("body."):
+        if f not in FETCH_FIELDS and not f.startswith("hdr."):
             raise AdminError(EX_USAGE, f"Unknown fetch field: {f}")
     if not fields:
         raise AdminError(EX_USAGE, "fetch: Missing fields")
@@ -569,15 +608,18 @@ async def fetch(storage: Any, params: dict, user: str) -> dict:
     query = Q.parse(argv[1:])
     rows: list[list[str]] = []
     total = 0
+    content = any(f in CONTENT or f.startswith("hdr.") for f in fields)
     async for name, view, hits in matching(storage, query, readonly=True):
         guid = mailbox_guid(storage, name)
         for n, (seq, info) in enumerate(hits, 1):
             cache: dict[str, Any] = {}
+            if content:
+                try:
+                    cache["raw"] = await read_message(view, info.uid)
+                except (OSError, StorageError):
+                    continue  # expunged meanwhile
 
-            def raw(view=view, info=info, cache=cache) -> bytes:
-                if "raw" not in cache:
-                    with view.message_file(info.uid) as f:
-                        cache["raw"] = f.read()
+            def raw(cache=cache) -> bytes:
                 return cache["raw"]
 
             def parsed(cache=cache, raw=raw) -> mime.ParsedMessage:
