@@ -139,7 +139,6 @@ class SocketTests(AdminCase):
         self.assertIn(b"User doesn't exist",
                       self.adm("mailbox", "list", "-u", "nosuch", rc=67).stderr)
         self.adm("mailbox", "delete", "-u", "alice", "Nope", rc=68)
-        self.assertIn(b"-F <file>", self.adm("mailbox", "list", "-A", rc=64).stderr)
         proc = self.adm("-S", "/nonexistent/admin", "who", rc=75)
         self.assertIn(b"connect(/nonexistent/admin) failed", proc.stderr)
 
@@ -230,6 +229,12 @@ class MailboxTests(AdminCase):
                          [("alice", "INBOX"), ("bob", "Bobs"), ("bob", "INBOX")])
         out = self.adm("-f", "flow", "mailbox", "list", "-F", users).stdout.decode()
         self.assertIn("username=alice INBOX\n", out)
+        # -A: every user authd's userdb iterate lists (passwd-file here)
+        rows = self.json("mailbox", "list", "-A")
+        self.assertEqual(sorted((r["username"], r["mailbox"]) for r in rows),
+                         [("alice", "INBOX"), ("bob", "Bobs"), ("bob", "INBOX")])
+        self.assertEqual(self.adm("user", "a*").stdout, b"alice\n")
+        self.assertEqual(self.adm("user", "*").stdout, b"alice\nbob\n")
 
 
 class SessionTests(AdminCase):

@@ -127,3 +127,43 @@ class ProtocolTests(SynchronousTestCase):
         verb, rest = find(["auth", "test", "alice"])
         self.assertEqual(verb.name, "auth test")
         self.assertEqual(find(["nope"])[0], None)
+
+
+class UserIterateTests(SynchronousTestCase):
+    """authd's UserIterate pages (for -A): under an AMP value each, all names once."""
+
+    def test_pages(self) -> None:
+        from twisted.internet import defer
+
+        from authd.server import MasterProtocol
+
+        names = [f"user{i:05d}@example.org" for i in range(5000)] + ["x" * 70000, "last"]
+
+        class Engine:
+            def iterate_users(self):
+                return defer.succeed(list(names))
+
+        proto = MasterProtocol(Engine())
+        got, offset, pages = [], 0, 0
+        while True:
+            page = self.successResultOf(proto.user_iterate(offset))
+            self.assertLess(sum(len(n) + 2 for n in page["users"]), 60000)
+            got += page["users"]
+            pages += 1
+            if not page["next"]:
+                break
+            self.assertGreater(page["next"], offset)
+            offset = page["next"]
+        self.assertGreater(pages, 1)
+        self.assertEqual(got, names[:5000] + ["last"])  # the over-long name is left out
+
+    def test_passwd_file_iterates(self) -> None:
+        import tempfile
+
+        from authd.drivers.passwd_file import PasswdFileDb
+
+        with tempfile.NamedTemporaryFile("w", suffix=".passwd", delete=False) as f:
+            f.write("alice:{PLAIN}x:::\nbob:{PLAIN}y:::\n")
+        self.addCleanup(os.unlink, f.name)
+        self.assertEqual(self.successResultOf(PasswdFileDb(f.name).iterate()), ["alice", "bob"])
+        self.assertEqual(self.successResultOf(PasswdFileDb("/etc/%d.passwd").iterate()), [])

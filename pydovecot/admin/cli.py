@@ -80,15 +80,19 @@ class Connection:
     def __init__(self, path: str):
         self.path = path
 
-    def run(self, calls: list[tuple[str, dict, int | None]], progress: bool) -> list[Any]:
+    def run(self, calls: list[tuple[str, dict, int | None]], progress: bool,
+            for_all: tuple[str, dict, int | None] | None = None) -> tuple[list[Any], list[str]]:
         """Run ``(verb, args, input fd)`` calls one after the other; the
-        result documents (or AdminError/OSError instances) in order."""
+        result documents (or AdminError/OSError instances) in order.  With
+        ``for_all``, the master's user list comes first and that call is
+        made for each user (``-A``); the users are returned too."""
         from twisted.internet import defer, reactor, task
         from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
         from twisted.protocols import amp
 
         results: list[Any] = []
-        bar = _progress(len(calls)) if progress else None
+        users: list[str] = []
+        bar = None
 
         async def main(_reactor):
             try:
@@ -97,7 +101,21 @@ class Connection:
             except Exception as e:
                 results.append(OSError(f"connect({self.path}) failed: {e}"))
                 return
+            nonlocal bar, calls
             try:
+                if for_all is not None:
+                    try:
+                        listed = unpack(await proto.callRemote(
+                            AdminCommand, verb="user list",
+                            args=json.dumps({"argv": [], "options": {}})))
+                    except AdminError as e:
+                        results.append(e)
+                        return
+                    users.extend(row[0] for row in listed.get("rows", []))
+                    verb, args, input_fd = for_all
+                    calls = [(verb, {**args, "user": u}, input_fd) for u in users]
+                if progress:
+                    bar = _progress(len(calls))
                 for verb, args, input_fd in calls:
                     kwargs = {"verb": verb, "args": json.dumps(args)}
                     if input_fd is not None:
@@ -122,7 +140,7 @@ class Connection:
         except SystemExit as e:
             if e.code not in (0, None):
                 raise
-        return results
+        return results, users
 
 
 def _progress(total: int):
@@ -220,21 +238,25 @@ def run(argv: list[str], out: TextIO, err: TextIO, stdin_fd: int | None = None,
     if verb.name == "save":
         input_fd = _stdin_fd() if stdin_fd is None else stdin_fd
 
+    for_all = None
     if verb.where == "mail" and all_users:
-        listed = conn.run([("user list", {"argv": [], "options": {}}, None)], False)[0]
-        if isinstance(listed, Exception):
-            return _fail(listed, err, None)
-        users = [row[0] for row in listed.get("rows", [])]
-    if verb.where == "mail":
+        calls: list[tuple[str, dict, int | None]] = []
+        for_all = (verb.name, base, input_fd)
+    elif verb.where == "mail":
         calls = [(verb.name, {**base, "user": u}, input_fd) for u in users]
     else:
         calls = [(verb.name, base, None)]
     several = len(calls) > 1 or all_users
-    results = conn.run(calls, progress=several and out.isatty())
+    results, listed = conn.run(calls, progress=several and out.isatty(), for_all=for_all)
     if input_fd is not None and stdin_fd is None:
         os.close(input_fd)
-    return _print(verb, results, [c[1].get("user") for c in calls], several, formatter,
-                  hide, out, err)
+    if for_all is not None:
+        if len(results) == 1 and isinstance(results[0], Exception) and not listed:
+            return _fail(results[0], err, None)
+        users = listed
+    elif verb.where != "mail":
+        users = [None]
+    return _print(verb, results, users, several, formatter, hide, out, err)
 
 
 def _fail(error: Exception, err: TextIO, user: str | None) -> int:

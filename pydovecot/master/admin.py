@@ -6,7 +6,8 @@ that user, or root, is closed at once.  On it pydoveadm sends
 :class:`~pydovecot.admin.protocol.AdminCommand`.  The master answers
 process control (``reload`` as SIGHUP does, ``stop``), sessions from its
 own records (``who``, ``kick``), auth (``auth test`` over auth-client's
-Dovecot protocol, ``auth cache flush``, ``user`` on auth-master), the
+Dovecot protocol, ``auth cache flush``, ``user`` and the user list for
+``-A`` on auth-master), the
 ring of recent Error/Warning/Fatal lines it logged (``log errors``), and
 hands every mailbox verb to the user's mail process
 (:class:`~pydovecot.admin.protocol.AdminRequest` over its channel), which
@@ -37,7 +38,7 @@ from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.protocols.basic import LineOnlyReceiver
 
-from authd.protocol import FlushCache, UserLookup
+from authd.protocol import FlushCache, UserIterate, UserLookup
 from pydovecot.admin.protocol import (
     EX_NOPERM,
     EX_NOTFOUND,
@@ -70,6 +71,8 @@ RING_SIZE = 1000
 RING_LEVELS = {LogLevel.warn: "Warning", LogLevel.error: "Error", LogLevel.critical: "Fatal"}
 #: Seconds a mail process may take for one admin request.
 MAIL_TIMEOUT = 600.0
+#: The most users ``-A`` runs a verb for.
+MAX_USERS = 1_000_000
 #: A verb's result that is a mail process's result fd, passed on as it is.
 FORWARD = "_forward_fd"
 #: Seconds auth-client may take to answer ``auth test`` (failures are delayed).
@@ -391,8 +394,12 @@ class AdminServer:
         if not masks:
             raise AdminError(EX_USAGE, "user: <user mask> missing")
         if any("*" in m or "?" in m for m in masks):
-            raise AdminError(EX_USAGE, "user masks need userdb iteration, which authd "
-                                       "does not offer")
+            # doveadm lists the matching users the userdb iterates
+            listed = await self.user_list({})
+            patterns = [_wildcard(m) for m in masks]
+            names = [row[0] for row in listed["rows"]
+                     if any(p.fullmatch(row[0]) for p in patterns)]
+            return result(text="".join(f"{n}\n" for n in names))
         show = opts.get("f") if isinstance(opts.get("f"), str) else None
         userdb_only = bool(opts.get("u"))
         rows, text, code = [], [], 0
@@ -455,8 +462,20 @@ class AdminServer:
         return out
 
     async def user_list(self, params: dict) -> dict:
-        raise AdminError(EX_USAGE, "-A needs userdb iteration, which authd does not offer "
-                                   "yet; use -F <file> with one user a line")
+        """Every user the userdbs can list (``-A``), from authd's iterate."""
+        names: list[str] = []
+        offset = 0
+        while True:
+            try:
+                answer = await self.master.auth.call(UserIterate, offset=offset)
+            except Exception as e:
+                raise AdminError(EX_TEMPFAIL, f"User listing failed: "
+                                              f"{sanitize(getattr(e, 'value', e))}") from None
+            names += answer["users"]
+            if not answer["next"] or answer["next"] <= offset or len(names) > MAX_USERS:
+                break
+            offset = answer["next"]
+        return result([header("username")], [[n] for n in names[:MAX_USERS]])
 
     # -- log errors -------------------------------------------------------------
 
@@ -477,6 +496,12 @@ class AdminServer:
 # -- helpers -----------------------------------------------------------------
 
 
+def _wildcard(mask: str) -> re.Pattern[str]:
+    """Dovecot's wildcard_match_icase: ``*`` any run, ``?`` one character."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                              for c in mask), re.IGNORECASE | re.DOTALL)
+
+
 def _who_filter(masks: list[str]) -> Callable[[dict], bool]:
     """doveadm's who/kick filter: a user mask (``*``/``?``, case-insensitive)
     and/or an IP network."""
@@ -490,8 +515,7 @@ def _who_filter(masks: list[str]) -> Callable[[dict], bool]:
             pass
         if user_re is not None:
             raise AdminError(EX_USAGE, "Multiple username masks not supported")
-        user_re = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
-                                     for c in mask), re.IGNORECASE | re.DOTALL)
+        user_re = _wildcard(mask)
 
     def match(s: dict) -> bool:
         if user_re is not None and not user_re.fullmatch(s["user"]):
