@@ -52,6 +52,7 @@ from authd.protocol import (
     AuthStart,
     FlushCache,
     MechList,
+    PassdbLookup,
     RedeemCookie,
     TooManyExchanges,
     UserIterate,
@@ -401,6 +402,24 @@ class AuthEngine:
         return AuthOutcome(True, user=fields["user"], fields=fields)
 
     @defer.inlineCallbacks
+    def passdb_lookup(self, name: str, service: str):
+        """PassdbLookup: fires with the AMP response dict."""
+        user = self.normalize_user(name)
+        if user is None:
+            return {"found": False}
+        request = AuthRequest(user=user, service=service, original_user=name)
+        result = yield self.passdb_chain.lookup_user(request)
+        if result.status is PassdbStatus.OK:
+            extra = {k: v for k, v in result.extra.items() if k != "password"}
+            return {"found": True, "user": extra.get("user") or request.user,
+                    "fields": json.dumps(extra)}
+        if result.status in (PassdbStatus.INTERNAL_FAILURE, PassdbStatus.SCHEME_NOT_AVAILABLE):
+            why = ("no passdb can look users up without a password"
+                   if result.status is PassdbStatus.SCHEME_NOT_AVAILABLE else "backend failure")
+            return {"found": False, "temporary": True, "reason": why}
+        return {"found": False}
+
+    @defer.inlineCallbacks
     def iterate_users(self):
         """Every user name the userdbs that can iterate list, each once, in
         userdb order; RuntimeError on a backend failure."""
@@ -617,6 +636,10 @@ class MasterProtocol(amp.AMP):
     @FlushCache.responder
     def flush_cache(self, users: list[str]):
         return {"count": self.engine.flush_cache(users)}
+
+    @PassdbLookup.responder
+    def passdb_lookup(self, user: str, service: str):
+        return self.engine.passdb_lookup(user, service)
 
     @UserIterate.responder
     def user_iterate(self, offset: int):

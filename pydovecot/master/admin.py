@@ -6,8 +6,8 @@ that user, or root, is closed at once.  On it pydoveadm sends
 :class:`~pydovecot.admin.protocol.AdminCommand`.  The master answers
 process control (``reload`` as SIGHUP does, ``stop``), sessions from its
 own records (``who``, ``kick``), auth (``auth test`` over auth-client's
-Dovecot protocol, ``auth cache flush``, ``user`` and the user list for
-``-A`` on auth-master), the
+Dovecot protocol, ``auth lookup``, ``auth cache flush``, ``user`` and the
+user list for ``-A`` on auth-master), the
 ring of recent Error/Warning/Fatal lines it logged (``log errors``), and
 hands every mailbox verb to the user's mail process
 (:class:`~pydovecot.admin.protocol.AdminRequest` over its channel), which
@@ -38,7 +38,7 @@ from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.protocols.basic import LineOnlyReceiver
 
-from authd.protocol import FlushCache, UserIterate, UserLookup
+from authd.protocol import FlushCache, PassdbLookup, UserIterate, UserLookup
 from pydovecot.admin.protocol import (
     EX_NOPERM,
     EX_NOTFOUND,
@@ -376,8 +376,44 @@ class AdminServer:
         return result(text="".join(lines), exit=0 if status == "OK" else EX_NOPERM)
 
     async def auth_lookup(self, params: dict) -> dict:
-        raise AdminError(EX_USAGE, "auth lookup: authd offers no passdb lookup without a "
-                                   "password; use 'auth test' or 'user'")
+        """doveadm auth lookup: the passdb's view of each user (no password
+        check, no hash shown); ``-f FIELD`` prints one field."""
+        users = [str(u) for u in params.get("argv") or []]
+        if not users:
+            raise AdminError(EX_USAGE, "auth lookup: <user> missing")
+        show = (params.get("options") or {}).get("f")
+        show = show if isinstance(show, str) else None
+        text, errors, code = [], [], 0
+        for i, user in enumerate(users):
+            if i:
+                text.append("\n")
+            try:
+                found = await self.master.auth.call(PassdbLookup, user=user, service="doveadm")
+            except Exception as e:
+                errors.append(f"passdb lookup failed for {user}: {sanitize(e)}")
+                code = EX_TEMPFAIL
+                continue
+            if not found["found"]:
+                if found.get("temporary"):
+                    errors.append(f"passdb lookup failed for {user}: "
+                                  f"{found.get('reason') or 'backend failure'}")
+                    code = EX_TEMPFAIL
+                else:
+                    text.append(f"passdb lookup: user {user} doesn't exist\n")
+                    code = EX_NOUSER
+                continue
+            fields = json.loads(found.get("fields") or "{}")
+            if show is not None:
+                text += [f"{v}\n" for k, v in fields.items() if k == show]
+                continue
+            text.append(f"passdb: {user}\n")
+            if found.get("user") and found["user"] != user:
+                text.append(f"  {'user':<10}: {found['user']}\n")
+            for key, value in fields.items():
+                if key == "user":
+                    continue
+                text.append(f"  {key:<10}: {value}\n" if value != "" else f"  {key:<10}\n")
+        return result(text="".join(text), errors=errors, exit=code)
 
     async def auth_cache_flush(self, params: dict) -> dict:
         users = [str(u) for u in params.get("argv") or []]
