@@ -234,6 +234,9 @@ class MailboxTests(AdminCase):
         self.assertEqual(sorted((r["username"], r["mailbox"]) for r in rows),
                          [("alice", "INBOX"), ("bob", "Bobs"), ("bob", "INBOX")])
         self.assertEqual(self.adm("user", "a*").stdout, b"alice\n")
+        rows = self.json("mailbox", "list", "-u", "B*")
+        self.assertEqual(sorted((r["username"], r["mailbox"]) for r in rows),
+                         [("bob", "Bobs"), ("bob", "INBOX")])
         self.assertEqual(self.adm("user", "*").stdout, b"alice\nbob\n")
 
 

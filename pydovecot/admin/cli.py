@@ -1,7 +1,8 @@
 """``pydoveadm``: the admin command, with doveadm's verbs, options and output.
 
 ``pydoveadm [-Dv] [-f table|flow|tab|json|pager] [-c CONFIG] VERB [options] ARGS``.
-Mailbox verbs take ``-u USER``, ``-A`` (every user the userdb iterates)
+Mailbox verbs take ``-u USER`` (wildcards ``*``/``?`` pick from the
+userdb's list), ``-A`` (every user the userdb iterates)
 or ``-F FILE`` (one user a line), and ``-S SOCKET`` (the master's admin
 socket; default ``<base_dir>/admin`` of the config).  Every verb but
 ``pw`` is sent to the master over that root-only socket
@@ -22,6 +23,7 @@ import getopt
 import getpass
 import json
 import os
+import re
 import sys
 from typing import Any, TextIO
 
@@ -81,11 +83,13 @@ class Connection:
         self.path = path
 
     def run(self, calls: list[tuple[str, dict, int | None]], progress: bool,
-            for_all: tuple[str, dict, int | None] | None = None) -> tuple[list[Any], list[str]]:
+            for_all: tuple[str, dict, int | None] | None = None,
+            masks: list[re.Pattern[str]] | None = None) -> tuple[list[Any], list[str]]:
         """Run ``(verb, args, input fd)`` calls one after the other; the
         result documents (or AdminError/OSError instances) in order.  With
         ``for_all``, the master's user list comes first and that call is
-        made for each user (``-A``); the users are returned too."""
+        made for each user (``-A``; only those ``masks`` match, for
+        ``-u 'a*'``); the users are returned too."""
         from twisted.internet import defer, reactor, task
         from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
         from twisted.protocols import amp
@@ -111,7 +115,8 @@ class Connection:
                     except AdminError as e:
                         results.append(e)
                         return
-                    users.extend(row[0] for row in listed.get("rows", []))
+                    users.extend(row[0] for row in listed.get("rows", [])
+                                 if not masks or any(m.fullmatch(row[0]) for m in masks))
                     verb, args, input_fd = for_all
                     calls = [(verb, {**args, "user": u}, input_fd) for u in users]
                 if progress:
@@ -239,6 +244,10 @@ def run(argv: list[str], out: TextIO, err: TextIO, stdin_fd: int | None = None,
         input_fd = _stdin_fd() if stdin_fd is None else stdin_fd
 
     for_all = None
+    masks = [_wildcard(u) for u in users if "*" in u or "?" in u]
+    if masks:  # -u with wildcards: the matching users the userdb lists
+        all_users = True
+        masks += [_wildcard(u) for u in users if "*" not in u and "?" not in u]
     if verb.where == "mail" and all_users:
         calls: list[tuple[str, dict, int | None]] = []
         for_all = (verb.name, base, input_fd)
@@ -247,7 +256,8 @@ def run(argv: list[str], out: TextIO, err: TextIO, stdin_fd: int | None = None,
     else:
         calls = [(verb.name, base, None)]
     several = len(calls) > 1 or all_users
-    results, listed = conn.run(calls, progress=several and out.isatty(), for_all=for_all)
+    results, listed = conn.run(calls, progress=several and out.isatty(), for_all=for_all,
+                               masks=masks)
     if input_fd is not None and stdin_fd is None:
         os.close(input_fd)
     if for_all is not None:
@@ -257,6 +267,12 @@ def run(argv: list[str], out: TextIO, err: TextIO, stdin_fd: int | None = None,
     elif verb.where != "mail":
         users = [None]
     return _print(verb, results, users, several, formatter, hide, out, err)
+
+
+def _wildcard(mask: str) -> re.Pattern[str]:
+    """doveadm's user mask: ``*`` any run, ``?`` one character, any case."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                              for c in mask), re.IGNORECASE | re.DOTALL)
 
 
 def _fail(error: Exception, err: TextIO, user: str | None) -> int:
