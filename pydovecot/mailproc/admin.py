@@ -105,11 +105,11 @@ def handle(process: Any, verb: str, user: str, fields: str, args: str,
 
 async def _handle(process: Any, verb: str, user: str, fields: str, args: str,
                   input_fd: int | None) -> dict:
-    prefix = f"doveadm({sanitize(user)})<{os.getpid()}>"
+    prefix = f"mail({sanitize(user)})<{os.getpid()}>"
     try:
         func = VERBS.get(verb)
         if func is None:
-            raise AdminError(EX_USAGE, f"Unknown command: {verb}")
+            raise AdminError(EX_USAGE, f"Unknown command: {sanitize(verb)}")
         params = json.loads(args)
         if input_fd is not None:
             params["_input"] = input_fd
@@ -124,15 +124,15 @@ async def _handle(process: Any, verb: str, user: str, fields: str, args: str,
     except AdminError:
         raise
     except MailboxNotFound as e:
-        raise AdminError(EX_NOTFOUND, f"Mailbox doesn't exist: {e}") from None
+        raise AdminError(EX_NOTFOUND, str(e)) from None
     except MailboxExists as e:
-        raise AdminError(EX_DATAERR, f"Mailbox already exists: {e}") from None
+        raise AdminError(EX_DATAERR, str(e)) from None
     except (MailboxNameError, Q.QueryError) as e:
         raise AdminError(EX_USAGE, str(e)) from None
     except StorageError as e:
         raise AdminError(EX_TEMPFAIL, str(e)) from None
     except Exception:
-        log.failure("{verb}: unexpected error", verb=verb, log_prefix=prefix)
+        log.failure("admin {verb}: unexpected error", verb=sanitize(verb), log_prefix=prefix)
         raise AdminError(EX_SOFTWARE, "Internal error occurred. Refer to server log "
                                       "for more information.") from None
     finally:
@@ -409,7 +409,9 @@ async def mailbox_status(storage: Any, params: dict, user: str) -> dict:
     total = bool(_opts(params).get("t"))
     names = [n for n in await _names(storage) if Q.mailbox_patterns_match(argv[1:], n)]
     rows, sums = [], dict.fromkeys(fields, 0)
-    for name in names:
+    for n, name in enumerate(names, 1):
+        if n % STEP == 0:
+            await pause()
         st = await call(storage, "status", name)
         values = {"messages": st.messages, "recent": st.recent, "uidnext": st.uidnext,
                   "uidvalidity": st.uidvalidity, "unseen": st.unseen,
