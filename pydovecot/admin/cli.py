@@ -48,7 +48,7 @@ DEFAULT_FORMATTER = {"who": "table", "fetch": "pager", "user": "tab"}
 
 def usage(out: TextIO, verb: Verb | None = None) -> None:
     if verb is not None:
-        out.write(f"doveadm {verb.name} {verb.usage}".rstrip() + "\n")
+        out.write(f"pydoveadm {verb.name} {verb.usage}".rstrip() + "\n")
         return
     out.write(USAGE + "\n")
     for v in VERBS.values():
@@ -182,6 +182,10 @@ def run(argv: list[str], out: TextIO, err: TextIO, stdin_fd: int | None = None,
     if formatter is not None and formatter not in formatters.FORMATTERS:
         err.write(f"Fatal: Unknown formatter: {formatter}\n")
         return EX_USAGE
+    if rest[:1] == ["help"]:
+        verb, _ = find(rest[1:])
+        usage(out, verb)
+        return 0
     verb, rest = find(rest)
     if verb is None:
         if rest:
