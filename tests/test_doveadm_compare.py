@@ -134,6 +134,7 @@ class MailboxVerbTests(CompareBase):
         yield self.ours.run("flags add", "\\Flagged $Work", "mailbox", "INBOX", "uid", "1")
         yield self.ours.run("flags remove", "\\Flagged", "mailbox", "INBOX", "uid", "1")
         yield self.ours.run("flags add", "\\Seen \\Answered", "mailbox", "INBOX", "all")
+        yield self.ours.run("flags add", "zeta alpha $Later", "mailbox", "INBOX", "uid", "2")
         yield self.ours.run("flags replace", "\\Draft", "mailbox", "Archive/2026", "all")
         out, _, _ = yield self.ours.run("fetch", "mailbox uid flags", "all")
         theirs = self.theirs("fetch", "mailbox uid flags", "all")

@@ -178,14 +178,16 @@ def mailbox_guid(storage: Any, name: str) -> str:
 FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
-def format_flags(flags: set[str], recent: bool) -> str:
+def format_flags(flags: set[str], recent: bool, keywords: list[str] | None = None) -> str:
     """Flags as Dovecot writes them: system flags in its order, \\Recent,
-    then keywords."""
+    then keywords in the mailbox's keyword order (``IMailbox.keywords``)."""
     lower = {f.lower(): f for f in flags}
     out = [f for f in FLAG_ORDER if f.lower() in lower]
     if recent:
         out.append("\\Recent")
-    out += sorted((f for f in flags if not f.startswith("\\")), key=str.lower)
+    rank = {k.lower(): i for i, k in enumerate(keywords or [])}
+    out += sorted((f for f in flags if not f.startswith("\\")),
+                  key=lambda f: (rank.get(f.lower(), len(rank)), f.lower()))
     return " ".join(out)
 
 
@@ -542,7 +544,7 @@ def _fetch_value(field: str, ctx: dict) -> str:
     if field in ("guid", "pop3.uidl"):
         return ""
     if field == "flags":
-        return format_flags(info.flags, info.uid in view.recent)
+        return format_flags(info.flags, info.uid in view.recent, list(view.keywords))
     if field == "modseq":
         return str(info.modseq)
     if field == "size.virtual":
