@@ -31,7 +31,8 @@ MESSAGES = [
     b"Date: Mon, 7 Dec 2026 10:00:00 +0000\nMessage-ID: <1@example.org>\n\nbody one\n",
     b"From: bob@example.org\nSubject: second\nDate: Tue, 8 Dec 2026 11:30:00 +0100\n\n"
     b"body two\nmore\n",
-    b"From: carol@example.org\nSubject: third hello\n\nbody three\n",
+    b"From: carol@example.org\nSubject: third hello\nX-Tag: one\nX-Tag: two\n  folded\n"
+    b"X-Enc: =?utf-8?q?caf=C3=A9?=\n\nbody three\n\n> quoted\nmore text\n",
 ]
 
 
@@ -109,7 +110,8 @@ class MailboxVerbTests(CompareBase):
     @defer.inlineCallbacks
     def test_fetch(self):
         fields = ("mailbox uid seq flags size.virtual size.physical hdr.subject date.sent "
-                  "date.sent.unixtime text hdr body")
+                  "date.sent.unixtime text hdr body hdr.x-tag hdr.x-enc hdr.x-enc.utf8 "
+                  "hdr.x-missing body.snippet")
         out, _, _ = yield self.ours.run("fetch", fields, "all")
         self.assertEqual(self.normal(json.loads(out)),
                          self.normal(self.theirs("fetch", fields, "all")))

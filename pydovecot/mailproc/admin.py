@@ -46,6 +46,7 @@ from pydovecot.admin.protocol import (
     result,
 )
 from pydovecot.imap import mime, mutf7
+from pydovecot.imap.ext_fetch import make_preview
 from pydovecot.imap.search import run_query
 from pydovecot.log import sanitize
 from pydovecot.storage.interfaces import (
@@ -501,9 +502,9 @@ FETCH_FIELDS = ("user", "mailbox", "mailbox-guid", "seq", "uid", "guid", "flags"
                 "hdr", "body", "text", "text.utf8", "size.physical", "size.virtual",
                 "date.received", "date.sent", "date.saved", "date.received.unixtime",
                 "date.sent.unixtime", "date.saved.unixtime", "imap.envelope",
-                "imap.bodystructure", "imap.body", "pop3.uidl")
+                "imap.bodystructure", "imap.body", "pop3.uidl", "body.snippet")
 STREAMED = {"hdr", "body", "text", "text.utf8"}
-CONTENT = {"hdr", "body", "text", "text.utf8", "size.physical", "date.sent",
+CONTENT = {"hdr", "body", "text", "text.utf8", "size.physical", "date.sent", "body.snippet",
            "date.sent.unixtime", "imap.envelope", "imap.bodystructure", "imap.body"}
 #: The most a fetch result may hold (a bound on this process's memory).
 MAX_FETCH_RESULT = 128 << 20
@@ -570,11 +571,15 @@ def _fetch_value(field: str, ctx: dict) -> str:
     if field in ("text", "text.utf8"):
         return raw.decode("utf-8", "replace")
     if field.startswith("hdr."):
+        # Dovecot: every occurrence, one a line, folding kept (decoded and
+        # unfolded for .utf8)
         wanted = field[4:].removesuffix(".utf8").lower().encode("latin-1", "replace")
         values = [mime.decode_header_value(f.value) if field.endswith(".utf8")
-                  else f.value.decode("utf-8", "replace")
+                  else _raw_value(f.raw)
                   for f in root.fields if f.name.lower() == wanted]
-        return ", ".join(values)
+        return "\n".join(values)
+    if field == "body.snippet":
+        return make_preview(msg)
     if field in ("date.sent", "date.sent.unixtime"):
         when = _sent_date(msg) or datetime.datetime.fromtimestamp(0, datetime.UTC)
         if field.endswith("unixtime"):
@@ -590,6 +595,14 @@ def _fetch_value(field: str, ctx: dict) -> str:
     if field == "imap.body":
         return _unparen(mime.bodystructure(root, False)).decode("utf-8", "replace")
     raise AdminError(EX_USAGE, f"Unknown fetch field: {field}")
+
+
+def _raw_value(raw: bytes) -> str:
+    """A field's value as stored: after the colon and its blank, line
+    ends as LF, folding kept."""
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    value = value.lstrip(b" \t").rstrip(b"\r\n").replace(b"\r\n", b"\n")
+    return value.decode("utf-8", "replace")
 
 
 def _unparen(value: bytes) -> bytes:
