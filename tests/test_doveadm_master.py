@@ -267,6 +267,23 @@ class SessionTests(AdminCase):
                              "alice's session to end")
         self.assertEqual(self.adm("kick", "nobody*", rc=68).stdout, b"no users kicked\n")
 
+    def test_kick_pop3(self) -> None:
+        import poplib
+
+        pop = poplib.POP3("127.0.0.1", self.master.ports["pop3"], timeout=20)
+        pop.user("bob")
+        pop.pass_("secret")
+        self.assertEqual([(r["username"], r["service"]) for r in self.json("who")],
+                         [("bob", "pop3")])
+        self.assertEqual(self.adm("kick", "bob").stdout,
+                         b"kicked connections from the following users:\nbob \n")
+        with self.assertRaises((poplib.error_proto, OSError, EOFError)):
+            for _ in range(20):
+                pop.noop()
+                time.sleep(0.1)
+        self.master.wait_for(lambda: self.json("who") == [], 10, "bob's session to end")
+        pop.close()
+
 
 class AuthTests(AdminCase):
     def test_auth_and_user(self) -> None:

@@ -830,9 +830,22 @@ async def kick(process: Any, params: dict, user: str) -> dict:
         if ctx is None or ctx.user != user or (wanted and ctx.session_id not in wanted):
             continue
         kicked.append(ctx.session_id)
-        disconnect = getattr(proto, "disconnect", None)
+        disconnect = getattr(proto, "disconnect", None)  # IMAP: BYE, logged
+        transport = getattr(proto, "transport", None)
         if disconnect is not None:
             disconnect(b"Server shutting down.", "Server shutting down.")
-        elif getattr(proto, "transport", None) is not None:
-            proto.transport.loseConnection()
+        elif transport is not None:
+            transport.loseConnection()
+        if transport is not None and hasattr(transport, "abortConnection"):
+            # a client that does not read would keep the connection open
+            reactor.callLater(KICK_GRACE, _abort_if_open, transport)
     return result(rows=[[s] for s in kicked], headers=[header("session")])
+
+
+#: Seconds a kicked connection may take to close before it is aborted.
+KICK_GRACE = 5.0
+
+
+def _abort_if_open(transport: Any) -> None:
+    if getattr(transport, "connected", False) and not getattr(transport, "disconnected", True):
+        transport.abortConnection()
