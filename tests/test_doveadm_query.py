@@ -98,6 +98,10 @@ class FormatterTests(SynchronousTestCase):
         self.assertEqual(self.render("pager"),
                          "username: alice\n#: 1\nx\n\f\nusername: bob\n#: 12\ny\n")
 
+    def test_table_refuses_multi_line_values(self) -> None:
+        with self.assertRaises(formatters.FormatterError):
+            formatters.print_table([header("text")], [["a\nb"]], io.StringIO(), io.StringIO())
+
     def test_formatted(self) -> None:
         out = io.StringIO()
         formatters.write("formatted", self.headers, self.rows, out, io.StringIO(),

@@ -316,8 +316,12 @@ def _print(verb: Verb, results: list[Any], users: list[str | None], several: boo
             else:
                 rows += res.get("rows", [])
     if headers:
-        formatters.write(chosen or "flow", headers, rows, out, err, hide_titles=hide,
-                         template=template)
+        try:
+            formatters.write(chosen or "flow", headers, rows, out, err, hide_titles=hide,
+                             template=template)
+        except formatters.FormatterError as e:
+            err.write(f"Fatal: {e}\n")
+            return EX_TEMPFAIL  # what doveadm exits with here
     out.flush()
     return code
 

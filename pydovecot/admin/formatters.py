@@ -33,6 +33,11 @@ from typing import TextIO
 from pydovecot.admin.protocol import EXPAND, HIDE_TITLE, NUMBER, RIGHT
 
 DEFAULT_COLUMNS = 80
+
+
+class FormatterError(ValueError):
+    """The rows cannot be printed this way (doveadm's i_fatal)."""
+
 MIN_COLUMNS = 30
 MAX_BUFFER_LINES = 100
 
@@ -96,6 +101,8 @@ def print_table(headers: list[dict], rows: list[list[str]], out: TextIO, err: Te
                 hide_titles: bool = False, columns: int | None = None) -> None:
     if not headers:
         return
+    if any("\n" in (v or "") for row in rows for v in row):
+        raise FormatterError("table formatter doesn't support multi-line values")
     cols = terminal_columns(out) if columns is None else columns
     widths = table_widths(headers, rows[:MAX_BUFFER_LINES], cols)
     if not hide_titles and not all(_has(h, HIDE_TITLE) for h in headers):
