@@ -10,7 +10,8 @@ Sockets (under base_dir) and who may call what:
   one-time cookie bound to its own pid (authd reads it with SO_PEERCRED) and
   to the connection's addresses.
 - ``auth-master`` (master, root only): :class:`RedeemCookie`,
-  :class:`UserLookup`, :class:`FlushCache`.
+  :class:`UserLookup`, :class:`PassdbLookup`, :class:`FlushCache`,
+  :class:`UserIterate`.
 - ``auth-userdb`` (lmtp): :class:`UserLookup` only.
 
 Userdb fields travel as one JSON object (``fields``), keys as Dovecot names
@@ -136,3 +137,31 @@ class FlushCache(amp.Command):
 
     arguments = [(b"users", amp.ListOf(amp.Unicode()))]
     response = [(b"count", amp.Integer())]
+
+
+class UserIterate(amp.Command):
+    """Master/admin (``pydoveadm -A``): the user names the userdbs can list
+    (those with an iterate: passwd-file with a fixed path, SQL's
+    iterate_query), from ``offset`` on, a page of at most 60,000 bytes;
+    ``next`` is the offset of the next page, 0 after the last.  A
+    backend failure is ``ITERATE_FAILED``."""
+
+    arguments = [(b"offset", amp.Integer())]
+    response = [(b"users", amp.ListOf(amp.Unicode())), (b"next", amp.Integer())]
+    errors = {RuntimeError: b"ITERATE_FAILED"}
+
+
+class PassdbLookup(amp.Command):
+    """Master/admin (``pydoveadm auth lookup``): look a user up in the
+    passdbs without a password, by the passdb rules; ``fields`` are the
+    passdb's extra fields (JSON), never a password hash.  ``temporary``
+    means a backend failed, or no passdb can look users up (PAM)."""
+
+    arguments = [(b"user", amp.Unicode()), (b"service", amp.Unicode())]
+    response = [
+        (b"found", amp.Boolean()),
+        (b"temporary", amp.Boolean(optional=True)),
+        (b"user", amp.Unicode(optional=True)),
+        (b"fields", amp.Unicode(optional=True)),
+        (b"reason", amp.Unicode(optional=True)),
+    ]

@@ -52,8 +52,10 @@ from authd.protocol import (
     AuthStart,
     FlushCache,
     MechList,
+    PassdbLookup,
     RedeemCookie,
     TooManyExchanges,
+    UserIterate,
     UserLookup,
 )
 from authd.settings import AuthSettings, DbSettings, expand, expand_fields, parse_fields
@@ -400,6 +402,41 @@ class AuthEngine:
         return AuthOutcome(True, user=fields["user"], fields=fields)
 
     @defer.inlineCallbacks
+    def passdb_lookup(self, name: str, service: str):
+        """PassdbLookup: fires with the AMP response dict."""
+        user = self.normalize_user(name)
+        if user is None:
+            return {"found": False}
+        request = AuthRequest(user=user, service=service, original_user=name)
+        result = yield self.passdb_chain.lookup_user(request)
+        if result.status is PassdbStatus.OK:
+            extra = {k: v for k, v in result.extra.items() if k != "password"}
+            return {"found": True, "user": extra.get("user") or request.user,
+                    "fields": json.dumps(extra)}
+        if result.status in (PassdbStatus.INTERNAL_FAILURE, PassdbStatus.SCHEME_NOT_AVAILABLE):
+            why = ("no passdb can look users up without a password"
+                   if result.status is PassdbStatus.SCHEME_NOT_AVAILABLE else "backend failure")
+            return {"found": False, "temporary": True, "reason": why}
+        return {"found": False}
+
+    @defer.inlineCallbacks
+    def iterate_users(self):
+        """Every user name the userdbs that can iterate list, each once, in
+        userdb order; RuntimeError on a backend failure."""
+        names: dict[str, None] = {}
+        for userdb, _db in self.userdbs:
+            iterate = getattr(userdb, "iterate", None)
+            if iterate is None:
+                continue
+            try:
+                found = yield defer.maybeDeferred(iterate)
+            except AuthBackendError as e:
+                log.error("userdb iterate failed: {error}", error=e)
+                raise RuntimeError(str(e)) from None
+            names.update(dict.fromkeys(found))
+        return list(names)
+
+    @defer.inlineCallbacks
     def user_lookup(self, name: str, service: str):
         """UserLookup: fires with the AMP response dict."""
         user = self.normalize_user(name)
@@ -599,6 +636,24 @@ class MasterProtocol(amp.AMP):
     @FlushCache.responder
     def flush_cache(self, users: list[str]):
         return {"count": self.engine.flush_cache(users)}
+
+    @PassdbLookup.responder
+    def passdb_lookup(self, user: str, service: str):
+        return self.engine.passdb_lookup(user, service)
+
+    @UserIterate.responder
+    def user_iterate(self, offset: int):
+        def page(names: list[str]) -> dict:
+            users, size, i = [], 0, max(0, offset)
+            while i < len(names) and size + len(names[i].encode()) + 2 < 60000:
+                users.append(names[i])
+                size += len(names[i].encode()) + 2
+                i += 1
+            if not users and i < len(names):
+                i += 1  # a name too long for one page is left out
+            return {"users": users, "next": i if i < len(names) else 0}
+
+        return self.engine.iterate_users().addCallback(page)
 
 
 class _EngineFactory(ServerFactory):

@@ -162,6 +162,19 @@ class PasswdFileDb:
         except ValueError as e:
             raise AuthBackendError(f"passwd-file {path}: {e}") from None
 
+    def iterate(self) -> defer.Deferred:
+        """Every user name in the file (``pydoveadm -A``); none for a path
+        with %variables (a file per domain cannot be listed)."""
+        if "%" in self.path_template:
+            return defer.succeed([])
+        passwd_file = self._files[self.path_template]
+        try:
+            passwd_file.refresh()
+        except (OSError, ValueError) as e:
+            return defer.fail(AuthBackendError(f"passwd-file {self.path_template}: "
+                                               f"{getattr(e, 'strerror', None) or e}"))
+        return defer.succeed(list(passwd_file.entries))
+
     @staticmethod
     def _expand_extra(entry: PasswdEntry, request: AuthRequest) -> dict[str, str]:
         values = dict(request.variables(), home=entry.home)

@@ -48,12 +48,13 @@ from twisted.logger import Logger
 
 import pydovecot.storage.maildir  # noqa: F401  (open_storage imports it lazily)
 from pydovecot import privileges
+from pydovecot.admin.protocol import AdminRequest
 from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel, stop_process
 from pydovecot.config import load_config
 from pydovecot.config.variables import expand_path
 from pydovecot.imap.session import IMAPSession
 from pydovecot.log import sanitize, start_child_logging
-from pydovecot.mailproc import delivery
+from pydovecot.mailproc import admin, delivery
 from pydovecot.mailproc.rehearsal import rehearse
 from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
 from pydovecot.pop3.session import POP3Session
@@ -293,6 +294,15 @@ class MailLocator(ChannelLocator):
     @contained(Deliver)
     def deliver(self, **kwargs):
         return self.process.deliver(**kwargs)
+
+    @contained(AdminRequest)
+    def admin(self, **kwargs):  # pydoveadm's mailbox verbs (mailproc/admin.py)
+        return admin.handle(self.process, **kwargs)
+
+    def _sendFileDescriptor(self, descriptor: int) -> int:
+        # AMP serialises a Descriptor in a response through the responder
+        # object (AdminRequest's result fd): the channel sends it.
+        return self.channel._sendFileDescriptor(descriptor)
 
 
 def make_home(home: str) -> None:

@@ -35,6 +35,7 @@ from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand_path, fixed_prefix
 from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
 from pydovecot.master import sdnotify
+from pydovecot.master.admin import AdminServer
 from pydovecot.master.children import Child, SupervisedChild, python_module_argv
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
@@ -175,6 +176,7 @@ class MasterService(Service):
         self._log_observer = None
         self._log_line_observer = None
         self._log_file = None
+        self.admin = AdminServer(self)  # pydoveadm's socket, opened at start
 
     def setServiceParent(self, parent) -> None:
         """Under twistd, be the application's log observer, so that
@@ -202,6 +204,8 @@ class MasterService(Service):
             self._check_users()
             self.bound = self._open_listeners()
             self._open_auth_sockets()
+            self.admin.observe()
+            self.admin.start(self.base_dir)
         except (ConfigError, KeyError, OSError) as e:
             self._fatal(e)
         self.auth = AuthMasterClient(os.path.join(self.base_dir, "auth-master"))
@@ -221,6 +225,7 @@ class MasterService(Service):
         log.critical("{text}", text=str(text), log_prefix="master", log_console=False)
         for sock in self.bound.values():
             sock.close()
+        self.admin.stop_listening()
         for name, sock in self.auth_sockets.items():
             sock.close()
             _unlink(os.path.join(self.base_dir, name))
@@ -765,6 +770,7 @@ class MasterService(Service):
         d = self._stop_children(signal.SIGTERM)
 
         def cleanup(_):
+            self.admin.stop_listening()
             if self.auth is not None:
                 self.auth.close()
             self._close_listeners()

@@ -1,0 +1,1 @@
+"""pydoveadm: the admin command, its socket protocol, formatters and queries."""
