@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import io
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -47,7 +46,7 @@ from pydovecot.admin.protocol import (
 )
 from pydovecot.imap import mime, mutf7
 from pydovecot.imap.ext_fetch import make_preview
-from pydovecot.imap.search import run_query
+from pydovecot.imap.search import resolve
 from pydovecot.log import sanitize
 from pydovecot.storage.interfaces import (
     MailboxExists,
@@ -212,31 +211,6 @@ async def _open(storage: Any, name: str, readonly: bool):
     return await call(storage, "open", name, readonly=readonly)
 
 
-class _Loaded:
-    """What the (synchronous) IMAP search evaluator sees of one view: its
-    messages, and the bytes of the one message under test, read before
-    through the storage (so this works whether the storage answers at
-    once or with Deferreds); no index cache."""
-
-    def __init__(self, view: Any):
-        self.name = view.name
-        self.messages = list(view.messages)
-        self.recent = set(view.recent)
-        self.data: dict[int, bytes] = {}
-
-    def cached(self, uid: int, key: str) -> object | None:
-        return None
-
-    def set_cached(self, uid: int, key: str, value: object) -> None:
-        pass
-
-    def message_file(self, uid: int) -> io.BytesIO:
-        data = self.data.get(uid)
-        if data is None:
-            raise StorageError("message not loaded")  # the evaluator: no match
-        return io.BytesIO(data)
-
-
 async def read_message(view: Any, uid: int) -> bytes:
     """A message's bytes as stored."""
     f = await call(view, "message_file", uid)
@@ -252,28 +226,13 @@ async def matching(storage: Any, query: Q.Query, readonly: bool):
             continue
         view = await _open(storage, name, readonly)
         try:
-            loaded = _Loaded(view)
-            msgs = loaded.messages
+            msgs = list(view.messages)
             if query.search is None:
                 hits = list(enumerate(msgs, 1))
-            elif not query.search.needs_content:
-                hits = []
-                for start in range(1, len(msgs) + 1, STEP):
-                    seqs = range(start, min(start + STEP, len(msgs) + 1))
-                    hits += run_query(loaded, query.search, msgs, candidates=seqs)
-                    if len(msgs) > STEP:
-                        await pause()
             else:
-                hits = []
-                for seq, info in enumerate(msgs, 1):
-                    try:
-                        loaded.data = {info.uid: await read_message(view, info.uid)}
-                    except (OSError, StorageError):
-                        continue  # expunged meanwhile
-                    hits += run_query(loaded, query.search, msgs, candidates=[seq])
-                    if seq % STEP == 0:
-                        await pause()
-                loaded.data = {}
+                # the storage evaluates the program (sliced, from its index)
+                found = set(await call(view, "search", resolve(query.search.program, msgs)))
+                hits = [(seq, info) for seq, info in enumerate(msgs, 1) if info.uid in found]
             yield name, view, hits
         finally:
             # no await here: a consumer that stops early closes this
