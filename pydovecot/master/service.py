@@ -48,7 +48,7 @@ from pydovecot.master.protocol import (
 
 log = Logger(namespace="master")
 
-LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve"}
 AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
 #: Sockets hard-linked into the login chroot (as Dovecot keeps the login
 #: processes' auth socket in their chroot), so a login process can
