@@ -216,7 +216,8 @@ class ManageSieveSession(Protocol):
         while not (self._busy or self._output_paused or self._closing or self._skip
                    or self._skip_line):
             if ran >= BATCH:
-                self._schedule()
+                if self._buffer:
+                    self._schedule()
                 return
             found = scan(self._buffer, self.max_line, self.max_literal)
             if found.kind == "more":
@@ -268,8 +269,10 @@ class ManageSieveSession(Protocol):
             self.write(response("NO", f"Error in MANAGESIEVE command {name}: {e}"))
             return None
         if len(args) < entry.min_args:
+            # Pigeonhole: a PUTSCRIPT with a name but no script is "invalid"
+            what = "Invalid" if args and entry.max_args > 1 and name == "PUTSCRIPT" else "Missing"
             self.write(response("NO", f"Error in MANAGESIEVE command {name}: "
-                                      "Missing arguments."))
+                                      f"{what} arguments."))
             return None
         if len(args) > entry.max_args:
             self.write(response("NO", f"Error in MANAGESIEVE command {name}: "

@@ -113,6 +113,8 @@ def parse_location(value: str, home: str, user: str, sieve_dir: str = "") -> tup
         return path, _expand(active, home, user)
     if sieve_dir:  # old style: sieve = ~/.dovecot.sieve, sieve_dir = ~/sieve
         return _expand(sieve_dir, home, user), path
+    if not path:
+        return "", ""
     if os.path.isdir(path) or path.endswith("/"):
         return path.rstrip("/"), os.path.join(home, ".dovecot.sieve") if home else ""
     # sieve = ~/.dovecot.sieve alone: Pigeonhole's default script directory
@@ -121,6 +123,8 @@ def parse_location(value: str, home: str, user: str, sieve_dir: str = "") -> tup
 
 def _expand(value: str, home: str, user: str) -> str:
     value = value.strip()
+    if ("~" in value[:1] or "%h" in value) and not home:
+        return ""  # no home: no storage (never a path from the root)
     if value.startswith("~"):
         value = home + value[1:]
     return (value.replace("%u", user).replace("%n", user.split("@")[0])
@@ -246,12 +250,12 @@ class SieveStorage:
             return
         replacing = self.exists(name)
         count, used = self.used(exclude=name)
-        if self.max_scripts and not replacing and count + 1 > self.max_scripts:
-            raise QuotaExceeded(f"Script count quota exceeded (max {self.max_scripts} "
-                                "scripts).", "QUOTA/MAXSCRIPTS")
         if self.max_storage and used + size > self.max_storage:
             raise QuotaExceeded(f"Script storage quota exceeded (max {self.max_storage} "
                                 "bytes).", "QUOTA/MAXSTORAGE")
+        if self.max_scripts and not replacing and count + 1 > self.max_scripts:
+            raise QuotaExceeded(f"Script count quota exceeded (max {self.max_scripts} "
+                                "scripts).", "QUOTA/MAXSCRIPTS")
 
     # -- writing ---------------------------------------------------------------
 
