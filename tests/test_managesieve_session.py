@@ -23,8 +23,10 @@ import threading
 
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from pydovecot.config.parser import parse_config
 from pydovecot.managesieve.grammar import GrammarError, parse_arguments, scan
@@ -92,6 +94,7 @@ class Session:
         self.config = parse_config(conf)
         ctx = SessionContext(user=user, session_id="test", fields={"home": home})
         self.proto = new_session(self.config, ctx)
+        verifyObject(IPushProducer, self.proto)
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
         self.proto.start(None, b"")
@@ -111,6 +114,17 @@ class Session:
                 waited += 0.01
             done += 1
         return split_responses(self.transport.value())
+
+
+@defer.inlineCallbacks
+def wait_for(predicate, timeout: float = 20):
+    """Until ``predicate()`` holds (AssertionError after ``timeout`` seconds)."""
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError("timed out")
+        yield task.deferLater(_reactor, 0.01, lambda: None)
+        waited += 0.01
 
 
 def write_conf(path: str, extra: str = "", plugin: str = "") -> str:
@@ -357,8 +371,7 @@ class SessionTests(unittest.TestCase):
         s.proto.dataReceived(b"NOOP\r\n" * (BATCH * 3))
         # the first batch ran at once; the rest waits for later reactor turns
         self.assertEqual(s.transport.value().count(b"OK"), BATCH)
-        yield task.deferLater(_reactor, 0.1, lambda: None)
-        self.assertEqual(s.transport.value().count(b"OK"), BATCH * 3)
+        yield wait_for(lambda: s.transport.value().count(b"OK") == BATCH * 3)
 
     @defer.inlineCallbacks
     def test_a_client_that_does_not_read_stops_its_own_session_only(self):
@@ -373,8 +386,7 @@ class SessionTests(unittest.TestCase):
         (ok,) = yield other.run([b"NOOP"])
         self.assertEqual(ok, [b'OK "NOOP Completed"'])
         s.proto.resumeProducing()
-        yield task.deferLater(_reactor, 0.05, lambda: None)
-        self.assertEqual(s.transport.value().count(b"Getscript completed"), 5)
+        yield wait_for(lambda: s.transport.value().count(b"Getscript completed") == 5)
 
     @defer.inlineCallbacks
     def test_no_home(self):

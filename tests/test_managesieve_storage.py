@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from pydovecot.config import settings as S
 from pydovecot.config.parser import parse_config
 from pydovecot.sieve.deliver import SieveDelivery
 from pydovecot.sieve.storage import (
     InvalidName,
+    ISieveStorage,
     QuotaExceeded,
     ScriptActive,
     ScriptExists,
@@ -36,6 +38,7 @@ class StorageTests(unittest.TestCase):
         self.home = os.path.abspath(self.mktemp())
         os.makedirs(self.home)
         self.storage = SieveStorage.for_user({}, "alice", self.home)
+        verifyObject(ISieveStorage, self.storage)
 
     def test_names(self):
         for good in ("a", "my filter", "ünïcode", "x" * 255, "dovecot.orig"):

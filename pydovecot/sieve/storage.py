@@ -28,6 +28,8 @@ import os
 import stat
 import time
 
+from zope.interface import Interface, implementer
+
 from pydovecot.config.settings import parse_size
 from pydovecot.sieve.binary import SUFFIX, compile_file
 from pydovecot.sieve.parser import DEFAULT_MAX_SCRIPT_SIZE
@@ -141,6 +143,32 @@ def _limit(settings: dict, key: str, default: int, size: bool) -> int:
         return default
 
 
+class ISieveStorage(Interface):
+    """A user's personal scripts (names are RFC 5804 script names)."""
+
+    def list() -> list:
+        """[(name, active)] of every script."""
+
+    def get(name: str) -> bytes:
+        """The script's content (ScriptNotFound)."""
+
+    def check_space(name: str, size: int) -> None:
+        """QuotaExceeded if a script ``name`` of ``size`` bytes would not fit."""
+
+    def put(name: str, data: bytes, extensions=None) -> None:
+        """Store a (compiled, valid) script crash-safely."""
+
+    def delete(name: str) -> None:
+        """Remove a script (ScriptNotFound, ScriptActive)."""
+
+    def rename(old: str, new: str) -> None:
+        """Rename a script; the active link follows (ScriptExists)."""
+
+    def set_active(name: str) -> bool:
+        """Activate ``name``; "" deactivates (False: nothing was active)."""
+
+
+@implementer(ISieveStorage)
 class SieveStorage:
     """The personal scripts of one user (``directory`` and ``active`` link)."""
 
