@@ -6,8 +6,12 @@ the login process chrooted as the null user) and drives it with the real
 list, download), then delivers over LMTP a message that the uploaded
 script files into a folder, and checks the folder over IMAP.  Raw sockets
 check the greeting, STARTTLS's second capability listing, SASL with a
-continuation, bad input and the process isolation (/proc).  With CI=true
-a missing sieve-connect fails the test.
+continuation, bad input and the process isolation (/proc).  The same
+pre-login conversations go to Pigeonhole's managesieve-login under a
+private Dovecot (``dovecot -F``, a port from :func:`free_port`: Dovecot
+cannot take a handed-in socket) and to ours, compared after normalising
+the capability values and the greeting.  With CI=true a missing
+sieve-connect or Dovecot fails the test.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import base64
 import imaplib
 import os
+import re
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -28,6 +34,7 @@ from tests.harness import (
     Master,
     User,
     ensure_system_user,
+    free_port,
     listening_socket,
     privileged,
     proc_ids,
@@ -260,3 +267,140 @@ class ManageSieveMasterTests(SynchronousTestCase):
         typ, data = imap.select("INBOX")
         self.assertEqual((typ, data), ("OK", [b"1"]))
         imap.logout()
+
+
+DOVECOT = "/usr/sbin/dovecot"
+GOOD = base64.b64encode(b"\0alice\0secret")
+BAD = base64.b64encode(b"\0alice\0wrong")
+#: Conversations, one connection each: (command, whether a SASL challenge answers it).
+CONVERSATIONS = [
+    [(b"CAPABILITY", False), (b'NOOP "x"', False), (b"NOOP 1", False), (b"LOGOUT", False)],
+    [(b"CAPABILITY x", False), (b'NOOP "a" "b"', False), (b"LOGOUT", False)],
+    [(b"FOO", False), (b"LISTSCRIPTS", False), (b'"str"', False), (b"NOOP", False)],
+    [(b'AUTHENTICATE "FOO"', False), (b'AUTHENTICATE "PLAIN" "###"', False),
+     (b"AUTHENTICATE PLAIN", False)],
+    [(b'AUTHENTICATE "PLAIN"', True), (b'"*"', False), (b"NOOP", False)],
+    [(b'AUTHENTICATE "PLAIN"', True), (b'"' + BAD + b'"', False), (b"NOOP", False)],
+    [(b'AUTHENTICATE "PLAIN"', True), (b"{%d+}\r\n%s" % (len(GOOD), GOOD), False),
+     (b"LISTSCRIPTS", False), (b"LOGOUT", False)],
+    [(b'AUTHENTICATE "PLAIN" "' + GOOD + b'"', False), (b"CAPABILITY", False),
+     (b"UNAUTHENTICATE", False), (b"LOGOUT", False)],
+    [(b"STARTTLS", False), (b"<tls>", False), (b'AUTHENTICATE "PLAIN" "' + GOOD + b'"', False),
+     (b"LOGOUT", False)],
+]
+
+
+def converse(port: int, steps: list[tuple[bytes, bool]]) -> list[list[bytes]]:
+    c = Client(port)
+    answers = [c.response()]
+    for cmd, challenge in steps:
+        if cmd == b"<tls>":
+            c.starttls()
+            answers.append(c.response())
+            continue
+        c.send(cmd + b"\r\n")
+        answers.append([c.line()] if challenge else c.response())
+        if answers[-1][-1].startswith(b"BYE"):
+            break
+    c.close()
+    return answers
+
+
+def normalise(answers: list[list[bytes]]) -> list[list[bytes]]:
+    out = []
+    for lines in answers:
+        norm = []
+        for line in lines:
+            if line.startswith(b'"NOTIFY"'):
+                continue  # Pigeonhole's enotify; our interpreter has no notify method
+            line = re.sub(rb'^"(IMPLEMENTATION|SIEVE)" .*', rb'"\1" <value>', line)
+            line = re.sub(rb'^OK "[^"]*ready\."$', b'OK "<greeting>"', line)
+            norm.append(line)
+        out.append(norm)
+    return out
+
+
+class PigeonholeLoginSideBySide(SynchronousTestCase):
+    """The same pre-login conversations to Pigeonhole and to us."""
+
+    def setUp(self) -> None:
+        reason = None
+        if not os.path.exists(DOVECOT) or not os.path.exists("/usr/lib/dovecot/managesieve-login"):
+            reason = "Debian's dovecot-core / dovecot-managesieved is not installed"
+        elif not IS_ROOT:
+            reason = "a private Dovecot needs root"
+        if reason:
+            if IN_CI:
+                self.fail(reason)
+            self.skipTest(reason)
+        self.master = SieveMaster(users=[User("alice", "secret")], ssl=True, **privileged())
+        self.addCleanup(self.master.cleanup)
+        self.master.start(timeout=60)
+        self.dovecot_port = self.start_dovecot()
+
+    def start_dovecot(self) -> int:
+        d = os.path.join(self.master.dir, "dovecot")
+        home = os.path.join(d, "home")
+        os.makedirs(home)
+        shutil.chown(home, "nobody", "nogroup")
+        with open(os.path.join(d, "users"), "w") as f:
+            f.write("alice:{PLAIN}secret::::::\n")
+        port = free_port()
+        conf = os.path.join(d, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+mail_location = maildir:~/Maildir
+protocols = sieve
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{self.master.cert_path}
+ssl_key = <{self.master.key_path}
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+first_valid_uid = 1
+first_valid_gid = 1
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={home}
+}}
+service managesieve-login {{
+  inet_listener sieve {{
+    port = {port}
+  }}
+}}
+""")
+        proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+        def stop() -> None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 1):
+                    return port
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError("Dovecot did not start") from None
+                time.sleep(0.1)
+
+    def test_same_pre_login_answers(self) -> None:
+        for steps in CONVERSATIONS:
+            theirs = normalise(converse(self.dovecot_port, steps))
+            ours = normalise(converse(self.master.ports["sieve"], steps))
+            self.assertEqual(theirs, ours, steps)

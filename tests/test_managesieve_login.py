@@ -61,10 +61,10 @@ class LoginTests(unittest.TestCase):
         proto, t = self.connect()
         t.clear()
         proto.dataReceived(b"FOO\r\nLISTSCRIPTS\r\nCAPABILITY x\r\n\"str\"\r\n")
-        self.assertEqual(t.value(), b'NO "Error in MANAGESIEVE command FOO: Unknown command."\r\n'
-                         b'NO "Error in MANAGESIEVE command LISTSCRIPTS: Unknown command."\r\n'
-                         b'NO "Error in MANAGESIEVE command CAPABILITY: Too many arguments."\r\n'
-                         b'NO "Error in MANAGESIEVE command: Unknown command."\r\n')
+        error = b'NO "Error in MANAGESIEVE command received by server."\r\n'
+        self.assertEqual(t.value(), error * 2 + b'BYE "Too many invalid MANAGESIEVE commands."'
+                         b"\r\n")
+        self.assertTrue(t.disconnecting)
 
     def test_authenticate_initial_response_hands_off(self):
         proto, t = self.connect()

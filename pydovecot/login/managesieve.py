@@ -39,14 +39,16 @@ from pydovecot.managesieve.grammar import (
 
 PLAINTEXT_REFUSED = ("Plaintext authentication disallowed on non-secure (SSL/TLS) "
                      "connections.")
-POST_AUTH = frozenset({"PUTSCRIPT", "CHECKSCRIPT", "LISTSCRIPTS", "SETACTIVE", "GETSCRIPT",
-                       "DELETESCRIPT", "RENAMESCRIPT", "HAVESPACE", "UNAUTHENTICATE"})
+#: What Pigeonhole's managesieve-login answers to any command it cannot run:
+#: unknown ones, post-login ones and wrong arguments alike.
+RECEIVED_ERROR = "Error in MANAGESIEVE command received by server."
 
 
 class ManageSieveLoginProtocol(LoginProtocol):
     """One pre-auth ManageSieve client connection."""
 
     service = "sieve"
+    max_bad_commands = 3  # Pigeonhole's managesieve-login
 
     # -- framing ------------------------------------------------------------
 
@@ -94,7 +96,10 @@ class ManageSieveLoginProtocol(LoginProtocol):
         self.write(response("NO", text, code))
 
     def bad(self, text: str) -> None:
-        self.no(text)
+        """Answer an invalid command; the last one allowed gets only the BYE
+        (as Pigeonhole's)."""
+        if self.bad_commands + 1 < self.max_bad_commands:
+            self.no(text)
         self.bad_command()
 
     def reply_challenge(self, b64: bytes) -> None:
@@ -114,7 +119,7 @@ class ManageSieveLoginProtocol(LoginProtocol):
                 "TRYLATER")
 
     def reply_too_many_bad(self) -> None:
-        self.write(response("BYE", "Too many invalid commands."))
+        self.write(response("BYE", "Too many invalid MANAGESIEVE commands."))
 
     def reply_too_many_auth_failures(self) -> None:
         self.write(response("BYE", "Too many failed authentication attempts."))
@@ -141,23 +146,20 @@ class ManageSieveLoginProtocol(LoginProtocol):
         if not cmd.strip():
             return None
         name = command_name(cmd)
-        if not name or not name.isalpha() or len(name) > 32:
-            self.bad("Error in MANAGESIEVE command: Unknown command.")
-            return None
-        handler = getattr(self, f"cmd_{name}", None)
+        handler = getattr(self, f"cmd_{name}", None) if name.isalpha() else None
         if handler is None:
-            self.bad(f"Error in MANAGESIEVE command {name}: Unknown command.")
+            self.bad(RECEIVED_ERROR)
             return None
         try:
             args = parse_arguments(cmd[len(name):])
-        except GrammarError as e:
-            self.bad(f"Error in MANAGESIEVE command {name}: {e}")
+        except GrammarError:
+            self.bad(RECEIVED_ERROR)
             return None
         return handler(args)
 
     def cmd_CAPABILITY(self, args: list) -> defer.Deferred | None:
         if args:
-            self.bad("Error in MANAGESIEVE command CAPABILITY: Too many arguments.")
+            self.bad(RECEIVED_ERROR)
             return None
 
         def send(caps: bytes) -> None:
@@ -167,7 +169,7 @@ class ManageSieveLoginProtocol(LoginProtocol):
 
     def cmd_NOOP(self, args: list) -> None:
         if len(args) > 1:
-            self.bad("Error in MANAGESIEVE command NOOP: Too many arguments.")
+            self.bad(RECEIVED_ERROR)
         elif args and not isinstance(args[0], Str):
             self.bad("Invalid echo tag.")
         elif args:
@@ -181,7 +183,7 @@ class ManageSieveLoginProtocol(LoginProtocol):
 
     def cmd_STARTTLS(self, args: list) -> defer.Deferred | None:
         if args:
-            self.bad("Error in MANAGESIEVE command STARTTLS: Too many arguments.")
+            self.bad(RECEIVED_ERROR)
         elif self.conn.tls:
             self.bad("TLS is already active.")
         elif not self.backend.tls_available:
@@ -196,14 +198,15 @@ class ManageSieveLoginProtocol(LoginProtocol):
 
     def cmd_AUTHENTICATE(self, args: list) -> defer.Deferred | None:
         if not 1 <= len(args) <= 2 or not all(isinstance(a, Str) for a in args):
-            self.bad("Error in MANAGESIEVE command AUTHENTICATE: Invalid arguments.")
+            self.bad(RECEIVED_ERROR)
             return None
         mech = args[0].decode("ascii", "replace").upper()
         initial = None
         if len(args) == 2:
             initial = decode_sasl(args[1])
-            if initial is None:
-                self.bad("Invalid base64 data in initial response")
+            if initial is None:  # an auth failure, not an invalid command
+                self.no("Invalid base64 data in initial response")
+                self.auth_attempts += 1
                 return None
         if mech in PLAINTEXT_MECHANISMS and not self.plaintext_allowed():
             self.no(PLAINTEXT_REFUSED, "ENCRYPT-NEEDED")
@@ -212,7 +215,8 @@ class ManageSieveLoginProtocol(LoginProtocol):
 
         def check(mechs: list[str]) -> defer.Deferred | None:
             if mech not in mechs:
-                self.bad("Unsupported authentication mechanism.")
+                self.no("Unsupported authentication mechanism.")
+                self.auth_attempts += 1
                 return None
             return self.start_auth(None, mech, initial)
 
