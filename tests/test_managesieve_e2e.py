@@ -198,6 +198,33 @@ class ManageSieveMasterTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(os.path.join(home, "alice", "evil.sieve")))
         self.assertFalse(os.path.exists(os.path.join(home, "evil.sieve")))
 
+    def test_a_client_that_does_not_read_does_not_stall_another(self) -> None:
+        """Two sessions in alice's one mail process: one asks for ~190 MB of
+        GETSCRIPT output and reads none of it; the other is answered at once,
+        and the first one's output waits in bounded buffers, not in memory."""
+        big = (b"# " + b"x" * 70 + b"\r\n") * 13000 + b"keep;\r\n"
+        greedy = self.login()
+        greedy.send(b'PUTSCRIPT "big" {%d+}\r\n' % len(big) + big + b"\r\n")
+        self.assertEqual(greedy.response(), [b'OK "PUTSCRIPT completed."'])
+        greedy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.send(b'GETSCRIPT "big"\r\n' * 200)
+        time.sleep(1)
+        mail = self.master.children("pydovecot/mail alice")
+        self.assertEqual(len(mail), 1)
+        other = self.login()
+        for _ in range(5):
+            started = time.monotonic()
+            other.send(b"NOOP\r\n")
+            self.assertEqual(other.response(), [b'OK "NOOP Completed"'])
+            self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(self.master.children("pydovecot/mail alice"), mail)
+        with open(f"/proc/{mail[0]}/status") as f:
+            rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) * 1024
+        self.assertLess(rss, 150 << 20)  # not 200 copies of the script
+        other.send(b"LOGOUT\r\n")
+        other.close()
+        greedy.close()
+
     def test_managesieve_login_is_chrooted_and_unprivileged(self) -> None:
         if not IS_ROOT:
             if IN_CI:

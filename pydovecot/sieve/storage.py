@@ -178,7 +178,8 @@ class SieveStorage:
         self.active = os.path.normpath(active) if active else ""
         self.max_scripts = max_scripts
         self.max_storage = max_storage
-        self.max_script_size = max_script_size
+        # 0 is "unlimited" in Pigeonhole; here every script keeps the parser's bound
+        self.max_script_size = max_script_size or DEFAULT_MAX_SCRIPT_SIZE
 
     @classmethod
     def for_user(cls, settings: dict, user: str, home: str) -> SieveStorage:
@@ -246,9 +247,13 @@ class SieveStorage:
         path = self.path(name)
         try:
             with open(path, "rb") as f:
-                return f.read(self.max_script_size + 1 if self.max_script_size else -1)
+                data = f.read(self.max_script_size + 1)
         except FileNotFoundError:
             raise ScriptNotFound(name) from None
+        if len(data) > self.max_script_size:  # written by hand, past the bound
+            raise SieveStorageError(f"Script is too large (max {self.max_script_size} "
+                                    "bytes).", "QUOTA/MAXSIZE")
+        return data
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self.path(name))
@@ -271,7 +276,7 @@ class SieveStorage:
     def check_space(self, name: str, size: int) -> None:
         """QuotaExceeded if a script ``name`` of ``size`` bytes would not fit."""
         self.path(name)
-        if self.max_script_size and size > self.max_script_size:
+        if size > self.max_script_size:
             raise QuotaExceeded(f"Script is too large (max {self.max_script_size} bytes).",
                                 "QUOTA/MAXSIZE")
         if not (self.max_scripts or self.max_storage):
@@ -320,7 +325,7 @@ class SieveStorage:
         if extensions is None:
             return
         try:
-            compile_file(path, extensions, self.max_script_size or DEFAULT_MAX_SCRIPT_SIZE)
+            compile_file(path, extensions, self.max_script_size)
         except Exception:  # noqa: BLE001  (the caller compiled it; a cache is optional)
             pass
 
