@@ -32,6 +32,9 @@ class DebianTreeMaster(harness.Master):
     """A master running the copied Debian tree."""
 
     def write_config(self) -> None:
+        # dovecot-managesieved's protocols.d enables sieve: hand its port in too
+        self.sockets.setdefault("sieve", harness.listening_socket())
+        self.ports["sieve"] = self.sockets["sieve"].getsockname()[1]
         self.config_path = copy_debian_tree(self.dir)
         local = os.path.join(os.path.dirname(self.config_path), "local.conf")
         with open(local, "w") as f:
@@ -59,6 +62,11 @@ service pop3-login {{
   }}
   inet_listener pop3s {{
     port = {self.ports['pop3s']}
+  }}
+}}
+service managesieve-login {{
+  inet_listener sieve {{
+    port = {self.ports['sieve']}
   }}
 }}
 """)

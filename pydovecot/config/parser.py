@@ -133,7 +133,8 @@ class ServiceConfig:
         return cls(**d)
 
 
-_MAIL_SERVICES = {"imap": ("imap-login", "imap"), "pop3": ("pop3-login", "pop3"), "lmtp": ("lmtp",)}
+_MAIL_SERVICES = {"imap": ("imap-login", "imap"), "pop3": ("pop3-login", "pop3"), "lmtp": ("lmtp",),
+                  "sieve": ("managesieve-login",)}
 
 _FILTERS = ("protocol", "local", "remote", "local_name")
 _SECTIONS_IN: dict[str, frozenset[str]] = {

@@ -116,6 +116,12 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "sendmail_path": (STR, "/usr/sbin/sendmail"),
     "submission_host": (STR, ""),
     "lda_mailbox_autosubscribe": (BOOL, "no"),
+    # ManageSieve (pydovecot.managesieve, pydovecot.login.managesieve).
+    "managesieve_implementation_string": (STR, "Dovecot (Debian) Pigeonhole"),
+    "managesieve_logout_format": (STR, "bytes=%i/%o"),
+    "managesieve_max_line_length": (SIZE, "64 k"),
+    "managesieve_notify_capability": (STR, ""),
+    "managesieve_sieve_capability": (STR, ""),
 }
 
 #: Settings valid inside ``service NAME { }``, with their types.
@@ -184,7 +190,7 @@ MAILBOX_SETTINGS = frozenset(
 
 #: Services pydovecot runs.
 IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
-                        "health-check")
+                        "health-check", "managesieve-login")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -193,13 +199,13 @@ KNOWN_SERVICES = frozenset(
         "dns-client", "doveadm", "health-check", "imap-hibernate", "imap-urlauth-login",
         "imap-urlauth-worker", "imap-urlauth", "indexer-worker", "indexer", "ipc", "log",
         "old-stats", "replicator", "stats", "submission-login", "submission", "tcpwrap",
-        "managesieve-login", "managesieve", "quota-status", "quota-warning",
+        "managesieve", "quota-status", "quota-warning",
     }
 )  # fmt: skip
 
 #: Protocols pydovecot serves; others known to Dovecot only warn.
-IMPLEMENTED_PROTOCOLS = ("imap", "pop3", "lmtp")
-KNOWN_PROTOCOLS = frozenset({"submission", "sieve", "lda", "doveadm", "none"})
+IMPLEMENTED_PROTOCOLS = ("imap", "pop3", "lmtp", "sieve")
+KNOWN_PROTOCOLS = frozenset({"submission", "lda", "doveadm", "none"})
 
 #: Built-in services: settings, and listeners as name -> settings.  Values starting
 #: with ``$`` are resolved against the global settings after loading.  Unlike
@@ -240,6 +246,14 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
             "pop3": {"port": "110", "ssl": "no"},
             "pop3s": {"port": "995", "ssl": "yes"},
         },
+    },
+    "managesieve-login": {
+        "settings": {
+            "executable": "managesieve-login", "chroot": "login", "protocol": "sieve",
+            "type": "login", "service_count": "0", "client_limit": "0",
+            "process_limit": "0", "user": "$default_login_user",
+        },
+        "inet_listeners": {"sieve": {"port": "4190", "ssl": "no"}},
     },
     "imap": {
         "settings": {
@@ -828,6 +842,8 @@ WARNED: dict[str, str] = {
     "ssl_crypto_device": "not supported",
     "process_shutdown_filter": "not supported",
     "stats_writer_socket_path": _NOT_SERVED,
+    "managesieve_client_workarounds": "no ManageSieve client workarounds are needed",
+    "managesieve_max_compile_errors": "the Sieve compiler reports the first error only",
 }
 
 #: Prefixes of whole groups: (prefix, refused?, why).
@@ -841,7 +857,6 @@ _GROUPS: tuple[tuple[str, bool, str], ...] = (
     ("old_stats_", False, _NOT_SERVED + " (old-stats)"),
     ("stats_", False, _NOT_SERVED + " (stats)"),
     ("submission_", False, _NOT_SERVED + " (submission)"),
-    ("managesieve_", False, _NOT_SERVED + " (managesieve)"),
     ("imapc_", False, "imapc storage is refused through mail_location"),
     ("pop3c_", False, "pop3c storage is refused through mail_location"),
     ("mbox_", False, "mbox storage is refused through mail_location"),
@@ -866,8 +881,8 @@ def _classify_rest() -> None:
                 WARNED[name] = "raw logs are not written"
 
 
-#: Pigeonhole's settings (valid in Debian's trees; only warned: managesieve
-#: is not served).
+#: Pigeonhole's settings (valid in Debian's trees).  The ones in IMPLEMENTED
+#: are read by pydovecot.managesieve; the rest are warned (see WARNED).
 PIGEONHOLE_DEFAULTS: dict[str, str] = {
     "managesieve_client_workarounds": "",
     "managesieve_implementation_string": "Dovecot (Debian) Pigeonhole",

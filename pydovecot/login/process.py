@@ -1,4 +1,4 @@
-"""A login process (imap-login, pop3-login): the glue around the protocols.
+"""A login process (imap-login, pop3-login, managesieve-login): the glue around the protocols.
 
 Started by the master as root with the service's listening sockets and its
 master channel (fd 3).  Before it serves anyone it connects to authd's
@@ -52,13 +52,15 @@ from pydovecot.log import sanitize
 from pydovecot.login.common import ClientRegistry
 from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
+from pydovecot.login.managesieve import ManageSieveLoginFactory
 from pydovecot.login.pop3 import POP3LoginFactory
 from pydovecot.master.protocol import HandOff
 from pydovecot.tls import channel_binding, client_cert_user, server_context_factory, tls_connection
 
 log = Logger()
 
-PROTOCOL_FACTORIES = {"imap": IMAPLoginFactory, "pop3": POP3LoginFactory}
+PROTOCOL_FACTORIES = {"imap": IMAPLoginFactory, "pop3": POP3LoginFactory,
+                      "sieve": ManageSieveLoginFactory}
 
 
 class _RelayProtocol(Protocol):
@@ -445,6 +447,7 @@ def start(args) -> defer.Deferred:
     for spec in args.listener:
         name, fd, implicit_tls = parse_listener(spec)
         factory = factory_class(backend, implicit_tls, trusted_networks=trusted, **limits)
+        factory.config = config  # managesieve-login's capability settings
         _keep_transport(factory)
         if implicit_tls:
             if tls_context is None:

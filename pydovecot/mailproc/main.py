@@ -56,6 +56,7 @@ from pydovecot.imap.session import IMAPSession
 from pydovecot.log import sanitize, start_child_logging
 from pydovecot.mailproc import admin, delivery
 from pydovecot.mailproc.rehearsal import rehearse
+from pydovecot.managesieve.session import new_session as new_managesieve_session
 from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
@@ -184,6 +185,8 @@ class MailProcess:
             )
             if service == "pop3":
                 proto = POP3Session(storage, ctx)
+            elif service == "sieve":
+                proto = new_managesieve_session(self.config, ctx)
             else:
                 proto = IMAPSession(storage, ctx)
             sock = socket.socket(fileno=fd)
@@ -199,6 +202,8 @@ class MailProcess:
         if adopted:
             if service == "pop3":
                 proto.start(pending)
+            elif service == "sieve":
+                proto.start(None, pending)
             else:
                 proto.start(tag, pending)
         return {}

@@ -51,7 +51,7 @@ from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
 
 log = Logger(namespace="master")
 
-LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve"}
 #: Served by the unprivileged stats process, when they have a listener.
 STATS_SERVICES = ("stats", "health-check")
 AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
