@@ -10,6 +10,7 @@ unprivileged.
 from __future__ import annotations
 
 import os
+import smtplib
 import socket
 import time
 import urllib.error
@@ -38,6 +39,13 @@ metric auth_hist {
 metric login_side {
   filter = event=auth_client_request_finished
   group_by = error
+}
+metric imap_command {
+  filter = event=imap_command_finished
+  group_by = cmd_name tagged_reply_state
+}
+metric delivery {
+  filter = event=mail_delivery_finished
 }
 """
 
@@ -159,6 +167,27 @@ class StatsThroughMaster(unittest.TestCase):
         self.assertIn(b"OK", login(imap, "secret"))
         self.wait_metrics(lambda v: v.get(("dovecot_auth_success_total", ())) == 3,
                           "the counter to grow")
+
+    def test_mail_process_events(self):
+        """imap_command_finished from the mail process, mail_delivery_finished
+        from an LMTP delivery, with Dovecot's field names."""
+        client = LineClient(self.master.ports["imap"], greeting=True)
+        self.addCleanup(client.close)
+        client.tagged(b"LOGIN alice secret")
+        client.tagged(b"SELECT INBOX")
+        client.tagged(b"UID FETCH 1:* FLAGS")
+        client.tagged(b"FROBNICATE")
+        lmtp = smtplib.LMTP("127.0.0.1", self.master.ports["lmtp"], timeout=20)
+        lmtp.sendmail("bob@example.org", ["alice@example.org"], b"Subject: s\r\n\r\nbody\r\n")
+        lmtp.quit()
+        values = self.wait_metrics(
+            lambda v: v.get(("dovecot_imap_command_total",
+                             (("cmd_name", "UID FETCH"), ("tagged_reply_state", "OK")))) == 1
+            and v.get(("dovecot_delivery_total", ())) == 1, "IMAP and delivery events")
+        self.assertEqual(values[("dovecot_imap_command_total",
+                                 (("cmd_name", "SELECT"), ("tagged_reply_state", "OK")))], 1)
+        self.assertEqual(values[("dovecot_imap_command_total",
+                                 (("cmd_name", "unknown"), ("tagged_reply_state", "BAD")))], 1)
 
     def test_process_gauges(self):
         client = LineClient(self.master.ports["imap"], greeting=True)

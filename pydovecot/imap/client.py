@@ -73,6 +73,7 @@ from pydovecot.imap.parser import (
 from pydovecot.imap.specialuse import SpecialUse, from_namespaces
 from pydovecot.log import sanitize
 from pydovecot.session import SessionContext
+from pydovecot.stats import events
 from pydovecot.storage.interfaces import (
     IMailbox,
     IMailStorage,
@@ -168,6 +169,7 @@ class Client(Protocol):
         self.bytes_out = 0
         self._queue: deque[RawCommand | ReaderError] = deque()
         self._busy = False
+        self._cmd_start = time.monotonic()  # when the running command began (stats)
         #: Held while the selected view syncs: syncs never overlap, and no
         #: command starts while a sync a listener began (IDLE, NOTIFY) runs.
         self._sync_lock = defer.DeferredLock()
@@ -548,6 +550,7 @@ class Client(Protocol):
             self._count_bad(item.response)
             return
         self._busy = True
+        self._cmd_start = time.monotonic()
         d = defer.maybeDeferred(self._execute, item)
         d.addBoth(self._command_done)
 
@@ -616,7 +619,9 @@ class Client(Protocol):
         shown = ("UID " if uid else "") + name
         self._last_command = shown
         if cmd is None:
-            self.tagged(tag, b"BAD Error in IMAP command %s: Unknown command." % shown[:40].encode())
+            response = b"BAD Error in IMAP command %s: Unknown command." % shown[:40].encode()
+            self._command_event(tag, "unknown", response)
+            self.tagged(tag, response)
             return None
         if cmd.flags & registry.Flag.SELECTED and self.mailbox is None:
             self.tagged(tag, b"BAD No mailbox selected.")
@@ -679,8 +684,17 @@ class Client(Protocol):
                 self.log.error("Sync failed: {e}", e=error_line(Failure()), log_prefix=self.prefix)
         if self.closed:
             return
+        self._command_event(tag, ("UID " if uid else "") + cmd.name, response)
         self.tagged(tag, response)
         self.flush()
+
+    def _command_event(self, tag: bytes, name: str, response: bytes) -> None:
+        """Dovecot's ``imap_command_finished`` event, for the stats process."""
+        events.emit("imap_command_finished", duration=events.since(self._cmd_start),
+                    cmd_name=name, tagged_reply_state=response.split(b" ", 1)[0].decode("ascii", "replace"),
+                    tagged_reply=sanitize(response.decode("utf-8", "replace"), 200),
+                    cmd_tag=sanitize(tag.decode("latin-1"), 64), user=self.ctx.user,
+                    session=self.ctx.session_id)
 
     def tagged(self, tag: bytes | None, response: bytes) -> None:
         """A command's completion (tagged, or ``* BAD`` without a tag)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -35,6 +36,7 @@ from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
 from pydovecot.log import sanitize
 from pydovecot.login.common import new_session_id
 from pydovecot.master.protocol import DeliveryFailed
+from pydovecot.stats import events
 
 log = Logger()
 
@@ -397,6 +399,7 @@ class LMTPProtocol(Protocol):
 
     @defer.inlineCallbacks
     def _deliver_all(self, txn: Transaction, spool: IO[bytes], msgid: str):
+        start = time.monotonic()
         try:
             for r in txn.recipients:
                 if self._closed:
@@ -404,6 +407,11 @@ class LMTPProtocol(Protocol):
                 yield self._deliver_one(txn, r, spool, msgid)
         finally:
             spool.close()
+            # Dovecot's event for the transaction (the stats process)
+            events.emit("smtp_server_transaction_finished", duration=events.since(start),
+                        mail_from=sanitize(txn.sender or "", 200), transaction_id=self.session_id,
+                        recipients=len(txn.recipients), status_code="250",
+                        enhanced_code="2.0.0")
 
     def _deliver_one(self, txn: Transaction, r: Recipient, spool: IO[bytes],
                      msgid: str) -> defer.Deferred:

@@ -39,12 +39,14 @@ import signal
 import socket
 import stringprep  # noqa: F401  (idna, SASLprep)
 import sys
+import time
 import unicodedata  # noqa: F401
 
 import setproctitle
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 import pydovecot.storage.maildir  # noqa: F401  (open_storage imports it lazily)
 from pydovecot import privileges
@@ -60,6 +62,7 @@ from pydovecot.managesieve.session import new_session as new_managesieve_session
 from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
+from pydovecot.stats import events
 from pydovecot.storage import open_storage
 from pydovecot.storage.interfaces import IMailStorage, StorageError
 
@@ -233,8 +236,15 @@ class MailProcess:
         else:
             d = delivery.save(storage, message, what, prefix)
 
+        start = time.monotonic()
+
         def close(result: object) -> object:
+            size = os.fstat(message.fileno()).st_size if not message.closed else 0
             message.close()  # once the storage has answered
+            fields = {"user": user, "message_id": msgid or "", "message_size": size}
+            if isinstance(result, Failure):
+                fields["error"] = sanitize(_reason(result.value), 200)
+            events.emit("mail_delivery_finished", duration=events.since(start), **fields)
             return result
 
         return d.addBoth(close)

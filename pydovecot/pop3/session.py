@@ -34,6 +34,7 @@ from zope.interface import implementer
 from pydovecot.imap.capability import parse_seconds
 from pydovecot.log import sanitize
 from pydovecot.session import SessionContext
+from pydovecot.stats import events
 from pydovecot.storage.interfaces import IMailbox, IMailStorage, MessageInfo
 
 MAX_LINE = 512
@@ -437,7 +438,10 @@ class POP3Session(protocol.Protocol):
             shown = name if name.isprintable() else "?"
             self._write(f"-ERR Unknown command: {shown}\r\n".encode())
             return
+        start = time.monotonic()
         handler(args.split())
+        events.emit("pop3_command_finished", duration=events.since(start), cmd_name=name,
+                    user=self.ctx.user, session=self.ctx.session_id)
 
     def _msg(self, arg: str) -> int | None:
         """Index for a message-number argument, or None after an -ERR."""
