@@ -12,10 +12,13 @@ dance (pause, hand the connection over, then relay or go quiet).
 Input bounds, as Dovecot's login processes have them: one command (with
 its literals) is at most ``max_line`` bytes, and an over-long one is
 skipped whole, literals included, then answered; while a command or the
-auth delay is pending, at most ``max_inbuf`` unprocessed bytes are kept
-before the socket stops being read, and a client whose pending input
-still exceeds ``max_line`` is told ``Input buffer full, aborting`` and
-disconnected.
+auth delay is pending, input is still read and kept (a pipeline after
+LOGIN goes with the hand-off), but a client whose pending input exceeds
+``max(max_line, max_inbuf)`` is told ``Input buffer full, aborting`` and
+disconnected, as Dovecot's login processes do when their input buffer
+fills.  Reading on (rather than pausing) makes that answer certain: a
+paused socket would leave a flood unseen in the kernel until the login
+timeout.
 
 Trusts: the backend (the login process around it) and its replies.  Trusts
 nothing the client sends: every byte is bounded and parsed defensively, and
@@ -319,16 +322,13 @@ class LoginProtocol(Protocol):
         self._bound_input()
 
     def _bound_input(self) -> None:
-        """While a command runs, stop reading past ``max_inbuf`` unprocessed
-        bytes; past ``max_line`` (what one read can still bring) give up."""
+        """While a command runs, past ``max(max_line, max_inbuf)``
+        unprocessed bytes give up (Dovecot's full input buffer)."""
         if not self._busy or self.state not in (State.GREETING, State.ACTIVE):
             return
         if len(self._buffer) > max(self.max_line, self.max_inbuf):
             self.reply_inbuf_full()
             self.close("Input buffer full")
-        elif len(self._buffer) > self.max_inbuf and not self._input_paused:
-            self._input_paused = True
-            self.transport.pauseProducing()
 
     def _unblock_input(self) -> None:
         if self._input_paused and self.state in (State.GREETING, State.ACTIVE):
