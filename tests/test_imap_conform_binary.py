@@ -294,3 +294,65 @@ class URLFetchBinaryTests(unittest.TestCase):
         inner = ext_fetch.binary_section(parsed(MSG), [2])
         self.assertIn(b'"7bit" %d (NIL "inner"' % len(inner), out)
         self.assertIn(b'"base64" 7 0 NIL NIL NIL NIL) 4 NIL', out)
+
+
+NUL_MESSAGE = (b"From: a@example.org\r\nSubject: nul\r\n"
+               b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n"
+               b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n"
+               b"\r\nab\x00cd\r\n--x--\r\n")
+
+
+class NulInBodySectionTests(unittest.TestCase):
+    """A string literal can't carry NUL (RFC 3501 4.3); RFC 3516 gives NUL
+    to BINARY[] (literal8).  BODY[] sections of such a part come with 0x80
+    in its place, as Dovecot sends them, and the same size."""
+
+    def test_same_as_dovecot(self):
+        side = SideBySide([NUL_MESSAGE])
+        self.addCleanup(side.cleanup)
+        cmds = [b"FETCH 1 (BODY.PEEK[1])", b"FETCH 1 (BODY.PEEK[])", b"FETCH 1 (BODY.PEEK[TEXT])",
+                b"FETCH 1 (BINARY.PEEK[1])", b"FETCH 1 (RFC822.SIZE BINARY.SIZE[1])",
+                b"FETCH 1 (BODY.PEEK[1]<1.3>)"]
+        theirs, ours = side.both(cmds)
+        self.assertEqual(theirs, ours)
+        self.assertIn(b"ab\x80cd", ours[0][0])
+        self.assertIn(b"BINARY[1] ~{5}\r\nab\x00cd", ours[3][0])
+
+    def test_big_message_streamed(self):
+        """A message big enough to be streamed from its file (and a big part
+        sent as a view of the parsed message) gets the same replacement."""
+        from pydovecot.imap import fetch
+
+        filler = b"x" * 75 + b"\r\n"
+        body = filler * (fetch.STREAM_OVER // len(filler) + 10)
+        big = NUL_MESSAGE.replace(b"ab\x00cd", body + b"ab\x00cd" + body)
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
+        storage = open_storage("alice", f"maildir:{d}/Maildir", d)
+        self.successResultOf(storage.append("INBOX", io.BytesIO(big)))
+        transport = StringTransport()
+        session = IMAPSession(storage, SessionContext("alice", "n", settings={}))
+        session.clock = Clock()
+        session.slice = 60.0
+        session.makeConnection(transport)
+        session.start(None, b"")
+        session.dataReceived(b"s SELECT INBOX\r\nf FETCH 1 (BODY.PEEK[])\r\ng FETCH 1 (BODY.PEEK[1])\r\n")
+        return self._until(transport, b"g OK", big)
+
+    def _until(self, transport, tag: bytes, big: bytes):
+        from twisted.internet import reactor, task
+
+        def check():
+            out = transport.value()
+            if tag not in out:
+                return task.deferLater(reactor, 0.05, check)
+            whole = literals(out.split(b"f OK")[0].split(b"* 1 FETCH (BODY[]")[1])
+            self.assertEqual(len(whole[0]), len(big))
+            self.assertNotIn(b"\x00", whole[0])
+            self.assertIn(b"ab\x80cd", whole[0])
+            part = out.split(b"* 1 FETCH (BODY[1]")[1]
+            self.assertNotIn(b"\x00", part)
+            self.assertIn(b"ab\x80cd", part)
+            return None
+
+        return check()

@@ -344,6 +344,17 @@ def streamable(item: FetchItem) -> bool:
     return item.name == "BINARY[]" or section.text in ("", "TEXT")
 
 
+#: What NUL becomes in a BODY[] literal (a string literal can't hold NUL,
+#: RFC 3501 4.3; RFC 3516 leaves NUL to BINARY[]): Dovecot's 0x80.  The
+#: size stays the same, so RFC822.SIZE and streamed literals agree.
+NUL_REPLACEMENT = b"\x80"
+
+
+def without_nul(data: bytes) -> bytes:
+    """``data`` with every NUL replaced as Dovecot does in BODY[] (0x80)."""
+    return data.replace(b"\x00", NUL_REPLACEMENT) if b"\x00" in data else data
+
+
 def _part_view(msg: mime.ParsedMessage, item: FetchItem,
                binary: bool) -> tuple[memoryview, bool] | None:
     """A big BODY[n]/BINARY[n] (partial applied) as a view of the message
@@ -356,7 +367,7 @@ def _part_view(msg: mime.ParsedMessage, item: FetchItem,
     if item.partial is not None:
         offset, length = item.partial
         start, end = min(start + offset, end), min(start + offset + length, end)
-    has_nul = binary and msg.data.find(b"\x00", start, end) >= 0
+    has_nul = msg.data.find(b"\x00", start, end) >= 0
     return memoryview(msg.data)[start:end], has_nul
 
 
@@ -452,8 +463,10 @@ def render_pieces(
                 view = _part_view(load(), item, False)
             if view is not None:  # a big part: a view of the message, no copy
                 data = view[0]
+                if view[1]:  # NUL in it: a copy with 0x80 instead
+                    data = without_nul(bytes(data))
             else:
-                data = section_bytes(load(), item.section)
+                data = without_nul(section_bytes(load(), item.section))
                 if item.partial is not None:
                     start, length = item.partial
                     data = data[start : start + length]

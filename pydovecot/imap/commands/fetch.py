@@ -291,7 +291,9 @@ def _stream_literal(client: Client, lit: fetch.StreamedLiteral) -> Generator[Any
             if hi > lo:
                 if client.output_blocked:
                     yield client.drained()
-                client.send(chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk)
+                piece = chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk
+                # BODY[] can't carry NUL: Dovecot's 0x80 (BINARY[] keeps it)
+                client.send(piece if lit.binary else fetch.without_nul(piece))
                 client.flush()
                 sent += hi - lo
             if pos >= end:
