@@ -156,7 +156,9 @@ class MailProcess:
             storage = open_storage(user, location, home)
             # mail_cache_* limits; the local storage applies them before it
             # answers, so sessions started right after see them
-            storage.configure({k: self.config.get(k) for k in CACHE_SETTINGS}).addErrback(
+            settings = {k: self.config.get(k) for k in CACHE_SETTINGS}
+            settings.update(quota_settings(self.config, fields))
+            storage.configure(settings).addErrback(
                 lambda f, user=user: log.error("configuring the storage of {user} failed: {e}",
                                                user=sanitize(user), e=f.getErrorMessage()))
             self.storages[user] = storage
@@ -282,11 +284,40 @@ class MailProcess:
                 transport.loseConnection()
 
 
+def quota_enabled(config) -> bool:
+    """``quota`` in ``mail_plugins``, globally or for any protocol."""
+    values = [config.get("mail_plugins")]
+    values += [v.get("mail_plugins", "") for v in
+               (getattr(config, "protocol_settings", None) or {}).values()]
+    return any("quota" in (v or "").replace(",", " ").split() for v in values)
+
+
+def quota_settings(config, fields: dict) -> dict[str, str]:
+    """The quota plugin's settings for one user: ``plugin {}``, then the
+    userdb's ``quota*`` fields over them (``userdb_quota_rule=*:storage=50M``
+    arrives as ``quota_rule``), as Dovecot merges them; ``{}`` when the
+    plugin is not loaded.  ``quota_warning_executable`` is the script of
+    ``service quota-warning { executable = script PATH }``."""
+    if not quota_enabled(config):
+        return {}
+    out = {k: v for k, v in (getattr(config, "plugin", None) or {}).items()
+           if k.startswith("quota")}
+    for key, value in fields.items():
+        if isinstance(key, str) and key.startswith("quota") and isinstance(value, str):
+            out[key] = value
+    raw = (getattr(config, "raw_services", None) or {}).get("quota-warning", {})
+    words = (raw.get("settings", {}).get("executable") or "").split()
+    if words[:1] == ["script"] and len(words) > 1:
+        out["quota_warning_executable"] = words[-1]
+    out.setdefault("quota_full_tempfail", config.get("quota_full_tempfail"))
+    return out
+
+
 CACHE_SETTINGS = ("mail_cache_max_size", "mail_cache_max_headers_count",
                   "mail_cache_max_header_name_length")
 SESSION_SETTINGS = (
     "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
-    "imap_metadata",
+    "imap_metadata", "mail_plugins",
     "imap_logout_format", "pop3_uidl_format", "pop3_logout_format", "mail_max_userip_connections",
     "hostname", "imap_autologout", "pop3_autologout",
 )
