@@ -59,7 +59,14 @@ from pydovecot.log import sanitize, start_child_logging
 from pydovecot.mailproc import admin, delivery
 from pydovecot.mailproc.rehearsal import rehearse
 from pydovecot.managesieve.session import new_session as new_managesieve_session
-from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
+from pydovecot.master.protocol import (
+    Assign,
+    Deliver,
+    DeliveryFailed,
+    NewClient,
+    QuotaCheck,
+    SessionEnded,
+)
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
 from pydovecot.stats import events
@@ -251,6 +258,29 @@ class MailProcess:
 
         return d.addBoth(close)
 
+    def check_quota(self, user: str, fields: str, size: int) -> defer.Deferred[dict]:
+        """Would ``size`` octets fit ``user``'s INBOX now?  ``reply`` is ""
+        or the LMTP/SMTP answer Dovecot gives (552 5.2.2, or 452 4.2.2 with
+        quota_full_tempfail = yes)."""
+        try:
+            storage = self.storage_for(user, json.loads(fields))
+        except Exception as e:
+            log.error("quota check: cannot open the storage of {user}: {e}",
+                      user=sanitize(user), e=sanitize(_reason(e)))
+            raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+
+        def over(failure):
+            failure.trap(StorageError)
+            reply = delivery.quota_reply(failure.value)
+            if reply is None:
+                raise DeliveryFailed(DeliveryFailed.TEMPORARY)
+            code, _, text = reply.partition(" ")
+            enh, _, text = text.partition(" ")
+            return {"reply": f"{code} {enh} <{user}> {text}"}
+
+        return storage.check_quota("INBOX", max(0, size)).addCallbacks(
+            lambda _: {"reply": ""}, over)
+
     def session_settings(self, service: str) -> dict:
         """The settings a session reads, per protocol; looked up once (the
         config never changes in a mail process), copied for each session."""
@@ -340,6 +370,10 @@ class MailLocator(ChannelLocator):
     @contained(Deliver)
     def deliver(self, **kwargs):
         return self.process.deliver(**kwargs)
+
+    @contained(QuotaCheck)
+    def check_quota(self, user, fields, size):
+        return self.process.check_quota(user, fields, size)
 
     @contained(AdminRequest)
     def admin(self, **kwargs):  # pydoveadm's mailbox verbs (mailproc/admin.py)

@@ -45,6 +45,8 @@ from pydovecot.master.protocol import (
     HandOff,
     LimitExceeded,
     NewClient,
+    QuotaCheck,
+    QuotaCheckRequest,
     SessionEnded,
 )
 from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
@@ -126,6 +128,10 @@ class LmtpLocator(StatsForwarding):
     @DeliverRequest.responder
     def deliver(self, **kwargs):
         return self.master.deliver(**kwargs)
+
+    @QuotaCheckRequest.responder
+    def check_quota(self, user, size):
+        return self.master.check_quota(user, size)
 
 
 class MailLocator(StatsForwarding):
@@ -693,6 +699,35 @@ class MasterService(Service):
             return result
         finally:
             os.close(fd)
+
+    @defer.inlineCallbacks
+    def check_quota(self, user: str, size: int):
+        """Ask the user's mail process whether ``size`` octets fit the
+        user's quota (the storage is read only there, as the user)."""
+        prefix = f"lmtp({sanitize(user)})"
+        try:
+            found = yield _within(self.auth.call(UserLookup, user=user, service="lmtp"),
+                                  USERDB_TIMEOUT, "authd did not answer")
+        except Exception as e:
+            log.error("userdb lookup failed: {e}", e=sanitize(e), log_prefix=prefix)
+            raise DeliveryFailed(DeliveryFailed.USERDB) from None
+        if not found["found"]:
+            if found.get("temporary"):
+                raise DeliveryFailed(DeliveryFailed.USERDB)
+            raise KeyError(user)
+        name = found["user"]
+        try:
+            fields = json.loads(found["fields"])
+            uid, gid = self.mail_ids(name, fields)
+            fields = self.prepare_home(name, fields, uid, gid)
+            process = yield self.pool.process_for(uid, gid, name)
+            result = yield process.call(QuotaCheck, user=name, fields=fields, size=size)
+        except DeliveryFailed:
+            raise
+        except Exception as e:
+            log.error("quota check failed: {e}", e=sanitize(e), log_prefix=prefix)
+            raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+        return result
 
     # -- reload and stop -----------------------------------------------------
 

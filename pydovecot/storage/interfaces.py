@@ -109,6 +109,8 @@ class OverQuota(StorageError):
     (mailbox for user is full)")."""
 
     code = "OVERQUOTA"
+    #: ``quota_full_tempfail = yes``: delivery answers 452 4.2.2, not 552 5.2.2
+    tempfail = False
 
 
 class MailTooLarge(StorageError):

@@ -236,6 +236,7 @@ class QuotaConfig:
     exceeded_message: str = DEFAULT_EXCEEDED
     max_mail_size: int = 0
     vsizes: bool = False
+    tempfail: bool = False  # quota_full_tempfail
 
 
 def _numbered(settings: dict, key: str) -> list[str]:
@@ -302,6 +303,8 @@ def parse_settings(settings: dict) -> QuotaConfig | None:
     if settings.get("quota_max_mail_size"):
         cfg.max_mail_size = parse_quantity(settings["quota_max_mail_size"], 1)[0]
     cfg.vsizes = (settings.get("quota_vsizes") or "no").lower() in ("yes", "y", "1", "true")
+    cfg.tempfail = (settings.get("quota_full_tempfail") or "no").lower() in (
+        "yes", "y", "1", "true")
     return cfg
 
 
@@ -446,7 +449,9 @@ class Quota:
         for r in self.roots:
             why = r.check(mailbox, size, count)
             if why is not None:
-                raise OverQuota(self.config.exceeded_message)
+                err = OverQuota(self.config.exceeded_message)
+                err.tempfail = self.config.tempfail
+                raise err
 
     def changed(self, mailbox: str, dbytes: int, dcount: int) -> None:
         """Account a change and run the warnings it crosses."""
