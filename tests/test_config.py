@@ -499,7 +499,7 @@ class SectionTests(_Files):
             "}\n"
             "!include conf.d/*.conf\n"
             "namespace shared {\n  type = shared\n  prefix = shared/%%u/\n}\n"
-            "plugin {\n  quota = maildir:User quota\n  anything_goes = yes\n  sieve = ~/.dovecot.sieve\n}\n"
+            "plugin {\n  acl = vfile\n  anything_goes = yes\n  sieve = ~/.dovecot.sieve\n}\n"
             "dict {\n  quota = file:/var/lib/quota\n}\n"
             "protocol imap {\n  plugin {\n    imap_only = 1\n  }\n}\n",
             strict=False,
@@ -507,7 +507,7 @@ class SectionTests(_Files):
         self.assertEqual(len(cfg.refusals), 3, cfg.refusals)  # shared: type, prefix, 2nd ns
         self.assertIn("dovecot.conf:11: namespace type shared", cfg.refusals[0])
         self.assertIn("only one namespace", cfg.refusals[2])
-        self.assertIn("'quota' is for the quota plugin, which pydovecot does not load",
+        self.assertIn("'acl' is for the acl plugin, which pydovecot does not load",
                       cfg.warnings[0])
         self.assertIn("'anything_goes' belongs to no plugin", cfg.warnings[1])
         self.assertEqual(len(cfg.warnings), 3)  # sieve is implemented
@@ -517,7 +517,7 @@ class SectionTests(_Files):
         self.assertEqual(inbox["mailboxes"]["Sent"]["special_use"], "\\Sent")
         self.assertEqual(inbox["mailboxes"]["Trash"]["special_use"], "\\Trash")
         self.assertEqual(cfg.namespaces["shared"]["prefix"], "shared/%%u/")
-        self.assertEqual(cfg.plugin["quota"], "maildir:User quota")
+        self.assertEqual(cfg.plugin["acl"], "vfile")
         self.assertEqual(cfg.plugin["anything_goes"], "yes")
         self.assertEqual(cfg.dict, {"quota": "file:/var/lib/quota"})
         self.assertEqual(cfg.protocol_plugin, {"imap": {"imap_only": "1"}})
@@ -738,8 +738,8 @@ class GrammarTests(_Files):
                       self.error("!include nope.conf\n"))
 
     def test_refused_plugins_and_locations_name_the_line(self) -> None:
-        self.assertIn("dovecot.conf:2: mail_plugins: quota: refused: quota is not supported",
-                      self.error("\nmail_plugins = $mail_plugins quota\n"))
+        self.assertIn("dovecot.conf:2: mail_plugins: quota_clone: refused: quota_clone is not",
+                      self.error("\nmail_plugins = $mail_plugins quota_clone\n"))
         self.assertIn("dovecot.conf:2: mail_plugins: imap_acl: refused: ACLs",
                       self.error("protocol imap {\n  mail_plugins = imap_acl\n}\n"))
         self.assertIn("mail_plugins: unknown plugin 'nosuch'", self.error("mail_plugins = nosuch\n"))
@@ -757,7 +757,7 @@ class GrammarTests(_Files):
                                  "    autoexpunge = 30d\n  }\n}\n"))
         # a refused value replaced later is not refused
         cfg = self.load("mail_location = mbox:~/mail\nmail_location = maildir:~/Maildir\n"
-                        "mail_plugins = quota\nmail_plugins =\n")
+                        "mail_plugins = quota_clone\nmail_plugins =\n")
         self.assertEqual(cfg.get("mail_location"), "maildir:~/Maildir")
         # plugins refused in a protocol pydovecot doesn't serve are not used
         cfg = self.load("protocol lda {\n  mail_plugins = quota\n}\n")
