@@ -193,7 +193,7 @@ MAILBOX_SETTINGS = frozenset(
 
 #: Services pydovecot runs.
 IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
-                        "health-check", "managesieve-login")
+                        "health-check", "managesieve-login", "quota-status")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -283,6 +283,13 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
         "settings": {
             "executable": "script -p health-check.sh", "process_limit": "1",
             "user": "$default_internal_user",
+        },
+    },
+    # Postfix's policy delegation (pydovecot/quotastatus), with an inet_listener.
+    "quota-status": {
+        "settings": {
+            "executable": "quota-status -p postfix", "client_limit": "1",
+            "process_limit": "1", "user": "$default_internal_user",
         },
     },
     "lmtp": {

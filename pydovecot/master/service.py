@@ -54,6 +54,8 @@ from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
 log = Logger(namespace="master")
 
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve"}
+#: Postfix's policy service (pydovecot/quotastatus), when it has a listener.
+QUOTA_STATUS = "quota-status"
 #: Served by the unprivileged stats process, when they have a listener.
 STATS_SERVICES = ("stats", "health-check")
 AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
@@ -128,6 +130,17 @@ class LmtpLocator(StatsForwarding):
     @DeliverRequest.responder
     def deliver(self, **kwargs):
         return self.master.deliver(**kwargs)
+
+    @QuotaCheckRequest.responder
+    def check_quota(self, user, size):
+        return self.master.check_quota(user, size)
+
+
+class QuotaStatusLocator(StatsForwarding):
+    """Commands quota-status may send: QuotaCheckRequest only."""
+
+    def __init__(self, master: MasterService):
+        self.master = master
 
     @QuotaCheckRequest.responder
     def check_quota(self, user, size):
@@ -362,6 +375,8 @@ class MasterService(Service):
         if "lmtp" in self.config.protocols:
             names.append("lmtp")
         names += [name for name in STATS_SERVICES if self._has_port(name)]
+        if self._has_port(QUOTA_STATUS):
+            names.append(QUOTA_STATUS)
         return names
 
     def _has_port(self, name: str) -> bool:
@@ -432,6 +447,8 @@ class MasterService(Service):
                     self._supervise(name, lambda n=name: self._make_login(n))
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
+            elif name == QUOTA_STATUS:
+                self._supervise(QUOTA_STATUS, self._make_quota_status)
             elif name == "stats" or name == "health-check" and not self._has_port("stats"):
                 self._supervise("stats", self._make_stats)  # serves both
 
@@ -472,6 +489,12 @@ class MasterService(Service):
         argv = python_module_argv("pydovecot.lmtp.process", *self._config_args(),
                                   "--chroot", self.chroot_dir, *args)
         return Child("lmtp", argv, locator=LmtpLocator(self), extra_fds=fds)
+
+    def _make_quota_status(self) -> Child:
+        args, fds = self._listener_args(QUOTA_STATUS)
+        argv = python_module_argv("pydovecot.quotastatus.main", *self._config_args(),
+                                  "--chroot", self.chroot_dir, *args)
+        return Child(QUOTA_STATUS, argv, locator=QuotaStatusLocator(self), extra_fds=fds)
 
     def _make_stats(self) -> Child:
         args, fds = self._listener_args("stats")
