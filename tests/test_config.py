@@ -703,7 +703,8 @@ class GrammarTests(_Files):
             "service imap-login {\n  inet_listener {\n    address = 127.0.0.1\n"
             "    port = 11143\n  }\n  inet_listener {\n    port = 0\n  }\n}\n"
             "service director {\n  inet_listener {\n  }\n}\n"
-            "service quota-status {\n  inet_listener {\n    port = 12340\n  }\n}\n")
+            "service doveadm {\n  inet_listener {\n    port = 12340\n  }\n}\n"
+            "service quota-status {\n  inet_listener {\n    port = 12341\n  }\n}\n")
         listeners = cfg.services["imap-login"].inet_listeners
         self.assertEqual(listeners["#1"].port, 11143)
         self.assertEqual(listeners["#1"].addresses, ["127.0.0.1"])
@@ -711,7 +712,8 @@ class GrammarTests(_Files):
         self.assertIn("imap", listeners)  # the built-in ones stay
         # a service pydovecot doesn't run warns only when something is set in it
         self.assertEqual(len(cfg.warnings), 1)
-        self.assertIn("dovecot.conf:14: service 'quota-status' is not supported", cfg.warnings[0])
+        self.assertIn("dovecot.conf:14: service 'doveadm' is not supported", cfg.warnings[0])
+        self.assertEqual(cfg.services["quota-status"].inet_listeners["#1"].port, 12341)
 
     def test_service_still_needs_a_name(self) -> None:
         self.assertIn("dovecot.conf:1: section 'service' needs a name", self.error("service {\n}\n"))
