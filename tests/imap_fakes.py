@@ -274,8 +274,7 @@ class FakeStorage:
 
     def _resources(self, root: Q.Root, mailbox: str = "") -> list[QuotaResource]:
         (b, n), (ub, un) = root.config.limits(mailbox), root.usage()
-        return ([QuotaResource("STORAGE", ub, b)] if b else []) + (
-            [QuotaResource("MESSAGE", un, n)] if n else [])
+        return [QuotaResource("STORAGE", ub, b), QuotaResource("MESSAGE", un, n)]
 
     @answers
     def quota_roots(self, mailbox: str) -> list[str]:

@@ -158,4 +158,4 @@ class FakeStorageQuota(unittest.TestCase):
         d = s.append("INBOX", io.BytesIO(b"x" * 60))
         self.failureResultOf(d, OverQuota)
         self.assertEqual([(r.name, r.usage, r.limit) for r in
-                          result_now(s.get_quota("User quota"))], [("STORAGE", 60, 100)])
+                          result_now(s.get_quota("User quota"))], [("STORAGE", 60, 100), ("MESSAGE", 1, 0)])

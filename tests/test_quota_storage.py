@@ -137,7 +137,7 @@ class Storage(unittest.TestCase):
                     quota_vsizes="yes")
         self.fill(s, 2)
         self.assertEqual(usage(s)["STORAGE"], (2008, 10240))  # RFC822.SIZE (CRLF)
-        self.assertEqual([r.usage for r in result_now(s.recalc_quota())], [2008])
+        self.assertEqual([r.usage for r in result_now(s.recalc_quota())], [2008, 2])
         self.assertEqual(result_now(s.quota_roots("INBOX")), ["User quota"])
 
     def test_stale_maildirsize_recalculated(self):
@@ -188,6 +188,40 @@ class WithDovecot(unittest.TestCase):
         self.assertEqual(theirs, mine.splitlines()[0] + "\n3003 3\n")
         os.chmod(os.path.join(dc.maildir, "maildirsize"), 0o444)
         self.assertEqual(usage(s), ours)
+
+
+class DoveadmVerbs(unittest.TestCase):
+    """pydoveadm's ``quota get`` / ``quota recalc`` (the mail-process side,
+    printed with -f json) against ``doveadm -f json quota get``."""
+
+    PLUGIN = {"quota": "maildir:User quota", "quota_rule": "*:storage=1M"}
+
+    @defer.inlineCallbacks
+    def ours(self, s, verb: str):
+        from pydovecot.admin import formatters
+        from pydovecot.mailproc import admin
+
+        out = yield defer.ensureDeferred(admin.VERBS[verb](s, {"argv": [], "options": {}},
+                                                           "alice"))
+        stdout, stderr = io.StringIO(), io.StringIO()
+        if out["headers"]:
+            formatters.write("json", out["headers"], out["rows"], stdout, stderr)
+        return stdout.getvalue()
+
+    @defer.inlineCallbacks
+    def test_quota_get_as_doveadm(self):
+        dc = LocalDovecot(self)
+        s = storage(dc.maildir, **self.PLUGIN)
+        for _ in range(3):
+            result_now(s.append("INBOX", io.BytesIO(MSG)))
+        opts = [a for k, v in self.PLUGIN.items() for a in ("-o", f"plugin/{k}={v}")]
+        theirs = json.loads(dc.doveadm("-f", "json", "-o", "mail_plugins=quota", *opts,
+                                       "quota", "get"))
+        ours = json.loads((yield self.ours(s, "quota get")))
+        self.assertEqual(ours, theirs)
+        os.unlink(os.path.join(dc.maildir, "maildirsize"))
+        self.assertEqual((yield self.ours(s, "quota recalc")), "")
+        self.assertTrue(os.path.exists(os.path.join(dc.maildir, "maildirsize")))
 
 
 class Warnings(unittest.TestCase):

@@ -409,8 +409,9 @@ class IMailStorage(Interface):
         roots it would have, as Dovecot answers."""
 
     def get_quota(root: str, mailbox: str = "") -> Deferred[list[QuotaResource]]:
-        """The root's resources that have a limit (limits as for saving into
-        ``mailbox``, "" = the default rule), STORAGE first.  StorageError
+        """The root's resources, STORAGE then MESSAGE, with their limits as
+        for saving into ``mailbox`` ("" = the default rule; 0 = unlimited,
+        which IMAP leaves out and doveadm shows as ``-``).  StorageError
         (``NONEXISTENT``) for an unknown root."""
 
     def check_quota(mailbox: str, size: int, count: int = 1) -> Deferred[None]:

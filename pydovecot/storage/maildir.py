@@ -1697,12 +1697,7 @@ class MaildirStorage:
                    usage: tuple[int, int] | None = None) -> list[QuotaResource]:
         b, n = root.config.limits(mailbox)
         ub, un = usage if usage is not None else root.usage()
-        out = []
-        if b:
-            out.append(QuotaResource("STORAGE", ub, b))
-        if n:
-            out.append(QuotaResource("MESSAGE", un, n))
-        return out
+        return [QuotaResource("STORAGE", ub, b), QuotaResource("MESSAGE", un, n)]
 
     @answers
     def quota_roots(self, mailbox: str) -> list[str]:

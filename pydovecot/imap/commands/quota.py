@@ -39,6 +39,8 @@ def _unknown(name: str) -> CommandError:
 def quota_line(root: str, resources) -> bytes:
     items = []
     for r in resources:
+        if not r.limit:  # unlimited: not reported, as Dovecot does
+            continue
         if r.name == "STORAGE":
             # Dovecot rounds the usage up to whole KiB
             items.append(b"STORAGE %d %d" % ((r.usage + 1023) // 1024, r.limit // 1024))
