@@ -370,6 +370,7 @@ class FakeStorage:
             uidnext=box.uidnext,
             uidvalidity=box.uidvalidity,
             unseen=sum(1 for m in box.messages if "\\Seen" not in m.flags),
+            deleted_size=sum(len(m.data) for m in box.messages if "\\Deleted" in m.flags),
         )
 
     @answers

@@ -134,6 +134,16 @@ class QuotaSideBySide(unittest.TestCase):
         self.compare([append(MSG % 9), append(MSG % 10), b"STORE 1:2 +FLAGS.SILENT (\\Deleted)",
                       b"EXPUNGE", append(MSG % 10), b"GETQUOTA \"User quota\""])
 
+    def test_status_deleted_storage(self):
+        # RFC 9208; Dovecot 2.3 has no DELETED-STORAGE, so ours alone
+        out = self.side.raw_ours([b"STORE 1 +FLAGS.SILENT (\\Deleted)",
+                                  b"STATUS Trash (DELETED-STORAGE MESSAGES)",
+                                  b"UNSELECT", b"STATUS INBOX (DELETED DELETED-STORAGE)"])
+        self.assertEqual(out[1].split(b"\n")[0], b"* STATUS Trash (DELETED-STORAGE 0 MESSAGES 0)")
+        self.assertEqual(out[3].split(b"\n")[0], b"* STATUS INBOX (DELETED 1 DELETED-STORAGE 2)")
+        off = self.side.raw_ours([b"STATUS INBOX (DELETED-STORAGE)"], settings={})
+        self.assertIn(b"BAD", off[0])
+
     def test_capabilities_only_with_imap_quota(self):
         s = IMAPSession(self.side.storage, SessionContext("alice", "side", settings={
             "mail_plugins": "quota imap_quota"}))

@@ -153,6 +153,8 @@ class MailboxStatus:
     size: int = 0
     deleted: int = 0
     highestmodseq: int = 0
+    #: RFC 9208 DELETED-STORAGE: RFC822.SIZE octets of the \\Deleted messages
+    deleted_size: int = 0
 
 
 @dataclass

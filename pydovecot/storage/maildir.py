@@ -1490,11 +1490,13 @@ class MaildirStorage:
     def status(self, name: str) -> MailboxStatus:
         box = self._box(name)
         recs = box.by_uid.values()
-        unseen = deleted = size = 0
+        unseen = deleted = size = deleted_size = 0
         for rec in recs:
             info = rec.info
             unseen += "S" not in info
-            deleted += "T" in info
+            if "T" in info:
+                deleted += 1
+                deleted_size += rec.size
             size += rec.size
         return MailboxStatus(
             messages=len(box.uids),
@@ -1506,6 +1508,7 @@ class MaildirStorage:
             size=size,
             deleted=deleted,
             highestmodseq=box.modseq,
+            deleted_size=deleted_size,
         )
 
     @answers
