@@ -1268,6 +1268,7 @@ class MaildirStorage:
         self._subs = Subscriptions(self.root, utf8)
         #: Dovecot's quota plugin (None: off); :meth:`configure` sets it up
         self.quota: Q.Quota | None = None
+        self._usage_cache: dict[str, tuple[tuple, tuple[int, int]]] = {}
 
     @answers
     def configure(self, settings: dict) -> None:
@@ -1671,11 +1672,20 @@ class MaildirStorage:
         return size
 
     def _box_usage(self, name: str) -> tuple[int, int]:
+        """(bytes, messages) of one mailbox, summed again only when the
+        mailbox changed (its modseq or count moved) since the last sum."""
         try:
             box = self._box(name)
         except StorageError:
             return 0, 0
-        return sum(self._qsize(box, r) for r in box.by_uid.values()), len(box.by_uid)
+        vsizes = self.quota is not None and self.quota.config.vsizes
+        key = (box.modseq, len(box.by_uid), vsizes, id(box))
+        cached = self._usage_cache.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        total = sum(self._qsize(box, r) for r in box.by_uid.values()), len(box.by_uid)
+        self._usage_cache[name] = (key, total)
+        return total
 
     def _quota_scan(self, ignored: Callable[[str], bool]) -> tuple[int, int]:
         """(bytes, messages) of every mailbox quota counts."""

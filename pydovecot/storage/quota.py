@@ -32,6 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# reactor.spawnProcess imports it on first use; a mail process imports
+# everything before its privilege drop
+from twisted.internet import process as _process  # noqa: F401
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
