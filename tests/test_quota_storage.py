@@ -79,6 +79,12 @@ class Rules(unittest.TestCase):
         got = quota_settings(ok, {"quota_rule": "*:storage=50M"})
         self.assertEqual(got["quota_rule"], "*:storage=50M")  # userdb wins
         self.assertEqual(got["quota_warning_executable"], "/bin/true")
+        with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+            readme = f.read()
+        block = readme.split("## Quota", 1)[1].split("```")[1]  # the README's example
+        full = load_string(block)
+        self.assertEqual(full.warnings, [])
+        self.assertEqual(full.services["quota-status"].inet_listeners["#1"].port, 12340)
         for bad in ("plugin {\n quota = dict:User quota::proxy::quota\n}\n",
                     "plugin {\n quota = count:User quota\n}\n",
                     "plugin {\n quota = maildir:x\n quota_rule = *:storage=x\n}\n"):

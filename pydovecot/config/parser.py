@@ -730,6 +730,10 @@ class _Parser:
                 if key == "executable" and value.split()[:1] != ["script"]:
                     self.refuse_value(where, key, "service quota-warning: only "
                                       "'executable = script PATH …' is supported")
+                elif key == "user":
+                    self.warn(where, "service quota-warning: user ignored: the script runs "
+                                     "in the user's mail process, as the mail user",
+                              once="quota-warning user")
                 return  # run by the user's mail process, as the user
             if section.arg not in S.IMPLEMENTED_SERVICES:
                 self.warn(section.where, f"service '{section.arg}' is not supported by "
@@ -746,6 +750,8 @@ class _Parser:
             defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
         elif kind.endswith("_listener"):
             parent = self.stack[-2]
+            if parent.arg == "quota-warning":
+                return  # no socket: the mail process runs the script itself
             if parent.arg not in S.IMPLEMENTED_SERVICES:
                 self.warn(parent.where, f"service '{parent.arg}' is not supported by "
                                         "pydovecot yet; ignored", once=f"service {parent.arg}")
