@@ -107,8 +107,10 @@ def append(msg: bytes, box: bytes = b"INBOX") -> bytes:
 
 
 class QuotaSideBySide(unittest.TestCase):
+    side_class = QuotaSide
+
     def setUp(self):
-        self.side = QuotaSide([MSG % i for i in range(3)])
+        self.side = self.side_class([MSG % i for i in range(3)])
         self.addCleanup(self.side.cleanup)
 
     def compare(self, commands: list[bytes]) -> list[bytes]:
@@ -152,6 +154,23 @@ class QuotaSideBySide(unittest.TestCase):
         self.assertNotIn(b"QUOTA", s2.capabilities)
         off = self.side.raw_ours([b"GETQUOTAROOT INBOX"], settings={})
         self.assertIn(b"BAD", off[0])
+
+
+class MaildirQuotaSide(QuotaSide):
+    """maildir: backend (physical sizes, maildirsize) and Dovecot's default
+    quota_grace (10%), which is for deliveries only: not for IMAP APPEND."""
+
+    plugin = {"quota": "maildir:User quota", "quota_rule": "*:storage=4K",
+              "quota_rule2": "Trash:storage=+10K", "quota_rule3": "*:messages=6"}
+
+
+class MaildirQuotaSideBySide(QuotaSideBySide):
+    side_class = MaildirQuotaSide
+
+    def test_no_grace_for_append(self):
+        out = self.compare([b'GETQUOTA "User quota"', append(MSG % 9),
+                            b'GETQUOTA "User quota"'])
+        self.assertIn(b"[OVERQUOTA]", out[1])  # 3099 + 1033 > 4096, within the 10% grace
 
 
 class FakeStorageQuota(unittest.TestCase):

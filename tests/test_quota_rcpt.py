@@ -79,3 +79,19 @@ class BackendCheck(unittest.TestCase):
     def test_failure_lets_the_recipient_through(self):
         backend = MasterDelivery(None, FakeMaster(defer.fail(RuntimeError("gone"))), "+")
         self.assertIsNone(self.successResultOf(backend.check_quota("bob", {}, 0)))
+
+
+class DeliveryGrace(unittest.TestCase):
+    def test_deliveries_get_the_grace(self):
+        from pydovecot.storage.interfaces import OverQuota
+        from pydovecot.storage.maildir import MaildirStorage
+
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        s = MaildirStorage("alice", os.path.join(root, "Maildir"))
+        result_now(s.configure({"quota": "maildir:User quota", "quota_rule": "*:bytes=1500"}))
+        result_now(s.append("INBOX", io.BytesIO(b"x" * 1000)))
+        self.failureResultOf(s.append("INBOX", io.BytesIO(b"x" * 600)), OverQuota)
+        d = mailproc.DeliveryStorage(s).append("INBOX", io.BytesIO(b"x" * 600))
+        self.assertEqual(self.successResultOf(d)[1], 2)  # 1600 <= 1500 + 10%
+        self.assertFalse(s.quota.grace)

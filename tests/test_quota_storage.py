@@ -133,8 +133,13 @@ class Storage(unittest.TestCase):
     def test_grace_and_max_size(self):
         s = storage(self.root, quota="maildir:User quota", quota_rule="*:bytes=2500",
                     quota_grace="1000b", quota_max_mail_size="5k")
-        self.fill(s, 3)  # the third crosses the limit within the grace
-        self.assertFailure(s.append("INBOX", io.BytesIO(MSG)), OverQuota)
+        self.fill(s, 2)
+        self.assertFailure(s.append("INBOX", io.BytesIO(MSG)), OverQuota)  # IMAP: no grace
+        self.assertFailure(s.check_quota("INBOX", 5000), MailTooLarge)
+        result_now(s.check_quota("INBOX", 1001))  # a delivery would fit, with the grace
+        with s.delivering():  # LMTP: the third crosses the limit within the grace
+            self.fill(s, 1)
+            self.assertFailure(s.append("INBOX", io.BytesIO(MSG)), OverQuota)
         s.quota.config.roots[0].rules[0].storage.value = 100000
         self.assertFailure(s.append("INBOX", io.BytesIO(b"x" * 6000)), MailTooLarge)
 

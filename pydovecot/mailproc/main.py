@@ -232,7 +232,7 @@ class MailProcess:
         message = os.fdopen(fd, "rb")
         try:
             userdb = json.loads(fields)
-            storage = self.storage_for(user, userdb)
+            storage = DeliveryStorage(self.storage_for(user, userdb))  # quota_grace
         except (OSError, StorageError, ValueError) as e:
             message.close()
             log.error("{what}: cannot open the user's storage: {e}", what=what,
@@ -312,6 +312,26 @@ class MailProcess:
             transport = getattr(proto, "transport", None)
             if transport is not None:
                 transport.loseConnection()
+
+
+class DeliveryStorage:
+    """The user's storage as a delivery (LMTP, Sieve's fileinto) sees it:
+    each append runs inside the storage's ``delivering()`` (quota_grace
+    lets the message that crosses the limit in, as Dovecot's LDA/LMTP
+    does); everything else is the storage's own."""
+
+    def __init__(self, storage: IMailStorage):
+        self._storage = storage
+
+    def __getattr__(self, name: str):
+        return getattr(self._storage, name)
+
+    def append(self, *args, **kwargs):
+        grace = getattr(self._storage, "delivering", None)
+        if grace is None:
+            return self._storage.append(*args, **kwargs)
+        with grace():
+            return self._storage.append(*args, **kwargs)
 
 
 def quota_enabled(config) -> bool:

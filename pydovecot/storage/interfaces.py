@@ -418,8 +418,8 @@ class IMailStorage(Interface):
 
     def check_quota(mailbox: str, size: int, count: int = 1) -> Deferred[None]:
         """Fires when ``count`` messages of ``size`` octets would fit in
-        ``mailbox`` now; OverQuota / MailTooLarge otherwise (LMTP's RCPT
-        check, quota-status)."""
+        ``mailbox`` now, as a delivery (quota_grace applies); OverQuota /
+        MailTooLarge otherwise (LMTP's RCPT check, quota-status)."""
 
     def recalc_quota() -> Deferred[list[QuotaResource]]:
         """Count the usage again from the mail (``doveadm quota recalc``);

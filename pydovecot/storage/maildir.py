@@ -1730,8 +1730,22 @@ class MaildirStorage:
 
     @answers
     def check_quota(self, mailbox: str, size: int, count: int = 1) -> None:
-        if self.quota is not None:
-            self.quota.check(N.normalize(mailbox), size, count)
+        if self.quota is not None:  # asked for a delivery: with quota_grace
+            self.quota.check(N.normalize(mailbox), size, count, grace=True)
+
+    @contextmanager
+    def delivering(self) -> Iterator[None]:
+        """Saves made synchronously inside are deliveries (LDA/LMTP), which
+        ``quota_grace`` lets cross the limit, as in Dovecot (not part of
+        the interface: a storage without it simply applies no grace)."""
+        if self.quota is None:
+            yield
+            return
+        self.quota.grace = True
+        try:
+            yield
+        finally:
+            self.quota.grace = False
 
     @answers
     def recalc_quota(self) -> list[QuotaResource]:

@@ -408,9 +408,10 @@ class Root:
 
     # -- checks --------------------------------------------------------
 
-    def check(self, mailbox: str, size: int, count: int) -> str | None:
+    def check(self, mailbox: str, size: int, count: int, grace: bool = False) -> str | None:
         """None if ``count`` messages of ``size`` bytes fit, else why not
-        ("quota" or "too large")."""
+        ("quota" or "too large").  ``grace``: a delivery (LDA/LMTP), which
+        quota_grace lets bring the user from under to over the limit."""
         if self.config.noenforcing or self.config.ignored(mailbox):
             return None
         b, n = self.config.limits(mailbox)
@@ -420,7 +421,8 @@ class Root:
         if b and ub + size > b:
             if size > b + self.config.grace_bytes(b):
                 return "too large"
-            if not (count == 1 and ub < b and ub + size <= b + self.config.grace_bytes(b)):
+            if not (grace and count == 1 and ub < b
+                    and ub + size <= b + self.config.grace_bytes(b)):
                 return "quota"
         if n and uc + count > n:
             return "quota"
@@ -435,6 +437,8 @@ class Quota:
         self.config = config
         self.roots = [Root(r, scan, maildir) for r in config.roots]
         self.warn = warn
+        #: set while a delivery saves (:meth:`delivering`): quota_grace applies
+        self.grace = False
 
     def root(self, name: str) -> Root | None:
         for r in self.roots:
@@ -445,12 +449,12 @@ class Quota:
     def roots_for(self, mailbox: str) -> list[Root]:
         return [r for r in self.roots if not r.config.hidden]
 
-    def check(self, mailbox: str, size: int, count: int = 1) -> None:
+    def check(self, mailbox: str, size: int, count: int = 1, grace: bool | None = None) -> None:
         """Raise OverQuota / MailTooLarge if the save can't happen."""
         if self.config.max_mail_size and count == 1 and size > self.config.max_mail_size:
             raise MailTooLarge(TOO_LARGE)
         for r in self.roots:
-            why = r.check(mailbox, size, count)
+            why = r.check(mailbox, size, count, self.grace if grace is None else grace)
             if why is not None:
                 err = OverQuota(self.config.exceeded_message)
                 err.tempfail = self.config.tempfail
