@@ -173,6 +173,24 @@ class MaildirQuotaSideBySide(QuotaSideBySide):
         self.assertIn(b"[OVERQUOTA]", out[1])  # 3099 + 1033 > 4096, within the 10% grace
 
 
+class UnlimitedSideBySide(unittest.TestCase):
+    """Roots without limits: GETQUOTAROOT leaves them out ("OK No quota"),
+    GETQUOTA answers no QUOTA line, an ``ignoreunlimited`` one does not exist."""
+
+    PLUGINS = ({"quota": "maildir:User quota"},
+               {"quota": "maildir:User quota", "quota_rule": "*:storage=1M",
+                "quota2": "maildir:Other:ignoreunlimited"})
+
+    def test_unlimited_roots(self):
+        for plugin in self.PLUGINS:
+            side = type("Side", (QuotaSide,), {"plugin": plugin})([MSG % i for i in range(2)])
+            self.addCleanup(side.cleanup)
+            commands = [b"GETQUOTAROOT INBOX", b'GETQUOTA "User quota"', b"GETQUOTA Other"]
+            theirs, ours = side.raw_dovecot(commands), side.raw_ours(commands)
+            for cmd, t, o in zip(commands, theirs, ours, strict=True):
+                self.assertEqual(o, t, f"{plugin} {cmd!r}")
+
+
 class FakeStorageQuota(unittest.TestCase):
     """The fake storage enforces the same rules (tests/imap_fakes.py)."""
 

@@ -441,13 +441,16 @@ class Quota:
         self.grace = False
 
     def root(self, name: str) -> Root | None:
-        for r in self.roots:
+        """A visible root by name (hidden ones, and ``ignoreunlimited`` ones
+        without limits, do not exist for the user, as in Dovecot)."""
+        for r in self.roots_for(""):
             if r.name == name:
                 return r
         return None
 
     def roots_for(self, mailbox: str) -> list[Root]:
-        return [r for r in self.roots if not r.config.hidden]
+        return [r for r in self.roots if not r.config.hidden and not (
+            r.config.ignoreunlimited and r.config.limits(mailbox) == (0, 0))]
 
     def check(self, mailbox: str, size: int, count: int = 1, grace: bool | None = None) -> None:
         """Raise OverQuota / MailTooLarge if the save can't happen."""

@@ -56,11 +56,16 @@ async def cmd_getquotaroot(client: Client, tag: bytes, args: list[Token],
     if len(args) != 1:
         raise CommandError(b"BAD Invalid arguments.")
     name = client.decode_mailbox(args[0])
-    roots = await client.storage.quota_roots(name)
+    limited = []
+    for root in await client.storage.quota_roots(name):
+        resources = await client.storage.get_quota(root)
+        if any(r.limit for r in resources):  # unlimited roots are not listed
+            limited.append((root, resources))
+    if not limited:
+        return b"OK No quota."
     out = [b"* QUOTAROOT " + client.encode_mailbox(name)
-           + b"".join(b" " + astring(r.encode()) for r in roots) + b"\r\n"]
-    for root in roots:
-        out.append(quota_line(root, await client.storage.get_quota(root)))
+           + b"".join(b" " + astring(r.encode()) for r, _ in limited) + b"\r\n"]
+    out += [quota_line(root, resources) for root, resources in limited]
     client.send(b"".join(out))
     return b"OK Getquotaroot completed."
 
@@ -77,7 +82,8 @@ async def cmd_getquota(client: Client, tag: bytes, args: list[Token], uid: bool 
         if e.code != "NONEXISTENT":
             raise
         raise CommandError(b"NO Quota root doesn't exist.") from None
-    client.send(quota_line(root, resources))
+    if any(r.limit for r in resources):  # an unlimited root: no QUOTA line
+        client.send(quota_line(root, resources))
     return b"OK Getquota completed."
 
 
