@@ -191,6 +191,18 @@ class UnlimitedSideBySide(unittest.TestCase):
                 self.assertEqual(o, t, f"{plugin} {cmd!r}")
 
 
+class MaxMailSizeSideBySide(unittest.TestCase):
+    def test_limit(self):
+        plugin = {"quota": "maildir:User quota", "quota_rule": "*:storage=1M",
+                  "quota_max_mail_size": "1k"}
+        side = type("Side", (QuotaSide,), {"plugin": plugin})([])
+        self.addCleanup(side.cleanup)
+        commands = [append(MSG % 1 + b"y" * 2000 + b"\r\n"), append(b"small\r\n")]
+        theirs, ours = side.raw_dovecot(commands), side.raw_ours(commands)
+        self.assertEqual(ours, theirs)
+        self.assertIn(b"NO [LIMIT] Mail size is larger", ours[0])
+
+
 class FakeStorageQuota(unittest.TestCase):
     """The fake storage enforces the same rules (tests/imap_fakes.py)."""
 
