@@ -146,6 +146,12 @@ class QuotaSideBySide(unittest.TestCase):
         off = self.side.raw_ours([b"STATUS INBOX (DELETED-STORAGE)"], settings={})
         self.assertIn(b"BAD", off[0])
 
+    def test_status_of_the_selected_mailbox(self):
+        # view_status awaits the view's HIGHESTMODSEQ (it was a coroutine object)
+        out = self.side.raw_ours([b"STATUS INBOX (HIGHESTMODSEQ DELETED-STORAGE)"])
+        self.assertRegex(out[0], rb"^\* STATUS INBOX \(HIGHESTMODSEQ \d+ DELETED-STORAGE 0\)\n"
+                                 rb"T0 OK \[CLIENTBUG\]")
+
     def test_capabilities_only_with_imap_quota(self):
         s = IMAPSession(self.side.storage, SessionContext("alice", "side", settings={
             "mail_plugins": "quota imap_quota"}))

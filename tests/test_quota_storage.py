@@ -75,7 +75,7 @@ class Rules(unittest.TestCase):
                          "plugin {\n quota = maildir:User quota\n quota_rule = *:storage=1G\n"
                          " quota_warning = storage=95%% quota-warning 95 %u\n}\n"
                          "service quota-warning {\n executable = script /bin/true\n}\n"
-                         "quota_full_tempfail = yes\nlmtp_rcpt_check_quota = yes\n")
+                         "quota_full_tempfail = yes\n")
         got = quota_settings(ok, {"quota_rule": "*:storage=50M"})
         self.assertEqual(got["quota_rule"], "*:storage=50M")  # userdb wins
         self.assertEqual(got["quota_warning_executable"], "/bin/true")
@@ -112,7 +112,7 @@ class Storage(unittest.TestCase):
         with open(os.path.join(self.root, "maildirsize")) as f:
             lines = f.read().splitlines()
         self.assertEqual(lines[0], "3500S,10C")
-        self.assertFailure(s.append("INBOX", io.BytesIO(MSG)), OverQuota)
+        self.failureResultOf(s.append("INBOX", io.BytesIO(MSG)), OverQuota)
         self.assertEqual(len(os.listdir(os.path.join(self.root, "tmp"))), 0)
         box = result_now(s.open("INBOX"))
         result_now(box.store([box.messages[0].uid], ["\\Deleted"], "+"))
@@ -120,7 +120,7 @@ class Storage(unittest.TestCase):
         self.assertEqual(usage(s)["STORAGE"], (2002, 3500))
         self.fill(s, 1)  # fits again at once
         result_now(s.create("Sub"))
-        self.assertFailure(s.copy(box, [m.uid for m in box.messages], "Sub"), OverQuota)
+        self.failureResultOf(s.copy(box, [m.uid for m in box.messages], "Sub"), OverQuota)
         moved = box.messages[0].uid
         result_now(s.move(box, [moved], "Sub"))  # moves need no room
         result_now(box.store([moved], ["\\Deleted"], "+"))
@@ -134,14 +134,14 @@ class Storage(unittest.TestCase):
         s = storage(self.root, quota="maildir:User quota", quota_rule="*:bytes=2500",
                     quota_grace="1000b", quota_max_mail_size="5k")
         self.fill(s, 2)
-        self.assertFailure(s.append("INBOX", io.BytesIO(MSG)), OverQuota)  # IMAP: no grace
-        self.assertFailure(s.check_quota("INBOX", 5000), MailTooLarge)
+        self.failureResultOf(s.append("INBOX", io.BytesIO(MSG)), OverQuota)  # IMAP: no grace
+        self.failureResultOf(s.check_quota("INBOX", 6000), MailTooLarge)
         result_now(s.check_quota("INBOX", 1001))  # a delivery would fit, with the grace
         with s.delivering():  # LMTP: the third crosses the limit within the grace
             self.fill(s, 1)
-            self.assertFailure(s.append("INBOX", io.BytesIO(MSG)), OverQuota)
+            self.failureResultOf(s.append("INBOX", io.BytesIO(MSG)), OverQuota)
         s.quota.config.roots[0].rules[0].storage.value = 100000
-        self.assertFailure(s.append("INBOX", io.BytesIO(b"x" * 6000)), MailTooLarge)
+        self.failureResultOf(s.append("INBOX", io.BytesIO(b"x" * 6000)), MailTooLarge)
 
     def test_count_backend_and_recalc(self):
         s = storage(self.root, quota="count:User quota", quota_rule="*:storage=10k",

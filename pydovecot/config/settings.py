@@ -109,7 +109,6 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "mail_plugins": (STR, ""),  # checked by the parser (see MAIL_PLUGINS)
     # quota (pydovecot/storage/quota.py; RCPT check: pydovecot/lmtp)
     "quota_full_tempfail": (BOOL, "no"),
-    "lmtp_rcpt_check_quota": (BOOL, "no"),
     "mail_cache_max_size": (SIZE, "1G"),
     "mail_cache_max_headers_count": (UINT, "32"),
     "mail_cache_max_header_name_length": (UINT, "100"),
@@ -738,6 +737,9 @@ REFUSED: dict[str, str] = {
     "lda_original_recipient_header": "delivery ignores original-recipient headers",
     "lmtp_hdr_delivery_address": "lmtp adds no Delivered-To: header",
     "lmtp_proxy": "lmtp proxying is not supported",
+    # the backend's check_quota is there (pydovecot/lmtp/process.py); lmtp's
+    # RCPT TO calls it once the protocol side reads this setting
+    "lmtp_rcpt_check_quota": "lmtp does not check quota at RCPT TO yet",
     "mail_fsync": "pydovecot's fsync policy is fixed (as 'optimized')",
     "mail_attachment_dir": "single-instance attachment storage is not supported",
     "mail_attachment_fs": "single-instance attachment storage is not supported",

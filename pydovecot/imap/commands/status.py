@@ -67,7 +67,7 @@ async def status_command(client: Client, tag: bytes, args: list[Token], uid: boo
         await client.announce_condstore()  # RFC 7162 3.1
     mbox = client.mailbox
     if mbox is not None and _same_mailbox(mbox.name, name):
-        status = view_status(client, mbox)
+        status = await view_status(client, mbox)
         done = b"OK [CLIENTBUG] Status on selected mailbox completed."
     else:
         status = await client.storage.status(name)
@@ -81,7 +81,7 @@ def _same_mailbox(a: str, b: str) -> bool:
     return a == b or a.upper() == b.upper() == "INBOX"
 
 
-def view_status(client: Client, mbox: IMailbox) -> MailboxStatus:
+async def view_status(client: Client, mbox: IMailbox) -> MailboxStatus:
     """STATUS of the selected mailbox is its view's, as Dovecot answers it:
     the messages the session was told of, and the \\Recent ones it holds
     (the storage's count leaves out what a session has taken)."""
@@ -94,7 +94,7 @@ def view_status(client: Client, mbox: IMailbox) -> MailboxStatus:
         unseen=sum("\\Seen" not in m.flags for m in messages),
         size=sum(m.size for m in messages),
         deleted=sum("\\Deleted" in m.flags for m in messages),
-        highestmodseq=client.highestmodseq(mbox),
+        highestmodseq=await client.highestmodseq(mbox),
         deleted_size=sum(m.size for m in messages if "\\Deleted" in m.flags),
     )
 
