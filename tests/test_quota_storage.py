@@ -87,7 +87,9 @@ class Rules(unittest.TestCase):
         self.assertEqual(full.services["quota-status"].inet_listeners["#1"].port, 12340)
         for bad in ("plugin {\n quota = dict:User quota::proxy::quota\n}\n",
                     "plugin {\n quota = count:User quota\n}\n",
-                    "plugin {\n quota = maildir:x\n quota_rule = *:storage=x\n}\n"):
+                    "plugin {\n quota = maildir:x\n quota_rule = *:storage=x\n}\n",
+                    "plugin {\n quota = maildir:x\n quota_over_flag = yes\n}\n",
+                    "plugin {\n quota = maildir:x\n quota_over_script = x\n}\n"):
             self.assertRaises(ConfigError, load_string, "mail_plugins = quota\n" + bad)
 
 

@@ -1050,20 +1050,31 @@ def check_quota_key(key: str, value: str) -> str | None:
     (pydovecot/storage/quota.py parses them again per user)."""
     from pydovecot.storage import quota as Q
 
+    root = re.match(r"quota\d*(?=_|$)", key)
+    rest = key[root.end():] if root else key
     try:
-        if key == "quota" or (key.startswith("quota") and key[5:].isdigit()):
+        if root and rest == "":
             Q.parse_backend(value)
-        elif "_rule" in key:
+        elif root and re.fullmatch(r"_rule\d*", rest):
             Q.parse_rule(value)
-        elif "_warning" in key:
+        elif root and re.fullmatch(r"_warning\d*", rest):
             Q.parse_warning(value)
-        elif key.endswith("_grace"):
+        elif root and rest == "_grace":
             Q.parse_quantity(value.split()[0] if value.split() else "", 1)
         elif key == "quota_max_mail_size":
             Q.parse_quantity(value, 1)
+        elif key not in QUOTA_KEYS:
+            return f"{key}: refused: this quota setting is not supported by pydovecot"
     except Q.QuotaSettingError as e:
         return str(e)
     return None
+
+
+#: quota plugin keys honoured besides quotaN, quotaN_ruleN, quotaN_warningN,
+#: quotaN_grace (quota_over_flag*, quota_over_script, quota_set … are refused)
+QUOTA_KEYS = frozenset({"quota_exceeded_message", "quota_max_mail_size", "quota_vsizes",
+                        "quota_status_success", "quota_status_nouser",
+                        "quota_status_overquota", "quota_status_toolarge"})
 
 
 def check_quota_plugin(plugin: dict[str, str]) -> str | None:
