@@ -5,13 +5,16 @@ quota_warning script run as the mail user."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
+import subprocess
+import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.harness import LineClient, Master, User, privileged
+from tests.harness import ROOT, LineClient, Master, User, privileged
 from tests.test_isolation_deliver import MESSAGE, LMTPClient
 
 BIG = MESSAGE.replace(b"{subject}", b"big") + (b"y" * 98 + b"\r\n") * 20  # ~2.1 kB
@@ -92,6 +95,20 @@ class QuotaMasterTests(SynchronousTestCase):
         self.assertEqual(lines[-1].split(b" ", 2)[1:],
                          [b"NO", b"[OVERQUOTA] Quota exceeded (mailbox for user is full)"])
         client.close()
+        # pydoveadm through the master, in alice's mail process
+        rows = json.loads(self.adm("-f", "json", "quota", "get", "-u", "alice"))
+        self.assertEqual([(r["root"], r["type"], r["limit"]) for r in rows],
+                         [("User quota", "STORAGE", "4"), ("User quota", "MESSAGE", "100")])
+        self.assertEqual(rows[1]["value"], "1")
+        self.assertEqual(self.adm("quota", "recalc", "-u", "alice"), "")
+
+    def adm(self, *args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pydovecot.admin.cli", "-c", self.master.config_path, *args],
+            capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120,
+            stdin=subprocess.DEVNULL, text=True)
+        self.assertEqual(proc.returncode, 0, f"{args}: {proc.stdout!r} {proc.stderr!r}")
+        return proc.stdout
 
 
 class QuotaTempfailTests(QuotaMasterTests):
