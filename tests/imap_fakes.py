@@ -9,6 +9,9 @@ changes (all of them deferred while ``allow_expunge`` is false), modseqs
 that stay 1 (``vanished_since`` over-reports, as RFC 7162 allows), a
 per-view value cache, and attributes kept on the mailbox (so RENAME keeps
 them and DELETE drops them, as the Maildir storage's GUID keying does).
+Quota (``configure`` with Dovecot's quota settings) is the real
+:mod:`pydovecot.storage.quota` over a count of the boxes in memory
+(``count`` backend semantics; sizes are the stored bytes).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from pydovecot.storage import attributes as A
+from pydovecot.storage import quota as Q
 from pydovecot.storage import search as S
 from pydovecot.storage.deferred import answers
 from pydovecot.storage.interfaces import (
@@ -32,6 +37,7 @@ from pydovecot.storage.interfaces import (
     MailboxNotFound,
     MailboxStatus,
     MessageInfo,
+    QuotaResource,
     StorageError,
     SyncResult,
     TooManyAttributes,
@@ -250,10 +256,46 @@ class FakeStorage:
         self.tree_listeners: list[Callable[[str, str, str | None], None]] = []
         self.server_attributes: dict[str, bytes] = {}
         self.attribute_limits = A.AttributeLimits()
+        self.quota: Q.Quota | None = None
 
     @answers
     def configure(self, settings: dict) -> None:
         self.attribute_limits = A.AttributeLimits.from_settings(settings)
+        cfg = Q.parse_settings(settings)
+        self.quota = None if cfg is None else Q.Quota(cfg, self._scan, "")
+
+    def _scan(self, ignored: Callable[[str], bool]) -> tuple[int, int]:
+        msgs = [m for name, b in self.boxes.items() if not ignored(name) for m in b.messages]
+        return sum(len(m.data) for m in msgs), len(msgs)
+
+    def _check(self, name: str, size: int, count: int = 1) -> None:
+        if self.quota is not None:
+            self.quota.check(name, size, count)
+
+    def _resources(self, root: Q.Root, mailbox: str = "") -> list[QuotaResource]:
+        (b, n), (ub, un) = root.config.limits(mailbox), root.usage()
+        return [QuotaResource("STORAGE", ub, b), QuotaResource("MESSAGE", un, n)]
+
+    @answers
+    def quota_roots(self, mailbox: str) -> list[str]:
+        return [r.name for r in self.quota.roots_for(mailbox)] if self.quota else []
+
+    @answers
+    def get_quota(self, root: str, mailbox: str = "") -> list[QuotaResource]:
+        r = self.quota.root(root) if self.quota else None
+        if r is None:
+            err = StorageError("Quota root does not exist")
+            err.code = "NONEXISTENT"
+            raise err
+        return self._resources(r, mailbox)
+
+    @answers
+    def check_quota(self, mailbox: str, size: int, count: int = 1) -> None:
+        self._check(mailbox, size, count)
+
+    @answers
+    def recalc_quota(self) -> list[QuotaResource]:
+        return [x for r in (self.quota.roots if self.quota else []) for x in self._resources(r)]
 
     def notify(self, name: str) -> None:
         for cb in list(self.listeners.get(name, [])):
@@ -328,6 +370,7 @@ class FakeStorage:
             uidnext=box.uidnext,
             uidvalidity=box.uidvalidity,
             unseen=sum(1 for m in box.messages if "\\Seen" not in m.flags),
+            deleted_size=sum(len(m.data) for m in box.messages if "\\Deleted" in m.flags),
         )
 
     @answers
@@ -348,9 +391,11 @@ class FakeStorage:
         if box is None:
             raise MailboxNotFound("Mailbox doesn't exist")
         when = internaldate or datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.UTC)
+        data = message.read()
+        self._check(name, len(data))
         uid = box.uidnext
         box.uidnext += 1
-        box.messages.append(_Stored(uid, message.read(), set(flags), when))
+        box.messages.append(_Stored(uid, data, set(flags), when))
         self.notify(name)
         return box.uidvalidity, uid
 
@@ -366,6 +411,7 @@ class FakeStorage:
             err = StorageError("Some of the requested messages no longer exist.")
             err.code = "EXPUNGEISSUED"
             raise err
+        self._check(dest, sum(len(src[u].data) for u in uids), len(uids))
         pairs = []
         for uid in uids:
             m = src[uid]
@@ -375,6 +421,15 @@ class FakeStorage:
             pairs.append((uid, new))
         self.notify(dest)
         return box.uidvalidity, pairs
+
+    def move(
+        self, source: FakeMailbox, uids: Sequence[int], dest: str
+    ) -> Deferred[tuple[int, list[tuple[int, int]]]]:
+        quota, self.quota = self.quota, None  # no check inside the one quota root
+        try:
+            return self.copy(source, uids, dest)
+        finally:
+            self.quota = quota
 
     def add_listener(self, name: str, callback: Callable[[], None]) -> None:
         self.listeners.setdefault(name, []).append(callback)

@@ -499,7 +499,7 @@ class SectionTests(_Files):
             "}\n"
             "!include conf.d/*.conf\n"
             "namespace shared {\n  type = shared\n  prefix = shared/%%u/\n}\n"
-            "plugin {\n  quota = maildir:User quota\n  anything_goes = yes\n  sieve = ~/.dovecot.sieve\n}\n"
+            "plugin {\n  acl = vfile\n  anything_goes = yes\n  sieve = ~/.dovecot.sieve\n}\n"
             "dict {\n  quota = file:/var/lib/quota\n}\n"
             "protocol imap {\n  plugin {\n    imap_only = 1\n  }\n}\n",
             strict=False,
@@ -507,7 +507,7 @@ class SectionTests(_Files):
         self.assertEqual(len(cfg.refusals), 3, cfg.refusals)  # shared: type, prefix, 2nd ns
         self.assertIn("dovecot.conf:11: namespace type shared", cfg.refusals[0])
         self.assertIn("only one namespace", cfg.refusals[2])
-        self.assertIn("'quota' is for the quota plugin, which pydovecot does not load",
+        self.assertIn("'acl' is for the acl plugin, which pydovecot does not load",
                       cfg.warnings[0])
         self.assertIn("'anything_goes' belongs to no plugin", cfg.warnings[1])
         self.assertEqual(len(cfg.warnings), 3)  # sieve is implemented
@@ -517,7 +517,7 @@ class SectionTests(_Files):
         self.assertEqual(inbox["mailboxes"]["Sent"]["special_use"], "\\Sent")
         self.assertEqual(inbox["mailboxes"]["Trash"]["special_use"], "\\Trash")
         self.assertEqual(cfg.namespaces["shared"]["prefix"], "shared/%%u/")
-        self.assertEqual(cfg.plugin["quota"], "maildir:User quota")
+        self.assertEqual(cfg.plugin["acl"], "vfile")
         self.assertEqual(cfg.plugin["anything_goes"], "yes")
         self.assertEqual(cfg.dict, {"quota": "file:/var/lib/quota"})
         self.assertEqual(cfg.protocol_plugin, {"imap": {"imap_only": "1"}})
@@ -703,7 +703,8 @@ class GrammarTests(_Files):
             "service imap-login {\n  inet_listener {\n    address = 127.0.0.1\n"
             "    port = 11143\n  }\n  inet_listener {\n    port = 0\n  }\n}\n"
             "service director {\n  inet_listener {\n  }\n}\n"
-            "service quota-status {\n  inet_listener {\n    port = 12340\n  }\n}\n")
+            "service doveadm {\n  inet_listener {\n    port = 12340\n  }\n}\n"
+            "service quota-status {\n  inet_listener {\n    port = 12341\n  }\n}\n")
         listeners = cfg.services["imap-login"].inet_listeners
         self.assertEqual(listeners["#1"].port, 11143)
         self.assertEqual(listeners["#1"].addresses, ["127.0.0.1"])
@@ -711,7 +712,8 @@ class GrammarTests(_Files):
         self.assertIn("imap", listeners)  # the built-in ones stay
         # a service pydovecot doesn't run warns only when something is set in it
         self.assertEqual(len(cfg.warnings), 1)
-        self.assertIn("dovecot.conf:14: service 'quota-status' is not supported", cfg.warnings[0])
+        self.assertIn("dovecot.conf:14: service 'doveadm' is not supported", cfg.warnings[0])
+        self.assertEqual(cfg.services["quota-status"].inet_listeners["#1"].port, 12341)
 
     def test_service_still_needs_a_name(self) -> None:
         self.assertIn("dovecot.conf:1: section 'service' needs a name", self.error("service {\n}\n"))
@@ -738,8 +740,8 @@ class GrammarTests(_Files):
                       self.error("!include nope.conf\n"))
 
     def test_refused_plugins_and_locations_name_the_line(self) -> None:
-        self.assertIn("dovecot.conf:2: mail_plugins: quota: refused: quota is not supported",
-                      self.error("\nmail_plugins = $mail_plugins quota\n"))
+        self.assertIn("dovecot.conf:2: mail_plugins: quota_clone: refused: quota_clone is not",
+                      self.error("\nmail_plugins = $mail_plugins quota_clone\n"))
         self.assertIn("dovecot.conf:2: mail_plugins: imap_acl: refused: ACLs",
                       self.error("protocol imap {\n  mail_plugins = imap_acl\n}\n"))
         self.assertIn("mail_plugins: unknown plugin 'nosuch'", self.error("mail_plugins = nosuch\n"))
@@ -757,7 +759,7 @@ class GrammarTests(_Files):
                                  "    autoexpunge = 30d\n  }\n}\n"))
         # a refused value replaced later is not refused
         cfg = self.load("mail_location = mbox:~/mail\nmail_location = maildir:~/Maildir\n"
-                        "mail_plugins = quota\nmail_plugins =\n")
+                        "mail_plugins = quota_clone\nmail_plugins =\n")
         self.assertEqual(cfg.get("mail_location"), "maildir:~/Maildir")
         # plugins refused in a protocol pydovecot doesn't serve are not used
         cfg = self.load("protocol lda {\n  mail_plugins = quota\n}\n")

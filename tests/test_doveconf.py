@@ -157,11 +157,11 @@ class ModeTests(_Trees):
 
     def test_refusals_are_fatal_lines_and_exit_89(self) -> None:
         path = write_tree(os.path.join(self.dir, "q"), {
-            "dovecot.conf": "mail_plugins = quota\nmail_cache_fields = date\n"})
+            "dovecot.conf": "mail_plugins = quota_clone\nmail_cache_fields = date\n"})
         code, out, err = run("-c", path, "-n")
         self.assertEqual(code, 89)
-        self.assertIn("mail_plugins = quota", out)  # the dump is still printed
-        self.assertIn(f"pydoveconf: Fatal: {path}:1: mail_plugins: quota: refused", err)
+        self.assertIn("mail_plugins = quota_clone", out)  # the dump is still printed
+        self.assertIn(f"pydoveconf: Fatal: {path}:1: mail_plugins: quota_clone: refused", err)
         self.assertIn(f"pydoveconf: Warning: {path}:2: setting 'mail_cache_fields'", err)
 
     def test_default_is_the_embedded_config(self) -> None:

@@ -64,6 +64,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
     _mail("save", "m:", "[-m mailbox]"),
     _mail("force-resync", "f", "[-f] <mailbox mask>"),
     _mail("index", "qn:", "[-q] [-n <max recent>] <mailbox mask>"),
+    _mail("quota get", "", ""),
+    _mail("quota recalc", "", ""),
 ]}
 
 #: Commands of more than one word (``mailbox metadata get``) are found by

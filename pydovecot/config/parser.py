@@ -707,6 +707,11 @@ class _Parser:
 
     def check_plugin_key(self, where: str, key: str, value: str) -> None:
         owner = S.plugin_key_owner(key)
+        if owner == "quota":
+            why = S.check_quota_key(key, value)
+            if why:
+                self.refuse_value(where, key, why)
+            return
         if owner in S.MAIL_PLUGINS_IMPLEMENTED or owner == "":
             return
         if owner is None:
@@ -721,6 +726,15 @@ class _Parser:
         tables: tuple[dict[str, str], dict[str, str], dict[str, str]]
         defaults: dict[str, str] = {}
         if kind == "service":
+            if section.arg == "quota-warning":
+                if key == "executable" and value.split()[:1] != ["script"]:
+                    self.refuse_value(where, key, "service quota-warning: only "
+                                      "'executable = script PATH …' is supported")
+                elif key == "user":
+                    self.warn(where, "service quota-warning: user ignored: the script runs "
+                                     "in the user's mail process, as the mail user",
+                              once="quota-warning user")
+                return  # run by the user's mail process, as the user
             if section.arg not in S.IMPLEMENTED_SERVICES:
                 self.warn(section.where, f"service '{section.arg}' is not supported by "
                                          "pydovecot yet; ignored", once=f"service {section.arg}")
@@ -736,6 +750,8 @@ class _Parser:
             defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
         elif kind.endswith("_listener"):
             parent = self.stack[-2]
+            if parent.arg == "quota-warning":
+                return  # no socket: the mail process runs the script itself
             if parent.arg not in S.IMPLEMENTED_SERVICES:
                 self.warn(parent.where, f"service '{parent.arg}' is not supported by "
                                         "pydovecot yet; ignored", once=f"service {parent.arg}")
@@ -899,6 +915,10 @@ class _Parser:
             where = self.ns_where.get(active[1], cfg.path)
             self.refuse(where, f"namespace {active[1].lstrip('#')}: only one namespace (the "
                                "private INBOX one) is supported yet")
+        if any(k.startswith("quota") for k in cfg.plugin):
+            why = S.check_quota_plugin(cfg.plugin)
+            if why:
+                self.refuse(cfg.path, f"plugin {{ }}: {why}")
         for name in S.IMPLEMENTED_SERVICES:
             cfg.services[name] = self.build_service(name)
         self.check_metrics()

@@ -107,6 +107,8 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "hostname": (STR, ""),
     "mail_max_userip_connections": (UINT, "10"),
     "mail_plugins": (STR, ""),  # checked by the parser (see MAIL_PLUGINS)
+    # quota (pydovecot/storage/quota.py; RCPT check: pydovecot/lmtp)
+    "quota_full_tempfail": (BOOL, "no"),
     "mail_cache_max_size": (SIZE, "1G"),
     "mail_cache_max_headers_count": (UINT, "32"),
     "mail_cache_max_header_name_length": (UINT, "100"),
@@ -190,7 +192,7 @@ MAILBOX_SETTINGS = frozenset(
 
 #: Services pydovecot runs.
 IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
-                        "health-check", "managesieve-login")
+                        "health-check", "managesieve-login", "quota-status")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -280,6 +282,13 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
         "settings": {
             "executable": "script -p health-check.sh", "process_limit": "1",
             "user": "$default_internal_user",
+        },
+    },
+    # Postfix's policy delegation (pydovecot/quotastatus), with an inet_listener.
+    "quota-status": {
+        "settings": {
+            "executable": "quota-status -p postfix", "client_limit": "1",
+            "process_limit": "1", "user": "$default_internal_user",
         },
     },
     "lmtp": {
@@ -728,8 +737,9 @@ REFUSED: dict[str, str] = {
     "lda_original_recipient_header": "delivery ignores original-recipient headers",
     "lmtp_hdr_delivery_address": "lmtp adds no Delivered-To: header",
     "lmtp_proxy": "lmtp proxying is not supported",
-    "lmtp_rcpt_check_quota": "quota is not supported yet",
-    "quota_full_tempfail": "quota is not supported yet",
+    # the backend's check_quota is there (pydovecot/lmtp/process.py); lmtp's
+    # RCPT TO calls it once the protocol side reads this setting
+    "lmtp_rcpt_check_quota": "lmtp does not check quota at RCPT TO yet",
     "mail_fsync": "pydovecot's fsync policy is fixed (as 'optimized')",
     "mail_attachment_dir": "single-instance attachment storage is not supported",
     "mail_attachment_fs": "single-instance attachment storage is not supported",
@@ -976,12 +986,10 @@ DB_REFUSED: dict[str, str] = {"username_filter": "passdb/userdb username_filter 
 
 #: ``mail_plugins`` names pydovecot honours.  ``sieve`` is implemented in
 #: pydovecot/sieve (its keys are the sieve* plugin settings).
-MAIL_PLUGINS_IMPLEMENTED = frozenset({"sieve"})
+MAIL_PLUGINS_IMPLEMENTED = frozenset({"sieve", "quota", "imap_quota"})
 #: Dovecot plugins pydovecot refuses in mail_plugins: name -> why.
 MAIL_PLUGINS_REFUSED: dict[str, str] = {
-    "quota": "quota is not supported yet: limits would not be enforced",
-    "imap_quota": "quota is not supported yet: limits would not be enforced",
-    "quota_clone": "quota is not supported yet",
+    "quota_clone": "quota_clone is not supported",
     "acl": "ACLs are not supported yet: rights would not be enforced",
     "imap_acl": "ACLs are not supported yet: rights would not be enforced",
     "zlib": "compressed mail storage is not supported",
@@ -1035,6 +1043,50 @@ PLUGIN_KEY_OWNERS: tuple[tuple[str, str], ...] = (
     ("mail_compress", "mail_compress"), ("virtual", "virtual"), ("listescape", "listescape"),
     ("recipient_delimiter", ""), ("mail_lua", "mail_lua"), ("quota_clone", "quota_clone"),
 )  # fmt: skip
+
+
+def check_quota_key(key: str, value: str) -> str | None:
+    """Why a quota plugin setting can't be honoured, or None when it can
+    (pydovecot/storage/quota.py parses them again per user)."""
+    from pydovecot.storage import quota as Q
+
+    root = re.match(r"quota\d*(?=_|$)", key)
+    rest = key[root.end():] if root else key
+    try:
+        if root and rest == "":
+            Q.parse_backend(value)
+        elif root and re.fullmatch(r"_rule\d*", rest):
+            Q.parse_rule(value)
+        elif root and re.fullmatch(r"_warning\d*", rest):
+            Q.parse_warning(value)
+        elif root and rest == "_grace":
+            Q.parse_quantity(value.split()[0] if value.split() else "", 1)
+        elif key == "quota_max_mail_size":
+            Q.parse_quantity(value, 1)
+        elif key not in QUOTA_KEYS:
+            return f"{key}: refused: this quota setting is not supported by pydovecot"
+    except Q.QuotaSettingError as e:
+        return str(e)
+    return None
+
+
+#: quota plugin keys honoured besides quotaN, quotaN_ruleN, quotaN_warningN,
+#: quotaN_grace (quota_over_flag*, quota_over_script, quota_set … are refused)
+QUOTA_KEYS = frozenset({"quota_exceeded_message", "quota_max_mail_size", "quota_vsizes",
+                        "quota_status_success", "quota_status_nouser",
+                        "quota_status_overquota", "quota_status_toolarge"})
+
+
+def check_quota_plugin(plugin: dict[str, str]) -> str | None:
+    """Why the quota settings as a whole can't be honoured (Dovecot's
+    count backend needs quota_vsizes = yes), or None."""
+    from pydovecot.storage import quota as Q
+
+    try:
+        Q.parse_settings(plugin)
+    except Q.QuotaSettingError as e:
+        return str(e)
+    return None
 
 
 def plugin_key_owner(key: str) -> str | None:

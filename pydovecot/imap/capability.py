@@ -66,6 +66,8 @@ def capability_string(settings: dict[str, Any]) -> str:
     caps = list(BASE) + [f"APPENDLIMIT={append_limit(settings)}"]
     if str(settings.get("imap_metadata") or "").strip().lower() in ("yes", "y", "true", "1"):
         caps.append("METADATA")  # commands/metadata.py (RFC 5464, server entries too)
+    if "imap_quota" in str(settings.get("mail_plugins") or "").replace(",", " ").split():
+        caps += ["QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE"]  # commands/quota.py
     if str(settings.get("imap_literal_minus") or "").strip().lower() in ("yes", "y", "true", "1"):
         caps[caps.index("LITERAL+")] = "LITERAL-"  # RFC 7888; IMAP4rev2 implies it anyway
     if override.startswith("+"):

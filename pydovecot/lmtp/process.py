@@ -42,7 +42,7 @@ from pydovecot.config import load_config
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
 from pydovecot.lmtp.protocol import LMTPFactory
 from pydovecot.log import sanitize
-from pydovecot.master.protocol import DeliverRequest
+from pydovecot.master.protocol import DeliverRequest, QuotaCheckRequest
 
 log = Logger()
 
@@ -187,6 +187,19 @@ class MasterDelivery:
         d = self.master.callRemote(DeliverRequest, fd=message_fd, user=user, sender=sender,
                                    recipient=recipient, session=session, msgid=msgid)
         return d.addCallback(lambda _: None)
+
+    def check_quota(self, user: str, fields: dict, size: int):
+        """Asks the user's mail process, through the master (lmtp never
+        reads mail storage); an unknown user or a failed check lets the
+        recipient through to DATA, where delivery decides."""
+        d = self.master.callRemote(QuotaCheckRequest, user=user, size=max(0, int(size)))
+
+        def failed(failure):
+            log.warn("quota check for {user} failed: {e}", user=sanitize(user),
+                     e=sanitize(failure.getErrorMessage()))
+            return None
+
+        return d.addCallbacks(lambda r: r["reply"] or None, failed)
 
 
 @defer.inlineCallbacks

@@ -39,6 +39,7 @@ from pydovecot.admin.protocol import (
     EX_TEMPFAIL,
     EX_USAGE,
     HIDE_TITLE,
+    RIGHT,
     AdminError,
     header,
     pack,
@@ -808,3 +809,34 @@ KICK_GRACE = 5.0
 def _abort_if_open(transport: Any) -> None:
     if getattr(transport, "connected", False) and not getattr(transport, "disconnected", True):
         transport.abortConnection()
+
+
+# -- quota (doveadm quota get / recalc) -----------------------------------
+
+
+def _quota_rows(roots: list[tuple[str, list]]) -> dict:
+    """doveadm's table: root, type, value (STORAGE in KiB, rounded up as
+    Dovecot does), limit (``-`` when unlimited), percent."""
+    rows = []
+    for root, resources in roots:
+        for r in resources:
+            kib = r.name == "STORAGE"
+            value = (r.usage + 1023) // 1024 if kib else r.usage
+            limit = r.limit // 1024 if kib else r.limit
+            percent = value * 100 // limit if limit else 0
+            rows.append([root, r.name, str(value), str(limit) if limit else "-", str(percent)])
+    return result([header("root", "Quota name"), header("type", "Type"),
+                   header("value", "Value", RIGHT), header("limit", "Limit", RIGHT),
+                   header("percent", "%", RIGHT)], rows)
+
+
+@verb("quota get")
+async def quota_get(storage: Any, params: dict, user: str) -> dict:
+    roots = await call(storage, "quota_roots", "INBOX")
+    return _quota_rows([(root, await call(storage, "get_quota", root)) for root in roots])
+
+
+@verb("quota recalc")
+async def quota_recalc(storage: Any, params: dict, user: str) -> dict:
+    await call(storage, "recalc_quota")
+    return result()

@@ -20,7 +20,7 @@ from pydovecot.log import sanitize
 from pydovecot.master.protocol import DeliveryFailed
 from pydovecot.sieve.deliver import SieveDelivery, sieve_enabled
 from pydovecot.sieve.message import split_message
-from pydovecot.storage.interfaces import IMailStorage, StorageError
+from pydovecot.storage.interfaces import IMailStorage, MailTooLarge, OverQuota, StorageError
 
 log = Logger()
 
@@ -95,7 +95,19 @@ def _return_path(raw: bytes) -> str:
     return ""
 
 
+def quota_reply(e: Exception) -> str | None:
+    """Dovecot's LMTP reply (without ``<rcpt>``) for an over-quota save."""
+    if isinstance(e, OverQuota):
+        return f"{'452 4.2.2' if e.tempfail else '552 5.2.2'} {e}"
+    if isinstance(e, MailTooLarge):
+        return f"552 5.2.3 {e}"
+    return None
+
+
 def _failure(e: Exception) -> DeliveryFailed:
+    reply = quota_reply(e)
+    if reply is not None:  # lmtp puts <rcpt> after the enhanced code
+        return DeliveryFailed(reply)
     if getattr(e, "code", "") == "OVERQUOTA" or getattr(e, "errno", None) in (
             errno.ENOSPC, errno.EDQUOT):
         return DeliveryFailed("452 4.2.2 Not enough disk space")

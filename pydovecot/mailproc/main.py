@@ -59,7 +59,14 @@ from pydovecot.log import sanitize, start_child_logging
 from pydovecot.mailproc import admin, delivery
 from pydovecot.mailproc.rehearsal import rehearse
 from pydovecot.managesieve.session import new_session as new_managesieve_session
-from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
+from pydovecot.master.protocol import (
+    Assign,
+    Deliver,
+    DeliveryFailed,
+    NewClient,
+    QuotaCheck,
+    SessionEnded,
+)
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
 from pydovecot.stats import events
@@ -156,7 +163,9 @@ class MailProcess:
             storage = open_storage(user, location, home)
             # mail_cache_* limits; the local storage applies them before it
             # answers, so sessions started right after see them
-            storage.configure({k: self.config.get(k) for k in CACHE_SETTINGS}).addErrback(
+            settings = {k: self.config.get(k) for k in CACHE_SETTINGS}
+            settings.update(quota_settings(self.config, fields))
+            storage.configure(settings).addErrback(
                 lambda f, user=user: log.error("configuring the storage of {user} failed: {e}",
                                                user=sanitize(user), e=f.getErrorMessage()))
             self.storages[user] = storage
@@ -223,7 +232,7 @@ class MailProcess:
         message = os.fdopen(fd, "rb")
         try:
             userdb = json.loads(fields)
-            storage = self.storage_for(user, userdb)
+            storage = DeliveryStorage(self.storage_for(user, userdb))  # quota_grace
         except (OSError, StorageError, ValueError) as e:
             message.close()
             log.error("{what}: cannot open the user's storage: {e}", what=what,
@@ -248,6 +257,29 @@ class MailProcess:
             return result
 
         return d.addBoth(close)
+
+    def check_quota(self, user: str, fields: str, size: int) -> defer.Deferred[dict]:
+        """Would ``size`` octets fit ``user``'s INBOX now?  ``reply`` is ""
+        or the LMTP/SMTP answer Dovecot gives (552 5.2.2, or 452 4.2.2 with
+        quota_full_tempfail = yes)."""
+        try:
+            storage = self.storage_for(user, json.loads(fields))
+        except Exception as e:
+            log.error("quota check: cannot open the storage of {user}: {e}",
+                      user=sanitize(user), e=sanitize(_reason(e)))
+            raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+
+        def over(failure):
+            failure.trap(StorageError)
+            reply = delivery.quota_reply(failure.value)
+            if reply is None:
+                raise DeliveryFailed(DeliveryFailed.TEMPORARY)
+            code, _, text = reply.partition(" ")
+            enh, _, text = text.partition(" ")
+            return {"reply": f"{code} {enh} <{user}> {text}"}
+
+        return storage.check_quota("INBOX", max(0, size)).addCallbacks(
+            lambda _: {"reply": ""}, over)
 
     def session_settings(self, service: str) -> dict:
         """The settings a session reads, per protocol; looked up once (the
@@ -282,11 +314,60 @@ class MailProcess:
                 transport.loseConnection()
 
 
+class DeliveryStorage:
+    """The user's storage as a delivery (LMTP, Sieve's fileinto) sees it:
+    each append runs inside the storage's ``delivering()`` (quota_grace
+    lets the message that crosses the limit in, as Dovecot's LDA/LMTP
+    does); everything else is the storage's own."""
+
+    def __init__(self, storage: IMailStorage):
+        self._storage = storage
+
+    def __getattr__(self, name: str):
+        return getattr(self._storage, name)
+
+    def append(self, *args, **kwargs):
+        grace = getattr(self._storage, "delivering", None)
+        if grace is None:
+            return self._storage.append(*args, **kwargs)
+        with grace():
+            return self._storage.append(*args, **kwargs)
+
+
+def quota_enabled(config) -> bool:
+    """``quota`` in ``mail_plugins``, globally or for any protocol."""
+    values = [config.get("mail_plugins")]
+    values += [v.get("mail_plugins", "") for v in
+               (getattr(config, "protocol_settings", None) or {}).values()]
+    return any("quota" in (v or "").replace(",", " ").split() for v in values)
+
+
+def quota_settings(config, fields: dict) -> dict[str, str]:
+    """The quota plugin's settings for one user: ``plugin {}``, then the
+    userdb's ``quota*`` fields over them (``userdb_quota_rule=*:storage=50M``
+    arrives as ``quota_rule``), as Dovecot merges them; ``{}`` when the
+    plugin is not loaded.  ``quota_warning_executable`` is the script of
+    ``service quota-warning { executable = script PATH }``."""
+    if not quota_enabled(config):
+        return {}
+    out = {k: v for k, v in (getattr(config, "plugin", None) or {}).items()
+           if k.startswith("quota")}
+    for key, value in fields.items():
+        if isinstance(key, str) and key.startswith("quota") and isinstance(value, str):
+            out[key] = value
+    raw = (getattr(config, "raw_services", None) or {}).get("quota-warning", {})
+    words = (raw.get("settings", {}).get("executable") or "").split()
+    if words[:1] == ["script"] and len(words) > 1:
+        out["quota_warning_executable"] = words[-1]
+    out.setdefault("quota_full_tempfail", config.get("quota_full_tempfail"))
+    return out
+
+
 CACHE_SETTINGS = ("mail_cache_max_size", "mail_cache_max_headers_count",
                   "mail_cache_max_header_name_length")
 SESSION_SETTINGS = (
     "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
-    "imap_metadata",
+    "imap_metadata", "mail_plugins",
     "imap_logout_format", "pop3_uidl_format", "pop3_logout_format", "mail_max_userip_connections",
     "hostname", "imap_autologout", "pop3_autologout",
 )
@@ -309,6 +390,10 @@ class MailLocator(ChannelLocator):
     @contained(Deliver)
     def deliver(self, **kwargs):
         return self.process.deliver(**kwargs)
+
+    @contained(QuotaCheck)
+    def check_quota(self, user, fields, size):
+        return self.process.check_quota(user, fields, size)
 
     @contained(AdminRequest)
     def admin(self, **kwargs):  # pydoveadm's mailbox verbs (mailproc/admin.py)

@@ -94,6 +94,27 @@ class DeliverRequest(amp.Command):
               DeliveryFailed: b"DELIVERY_FAILED"}
 
 
+class QuotaCheckRequest(amp.Command):
+    """lmtp (RCPT TO, ``lmtp_rcpt_check_quota``) or quota-status asks the
+    master whether ``size`` octets fit ``user``'s quota now; ``reply`` is ""
+    when they do, else the SMTP reply (``552 5.2.2 <user> Quota exceeded …``)."""
+
+    arguments = [(b"user", amp.Unicode()), (b"size", amp.Integer())]
+    response = [(b"reply", amp.Unicode())]
+    errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE",
+              DeliveryFailed: b"DELIVERY_FAILED"}
+
+
+class QuotaCheck(amp.Command):
+    """The master asks the user's mail process (which owns the storage)
+    the same question; the storage answers, as the user."""
+
+    arguments = [(b"user", amp.Unicode()), (b"fields", amp.Unicode()),
+                 (b"size", amp.Integer())]
+    response = [(b"reply", amp.Unicode())]
+    errors = {**SESSION_ERRORS, DeliveryFailed: b"DELIVERY_FAILED"}
+
+
 class Assign(amp.Command):
     """Make an idle pre-spawned mail process serve one uid/gid for good."""
 

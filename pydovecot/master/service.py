@@ -45,6 +45,8 @@ from pydovecot.master.protocol import (
     HandOff,
     LimitExceeded,
     NewClient,
+    QuotaCheck,
+    QuotaCheckRequest,
     SessionEnded,
 )
 from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
@@ -52,6 +54,8 @@ from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
 log = Logger(namespace="master")
 
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve"}
+#: Postfix's policy service (pydovecot/quotastatus), when it has a listener.
+QUOTA_STATUS = "quota-status"
 #: Served by the unprivileged stats process, when they have a listener.
 STATS_SERVICES = ("stats", "health-check")
 AUTH_SOCKETS = ("auth-login", "auth-master", "auth-userdb", "auth-client")
@@ -126,6 +130,21 @@ class LmtpLocator(StatsForwarding):
     @DeliverRequest.responder
     def deliver(self, **kwargs):
         return self.master.deliver(**kwargs)
+
+    @QuotaCheckRequest.responder
+    def check_quota(self, user, size):
+        return self.master.check_quota(user, size)
+
+
+class QuotaStatusLocator(StatsForwarding):
+    """Commands quota-status may send: QuotaCheckRequest only."""
+
+    def __init__(self, master: MasterService):
+        self.master = master
+
+    @QuotaCheckRequest.responder
+    def check_quota(self, user, size):
+        return self.master.check_quota(user, size)
 
 
 class MailLocator(StatsForwarding):
@@ -356,6 +375,8 @@ class MasterService(Service):
         if "lmtp" in self.config.protocols:
             names.append("lmtp")
         names += [name for name in STATS_SERVICES if self._has_port(name)]
+        if self._has_port(QUOTA_STATUS):
+            names.append(QUOTA_STATUS)
         return names
 
     def _has_port(self, name: str) -> bool:
@@ -426,6 +447,8 @@ class MasterService(Service):
                     self._supervise(name, lambda n=name: self._make_login(n))
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
+            elif name == QUOTA_STATUS:
+                self._supervise(QUOTA_STATUS, self._make_quota_status)
             elif name == "stats" or name == "health-check" and not self._has_port("stats"):
                 self._supervise("stats", self._make_stats)  # serves both
 
@@ -466,6 +489,12 @@ class MasterService(Service):
         argv = python_module_argv("pydovecot.lmtp.process", *self._config_args(),
                                   "--chroot", self.chroot_dir, *args)
         return Child("lmtp", argv, locator=LmtpLocator(self), extra_fds=fds)
+
+    def _make_quota_status(self) -> Child:
+        args, fds = self._listener_args(QUOTA_STATUS)
+        argv = python_module_argv("pydovecot.quotastatus.main", *self._config_args(),
+                                  "--chroot", self.chroot_dir, *args)
+        return Child(QUOTA_STATUS, argv, locator=QuotaStatusLocator(self), extra_fds=fds)
 
     def _make_stats(self) -> Child:
         args, fds = self._listener_args("stats")
@@ -693,6 +722,35 @@ class MasterService(Service):
             return result
         finally:
             os.close(fd)
+
+    @defer.inlineCallbacks
+    def check_quota(self, user: str, size: int):
+        """Ask the user's mail process whether ``size`` octets fit the
+        user's quota (the storage is read only there, as the user)."""
+        prefix = f"lmtp({sanitize(user)})"
+        try:
+            found = yield _within(self.auth.call(UserLookup, user=user, service="lmtp"),
+                                  USERDB_TIMEOUT, "authd did not answer")
+        except Exception as e:
+            log.error("userdb lookup failed: {e}", e=sanitize(e), log_prefix=prefix)
+            raise DeliveryFailed(DeliveryFailed.USERDB) from None
+        if not found["found"]:
+            if found.get("temporary"):
+                raise DeliveryFailed(DeliveryFailed.USERDB)
+            raise KeyError(user)
+        name = found["user"]
+        try:
+            fields = json.loads(found["fields"])
+            uid, gid = self.mail_ids(name, fields)
+            fields = self.prepare_home(name, fields, uid, gid)
+            process = yield self.pool.process_for(uid, gid, name)
+            result = yield process.call(QuotaCheck, user=name, fields=fields, size=size)
+        except DeliveryFailed:
+            raise
+        except Exception as e:
+            log.error("quota check failed: {e}", e=sanitize(e), log_prefix=prefix)
+            raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+        return result
 
     # -- reload and stop -----------------------------------------------------
 

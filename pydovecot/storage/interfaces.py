@@ -103,6 +103,32 @@ class TooManyAttributes(StorageError):
         super().__init__(message)
 
 
+class OverQuota(StorageError):
+    """The message does not fit the user's quota (``NO [OVERQUOTA]``); the
+    text is ``quota_exceeded_message`` (Dovecot's default: "Quota exceeded
+    (mailbox for user is full)")."""
+
+    code = "OVERQUOTA"
+    #: ``quota_full_tempfail = yes``: delivery answers 452 4.2.2, not 552 5.2.2
+    tempfail = False
+
+
+class MailTooLarge(StorageError):
+    """Above ``quota_max_mail_size`` (``NO [LIMIT]``)."""
+
+    code = "LIMIT"
+
+
+@dataclass
+class QuotaResource:
+    """One resource of a quota root: ``STORAGE`` (bytes) or ``MESSAGE``
+    (count); ``limit`` 0 = unlimited."""
+
+    name: str
+    usage: int
+    limit: int
+
+
 #: System flags, spelled as IMAP spells them.  Keywords are any other atom.
 SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
 
@@ -127,6 +153,8 @@ class MailboxStatus:
     size: int = 0
     deleted: int = 0
     highestmodseq: int = 0
+    #: RFC 9208 DELETED-STORAGE: RFC822.SIZE octets of the \\Deleted messages
+    deleted_size: int = 0
 
 
 @dataclass
@@ -317,6 +345,13 @@ class IMailStorage(Interface):
         Returns ``(dest uidvalidity, [(source uid, dest uid), …])``.
         """
 
+    def move(
+        source: IMailbox, uids: Sequence[int], dest: str
+    ) -> Deferred[tuple[int, list[tuple[int, int]]]]:
+        """The copy half of IMAP MOVE (the caller then expunges the source):
+        as :meth:`copy`, but a move inside one quota root is not checked
+        against the quota (its usage does not grow), as in Dovecot."""
+
     def add_listener(name: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` when mailbox ``name`` changes through this
         storage (append, store, expunge, delivery) — for IDLE."""
@@ -363,3 +398,29 @@ class IMailStorage(Interface):
         """Every entry name of a mailbox (or, for ``""``, the server) that
         starts with ``prefix`` (``""`` = all, ``/private`` or ``/shared``, or
         any deeper entry), sorted, with its scope (``/private/comment``)."""
+
+    # -- quota (Dovecot's quota plugin; RFC 9208) ---------------------------
+    # A storage with no quota configured answers [] / MailboxNotFound-free
+    # no-ops.  Usage is kept current by append/copy/expunge/delete; saving
+    # over the limit fails with OverQuota (MailTooLarge above
+    # quota_max_mail_size).
+
+    def quota_roots(mailbox: str) -> Deferred[list[str]]:
+        """Names of the quota roots that apply to ``mailbox`` (GETQUOTAROOT),
+        [] when quota is off; a mailbox that does not exist (yet) has the
+        roots it would have, as Dovecot answers."""
+
+    def get_quota(root: str, mailbox: str = "") -> Deferred[list[QuotaResource]]:
+        """The root's resources, STORAGE then MESSAGE, with their limits as
+        for saving into ``mailbox`` ("" = the default rule; 0 = unlimited,
+        which IMAP leaves out and doveadm shows as ``-``).  StorageError
+        (``NONEXISTENT``) for an unknown root."""
+
+    def check_quota(mailbox: str, size: int, count: int = 1) -> Deferred[None]:
+        """Fires when ``count`` messages of ``size`` octets would fit in
+        ``mailbox`` now, as a delivery (quota_grace applies); OverQuota /
+        MailTooLarge otherwise (LMTP's RCPT check, quota-status)."""
+
+    def recalc_quota() -> Deferred[list[QuotaResource]]:
+        """Count the usage again from the mail (``doveadm quota recalc``);
+        returns the resources of every root, root after root."""

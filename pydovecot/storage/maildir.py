@@ -46,6 +46,7 @@ from zope.interface import implementer
 from pydovecot.log import sanitize
 from pydovecot.storage import attributes as A
 from pydovecot.storage import names as N
+from pydovecot.storage import quota as Q
 from pydovecot.storage import search as S
 from pydovecot.storage.deferred import answers
 from pydovecot.storage.index import (
@@ -68,6 +69,7 @@ from pydovecot.storage.interfaces import (
     MailboxNotFound,
     MailboxStatus,
     MessageInfo,
+    QuotaResource,
     StorageError,
     SyncResult,
 )
@@ -1166,6 +1168,7 @@ class MaildirMailbox:
         box = self.box
         only = set(uids) if uids is not None else None
         removed: list[int] = []
+        freed = 0
         with box.tx():
             for info in list(self.messages):
                 if only is not None and info.uid not in only:
@@ -1181,6 +1184,7 @@ class MaildirMailbox:
                         if rec is None:
                             break
                         continue
+                    freed += self.storage._qsize(box, rec)
                     box._drop(rec, self.id)
                     removed.append(info.uid)
                     break
@@ -1191,6 +1195,7 @@ class MaildirMailbox:
                 del self._index[uid]
                 self._ghosts.pop(uid, None)
             self.recent -= gone
+            self.storage._quota_changed(self.name, -freed, -len(removed))
             self.storage._notify(self.name)
         return removed
 
@@ -1261,6 +1266,9 @@ class MaildirStorage:
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
         self._subs = Subscriptions(self.root, utf8)
+        #: Dovecot's quota plugin (None: off); :meth:`configure` sets it up
+        self.quota: Q.Quota | None = None
+        self._usage_cache: dict[str, tuple[tuple, tuple[int, int]]] = {}
 
     @answers
     def configure(self, settings: dict) -> None:
@@ -1270,6 +1278,14 @@ class MaildirStorage:
         self.cache_limits.max_headers = limits.max_headers
         self.cache_limits.max_header_name = limits.max_header_name
         self.attributes.limits = A.AttributeLimits.from_settings(settings)
+        qcfg = Q.parse_settings(settings)
+        if qcfg is None:
+            self.quota = None
+        else:
+            script = settings.get("quota_warning_executable") or ""
+            warn = (lambda args, user=self.user: Q.run_warning(script, args, user)) if script \
+                else None
+            self.quota = Q.Quota(qcfg, self._quota_scan, self.root, warn)
 
     # -- paths and caches ---------------------------------------------
 
@@ -1384,6 +1400,7 @@ class MaildirStorage:
         if not os.path.isdir(path):
             raise MailboxNotFound(f"Mailbox doesn't exist: {name}")
         guid = uidlist_guid(os.path.join(path, UIDLIST))
+        freed = self._box_usage(name) if self.quota is not None else (0, 0)
         trash = os.path.join(self.root, f"{TRASH_PREFIX}.{uuid.uuid4().hex}")
         os.rename(path, trash)  # atomic: children (separate dirs) stay
         shutil.rmtree(trash, ignore_errors=True)
@@ -1395,6 +1412,7 @@ class MaildirStorage:
             except StorageError as e:
                 log.warn("{name}: attributes of the deleted mailbox not removed: {err}",
                          name=sanitize(name), err=sanitize(e))
+        self._quota_changed(name, -freed[0], -freed[1])
         self._notify(name)
         self._tree_changed("delete", name)
 
@@ -1473,11 +1491,13 @@ class MaildirStorage:
     def status(self, name: str) -> MailboxStatus:
         box = self._box(name)
         recs = box.by_uid.values()
-        unseen = deleted = size = 0
+        unseen = deleted = size = deleted_size = 0
         for rec in recs:
             info = rec.info
             unseen += "S" not in info
-            deleted += "T" in info
+            if "T" in info:
+                deleted += 1
+                deleted_size += rec.size
             size += rec.size
         return MailboxStatus(
             messages=len(box.uids),
@@ -1489,6 +1509,7 @@ class MaildirStorage:
             size=size,
             deleted=deleted,
             highestmodseq=box.modseq,
+            deleted_size=deleted_size,
         )
 
     @answers
@@ -1517,6 +1538,8 @@ class MaildirStorage:
                 size, vsize = copy_to_lf(message, out)
                 out.flush()
                 os.fsync(out.fileno())
+            if self.quota is not None:
+                self.quota.check(box.name, vsize if self.quota.config.vsizes else size)
             if internaldate is not None:
                 ts = internaldate.timestamp()
                 os.utime(tmppath, (ts, ts))
@@ -1538,6 +1561,13 @@ class MaildirStorage:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 err.code = "OVERQUOTA"
             raise err from e
+        except StorageError:
+            try:
+                os.unlink(tmppath)
+            except OSError:
+                pass
+            raise
+        self._quota_changed(box.name, vsize if self.quota and self.quota.config.vsizes else size, 1)
         box.pending_recent.add(uid)
         self._notify(box.name)
         return box.uidvalidity, uid
@@ -1545,6 +1575,17 @@ class MaildirStorage:
     @answers
     def copy(
         self, source: IMailbox, uids: Sequence[int], dest: str
+    ) -> tuple[int, list[tuple[int, int]]]:
+        return self._copy(source, uids, dest, check=True)
+
+    @answers
+    def move(
+        self, source: IMailbox, uids: Sequence[int], dest: str
+    ) -> tuple[int, list[tuple[int, int]]]:
+        return self._copy(source, uids, dest, check=False)  # one quota root for all
+
+    def _copy(
+        self, source: IMailbox, uids: Sequence[int], dest: str, check: bool
     ) -> tuple[int, list[tuple[int, int]]]:
         if not isinstance(source, MaildirMailbox):
             raise StorageError("Can't copy from a foreign mailbox")
@@ -1557,6 +1598,8 @@ class MaildirStorage:
             raise err
         todo = [(uid, sbox.by_uid[uid]) for uid in uids
                 if uid in sbox.by_uid and uid in source._index]
+        if self.quota is not None and todo and check:
+            self.quota.check(dbox.name, sum(self._qsize(sbox, r) for _, r in todo), len(todo))
         made: list[tuple[int, _Rec]] = []
         now = time.time()
         for _round in range(3):
@@ -1596,6 +1639,7 @@ class MaildirStorage:
         if not made:
             return dbox.uidvalidity, []
         dbox.pending_recent.update(r.uid for _, r in made)
+        self._quota_changed(dbox.name, sum(self._qsize(dbox, r) for _, r in made), len(made))
         self._notify(dbox.name)
         made.sort(key=lambda m: m[1].uid)
         return dbox.uidvalidity, [(uid, r.uid) for uid, r in made]
@@ -1611,6 +1655,104 @@ class MaildirStorage:
         st = os.stat(src)
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(tmp, os.path.join(dbox.path, "cur", fname))
+
+    # -- quota --------------------------------------------------------
+
+    def _qsize(self, box: _Box, rec: _Rec) -> int:
+        """The size quota counts: the file's (``S=``, else stat), or
+        RFC822.SIZE with ``quota_vsizes = yes``, as Dovecot counts."""
+        if self.quota is not None and self.quota.config.vsizes:
+            return rec.size
+        size, _ = name_sizes(rec.base)
+        if size is None:
+            try:
+                size = os.stat(box.rec_path(rec)).st_size
+            except OSError:
+                size = 0
+        return size
+
+    def _box_usage(self, name: str) -> tuple[int, int]:
+        """(bytes, messages) of one mailbox, summed again only when the
+        mailbox changed (its modseq or count moved) since the last sum."""
+        try:
+            box = self._box(name)
+        except StorageError:
+            return 0, 0
+        vsizes = self.quota is not None and self.quota.config.vsizes
+        key = (box.modseq, len(box.by_uid), vsizes, id(box))
+        cached = self._usage_cache.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        total = sum(self._qsize(box, r) for r in box.by_uid.values()), len(box.by_uid)
+        self._usage_cache[name] = (key, total)
+        return total
+
+    def _quota_scan(self, ignored: Callable[[str], bool]) -> tuple[int, int]:
+        """(bytes, messages) of every mailbox quota counts."""
+        total = [0, 0]
+        for info in MaildirStorage.list_mailboxes.now(self):
+            if "\\Noselect" in info.attributes or ignored(info.name):
+                continue
+            b, n = self._box_usage(info.name)
+            total[0] += b
+            total[1] += n
+        return total[0], total[1]
+
+    def _quota_changed(self, mailbox: str, dbytes: int, dcount: int) -> None:
+        if self.quota is None or (not dbytes and not dcount):
+            return
+        try:
+            self.quota.changed(mailbox, dbytes, dcount)
+        except OSError as e:  # the mail is saved; maildirsize catches up at recalc
+            log.warn("quota: updating the usage failed: {e}", e=sanitize(e.strerror or e))
+
+    def _resources(self, root: Q.Root, mailbox: str = "",
+                   usage: tuple[int, int] | None = None) -> list[QuotaResource]:
+        b, n = root.config.limits(mailbox)
+        ub, un = usage if usage is not None else root.usage()
+        return [QuotaResource("STORAGE", ub, b), QuotaResource("MESSAGE", un, n)]
+
+    @answers
+    def quota_roots(self, mailbox: str) -> list[str]:
+        N.normalize(mailbox)  # a bad name is refused; a missing one has roots too
+        if self.quota is None:
+            return []
+        return [r.name for r in self.quota.roots_for(mailbox)]
+
+    @answers
+    def get_quota(self, root: str, mailbox: str = "") -> list[QuotaResource]:
+        r = self.quota.root(root) if self.quota is not None else None
+        if r is None:
+            err = StorageError("Quota root does not exist")
+            err.code = "NONEXISTENT"
+            raise err
+        return self._resources(r, mailbox)
+
+    @answers
+    def check_quota(self, mailbox: str, size: int, count: int = 1) -> None:
+        if self.quota is not None:  # asked for a delivery: with quota_grace
+            self.quota.check(N.normalize(mailbox), size, count, grace=True)
+
+    @contextmanager
+    def delivering(self) -> Iterator[None]:
+        """Saves made synchronously inside are deliveries (LDA/LMTP), which
+        ``quota_grace`` lets cross the limit, as in Dovecot (not part of
+        the interface: a storage without it simply applies no grace)."""
+        if self.quota is None:
+            yield
+            return
+        self.quota.grace = True
+        try:
+            yield
+        finally:
+            self.quota.grace = False
+
+    @answers
+    def recalc_quota(self) -> list[QuotaResource]:
+        out: list[QuotaResource] = []
+        for r in self.quota.roots if self.quota is not None else ():
+            out += self._resources(r, usage=r.recalc())
+        return out
 
     # -- mailbox attributes -------------------------------------------
 

@@ -26,6 +26,7 @@ from pydovecot.imap.commands import (  # noqa: F401  (each registers its command
     metadata,
     namespace,
     notify,
+    quota,
     registry,
     search,
     select,
@@ -35,7 +36,7 @@ from pydovecot.imap.commands import (  # noqa: F401  (each registers its command
 )
 
 MODULES = (append, base, compress, copy, enable, expunge, fetch, id, idle, list, mailbox,
-           metadata, namespace, notify, search, select, status, store, urlauth)
+           metadata, namespace, notify, quota, search, select, status, store, urlauth)
 
 
 def load() -> list[registry.Command]:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 
-async def _copy(client: Client, args: list[Token], uid: bool) -> tuple[str, list[int], bytes]:
+async def _copy(client: Client, args: list[Token], uid: bool,
+                move: bool = False) -> tuple[str, list[int], bytes]:
     if len(args) != 2:
         raise bad("Invalid arguments")
     dest = client.decode_mailbox(args[1])
@@ -30,7 +31,9 @@ async def _copy(client: Client, args: list[Token], uid: bool) -> tuple[str, list
     if not uids:
         return dest, [], b""
     try:
-        validity, pairs = await client.storage.copy(client.selected(), uids, dest)
+        # MOVE: storage.move copies without a quota check inside one quota root
+        copy = client.storage.move if move else client.storage.copy
+        validity, pairs = await copy(client.selected(), uids, dest)
     except MailboxNotFound:
         raise CommandError(b"NO [TRYCREATE] Mailbox doesn't exist: " + client.encode_mailbox(dest)) from None
     if dest.lower() == "trash" or dest.lower().endswith("/trash"):
@@ -52,7 +55,7 @@ async def cmd_move(client: Client, tag: bytes, args: list[Token], uid: bool = Fa
     mbox = client.selected()
     if mbox.readonly:
         raise CommandError(b"NO [READ-ONLY] Mailbox is read-only.")
-    _dest, uids, code = await _copy(client, args, uid)
+    _dest, uids, code = await _copy(client, args, uid, move=True)
     if not uids:
         return b"OK No messages found."
     client.send(b"* OK [%s] Moved UIDs.\r\n" % code)

@@ -1,5 +1,6 @@
 """STATUS (RFC 3501 6.3.10) with SIZE (RFC 8438), DELETED (RFC 9051),
-APPENDLIMIT (RFC 7889) and HIGHESTMODSEQ (RFC 7162).
+APPENDLIMIT (RFC 7889), HIGHESTMODSEQ (RFC 7162) and DELETED-STORAGE
+(RFC 9208, in KiB, offered with QUOTA=RES-STORAGE).
 
 STATUS of the selected mailbox answers from the session's view (what it
 was told, its own \\Recent messages) with ``OK [CLIENTBUG]``, as Dovecot.
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 from pydovecot.storage.interfaces import IMailbox, MailboxStatus
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED",
-                "APPENDLIMIT", "HIGHESTMODSEQ")
+                "APPENDLIMIT", "HIGHESTMODSEQ", "DELETED-STORAGE")
 
 
 def status_items(client: Client, tokens: list[Token]) -> list[str]:
@@ -31,12 +32,14 @@ def status_items(client: Client, tokens: list[Token]) -> list[str]:
     if not tokens:
         raise CommandError(b"BAD Missing status items")
     wanted: list[str] = []
-    condstore = b"CONDSTORE" in client.capabilities.upper().split()
+    caps = client.capabilities.upper().split()
+    condstore = b"CONDSTORE" in caps
     for item in tokens:
         if not isinstance(item, Atom):
             raise CommandError(b"BAD Invalid status item")
         key = item.upper_str()
-        if key not in STATUS_ITEMS or (key == "HIGHESTMODSEQ" and not condstore):
+        if key not in STATUS_ITEMS or (key == "HIGHESTMODSEQ" and not condstore) or (
+                key == "DELETED-STORAGE" and b"QUOTA=RES-STORAGE" not in caps):
             raise CommandError(b"BAD Invalid status item %s" % key[:30].encode())
         if key not in wanted:
             wanted.append(key)
@@ -48,6 +51,8 @@ def status_values(client: Client, status: MailboxStatus, wanted: list[str]) -> b
     for key in wanted:
         if key == "APPENDLIMIT":
             values.append(b"APPENDLIMIT %d" % client.append_limit)
+        elif key == "DELETED-STORAGE":
+            values.append(b"DELETED-STORAGE %d" % ((status.deleted_size + 1023) // 1024))
         else:
             values.append(b"%s %d" % (key.encode(), getattr(status, key.lower())))
     return b" ".join(values)
@@ -62,7 +67,7 @@ async def status_command(client: Client, tag: bytes, args: list[Token], uid: boo
         await client.announce_condstore()  # RFC 7162 3.1
     mbox = client.mailbox
     if mbox is not None and _same_mailbox(mbox.name, name):
-        status = view_status(client, mbox)
+        status = await view_status(client, mbox)
         done = b"OK [CLIENTBUG] Status on selected mailbox completed."
     else:
         status = await client.storage.status(name)
@@ -76,7 +81,7 @@ def _same_mailbox(a: str, b: str) -> bool:
     return a == b or a.upper() == b.upper() == "INBOX"
 
 
-def view_status(client: Client, mbox: IMailbox) -> MailboxStatus:
+async def view_status(client: Client, mbox: IMailbox) -> MailboxStatus:
     """STATUS of the selected mailbox is its view's, as Dovecot answers it:
     the messages the session was told of, and the \\Recent ones it holds
     (the storage's count leaves out what a session has taken)."""
@@ -89,7 +94,8 @@ def view_status(client: Client, mbox: IMailbox) -> MailboxStatus:
         unseen=sum("\\Seen" not in m.flags for m in messages),
         size=sum(m.size for m in messages),
         deleted=sum("\\Deleted" in m.flags for m in messages),
-        highestmodseq=client.highestmodseq(mbox),
+        highestmodseq=await client.highestmodseq(mbox),
+        deleted_size=sum(m.size for m in messages if "\\Deleted" in m.flags),
     )
 
 
