@@ -60,13 +60,8 @@ class Pairs:
         self.clients.append(client)
         return client
 
-    @defer.inlineCallbacks
-    def close(self):
-        for c in self.clients:
-            c.disconnect()
-        d = defer.Deferred()
-        reactor.callLater(0.05, d.callback, None)
-        yield d
+    def close(self) -> defer.Deferred:
+        return defer.gatherResults([c.disconnect() for c in self.clients])
 
 
 class FlowsOverRPC(unittest.TestCase):
@@ -205,7 +200,7 @@ class BigBodies(unittest.TestCase):
         proto = ClientProtocol()
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
                               proto)
-        self.addCleanup(proto.transport.loseConnection)
+        self.addCleanup(lambda: (proto.transport.loseConnection(), proto.lost)[1])
         storage = yield hello(proto, "alice", "alice", b"s3cret")
         self.assertFalse(storage.unix)
         yield self._round_trip(storage)

@@ -74,6 +74,10 @@ class ClientProtocol(amp.AMP):
 
     storage: RPCStorage | None = None
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
     @C.Changed.responder
     def changed(self, name: str) -> dict:
         if self.storage is not None:
@@ -90,6 +94,7 @@ class ClientProtocol(amp.AMP):
         if self.storage is not None:
             self.storage.connected = False
         super().connectionLost(reason)
+        self.lost.callback(None)
 
 
 class _Base:
@@ -329,10 +334,16 @@ class RPCStorage(_Base):
         for cb in list(self._tree):
             cb(kind, name, new_name)
 
-    def disconnect(self) -> None:
-        """Close the connection (views and listeners end with it)."""
-        if self.proto.transport is not None:
+    def disconnect(self) -> defer.Deferred:
+        """Close the connection (views and listeners end with it); fires
+        once it is closed (and, for :func:`local_pair`, the server's end)."""
+        waits = [self.proto.lost]
+        if self.proto.transport is not None and self.connected:
             self.proto.transport.loseConnection()
+        server = getattr(self, "server", None)
+        if server is not None:
+            waits.append(server.lost)
+        return defer.gatherResults(waits).addCallback(lambda _: None)
 
 
 def _build(cls: type, iface: Any, commands: dict, view: bool) -> type:

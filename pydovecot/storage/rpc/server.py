@@ -94,6 +94,7 @@ class StorageServer(amp.AMP):
         self._next = 0
         self._listening: dict[str, Callable[[], None]] = {}
         self._tree: Callable[..., None] | None = None
+        self.lost: defer.Deferred[None] = defer.Deferred()
 
     # -- plumbing ----------------------------------------------------------
 
@@ -152,6 +153,7 @@ class StorageServer(amp.AMP):
         self.handles.clear()
         self.uploads.clear()
         super().connectionLost(reason)
+        self.lost.callback(None)
 
     # -- session -----------------------------------------------------------
 
