@@ -59,12 +59,20 @@ from pydovecot.log import sanitize, start_child_logging
 from pydovecot.mailproc import admin, delivery
 from pydovecot.mailproc.rehearsal import rehearse
 from pydovecot.managesieve.session import new_session as new_managesieve_session
-from pydovecot.master.protocol import Assign, Deliver, DeliveryFailed, NewClient, SessionEnded
+from pydovecot.master.protocol import (
+    Assign,
+    Deliver,
+    DeliveryFailed,
+    NewClient,
+    ServeStorage,
+    SessionEnded,
+)
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
 from pydovecot.stats import events
 from pydovecot.storage import open_storage
 from pydovecot.storage.interfaces import IMailStorage, StorageError
+from pydovecot.storage.rpc import broker as rpc_broker
 
 log = Logger()
 
@@ -151,6 +159,10 @@ class MailProcess:
                       "gid": str(os.getgid()), "service": "imap"}
             location = fields.get("mail") or self.config.get("mail_location")
             location = expand_path(location, values)
+            if location.startswith("rpc:"):  # another uid's storage, via the master
+                storage = rpc_broker.remote_storage(self.channel, user, location[4:])
+                self.storages[user] = storage
+                return storage
             if home:
                 make_home(home)
             storage = open_storage(user, location, home)
@@ -309,6 +321,12 @@ class MailLocator(ChannelLocator):
     @contained(Deliver)
     def deliver(self, **kwargs):
         return self.process.deliver(**kwargs)
+
+    @contained(ServeStorage)
+    def serve_storage(self, fd, user, requester, fields):  # pydovecot.storage.rpc.broker
+        userdb = json.loads(fields)
+        rpc_broker.serve(self.process.storage_for(user, userdb), fd, requester, userdb)
+        return {}
 
     @contained(AdminRequest)
     def admin(self, **kwargs):  # pydoveadm's mailbox verbs (mailproc/admin.py)

@@ -145,3 +145,35 @@ class SessionEnded(amp.Command):
     arguments = [(b"session", amp.Unicode())]
     response: list = []
     requiresAnswer = False
+
+
+class StorageRefused(Exception):
+    """The master will not broker this storage channel (the requesting
+    user is not one this mail process serves)."""
+
+
+class OpenStorage(amp.Command):
+    """A mail process asks for a channel to the storage of ``owner`` on
+    behalf of ``requester`` (a user it serves): the master starts or
+    picks a mail process of the owner's uid (as for a login), gives it one
+    end of a socketpair (:class:`ServeStorage`) and answers the other end.
+    Nobody's privileges move; the owner's process checks every access."""
+
+    arguments = [(b"requester", amp.Unicode()), (b"owner", amp.Unicode())]
+    response = [(b"fd", amp.Descriptor()), (b"user", amp.Unicode())]
+    errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE",
+              StorageRefused: b"REFUSED"}
+
+
+class ServeStorage(amp.Command):
+    """Serve ``user``'s storage (userdb ``fields``, JSON) to ``requester``
+    over ``fd`` (pydovecot.storage.rpc)."""
+
+    arguments = [
+        (b"fd", amp.Descriptor()),
+        (b"user", amp.Unicode()),
+        (b"requester", amp.Unicode()),
+        (b"fields", amp.Unicode()),
+    ]
+    response: list = []
+    errors = SESSION_ERRORS

@@ -45,9 +45,11 @@ from pydovecot.master.protocol import (
     HandOff,
     LimitExceeded,
     NewClient,
+    OpenStorage,
     SessionEnded,
 )
 from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
+from pydovecot.storage.rpc import broker as rpc_broker
 
 log = Logger(namespace="master")
 
@@ -139,6 +141,14 @@ class MailLocator(StatsForwarding):
     def session_ended(self, session):
         self.master.session_ended(self.child.pid, session)
         return {}
+
+    @OpenStorage.responder
+    def open_storage(self, requester, owner):  # pydovecot.storage.rpc.broker
+        return rpc_broker.open_storage(self.master, self.child.pid, requester, owner)
+
+    def _sendFileDescriptor(self, descriptor: int) -> int:
+        # OpenStorage answers an fd: AMP sends it through the responder.
+        return self.child.channel._sendFileDescriptor(descriptor)
 
 
 class MasterService(Service):

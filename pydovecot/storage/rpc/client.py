@@ -98,20 +98,25 @@ class ClientProtocol(amp.AMP):
 
 
 class _Base:
-    proto: ClientProtocol
+    proto: ClientProtocol | None
+    owner_storage: RPCStorage
 
     def _call(self, command: type[amp.Command], **kwargs: Any) -> defer.Deferred:
-        if not self.proto.storage or not self.proto.storage.connected:
+        storage = self.owner_storage
+        if storage.proto is None:
+            return storage._ready().addCallback(lambda _: self._call(command, **kwargs))
+        if not storage.connected:
             return defer.fail(StorageUnavailable("The storage connection was lost"))
         try:
-            d = self.proto.callRemote(command, **kwargs)
+            d = storage.proto.callRemote(command, **kwargs)
         except Exception:
             return defer.fail(_storage_error(Failure()))
         return d.addErrback(_storage_error)
 
     @property
     def unix(self) -> bool:
-        return IUNIXTransport.providedBy(self.proto.transport)
+        proto = self.owner_storage.proto
+        return proto is not None and IUNIXTransport.providedBy(proto.transport)
 
 
 def _signature(desc: Method) -> inspect.Signature:
@@ -154,7 +159,7 @@ class RPCMailbox(_Base):
     """A view of a mailbox in the storage process (see the module doc)."""
 
     def __init__(self, storage: RPCStorage, view_id: int, state: dict):
-        self.storage = storage
+        self.storage = self.owner_storage = storage
         self.proto = storage.proto
         self.view_id = view_id
         self.messages: list[MessageInfo] = []
@@ -227,16 +232,58 @@ class RPCMailbox(_Base):
 class RPCStorage(_Base):
     """IMailStorage of ``user`` served by another process or host."""
 
-    def __init__(self, proto: ClientProtocol, user: str, spool_dir: str | None = None):
-        self.proto = proto
-        proto.storage = self
+    def __init__(self, proto: ClientProtocol | None, user: str, spool_dir: str | None = None):
+        self.owner_storage = self
+        self.proto: ClientProtocol | None = None
+        self.connected = False
+        if proto is not None:
+            self.attach(proto)
         self.user = user
         self.spool_dir = spool_dir
-        self.connected = True
+        self._connect: Callable[[], defer.Deferred] | None = None
+        self._connecting: defer.Deferred | None = None
+        self._waiting: list[defer.Deferred] = []
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._tree: list[Callable[[str, str, str | None], None]] = []
         self._uploads = 0
         self._pending: set[defer.Deferred] = set()
+
+    def attach(self, proto: ClientProtocol) -> None:
+        """Use ``proto`` (connected) from now on."""
+        self.proto = proto
+        proto.storage = self
+        self.connected = True
+
+    def connect_with(self, connect: Callable[[], defer.Deferred]) -> None:
+        """Connect lazily: ``connect()`` runs at the first call (and calls
+        :meth:`attach`); calls made meanwhile wait for it."""
+        self._connect = connect
+
+    def _ready(self) -> defer.Deferred:
+        if self.proto is not None and self._connecting is None:
+            return defer.succeed(None)
+        if self._connect is None:
+            return defer.fail(StorageUnavailable("The storage is not connected"))
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiting.append(waiter)
+        if self._connecting is None:
+            self._connecting = defer.maybeDeferred(self._connect)
+            self._connecting.addBoth(self._connected)
+        return waiter
+
+    def _connected(self, result: Any) -> None:
+        self._connecting = None
+        waiting, self._waiting = self._waiting, []
+        if isinstance(result, Failure):
+            log.warn("storage-rpc: cannot reach the storage of {user}: {e}", user=self.user,
+                     e=result.getErrorMessage())
+            self.proto = None  # the next call tries again
+            failure = Failure(StorageUnavailable("The storage is not reachable"))
+            for w in waiting:
+                w.errback(failure)
+            return
+        for w in waiting:
+            w.callback(None)
 
     def _background(self, d: defer.Deferred) -> None:
         """Keep a call nobody waits for (listener registration, close) and
@@ -268,6 +315,7 @@ class RPCStorage(_Base):
 
     @defer.inlineCallbacks
     def _append(self, name: str, message: Any, flags: list, internaldate: Any):
+        yield self._ready()
         args = {"name": name, "flags": flags, "internaldate": internaldate}
         if self.unix:
             try:
@@ -305,26 +353,30 @@ class RPCStorage(_Base):
     def add_listener(self, name: str, callback: Callable[[], None]) -> None:
         callbacks = self._listeners.setdefault(name, [])
         callbacks.append(callback)
-        if len(callbacks) == 1 and self.connected:
+        if len(callbacks) == 1 and self._usable:
             self._background(self._call(C.Listen, name=name, on=True))
 
     def remove_listener(self, name: str, callback: Callable[[], None]) -> None:
         callbacks = self._listeners.get(name, [])
         if callback in callbacks:
             callbacks.remove(callback)
-        if not callbacks and self._listeners.pop(name, None) is not None and self.connected:
+        if not callbacks and self._listeners.pop(name, None) is not None and self._usable:
             self._background(self._call(C.Listen, name=name, on=False))
 
     def add_tree_listener(self, callback: Callable[[str, str, str | None], None]) -> None:
         self._tree.append(callback)
-        if len(self._tree) == 1 and self.connected:
+        if len(self._tree) == 1 and self._usable:
             self._background(self._call(C.ListenTree, on=True))
 
     def remove_tree_listener(self, callback: Callable[[str, str, str | None], None]) -> None:
         if callback in self._tree:
             self._tree.remove(callback)
-            if not self._tree and self.connected:
+            if not self._tree and self._usable:
                 self._background(self._call(C.ListenTree, on=False))
+
+    @property
+    def _usable(self) -> bool:
+        return self.connected or (self.proto is None and self._connect is not None)
 
     def _changed(self, name: str) -> None:
         for cb in list(self._listeners.get(name, ())):
@@ -337,6 +389,8 @@ class RPCStorage(_Base):
     def disconnect(self) -> defer.Deferred:
         """Close the connection (views and listeners end with it); fires
         once it is closed (and, for :func:`local_pair`, the server's end)."""
+        if self.proto is None:
+            return defer.succeed(None)
         waits = [self.proto.lost]
         if self.proto.transport is not None and self.connected:
             self.proto.transport.loseConnection()

@@ -1,0 +1,126 @@
+"""The master brokers storage channels between mail processes of
+different uids; this module holds both halves of the broker.
+
+* :func:`open_storage` runs in the master (responder of
+  :class:`~pydovecot.master.protocol.OpenStorage` on a mail process's
+  channel).  The requesting user must be one of the asking process's uid
+  (looked up in the userdb, like the owner); the owner's process is
+  started or picked from the pool exactly as for a login; the master
+  makes a socketpair, hands one end to the owner's process
+  (:class:`~pydovecot.master.protocol.ServeStorage`) and answers the other.
+* :func:`serve` runs in the owner's mail process: a
+  :class:`~pydovecot.storage.rpc.server.StorageServer` on its end, with
+  the access hook built from the owner's userdb fields.
+* :func:`remote_storage` runs in the requesting mail process: an
+  :class:`~pydovecot.storage.rpc.client.RPCStorage` that connects (through
+  the master) on first use; the mail process uses it for a user whose
+  ``mail`` location is ``rpc:OWNER``.
+
+Trusts: in the master, nothing the asking process says beyond the names
+(both checked against the userdb and the process's uid); in a mail
+process, the master.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.logger import Logger
+
+from pydovecot.storage.rpc.access import rule_from_fields
+from pydovecot.storage.rpc.client import ClientProtocol, RPCStorage, adopt
+from pydovecot.storage.rpc.commands import Hello
+from pydovecot.storage.rpc.server import StorageServer
+
+log = Logger()
+
+#: Seconds the master keeps its copy of an answered fd (Twisted sends it
+#: when it writes the answer; the receiver has it long before).
+CLOSE_AFTER = 30.0
+
+
+def _close_later(fd: int) -> None:
+    def close() -> None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    reactor.callLater(CLOSE_AFTER, close)
+
+
+@defer.inlineCallbacks
+def _userdb(master: Any, user: str):
+    from authd.protocol import UserLookup
+
+    found = yield master.auth.call(UserLookup, user=user, service="storage-rpc")
+    if not found["found"]:
+        raise KeyError(user)
+    return found["user"], json.loads(found["fields"])
+
+
+@defer.inlineCallbacks
+def open_storage(master: Any, pid: int, requester: str, owner: str):
+    """The master's half (see the module docstring): ``{"fd", "user"}``."""
+    from pydovecot.log import sanitize
+    from pydovecot.master.protocol import ServeStorage, StorageRefused
+
+    asking = master.pool.by_pid.get(pid)
+    if asking is None or asking.key is None:
+        raise StorageRefused("the asking mail process serves no uid")
+    req_name, req_fields = yield _userdb(master, requester)
+    if tuple(master.mail_ids(req_name, req_fields)) != tuple(asking.key):
+        log.warn("storage-rpc: mail process {pid} asked for {owner}'s storage on behalf of "
+                 "{user}, who is not one of its users (refused)", pid=pid,
+                 owner=sanitize(owner), user=sanitize(requester), log_prefix="master")
+        raise StorageRefused("the requesting user is not served by this process")
+    name, fields = yield _userdb(master, owner)
+    uid, gid = master.mail_ids(name, fields)
+    fields_json = master.prepare_home(name, fields, uid, gid)
+    process = yield master.pool.process_for(uid, gid, name)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        yield process.call(ServeStorage, fd=ours.fileno(), user=name, requester=req_name,
+                           fields=fields_json)
+    finally:
+        ours.close()
+    fd = os.dup(theirs.fileno())
+    theirs.close()
+    _close_later(fd)
+    log.info("storage-rpc: {req} (pid {pid}) → {owner}'s storage in pid {opid}",
+             req=sanitize(req_name), pid=pid, owner=sanitize(name), opid=process.pid,
+             log_prefix="master")
+    return {"fd": fd, "user": name}
+
+
+def serve(storage: Any, fd: int, requester: str, fields: dict) -> StorageServer:
+    """The owner's half: serve ``storage`` to ``requester`` on ``fd``."""
+    server = StorageServer(storage, requester, authorize=rule_from_fields(fields))
+    adopt(socket.socket(fileno=fd), server)
+    return server
+
+
+def remote_storage(channel: Any, requester: str, owner: str) -> RPCStorage:
+    """The requesting half: ``owner``'s storage, connected on first use."""
+    from pydovecot.master.protocol import OpenStorage
+
+    storage = RPCStorage(None, owner)
+
+    @defer.inlineCallbacks
+    def connect():
+        answer = yield channel.callRemote(OpenStorage, requester=requester, owner=owner)
+        proto = ClientProtocol()
+        adopt(socket.socket(fileno=answer["fd"]), proto)
+        storage.attach(proto)
+        yield proto.callRemote(Hello, requester=requester, owner=answer["user"])
+        storage.user = answer["user"]
+
+    storage.connect_with(connect)
+    return storage
+
+
+__all__ = ["open_storage", "serve", "remote_storage"]
