@@ -122,6 +122,8 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "managesieve_max_line_length": (SIZE, "64 k"),
     "managesieve_notify_capability": (STR, ""),
     "managesieve_sieve_capability": (STR, ""),
+    # pydovecot-only: the storage RPC over TCP/TLS (pydovecot.storage.rpc.tcp)
+    "storage_rpc_secret": (STR, ""),
 }
 
 #: Settings valid inside ``service NAME { }``, with their types.
@@ -190,7 +192,7 @@ MAILBOX_SETTINGS = frozenset(
 
 #: Services pydovecot runs.
 IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
-                        "health-check", "managesieve-login")
+                        "health-check", "managesieve-login", "storage-rpc")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -280,6 +282,14 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
         "settings": {
             "executable": "script -p health-check.sh", "process_limit": "1",
             "user": "$default_internal_user",
+        },
+    },
+    # pydovecot-only: the storage RPC over TCP/TLS; runs only with an
+    # inet_listener (pydovecot.storage.rpc.tcp).
+    "storage-rpc": {
+        "settings": {
+            "executable": "storage-rpc", "process_limit": "1", "client_limit": "0",
+            "service_count": "0", "user": "$default_internal_user",
         },
     },
     "lmtp": {

@@ -177,3 +177,13 @@ class ServeStorage(amp.Command):
     ]
     response: list = []
     errors = SESSION_ERRORS
+
+
+class RelayStorage(amp.Command):
+    """The storage-rpc service (TCP/TLS, peer proved by
+    ``storage_rpc_secret``) asks for a channel to ``owner``'s storage on
+    behalf of the remote ``requester``; answered like :class:`OpenStorage`."""
+
+    arguments = [(b"requester", amp.Unicode()), (b"owner", amp.Unicode())]
+    response = [(b"fd", amp.Descriptor()), (b"user", amp.Unicode())]
+    errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE"}

@@ -46,6 +46,7 @@ from pydovecot.master.protocol import (
     LimitExceeded,
     NewClient,
     OpenStorage,
+    RelayStorage,
     SessionEnded,
 )
 from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
@@ -149,6 +150,20 @@ class MailLocator(StatsForwarding):
     def _sendFileDescriptor(self, descriptor: int) -> int:
         # OpenStorage answers an fd: AMP sends it through the responder.
         return self.child.channel._sendFileDescriptor(descriptor)
+
+
+class RelayLocator(StatsForwarding):
+    """Commands the storage-rpc service may send: RelayStorage only."""
+
+    def __init__(self, master: MasterService):
+        self.master = master
+
+    @RelayStorage.responder
+    def relay_storage(self, requester, owner):  # pydovecot.storage.rpc.broker
+        return rpc_broker.relay_storage(self.master, requester, owner)
+
+    def _sendFileDescriptor(self, descriptor: int) -> int:
+        return self.channel._sendFileDescriptor(descriptor)
 
 
 class MasterService(Service):
@@ -366,6 +381,8 @@ class MasterService(Service):
         if "lmtp" in self.config.protocols:
             names.append("lmtp")
         names += [name for name in STATS_SERVICES if self._has_port(name)]
+        if self._has_port("storage-rpc"):  # pydovecot.storage.rpc.tcp
+            names.append("storage-rpc")
         return names
 
     def _has_port(self, name: str) -> bool:
@@ -436,6 +453,8 @@ class MasterService(Service):
                     self._supervise(name, lambda n=name: self._make_login(n))
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
+            elif name == "storage-rpc":
+                self._supervise(name, self._make_storage_rpc)
             elif name == "stats" or name == "health-check" and not self._has_port("stats"):
                 self._supervise("stats", self._make_stats)  # serves both
 
@@ -485,6 +504,12 @@ class MasterService(Service):
         argv = python_module_argv("pydovecot.stats.main", *self._config_args(),
                                   "--chroot", self.chroot_dir, *args)
         return Child("stats", argv, locator=ChannelLocator(), extra_fds=fds)
+
+    def _make_storage_rpc(self) -> Child:
+        args, fds = self._listener_args("storage-rpc")
+        argv = python_module_argv("pydovecot.storage.rpc.tcp", *self._config_args(),
+                                  "--chroot", self.chroot_dir, *args)
+        return Child("storage-rpc", argv, locator=RelayLocator(self), extra_fds=fds)
 
     def _make_mail(self) -> Child:
         locator = MailLocator(self)

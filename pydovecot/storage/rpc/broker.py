@@ -67,7 +67,7 @@ def _userdb(master: Any, user: str):
 def open_storage(master: Any, pid: int, requester: str, owner: str):
     """The master's half (see the module docstring): ``{"fd", "user"}``."""
     from pydovecot.log import sanitize
-    from pydovecot.master.protocol import ServeStorage, StorageRefused
+    from pydovecot.master.protocol import StorageRefused
 
     asking = master.pool.by_pid.get(pid)
     if asking is None or asking.key is None:
@@ -78,22 +78,41 @@ def open_storage(master: Any, pid: int, requester: str, owner: str):
                  "{user}, who is not one of its users (refused)", pid=pid,
                  owner=sanitize(owner), user=sanitize(requester), log_prefix="master")
         raise StorageRefused("the requesting user is not served by this process")
+    answer = yield _channel_to(master, req_name, owner)
+    log.info("storage-rpc: {req} (pid {pid}) → {owner}'s storage", req=sanitize(req_name),
+             pid=pid, owner=sanitize(answer["user"]), log_prefix="master")
+    return answer
+
+
+@defer.inlineCallbacks
+def relay_storage(master: Any, requester: str, owner: str):
+    """The master's half for the storage-rpc service (a TCP/TLS peer that
+    proved ``storage_rpc_secret``; its ``requester`` is a remote user)."""
+    from pydovecot.log import sanitize
+
+    answer = yield _channel_to(master, requester, owner)
+    log.info("storage-rpc: remote {req} → {owner}'s storage", req=sanitize(requester),
+             owner=sanitize(answer["user"]), log_prefix="master")
+    return answer
+
+
+@defer.inlineCallbacks
+def _channel_to(master: Any, requester: str, owner: str):
+    from pydovecot.master.protocol import ServeStorage
+
     name, fields = yield _userdb(master, owner)
     uid, gid = master.mail_ids(name, fields)
     fields_json = master.prepare_home(name, fields, uid, gid)
     process = yield master.pool.process_for(uid, gid, name)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        yield process.call(ServeStorage, fd=ours.fileno(), user=name, requester=req_name,
+        yield process.call(ServeStorage, fd=ours.fileno(), user=name, requester=requester,
                            fields=fields_json)
     finally:
         ours.close()
     fd = os.dup(theirs.fileno())
     theirs.close()
     _close_later(fd)
-    log.info("storage-rpc: {req} (pid {pid}) → {owner}'s storage in pid {opid}",
-             req=sanitize(req_name), pid=pid, owner=sanitize(name), opid=process.pid,
-             log_prefix="master")
     return {"fd": fd, "user": name}
 
 

@@ -1,0 +1,160 @@
+"""The storage RPC over TCP with TLS: the ``storage-rpc`` service.
+
+``service storage-rpc { inet_listener storage-rpc { port = 24242 } }``
+makes the master run this process (unprivileged: ``default_internal_user``,
+chrooted to the empty login directory, TLS keys loaded before).  It speaks
+TLS with the instance's ``ssl_cert``/``ssl_key`` (client certificates with
+``ssl_verify_client_cert``/``ssl_ca``, as for logins), reads the peer's
+:class:`~pydovecot.storage.rpc.commands.Hello`, checks its secret against
+``storage_rpc_secret`` (constant time), asks the master for a channel to
+the owner's mail process (:class:`~pydovecot.master.protocol.RelayStorage`,
+brokered as for a local peer) and from then on relays bytes both ways
+with back-pressure.  It never reads a storage command itself, and never
+holds another uid's privileges.
+
+:func:`connect` is the other side: an :class:`RPCStorage` on a TLS
+connection to such a service.
+
+Trusts: a peer only once it proved the shared secret; it then names the
+requesting user, which the owner's access hook judges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import encodings.idna  # noqa: F401  (before the chroot)
+import hmac
+import os
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from pydovecot.master.protocol import RelayStorage
+from pydovecot.storage.rpc.client import ClientProtocol, adopt, hello
+from pydovecot.storage.rpc.commands import Hello
+from pydovecot.storage.rpc.wire import AccessDenied, StorageUnavailable, wire_failure
+
+log = Logger()
+
+
+class _Pipe(Protocol):
+    """The channel to the owner's mail process, spliced to the peer."""
+
+    def __init__(self, peer: RelayHello):
+        self.peer = peer
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.peer.transport.write(data)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        if self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class RelayHello(amp.AMP):
+    """One TCP peer: Hello (secret), then a byte relay to the channel."""
+
+    def __init__(self, master: amp.AMP, secret: bytes):
+        super().__init__()
+        self.master = master
+        self.secret = secret
+        self.pipe: _Pipe | None = None
+
+    @Hello.responder
+    def hello(self, requester: str, owner: str, secret: bytes | None = None):
+        if not self.secret or secret is None or not hmac.compare_digest(secret, self.secret):
+            log.warn("storage-rpc: a peer from {peer} gave a wrong secret",
+                     peer=getattr(self.transport.getPeer(), "host", "?"))
+            raise wire_failure(AccessDenied("Bad storage_rpc_secret"))
+        d = self.master.callRemote(RelayStorage, requester=requester, owner=owner)
+
+        def relay(answer: dict) -> dict:
+            pipe = _Pipe(self)
+            adopt(socket.socket(fileno=answer["fd"]), pipe)
+            self.pipe = pipe
+            # back-pressure both ways
+            self.transport.registerProducer(pipe.transport, True)
+            pipe.transport.registerProducer(self.transport, True)
+            return {"user": answer["user"]}
+
+        def refused(f: Any) -> Any:
+            log.warn("storage-rpc: no channel to {owner}: {e}", owner=owner,
+                     e=f.getErrorMessage())
+            raise wire_failure(StorageUnavailable("The storage is not available"))
+
+        return d.addCallbacks(relay, refused)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.pipe is not None:
+            self.pipe.transport.write(data)
+        else:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        if self.pipe is not None and self.pipe.transport is not None:
+            self.pipe.transport.loseConnection()
+        super().connectionLost(reason)
+
+
+@defer.inlineCallbacks
+def connect(host: str, port: int, secret: bytes, requester: str, owner: str,
+            trust_pem: bytes | None = None, spool_dir: str | None = None):
+    """Deferred[RPCStorage]: ``owner``'s storage at a storage-rpc service."""
+    trust = ssl.Certificate.loadPEM(trust_pem) if trust_pem else None
+    options = ssl.optionsForClientTLS(host if not host[0].isdigit() else "localhost",
+                                      trustRoot=trust)
+    proto = ClientProtocol()
+    yield connectProtocol(SSL4ClientEndpoint(reactor, host, port, options), proto)
+    storage = yield hello(proto, requester, owner, secret, spool_dir)
+    return storage
+
+
+@defer.inlineCallbacks
+def _start(args: argparse.Namespace):
+    from pydovecot import privileges
+    from pydovecot.channel import MASTER_FD, ChannelAMP, adopt_channel, adopt_listener, stop_process
+    from pydovecot.config import load_config
+    from pydovecot.tls import server_context_factory
+
+    config = load_config(args.config)
+    master = ChannelAMP(on_lost=lambda _: stop_process("master went away"))
+    adopt_channel(MASTER_FD, master)
+    secret = (config.get("storage_rpc_secret") or "").strip().encode()
+    if not secret:
+        log.error("storage_rpc_secret is empty: every storage-rpc peer is refused")
+    tls = server_context_factory(config)
+    if tls is None:
+        raise RuntimeError("service storage-rpc needs ssl_cert and ssl_key (TLS only)")
+    factory = TLSMemoryBIOFactory(tls, False, Factory.forProtocol(
+        lambda: RelayHello(master, secret)))
+    for spec in args.listener:
+        _name, fd, _ssl = spec.rsplit(":", 2)
+        adopt_listener(int(fd), factory)
+    if privileges.is_root():
+        uid, gid = privileges.lookup_user(config.get("default_internal_user"))
+        privileges.enter_chroot(args.chroot)
+        privileges.drop_to(uid, gid)
+        privileges.set_no_new_privs()
+    yield None
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pydovecot.channel import run_child
+
+    parser = argparse.ArgumentParser(prog="pydovecot-storage-rpc")
+    parser.add_argument("-c", "--config", default=None)
+    parser.add_argument("--listener", action="append", default=[])
+    parser.add_argument("--chroot", required=True)
+    args = parser.parse_args(argv)
+    os.umask(0o077)
+    run_child("storage-rpc", lambda: _start(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The storage RPC over TCP with TLS between two pydovecot instances on
+loopback (issue 9, "Storage RPC").
+
+Instance B runs ``service storage-rpc { inet_listener storage-rpc { port } }``
+with ``storage_rpc_secret = <file`` and TLS; bob (B's user) has
+``shared_with=alice``.  alice, a user of instance A, opens bob's INBOX on B
+with the RPC client (here in the test process, as A's side), reads the
+message B's LMTP delivered, and cannot flag it; a wrong secret is refused.
+Both masters are real (privileged when root), listeners pre-bound.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+
+from twisted.internet import defer, threads
+from twisted.trial import unittest
+
+from pydovecot.storage.interfaces import StorageError
+from pydovecot.storage.rpc import tcp
+from pydovecot.storage.rpc.wire import AccessDenied
+from tests.harness import Master, User, listening_socket, privileged
+
+MESSAGE = (b"From: dave@example.org\r\nTo: bob@example.org\r\nSubject: over tcp\r\n\r\n"
+           b"Served by instance B.\r\n")
+SECRET = "k8Yv0dLr2q-shared-between-instances"
+
+
+class TwoInstances(unittest.TestCase):
+    timeout = 180
+
+    def setUp(self):
+        self.a = Master(users=[User("alice", "pa")], **privileged())
+        self.addCleanup(self.a.cleanup)
+        self.b = Master(users=[User("bob", "pb", extra="userdb_shared_with=alice")], ssl=True,
+                        **privileged())
+        self.addCleanup(self.b.cleanup)
+        sock = self.b.sockets["storage-rpc"] = listening_socket()
+        self.port = sock.getsockname()[1]
+        secret = os.path.join(self.b.dir, "storage-rpc.secret")
+        with open(secret, "w") as f:
+            f.write(SECRET + "\n")
+        os.chmod(secret, 0o600)
+        self.b.extra_config = (f"storage_rpc_secret = <{secret}\n"
+                               "service storage-rpc {\n  inet_listener storage-rpc {\n"
+                               f"    port = {self.port}\n  }}\n}}\n")
+        self.b.write_config()
+        return threads.deferToThread(lambda: (self.a.start(), self.b.start()))
+
+    @defer.inlineCallbacks
+    def test_alice_of_a_reads_bobs_inbox_on_b(self):
+        def deliver():
+            with smtplib.LMTP("127.0.0.1", self.b.ports["lmtp"]) as lmtp:
+                lmtp.sendmail("dave@example.org", ["bob"], MESSAGE)
+
+        yield threads.deferToThread(deliver)
+        with open(self.b.cert_path, "rb") as f:
+            trust = f.read()
+        bad = tcp.connect("127.0.0.1", self.port, b"wrong", "alice", "bob", trust)
+        e = yield self.assertFailure(bad, AccessDenied)
+        self.assertEqual(e.code, "NOPERM")
+        storage = yield tcp.connect("127.0.0.1", self.port, SECRET.encode(), "alice", "bob",
+                                    trust)
+        self.addCleanup(storage.disconnect)
+        self.assertFalse(storage.unix)
+        self.assertEqual(storage.user, "bob")
+        box = yield storage.open("INBOX")
+        self.assertEqual(len(box.messages), 1)
+        f = yield box.message_file(box.messages[0].uid)
+        self.assertIn(b"Served by instance B.", f.read())
+        f.close()
+        e = yield self.assertFailure(box.store([box.messages[0].uid], ["\\Flagged"], "+"),
+                                     StorageError)
+        self.assertEqual(e.code, "NOPERM")
+        status = yield storage.status("INBOX")
+        self.assertEqual(status.messages, 1)
+        box.close()
+        log = self.b.log()
+        self.assertIn("storage-rpc: remote alice", log)
+        self.assertIn("wrong secret", log)
