@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from pydovecot.storage.interfaces import StorageError
 from pydovecot.storage.rpc import tcp
 from pydovecot.storage.rpc.wire import AccessDenied
-from tests.harness import Master, User, listening_socket, privileged
+from tests.harness import LineClient, Master, User, listening_socket, privileged
 
 MESSAGE = (b"From: dave@example.org\r\nTo: bob@example.org\r\nSubject: over tcp\r\n\r\n"
            b"Served by instance B.\r\n")
@@ -31,22 +31,30 @@ class TwoInstances(unittest.TestCase):
     timeout = 180
 
     def setUp(self):
-        self.a = Master(users=[User("alice", "pa")], **privileged())
-        self.addCleanup(self.a.cleanup)
         self.b = Master(users=[User("bob", "pb", extra="userdb_shared_with=alice")], ssl=True,
                         **privileged())
         self.addCleanup(self.b.cleanup)
-        sock = self.b.sockets["storage-rpc"] = listening_socket()
-        self.port = sock.getsockname()[1]
-        secret = os.path.join(self.b.dir, "storage-rpc.secret")
+        self.port = self._storage_rpc(self.b)
+        # alice of A: her mail location is bob's storage on B
+        self.a = Master(users=[User("alice", "pa", extra=(
+            f"userdb_mail=rpc:bob:HOST=127.0.0.1:PORT={self.port}:NAME=localhost"))],
+            ssl=True, **privileged())
+        self.addCleanup(self.a.cleanup)
+        self._storage_rpc(self.a, f"ssl_client_ca_file = {self.b.cert_path}\n")
+        return threads.deferToThread(lambda: (self.a.start(), self.b.start()))
+
+    def _storage_rpc(self, master: Master, extra: str = "") -> int:
+        sock = master.sockets["storage-rpc"] = listening_socket()
+        port = sock.getsockname()[1]
+        secret = os.path.join(master.dir, "storage-rpc.secret")
         with open(secret, "w") as f:
             f.write(SECRET + "\n")
         os.chmod(secret, 0o600)
-        self.b.extra_config = (f"storage_rpc_secret = <{secret}\n"
+        master.extra_config = (f"storage_rpc_secret = <{secret}\n{extra}"
                                "service storage-rpc {\n  inet_listener storage-rpc {\n"
-                               f"    port = {self.port}\n  }}\n}}\n")
-        self.b.write_config()
-        return threads.deferToThread(lambda: (self.a.start(), self.b.start()))
+                               f"    port = {port}\n  }}\n}}\n")
+        master.write_config()
+        return port
 
     @defer.inlineCallbacks
     def test_alice_of_a_reads_bobs_inbox_on_b(self):
@@ -57,11 +65,12 @@ class TwoInstances(unittest.TestCase):
         yield threads.deferToThread(deliver)
         with open(self.b.cert_path, "rb") as f:
             trust = f.read()
-        bad = tcp.connect("127.0.0.1", self.port, b"wrong", "alice", "bob", trust)
+        bad = tcp.connect("127.0.0.1", self.port, b"wrong", "alice", "bob", trust,
+                          tls_name="localhost")
         e = yield self.assertFailure(bad, AccessDenied)
         self.assertEqual(e.code, "NOPERM")
         storage = yield tcp.connect("127.0.0.1", self.port, SECRET.encode(), "alice", "bob",
-                                    trust)
+                                    trust, tls_name="localhost")
         self.addCleanup(storage.disconnect)
         self.assertFalse(storage.unix)
         self.assertEqual(storage.user, "bob")
@@ -79,3 +88,35 @@ class TwoInstances(unittest.TestCase):
         log = self.b.log()
         self.assertIn("storage-rpc: remote alice", log)
         self.assertIn("wrong secret", log)
+
+    @defer.inlineCallbacks
+    def test_through_a_mail_process_of_instance_a(self):
+        """alice logs in to A over IMAP; her mail process asks A's master,
+        A's storage-rpc service dials B's (TLS, the secret), B's master
+        gives it a channel to bob's process: SELECT and FETCH work, STORE
+        \\Flagged is NO [NOPERM]."""
+        def deliver():
+            with smtplib.LMTP("127.0.0.1", self.b.ports["lmtp"]) as lmtp:
+                lmtp.sendmail("dave@example.org", ["bob"], MESSAGE)
+
+        yield threads.deferToThread(deliver)
+
+        def imap():
+            client = LineClient(self.a.ports["imap"], timeout=30)
+            try:
+                client.line()
+                out = [client.tagged(b"LOGIN alice pa")[-1]]
+                out.append(b"".join(client.tagged(b"SELECT INBOX")))
+                out.append(b"".join(client.tagged(b"FETCH 1 (BODY.PEEK[])")))
+                out.append(client.tagged(b"STORE 1 +FLAGS (\\Flagged)")[-1])
+                return out
+            finally:
+                client.close()
+
+        login, select, fetch, store = yield threads.deferToThread(imap)
+        self.assertIn(b" OK ", login)
+        self.assertIn(b"* 1 EXISTS", select)
+        self.assertIn(b"Served by instance B.", fetch)
+        self.assertIn(b"NO [NOPERM]", store)
+        self.assertIn("storage-rpc: remote alice", self.b.log())
+        self.assertIn("storage-rpc: alice", self.a.log())

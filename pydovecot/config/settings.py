@@ -124,6 +124,10 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "managesieve_sieve_capability": (STR, ""),
     # pydovecot-only: the storage RPC over TCP/TLS (pydovecot.storage.rpc.tcp)
     "storage_rpc_secret": (STR, ""),
+    # outgoing TLS of the storage-rpc service (Dovecot's names)
+    "ssl_client_ca_file": (STR, ""),
+    "ssl_client_cert": (STR, ""),
+    "ssl_client_key": (STR, ""),
 }
 
 #: Settings valid inside ``service NAME { }``, with their types.

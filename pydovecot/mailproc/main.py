@@ -323,9 +323,9 @@ class MailLocator(ChannelLocator):
         return self.process.deliver(**kwargs)
 
     @contained(ServeStorage)
-    def serve_storage(self, fd, user, requester, fields):  # pydovecot.storage.rpc.broker
+    def serve_storage(self, fd, user, requester, fields, relayed=False):  # storage.rpc.broker
         userdb = json.loads(fields)
-        rpc_broker.serve(self.process.storage_for(user, userdb), fd, requester, userdb)
+        rpc_broker.serve(self.process.storage_for(user, userdb), fd, requester, userdb, relayed)
         return {}
 
     @contained(AdminRequest)

@@ -159,7 +159,10 @@ class OpenStorage(amp.Command):
     end of a socketpair (:class:`ServeStorage`) and answers the other end.
     Nobody's privileges move; the owner's process checks every access."""
 
-    arguments = [(b"requester", amp.Unicode()), (b"owner", amp.Unicode())]
+    arguments = [(b"requester", amp.Unicode()), (b"owner", amp.Unicode()),
+                 # another instance's storage-rpc service (dialled by ours)
+                 (b"host", amp.Unicode(optional=True)), (b"port", amp.Integer(optional=True)),
+                 (b"tls_name", amp.Unicode(optional=True))]
     response = [(b"fd", amp.Descriptor()), (b"user", amp.Unicode())]
     errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE",
               StorageRefused: b"REFUSED"}
@@ -174,6 +177,8 @@ class ServeStorage(amp.Command):
         (b"user", amp.Unicode()),
         (b"requester", amp.Unicode()),
         (b"fields", amp.Unicode()),
+        # the peer is the storage-rpc service relaying a TCP peer: no fds
+        (b"relayed", amp.Boolean(optional=True)),
     ]
     response: list = []
     errors = SESSION_ERRORS
@@ -187,3 +192,20 @@ class RelayStorage(amp.Command):
     arguments = [(b"requester", amp.Unicode()), (b"owner", amp.Unicode())]
     response = [(b"fd", amp.Descriptor()), (b"user", amp.Unicode())]
     errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE"}
+
+
+class DialStorage(amp.Command):
+    """Master → storage-rpc service: connect (TLS, ``storage_rpc_secret``)
+    to another instance's storage-rpc service for ``requester`` and relay
+    it to ``fd`` (the asking mail process has the other end)."""
+
+    arguments = [
+        (b"fd", amp.Descriptor()),
+        (b"host", amp.Unicode()),
+        (b"port", amp.Integer()),
+        (b"tls_name", amp.Unicode()),
+        (b"requester", amp.Unicode()),
+        (b"owner", amp.Unicode()),
+    ]
+    response = [(b"user", amp.Unicode())]
+    errors = {RuntimeError: b"UNAVAILABLE", StorageRefused: b"REFUSED"}

@@ -144,8 +144,8 @@ class MailLocator(StatsForwarding):
         return {}
 
     @OpenStorage.responder
-    def open_storage(self, requester, owner):  # pydovecot.storage.rpc.broker
-        return rpc_broker.open_storage(self.master, self.child.pid, requester, owner)
+    def open_storage(self, requester, owner, **where):  # pydovecot.storage.rpc.broker
+        return rpc_broker.open_storage(self.master, self.child.pid, requester, owner, **where)
 
     def _sendFileDescriptor(self, descriptor: int) -> int:
         # OpenStorage answers an fd: AMP sends it through the responder.

@@ -64,7 +64,8 @@ def _userdb(master: Any, user: str):
 
 
 @defer.inlineCallbacks
-def open_storage(master: Any, pid: int, requester: str, owner: str):
+def open_storage(master: Any, pid: int, requester: str, owner: str, host: str | None = None,
+                 port: int | None = None, tls_name: str | None = None):
     """The master's half (see the module docstring): ``{"fd", "user"}``."""
     from pydovecot.log import sanitize
     from pydovecot.master.protocol import StorageRefused
@@ -78,7 +79,10 @@ def open_storage(master: Any, pid: int, requester: str, owner: str):
                  "{user}, who is not one of its users (refused)", pid=pid,
                  owner=sanitize(owner), user=sanitize(requester), log_prefix="master")
         raise StorageRefused("the requesting user is not served by this process")
-    answer = yield _channel_to(master, req_name, owner)
+    if host:
+        answer = yield _dial(master, req_name, owner, host, port or 0, tls_name or host)
+    else:
+        answer = yield _channel_to(master, req_name, owner)
     log.info("storage-rpc: {req} (pid {pid}) → {owner}'s storage", req=sanitize(req_name),
              pid=pid, owner=sanitize(answer["user"]), log_prefix="master")
     return answer
@@ -90,14 +94,37 @@ def relay_storage(master: Any, requester: str, owner: str):
     proved ``storage_rpc_secret``; its ``requester`` is a remote user)."""
     from pydovecot.log import sanitize
 
-    answer = yield _channel_to(master, requester, owner)
+    answer = yield _channel_to(master, requester, owner, relayed=True)
     log.info("storage-rpc: remote {req} → {owner}'s storage", req=sanitize(requester),
              owner=sanitize(answer["user"]), log_prefix="master")
     return answer
 
 
 @defer.inlineCallbacks
-def _channel_to(master: Any, requester: str, owner: str):
+def _dial(master: Any, requester: str, owner: str, host: str, port: int, tls_name: str):
+    """A channel to a storage on another instance, through our storage-rpc
+    service (which alone holds ``storage_rpc_secret``)."""
+    from pydovecot.master.protocol import DialStorage
+
+    supervised = (getattr(master, "supervised", {}) or {}).get("storage-rpc") or []
+    child = supervised[0].child if supervised else None
+    if child is None or child.channel is None or child.lost:
+        raise RuntimeError("no storage-rpc service runs (it needs an inet_listener)")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        answer = yield child.channel.callRemote(DialStorage, fd=ours.fileno(), host=host,
+                                                port=port, tls_name=tls_name,
+                                                requester=requester, owner=owner)
+    finally:
+        ours.close()
+    fd = os.dup(theirs.fileno())
+    theirs.close()
+    _close_later(fd)
+    return {"fd": fd, "user": answer["user"]}
+
+
+@defer.inlineCallbacks
+def _channel_to(master: Any, requester: str, owner: str, relayed: bool = False):
     from pydovecot.master.protocol import ServeStorage
 
     name, fields = yield _userdb(master, owner)
@@ -107,7 +134,7 @@ def _channel_to(master: Any, requester: str, owner: str):
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         yield process.call(ServeStorage, fd=ours.fileno(), user=name, requester=requester,
-                           fields=fields_json)
+                           fields=fields_json, relayed=relayed)
     finally:
         ours.close()
     fd = os.dup(theirs.fileno())
@@ -116,22 +143,48 @@ def _channel_to(master: Any, requester: str, owner: str):
     return {"fd": fd, "user": name}
 
 
-def serve(storage: Any, fd: int, requester: str, fields: dict) -> StorageServer:
-    """The owner's half: serve ``storage`` to ``requester`` on ``fd``."""
-    server = StorageServer(storage, requester, authorize=rule_from_fields(fields))
+def serve(storage: Any, fd: int, requester: str, fields: dict, relayed: bool = False
+          ) -> StorageServer:
+    """The owner's half: serve ``storage`` to ``requester`` on ``fd``
+    (``relayed``: through the storage-rpc service, so no fds)."""
+    server = StorageServer(storage, requester, authorize=rule_from_fields(fields),
+                           pass_fds=not relayed)
     adopt(socket.socket(fileno=fd), server)
     return server
 
 
-def remote_storage(channel: Any, requester: str, owner: str) -> RPCStorage:
-    """The requesting half: ``owner``'s storage, connected on first use."""
+def parse_location(rest: str) -> tuple[str, dict[str, str]]:
+    """``bob:HOST=192.0.2.7:PORT=24242:NAME=mail.example.org`` (after
+    ``rpc:``) → ("bob", {"host": …, "port": …, "tls_name": …})."""
+    owner, *params = rest.split(":")
+    where: dict[str, str] = {}
+    for param in params:
+        key, _, value = param.partition("=")
+        key = {"HOST": "host", "PORT": "port", "NAME": "tls_name"}.get(key.upper(), "")
+        if not key or not value:
+            raise ValueError(f"unknown rpc: location parameter {param[:40]!r}")
+        where[key] = value
+    if not owner or ("host" in where) != ("port" in where):
+        raise ValueError("rpc: location needs an owner, and HOST= with PORT=")
+    return owner, where
+
+
+def remote_storage(channel: Any, requester: str, location: str) -> RPCStorage:
+    """The requesting half: the storage a ``rpc:OWNER[:HOST=h:PORT=p[:NAME=n]]``
+    location names (``location`` without ``rpc:``), connected on first use."""
     from pydovecot.master.protocol import OpenStorage
 
+    owner, where = parse_location(location)
+    extra: dict[str, Any] = dict(where)
+    if "port" in extra:
+        extra["port"] = int(extra["port"])
     storage = RPCStorage(None, owner)
+    storage.pass_fds = "host" not in where  # a relay cannot pass descriptors on
 
     @defer.inlineCallbacks
     def connect():
-        answer = yield channel.callRemote(OpenStorage, requester=requester, owner=owner)
+        answer = yield channel.callRemote(OpenStorage, requester=requester, owner=owner,
+                                          **extra)
         proto = ClientProtocol()
         adopt(socket.socket(fileno=answer["fd"]), proto)
         storage.attach(proto)
@@ -142,4 +195,4 @@ def remote_storage(channel: Any, requester: str, owner: str) -> RPCStorage:
     return storage
 
 
-__all__ = ["open_storage", "serve", "remote_storage"]
+__all__ = ["open_storage", "relay_storage", "serve", "remote_storage", "parse_location"]

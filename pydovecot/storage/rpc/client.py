@@ -115,8 +115,11 @@ class _Base:
 
     @property
     def unix(self) -> bool:
-        proto = self.owner_storage.proto
-        return proto is not None and IUNIXTransport.providedBy(proto.transport)
+        """File descriptors can pass: a UNIX socket straight to the server
+        (not a relay to another host)."""
+        storage = self.owner_storage
+        return (storage.pass_fds and storage.proto is not None
+                and IUNIXTransport.providedBy(storage.proto.transport))
 
 
 def _signature(desc: Method) -> inspect.Signature:
@@ -240,6 +243,9 @@ class RPCStorage(_Base):
             self.attach(proto)
         self.user = user
         self.spool_dir = spool_dir
+        #: False when the UNIX socket leads to a relay (storage-rpc
+        #: service), not to the server itself: bodies go in chunks then.
+        self.pass_fds = True
         self._connect: Callable[[], defer.Deferred] | None = None
         self._connecting: defer.Deferred | None = None
         self._waiting: list[defer.Deferred] = []

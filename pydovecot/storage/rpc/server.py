@@ -80,8 +80,9 @@ class StorageServer(amp.AMP):
 
     def __init__(self, storage: Any, requester: str | None = None,
                  authorize: Authorize = deny_others, secret: bytes | None = None,
-                 spool_dir: str | None = None):
+                 spool_dir: str | None = None, pass_fds: bool = True):
         super().__init__()
+        self.pass_fds = pass_fds
         self.storage = storage
         self.owner = storage.user
         self.requester = requester  # None until Hello proves the peer
@@ -215,6 +216,8 @@ class StorageServer(amp.AMP):
             if fd is not None:
                 f = os.fdopen(fd, "rb")
                 holder.append(f)
+                if not self.pass_fds:
+                    raise StorageError("This channel takes no file descriptors")
                 self._check(name, "i")
                 f.seek(offset or 0)
             else:
@@ -256,7 +259,9 @@ class StorageServer(amp.AMP):
                 fileno = f.fileno()
             except (AttributeError, OSError, ValueError):
                 fileno = None
-            if fileno is None and pass_fd:
+            pass_fd_here = (pass_fd and self.pass_fds
+                            and IUNIXTransport.providedBy(self.transport))
+            if fileno is None and pass_fd_here:
                 mem = os.fdopen(os.memfd_create("message"), "w+b")
                 with f:
                     while data := f.read(CHUNK * 4):
@@ -271,7 +276,7 @@ class StorageServer(amp.AMP):
             handle = self._id()
             self.handles[handle] = f
             out = {"handle": handle, "size": size, "state": _state(box, snap)}
-            if pass_fd and IUNIXTransport.providedBy(self.transport):
+            if pass_fd_here:
                 out["fd"] = fileno
             return out
 

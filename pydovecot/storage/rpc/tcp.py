@@ -35,7 +35,8 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from pydovecot.master.protocol import RelayStorage
+from pydovecot.channel import ChannelLocator
+from pydovecot.master.protocol import DialStorage, RelayStorage, StorageRefused
 from pydovecot.storage.rpc.client import ClientProtocol, adopt, hello
 from pydovecot.storage.rpc.commands import Hello
 from pydovecot.storage.rpc.wire import AccessDenied, StorageUnavailable, wire_failure
@@ -57,38 +58,18 @@ class _Pipe(Protocol):
             self.peer.transport.loseConnection()
 
 
-class RelayHello(amp.AMP):
-    """One TCP peer: Hello (secret), then a byte relay to the channel."""
+class _Spliced(amp.AMP):
+    """AMP until :meth:`splice`, then a byte relay to a channel fd."""
 
-    def __init__(self, master: amp.AMP, secret: bytes):
-        super().__init__()
-        self.master = master
-        self.secret = secret
-        self.pipe: _Pipe | None = None
+    pipe: _Pipe | None = None
 
-    @Hello.responder
-    def hello(self, requester: str, owner: str, secret: bytes | None = None):
-        if not self.secret or secret is None or not hmac.compare_digest(secret, self.secret):
-            log.warn("storage-rpc: a peer from {peer} gave a wrong secret",
-                     peer=getattr(self.transport.getPeer(), "host", "?"))
-            raise wire_failure(AccessDenied("Bad storage_rpc_secret"))
-        d = self.master.callRemote(RelayStorage, requester=requester, owner=owner)
-
-        def relay(answer: dict) -> dict:
-            pipe = _Pipe(self)
-            adopt(socket.socket(fileno=answer["fd"]), pipe)
-            self.pipe = pipe
-            # back-pressure both ways
-            self.transport.registerProducer(pipe.transport, True)
-            pipe.transport.registerProducer(self.transport, True)
-            return {"user": answer["user"]}
-
-        def refused(f: Any) -> Any:
-            log.warn("storage-rpc: no channel to {owner}: {e}", owner=owner,
-                     e=f.getErrorMessage())
-            raise wire_failure(StorageUnavailable("The storage is not available"))
-
-        return d.addCallbacks(relay, refused)
+    def splice(self, fd: int) -> None:
+        pipe = _Pipe(self)
+        adopt(socket.socket(fileno=fd), pipe)
+        self.pipe = pipe
+        # back-pressure both ways
+        self.transport.registerProducer(pipe.transport, True)
+        pipe.transport.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.pipe is not None:
@@ -102,13 +83,96 @@ class RelayHello(amp.AMP):
         super().connectionLost(reason)
 
 
+class RelayHello(_Spliced):
+    """One TCP peer: Hello (secret), then a byte relay to the channel."""
+
+    def __init__(self, master: amp.AMP, secret: bytes):
+        super().__init__()
+        self.master = master
+        self.secret = secret
+
+    @Hello.responder
+    def hello(self, requester: str, owner: str, secret: bytes | None = None):
+        if not self.secret or secret is None or not hmac.compare_digest(secret, self.secret):
+            log.warn("storage-rpc: a peer from {peer} gave a wrong secret",
+                     peer=getattr(self.transport.getPeer(), "host", "?"))
+            raise wire_failure(AccessDenied("Bad storage_rpc_secret"))
+        d = self.master.callRemote(RelayStorage, requester=requester, owner=owner)
+
+        def relay(answer: dict) -> dict:
+            self.splice(answer["fd"])
+            return {"user": answer["user"]}
+
+        def refused(f: Any) -> Any:
+            log.warn("storage-rpc: no channel to {owner}: {e}", owner=owner,
+                     e=f.getErrorMessage())
+            raise wire_failure(StorageUnavailable("The storage is not available"))
+
+        return d.addCallbacks(relay, refused)
+
+
+
+class Dialer(ChannelLocator):
+    """The master's commands to this process: DialStorage (outgoing)."""
+
+    def __init__(self, secret: bytes, client_options: Any):
+        self.secret = secret
+        self.options = client_options
+
+    @DialStorage.responder
+    def dial(self, fd: int, host: str, port: int, tls_name: str, requester: str, owner: str):
+        d = self._dial(fd, host, port, tls_name, requester, owner)
+
+        def failed(f: Any) -> Any:
+            os.close(fd)
+            log.warn("storage-rpc: {host}:{port} for {user}: {e}", host=host, port=port,
+                     user=requester, e=f.getErrorMessage())
+            if f.check(AccessDenied):
+                raise StorageRefused(f.getErrorMessage())
+            raise RuntimeError("the remote storage is not reachable")
+
+        return d.addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _dial(self, fd, host, port, tls_name, requester, owner):
+        options = self.options(tls_name)
+        proto = _Spliced()
+        yield connectProtocol(SSL4ClientEndpoint(reactor, host, port, options), proto)
+        try:
+            answer = yield proto.callRemote(Hello, requester=requester, owner=owner,
+                                            secret=self.secret)
+        except BaseException:
+            proto.transport.loseConnection()
+            raise
+        proto.splice(fd)
+        return {"user": answer["user"]}
+
+
+def client_options(config: Any) -> Any:
+    """``tls_name`` → client TLS options: trust ``ssl_client_ca_file`` (or
+    the system's), present ``ssl_client_cert``/``ssl_client_key`` if set."""
+    trust = None
+    if config.get("ssl_client_ca_file"):
+        with open(config.get("ssl_client_ca_file"), "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+    own = None
+    if config.get("ssl_client_cert") and config.get("ssl_client_key"):
+        own = ssl.PrivateCertificate.loadPEM(config.read_value("ssl_client_cert") + "\n"
+                                             + config.read_value("ssl_client_key"))
+
+    def options(tls_name: str) -> Any:
+        return ssl.optionsForClientTLS(tls_name, trustRoot=trust, clientCertificate=own)
+
+    return options
+
+
 @defer.inlineCallbacks
 def connect(host: str, port: int, secret: bytes, requester: str, owner: str,
-            trust_pem: bytes | None = None, spool_dir: str | None = None):
+            trust_pem: bytes | None = None, spool_dir: str | None = None,
+            tls_name: str | None = None):
     """Deferred[RPCStorage]: ``owner``'s storage at a storage-rpc service."""
     trust = ssl.Certificate.loadPEM(trust_pem) if trust_pem else None
-    options = ssl.optionsForClientTLS(host if not host[0].isdigit() else "localhost",
-                                      trustRoot=trust)
+    options = ssl.optionsForClientTLS(tls_name or host, trustRoot=trust)
     proto = ClientProtocol()
     yield connectProtocol(SSL4ClientEndpoint(reactor, host, port, options), proto)
     storage = yield hello(proto, requester, owner, secret, spool_dir)
@@ -123,9 +187,10 @@ def _start(args: argparse.Namespace):
     from pydovecot.tls import server_context_factory
 
     config = load_config(args.config)
-    master = ChannelAMP(on_lost=lambda _: stop_process("master went away"))
-    adopt_channel(MASTER_FD, master)
     secret = (config.get("storage_rpc_secret") or "").strip().encode()
+    master = ChannelAMP(Dialer(secret, client_options(config)),
+                        on_lost=lambda _: stop_process("master went away"))
+    adopt_channel(MASTER_FD, master)
     if not secret:
         log.error("storage_rpc_secret is empty: every storage-rpc peer is refused")
     tls = server_context_factory(config)
