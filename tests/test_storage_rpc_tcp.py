@@ -120,3 +120,44 @@ class TwoInstances(unittest.TestCase):
         self.assertIn(b"NO [NOPERM]", store)
         self.assertIn("storage-rpc: remote alice", self.b.log())
         self.assertIn("storage-rpc: alice", self.a.log())
+
+
+class ClientCertificates(unittest.TestCase):
+    """No shared secret: instance B verifies client certificates
+    (``ssl_verify_client_cert = yes``, ``ssl_ca``); a peer with the
+    trusted certificate gets in, one without is refused."""
+
+    timeout = 120
+
+    def setUp(self):
+        from tests.certs import self_signed
+
+        self.b = Master(users=[User("bob", "pb", extra="userdb_shared_with=alice")], ssl=True,
+                        **privileged())
+        self.addCleanup(self.b.cleanup)
+        cert, key = self_signed("instance-a")
+        self.client_pem = cert + key
+        ca = os.path.join(self.b.dir, "peers.pem")
+        with open(ca, "wb") as f:
+            f.write(cert)
+        sock = self.b.sockets["storage-rpc"] = listening_socket()
+        self.port = sock.getsockname()[1]
+        self.b.extra_config = (f"ssl_verify_client_cert = yes\nssl_ca = <{ca}\n"
+                               "service storage-rpc {\n  inet_listener storage-rpc {\n"
+                               f"    port = {self.port}\n  }}\n}}\n")
+        self.b.write_config()
+        return threads.deferToThread(self.b.start)
+
+    @defer.inlineCallbacks
+    def test_certificate_instead_of_secret(self):
+        with open(self.b.cert_path, "rb") as f:
+            trust = f.read()
+        bad = tcp.connect("127.0.0.1", self.port, b"", "alice", "bob", trust,
+                          tls_name="localhost")
+        yield self.assertFailure(bad, AccessDenied)
+        storage = yield tcp.connect("127.0.0.1", self.port, b"", "alice", "bob", trust,
+                                    tls_name="localhost", client_pem=self.client_pem)
+        self.addCleanup(storage.disconnect)
+        status = yield storage.status("INBOX")
+        self.assertEqual(status.messages, 0)
+        self.assertIn("peer instance-a proved by its client certificate", self.b.log())

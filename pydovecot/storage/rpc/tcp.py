@@ -40,6 +40,7 @@ from pydovecot.master.protocol import DialStorage, RelayStorage, StorageRefused
 from pydovecot.storage.rpc.client import ClientProtocol, adopt, hello
 from pydovecot.storage.rpc.commands import Hello
 from pydovecot.storage.rpc.wire import AccessDenied, StorageUnavailable, wire_failure
+from pydovecot.tls import tls_connection
 
 log = Logger()
 
@@ -86,14 +87,30 @@ class _Spliced(amp.AMP):
 class RelayHello(_Spliced):
     """One TCP peer: Hello (secret), then a byte relay to the channel."""
 
-    def __init__(self, master: amp.AMP, secret: bytes):
+    def __init__(self, master: amp.AMP, secret: bytes, certificates: bool = False):
         super().__init__()
         self.master = master
         self.secret = secret
+        self.certificates = certificates  # ssl_verify_client_cert: a verified cert will do
+
+    def _peer_certificate(self) -> str | None:
+        """The verified client certificate's subject CN, if any."""
+        if not self.certificates:
+            return None
+        conn = tls_connection(self.transport)
+        cert = conn.get_peer_certificate() if conn is not None else None
+        if cert is None:
+            return None
+        return cert.get_subject().commonName or "?"
 
     @Hello.responder
     def hello(self, requester: str, owner: str, secret: bytes | None = None):
-        if not self.secret or secret is None or not hmac.compare_digest(secret, self.secret):
+        peer_cert = self._peer_certificate()
+        good_secret = bool(self.secret) and secret is not None and hmac.compare_digest(
+            secret, self.secret)
+        if peer_cert is not None and not good_secret:
+            log.info("storage-rpc: peer {cn} proved by its client certificate", cn=peer_cert)
+        elif not good_secret:
             log.warn("storage-rpc: a peer from {peer} gave a wrong secret",
                      peer=getattr(self.transport.getPeer(), "host", "?"))
             raise wire_failure(AccessDenied("Bad storage_rpc_secret"))
@@ -169,10 +186,12 @@ def client_options(config: Any) -> Any:
 @defer.inlineCallbacks
 def connect(host: str, port: int, secret: bytes, requester: str, owner: str,
             trust_pem: bytes | None = None, spool_dir: str | None = None,
-            tls_name: str | None = None):
-    """Deferred[RPCStorage]: ``owner``'s storage at a storage-rpc service."""
+            tls_name: str | None = None, client_pem: bytes | None = None):
+    """Deferred[RPCStorage]: ``owner``'s storage at a storage-rpc service
+    (``client_pem``: a certificate and key to present)."""
     trust = ssl.Certificate.loadPEM(trust_pem) if trust_pem else None
-    options = ssl.optionsForClientTLS(tls_name or host, trustRoot=trust)
+    own = ssl.PrivateCertificate.loadPEM(client_pem) if client_pem else None
+    options = ssl.optionsForClientTLS(tls_name or host, trustRoot=trust, clientCertificate=own)
     proto = ClientProtocol()
     yield connectProtocol(SSL4ClientEndpoint(reactor, host, port, options), proto)
     storage = yield hello(proto, requester, owner, secret, spool_dir)
@@ -188,16 +207,19 @@ def _start(args: argparse.Namespace):
 
     config = load_config(args.config)
     secret = (config.get("storage_rpc_secret") or "").strip().encode()
+    certificates = config.get("ssl_verify_client_cert") in ("yes", True) and bool(
+        config.get("ssl_ca"))
     master = ChannelAMP(Dialer(secret, client_options(config)),
                         on_lost=lambda _: stop_process("master went away"))
     adopt_channel(MASTER_FD, master)
-    if not secret:
-        log.error("storage_rpc_secret is empty: every storage-rpc peer is refused")
+    if not secret and not certificates:
+        log.error("storage_rpc_secret is empty and client certificates are not verified: "
+                  "every storage-rpc peer is refused")
     tls = server_context_factory(config)
     if tls is None:
         raise RuntimeError("service storage-rpc needs ssl_cert and ssl_key (TLS only)")
     factory = TLSMemoryBIOFactory(tls, False, Factory.forProtocol(
-        lambda: RelayHello(master, secret)))
+        lambda: RelayHello(master, secret, certificates)))
     for spec in args.listener:
         _name, fd, _ssl = spec.rsplit(":", 2)
         adopt_listener(int(fd), factory)
