@@ -245,3 +245,42 @@ class Access(unittest.TestCase):
         self.assertIn(b"s1 NO [NOPERM]", out)
         out = yield s.command(b"s2 EXAMINE INBOX")
         self.assertIn(b"s2 OK", out)
+
+    @defer.inlineCallbacks
+    def test_revoked_right_takes_effect_on_the_next_command(self):
+        pairs = Pairs(self)
+        owner = _maildir(self, "bob")
+        yield owner.append("INBOX", io.BytesIO(MSG1), [], WHEN)
+        grants = {"alice": "lr"}
+        shared = pairs.wrap(owner, requester="alice",
+                            authorize=lambda req, own, box, right: right in grants.get(req, ""))
+        box = yield shared.open("INBOX")
+        yield box.fetch_data(1, ["envelope"])
+        del grants["alice"]
+        yield self.assertFailure(box.fetch_data(1, ["envelope"]), AccessDenied)
+        yield self.assertFailure(box.message_file(1), AccessDenied)
+        yield self.assertFailure(box.sync(), AccessDenied)
+        box.close()
+
+
+class ConnectionLoss(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_lost_storage_is_tagged_no_unavailable(self):
+        """The storage process goes: the session gets NO [UNAVAILABLE] and
+        goes on; the server side closed its views."""
+        pairs = Pairs(self)
+        storage = pairs.wrap(_maildir(self))
+        a = Session(storage, "a")
+        self.addCleanup(a.close)
+        out = yield a.command(b"a1 SELECT INBOX")
+        self.assertIn(b"a1 OK", out)
+        self.assertEqual(len(storage.server.views), 1)
+        storage.server.transport.loseConnection()
+        yield storage.proto.lost
+        out = yield a.command(b"a2 CREATE Other")
+        self.assertIn(b"a2 NO [UNAVAILABLE]", out)
+        out = yield a.command(b"a3 NOOP")
+        self.assertIn(b"a3 ", out)
+        self.assertEqual(storage.server.views, {})

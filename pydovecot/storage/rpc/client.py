@@ -170,6 +170,8 @@ class RPCMailbox(_Base):
         self._apply(state)
 
     def _apply(self, state: dict) -> None:
+        if state.get("same"):
+            return  # a method that does not change the view
         self.name = state["name"]
         self.readonly = state["readonly"]
         self.uidvalidity = state["uidvalidity"]
