@@ -284,3 +284,47 @@ class ConnectionLoss(unittest.TestCase):
         out = yield a.command(b"a3 NOOP")
         self.assertIn(b"a3 ", out)
         self.assertEqual(storage.server.views, {})
+
+
+class BrokerChecks(unittest.TestCase):
+    """The master's half of the broker with a stand-in master: it speaks
+    only for users of the asking process's uid."""
+
+    def _master(self):
+        import json
+        from types import SimpleNamespace
+
+        users = {"alice": {"uid": "2001", "gid": "2001"}, "bob": {"uid": "2002", "gid": "2002"}}
+
+        def call(command, user, service):
+            if user not in users:
+                return defer.succeed({"found": False})
+            return defer.succeed({"found": True, "user": user,
+                                  "fields": json.dumps(users[user])})
+
+        asking = SimpleNamespace(key=(2001, 2001))
+        return SimpleNamespace(
+            pool=SimpleNamespace(by_pid={77: asking}),
+            auth=SimpleNamespace(call=call),
+            mail_ids=lambda user, fields: (int(fields["uid"]), int(fields["gid"])))
+
+    @defer.inlineCallbacks
+    def test_requester_must_be_of_the_asking_uid(self):
+        from pydovecot.master.protocol import StorageRefused
+        from pydovecot.storage.rpc.broker import open_storage
+
+        master = self._master()
+        yield self.assertFailure(open_storage(master, 77, "bob", "alice"), StorageRefused)
+        yield self.assertFailure(open_storage(master, 78, "alice", "bob"), StorageRefused)
+        yield self.assertFailure(open_storage(master, 77, "alice", "nobody"), KeyError)
+        self.flushLoggedErrors()
+
+    def test_locations(self):
+        from pydovecot.storage.rpc.broker import parse_location
+
+        self.assertEqual(parse_location("bob"), ("bob", {}))
+        self.assertEqual(parse_location("bob:HOST=192.0.2.7:PORT=24242:NAME=mx.example.org"),
+                         ("bob", {"host": "192.0.2.7", "port": "24242",
+                                  "tls_name": "mx.example.org"}))
+        for bad in ("", "bob:HOST=x", "bob:FOO=1", "bob:PORT="):
+            self.assertRaises(ValueError, parse_location, bad)

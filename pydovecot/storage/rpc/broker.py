@@ -63,10 +63,38 @@ def _userdb(master: Any, user: str):
     return found["user"], json.loads(found["fields"])
 
 
-@defer.inlineCallbacks
+def _declared(d: defer.Deferred, what: str) -> defer.Deferred:
+    """Only the command's declared errors leave the master: anything else
+    is logged here once and answered as RuntimeError (UNAVAILABLE), since
+    an undeclared error would close the child's channel."""
+    from pydovecot.master.protocol import StorageRefused
+
+    def failed(f: Any) -> Any:
+        if f.check(KeyError, RuntimeError, StorageRefused):
+            return f
+        log.error("storage-rpc: {what}: {e}", what=what, e=f.getErrorMessage(),
+                  log_prefix="master")
+        raise RuntimeError("the storage is not available")
+
+    return d.addErrback(failed)
+
+
 def open_storage(master: Any, pid: int, requester: str, owner: str, host: str | None = None,
-                 port: int | None = None, tls_name: str | None = None):
+                 port: int | None = None, tls_name: str | None = None) -> defer.Deferred:
     """The master's half (see the module docstring): ``{"fd", "user"}``."""
+    return _declared(_open_storage(master, pid, requester, owner, host, port, tls_name),
+                     "brokering a channel")
+
+
+def relay_storage(master: Any, requester: str, owner: str) -> defer.Deferred:
+    """The master's half for the storage-rpc service (a TCP/TLS peer that
+    proved ``storage_rpc_secret``; its ``requester`` is a remote user)."""
+    return _declared(_relay_storage(master, requester, owner), "relaying a channel")
+
+
+@defer.inlineCallbacks
+def _open_storage(master: Any, pid: int, requester: str, owner: str, host: str | None,
+                  port: int | None, tls_name: str | None):
     from pydovecot.log import sanitize
     from pydovecot.master.protocol import StorageRefused
 
@@ -89,9 +117,7 @@ def open_storage(master: Any, pid: int, requester: str, owner: str, host: str | 
 
 
 @defer.inlineCallbacks
-def relay_storage(master: Any, requester: str, owner: str):
-    """The master's half for the storage-rpc service (a TCP/TLS peer that
-    proved ``storage_rpc_secret``; its ``requester`` is a remote user)."""
+def _relay_storage(master: Any, requester: str, owner: str):
     from pydovecot.log import sanitize
 
     answer = yield _channel_to(master, requester, owner, relayed=True)
