@@ -36,6 +36,7 @@ from twisted.protocols import amp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from pydovecot.channel import ChannelLocator
+from pydovecot.log import sanitize
 from pydovecot.master.protocol import DialStorage, RelayStorage, StorageRefused
 from pydovecot.storage.rpc.client import ClientProtocol, adopt, hello
 from pydovecot.storage.rpc.commands import Hello
@@ -109,7 +110,8 @@ class RelayHello(_Spliced):
         good_secret = bool(self.secret) and secret is not None and hmac.compare_digest(
             secret, self.secret)
         if peer_cert is not None and not good_secret:
-            log.info("storage-rpc: peer {cn} proved by its client certificate", cn=peer_cert)
+            log.info("storage-rpc: peer {cn} proved by its client certificate",
+                     cn=sanitize(peer_cert))
         elif not good_secret:
             log.warn("storage-rpc: a peer from {peer} gave a wrong secret",
                      peer=getattr(self.transport.getPeer(), "host", "?"))
@@ -121,8 +123,8 @@ class RelayHello(_Spliced):
             return {"user": answer["user"]}
 
         def refused(f: Any) -> Any:
-            log.warn("storage-rpc: no channel to {owner}: {e}", owner=owner,
-                     e=f.getErrorMessage())
+            log.warn("storage-rpc: no channel to {owner}: {e}", owner=sanitize(owner),
+                     e=sanitize(f.getErrorMessage()))
             raise wire_failure(StorageUnavailable("The storage is not available"))
 
         return d.addCallbacks(relay, refused)
@@ -142,8 +144,8 @@ class Dialer(ChannelLocator):
 
         def failed(f: Any) -> Any:
             os.close(fd)
-            log.warn("storage-rpc: {host}:{port} for {user}: {e}", host=host, port=port,
-                     user=requester, e=f.getErrorMessage())
+            log.warn("storage-rpc: {host}:{port} for {user}: {e}", host=sanitize(host),
+                     port=port, user=sanitize(requester), e=sanitize(f.getErrorMessage()))
             if f.check(AccessDenied):
                 raise StorageRefused(f.getErrorMessage())
             raise RuntimeError("the remote storage is not reachable")
