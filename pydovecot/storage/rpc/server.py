@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from pydovecot.storage.interfaces import MailboxInfo, StorageError
+from pydovecot.storage.interfaces import MailboxInfo, StorageError, SyncResult
 from pydovecot.storage.rpc import commands as C
 from pydovecot.storage.rpc.access import Authorize, deny_others
 from pydovecot.storage.rpc.wire import CHUNK, AccessDenied, wire_failure
@@ -72,13 +72,35 @@ def _state(view: Any, snapshot: dict[int, tuple]) -> dict:
         current[m.uid] = key
         if snapshot.get(m.uid) != key:
             upd.append((m.uid, sorted(m.flags), m.size, m.internaldate, m.modseq, m.savedate))
-    gone = [uid for uid in snapshot if uid not in current]
+    gone = [uid for uid in snapshot if uid and uid not in current]
     snapshot.clear()
     snapshot.update(current)
+    # key 0 (no UID is 0): what the view had synced to when this was sent
+    snapshot[0] = (view.seen_modseq, view.highestmodseq, len(view.messages))
+    out = _state_scalars(view)
+    out.update(gone=gone, upd=upd)
+    return out
+
+
+def _delta(view: Any, snapshot: dict[int, tuple], name: str, result: Any) -> dict:
+    """:func:`_state`, but a sync that changed nothing (one after every IMAP
+    command) compares nothing: no UID moved and the view's modseq did not
+    advance (a modseq change without a flag change is not in SyncResult,
+    so any advance takes the full comparison)."""
+    if (name == "sync" and isinstance(result, SyncResult) and not result.added
+            and not result.expunged and not result.flags_changed
+            and snapshot.get(0) == (view.seen_modseq, view.highestmodseq, len(view.messages))):
+        out = _state_scalars(view)
+        out.update(gone=[], upd=[])
+        return out
+    return _state(view, snapshot)
+
+
+def _state_scalars(view: Any) -> dict:
     return {"name": view.name, "readonly": view.readonly, "uidvalidity": view.uidvalidity,
             "uidnext": view.uidnext, "recent": set(view.recent), "keywords": list(view.keywords),
             "highestmodseq": view.highestmodseq, "seen_modseq": view.seen_modseq,
-            "deleted": view.deleted, "gone": gone, "upd": upd}
+            "deleted": view.deleted}
 
 
 class StorageServer(amp.AMP):
@@ -396,7 +418,7 @@ def _mailbox_responder(name: str, command: type[amp.Command]) -> Callable[..., A
             d = defer.maybeDeferred(getattr(box, name), *[kwargs.get(a) for a in args])
             if name not in MUTATING:
                 return d.addCallback(lambda r: {"result": r, "state": SAME})
-            return d.addCallback(lambda r: {"result": r, "state": _state(box, snap)})
+            return d.addCallback(lambda r: {"result": r, "state": _delta(box, snap, name, r)})
 
         return self._run(call)
 
