@@ -138,6 +138,20 @@ class VerifyObjectTests(unittest.TestCase):
         self.assertTrue(declared <= set(vars(RemoteMailbox)))
         return defer.gatherResults([status, synced])
 
+    @defer.inlineCallbacks
+    def test_rpc(self):
+        """The storage RPC client (pydovecot.storage.rpc) over a real AMP
+        socketpair to a Maildir storage."""
+        from pydovecot.storage.rpc.client import local_pair
+
+        d = self.mktemp()
+        storage = local_pair(MaildirStorage("alice", os.path.join(d, "Maildir"), home=d))
+        self.addCleanup(storage.disconnect)
+        verify(self, IMailStorage, storage)
+        box = yield storage.open("INBOX")
+        verify(self, IMailbox, box)
+        box.close()
+
     def test_methods_answer_with_deferreds(self) -> None:
         """Every asynchronous method of the Maildir storage and the fakes
         answers with a Deferred, errors included (a failed Deferred, not a

@@ -124,6 +124,12 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "managesieve_max_line_length": (SIZE, "64 k"),
     "managesieve_notify_capability": (STR, ""),
     "managesieve_sieve_capability": (STR, ""),
+    # pydovecot-only: the storage RPC over TCP/TLS (pydovecot.storage.rpc.tcp)
+    "storage_rpc_secret": (STR, ""),
+    # outgoing TLS of the storage-rpc service (Dovecot's names)
+    "ssl_client_ca_file": (STR, ""),
+    "ssl_client_cert": (STR, ""),
+    "ssl_client_key": (STR, ""),
 }
 
 #: Settings valid inside ``service NAME { }``, with their types.
@@ -192,7 +198,8 @@ MAILBOX_SETTINGS = frozenset(
 
 #: Services pydovecot runs.
 IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
-                        "health-check", "managesieve-login", "quota-status")
+                        "health-check", "managesieve-login", "quota-status",
+                        "storage-rpc")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -289,6 +296,14 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
         "settings": {
             "executable": "quota-status -p postfix", "client_limit": "1",
             "process_limit": "1", "user": "$default_internal_user",
+        },
+    },
+    # pydovecot-only: the storage RPC over TCP/TLS; runs only with an
+    # inet_listener (pydovecot.storage.rpc.tcp).
+    "storage-rpc": {
+        "settings": {
+            "executable": "storage-rpc", "process_limit": "1", "client_limit": "0",
+            "service_count": "0", "user": "$default_internal_user",
         },
     },
     "lmtp": {

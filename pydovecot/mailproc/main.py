@@ -65,6 +65,7 @@ from pydovecot.master.protocol import (
     DeliveryFailed,
     NewClient,
     QuotaCheck,
+    ServeStorage,
     SessionEnded,
 )
 from pydovecot.pop3.session import POP3Session
@@ -72,6 +73,7 @@ from pydovecot.session import SessionContext
 from pydovecot.stats import events
 from pydovecot.storage import open_storage
 from pydovecot.storage.interfaces import IMailStorage, StorageError
+from pydovecot.storage.rpc import broker as rpc_broker
 
 log = Logger()
 
@@ -158,6 +160,10 @@ class MailProcess:
                       "gid": str(os.getgid()), "service": "imap"}
             location = fields.get("mail") or self.config.get("mail_location")
             location = expand_path(location, values)
+            if location.startswith("rpc:"):  # another uid's storage, via the master
+                storage = rpc_broker.remote_storage(self.channel, user, location[4:])
+                self.storages[user] = storage
+                return storage
             if home:
                 make_home(home)
             storage = open_storage(user, location, home)
@@ -394,6 +400,12 @@ class MailLocator(ChannelLocator):
     @contained(QuotaCheck)
     def check_quota(self, user, fields, size):
         return self.process.check_quota(user, fields, size)
+
+    @contained(ServeStorage)
+    def serve_storage(self, fd, user, requester, fields, relayed=False):  # storage.rpc.broker
+        userdb = json.loads(fields)
+        rpc_broker.serve(self.process.storage_for(user, userdb), fd, requester, userdb, relayed)
+        return {}
 
     @contained(AdminRequest)
     def admin(self, **kwargs):  # pydoveadm's mailbox verbs (mailproc/admin.py)

@@ -166,3 +166,67 @@ class SessionEnded(amp.Command):
     arguments = [(b"session", amp.Unicode())]
     response: list = []
     requiresAnswer = False
+
+
+class StorageRefused(Exception):
+    """The master will not broker this storage channel (the requesting
+    user is not one this mail process serves)."""
+
+
+class OpenStorage(amp.Command):
+    """A mail process asks for a channel to the storage of ``owner`` on
+    behalf of ``requester`` (a user it serves): the master starts or
+    picks a mail process of the owner's uid (as for a login), gives it one
+    end of a socketpair (:class:`ServeStorage`) and answers the other end.
+    Nobody's privileges move; the owner's process checks every access."""
+
+    arguments = [(b"requester", amp.Unicode()), (b"owner", amp.Unicode()),
+                 # another instance's storage-rpc service (dialled by ours)
+                 (b"host", amp.Unicode(optional=True)), (b"port", amp.Integer(optional=True)),
+                 (b"tls_name", amp.Unicode(optional=True))]
+    response = [(b"fd", amp.Descriptor()), (b"user", amp.Unicode())]
+    errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE",
+              StorageRefused: b"REFUSED"}
+
+
+class ServeStorage(amp.Command):
+    """Serve ``user``'s storage (userdb ``fields``, JSON) to ``requester``
+    over ``fd`` (pydovecot.storage.rpc)."""
+
+    arguments = [
+        (b"fd", amp.Descriptor()),
+        (b"user", amp.Unicode()),
+        (b"requester", amp.Unicode()),
+        (b"fields", amp.Unicode()),
+        # the peer is the storage-rpc service relaying a TCP peer: no fds
+        (b"relayed", amp.Boolean(optional=True)),
+    ]
+    response: list = []
+    errors = SESSION_ERRORS
+
+
+class RelayStorage(amp.Command):
+    """The storage-rpc service (TCP/TLS, peer proved by
+    ``storage_rpc_secret``) asks for a channel to ``owner``'s storage on
+    behalf of the remote ``requester``; answered like :class:`OpenStorage`."""
+
+    arguments = [(b"requester", amp.Unicode()), (b"owner", amp.Unicode())]
+    response = [(b"fd", amp.Descriptor()), (b"user", amp.Unicode())]
+    errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE"}
+
+
+class DialStorage(amp.Command):
+    """Master → storage-rpc service: connect (TLS, ``storage_rpc_secret``)
+    to another instance's storage-rpc service for ``requester`` and relay
+    it to ``fd`` (the asking mail process has the other end)."""
+
+    arguments = [
+        (b"fd", amp.Descriptor()),
+        (b"host", amp.Unicode()),
+        (b"port", amp.Integer()),
+        (b"tls_name", amp.Unicode()),
+        (b"requester", amp.Unicode()),
+        (b"owner", amp.Unicode()),
+    ]
+    response = [(b"user", amp.Unicode())]
+    errors = {RuntimeError: b"UNAVAILABLE", StorageRefused: b"REFUSED"}

@@ -45,11 +45,14 @@ from pydovecot.master.protocol import (
     HandOff,
     LimitExceeded,
     NewClient,
+    OpenStorage,
     QuotaCheck,
     QuotaCheckRequest,
+    RelayStorage,
     SessionEnded,
 )
 from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
+from pydovecot.storage.rpc import broker as rpc_broker
 
 log = Logger(namespace="master")
 
@@ -158,6 +161,28 @@ class MailLocator(StatsForwarding):
     def session_ended(self, session):
         self.master.session_ended(self.child.pid, session)
         return {}
+
+    @OpenStorage.responder
+    def open_storage(self, requester, owner, **where):  # pydovecot.storage.rpc.broker
+        return rpc_broker.open_storage(self.master, self.child.pid, requester, owner, **where)
+
+    def _sendFileDescriptor(self, descriptor: int) -> int:
+        # OpenStorage answers an fd: AMP sends it through the responder.
+        return self.child.channel._sendFileDescriptor(descriptor)
+
+
+class RelayLocator(StatsForwarding):
+    """Commands the storage-rpc service may send: RelayStorage only."""
+
+    def __init__(self, master: MasterService):
+        self.master = master
+
+    @RelayStorage.responder
+    def relay_storage(self, requester, owner):  # pydovecot.storage.rpc.broker
+        return rpc_broker.relay_storage(self.master, requester, owner)
+
+    def _sendFileDescriptor(self, descriptor: int) -> int:
+        return self.channel._sendFileDescriptor(descriptor)
 
 
 class MasterService(Service):
@@ -377,6 +402,8 @@ class MasterService(Service):
         names += [name for name in STATS_SERVICES if self._has_port(name)]
         if self._has_port(QUOTA_STATUS):
             names.append(QUOTA_STATUS)
+        if self._has_port("storage-rpc"):  # pydovecot.storage.rpc.tcp
+            names.append("storage-rpc")
         return names
 
     def _has_port(self, name: str) -> bool:
@@ -449,6 +476,8 @@ class MasterService(Service):
                 self._supervise("lmtp", self._make_lmtp)
             elif name == QUOTA_STATUS:
                 self._supervise(QUOTA_STATUS, self._make_quota_status)
+            elif name == "storage-rpc":
+                self._supervise(name, self._make_storage_rpc)
             elif name == "stats" or name == "health-check" and not self._has_port("stats"):
                 self._supervise("stats", self._make_stats)  # serves both
 
@@ -504,6 +533,12 @@ class MasterService(Service):
         argv = python_module_argv("pydovecot.stats.main", *self._config_args(),
                                   "--chroot", self.chroot_dir, *args)
         return Child("stats", argv, locator=ChannelLocator(), extra_fds=fds)
+
+    def _make_storage_rpc(self) -> Child:
+        args, fds = self._listener_args("storage-rpc")
+        argv = python_module_argv("pydovecot.storage.rpc.tcp", *self._config_args(),
+                                  "--chroot", self.chroot_dir, *args)
+        return Child("storage-rpc", argv, locator=RelayLocator(self), extra_fds=fds)
 
     def _make_mail(self) -> Child:
         locator = MailLocator(self)
