@@ -312,9 +312,15 @@ class RPCStorage(_Base):
         return d.addCallback(lambda r: RPCMailbox(self, r["view"], r["state"]))
 
     def copy(self, source: Any, uids: Any, dest: str) -> defer.Deferred:
+        return self._copy(C.Copy, source, uids, dest)
+
+    def move(self, source: Any, uids: Any, dest: str) -> defer.Deferred:
+        return self._copy(C.Move, source, uids, dest)
+
+    def _copy(self, command: type, source: Any, uids: Any, dest: str) -> defer.Deferred:
         if not isinstance(source, RPCMailbox) or source.proto is not self.proto:
             return defer.fail(StorageError("Can't copy from a foreign mailbox"))
-        d = self._call(C.Copy, view=source.view_id, uids=list(uids), dest=dest)
+        d = self._call(command, view=source.view_id, uids=list(uids), dest=dest)
         return d.addCallback(lambda r: (source._apply(r["state"]), r["result"])[1])
 
     def append(self, name: str, message: Any, flags: Any = (), internaldate: Any = None

@@ -38,6 +38,11 @@ STORAGE_METHODS: dict[str, tuple[Args, amp.Argument | None]] = {
                        (b"value", Value(optional=True))], None),
     "set_attributes": ([(b"mailbox", amp.Unicode()), (b"changes", Value())], None),
     "attribute_keys": ([(b"mailbox", amp.Unicode()), (b"prefix", amp.Unicode())], Value()),
+    "quota_roots": ([(b"mailbox", amp.Unicode())], Value()),
+    "get_quota": ([(b"root", amp.Unicode()), (b"mailbox", amp.Unicode())], Value()),
+    "check_quota": ([(b"mailbox", amp.Unicode()), (b"size", amp.Integer()),
+                     (b"count", amp.Integer())], None),
+    "recalc_quota": ([], Value()),
 }
 
 #: IMailbox methods → (arguments, answer type); every one also takes the
@@ -55,7 +60,7 @@ MAILBOX_METHODS: dict[str, tuple[Args, amp.Argument | None]] = {
 }
 
 #: The methods written out by hand (not in the tables).
-SPECIAL = frozenset({"open", "append", "copy", "message_file"})
+SPECIAL = frozenset({"open", "append", "copy", "move", "message_file"})
 
 
 def _camel(name: str) -> str:
@@ -133,6 +138,14 @@ class Append(amp.Command):
 
 class Copy(amp.Command):
     """IMailStorage.copy from one of this connection's views."""
+
+    arguments = [(b"view", amp.Integer()), (b"uids", Value()), (b"dest", amp.Unicode())]
+    response = [(b"result", Value()), (b"state", Value())]
+    errors = dict(ERRORS)
+
+
+class Move(amp.Command):
+    """IMailStorage.move (MOVE's copy half) from one of this connection's views."""
 
     arguments = [(b"view", amp.Integer()), (b"uids", Value()), (b"dest", amp.Unicode())]
     response = [(b"result", Value()), (b"state", Value())]

@@ -266,11 +266,19 @@ class StorageServer(amp.AMP):
 
     @C.Copy.responder
     def copy(self, view: int, uids: Any, dest: str) -> defer.Deferred:
+        return self._copy(self.storage.copy, view, uids, dest, "r")
+
+    @C.Move.responder
+    def move(self, view: int, uids: Any, dest: str) -> defer.Deferred:
+        # the source's expunge that follows needs its own right (e)
+        return self._copy(self.storage.move, view, uids, dest, "r")
+
+    def _copy(self, method: Any, view: int, uids: Any, dest: str, right: str) -> defer.Deferred:
         def call():
             source, snap = self._view(view)
-            self._check(source.name, "r")
+            self._check(source.name, right)
             self._check(dest, "i")
-            d = self.storage.copy(source, list(uids), dest)
+            d = method(source, list(uids), dest)
             return d.addCallback(lambda r: {"result": r, "state": SAME})
 
         return self._run(call)

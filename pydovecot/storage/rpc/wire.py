@@ -35,7 +35,10 @@ from pydovecot.storage.interfaces import (
     MailboxNameError,
     MailboxNotFound,
     MailboxStatus,
+    MailTooLarge,
     MessageInfo,
+    OverQuota,
+    QuotaResource,
     StorageError,
     SyncResult,
     TooManyAttributes,
@@ -45,7 +48,8 @@ from pydovecot.storage.search import SearchProgram
 #: The most bytes one AMP value carries here (AMP's own cap is 65,535).
 CHUNK = 60000
 
-_CLASSES = {cls.__name__: cls for cls in (MailboxInfo, MailboxStatus, MessageInfo, SyncResult)}
+_CLASSES = {cls.__name__: cls for cls in (MailboxInfo, MailboxStatus, MessageInfo, SyncResult,
+                                           QuotaResource)}
 
 
 class AccessDenied(StorageError):
@@ -153,6 +157,8 @@ class Value(amp.Argument):
 #: StorageError subclasses → declared AMP error codes (subclasses before
 #: their bases: AMP picks the first class that matches).
 ERRORS: dict[type[Exception], bytes] = {
+    OverQuota: b"OVERQUOTA",
+    MailTooLarge: b"LIMIT",
     MailboxNotFound: b"NONEXISTENT",
     MailboxExists: b"ALREADYEXISTS",
     MailboxNameError: b"CANNOT",
@@ -170,6 +176,8 @@ def wire_failure(exc: StorageError) -> StorageError:
     code, constructor argument), for AMP to send."""
     out = copy.copy(exc)
     extra = getattr(exc, "max_size", None)
+    if isinstance(exc, OverQuota):
+        extra = exc.tempfail
     msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
     out.args = (json.dumps({"m": msg, "c": exc.code, "x": extra}),)
     return out
@@ -188,6 +196,8 @@ def _decoder(cls: type[StorageError]):
             exc: StorageError = AttributeTooLarge(int(extra or 0))
         else:
             exc = cls(msg)
+            if isinstance(exc, OverQuota):
+                exc.tempfail = bool(extra)
         if exc.code != code:
             exc.code = code
         return exc
