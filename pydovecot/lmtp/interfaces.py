@@ -30,3 +30,9 @@ class IDeliveryBackend(Interface):
         delivery in log lines.  Fails with
         :class:`~pydovecot.master.protocol.DeliveryFailed` (already logged)
         for this recipient's own failure."""
+
+    def check_quota(user: str, fields: dict, size: int):
+        """Deferred[str | None]: None when a message of ``size`` octets fits the
+        user's quota now; otherwise the reply text for an over-quota recipient,
+        e.g. "552 5.2.2 <rcpt> Quota exceeded (mailbox for user is full)"
+        (or "452 4.2.2 …" with quota_full_tempfail = yes), as Dovecot words it."""

@@ -43,7 +43,7 @@ import time
 import unicodedata  # noqa: F401
 
 import setproctitle
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -229,12 +229,8 @@ class MailProcess:
             log.error("{what}: cannot open the user's storage: {e}", what=what,
                       e=sanitize(_reason(e)), log_prefix=prefix)
             raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
-        if delivery.wants_sieve(self.config):
-            d = defer.maybeDeferred(
-                delivery.deliver_with_sieve, self.config, storage, user, userdb, message,
-                session, msgid, sender, recipient, prefix)
-        else:
-            d = delivery.save(storage, message, what, prefix)
+        d = delivery.deliver(self.config, storage, user, userdb, message, session, msgid,
+                             sender, recipient, prefix)
 
         start = time.monotonic()
 
