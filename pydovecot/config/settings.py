@@ -28,6 +28,7 @@ OCTAL = "octal"
 #: Setting types whose allowed values are a fixed set.
 ENUMS: dict[str, frozenset[str]] = {
     "ssl": frozenset({"yes", "no", "required"}),
+    "lmtp_hdr_delivery_address": frozenset({"final", "original", "none"}),
     "ssl_min_protocol": frozenset(
         {"ANY", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "LATEST"}
     ),
@@ -116,6 +117,12 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "sendmail_path": (STR, "/usr/sbin/sendmail"),
     "submission_host": (STR, ""),
     "lda_mailbox_autosubscribe": (BOOL, "no"),
+    # LMTP and LDA (pydovecot.lmtp.protocol, pydovecot.mailproc.delivery, pydovecot.lda).
+    "lda_mailbox_autocreate": (BOOL, "no"),
+    "lmtp_save_to_detail_mailbox": (BOOL, "no"),
+    "lmtp_hdr_delivery_address": ("enum", "final"),
+    "lmtp_add_received_header": (BOOL, "yes"),
+    "lmtp_user_concurrency_limit": (UINT, "0"),
     # ManageSieve (pydovecot.managesieve, pydovecot.login.managesieve).
     "managesieve_implementation_string": (STR, "Dovecot (Debian) Pigeonhole"),
     "managesieve_logout_format": (STR, "bytes=%i/%o"),
@@ -723,10 +730,7 @@ REFUSED: dict[str, str] = {
     "ssl_options": "pydovecot can't apply ssl_options yet",
     "ssl_alt_cert": "a second (alternative) certificate is not supported yet",
     "ssl_alt_key": "a second (alternative) certificate is not supported yet",
-    "lmtp_save_to_detail_mailbox": "lmtp does not deliver to the +detail mailbox yet",
-    "lda_mailbox_autocreate": "delivery does not create mailboxes yet",
     "lda_original_recipient_header": "delivery ignores original-recipient headers",
-    "lmtp_hdr_delivery_address": "lmtp adds no Delivered-To: header",
     "lmtp_proxy": "lmtp proxying is not supported",
     "lmtp_rcpt_check_quota": "quota is not supported yet",
     "quota_full_tempfail": "quota is not supported yet",
@@ -834,8 +838,6 @@ WARNED: dict[str, str] = {
     "pop3_enable_last": "the POP3 LAST command is not offered",
     "pop3_fast_size_lookups": "tuning only",
     "pop3_uidl_duplicates": "tuning only",
-    "lmtp_add_received_header": "lmtp adds no Received: header",
-    "lmtp_user_concurrency_limit": "tuning only",
     "lmtp_verbose_replies": "cosmetic",
     "login_source_ips": "login proxying is not supported",
     "ssl_dh": "DHE key exchange is not offered (ECDHE is)",

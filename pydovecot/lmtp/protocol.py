@@ -108,9 +108,10 @@ class LMTPSettings:
         return cls(hostname=hostname, max_size=max_size,
                    greeting=get("login_greeting"),
                    hdr_delivery_address=get("lmtp_hdr_delivery_address") or "none",
-                   add_received_header=get("lmtp_add_received_header") == "yes",
-                   rcpt_check_quota=get("lmtp_rcpt_check_quota") == "yes",
-                   user_concurrency_limit=int(get("lmtp_user_concurrency_limit") or 0),
+                   add_received_header=config.get_bool("lmtp_add_received_header", "lmtp"),
+                   rcpt_check_quota=config.get_bool("lmtp_rcpt_check_quota", "lmtp"),
+                   user_concurrency_limit=config.get_int("lmtp_user_concurrency_limit",
+                                                         "lmtp"),
                    trusted_networks=parse_networks(config.get_list("login_trusted_networks")),
                    tls_context=tls_context)
 
