@@ -78,7 +78,7 @@ class LMTPTests(ListeningMixin, unittest.TestCase):
         self.assertEqual(self.backend.delivered[1][3], "carol@example.com")
         lines = [format_line(e, "lmtp") for e in events if "msgid" in e]
         self.assertEqual(len(lines), 2)
-        self.assertRegex(lines[0], r"^lmtp\(alice\)<\d+><[^>]+:1>: Info: "
+        self.assertRegex(lines[0], r"^lmtp\(alice\)<\d+><[^>:]+>: Info: "
                                    r"msgid=<m1@example.org>: saved mail to INBOX$")
 
     @defer.inlineCallbacks
