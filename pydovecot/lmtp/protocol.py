@@ -69,6 +69,7 @@ class Recipient:
     orcpt: str | None = None
     notify: str | None = None
     user: str = ""
+    index: int = 1  # Dovecot's: counts every RCPT that got past the syntax
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Transaction:
     number: int = 1
     chunked: bool = False  # BDAT started
     failed_chunk: bool = False
+    rcpt_count: int = 0
 
 
 @dataclass
@@ -193,6 +195,7 @@ class LMTPProtocol(Protocol):
         self._in_data = False
         self._bdat_left = 0  # octets of the current BDAT chunk still to read
         self._bdat_last = False
+        self._bdat_size = 0
         self._bdat_discard = False
         self._spool: IO[bytes] | None = None
         self._data_size = 0
@@ -518,6 +521,8 @@ class LMTPProtocol(Protocol):
             self.reply("452 4.5.3 Too many recipients")
             return None
         txn = self.txn
+        txn.rcpt_count += 1
+        index = txn.rcpt_count
         d = defer.maybeDeferred(self.backend.lookup, address)
 
         def found(fields: dict | None):
@@ -531,7 +536,8 @@ class LMTPProtocol(Protocol):
             if limit and self.factory.user_deliveries.get(user, 0) >= limit:
                 self.reply(f"451 4.3.0 <{address}> Too many concurrent deliveries for user")
                 return None
-            rcpt = Recipient(address, fields, orcpt=orcpt, notify=notify, user=user)
+            rcpt = Recipient(address, fields, orcpt=orcpt, notify=notify, user=user,
+                             index=index)
             if not self.settings.rcpt_check_quota:
                 return accept(rcpt)
             q = defer.maybeDeferred(self.backend.check_quota, user, fields, txn.size)
@@ -642,7 +648,7 @@ class LMTPProtocol(Protocol):
         if not self.txn.chunked:
             self.txn.chunked = True
             self._start_spool()
-        self._bdat_left, self._bdat_last = size, last
+        self._bdat_left, self._bdat_last, self._bdat_size = size, last, size
         if size == 0:
             return self._chunk_done()
         return None
@@ -676,7 +682,7 @@ class LMTPProtocol(Protocol):
             self._close_spool()
             self.reply("552 5.3.4 Message size exceeds administrative limit")
             return None
-        self.reply(f"250 2.0.0 Added {self._data_size} octets")
+        self.reply(f"250 2.0.0 Added {self._bdat_size} octets")
         return None
 
     # -- DATA -----------------------------------------------------------------
@@ -797,10 +803,10 @@ class LMTPProtocol(Protocol):
     def _deliver_all(self, txn: Transaction, spool: IO[bytes], msgid: str):
         start = time.monotonic()
         try:
-            for n, r in enumerate(txn.recipients, 1):
+            for r in txn.recipients:
                 if self._closed:
                     break
-                yield self._deliver_one(txn, r, n, spool, msgid)
+                yield self._deliver_one(txn, r, r.index, spool, msgid)
         finally:
             spool.close()
             count = len(txn.recipients)
