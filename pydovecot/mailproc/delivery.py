@@ -33,6 +33,22 @@ log = Logger()
 MAX_SIEVE_MESSAGE = 256 << 20
 
 
+class Rejected(Exception):
+    """A Sieve reject the caller reports itself (``dovecot-lda -e``: the
+    reason on stderr and exit 77) instead of mailing a rejection."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _RejectingSieve(SieveDelivery):
+    """Sieve delivery whose reject/ereject raise :class:`Rejected`."""
+
+    def reject(self, message, reason: str):
+        return defer.fail(Rejected(reason))
+
+
 def wants_sieve(config) -> bool:
     return sieve_enabled(config)
 
@@ -63,12 +79,14 @@ def detail_mailbox(config, recipient: str | None) -> str | None:
 
 def deliver(config, storage: IMailStorage, user: str, fields: dict, message: BinaryIO,
             session: str, msgid: str, sender: str | None, recipient: str | None,
-            prefix: str, mailbox: str | None = None) -> defer.Deferred:
+            prefix: str, mailbox: str | None = None,
+            reject_in_protocol: bool = False) -> defer.Deferred:
     """Deliver one message for one recipient: Sieve when enabled, else into
     ``mailbox`` (``-m``), the ``+detail`` mailbox, or INBOX."""
     if wants_sieve(config):
         return defer.maybeDeferred(deliver_with_sieve, config, storage, user, fields, message,
-                                   session, msgid, sender, recipient, prefix)
+                                   session, msgid, sender, recipient, prefix,
+                                   reject_in_protocol)
     box = mailbox or detail_mailbox(config, recipient) or "INBOX"
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to {sanitize(box)}"
     return save(storage, message, what, prefix, box, config)
@@ -126,7 +144,8 @@ async def _save(storage: IMailStorage, message: BinaryIO, what: str, prefix: str
 
 def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
                        message: BinaryIO, session: str, msgid: str, sender: str | None,
-                       recipient: str | None, prefix: str) -> defer.Deferred | dict:
+                       recipient: str | None, prefix: str,
+                       reject_in_protocol: bool = False) -> defer.Deferred | dict:
     """Filter ``message`` through the user's scripts and deliver it; fires
     with the LMTP reply's ``uid``/``mailbox``."""
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to INBOX"
@@ -137,14 +156,15 @@ def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
         return save(storage, message, what, prefix)
     if sender is None:
         sender = _return_path(raw)
-    sieve = SieveDelivery(config, storage, user, fields, sender, recipient or "", session,
+    kind = _RejectingSieve if reject_in_protocol else SieveDelivery
+    sieve = kind(config, storage, user, fields, sender, recipient or "", session,
                           msgid, prefix)
 
     def done(outcome) -> dict:
         return {"uid": outcome.uid, "mailbox": outcome.mailbox}
 
     def failed(failure):
-        if failure.check(DeliveryFailed):
+        if failure.check(DeliveryFailed, Rejected):
             return failure
         e = failure.value
         if isinstance(e, (OSError, StorageError)):
