@@ -295,14 +295,14 @@ def run(reactor, opts: Options, source: IO[bytes]):
     head = spool.read(COPY_BLOCK)
     spool.seek(0)
     m = MESSAGE_ID.search(re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0])
-    msgid = m.group(1).decode("utf-8", "replace")[:200] if m else "<none>"
+    msgid = m.group(1).decode("utf-8", "replace")[:200] if m else "unspecified"
     session = f"lda-{os.getpid()}"
     prefix = f"lda({user})<{os.getpid()}><{session}>"
     try:
         storage = open_user_storage(config, user, fields)
         result = yield delivery.deliver(config, storage, user, fields, spool, session, msgid, sender,
                                final, prefix, mailbox=opts.mailbox,
-                               reject_in_protocol=opts.stderr_rejects)
+                               reject_in_protocol=opts.stderr_rejects, protocol="lda")
     except delivery.Rejected as e:
         sys.stderr.write(e.reason.rstrip("\r\n") + "\n")
         return EX_NOPERM

@@ -49,8 +49,16 @@ class _RejectingSieve(SieveDelivery):
         return defer.fail(Rejected(reason))
 
 
-def wants_sieve(config) -> bool:
-    return sieve_enabled(config)
+def wants_sieve(config, protocol: str = "lmtp") -> bool:
+    """Sieve runs for this delivery: ``mail_plugins`` (of ``protocol
+    lmtp``, or of ``protocol lda`` for pydovecot-lda) names ``sieve``."""
+    if protocol == "lmtp":
+        return sieve_enabled(config)
+    try:
+        plugins = config.get("mail_plugins", protocol=protocol)
+    except (KeyError, TypeError):
+        return False
+    return "sieve" in (plugins or "").replace(",", " ").split()
 
 
 def _setting(config, key: str, default: str = "") -> str:
@@ -80,14 +88,15 @@ def detail_mailbox(config, recipient: str | None) -> str | None:
 def deliver(config, storage: IMailStorage, user: str, fields: dict, message: BinaryIO,
             session: str, msgid: str, sender: str | None, recipient: str | None,
             prefix: str, mailbox: str | None = None,
-            reject_in_protocol: bool = False) -> defer.Deferred:
+            reject_in_protocol: bool = False, protocol: str = "lmtp") -> defer.Deferred:
     """Deliver one message for one recipient: Sieve when enabled, else into
     ``mailbox`` (``-m``), the ``+detail`` mailbox, or INBOX."""
-    if wants_sieve(config):
+    if wants_sieve(config, protocol):
         return defer.maybeDeferred(deliver_with_sieve, config, storage, user, fields, message,
                                    session, msgid, sender, recipient, prefix,
                                    reject_in_protocol)
-    box = mailbox or detail_mailbox(config, recipient) or "INBOX"
+    detail = detail_mailbox(config, recipient) if protocol == "lmtp" else None
+    box = mailbox or detail or "INBOX"
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to {sanitize(box)}"
     return save(storage, message, what, prefix, box, config)
 
@@ -128,8 +137,9 @@ async def _save(storage: IMailStorage, message: BinaryIO, what: str, prefix: str
     box = "INBOX" if mailbox.upper() == "INBOX" else mailbox
     try:
         if box != "INBOX" and not await _ensure(storage, box, config):
-            log.info("{what}: Mailbox doesn't exist: {box} (saving to INBOX)", what=what,
-                     box=sanitize(box), log_prefix=prefix)
+            log.info("{msgid}: save failed to open mailbox {box}: Mailbox doesn't exist: "
+                     "{box}", msgid=what.split(": save failed", 1)[0], box=sanitize(box),
+                     log_prefix=prefix)
             box = "INBOX"
         message.seek(0)
         _validity, uid = await storage.append(box, message)
