@@ -252,6 +252,11 @@ def prepare(reactor, opts: Options):
         raise Exit(EX_NOUSER, f"Fatal: Unknown user: {opts.user}")
     user = str(fields["user"])
     if root:
+        # Nothing can be imported once we are the user (the interpreter may
+        # live under root's 0700 home): everything the delivery needs now.
+        from pydovecot.mailproc import main as mailproc
+
+        mailproc.preload_codecs()
         drop_to_user(config, user, fields)
     else:
         uid = resolve_id(fields.get("uid") or config.get("mail_uid"), "uid")
@@ -267,7 +272,7 @@ def prepare(reactor, opts: Options):
     return config, user, fields
 
 
-def open_user_storage(config, user: str, fields: dict):
+def open_user_storage(config, user: str, fields: dict, from_userdb: bool):
     from pydovecot.config.variables import expand_path
     from pydovecot.storage import open_storage
 
@@ -275,7 +280,7 @@ def open_user_storage(config, user: str, fields: dict):
     values = {"user": user, "home": home, "uid": str(os.getuid()), "gid": str(os.getgid()),
               "service": "lda"}
     location = expand_path(fields.get("mail") or config.get("mail_location"), values)
-    if home and not os.path.isdir(home):
+    if home and from_userdb and not os.path.isdir(home):
         os.makedirs(home, mode=0o700, exist_ok=True)
     return open_storage(user, location, home)
 
@@ -299,7 +304,7 @@ def run(reactor, opts: Options, source: IO[bytes]):
     session = f"lda-{os.getpid()}"
     prefix = f"lda({user})<{os.getpid()}><{session}>"
     try:
-        storage = open_user_storage(config, user, fields)
+        storage = open_user_storage(config, user, fields, opts.user is not None)
         result = yield delivery.deliver(config, storage, user, fields, spool, session, msgid, sender,
                                final, prefix, mailbox=opts.mailbox,
                                reject_in_protocol=opts.stderr_rejects, protocol="lda")
