@@ -342,3 +342,37 @@ class DetailMailboxTests(unittest.TestCase):
         for bad in ("alice+../x@x", "alice+/etc@x", "alice+@x"):
             self.assertEqual(self.run_delivery(on, FakeStorage(), bad)["mailbox"], "INBOX")
         self.assertEqual(len(storage.boxes["Lists"]), 2)
+
+
+class OriginalRecipientTests(unittest.TestCase):
+    def test_lda_original_recipient_header(self):
+        raw = b"X-Original-To: <orig@example.com>\r\nSubject: x\r\n\r\nbody\r\n"
+        self.assertEqual(delivery.original_recipient(
+            Config(lda_original_recipient_header="X-Original-To"), raw), "orig@example.com")
+        self.assertIsNone(delivery.original_recipient(Config(), raw))
+        self.assertIsNone(delivery.original_recipient(
+            Config(lda_original_recipient_header="X-Envelope-To"), raw))
+
+
+class SettingsTests(unittest.TestCase):
+    def test_implemented_settings_load(self):
+        from pydovecot.config import load_config
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("lmtp_save_to_detail_mailbox = yes\nlda_mailbox_autocreate = yes\n"
+                    "lda_mailbox_autosubscribe = yes\nlmtp_hdr_delivery_address = original\n"
+                    "lmtp_add_received_header = no\nlmtp_user_concurrency_limit = 3\n"
+                    "lda_original_recipient_header = X-Original-To\n"
+                    "login_trusted_networks = 10.0.0.0/8\n")
+        config = load_config(path)
+        s = LMTPSettings.from_config(config, "mx", 0)
+        self.assertEqual((s.hdr_delivery_address, s.add_received_header,
+                          s.user_concurrency_limit, s.rcpt_check_quota),
+                         ("original", False, 3, False))
+        self.assertEqual([str(n) for n in s.trusted_networks], ["10.0.0.0/8"])
+        self.assertEqual(delivery.detail_mailbox(config, "a+B@x"), "B")
+        with open(path, "a") as f:
+            f.write("lmtp_hdr_delivery_address = sometimes\n")
+        from pydovecot.config import ConfigError
+        self.assertRaises(ConfigError, load_config, path)

@@ -119,6 +119,7 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "lda_mailbox_autosubscribe": (BOOL, "no"),
     # LMTP and LDA (pydovecot.lmtp.protocol, pydovecot.mailproc.delivery, pydovecot.lda).
     "lda_mailbox_autocreate": (BOOL, "no"),
+    "lda_original_recipient_header": (STR, ""),
     "lmtp_save_to_detail_mailbox": (BOOL, "no"),
     "lmtp_hdr_delivery_address": ("enum", "final"),
     "lmtp_add_received_header": (BOOL, "yes"),
@@ -730,7 +731,6 @@ REFUSED: dict[str, str] = {
     "ssl_options": "pydovecot can't apply ssl_options yet",
     "ssl_alt_cert": "a second (alternative) certificate is not supported yet",
     "ssl_alt_key": "a second (alternative) certificate is not supported yet",
-    "lda_original_recipient_header": "delivery ignores original-recipient headers",
     "lmtp_proxy": "lmtp proxying is not supported",
     "lmtp_rcpt_check_quota": "quota is not supported yet",
     "quota_full_tempfail": "quota is not supported yet",

@@ -296,7 +296,9 @@ def run(reactor, opts: Options, source: IO[bytes]):
     sender = strip_brackets(opts.sender)
     if sender is None:
         sender = from_line_sender or "MAILER-DAEMON"
+    # dovecot-lda: -a is the recipient (Sieve's original one), -r the final
     final = strip_brackets(opts.final) or strip_brackets(opts.address) or user
+    orig = strip_brackets(opts.address) or None
     head = spool.read(COPY_BLOCK)
     spool.seek(0)
     m = MESSAGE_ID.search(re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0])
@@ -307,7 +309,8 @@ def run(reactor, opts: Options, source: IO[bytes]):
         storage = open_user_storage(config, user, fields, opts.user is not None)
         result = yield delivery.deliver(config, storage, user, fields, spool, session, msgid, sender,
                                final, prefix, mailbox=opts.mailbox,
-                               reject_in_protocol=opts.stderr_rejects, protocol="lda")
+                               reject_in_protocol=opts.stderr_rejects, protocol="lda",
+                               orig_recipient=orig)
     except delivery.Rejected as e:
         sys.stderr.write(e.reason.rstrip("\r\n") + "\n")
         return EX_NOPERM

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from pydovecot.log import sanitize
 from pydovecot.master.protocol import DeliveryFailed
 from pydovecot.sieve.deliver import SieveDelivery, sieve_enabled
+from pydovecot.sieve.interp import Envelope
 from pydovecot.sieve.message import split_message
 from pydovecot.storage.interfaces import IMailStorage, MailboxExists, StorageError
 
@@ -42,11 +43,36 @@ class Rejected(Exception):
         self.reason = reason
 
 
-class _RejectingSieve(SieveDelivery):
-    """Sieve delivery whose reject/ereject raise :class:`Rejected`."""
+class _Sieve(SieveDelivery):
+    """Sieve delivery with the original recipient in the envelope
+    (``envelope :orig``-style tests, vacation) and, for ``dovecot-lda -e``,
+    reject/ereject raising :class:`Rejected`."""
+
+    reject_in_protocol = False
+
+    def context(self, message):
+        ctx = super().context(message)
+        ctx.envelope = Envelope(self.sender, self.recipient, self.orig_recipient or
+                                self.recipient)
+        return ctx
 
     def reject(self, message, reason: str):
-        return defer.fail(Rejected(reason))
+        if self.reject_in_protocol:
+            return defer.fail(Rejected(reason))
+        return super().reject(message, reason)
+
+
+def original_recipient(config, raw: bytes) -> str | None:
+    """The address in ``lda_original_recipient_header`` (e.g. X-Original-To),
+    when that setting names a header the message has."""
+    name = _setting(config, "lda_original_recipient_header", "").strip().lower()
+    if not name:
+        return None
+    headers, _body = split_message(raw[:65536])
+    for key, value in headers:
+        if key.lower() == name:
+            return value.strip().strip("<>") or None
+    return None
 
 
 def wants_sieve(config, protocol: str = "lmtp") -> bool:
@@ -88,13 +114,14 @@ def detail_mailbox(config, recipient: str | None) -> str | None:
 def deliver(config, storage: IMailStorage, user: str, fields: dict, message: BinaryIO,
             session: str, msgid: str, sender: str | None, recipient: str | None,
             prefix: str, mailbox: str | None = None,
-            reject_in_protocol: bool = False, protocol: str = "lmtp") -> defer.Deferred:
+            reject_in_protocol: bool = False, protocol: str = "lmtp",
+            orig_recipient: str | None = None) -> defer.Deferred:
     """Deliver one message for one recipient: Sieve when enabled, else into
     ``mailbox`` (``-m``), the ``+detail`` mailbox, or INBOX."""
     if wants_sieve(config, protocol):
         return defer.maybeDeferred(deliver_with_sieve, config, storage, user, fields, message,
                                    session, msgid, sender, recipient, prefix,
-                                   reject_in_protocol)
+                                   reject_in_protocol, orig_recipient)
     detail = detail_mailbox(config, recipient) if protocol == "lmtp" else None
     box = mailbox or detail or "INBOX"
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to {sanitize(box)}"
@@ -155,7 +182,8 @@ async def _save(storage: IMailStorage, message: BinaryIO, what: str, prefix: str
 def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
                        message: BinaryIO, session: str, msgid: str, sender: str | None,
                        recipient: str | None, prefix: str,
-                       reject_in_protocol: bool = False) -> defer.Deferred | dict:
+                       reject_in_protocol: bool = False,
+                       orig_recipient: str | None = None) -> defer.Deferred | dict:
     """Filter ``message`` through the user's scripts and deliver it; fires
     with the LMTP reply's ``uid``/``mailbox``."""
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to INBOX"
@@ -166,9 +194,11 @@ def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
         return save(storage, message, what, prefix)
     if sender is None:
         sender = _return_path(raw)
-    kind = _RejectingSieve if reject_in_protocol else SieveDelivery
-    sieve = kind(config, storage, user, fields, sender, recipient or "", session,
-                          msgid, prefix)
+    sieve = _Sieve(config, storage, user, fields, sender, recipient or "", session, msgid,
+                   prefix)
+    sieve.reject_in_protocol = reject_in_protocol
+    sieve.orig_recipient = orig_recipient or original_recipient(config, raw) or \
+        sieve.recipient
 
     def done(outcome) -> dict:
         return {"uid": outcome.uid, "mailbox": outcome.mailbox}
