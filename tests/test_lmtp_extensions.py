@@ -376,3 +376,18 @@ class SettingsTests(unittest.TestCase):
             f.write("lmtp_hdr_delivery_address = sometimes\n")
         from pydovecot.config import ConfigError
         self.assertRaises(ConfigError, load_config, path)
+
+
+class PostmasterTests(unittest.TestCase):
+    def test_postmaster_address(self):
+        """The From of rejection mails (Sieve reject), as Dovecot: the
+        setting, its default being postmaster@ the recipient's domain."""
+        from pydovecot.config import settings as S
+
+        self.assertIn("postmaster_address", S.IMPLEMENTED)
+        self.assertNotIn("postmaster_address", S.WARNED)
+        for value, want in (("pm@example.net", "pm@example.net"),
+                            (S.DOVECOT_DEFAULTS["postmaster_address"], "postmaster@x.org")):
+            sieve = delivery._Sieve(Config(postmaster_address=value), FakeStorage(), "alice", {},
+                                    "a@b", "alice@x.org", "s", "<m>", "p")
+            self.assertEqual(sieve.postmaster(), want)

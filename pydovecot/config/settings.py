@@ -120,6 +120,7 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     # LMTP and LDA (pydovecot.lmtp.protocol, pydovecot.mailproc.delivery, pydovecot.lda).
     "lda_mailbox_autocreate": (BOOL, "no"),
     "lda_original_recipient_header": (STR, ""),
+    "postmaster_address": (STR, "postmaster@%{if;%d;ne;;%d;%{hostname}}"),
     "lmtp_save_to_detail_mailbox": (BOOL, "no"),
     "lmtp_hdr_delivery_address": ("enum", "final"),
     "lmtp_add_received_header": (BOOL, "yes"),
@@ -790,7 +791,6 @@ WARNED: dict[str, str] = {
     "mail_privileged_group": "used only for mbox dotlocks, which pydovecot doesn't write",
     "default_internal_group": "processes run with default_internal_user's primary group",
     "default_idle_kill": "idle processes are not killed",
-    "postmaster_address": "pydovecot sends no bounces",
     "rejection_reason": "pydovecot sends no rejections",
     "rejection_subject": "pydovecot sends no rejections",
     "instance_name": "cosmetic",
