@@ -34,9 +34,8 @@ hostname = {HOSTNAME}
 login_greeting = {GREETING}
 recipient_delimiter = +
 lmtp_save_to_detail_mailbox = yes
-lda_mailbox_autocreate = yes
-lda_mailbox_autosubscribe = yes
 """
+AUTOCREATE = "lda_mailbox_autocreate = yes\nlda_mailbox_autosubscribe = yes\n"
 
 MSG = b"From: bob@example.org\r\nSubject: side by side\r\nMessage-ID: <sbs@x>\r\n\r\nbody\r\n"
 
@@ -57,6 +56,10 @@ SCRIPT: list[list[tuple[bytes, int]]] = [
      (b"RCPT TO:<carol+Lists@example.com>\r\n", 1),
      (b"BDAT 10\r\n" + MSG[:10], 1), (b"BDAT 20\r\n" + MSG[10:30], 1),
      (b"BDAT %d LAST\r\n" % (len(MSG) - 30) + MSG[30:], 1), (b"QUIT\r\n", 1)],
+    # One recipient with an ORCPT (xtext-encoded).
+    [(b"LHLO mta.example.org\r\n", 1), (b"MAIL FROM:<bob@example.org>\r\n", 1),
+     (b"RCPT TO:<bob@example.com> ORCPT=rfc822;Bob+2Bold@example.com\r\n", 1),
+     (b"DATA\r\n", 1), (MSG + b".\r\n", 1), (b"QUIT\r\n", 1)],
     # Sequence and syntax errors.
     [(b"RCPT TO:<alice@example.com>\r\n", 1), (b"DATA\r\n", 1), (b"LHLO\r\n", 1),
      (b"HELO x\r\n", 1), (b"EHLO x\r\n", 1), (b"FOO\r\n", 1), (b"VRFY alice\r\n", 1),
@@ -141,7 +144,7 @@ def stored(home: str) -> dict[str, list[bytes]]:
 class DovecotLMTP:
     """Dovecot's master with lmtp on a UNIX socket; passwd-file userdb."""
 
-    def __init__(self, users: list[str]):
+    def __init__(self, users: list[str], extra: str = ""):
         require()
         self.dir = tempfile.mkdtemp(prefix="dvlmtp-")
         os.chmod(self.dir, 0o755)
@@ -172,7 +175,7 @@ userdb {{
   args = {self.dir}/users
 }}
 mail_location = maildir:~/Maildir
-{COMMON}
+{COMMON}{extra}
 service lmtp {{
   unix_listener {self.sock} {{
     mode = 0666
@@ -211,24 +214,48 @@ service lmtp {{
 class SideBySideTests(unittest.TestCase):
     timeout = 180
 
-    def test_script_replies_and_headers(self):
+    def compare(self, extra: str) -> dict[str, list[bytes]]:
         users = ["alice", "bob", "carol"]
-        dovecot = DovecotLMTP(users)
+        dovecot = DovecotLMTP(users, extra)
         self.addCleanup(dovecot.cleanup)
-        master = Master(users=[User(u, "secret") for u in users], extra_config=COMMON,
+        master = Master(users=[User(u, "secret") for u in users], extra_config=COMMON + extra,
                         **privileged())
         self.addCleanup(master.cleanup)
         master.start()
 
         def ours() -> socket.socket:
-            s = socket.create_connection(("127.0.0.1", master.ports["lmtp"]), timeout=20)
-            return s
+            return socket.create_connection(("127.0.0.1", master.ports["lmtp"]), timeout=20)
 
         theirs = run_script(dovecot.connect)
         mine = run_script(ours)
         self.assertEqual(normalise(mine), normalise(theirs), master.output()[-3000:])
         self.assertEqual(mine[1].split(b"\r\n")[-2], b"250 SMTPUTF8")
         got_ours = stored(os.path.join(master.dir, "home"))
-        got_theirs = stored(dovecot.home)
-        self.assertEqual(got_ours, got_theirs)
-        self.assertIn("carol/Maildir/.Lists", got_ours)
+        self.maxDiff = None
+        self.assertEqual(got_ours, stored(dovecot.home))
+        return got_ours
+
+    def test_script_replies_and_headers(self):
+        """Delivered-To/Received "for" the final recipient; +detail mailbox
+        created and subscribed."""
+        got = self.compare(AUTOCREATE)
+        self.assertIn("carol/Maildir/.Lists", got)
+        self.assertIn(b"Delivered-To: alice@example.com\n", got["alice/Maildir"][0])
+
+    def test_original_recipient(self):
+        """lmtp_hdr_delivery_address = original (ORCPT when given)."""
+        got = self.compare("lmtp_hdr_delivery_address = original\n")
+        # no autocreate: carol+Lists falls back to INBOX
+        self.assertNotIn("carol/Maildir/.Lists", got)
+        self.assertEqual(len(got["carol/Maildir"]), 2)
+        self.assertIn(b"Delivered-To: Bob+old@example.com\n", got["bob/Maildir"][0])
+        self.assertIn(b"\tfor <Bob+old@example.com>; DATE", got["bob/Maildir"][0])
+
+    def test_no_added_headers(self):
+        """lmtp_hdr_delivery_address = none, lmtp_add_received_header = no."""
+        got = self.compare("lmtp_hdr_delivery_address = none\nlmtp_add_received_header = no\n")
+        for heads in got.values():
+            for head in heads:
+                self.assertTrue(head.startswith(b"Return-Path: <"))
+                self.assertNotIn(b"Delivered-To", head)
+                self.assertNotIn(b"Received:", head)

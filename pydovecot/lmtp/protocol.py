@@ -728,13 +728,15 @@ class LMTPProtocol(Protocol):
         trace_record): the per-recipient ones only for a lone recipient."""
         s = self.settings
         out = [f"Return-Path: <{txn.sender}>\r\n"]
-        rcpt_to = None
+        rcpt_to = trace_for = None
         if len(txn.recipients) == 1:
             r = txn.recipients[0]
             if s.hdr_delivery_address == "final":
-                rcpt_to = r.address
+                rcpt_to = trace_for = r.address
             elif s.hdr_delivery_address == "original":
-                rcpt_to = r.orcpt or r.address
+                # Dovecot: Delivered-To only from ORCPT; Received's "for"
+                # falls back to the final address.
+                rcpt_to, trace_for = r.orcpt, r.orcpt or r.address
         if rcpt_to is not None:
             out.append(f"Delivered-To: {rcpt_to}\r\n")
         if s.add_received_header:
@@ -747,8 +749,8 @@ class LMTPProtocol(Protocol):
             rec += f"\r\n\tby {s.hostname} with {'LMTPS' if self.tls else 'LMTP'}"
             rec += f"\r\n\tid {self.transaction_id(txn)}"
             rec += f"\r\n\t(envelope-from <{txn.sender}>)"
-            if rcpt_to is not None:
-                rec += f"\r\n\tfor <{rcpt_to}>"
+            if trace_for is not None:
+                rec += f"\r\n\tfor <{trace_for}>"
             rec += f"; {message_date()}\r\n"
             out.append(rec)
         return "".join(out).encode("utf-8", "replace")
