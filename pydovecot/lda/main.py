@@ -12,8 +12,8 @@ directly and the message is saved through
 :func:`pydovecot.mailproc.delivery.deliver` (Sieve included).
 
 Exit codes are dovecot-lda's sysexits: 0 delivered, 64 usage, 67 unknown
-user, 75 temporary failure, 77 rejected with ``-e`` (the reason on
-stderr).  Trusts: the config file and the userdb; the message is data.
+user, 75 temporary failure, 77 rejected by Sieve with ``-e`` or failed
+permanently (the reason on stderr; the MTA bounces it).  Trusts: the config file and the userdb; the message is data.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Options:
     final: str | None = None  # -r: final recipient
     mailbox: str | None = None
     stderr_rejects: bool = False  # -e
-    keep_from_line: bool = False  # -k: accepted (Dovecot: keep the mbox From_ line's sender?)
+    keep_env: bool = False  # -k: keep the environment (pydovecot never clears it)
     path: str | None = None
     config: str | None = None
     overrides: list[tuple[str, str]] = field(default_factory=list)
@@ -99,7 +99,7 @@ def parse_args(argv: list[str]) -> Options:
         elif k == "-f":
             o.sender = v
         elif k == "-k":
-            o.keep_from_line = True
+            o.keep_env = True
         elif k == "-m":
             o.mailbox = v
         elif k == "-p":
@@ -317,7 +317,9 @@ def run(reactor, opts: Options, source: IO[bytes]):
     except DeliveryFailed as e:
         reply = e.reply or ""
         sys.stderr.write(f"lda: Error: {reply}\n")
-        return EX_NOPERM if reply.startswith("5") and opts.stderr_rejects else EX_TEMPFAIL
+        # A permanent failure (e.g. over quota): the caller (the MTA) bounces
+        # it with our stderr, where Dovecot's lda would mail a rejection itself.
+        return EX_NOPERM if reply.startswith("5") else EX_TEMPFAIL
     except Exception as e:  # the storage could not be opened
         sys.stderr.write(f"lda: Error: {e}\n")
         return EX_TEMPFAIL
