@@ -13,7 +13,8 @@ directly and the message is saved through
 
 Exit codes are dovecot-lda's sysexits: 0 delivered, 64 usage, 67 unknown
 user, 75 temporary failure, 77 rejected by Sieve with ``-e`` or failed
-permanently (the reason on stderr; the MTA bounces it).  Trusts: the config file and the userdb; the message is data.
+permanently (the reason on stderr; the MTA bounces it).
+Trusts: the config file and the userdb; the message is data.
 """
 
 from __future__ import annotations
