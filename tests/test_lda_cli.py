@@ -65,7 +65,7 @@ userdb {{
     def test_usage_and_exit_codes(self):
         r = lda(["-Z"])
         self.assertEqual(r.returncode, 64)
-        self.assertIn(b"Usage: dovecot-lda [-c <config file>]", r.stderr)
+        self.assertIn(b"Usage: dovecot-lda [-c <config file>]", r.stdout)
         r = lda(["-c", self.conf, "-f", "a@b"])
         self.assertEqual(r.returncode, 64)
         self.assertIn(b"lda: Fatal: destination user parameter (-d user) not given", r.stderr)

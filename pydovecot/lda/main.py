@@ -60,10 +60,11 @@ def _inline(f):
 class Exit(Exception):
     """Stop with ``status``, ``message`` on stderr (prefixed ``lda: ``)."""
 
-    def __init__(self, status: int, message: str = ""):
+    def __init__(self, status: int, message: str = "", stdout: str = ""):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.stdout = stdout
 
 
 @dataclass
@@ -84,9 +85,13 @@ def parse_args(argv: list[str]) -> Options:
     try:
         pairs, rest = getopt.getopt(argv, "a:c:d:ef:km:o:p:r:")
     except getopt.GetoptError as e:
-        raise Exit(EX_USAGE, f"{e}\n{USAGE}") from None
+        # glibc getopt's words on stderr, the usage on stdout (as dovecot-lda)
+        prog = sys.argv[0] if sys.argv and sys.argv[0] else "pydovecot-lda"
+        why = "option requires an argument" if "requires argument" in e.msg else \
+            "invalid option"
+        raise Exit(EX_USAGE, f"{prog}: {why} -- '{e.opt}'\n", stdout=USAGE) from None
     if rest:
-        raise Exit(EX_USAGE, f"Unknown argument: {rest[0]}\n{USAGE}")
+        raise Exit(EX_USAGE, f"Unknown argument: {rest[0]}\n", stdout=USAGE)
     o = Options()
     for k, v in pairs:
         if k == "-a":
@@ -345,6 +350,9 @@ def _open_log(opts: Options):
 
 
 def _report(e: Exit) -> int:
+    if e.stdout:
+        sys.stdout.write(e.stdout)
+        sys.stdout.flush()
     if e.message:
         sys.stderr.write(e.message if "\n" in e.message else f"lda: {e.message}\n")
     return e.status
