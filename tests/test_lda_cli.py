@@ -108,15 +108,46 @@ userdb {{
         with open(os.path.join(self.home, "Maildir", "subscriptions")) as f:
             self.assertIn("Work", f.read())
 
-    def test_sieve_reject_with_e(self):
+    def test_sieve_reject_mails_its_rejection_even_with_e(self):
+        """As Dovecot 2.3's lda with Pigeonhole: -e does not change a Sieve
+        reject, which mails the sender through sendmail_path; exit 0."""
+        out = os.path.join(self.dir, "sent")
+        os.makedirs(out)
+        os.chmod(out, 0o777)
+        sendmail = os.path.join(self.dir, "sendmail")
+        with open(sendmail, "w") as f:
+            f.write(f'#!/bin/sh\necho "$@" > {out}/args\ncat > {out}/mail\n')
+        os.chmod(sendmail, 0o755)
         with open(self.conf, "a") as f:
-            f.write("protocol lda {\n  mail_plugins = sieve\n}\n"
+            f.write(f"sendmail_path = {sendmail}\npostmaster_address = pm@example.net\n"
+                    "protocol lda {\n  mail_plugins = sieve\n}\n"
                     "plugin {\n  sieve = file:~/sieve;active=~/.dovecot.sieve\n}\n")
         script = os.path.join(self.home, ".dovecot.sieve")
         with open(script, "w") as f:
             f.write('require "reject";\nreject "We do not want this.";\n')
         shutil.chown(script, self.uid, self.gid)
-        r = lda(["-c", self.conf, "-d", "carol", "-e", "-f", "bob@example.org"])
-        self.assertEqual(r.returncode, 77, r.stderr)
-        self.assertIn(b"We do not want this.", r.stderr)
+        r = lda(["-c", self.conf, "-d", "carol", "-e", "-f", "bob@example.org",
+                 "-a", "carol@example.org"])
+        self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.mails(), [])
+        with open(os.path.join(out, "mail"), "rb") as f:
+            mail = f.read()
+        self.assertIn(b"From: Postmaster <pm@example.net>", mail)
+        self.assertIn(b"We do not want this.", mail)
+        with open(os.path.join(out, "args")) as f:
+            self.assertIn("bob@example.org", f.read())
+
+
+class FailureStatusTests(unittest.SynchronousTestCase):
+    def test_dovecot_lda_exit_rules(self):
+        from pydovecot.lda.main import failure_status
+
+        quota = "552 5.2.2 Quota exceeded (mailbox for user is full)"
+        self.assertEqual(failure_status(quota, True),
+                         (77, "Quota exceeded (mailbox for user is full)", False))
+        self.assertEqual(failure_status(quota, False),
+                         (0, "Quota exceeded (mailbox for user is full)", True))
+        self.assertEqual(failure_status("452 4.2.2 Not enough disk space", False),
+                         (75, "", False))
+        self.assertEqual(failure_status("452 4.2.2 Not enough disk space", True),
+                         (75, "Not enough disk space", False))

@@ -11,9 +11,10 @@ mail_uid/mail_gid) before it touches any mail.  The storage is opened
 directly and the message is saved through
 :func:`pydovecot.mailproc.delivery.deliver` (Sieve included).
 
-Exit codes are dovecot-lda's sysexits: 0 delivered, 64 usage, 67 unknown
-user, 75 temporary failure, 77 rejected by Sieve with ``-e`` or failed
-permanently (the reason on stderr; the MTA bounces it).
+Exit codes are dovecot-lda's sysexits: 0 delivered (or rejected with a
+rejection mail), 64 usage, 67 unknown user, 75 temporary failure, 77 a
+permanent failure with ``-e`` (the reason on stderr instead of a
+rejection mail).  A Sieve reject mails its rejection as Pigeonhole's does.
 Trusts: the config file and the userdb; the message is data.
 """
 
@@ -74,7 +75,7 @@ class Options:
     address: str | None = None  # -a: original recipient
     final: str | None = None  # -r: final recipient
     mailbox: str | None = None
-    stderr_rejects: bool = False  # -e
+    stderr_rejects: bool = False  # -e: permanent failures on stderr, exit 77
     keep_env: bool = False  # -k: keep the environment (pydovecot never clears it)
     path: str | None = None
     config: str | None = None
@@ -313,19 +314,26 @@ def run(reactor, opts: Options, source: IO[bytes]):
     prefix = f"lda({user})<{os.getpid()}><{session}>"
     try:
         storage = open_user_storage(config, user, fields, opts.user is not None)
-        result = yield delivery.deliver(config, storage, user, fields, spool, session, msgid, sender,
-                               final, prefix, mailbox=opts.mailbox,
-                               reject_in_protocol=opts.stderr_rejects, protocol="lda",
-                               orig_recipient=orig)
-    except delivery.Rejected as e:
-        sys.stderr.write(e.reason.rstrip("\r\n") + "\n")
-        return EX_NOPERM
+        result = yield delivery.deliver(config, storage, user, fields, spool, session, msgid,
+                                        sender, final, prefix, mailbox=opts.mailbox,
+                                        protocol="lda", orig_recipient=orig)
     except DeliveryFailed as e:
-        reply = e.reply or ""
-        sys.stderr.write(f"lda: Error: {reply}\n")
-        # A permanent failure (e.g. over quota): the caller (the MTA) bounces
-        # it with our stderr, where Dovecot's lda would mail a rejection itself.
-        return EX_NOPERM if reply.startswith("5") else EX_TEMPFAIL
+        status, text, bounce = failure_status(e.reply or "", opts.stderr_rejects)
+        if text:
+            sys.stderr.write(text + "\n")
+        if bounce:  # dovecot-lda mails the rejection itself
+            spool.seek(0)
+            raw = spool.read(delivery.MAX_SIEVE_MESSAGE)
+            try:
+                yield delivery.send_rejection(config, storage, user, fields, raw, sender,
+                                              final, text, prefix)
+            except Exception as why:
+                log.error("msgid={msgid}: Temporarily failed to send rejection: {why}",
+                          msgid=sanitize(msgid), why=sanitize(str(why)), log_prefix=prefix)
+                return EX_TEMPFAIL
+            log.info("msgid={msgid}: Rejected: {text}", msgid=sanitize(msgid),
+                     text=sanitize(text), log_prefix=prefix)
+        return status
     except Exception as e:  # the storage could not be opened
         sys.stderr.write(f"lda: Error: {e}\n")
         return EX_TEMPFAIL
@@ -334,6 +342,25 @@ def run(reactor, opts: Options, source: IO[bytes]):
     log.info("msgid={msgid}: saved mail to {box}", msgid=sanitize(msgid),
              box=sanitize(str((result or {}).get("mailbox", "INBOX"))), log_prefix=prefix)
     return EX_OK
+
+
+def failure_status(reply: str, stderr_rejects: bool) -> tuple[int, str, bool]:
+    """For a failed delivery's reply (``552 5.2.2 Quota exceeded …``): the
+    exit status, the text for stderr/the rejection, and whether to mail a
+    rejection, as dovecot-lda: a temporary failure is 75 (the text on
+    stderr only with -e); a permanent one is 77 with -e, else a rejection
+    mail and 0."""
+    parts = reply.split(" ", 2)
+    text = reply
+    if len(parts) == 3 and parts[0].isdigit() and parts[1][:1].isdigit():
+        text = parts[2]
+    elif len(parts) >= 2 and parts[0].isdigit():
+        text = reply.split(" ", 1)[1]
+    if not reply.startswith("5"):
+        return EX_TEMPFAIL, text if stderr_rejects else "", False
+    if stderr_rejects:
+        return EX_NOPERM, text, False
+    return EX_OK, text, True
 
 
 def _open_log(opts: Options):

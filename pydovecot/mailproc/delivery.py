@@ -24,7 +24,7 @@ from pydovecot.log import sanitize
 from pydovecot.master.protocol import DeliveryFailed
 from pydovecot.sieve.deliver import SieveDelivery, sieve_enabled
 from pydovecot.sieve.interp import Envelope
-from pydovecot.sieve.message import split_message
+from pydovecot.sieve.message import Message, split_message
 from pydovecot.storage.interfaces import IMailStorage, MailboxExists, StorageError
 
 log = Logger()
@@ -34,21 +34,9 @@ log = Logger()
 MAX_SIEVE_MESSAGE = 256 << 20
 
 
-class Rejected(Exception):
-    """A Sieve reject the caller reports itself (``dovecot-lda -e``: the
-    reason on stderr and exit 77) instead of mailing a rejection."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 class _Sieve(SieveDelivery):
-    """Sieve delivery with the original recipient in the envelope
-    (``envelope :orig``-style tests, vacation) and, for ``dovecot-lda -e``,
-    reject/ereject raising :class:`Rejected`."""
-
-    reject_in_protocol = False
+    """Sieve delivery with the original recipient in the envelope (and in
+    vacation's addresses)."""
 
     def context(self, message):
         ctx = super().context(message)
@@ -56,10 +44,14 @@ class _Sieve(SieveDelivery):
                                 self.recipient)
         return ctx
 
-    def reject(self, message, reason: str):
-        if self.reject_in_protocol:
-            return defer.fail(Rejected(reason))
-        return super().reject(message, reason)
+
+def send_rejection(config, storage: IMailStorage, user: str, fields: dict, raw: bytes,
+                   sender: str, recipient: str, reason: str, prefix: str) -> defer.Deferred:
+    """Mail ``sender`` that the message to ``recipient`` was rejected with
+    ``reason`` (dovecot-lda without -e; the same MDN as Sieve's reject,
+    from postmaster_address).  Nothing for the null sender."""
+    sieve = _Sieve(config, storage, user, fields, sender, recipient, "", "", prefix)
+    return defer.maybeDeferred(sieve.reject, Message(raw), reason)
 
 
 def original_recipient(config, raw: bytes) -> str | None:
@@ -113,15 +105,14 @@ def detail_mailbox(config, recipient: str | None) -> str | None:
 
 def deliver(config, storage: IMailStorage, user: str, fields: dict, message: BinaryIO,
             session: str, msgid: str, sender: str | None, recipient: str | None,
-            prefix: str, mailbox: str | None = None,
-            reject_in_protocol: bool = False, protocol: str = "lmtp",
+            prefix: str, mailbox: str | None = None, protocol: str = "lmtp",
             orig_recipient: str | None = None) -> defer.Deferred:
     """Deliver one message for one recipient: Sieve when enabled, else into
     ``mailbox`` (``-m``), the ``+detail`` mailbox, or INBOX."""
     if wants_sieve(config, protocol):
         return defer.maybeDeferred(deliver_with_sieve, config, storage, user, fields, message,
                                    session, msgid, sender, recipient, prefix,
-                                   reject_in_protocol, orig_recipient)
+                                   orig_recipient)
     detail = detail_mailbox(config, recipient) if protocol == "lmtp" else None
     box = mailbox or detail or "INBOX"
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to {sanitize(box)}"
@@ -182,7 +173,6 @@ async def _save(storage: IMailStorage, message: BinaryIO, what: str, prefix: str
 def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
                        message: BinaryIO, session: str, msgid: str, sender: str | None,
                        recipient: str | None, prefix: str,
-                       reject_in_protocol: bool = False,
                        orig_recipient: str | None = None) -> defer.Deferred | dict:
     """Filter ``message`` through the user's scripts and deliver it; fires
     with the LMTP reply's ``uid``/``mailbox``."""
@@ -196,7 +186,6 @@ def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
         sender = _return_path(raw)
     sieve = _Sieve(config, storage, user, fields, sender, recipient or "", session, msgid,
                    prefix)
-    sieve.reject_in_protocol = reject_in_protocol
     sieve.orig_recipient = orig_recipient or original_recipient(config, raw) or \
         sieve.recipient
 
@@ -204,7 +193,7 @@ def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
         return {"uid": outcome.uid, "mailbox": outcome.mailbox}
 
     def failed(failure):
-        if failure.check(DeliveryFailed, Rejected):
+        if failure.check(DeliveryFailed):
             return failure
         e = failure.value
         if isinstance(e, (OSError, StorageError)):
