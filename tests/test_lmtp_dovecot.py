@@ -60,6 +60,13 @@ SCRIPT: list[list[tuple[bytes, int]]] = [
     [(b"LHLO mta.example.org\r\n", 1), (b"MAIL FROM:<bob@example.org>\r\n", 1),
      (b"RCPT TO:<bob@example.com> ORCPT=rfc822;Bob+2Bold@example.com\r\n", 1),
      (b"DATA\r\n", 1), (MSG + b".\r\n", 1), (b"QUIT\r\n", 1)],
+    # A failed BDAT blocks DATA/BDAT (not MAIL) until RSET or LHLO.
+    [(b"LHLO x\r\n", 1), (b"BDAT 0 LAST\r\n", 1), (b"MAIL FROM:<a@b>\r\n", 1),
+     (b"RCPT TO:<bob@example.com>\r\n", 1), (b"BDAT 3\r\nabc", 1), (b"DATA\r\n", 1),
+     (b"RSET\r\n", 1), (b"MAIL FROM:<a@b>\r\n", 1), (b"BDAT 2\r\nab", 1),
+     (b"RCPT TO:<bob@example.com>\r\n", 1), (b"BDAT 2\r\nab", 1), (b"LHLO y\r\n", 1),
+     (b"MAIL FROM:<a@b>\r\n", 1), (b"RCPT TO:<bob@example.com>\r\n", 1),
+     (b"BDAT 2 LAST\r\nab", 1)],
     # Everything pipelined in one write.
     [(b"LHLO mta.example.org\r\nMAIL FROM:<bob@example.org>\r\n"
       b"RCPT TO:<nobody@example.com>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n"
@@ -256,8 +263,9 @@ class SideBySideTests(unittest.TestCase):
         # no autocreate: carol+Lists falls back to INBOX
         self.assertNotIn("carol/Maildir/.Lists", got)
         self.assertEqual(len(got["carol/Maildir"]), 2)
-        self.assertIn(b"Delivered-To: Bob+old@example.com\n", got["bob/Maildir"][0])
-        self.assertIn(b"\tfor <Bob+old@example.com>; DATE", got["bob/Maildir"][0])
+        [head] = [h for h in got["bob/Maildir"] if b"side by side" in h]
+        self.assertIn(b"Delivered-To: Bob+old@example.com\n", head)
+        self.assertIn(b"\tfor <Bob+old@example.com>; DATE", head)
 
     def test_no_added_headers(self):
         """lmtp_hdr_delivery_address = none, lmtp_add_received_header = no."""

@@ -83,7 +83,6 @@ class Transaction:
     envid: str | None = None
     number: int = 1
     chunked: bool = False  # BDAT started
-    failed_chunk: bool = False
     rcpt_count: int = 0
 
 
@@ -197,6 +196,8 @@ class LMTPProtocol(Protocol):
         self._bdat_last = False
         self._bdat_size = 0
         self._bdat_discard = False
+        #: a BDAT failed: DATA/BDAT refused until RSET or LHLO (Dovecot's)
+        self._chunk_failed = False
         self._spool: IO[bytes] | None = None
         self._data_size = 0
         self._data_too_big = False
@@ -366,6 +367,7 @@ class LMTPProtocol(Protocol):
             return
         self.lhlo = arg
         self._end_transaction()
+        self._chunk_failed = False
         self.reply(f"250-{self.settings.hostname}")
         caps = self.capabilities()
         for cap in caps[:-1]:
@@ -587,6 +589,7 @@ class LMTPProtocol(Protocol):
 
     def cmd_RSET(self, arg: str) -> None:
         self._end_transaction()
+        self._chunk_failed = False
         self.reply("250 2.0.0 OK")
 
     def cmd_NOOP(self, arg: str) -> None:
@@ -600,7 +603,7 @@ class LMTPProtocol(Protocol):
         self.close()
 
     def _data_allowed(self, chunking: bool) -> bool:
-        if self.txn is not None and self.txn.failed_chunk:
+        if self._chunk_failed:
             self.reply("503 5.5.0 Previous data chunk failed, issue RSET first")
             return False
         if self.txn is None:
@@ -640,8 +643,7 @@ class LMTPProtocol(Protocol):
             return None
         last = len(words) == 2
         if not self._data_allowed(True):
-            if self.txn is not None:
-                self.txn.failed_chunk = True
+            self._chunk_failed = True
             self._discard(size)
             return None
         assert self.txn is not None
@@ -678,7 +680,7 @@ class LMTPProtocol(Protocol):
         if self._bdat_last:
             return self._end_of_data()
         if self._data_too_big and self.txn is not None:
-            self.txn.failed_chunk = True
+            self._chunk_failed = True
             self._close_spool()
             self.reply("552 5.3.4 Message size exceeds administrative limit")
             return None
