@@ -57,7 +57,8 @@ class LMTPTests(ListeningMixin, unittest.TestCase):
             return code, lhlo, refused, second
         code, lhlo, refused, second = yield threads.deferToThread(run)
         self.assertEqual(code, 250)
-        for ext in (b"PIPELINING", b"ENHANCEDSTATUSCODES", b"8BITMIME", b"SIZE 10000"):
+        for ext in (b"PIPELINING", b"ENHANCEDSTATUSCODES", b"8BITMIME", b"SIZE 10000",
+                    b"CHUNKING", b"DSN", b"SMTPUTF8"):
             self.assertIn(ext, lhlo)
         self.assertEqual(refused, {"nobody@example.com": (
             550, b"5.1.1 <nobody@example.com> User doesn't exist: nobody@example.com")})
@@ -67,13 +68,17 @@ class LMTPTests(ListeningMixin, unittest.TestCase):
         users = [d[0] for d in self.backend.delivered]
         self.assertEqual(users, ["alice", "carol"])
         body = self.backend.delivered[0][1]
-        self.assertTrue(body.startswith(b"Return-Path: <bob@example.org>\r\nFrom: "))
+        # Two recipients: no Delivered-To:, a Received: without "for".
+        self.assertRegex(body, rb"^Return-Path: <bob@example.org>\r\nReceived: from "
+                               rb"\S+ \(\[127.0.0.1\]\)\r\n\tby mx.example.com with LMTP"
+                               rb"\r\n\tid \S+\r\n\t\(envelope-from <bob@example.org>\); "
+                               rb"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}\r\nFrom: ")
         # smtplib dot-stuffed the lines; the server unstuffed them again.
-        self.assertEqual(body, b"Return-Path: <bob@example.org>\r\n" + MESSAGE)
+        self.assertTrue(body.endswith(b"\r\n" + MESSAGE))
         self.assertEqual(self.backend.delivered[1][3], "carol@example.com")
         lines = [format_line(e, "lmtp") for e in events if "msgid" in e]
         self.assertEqual(len(lines), 2)
-        self.assertRegex(lines[0], r"^lmtp\(alice\)<\d+><[^>]+:1>: Info: "
+        self.assertRegex(lines[0], r"^lmtp\(alice\)<\d+><[^>:]+>: Info: "
                                    r"msgid=<m1@example.org>: saved mail to INBOX$")
 
     @defer.inlineCallbacks
@@ -105,10 +110,10 @@ class LMTPTests(ListeningMixin, unittest.TestCase):
                 b"DATA\r\n" + MESSAGE + b".\r\nNOOP\r\nQUIT\r\n")
         replies = yield threads.deferToThread(raw_lmtp, self.port, data, 11)
         codes = [r[:9] for r in replies]
-        self.assertEqual(codes, [b"250 SIZE ", b"250 2.1.0", b"250 2.1.5", b"451 4.3.0", b"550 5.1.1",
+        self.assertEqual(codes, [b"250 SMTPU", b"250 2.1.0", b"250 2.1.5", b"451 4.3.0", b"550 5.1.1",
                                  b"250 2.1.5", b"354 OK", b"250 2.0.0", b"250 2.0.0",
                                  b"250 2.0.0", b"221 2.0.0"])
-        self.assertEqual(replies[0], b"250 SIZE 10000")
+        self.assertEqual(replies[0], b"250 SMTPUTF8")
         self.assertIn(b"<alice@example.com>", replies[7])
         self.assertIn(b"<carol@example.com>", replies[8])
         self.assertEqual(len(self.backend.delivered), 2)
@@ -122,8 +127,8 @@ class LMTPTests(ListeningMixin, unittest.TestCase):
                 b"NOOP " + b"x" * 2000 + b"\r\nVRFY alice\r\nFOO\r\nRSET\r\n")
         replies = yield threads.deferToThread(raw_lmtp, self.port, data, 12)
         self.assertEqual([r[:9] for r in replies], [
-            b"500 5.5.1", b"503 5.5.1", b"250 SIZE ", b"503 5.5.1", b"503 5.5.1",
-            b"250 2.1.0", b"503 5.5.1", b"554 5.5.1", b"500 5.5.2", b"252 2.3.3",
+            b"500 5.5.1", b"250 2.1.0", b"250 SMTPU", b"503 5.5.0", b"503 5.5.0",
+            b"250 2.1.0", b"503 5.5.0", b"503 5.5.0", b"500 5.5.2", b"252 2.3.3",
             b"500 5.5.1", b"250 2.0.0"])
 
     @defer.inlineCallbacks
@@ -144,7 +149,7 @@ class LMTPUnitTests(unittest.TestCase):
         proto = LMTPFactory(FakeDeliveryBackend(), "mx", 100, clock=clock).buildProtocol(None)
         t = StringTransport()
         proto.makeConnection(t)
-        self.assertEqual(t.value(), b"220 mx pydovecot LMTP ready\r\n")
+        self.assertEqual(t.value(), b"220 mx Dovecot ready.\r\n")
         clock.advance(301)
         self.assertIn(b"421 4.4.2 mx Disconnected for inactivity", t.value())
         self.assertTrue(t.disconnecting)

@@ -28,6 +28,7 @@ OCTAL = "octal"
 #: Setting types whose allowed values are a fixed set.
 ENUMS: dict[str, frozenset[str]] = {
     "ssl": frozenset({"yes", "no", "required"}),
+    "lmtp_hdr_delivery_address": frozenset({"final", "original", "none"}),
     "ssl_min_protocol": frozenset(
         {"ANY", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "LATEST"}
     ),
@@ -118,6 +119,15 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "sendmail_path": (STR, "/usr/sbin/sendmail"),
     "submission_host": (STR, ""),
     "lda_mailbox_autosubscribe": (BOOL, "no"),
+    # LMTP and LDA (pydovecot.lmtp.protocol, pydovecot.mailproc.delivery, pydovecot.lda).
+    "lda_mailbox_autocreate": (BOOL, "no"),
+    "lda_original_recipient_header": (STR, ""),
+    "postmaster_address": (STR, "postmaster@%{if;%d;ne;;%d;%{hostname}}"),
+    "lmtp_save_to_detail_mailbox": (BOOL, "no"),
+    "lmtp_hdr_delivery_address": ("enum", "final"),
+    "lmtp_add_received_header": (BOOL, "yes"),
+    "lmtp_user_concurrency_limit": (UINT, "0"),
+    "lmtp_rcpt_check_quota": (BOOL, "no"),
     # ManageSieve (pydovecot.managesieve, pydovecot.login.managesieve).
     "managesieve_implementation_string": (STR, "Dovecot (Debian) Pigeonhole"),
     "managesieve_logout_format": (STR, "bytes=%i/%o"),
@@ -747,14 +757,9 @@ REFUSED: dict[str, str] = {
     "ssl_options": "pydovecot can't apply ssl_options yet",
     "ssl_alt_cert": "a second (alternative) certificate is not supported yet",
     "ssl_alt_key": "a second (alternative) certificate is not supported yet",
-    "lmtp_save_to_detail_mailbox": "lmtp does not deliver to the +detail mailbox yet",
-    "lda_mailbox_autocreate": "delivery does not create mailboxes yet",
-    "lda_original_recipient_header": "delivery ignores original-recipient headers",
-    "lmtp_hdr_delivery_address": "lmtp adds no Delivered-To: header",
     "lmtp_proxy": "lmtp proxying is not supported",
     # the backend's check_quota is there (pydovecot/lmtp/process.py); lmtp's
     # RCPT TO calls it once the protocol side reads this setting
-    "lmtp_rcpt_check_quota": "lmtp does not check quota at RCPT TO yet",
     "mail_fsync": "pydovecot's fsync policy is fixed (as 'optimized')",
     "mail_attachment_dir": "single-instance attachment storage is not supported",
     "mail_attachment_fs": "single-instance attachment storage is not supported",
@@ -811,7 +816,6 @@ WARNED: dict[str, str] = {
     "mail_privileged_group": "used only for mbox dotlocks, which pydovecot doesn't write",
     "default_internal_group": "processes run with default_internal_user's primary group",
     "default_idle_kill": "idle processes are not killed",
-    "postmaster_address": "pydovecot sends no bounces",
     "rejection_reason": "pydovecot sends no rejections",
     "rejection_subject": "pydovecot sends no rejections",
     "instance_name": "cosmetic",
@@ -859,8 +863,6 @@ WARNED: dict[str, str] = {
     "pop3_enable_last": "the POP3 LAST command is not offered",
     "pop3_fast_size_lookups": "tuning only",
     "pop3_uidl_duplicates": "tuning only",
-    "lmtp_add_received_header": "lmtp adds no Received: header",
-    "lmtp_user_concurrency_limit": "tuning only",
     "lmtp_verbose_replies": "cosmetic",
     "login_source_ips": "login proxying is not supported",
     "ssl_dh": "DHE key exchange is not offered (ECDHE is)",

@@ -40,9 +40,10 @@ from pydovecot.channel import (
 )
 from pydovecot.config import load_config
 from pydovecot.lmtp.interfaces import IDeliveryBackend, TemporaryLookupFailure
-from pydovecot.lmtp.protocol import LMTPFactory
+from pydovecot.lmtp.protocol import LMTPFactory, LMTPSettings
 from pydovecot.log import sanitize
 from pydovecot.master.protocol import DeliverRequest, QuotaCheckRequest
+from pydovecot.tls import server_context_factory
 
 log = Logger()
 
@@ -218,9 +219,12 @@ def start(args):
     hostname = config.get("hostname") or socket.gethostname()
     max_size = config.get_size("lmtp_max_message_size") if _known(
         config, "lmtp_max_message_size") else 64 * 1024 * 1024
+    # STARTTLS and XCLIENT (login_trusted_networks) need these settings.
+    tls_context = server_context_factory(config)
+    settings = LMTPSettings.from_config(config, hostname, max_size, tls_context)
     for spec in args.listener:
         _name, fd, _ssl = spec.rsplit(":", 2)
-        adopt_listener(int(fd), LMTPFactory(backend, hostname, max_size))
+        adopt_listener(int(fd), LMTPFactory(backend, hostname, max_size, settings=settings))
 
     if root:
         uid, gid = privileges.lookup_user(config.get("default_internal_user"))

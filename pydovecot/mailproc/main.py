@@ -244,14 +244,9 @@ class MailProcess:
             log.error("{what}: cannot open the user's storage: {e}", what=what,
                       e=sanitize(_reason(e)), log_prefix=prefix)
             raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
-        if delivery.wants_sieve(self.config):
-            d = defer.maybeDeferred(
-                delivery.deliver_with_sieve, self.config, storage, user, userdb, message,
-                session, msgid, sender, recipient, prefix)
-        else:
-            d = delivery.save(storage, message, what, prefix)
-
         start = time.monotonic()
+        d = delivery.deliver(self.config, storage, user, userdb, message, session, msgid,
+                             sender, recipient, prefix)
 
         def close(result: object) -> object:
             size = os.fstat(message.fileno()).st_size if not message.closed else 0

@@ -1,0 +1,1 @@
+"""``pydovecot-lda``: Dovecot's ``dovecot-lda`` command (see :mod:`.main`)."""
