@@ -113,3 +113,33 @@ class QuotaMasterTests(SynchronousTestCase):
 
 class QuotaTempfailTests(QuotaMasterTests):
     tempfail = True
+
+
+class RcptCheckTests(SynchronousTestCase):
+    """``lmtp_rcpt_check_quota = yes``: an over-quota recipient is refused at
+    RCPT TO (the lmtp process asks the user's mail process through the
+    master), the others are accepted."""
+
+    def setUp(self) -> None:
+        self.master = Master(users=list(USERS), **privileged())
+        self.addCleanup(self.master.cleanup)
+        self.master.extra_config = quota_config(self.master.dir, False).replace(
+            "quota_warning = storage=50%% quota-warning 50 %u", "") + "lmtp_rcpt_check_quota = yes\n"
+        self.master.write_config()
+        self.master.start()
+
+    def test_refused_at_rcpt(self) -> None:
+        client = LMTPClient(self.master.ports["lmtp"])
+        self.addCleanup(client.close)
+        self.assertTrue(client.command(b"LHLO test").startswith(b"250"))
+        _rcpt, data = client.transaction([b"alice@example.org"], BIG)  # 2.1 of alice's 4K
+        self.assertTrue(data[0].startswith(b"250 "), data)
+        # MAIL FROM's SIZE= is what RCPT checks: 2.1K + 3000 octets won't fit
+        self.assertTrue(client.command(b"MAIL FROM:<s@example.org> SIZE=3000").startswith(b"250"))
+        self.assertRegex(client.command(b"RCPT TO:<alice@example.org>"),
+                         rb"^552 5\.2\.2 <alice(@example\.org)?> Quota exceeded")
+        self.assertTrue(client.command(b"RCPT TO:<bob@example.org>").startswith(b"250 "))
+        client.command(b"RSET")
+        # without SIZE a message still fits: accepted at RCPT
+        self.assertTrue(client.command(b"MAIL FROM:<s@example.org>").startswith(b"250"))
+        self.assertTrue(client.command(b"RCPT TO:<alice@example.org>").startswith(b"250 "))
