@@ -204,7 +204,8 @@ class FakeDeliveryBackend:
             return None if user is None else {"user": user, "uid": 1000}
         return self._later(answer)
 
-    def deliver(self, user, fields, message_fd, sender, recipient, session="", msgid=""):
+    def deliver(self, user, fields, message_fd, sender, recipient, session="", msgid="",
+                orig_recipient=None):
         def store():
             if user in self.fail_users:
                 raise OSError("disk full")

@@ -60,7 +60,8 @@ class Backend:
     def lookup(self, address):
         return defer.succeed({"user": address.split("@")[0]})
 
-    def deliver(self, user, fields, message_fd, sender, recipient, session="", msgid=""):
+    def deliver(self, user, fields, message_fd, sender, recipient, session="", msgid="",
+                orig_recipient=None):
         if self.failure is not None:
             return defer.fail(self.failure)
         d = defer.Deferred()

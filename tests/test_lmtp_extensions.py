@@ -45,7 +45,8 @@ class Backend:
             user = USERS.get(local.split("+")[0] + "@" + dom)
         return defer.succeed(None if user is None else {"user": user})
 
-    def deliver(self, user, fields, message_fd, sender, recipient, session="", msgid=""):
+    def deliver(self, user, fields, message_fd, sender, recipient, session="", msgid="",
+                orig_recipient=None):
         size = os.fstat(message_fd).st_size
         self.delivered.append((user, os.pread(message_fd, size, 0), sender, recipient))
         return self.hold if self.hold is not None else defer.succeed(None)

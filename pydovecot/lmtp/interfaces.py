@@ -22,12 +22,14 @@ class IDeliveryBackend(Interface):
         TemporaryLookupFailure."""
 
     def deliver(user: str, fields: dict, message_fd: int, sender: str, recipient: str,
-                session: str = "", msgid: str = ""):
-        """Deferred[None]: store the message read from ``message_fd`` (a
+                session: str = "", msgid: str = "", orig_recipient: str | None = None):
+        """Deferred[str | None]: store the message read from ``message_fd`` (a
         readable, seekable fd positioned anywhere; read it from offset 0)
-        into the user's INBOX.  Fires once the mail is fsynced.  The caller
-        keeps ownership of the fd.  ``session`` and ``msgid`` name the
-        delivery in log lines.  Fails with
+        into the user's mailbox (INBOX, or where Sieve or the +detail put
+        it); the answer names that mailbox (None: INBOX).  Fires once the
+        mail is fsynced.  The caller keeps ownership of the fd.  ``session``
+        and ``msgid`` name the delivery in log lines; ``orig_recipient`` is
+        the RCPT's ORCPT (Sieve's envelope "to" original).  Fails with
         :class:`~pydovecot.master.protocol.DeliveryFailed` (already logged)
         for this recipient's own failure."""
 

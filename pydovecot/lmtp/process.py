@@ -184,10 +184,11 @@ class MasterDelivery:
         return d.addCallback(answered).addErrback(failed)
 
     def deliver(self, user: str, fields: dict, message_fd: int, sender: str, recipient: str,
-                session: str = "", msgid: str = ""):
+                session: str = "", msgid: str = "", orig_recipient: str | None = None):
+        extra = {"orig_recipient": orig_recipient} if orig_recipient else {}
         d = self.master.callRemote(DeliverRequest, fd=message_fd, user=user, sender=sender,
-                                   recipient=recipient, session=session, msgid=msgid)
-        return d.addCallback(lambda _: None)
+                                   recipient=recipient, session=session, msgid=msgid, **extra)
+        return d.addCallback(lambda r: r.get("mailbox") or "INBOX")
 
     def check_quota(self, user: str, fields: dict, size: int):
         """Asks the user's mail process, through the master (lmtp never

@@ -828,11 +828,13 @@ class LMTPProtocol(Protocol):
         session = self.transaction_id(txn) + (f":R{n}" if n > 1 else "")
         prefix = f"lmtp({sanitize(user)})<{os.getpid()}><{session}>"
         d = defer.maybeDeferred(self.backend.deliver, user, r.fields, spool.fileno(),
-                                txn.sender, r.address, session=session, msgid=msgid)
+                                txn.sender, r.address, session=session, msgid=msgid,
+                                orig_recipient=r.orcpt)
 
-        def saved(_: object) -> None:
-            log.info("msgid={msgid}: saved mail to INBOX", msgid=sanitize(msgid),
-                     log_prefix=prefix)
+        def saved(mailbox: object) -> None:
+            where = mailbox if isinstance(mailbox, str) and mailbox else "INBOX"
+            log.info("msgid={msgid}: saved mail to {where}", msgid=sanitize(msgid),
+                     where=sanitize(where), log_prefix=prefix)
             self.reply(f"250 2.0.0 <{r.address}> {session} Saved")
 
         def failed(failure: Failure) -> None:

@@ -227,7 +227,8 @@ class MailProcess:
         return {}
 
     def deliver(self, fd: int, user: str, fields: str, session: str, msgid: str = "",
-                sender: str | None = None, recipient: str | None = None):
+                sender: str | None = None, recipient: str | None = None,
+                orig_recipient: str | None = None):
         """Save the message read from ``fd`` into the user's INBOX, or where
         the user's Sieve scripts say (``mail_plugins = … sieve`` for lmtp;
         see :mod:`pydovecot.mailproc.delivery`).  Any failure is this
@@ -246,7 +247,7 @@ class MailProcess:
             raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
         start = time.monotonic()
         d = delivery.deliver(self.config, storage, user, userdb, message, session, msgid,
-                             sender, recipient, prefix)
+                             sender, recipient, prefix, orig_recipient=orig_recipient)
 
         def close(result: object) -> object:
             size = os.fstat(message.fileno()).st_size if not message.closed else 0

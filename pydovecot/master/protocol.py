@@ -88,6 +88,7 @@ class DeliverRequest(amp.Command):
         (b"recipient", amp.Unicode()),
         (b"session", amp.Unicode()),
         (b"msgid", amp.Unicode(optional=True)),  # for the log line
+        (b"orig_recipient", amp.Unicode(optional=True)),  # RCPT's ORCPT (Sieve, headers)
     ]
     response = [(b"uid", amp.Integer()), (b"mailbox", amp.Unicode())]
     errors = {KeyError: b"NO_SUCH_USER", RuntimeError: b"UNAVAILABLE",
@@ -155,6 +156,7 @@ class Deliver(amp.Command):
         (b"msgid", amp.Unicode(optional=True)),  # for the log line
         (b"sender", amp.Unicode(optional=True)),  # the envelope, for Sieve
         (b"recipient", amp.Unicode(optional=True)),
+        (b"orig_recipient", amp.Unicode(optional=True)),  # ORCPT, for Sieve's envelope
     ]
     response = [(b"uid", amp.Integer()), (b"mailbox", amp.Unicode())]
     errors = {**SESSION_ERRORS, DeliveryFailed: b"DELIVERY_FAILED"}

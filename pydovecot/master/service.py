@@ -716,7 +716,7 @@ class MasterService(Service):
 
     @defer.inlineCallbacks
     def deliver(self, fd: int, user: str, sender: str, recipient: str, session: str,
-                msgid: str = ""):
+                msgid: str = "", orig_recipient: str | None = None):
         """Deliver lmtp's message for one recipient through the user's mail
         process.  Every failure is that recipient's alone: logged once
         (here, or by the mail process for a failed save) and answered as
@@ -744,6 +744,8 @@ class MasterService(Service):
                 log.error("delivery refused: {e}", e=sanitize(e), log_prefix=prefix)
                 raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
             kwargs = {"msgid": msgid} if msgid else {}
+            if orig_recipient:
+                kwargs["orig_recipient"] = orig_recipient
             try:
                 result = yield process.call(Deliver, fd=fd, user=name, fields=fields,
                                             session=session, sender=sender,
