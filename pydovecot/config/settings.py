@@ -108,6 +108,11 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "mail_max_userip_connections": (UINT, "10"),
     "mail_plugins": (STR, ""),  # checked by the parser (see MAIL_PLUGINS)
     "mail_cache_max_size": (SIZE, "1G"),
+    # mbox storage (pydovecot/storage/mbox.py)
+    "mbox_lock_timeout": (TIME, "5 mins"),
+    "mbox_dotlock_change_timeout": (TIME, "2 mins"),
+    "mbox_read_locks": (LIST, "fcntl"),
+    "mbox_write_locks": (LIST, "fcntl dotlock"),
     "mail_cache_max_headers_count": (UINT, "32"),
     "mail_cache_max_header_name_length": (UINT, "100"),
     "imap_urlauth_host": (STR, ""),
@@ -859,7 +864,7 @@ _GROUPS: tuple[tuple[str, bool, str], ...] = (
     ("submission_", False, _NOT_SERVED + " (submission)"),
     ("imapc_", False, "imapc storage is refused through mail_location"),
     ("pop3c_", False, "pop3c storage is refused through mail_location"),
-    ("mbox_", False, "mbox storage is refused through mail_location"),
+    ("mbox_", False, "mbox tuning: pydovecot always re-reads a changed mbox and writes at once"),
     ("mdbox_", False, "mdbox storage is refused through mail_location"),
     ("ssl_client_", False, "pydovecot makes no outgoing TLS connections"),
     ("login_proxy_", False, "login proxying is not supported"),
@@ -1048,8 +1053,11 @@ def plugin_key_owner(key: str) -> str | None:
 
 #: mail_location formats and options pydovecot honours (storage/__init__.py
 #: enforces the same rules for userdb ``mail`` overrides).
-LOCATION_FORMATS = frozenset({"maildir"})
+LOCATION_FORMATS = frozenset({"maildir", "mbox"})
 LOCATION_OPTIONS = {"UTF-8": None, "LAYOUT": frozenset({"maildir++"})}
+#: mbox (pydovecot/storage/mbox.py): INBOX= file, INDEX=/CONTROL= dirs, LAYOUT=fs
+MBOX_LOCATION_OPTIONS = {"UTF-8": None, "LAYOUT": frozenset({"fs"}), "INBOX": None,
+                         "INDEX": None, "CONTROL": None}
 
 
 #: The attribute dicts pydovecot keeps (pydovecot/storage/attributes.py):
@@ -1074,13 +1082,14 @@ def check_location(value: str) -> str | None:
     if not sep:
         return f"mail_location needs a format prefix: {value!r}"
     if fmt not in LOCATION_FORMATS:
-        return f"mail storage format {fmt!r} is not supported (only maildir)"
+        return f"mail storage format {fmt!r} is not supported (only maildir and mbox)"
+    options = MBOX_LOCATION_OPTIONS if fmt == "mbox" else LOCATION_OPTIONS
     for opt in rest.split(":")[1:]:
         key, _, arg = opt.partition("=")
         key = key.upper()
-        if key not in LOCATION_OPTIONS:
-            return f"mail_location option {key} is not supported"
-        allowed = LOCATION_OPTIONS[key]
+        if key not in options:
+            return f"mail_location option {key} is not supported for {fmt}"
+        allowed = options[key]
         if allowed is not None and arg.lower() not in allowed:
             return f"mail_location {key}={arg} is not supported"
     return None

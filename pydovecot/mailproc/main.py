@@ -283,7 +283,8 @@ class MailProcess:
 
 
 CACHE_SETTINGS = ("mail_cache_max_size", "mail_cache_max_headers_count",
-                  "mail_cache_max_header_name_length")
+                  "mail_cache_max_header_name_length", "mbox_lock_timeout",
+                  "mbox_dotlock_change_timeout", "mbox_read_locks", "mbox_write_locks")
 SESSION_SETTINGS = (
     "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
     "imap_metadata",
