@@ -440,6 +440,13 @@ class _Box:
                 dot.acquire()
             except LockTimeout:
                 raise StorageError("Timeout while waiting for the mbox dotlock") from None
+            except PermissionError:
+                # /var/mail without Dovecot's mail_privileged_group: fcntl only
+                dot = None
+                if not self.storage.warned_dotlock:
+                    self.storage.warned_dotlock = True
+                    log.warn("{path}: can't create the mbox dotlock (no write access to "
+                             "the directory): using fcntl locks only", path=self.path + ".lock")
             except OSError as e:
                 raise StorageError(f"Can't create the mbox dotlock: {e.strerror}") from e
         try:
@@ -462,6 +469,8 @@ class _Box:
                         same = False
                     if not same:  # replaced while we waited: lock the new one
                         continue
+                    if write:
+                        self.repair(f)
                     yield f
                     return
                 finally:
@@ -487,6 +496,9 @@ class _Box:
         """Re-read the file if it changed (another process, a delivery)."""
         if not force and self.stamp is not None and self._stat() == self.stamp:
             return
+        if os.path.exists(self.journal):
+            with self.locked(True) as f:
+                pass
         with self.locked(False) as f:
             if f is None:
                 raise MailboxNotFound(f"Mailbox doesn't exist: {self.name}")
@@ -571,25 +583,40 @@ class _Box:
     # -- writing -------------------------------------------------------
 
     def _rewrite(self, f: BinaryIO, p: _Parsed, data: bytes, origin: int = 0) -> None:
-        """Write ``p`` (bodies from ``data``, the locked file's image) to a
-        temp file, fsync, rename over the mbox, fsync the directory."""
+        """Write ``p`` (bodies from ``data``, the locked file's image).
+
+        Where the mbox's directory is writable: a temp file next to it,
+        fsync, rename over the mbox, fsync of the directory.  Where it is
+        not (``/var/mail`` without Dovecot's mail_privileged_group): the
+        new image goes to a journal in the private index first (fsync),
+        then over the file in place (fsync, truncate); a crash in between
+        is repaired from the journal under the next write lock."""
+        p.keywords = _keywords_of(p)
+        blob = b"".join(
+            from_line(m.sender, m.internaldate) + b"\n" + m.headers
+            + status_headers(m, p if i == 0 else None) + b"\n"
+            + data[m.body_off:m.body_off + m.body_len] + b"\n"
+            for i, m in enumerate(p.msgs))
         directory = os.path.dirname(self.path)
+        if os.access(directory, os.W_OK):
+            self._replace(f, blob, directory)
+        else:
+            self._overwrite(f, blob, len(data))
+        with open(self.path, "rb") as g:
+            p2, _ = self._read(g)
+        self._adopt(p2, origin)
+
+    def _replace(self, f: BinaryIO, blob: bytes, directory: str) -> None:
         tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{os.getpid()}."
                            f"{uuid.uuid4().hex[:8]}.tmp")
         st = os.fstat(f.fileno())
-        p.keywords = _keywords_of(p)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o7777)
         try:
             try:
                 os.fchown(fd, -1, st.st_gid)
             except OSError:
                 pass
-            with os.fdopen(fd, "wb", closefd=False) as out:
-                for i, m in enumerate(p.msgs):
-                    body = data[m.body_off:m.body_off + m.body_len]
-                    out.write(from_line(m.sender, m.internaldate) + b"\n" + m.headers
-                              + status_headers(m, p if i == 0 else None) + b"\n" + body + b"\n")
-                out.flush()
+            _write_all(fd, blob, 0)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -598,9 +625,43 @@ class _Box:
         os.close(fd)
         os.rename(tmp, self.path)
         _fsync_dir(directory)
-        with open(self.path, "rb") as g:
-            p2, _ = self._read(g)
-        self._adopt(p2, origin)
+
+    @property
+    def journal(self) -> str:
+        return os.path.join(self.index_dir, INDEX_FILE + ".journal")
+
+    def _overwrite(self, f: BinaryIO, blob: bytes, old_len: int) -> None:
+        os.makedirs(self.index_dir, 0o700, exist_ok=True)
+        write_atomic(self.journal, b"PYMBOXJ1 %d %d\n" % (old_len, len(blob)) + blob)
+        _write_all(f.fileno(), blob, 0)
+        os.ftruncate(f.fileno(), len(blob))
+        os.fsync(f.fileno())
+        os.unlink(self.journal)
+
+    def repair(self, f: BinaryIO) -> None:
+        """Finish an in-place rewrite a crash interrupted (under the write
+        locks): the journal's image, then whatever was appended after."""
+        try:
+            with open(self.journal, "rb") as j:
+                head = j.readline().split()
+                blob = j.read()
+        except FileNotFoundError:
+            return
+        if len(head) != 3 or head[0] != b"PYMBOXJ1" or int(head[2]) != len(blob):
+            os.unlink(self.journal)  # torn before it was complete: the file is intact
+            return
+        old_len = int(head[1])
+        f.seek(0)
+        data = f.read()
+        if data[:len(blob)] == blob and (len(data) == len(blob) or data[len(blob):len(blob) + 5] == b"From "):
+            os.unlink(self.journal)
+            return
+        log.warn("{name}: finishing an interrupted mbox rewrite", name=sanitize(self.name))
+        tail = data[old_len:] if len(data) > old_len else b""
+        _write_all(f.fileno(), blob + tail, 0)
+        os.ftruncate(f.fileno(), len(blob) + len(tail))
+        os.fsync(f.fileno())
+        os.unlink(self.journal)
 
     def mutate(self, change: Callable[[_Parsed], bool], origin: int) -> None:
         """Under the write locks: re-read, apply ``change`` (True = write)."""
@@ -677,6 +738,13 @@ class _Box:
         return uids
 
 
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def _keywords_of(p: _Parsed) -> list[str]:
     kws = list(p.keywords)
     for m in p.msgs:
@@ -689,6 +757,7 @@ def _keywords_of(p: _Parsed) -> list[str]:
 _UTC = datetime.UTC
 
 
+@implementer(IMailbox)
 class MboxMailbox:
     """One session's view of an mbox (see :class:`IMailbox`)."""
 
@@ -977,6 +1046,7 @@ class MboxStorage:
         self.index_root = os.path.abspath(index) if index else None
         self.utf8 = utf8
         self.locks = LockSettings()
+        self.warned_dotlock = False
         self.cache_limits = CacheLimits()
         self.attributes = A.AttributeDict(
             os.path.join(os.path.abspath(home) if home else self.root, A.FILENAME))
@@ -986,11 +1056,13 @@ class MboxStorage:
         os.makedirs(self.root, 0o700, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
         if not os.path.exists(self.inbox_path):
-            os.makedirs(os.path.dirname(self.inbox_path), 0o700, exist_ok=True)
             try:
+                os.makedirs(os.path.dirname(self.inbox_path), 0o700, exist_ok=True)
                 os.close(os.open(self.inbox_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             except FileExistsError:
                 pass
+            except OSError as e:  # /var/mail not writable: the MDA creates it
+                log.warn("{path}: INBOX not created: {err}", path=self.inbox_path, err=e.strerror)
         self._subs = Subscriptions(self.root, utf8)
         self._subs.path = os.path.join(os.path.abspath(control) if control else self.root,
                                        SUBSCRIPTIONS)
