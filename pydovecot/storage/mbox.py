@@ -102,7 +102,8 @@ SUBSCRIPTIONS = ".subscriptions"
 #: headers Dovecot keeps its state in and hides from clients
 HIDDEN = frozenset({b"x-imapbase", b"x-imap", b"x-uid", b"status", b"x-status",
                     b"x-keywords", b"content-length"})
-XSTATUS = (("A", "\\Answered"), ("F", "\\Flagged"), ("T", "\\Deleted"), ("D", "\\Draft"))
+#: Dovecot's mbox_xstatus_flags: T is \\Draft, D is \\Deleted
+XSTATUS = (("A", "\\Answered"), ("F", "\\Flagged"), ("T", "\\Draft"), ("D", "\\Deleted"))
 _CANON = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 _MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
                                        "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -261,7 +262,8 @@ def build(raws: list[dict], known: dict | None) -> _Parsed:
             if name == b"x-imapbase" and i == 0:
                 parts = v.split()
                 if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-                    p.uidvalidity, p.uidnext = int(parts[0]), int(parts[1])
+                    # "last used UID" (Dovecot's wiki), i.e. UIDNEXT - 1
+                    p.uidvalidity, p.uidnext = int(parts[0]), int(parts[1]) + 1
                     p.keywords = [k.decode("utf-8", "replace") for k in parts[2:]]
             elif name == b"x-uid" and v.isdigit():
                 uid = int(v)
@@ -312,7 +314,7 @@ def status_headers(m: _Msg, first: _Parsed | None, keywords: list[str] | None = 
     """The state headers Dovecot writes for a message (X-IMAPbase in the first)."""
     out = b""
     if first is not None:
-        out += b"X-IMAPbase: %d %010d" % (first.uidvalidity, first.uidnext)
+        out += b"X-IMAPbase: %d %010d" % (first.uidvalidity, first.uidnext - 1)
         for k in (keywords if keywords is not None else first.keywords):
             out += b" " + k.encode("utf-8")
         out += b"\n"
@@ -396,6 +398,7 @@ class _Box:
         self.stamp: tuple[int, int, int] | None = None
         self.src: BinaryIO | None = None
         self.idx = self._load_index()
+        self.idx_mtime = self._index_mtime()
         self.modseq = int(self.idx.get("highestmodseq", 1))
         self.cache = CacheFile(os.path.join(index_dir, CACHE_FILE), storage.cache_limits)
 
@@ -409,6 +412,23 @@ class _Box:
         except (OSError, ValueError):
             return {}
 
+    def _index_mtime(self) -> int:
+        try:
+            return os.stat(os.path.join(self.index_dir, INDEX_FILE)).st_mtime_ns
+        except OSError:
+            return 0
+
+    def _reload_recent(self) -> None:
+        """Another process may have taken \\Recent (its first_recent moved)."""
+        mtime = self._index_mtime()
+        if mtime == self.idx_mtime:
+            return
+        self.idx_mtime = mtime
+        first = int(self._load_index().get("first_recent", 1))
+        if first > int(self.idx.get("first_recent", 1)):
+            self.idx["first_recent"] = first
+            self.pending_recent = {u for u in self.pending_recent if u >= first}
+
     def save_index(self) -> None:
         self.idx.update(uidvalidity=self.uidvalidity, uidnext=self.uidnext,
                         highestmodseq=self.modseq,
@@ -416,6 +436,7 @@ class _Box:
         try:
             os.makedirs(self.index_dir, 0o700, exist_ok=True)
             write_atomic(os.path.join(self.index_dir, INDEX_FILE), json.dumps(self.idx).encode())
+            self.idx_mtime = self._index_mtime()
         except OSError as e:
             log.warn("{path}: index not written: {err}", path=self.index_dir, err=e)
 
@@ -494,6 +515,7 @@ class _Box:
 
     def refresh(self, force: bool = False) -> None:
         """Re-read the file if it changed (another process, a delivery)."""
+        self._reload_recent()
         if not force and self.stamp is not None and self._stat() == self.stamp:
             return
         if os.path.exists(self.journal):
@@ -623,7 +645,11 @@ class _Box:
             os.unlink(tmp)
             raise
         os.close(fd)
-        os.rename(tmp, self.path)
+        try:
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         _fsync_dir(directory)
 
     @property
@@ -985,12 +1011,17 @@ class MboxMailbox:
         box = self.box
 
         def get(uid: int, key: str) -> object | None:
-            return box.cache.get(box.uidvalidity, uid, key)
+            value = box.cache.get(box.uidvalidity, uid, key)
+            if isinstance(value, dict) and len(value) == 1 and "$b" in value:
+                return str(value["$b"]).encode("latin-1")
+            return value
 
         def put(uid: int, key: str, value: object) -> None:
             if uid not in box.msgs:
                 return
             try:
+                if isinstance(value, bytes | bytearray):
+                    value = {"$b": bytes(value).decode("latin-1")}
                 box.cache.add(box.uidvalidity, uid, key, value)
             except (OSError, TypeError, ValueError) as e:
                 log.warn("{path}: cache not written: {err}", path=box.cache.path, err=e)

@@ -1,0 +1,499 @@
+"""mbox storage (issue 11): Dovecot's file format, locking and interop.
+
+* Format: the headers Dovecot writes (X-IMAPbase, X-UID, Status,
+  X-Status, X-Keywords, Content-Length) and hides, the From_ line, a
+  foreign mbox (no Content-Length, ``>From`` kept, no UIDs: they are
+  assigned and written), crash safety of the rewrite (temp + rename, and
+  the journaled in-place rewrite where the directory is not writable).
+* The generic storage semantics (attributes, \\Recent, search) run
+  against mbox too, by subclassing the Maildir suites.
+* Interop with Debian's Dovecot both ways, on the same files: its
+  ``imap`` binary pre-authenticated with a private config, and
+  ``doveadm -o mail_location=… fetch``.
+* Locks: our dotlock makes Dovecot's APPEND wait; a classic fcntl lock
+  (what Dovecot takes) makes us wait, bounded by mbox_lock_timeout.
+* LMTP delivery into a /var/mail-style INBOX and IMAP through the real
+  master.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from twisted.trial import unittest
+
+import tests.test_storage_attributes as tsa
+import tests.test_storage_search as tss
+import tests.test_storage_status as tst
+from pydovecot.storage import open_storage
+from pydovecot.storage.interfaces import StorageError
+from pydovecot.storage.mbox import MboxStorage, from_line, parse_from_line
+from pydovecot.storage.uidlist import Dotlock
+from tests import dovecot_side, harness
+from tests.storage_now import now, result_now
+
+R = result_now
+
+UTC = datetime.UTC
+M1 = b"Subject: one\r\nFrom: a@example.org\r\n\r\nFrom me\r\n>From you\r\n"
+M2 = b"Subject: two\r\n\r\nbody\r\n"
+
+
+def storage(d: str) -> MboxStorage:
+    return MboxStorage("alice", os.path.join(d, "mail"), inbox=os.path.join(d, "inbox"), home=d)
+
+
+class FormatTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.d = os.path.abspath(self.mktemp())
+        self.s = storage(self.d)
+
+    def read(self, name: str = "inbox") -> bytes:
+        with open(os.path.join(self.d, name), "rb") as f:
+            return f.read()
+
+    def test_headers_as_dovecot_writes_them(self) -> None:
+        self.assertEqual(R(self.s.append("INBOX", io.BytesIO(M1)))[1], 1)
+        when = datetime.datetime(2020, 1, 1, 8, 0, tzinfo=UTC)
+        self.assertEqual(R(self.s.append("INBOX", io.BytesIO(M2), ["\\Seen", "$Foo"], when))[1], 2)
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        R(box.store([1], ["\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "Kw2"], "+"))
+        data = self.read()
+        uidvalidity = box.uidvalidity
+        self.assertTrue(data.startswith(b"From alice@"), data)
+        self.assertIn(b"\nFrom alice@", data)
+        self.assertIn(b"  Wed Jan 01 08:00:00 2020\n", data)
+        self.assertIn(b"X-IMAPbase: %d 0000000002 " % uidvalidity, data)  # last used UID
+        self.assertEqual(data.count(b"X-IMAPbase:"), 1)
+        self.assertIn(b"X-UID: 1\n", data)
+        self.assertIn(b"X-Status: AFTD\n", data)
+        self.assertIn(b"X-Keywords: Kw2\n", data)
+        self.assertIn(b"Status: RO\n", data)
+        self.assertIn(b"Content-Length: 18\n", data)  # LF body, no escaping
+        self.assertIn(b"\n\nFrom me\n>From you\n\nFrom ", data)
+        self.assertTrue(data.endswith(b"body\n\n"))
+        # what clients see: the message as given, the state headers hidden
+        self.assertEqual(R(box.message_file(1)).read().replace(b"\n", b"\r\n"), M1)
+        self.assertEqual([m.size for m in box.messages], [len(M1), len(M2)])
+        self.assertEqual(box.messages[1].internaldate, when)
+        self.assertEqual(box.messages[0].flags,
+                         {"\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "Kw2"})
+        # a second process reads the same UIDs, flags and UIDVALIDITY
+        other = R(storage(self.d).open("INBOX"))
+        self.addCleanup(other.close)
+        self.assertEqual([(m.uid, m.flags) for m in other.messages],
+                         [(m.uid, m.flags) for m in box.messages])
+        self.assertEqual(other.uidvalidity, uidvalidity)
+        self.assertEqual(R(box.expunge()), [1])
+        self.assertEqual(R(other.sync()).expunged, [1])
+        self.assertEqual(self.read().count(b"X-IMAPbase: %d 0000000002" % uidvalidity), 1)
+
+    def test_from_line(self) -> None:
+        line = from_line(b"bob@example.org", 1577865600.0)
+        self.assertEqual(line, b"From bob@example.org  Wed Jan 01 08:00:00 2020")
+        self.assertEqual(parse_from_line(line), (b"bob@example.org", 1577865600.0))
+        self.assertEqual(parse_from_line(b"From bob Wed Jan  1 08:00:00 2020")[1], 1577865600.0)
+        self.assertIsNone(parse_from_line(b"From me"))
+
+    def test_foreign_mbox_gets_uids_written(self) -> None:
+        """Another MDA's mbox: no Content-Length, no X-UID, a From_-looking
+        line that is not one, ``>From`` kept as it is."""
+        with open(os.path.join(self.d, "inbox"), "wb") as f:
+            f.write(b"From x@y Mon Dec  7 10:00:00 2026\nSubject: a\n\nFrom the top\n>From q\n\n"
+                    b"From z@y Mon Dec  7 11:00:00 2026\nSubject: b\nStatus: RO\n\nsecond\n")
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        self.assertEqual([m.uid for m in box.messages], [1, 2])
+        self.assertEqual(R(box.message_file(1)).read(), b"Subject: a\n\nFrom the top\n>From q\n")
+        self.assertEqual(R(box.message_file(2)).read(), b"Subject: b\n\nsecond\n")
+        self.assertEqual(box.messages[1].flags, {"\\Seen"})
+        self.assertEqual(box.recent, {1})
+        data = self.read()
+        self.assertIn(b"X-IMAPbase: %d 0000000002" % box.uidvalidity, data)
+        self.assertIn(b"X-UID: 2\n", data)
+        self.assertIn(b"Content-Length: 7\n", data)
+
+    def test_rewrite_failure_keeps_the_old_file(self) -> None:
+        R(self.s.append("INBOX", io.BytesIO(M1)))
+        before = self.read()
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        real = os.rename
+
+        def broken(src: str, dst: str) -> None:
+            raise OSError(28, "No space left on device")
+
+        os.rename = broken
+        try:
+            self.failureResultOf(box.store([1], ["\\Seen"], "+"), OSError)
+        finally:
+            os.rename = real
+        self.assertEqual(self.read(), before)
+        self.assertEqual([e for e in os.listdir(self.d) if e.endswith(".tmp")], [])
+        self.assertFalse(os.path.exists(os.path.join(self.d, "inbox.lock")))
+
+    def test_interrupted_in_place_rewrite_is_finished(self) -> None:
+        """Where the spool directory is not writable the rewrite goes through
+        a journal; a crash after the journal is repaired at the next lock,
+        keeping what was appended meanwhile."""
+        R(self.s.append("INBOX", io.BytesIO(M1)))
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        b = box.box
+        with b.locked(True) as f:
+            p, data = b._read(f)
+            p.msgs[0].flags.add("\\Seen")
+            real_unlink, real_ftruncate = os.unlink, os.ftruncate
+
+            def crash(*a: object) -> None:
+                raise RuntimeError("crash")
+
+            os.ftruncate = crash  # the image written in place, not truncated
+            try:
+                self.assertRaises(RuntimeError, b._overwrite, f, b"From a  Wed Jan 01 08:00:00 2020\n"
+                                  b"X-IMAPbase: 1 0000000002\nX-UID: 1\nStatus: RO\n"
+                                  b"Content-Length: 2\n\nx\n\n", len(data))
+            finally:
+                os.ftruncate, os.unlink = real_ftruncate, real_unlink
+        self.assertTrue(os.path.exists(b.journal))
+        s2 = storage(self.d)
+        box2 = R(s2.open("INBOX"))
+        self.addCleanup(box2.close)
+        self.assertFalse(os.path.exists(b.journal))
+        self.assertEqual([(m.uid, m.flags) for m in box2.messages], [(1, {"\\Seen"})])
+        self.assertEqual(R(box2.message_file(1)).read(), b"\nx\n")
+
+    def test_layout_and_subscriptions(self) -> None:
+        R(self.s.create("Sub/Folder"))
+        R(self.s.subscribe("Sub/Folder"))
+        self.assertTrue(os.path.isfile(os.path.join(self.d, "mail", "Sub", "Folder")))
+        with open(os.path.join(self.d, "mail", ".subscriptions"), "rb") as f:
+            self.assertEqual(f.read(), b"V\t2\n\nSub\tFolder\n")
+        listed = {m.name: m.attributes for m in R(self.s.list_mailboxes())}
+        self.assertEqual(set(listed), {"INBOX", "Sub", "Sub/Folder"})
+        self.assertIn("\\Noselect", listed["Sub"])
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        R(self.s.append("INBOX", io.BytesIO(M2), ["\\Flagged"]))
+        R(box.sync())
+        uidv, pairs = R(self.s.copy(box, [1], "Sub/Folder"))
+        self.assertEqual(pairs, [(1, 1)])
+        self.assertEqual(R(self.s.status("Sub/Folder")).messages, 1)
+        R(self.s.rename("Sub/Folder", "Other"))
+        self.assertEqual(R(self.s.status("Other")).uidvalidity, uidv)
+        self.failureResultOf(self.s.create("Other/Child"))
+        R(self.s.delete("Other"))
+        self.failureResultOf(self.s.create(".imap"))
+
+    def test_location(self) -> None:
+        s = open_storage("alice", "mbox:~/mail:INBOX=~/spool/alice:LAYOUT=fs", self.d)
+        self.assertIsInstance(s, MboxStorage)
+        self.assertEqual(s.inbox_path, os.path.join(self.d, "spool", "alice"))
+        from pydovecot.config.settings import check_location
+        self.assertIsNone(check_location("mbox:~/mail:INBOX=/var/mail/%u"))
+        self.assertIn("LAYOUT", check_location("mbox:~/mail:LAYOUT=maildir++"))
+        self.assertIn("not supported", check_location("mdbox:~/mdbox"))
+
+
+class LockTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.d = os.path.abspath(self.mktemp())
+        self.s = storage(self.d)
+        R(self.s.append("INBOX", io.BytesIO(M1)))
+
+    def test_fcntl_lock_of_another_process_blocks_us_bounded(self) -> None:
+        """A classic fcntl write lock (Dovecot's) held by another process:
+        our read waits, and gives up after mbox_lock_timeout."""
+        path = os.path.join(self.d, "inbox")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl,sys,time\nf=open(sys.argv[1],'r+b')\n"
+             "fcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(float(sys.argv[2]))",
+             path, "2"], stdout=subprocess.PIPE)
+        self.addCleanup(holder.kill)
+        self.assertEqual(holder.stdout.readline(), b"locked\n")
+        s2 = storage(self.d)
+        start = time.monotonic()
+        box = R(s2.open("INBOX"))
+        self.addCleanup(box.close)
+        self.assertGreater(time.monotonic() - start, 0.5)
+        holder.wait(30)
+        # held longer than mbox_lock_timeout: a clear error
+        holder = subprocess.Popen(holder.args[:-1] + ["30"], stdout=subprocess.PIPE)
+        self.addCleanup(holder.kill)
+        self.assertEqual(holder.stdout.readline(), b"locked\n")
+        s3 = storage(self.d)
+        R(s3.configure({"mbox_lock_timeout": "1 secs"}))
+        f = s3.open("INBOX")
+        err = self.failureResultOf(f, StorageError)
+        self.assertIn("Timeout", str(err.value))
+
+    def test_stale_dotlock_is_overridden(self) -> None:
+        lock = os.path.join(self.d, "inbox.lock")
+        with open(lock, "w") as f:
+            f.write("999999:nohost")
+        old = time.time() - 600
+        os.utime(lock, (old, old))
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        self.assertEqual(R(box.store([1], ["\\Seen"], "+")), [1])
+        self.assertFalse(os.path.exists(lock))
+
+
+# -- the generic storage suites, on mbox ----------------------------------
+
+
+class MboxAttributeTests(tsa._Semantics, unittest.TestCase):
+    def make(self) -> MboxStorage:
+        self.home = os.path.abspath(self.mktemp())
+        return now(storage(self.home))
+
+    def test_rename_keeps_delete_drops(self) -> None:
+        """mbox (LAYOUT=fs): ``A`` of ``A/B`` is a directory, which holds
+        no attributes (as in Dovecot); the child's follow the rename."""
+        s = self.make()
+        s.create("A/B")
+        s.set_attribute("A/B", "/shared/comment", b"child")
+        s.rename("A", "Z")
+        self.assertEqual(s.get_attribute("Z/B", "/shared/comment"), b"child")
+        s.delete("Z/B")
+        s.create("Z/B")
+        self.assertEqual(s.attribute_keys("Z/B"), [])
+
+
+class MboxRecentTests(unittest.TestCase):
+    def test_same_process(self) -> None:
+        d = os.path.abspath(self.mktemp())
+        self.assertEqual(tst._Ours(now(storage(d))).run(), tst.EXPECTED)
+
+    def test_other_process(self) -> None:
+        d = os.path.abspath(self.mktemp())
+        self.assertEqual(tst._Ours(now(storage(d)), now(storage(d))).run(), tst.EXPECTED)
+
+
+class MboxEvaluatorTests(tss.MaildirEvaluatorTests):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="stsearch-mbox-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.storage = storage(self.dir)
+        for i, m in enumerate(tss.MESSAGES):
+            flags = {0: ["\\Seen"], 1: ["\\Seen", "\\Answered"], 3: ["$Work", "\\Flagged"]}.get(i, [])
+            result_now(self.storage.append("INBOX", io.BytesIO(m), flags))
+        self.mbox = result_now(self.storage.open("INBOX"))
+        self.addCleanup(self.mbox.close)
+
+    def test_index_keeps_values(self):
+        """A second fetch_data of parsed values reads no message."""
+        items = ["envelope", "bodystructure", "body", "preview", "header:cc", "sentdate"]
+        first = self.successResultOf(self.mbox.fetch_data(3, items))
+        opened = []
+        real = self.mbox._open
+        self.mbox._open = lambda uid: (opened.append(uid), real(uid))[1]
+        again = result_now(storage(self.dir).open("INBOX"))
+        self.addCleanup(again.close)
+        again._open = lambda uid: (opened.append(uid), real(uid))[1]
+        self.assertEqual(self.successResultOf(again.fetch_data(3, items)), first)
+        self.assertEqual(opened, [])
+
+
+# -- Dovecot on the same files --------------------------------------------
+
+FETCH_RE = re.compile(rb"\* \d+ FETCH \(UID (\d+) FLAGS \(([^)]*)\) RFC822\.SIZE (\d+) "
+                      rb"INTERNALDATE \"([^\"]+)\"")
+
+
+class DovecotInteropTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        dovecot_side.require()
+        self.dir = tempfile.mkdtemp(prefix="mbox-dv-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        os.chmod(self.dir, 0o755)
+        self.home = os.path.join(self.dir, "home")
+        os.makedirs(os.path.join(self.home, "mail"))
+        self.location = f"mbox:{self.home}/mail:INBOX={self.home}/inbox"
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+mail_location = {self.location}
+mail_uid = nobody
+mail_gid = nogroup
+first_valid_uid = 1
+first_valid_gid = 1
+ssl = no
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+""")
+
+    def chown(self) -> None:
+        for root, dirs, files in os.walk(self.home):
+            for n in dirs + files:
+                shutil.chown(os.path.join(root, n), "nobody", "nogroup")
+        shutil.chown(self.home, "nobody", "nogroup")
+
+    def dovecot(self, commands: list[bytes], wait: bool = True):
+        self.chown()
+        script = b"".join(b"T%d %s\r\n" % (i, c) for i, c in enumerate(commands)) + b"Z LOGOUT\r\n"
+        env = {"USER": "nobody", "HOME": self.home, "PATH": "/usr/bin:/bin"}
+        proc = subprocess.Popen([dovecot_side.DOVECOT_IMAP, "-c", self.conf], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        if not wait:
+            return proc, script
+        out, err = proc.communicate(script, timeout=60)
+        return out
+
+    def doveadm_fetch(self) -> bytes:
+        self.chown()
+        env = {"USER": "nobody", "HOME": self.home, "PATH": "/usr/bin:/bin"}
+        proc = subprocess.run(["doveadm", "-c", self.conf, "-o", f"mail_location={self.location}",
+                               "fetch", "uid flags", "mailbox", "INBOX"],
+                              capture_output=True, timeout=60, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        return proc.stdout
+
+    def ours(self) -> MboxStorage:
+        return MboxStorage("nobody", os.path.join(self.home, "mail"),
+                           inbox=os.path.join(self.home, "inbox"), home=self.home)
+
+    def test_dovecot_reads_ours(self) -> None:
+        s = self.ours()
+        R(s.append("INBOX", io.BytesIO(M1)))
+        when = datetime.datetime(2020, 1, 1, 8, 0, tzinfo=UTC)
+        R(s.append("INBOX", io.BytesIO(M2), ["\\Seen", "$Foo"], when))
+        R(s.append("INBOX", io.BytesIO(M2), ["\\Deleted"]))
+        box = R(s.open("INBOX"))
+        R(box.store([1], ["\\Answered", "\\Flagged", "Kw2"], "+"))
+        self.assertEqual(R(box.expunge()), [3])
+        R(s.append("INBOX", io.BytesIO(M1), ["\\Draft"]))
+        R(box.sync())
+        uidvalidity = box.uidvalidity
+        box.close()
+        out = self.dovecot([b"SELECT INBOX", b"FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)",
+                            b"UID FETCH 1 BODY.PEEK[]"])
+        self.assertIn(b"[UIDVALIDITY %d]" % uidvalidity, out)
+        self.assertIn(b"[UIDNEXT 5]", out)
+        got = [(int(u), set(f.decode().split()) - {"\\Recent"}, int(z), d)
+               for u, f, z, d in FETCH_RE.findall(out)]
+        self.assertEqual([g[:3] for g in got], [
+            (1, {"\\Answered", "\\Flagged", "Kw2"}, len(M1)),
+            (2, {"\\Seen", "$Foo"}, len(M2)),
+            (4, {"\\Draft"}, len(M1))])
+        self.assertEqual(got[1][3], b"01-Jan-2020 08:00:00 +0000")
+        self.assertIn(b"{%d}\r\n%s" % (len(M1), M1), out)
+        fetched = self.doveadm_fetch()
+        self.assertEqual(re.findall(rb"uid: (\d+)", fetched), [b"1", b"2", b"4"])
+        self.assertIn(b"flags: \\Answered \\Flagged Kw2\n", fetched)
+
+    def test_we_read_dovecots(self) -> None:
+        lit = b"{%d+}\r\n" % len(M1) + M1
+        lit2 = b"{%d+}\r\n" % len(M2) + M2
+        out = self.dovecot([b"CREATE Sub/Folder", b"APPEND INBOX " + lit,
+                            b"APPEND INBOX (\\Seen $Foo) \"01-Jan-2020 10:00:00 +0200\" " + lit2,
+                            b"APPEND INBOX " + lit2, b"SELECT INBOX",
+                            b"STORE 1 +FLAGS (\\Answered \\Flagged \\Deleted \\Draft Kw2)",
+                            b"STORE 3 +FLAGS (\\Deleted)", b"EXPUNGE", b"SUBSCRIBE Sub/Folder",
+                            b"APPEND Sub/Folder " + lit2])
+        self.assertIn(b"T9 OK", out)
+        uidv = int(re.search(rb"UIDVALIDITY (\d+)", out).group(1))
+        s = self.ours()
+        box = R(s.open("INBOX"))
+        self.addCleanup(box.close)
+        self.assertEqual(box.uidvalidity, uidv)
+        self.assertEqual([(m.uid, m.flags) for m in box.messages], [(2, {"\\Seen", "$Foo"})])
+        self.assertEqual(box.uidnext, 4)
+        self.assertEqual(box.messages[0].internaldate, datetime.datetime(2020, 1, 1, 8, tzinfo=UTC))
+        self.assertEqual(R(box.message_file(2)).read().replace(b"\n", b"\r\n"), M2)
+        self.assertEqual(R(s.subscriptions()), ["Sub/Folder"])
+        self.assertEqual(R(s.status("Sub/Folder")).messages, 1)
+        # and our change is Dovecot's next view
+        R(box.store([2], ["\\Flagged"], "+"))
+        R(s.append("INBOX", io.BytesIO(M1)))
+        out = self.dovecot([b"SELECT INBOX", b"FETCH 1:* (UID FLAGS)"])
+        self.assertIn(b"* 1 FETCH (UID 2 FLAGS (\\Flagged \\Seen $Foo))", out)
+        self.assertIn(b"* 2 FETCH (UID 4 FLAGS (\\Recent))", out)
+
+    def test_our_dotlock_makes_dovecot_wait(self) -> None:
+        s = self.ours()
+        R(s.append("INBOX", io.BytesIO(M1)))
+        self.chown()
+        lock = Dotlock(os.path.join(self.home, "inbox"))
+        lock.acquire()
+        lit = b"{%d+}\r\n" % len(M2) + M2
+        proc, script = self.dovecot([b"APPEND INBOX " + lit], wait=False)
+        self.addCleanup(proc.kill)
+        proc.stdin.write(script)
+        proc.stdin.flush()
+        time.sleep(2)
+        self.assertIsNone(proc.poll())  # still waiting for the lock
+        with open(os.path.join(self.home, "inbox"), "rb") as f:
+            self.assertNotIn(b"Subject: two", f.read())
+        lock.release()
+        out, _ = proc.communicate(timeout=60)
+        self.assertIn(b"T0 OK [APPENDUID", out)
+        box = R(s.open("INBOX"))
+        self.addCleanup(box.close)
+        self.assertEqual([m.uid for m in box.messages], [1, 2])
+
+
+# -- through the real master ----------------------------------------------
+
+
+class MasterDeliveryTests(unittest.TestCase):
+    timeout = 120
+
+    def test_lmtp_into_spool_and_imap(self) -> None:
+        if os.geteuid() != 0 and harness.IN_CI:
+            self.fail("needs root")
+        kwargs = harness.privileged()
+        spool = "/tmp/pydovecot-mbox-spool-placeholder"
+        master = harness.Master(extra_config="", **kwargs)
+        self.addCleanup(master.cleanup)
+        spool = os.path.join(master.dir, "spool")
+        os.makedirs(spool)
+        with open(master.config_path) as f:
+            text = f.read().replace("mail_location = maildir:~/Maildir",
+                                    f"mail_location = mbox:~/mail:INBOX={spool}/%Ln")
+        with open(master.config_path, "w") as f:
+            f.write(text)
+        if kwargs:
+            shutil.chown(spool, "pdvmail", "pdvmail")
+        master.start()
+        from tests.test_isolation_deliver import lmtp_session
+        for subject in ("first", "second"):
+            rcpt, data = lmtp_session(master, [b"alice@example.org"], subject)
+            self.assertTrue(data and data[0].startswith(b"250"), (rcpt, data, master.log()[-2000:]))
+        with open(os.path.join(spool, "alice"), "rb") as f:
+            data = f.read()
+        self.assertTrue(data.startswith(b"From sender@example.org  "), data[:200])
+        self.assertIn(b"X-UID: 2\n", data)
+        imap = harness.LineClient(master.ports["imap"], greeting=True)
+        self.addCleanup(imap.close)
+        imap.tagged(b"LOGIN alice secret")
+        sel = b"".join(imap.tagged(b"SELECT INBOX"))
+        self.assertIn(b"* 2 EXISTS", sel)
+        got = b"".join(imap.tagged(b"FETCH 2 (FLAGS BODY[HEADER.FIELDS (SUBJECT)])"))
+        self.assertIn(b"Subject: second", got)
+        got = b"".join(imap.tagged(b"STORE 1 +FLAGS (\\Deleted)"))
+        got = b"".join(imap.tagged(b"EXPUNGE"))
+        self.assertIn(b"* 1 EXPUNGE", got)
+        with open(os.path.join(spool, "alice"), "rb") as f:
+            data = f.read()
+        self.assertNotIn(b"Subject: first", data)
+        self.assertIn(b"X-UID: 2\n", data)
+        self.assertIn(b"X-IMAPbase: ", data)
