@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from twisted.trial import unittest
@@ -449,6 +450,52 @@ namespace inbox {{
         box = R(s.open("INBOX"))
         self.addCleanup(box.close)
         self.assertEqual([m.uid for m in box.messages], [1, 2])
+
+    def test_dovecot_saving_makes_us_wait(self) -> None:
+        """Dovecot holds its write locks (dotlock + fcntl) while an APPEND's
+        literal streams in: our open gives up after mbox_lock_timeout, and
+        our APPEND waits until Dovecot is done, then follows its UID."""
+        s = self.ours()
+        R(s.append("INBOX", io.BytesIO(M1)))
+        big = b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n"
+        big = big * 2000
+        proc, _ = self.dovecot([], wait=False)
+        self.addCleanup(proc.kill)
+        proc.stdin.write(b"T0 APPEND INBOX {%d}\r\n" % len(big))
+        proc.stdin.flush()
+        self.assertTrue(proc.stdout.readline().startswith(b"* PREAUTH"))
+        self.assertTrue(proc.stdout.readline().startswith(b"+ "))
+        proc.stdin.write(big[:len(big) // 2])
+        proc.stdin.flush()
+        lock = os.path.join(self.home, "inbox.lock")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(lock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(os.path.exists(lock), "Dovecot took no dotlock")
+        waiting = self.ours()
+        R(waiting.configure({"mbox_lock_timeout": "1 secs"}))
+        start = time.monotonic()
+        err = self.failureResultOf(waiting.append("INBOX", io.BytesIO(M2)), StorageError)
+        self.assertIn("Timeout", str(err.value))
+        self.assertGreater(time.monotonic() - start, 0.9)
+
+        def finish() -> None:
+            proc.stdin.write(big[len(big) // 2:] + b"\r\nZ LOGOUT\r\n")
+            proc.stdin.flush()
+
+        timer = threading.Timer(1.5, finish)
+        timer.start()
+        self.addCleanup(timer.cancel)
+        start = time.monotonic()
+        uid = R(self.ours().append("INBOX", io.BytesIO(M2)))[1]
+        self.assertGreater(time.monotonic() - start, 1.0)
+        out, _ = proc.communicate(timeout=60)
+        self.assertIn(b"T0 OK [APPENDUID", out)
+        self.assertEqual(uid, 3)
+        box = R(self.ours().open("INBOX"))
+        self.addCleanup(box.close)
+        self.assertEqual([m.uid for m in box.messages], [1, 2, 3])
+        self.assertEqual(box.messages[1].size, len(big))
 
 
 # -- through the real master ----------------------------------------------
