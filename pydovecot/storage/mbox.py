@@ -224,6 +224,8 @@ def parse_mbox(data: bytes, base: int = 0) -> tuple[list[dict], bool]:
                         end, nxt = e, n
                     elif data[e:e + 6] == b"\nFrom ":
                         end, nxt = e, e + 1
+                    elif e < n and data.find(b"\nFrom ", e) < 0:
+                        end, nxt = e, n  # junk at the end (as Dovecot: ignored)
                 break
         if end is None:
             search = bstart - 1
@@ -550,6 +552,8 @@ class _Box:
         if os.fstat(src.fileno()).st_ino != os.fstat(f.fileno()).st_ino:
             src.close()
             src = os.fdopen(os.dup(f.fileno()), "rb")
+        st = os.fstat(f.fileno())
+        src.stamp = (st.st_ino, st.st_size, st.st_mtime_ns)  # type: ignore[attr-defined]
         for m in p.msgs:
             m.src = src
         st = os.fstat(f.fileno())
@@ -764,6 +768,13 @@ class _Box:
         return uids
 
 
+def _frozen(src: BinaryIO, now: tuple[int, int, int] | None) -> bool:
+    """Are offsets read from ``src`` still right: the file is unchanged, or
+    it was replaced by a rename (the old inode is kept as it was)?"""
+    stamp = getattr(src, "stamp", None)
+    return stamp is not None and (now is None or now[0] != stamp[0] or now == stamp)
+
+
 def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -901,13 +912,16 @@ class MboxMailbox:
         return err
 
     def _open(self, uid: int) -> BinaryIO:
-        m = self.box.msgs.get(uid)
+        box = self.box
+        if box._stat() != box.stamp:  # changed behind us: offsets may have moved
+            box.refresh()
+        m = box.msgs.get(uid)
         if m is None:
             ghost = self._ghosts.get(uid)
             m = ghost[1] if ghost else None
             if m is None or uid not in self._index:
                 raise self._expunge_issued(uid)
-        if m.src is None or m.src.closed:
+        if m.src is None or m.src.closed or not _frozen(m.src, box._stat()):
             raise self._expunge_issued(uid)
         body = os.pread(m.src.fileno(), m.body_len, m.body_off)
         return io.BytesIO(m.headers + b"\n" + body)
@@ -1402,6 +1416,7 @@ class MboxStorage:
             raise StorageError("Can't copy from a foreign mailbox")
         dbox = self._box(dest)
         sbox = source.box
+        sbox.refresh()
         if any(u in source._index and u not in sbox.msgs for u in uids):
             err = StorageError("Some of the requested messages no longer exist.")
             err.code = "EXPUNGEISSUED"
@@ -1411,7 +1426,9 @@ class MboxStorage:
             return dbox.uidvalidity, []
         items = []
         for m in todo:
-            body = os.pread(m.src.fileno(), m.body_len, m.body_off) if m.src else b""
+            if m.src is None or not _frozen(m.src, sbox._stat()):
+                raise StorageError("The mbox changed during COPY, try again")
+            body = os.pread(m.src.fileno(), m.body_len, m.body_off)
             items.append((m.headers, body, m.internaldate, set(m.flags)))
         new = self._save(dbox, items)
         self._notify(dbox.name)
