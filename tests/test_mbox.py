@@ -498,6 +498,68 @@ namespace inbox {{
         self.assertEqual(box.messages[1].size, len(big))
 
 
+class MboxSideBySide(dovecot_side.SideBySide):
+    """SideBySide with Dovecot and pydovecot each on an mbox of their own."""
+
+    def _setup(self, messages: list[bytes]) -> None:
+        os.chmod(self.dir, 0o755)
+        self.dhome = os.path.join(self.dir, "dovecot")
+        os.makedirs(os.path.join(self.dhome, "mail"))
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+mail_location = mbox:{self.dhome}/mail:INBOX={self.dhome}/inbox
+mail_uid = nobody
+mail_gid = nogroup
+first_valid_uid = 1
+first_valid_gid = 1
+ssl = no
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+""")
+        for path in (self.dhome, os.path.join(self.dhome, "mail")):
+            shutil.chown(path, "nobody", "nogroup")
+        appends = [b"A%d APPEND INBOX {%d+}\r\n%s\r\n" % (i, len(m), m) for i, m in enumerate(messages)]
+        got = self._run_dovecot(b"".join(appends), [b"A%d" % i for i in range(len(messages))])
+        assert all(got[b"A%d" % i][-1] == b"A%d OK" % i for i in range(len(messages))), got
+        ours = os.path.join(self.dir, "ours")
+        self.storage = MboxStorage("alice", os.path.join(ours, "mail"),
+                                   inbox=os.path.join(ours, "inbox"), home=ours)
+        for m in messages:
+            R(self.storage.append("INBOX", io.BytesIO(m)))
+
+
+class SideBySideTests(unittest.TestCase):
+    timeout = 120
+
+    def test_imap_flows_answer_as_dovecot_on_mbox(self) -> None:
+        side = MboxSideBySide([M1, M2, b"Subject: three\r\nCc: c@example.org\r\n\r\nthree\r\n"])
+        self.addCleanup(side.cleanup)
+        commands = [
+            b"FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER] BODYSTRUCTURE ENVELOPE)",
+            b"STORE 1 +FLAGS (\\Seen $Work)", b"STORE 2 +FLAGS (\\Deleted \\Draft)",
+            b"SEARCH KEYWORD $Work", b"SEARCH DRAFT", b"FETCH 2 BODY.PEEK[TEXT]",
+            b"STORE 2 +FLAGS.SILENT (\\Seen)",
+            b"EXPUNGE", b"FETCH 1:* (UID FLAGS)", b"UID SEARCH ALL"]
+        theirs, ours = side.both(commands)
+        self.maxDiff = None
+        self.assertEqual(_flag_order(ours), _flag_order(theirs))
+        again = side.both([b"FETCH 1:* (UID FLAGS)"])
+        self.assertEqual(_flag_order(again[1]), _flag_order(again[0]))
+
+
+def _flag_order(answers: list[list[bytes]]) -> list[list[bytes]]:
+    """Flag lists sorted (the order is the protocol layer's, not storage)."""
+    def fix(m: re.Match) -> bytes:
+        return b"FLAGS (" + b" ".join(sorted(m.group(1).split())) + b")"
+    return [[re.sub(rb"FLAGS \(([^)]*)\)", fix, r) for r in a] for a in answers]
+
+
 # -- through the real master ----------------------------------------------
 
 
