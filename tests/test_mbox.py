@@ -26,9 +26,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 import tests.test_storage_attributes as tsa
@@ -213,31 +213,40 @@ class LockTests(unittest.TestCase):
         self.s = storage(self.d)
         R(self.s.append("INBOX", io.BytesIO(M1)))
 
-    def test_fcntl_lock_of_another_process_blocks_us_bounded(self) -> None:
+    @defer.inlineCallbacks
+    def test_fcntl_lock_of_another_process_blocks_us_bounded(self):
         """A classic fcntl write lock (Dovecot's) held by another process:
-        our read waits, and gives up after mbox_lock_timeout."""
+        our open waits for it on the reactor (its Deferred fires later,
+        nothing blocks), and gives up after mbox_lock_timeout."""
         path = os.path.join(self.d, "inbox")
-        holder = subprocess.Popen(
-            [sys.executable, "-c", "import fcntl,sys,time\nf=open(sys.argv[1],'r+b')\n"
-             "fcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(float(sys.argv[2]))",
-             path, "2"], stdout=subprocess.PIPE)
+        args = [sys.executable, "-c", "import fcntl,sys,time\nf=open(sys.argv[1],'r+b')\n"
+                "fcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\n"
+                "time.sleep(float(sys.argv[2]))", path]
+        holder = subprocess.Popen(args + ["2"], stdout=subprocess.PIPE)
         self.addCleanup(holder.kill)
         self.assertEqual(holder.stdout.readline(), b"locked\n")
-        s2 = storage(self.d)
         start = time.monotonic()
-        box = R(s2.open("INBOX"))
+        d = storage(self.d).open("INBOX")
+        self.assertFalse(d.called)  # waiting, not blocking
+        box = yield d
         self.addCleanup(box.close)
         self.assertGreater(time.monotonic() - start, 0.5)
+        self.assertEqual([m.uid for m in box.messages], [1])
         holder.wait(30)
         # held longer than mbox_lock_timeout: a clear error
-        holder = subprocess.Popen(holder.args[:-1] + ["30"], stdout=subprocess.PIPE)
+        holder = subprocess.Popen(args + ["30"], stdout=subprocess.PIPE)
         self.addCleanup(holder.kill)
         self.assertEqual(holder.stdout.readline(), b"locked\n")
         s3 = storage(self.d)
         R(s3.configure({"mbox_lock_timeout": "1 secs"}))
-        f = s3.open("INBOX")
-        err = self.failureResultOf(f, StorageError)
-        self.assertIn("Timeout", str(err.value))
+        start = time.monotonic()
+        try:
+            yield s3.open("INBOX")
+        except StorageError as e:
+            self.assertIn("Timeout", str(e))
+        else:
+            self.fail("no timeout")
+        self.assertGreater(time.monotonic() - start, 0.9)
 
     def test_stale_dotlock_is_overridden(self) -> None:
         lock = os.path.join(self.d, "inbox.lock")
@@ -451,14 +460,14 @@ namespace inbox {{
         self.addCleanup(box.close)
         self.assertEqual([m.uid for m in box.messages], [1, 2])
 
-    def test_dovecot_saving_makes_us_wait(self) -> None:
+    @defer.inlineCallbacks
+    def test_dovecot_saving_makes_us_wait(self):
         """Dovecot holds its write locks (dotlock + fcntl) while an APPEND's
-        literal streams in: our open gives up after mbox_lock_timeout, and
-        our APPEND waits until Dovecot is done, then follows its UID."""
+        literal streams in: our APPEND gives up after mbox_lock_timeout, or
+        waits (on the reactor) until Dovecot is done, then follows its UID."""
         s = self.ours()
         R(s.append("INBOX", io.BytesIO(M1)))
-        big = b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n"
-        big = big * 2000
+        big = (b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n") * 2000
         proc, _ = self.dovecot([], wait=False)
         self.addCleanup(proc.kill)
         proc.stdin.write(b"T0 APPEND INBOX {%d}\r\n" % len(big))
@@ -475,19 +484,24 @@ namespace inbox {{
         waiting = self.ours()
         R(waiting.configure({"mbox_lock_timeout": "1 secs"}))
         start = time.monotonic()
-        err = self.failureResultOf(waiting.append("INBOX", io.BytesIO(M2)), StorageError)
-        self.assertIn("Timeout", str(err.value))
+        try:
+            yield waiting.append("INBOX", io.BytesIO(M2))
+        except StorageError as e:
+            self.assertIn("Timeout", str(e))
+        else:
+            self.fail("no timeout")
         self.assertGreater(time.monotonic() - start, 0.9)
 
         def finish() -> None:
             proc.stdin.write(big[len(big) // 2:] + b"\r\nZ LOGOUT\r\n")
             proc.stdin.flush()
 
-        timer = threading.Timer(1.5, finish)
-        timer.start()
-        self.addCleanup(timer.cancel)
+        call = reactor.callLater(1.5, finish)
+        self.addCleanup(lambda: call.active() and call.cancel())
         start = time.monotonic()
-        uid = R(self.ours().append("INBOX", io.BytesIO(M2)))[1]
+        d = self.ours().append("INBOX", io.BytesIO(M2))
+        self.assertFalse(d.called)
+        _uidvalidity, uid = yield d
         self.assertGreater(time.monotonic() - start, 1.0)
         out, _ = proc.communicate(timeout=60)
         self.assertIn(b"T0 OK [APPENDUID", out)

@@ -53,6 +53,7 @@ import calendar
 import datetime
 import errno
 import fcntl
+import functools
 import io
 import itertools
 import json
@@ -68,7 +69,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python import failure
 from zope.interface import implementer
 
 from pydovecot.log import sanitize
@@ -356,6 +359,49 @@ class LockSettings:
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
 
 
+class _Busy(Exception):
+    """A lock is held by someone else: try again later."""
+
+
+#: seconds between two tries of a held lock
+RETRY_INTERVAL = 0.05
+
+
+def retrying(method: Callable[..., object]) -> Callable[..., defer.Deferred]:
+    """Answer with a Deferred; while the mbox is locked by someone else,
+    try again on the reactor (never blocking it: one mail process may
+    serve many users) until ``mbox_lock_timeout``, then fail as Dovecot
+    does.  ``method.now`` is the undecorated one."""
+
+    @functools.wraps(method)
+    def wrapper(self: object, *args: object, **kwargs: object) -> defer.Deferred:
+        storage = self if isinstance(self, MboxStorage) else self.storage  # type: ignore[attr-defined]
+        deadline = time.monotonic() + storage.locks.lock_timeout
+        d: defer.Deferred = defer.Deferred()
+
+        def attempt() -> None:
+            try:
+                result = method(self, *args, **kwargs)
+            except _Busy:
+                if time.monotonic() >= deadline:
+                    err = StorageError("Timeout while waiting for the mbox lock")
+                    err.code = "INUSE"
+                    d.errback(failure.Failure(err))
+                else:
+                    storage.clock.callLater(RETRY_INTERVAL, attempt)
+                return
+            except Exception:
+                d.errback(failure.Failure())
+                return
+            d.callback(result)
+
+        attempt()
+        return d
+
+    wrapper.now = method  # type: ignore[attr-defined]
+    return wrapper
+
+
 def _fcntl_lock(fd: int, kind: int, deadline: float) -> None:
     """A whole-file fcntl lock, polled until ``deadline``.  Linux's
     open-file-description locks where available: they conflict with the
@@ -455,14 +501,14 @@ class _Box:
     def locked(self, write: bool) -> Iterator[BinaryIO | None]:
         """The file open and locked (None when it does not exist)."""
         ls = self.storage.locks
-        deadline = time.monotonic() + ls.lock_timeout
+        deadline = time.monotonic()  # one try: the caller retries later (see retrying)
         dot = None
         if write and ls.write_dotlock:
-            dot = Dotlock(self.path, stale=ls.dotlock_change_timeout, wait=ls.lock_timeout)
+            dot = Dotlock(self.path, stale=ls.dotlock_change_timeout, wait=0.0)
             try:
                 dot.acquire()
             except LockTimeout:
-                raise StorageError("Timeout while waiting for the mbox dotlock") from None
+                raise _Busy("the mbox dotlock is held") from None
             except PermissionError:
                 # /var/mail without Dovecot's mail_privileged_group: fcntl only
                 dot = None
@@ -485,7 +531,7 @@ class _Box:
                             _fcntl_lock(f.fileno(), fcntl.LOCK_EX if write else fcntl.LOCK_SH,
                                         deadline)
                         except LockTimeout:
-                            raise StorageError("Timeout while waiting for the mbox lock") from None
+                            raise _Busy("the mbox is fcntl-locked") from None
                     try:
                         same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
                     except FileNotFoundError:
@@ -868,7 +914,7 @@ class MboxMailbox:
         if self.readonly:
             raise StorageError("Mailbox is read-only")
 
-    @answers
+    @retrying
     def sync(self, allow_expunge: bool = True) -> SyncResult:
         self._check()
         box = self.box
@@ -926,16 +972,16 @@ class MboxMailbox:
         body = os.pread(m.src.fileno(), m.body_len, m.body_off)
         return io.BytesIO(m.headers + b"\n" + body)
 
-    @answers
+    @retrying
     def message_file(self, uid: int) -> BinaryIO:
         self._check()
         return self._open(uid)
 
-    @answers
+    @retrying
     def store(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> list[int]:
         return self._store(uids, flags, mode, None)[0]
 
-    @answers
+    @retrying
     def store_unchanged_since(self, uids: Iterable[int], flags: Iterable[str], mode: str,
                               unchangedsince: int) -> tuple[list[int], list[int]]:
         return self._store(uids, flags, mode, unchangedsince)
@@ -986,7 +1032,7 @@ class MboxMailbox:
         present = set(box.uids) | set(self._ghosts)
         return sorted({u for m, u in box.expunged if m > modseq and u not in present})
 
-    @answers
+    @retrying
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         self._writable()
         only = set(uids) if uids is not None else None
@@ -1040,7 +1086,15 @@ class MboxMailbox:
             except (OSError, TypeError, ValueError) as e:
                 log.warn("{path}: cache not written: {err}", path=box.cache.path, err=e)
 
-        return S.CallableSource(get, put, self._open)
+        def open_message(uid: int) -> BinaryIO:
+            try:
+                return self._open(uid)
+            except _Busy:  # inside an evaluation: no retry, a clear NO
+                err = StorageError("The mbox is locked by another process, try again")
+                err.code = "INUSE"
+                raise err from None
+
+        return S.CallableSource(get, put, open_message)
 
     @S.answers_deferred
     def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
@@ -1092,6 +1146,9 @@ class MboxStorage:
         self.utf8 = utf8
         self.locks = LockSettings()
         self.warned_dotlock = False
+        from twisted.internet import reactor
+
+        self.clock = reactor  # retries of held locks (tests may give a Clock)
         self.cache_limits = CacheLimits()
         self.attributes = A.AttributeDict(
             os.path.join(os.path.abspath(home) if home else self.root, A.FILENAME))
@@ -1304,7 +1361,7 @@ class MboxStorage:
         self._notify(name)
         self._tree_changed("delete", name)
 
-    @answers
+    @retrying
     def rename(self, old: str, new: str) -> None:
         old, new = N.normalize(old), N.normalize(new, for_create=True)
         dst = self._path(new)
@@ -1370,7 +1427,7 @@ class MboxStorage:
 
     # -- messages ------------------------------------------------------
 
-    @answers
+    @retrying
     def status(self, name: str) -> MailboxStatus:
         box = self._box(name)
         msgs = box.msgs.values()
@@ -1385,7 +1442,7 @@ class MboxStorage:
             highestmodseq=box.modseq,
         )
 
-    @answers
+    @retrying
     def open(self, name: str, readonly: bool = False) -> MboxMailbox:
         return MboxMailbox(self, self._box(name), readonly)
 
@@ -1398,18 +1455,25 @@ class MboxStorage:
                 err.code = "OVERQUOTA"
             raise err from e
 
-    @answers
     def append(self, name: str, message: BinaryIO, flags: Iterable[str] = (),
-               internaldate: datetime.datetime | None = None) -> tuple[int, int]:
-        box = self._box(name)
-        headers, body = _read_lf(message)
+               internaldate: datetime.datetime | None = None) -> defer.Deferred:
+        try:
+            headers, body = _read_lf(message)
+        except Exception:
+            return defer.fail()
         when = internaldate.timestamp() if internaldate is not None else time.time()
         fl = {canon_flag(f) for f in flags if f.lower() != "\\recent"}
+        return self._append(name, headers, body, when, fl)
+
+    @retrying
+    def _append(self, name: str, headers: bytes, body: bytes, when: float,
+                fl: set[str]) -> tuple[int, int]:
+        box = self._box(name)
         uid = self._save(box, [(headers, body, when, fl)])[0]
         self._notify(box.name)
         return box.uidvalidity, uid
 
-    @answers
+    @retrying
     def copy(self, source: IMailbox, uids: Sequence[int],
              dest: str) -> tuple[int, list[tuple[int, int]]]:
         if not isinstance(source, MboxMailbox):
@@ -1441,7 +1505,7 @@ class MboxStorage:
         box = self._box("INBOX" if server else mailbox)
         return box.guid(create), server
 
-    @answers
+    @retrying
     def get_attribute(self, mailbox: str, key: str) -> bytes | None:
         scope, rest = A.split_entry(key)
         guid, server = self._attr_box(mailbox, False)
@@ -1449,7 +1513,7 @@ class MboxStorage:
             return None
         return self.attributes.get(A.dict_prefix(scope, guid, server) + rest)
 
-    @answers
+    @retrying
     def set_attribute(self, mailbox: str, key: str, value: bytes | None) -> None:
         scope, rest = A.split_entry(key)
         if value is not None and len(value) > self.attributes.limits.max_value_size:
@@ -1460,7 +1524,7 @@ class MboxStorage:
         prefix = A.dict_prefix(scope, guid, server)
         self.attributes.change({prefix + rest: value}, count_prefix=prefix)
 
-    @answers
+    @retrying
     def set_attributes(self, mailbox: str, changes: dict[str, bytes | None]) -> None:
         entries = {key: A.split_entry(key) for key in changes}
         limit = self.attributes.limits.max_value_size
@@ -1474,7 +1538,7 @@ class MboxStorage:
         prefixes = {A.dict_prefix(scope, guid, server) for scope, _ in entries.values()}
         self.attributes.change(sets, count_prefix=tuple(sorted(prefixes)))
 
-    @answers
+    @retrying
     def attribute_keys(self, mailbox: str, prefix: str = "") -> list[str]:
         guid, server = self._attr_box(mailbox, False)
         if guid is None:
