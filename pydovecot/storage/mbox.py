@@ -1399,8 +1399,11 @@ class MboxStorage:
             m = inbox.msgs[uid]
             body = os.pread(m.src.fileno(), m.body_len, m.body_off) if m.src else b""
             items.append((m.headers, body, m.internaldate, set(m.flags)))
-        if items:
-            dest.append_raw(items)
+        if items:  # moved, not new: \\Recent for nobody (as Maildir's rename)
+            moved = dest.append_raw(items)
+            dest.pending_recent.difference_update(moved)
+            dest.idx["first_recent"] = dest.uidnext
+            dest.save_index()
 
         def empty(p: _Parsed) -> bool:
             p.msgs = []
