@@ -190,6 +190,7 @@ class _Parsed:
     keywords: list[str] = field(default_factory=list)
     msgs: list[_Msg] = field(default_factory=list)
     dirty: bool = False  # UIDs or X-IMAPbase must be written
+    src: BinaryIO | None = None  # the file the offsets refer to
 
 
 def parse_mbox(data: bytes, base: int = 0) -> tuple[list[dict], bool]:
@@ -483,7 +484,12 @@ class _Box:
                         modseqs={str(u): m.modseq for u, m in self.msgs.items() if m.modseq > 1})
         try:
             os.makedirs(self.index_dir, 0o700, exist_ok=True)
-            write_atomic(os.path.join(self.index_dir, INDEX_FILE), json.dumps(self.idx).encode())
+            # a cache (the mbox is the truth): renamed into place, not fsynced
+            path = os.path.join(self.index_dir, INDEX_FILE)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as out:
+                out.write(json.dumps(self.idx).encode())
+            os.replace(tmp, path)
             self.idx_mtime = self._index_mtime()
         except OSError as e:
             log.warn("{path}: index not written: {err}", path=self.index_dir, err=e)
@@ -600,6 +606,7 @@ class _Box:
             src = os.fdopen(os.dup(f.fileno()), "rb")
         st = os.fstat(f.fileno())
         src.stamp = (st.st_ino, st.st_size, st.st_mtime_ns)  # type: ignore[attr-defined]
+        p.src = src
         for m in p.msgs:
             m.src = src
         st = os.fstat(f.fileno())
@@ -645,6 +652,7 @@ class _Box:
                     kws.append(f)
         self.keywords = kws
         self.stamp = self._read_stamp
+        self.src = p.src
         self.save_index()
 
     def _bump(self, kind: str, uid: int, origin: int, m: _Msg | None) -> int:
@@ -754,63 +762,80 @@ class _Box:
 
     def append_raw(self, items: list[tuple[bytes, bytes, float, set[str]]]) -> list[int]:
         """Append messages ((headers, body, internaldate, flags), LF ends) at
-        the end of the file in place; their UIDs."""
+        the end of the file in place; their UIDs.  The file is parsed only
+        when it changed since this process last read it."""
         for _ in range(3):
             with self.locked(True) as f:
                 if f is None:
                     raise MailboxNotFound(f"Mailbox doesn't exist: {self.name}")
-                p, data = self._read(f)
-                if p.dirty:  # UIDs first (another MDA's messages), then ours
-                    self._rewrite(f, p, data)
-                    continue
-                self._adopt(p)
-                return self._append_locked(f, p, data, items)
+                st = os.fstat(f.fileno())
+                if self.stamp != (st.st_ino, st.st_size, st.st_mtime_ns) or self.src is None:
+                    p, data = self._read(f)
+                    if p.dirty:  # UIDs first (another MDA's messages), then ours
+                        self._rewrite(f, p, data)
+                        continue
+                    self._adopt(p)
+                return self._append_locked(f, items)
         raise StorageError(f"mbox file {self.name} keeps changing")
 
-    def _append_locked(self, f: BinaryIO, p: _Parsed, data: bytes,
+    def _append_locked(self, f: BinaryIO,
                        items: list[tuple[bytes, bytes, float, set[str]]]) -> list[int]:
-        size = len(data)
-        if not data:
+        """Under the write locks, with the state matching the file."""
+        assert self.stamp is not None and self.src is not None
+        fd = f.fileno()
+        size = self.stamp[1]
+        tail = os.pread(fd, 2, max(0, size - 2)) if size else b""
+        if not size or tail == b"\n\n":
             prefix = b""
-        elif data.endswith(b"\n\n"):
-            prefix = b""
-        elif data.endswith(b"\n"):
+        elif tail.endswith(b"\n"):
             prefix = b"\n"
         else:
             prefix = b"\n\n"
-        chunk = [prefix]
-        uids = []
-        uidnext = max(p.uidnext, self.uidnext)
-        kws = _keywords_of(p)
-        for headers, body, when, flags in items:
-            m = _Msg(uidnext, set(flags), when, self.storage.sender_of(headers), headers,
-                     0, len(body), 0)
-            first = None
-            if not data and not uids:
-                first = _Parsed(p.uidvalidity, uidnext + len(items), kws)
-                for _h, _b, _w, fl in items:
-                    kws += [k for k in sorted(fl) if not k.startswith("\\") and k not in kws]
-            chunk.append(from_line(m.sender, when) + b"\n" + headers
-                         + status_headers(m, first, kws) + b"\n" + body + b"\n")
-            uids.append(uidnext)
-            uidnext += 1
-        blob = b"".join(chunk)
+        kws = list(self.keywords)
+        for *_rest, flags in items:
+            kws += [k for k in sorted(flags) if not k.startswith("\\") and k not in kws]
+        uidnext = self.uidnext
+        last = uidnext + len(items)
+        chunks = [prefix]
+        pos = size + len(prefix)
+        new: list[_Msg] = []
+        for i, (headers, body, when, flags) in enumerate(items):
+            m = _Msg(uidnext + i, set(flags), when, self.storage.sender_of(headers), headers,
+                     0, len(body), _crlf_size(headers) + 2 + _crlf_size(body))
+            first = _Parsed(self.uidvalidity, last, kws) if not size and i == 0 else None
+            head = (from_line(m.sender, when) + b"\n" + headers
+                    + status_headers(m, first, kws) + b"\n")
+            m.body_off = pos + len(head)
+            chunks += [head, body, b"\n"]
+            pos = m.body_off + len(body) + 1
+            new.append(m)
         try:
-            os.lseek(f.fileno(), size, os.SEEK_SET)
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(f.fileno(), view):]
-            os.fsync(f.fileno())
+            _write_all(fd, b"".join(chunks), size)
+            os.fsync(fd)
         except OSError:
             try:
-                os.ftruncate(f.fileno(), size)
+                os.ftruncate(fd, size)
             except OSError:
                 pass
             raise
-        self.uidnext = uidnext
-        p2, _ = self._read(f)
-        self._adopt(p2)
+        st = os.fstat(fd)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        src = self.src
+        if os.fstat(src.fileno()).st_ino != st.st_ino:
+            src = os.fdopen(os.dup(fd), "rb")
+        src.stamp = stamp  # type: ignore[attr-defined]  # appending moves no offset
+        for m in new:
+            m.src = src
+            m.modseq = self._bump("a", m.uid, 0, m)
+            self.msgs[m.uid] = m
+            self.uids.append(m.uid)
+        self.src = src
+        self.uidnext = last
+        self.keywords = kws
+        self.stamp = stamp
+        uids = [m.uid for m in new]
         self.pending_recent.update(uids)
+        self.save_index()
         return uids
 
 
