@@ -224,7 +224,7 @@ def parse_mbox(data: bytes, base: int = 0) -> tuple[list[dict], bool]:
                 v = _value(raw)
                 if v.isdigit():
                     e = bstart + int(v)
-                    if e == n or data[e:n] == b"\n":
+                    if e == n or (n - e == 1 and data[e] == 0x0A):
                         end, nxt = e, n
                     elif data[e:e + 6] == b"\nFrom ":
                         end, nxt = e, e + 1
@@ -752,8 +752,10 @@ class _Box:
         with self.locked(True) as f:
             if f is None:
                 raise MailboxNotFound(f"Mailbox doesn't exist: {self.name}")
-            p, data = self._read(f)
-            self._adopt(p)  # others' changes first, logged as theirs
+            st = os.fstat(f.fileno())
+            if self.stamp != (st.st_ino, st.st_size, st.st_mtime_ns):
+                p, data = self._read(f)
+                self._adopt(p)  # others' changes first, logged as theirs
             p, data = self._read(f)
             for m in p.msgs:
                 m.old = m.old or m.uid not in self.pending_recent
