@@ -125,6 +125,23 @@ class FormatTests(unittest.TestCase):
         self.assertIn(b"X-UID: 2\n", data)
         self.assertIn(b"Content-Length: 7\n", data)
 
+    def test_uw_imap_pseudo_message_is_hidden(self) -> None:
+        with open(os.path.join(self.d, "inbox"), "wb") as f:
+            f.write(b"From MAILER-DAEMON Mon Dec  7 10:00:00 2026\n"
+                    b"Subject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\n"
+                    b"X-IMAP: 1234567 0000000007 $Work\nStatus: RO\n\nThis text is part of the "
+                    b"internal format of your mail folder.\n\n"
+                    b"From x@y Mon Dec  7 11:00:00 2026\nSubject: b\nX-UID: 7\nStatus: RO\n"
+                    b"X-Keywords: $Work\n\nsecond\n")
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        self.assertEqual((box.uidvalidity, box.uidnext), (1234567, 8))
+        self.assertEqual([(m.uid, m.flags) for m in box.messages], [(7, {"\\Seen", "$Work"})])
+        R(box.store([7], ["\\Flagged"], "+"))
+        data = self.read()
+        self.assertTrue(data.startswith(b"From x@y  Mon Dec 07 11:00:00 2026\n"), data[:80])
+        self.assertIn(b"X-IMAPbase: 1234567 0000000007 $Work\n", data)
+
     def test_rewrite_failure_keeps_the_old_file(self) -> None:
         R(self.s.append("INBOX", io.BytesIO(M1)))
         before = self.read()

@@ -256,6 +256,16 @@ def build(raws: list[dict], known: dict | None) -> _Parsed:
     known = known or {}
     last = 0
     for i, r in enumerate(raws):
+        if i == 0 and any(name == b"x-imap" for name, _raw in r["fields"]):
+            # UW-IMAP's pseudo message ("DON'T DELETE THIS MESSAGE"): its
+            # X-IMAP holds the state; hidden, as Dovecot hides it, and
+            # replaced by X-IMAPbase in the first message at a rewrite
+            for name, raw in r["fields"]:
+                parts = _value(raw).split() if name == b"x-imap" else []
+                if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                    p.uidvalidity, p.uidnext = int(parts[0]), int(parts[1]) + 1
+                    p.keywords = [k.decode("utf-8", "replace") for k in parts[2:]]
+            continue
         uid = 0
         flags: set[str] = set()
         old = False
@@ -291,7 +301,7 @@ def build(raws: list[dict], known: dict | None) -> _Parsed:
         p.msgs.append(m)
     if not p.uidvalidity:
         p.uidvalidity = known.get("uidvalidity") or 0
-        if raws:
+        if p.msgs:
             p.dirty = True
     p.uidnext = max(p.uidnext, known.get("uidnext", 1) if known.get("uidvalidity") == p.uidvalidity else 1)
     for m in p.msgs:
