@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import io
 import os
 import re
@@ -266,6 +267,22 @@ class LockTests(unittest.TestCase):
         else:
             self.fail("no timeout")
         self.assertGreater(time.monotonic() - start, 0.9)
+
+    def test_lock_methods(self) -> None:
+        """mbox_write_locks = flock: an flock held elsewhere holds us back;
+        unknown methods are refused."""
+        s = storage(self.d)
+        R(s.configure({"mbox_write_locks": "dotlock_try flock", "mbox_lock_timeout": "1 secs"}))
+        box = R(s.open("INBOX"))
+        self.addCleanup(box.close)
+        with open(os.path.join(self.d, "inbox"), "rb") as other:  # another open file
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+            d = box.store([1], ["\\Seen"], "+")
+            self.assertFalse(d.called)
+            fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+        self.assertEqual(R(s.configure({"mbox_read_locks": "fcntl"})), None)
+        self.failureResultOf(s.configure({"mbox_read_locks": "fcntl bogus"}), StorageError)
+        return d.addCallback(self.assertEqual, [1])
 
     def test_stale_dotlock_is_overridden(self) -> None:
         lock = os.path.join(self.d, "inbox.lock")

@@ -362,9 +362,13 @@ class LockSettings:
 
     lock_timeout: float = 300.0
     dotlock_change_timeout: float = 120.0
-    read_fcntl: bool = True
-    write_dotlock: bool = True
-    write_fcntl: bool = True
+    #: mbox_read_locks / mbox_write_locks: dotlock, dotlock_try, fcntl,
+    #: flock, lockf (fcntl and lockf are the same POSIX lock on Linux)
+    read: frozenset[str] = frozenset({"fcntl"})
+    write: frozenset[str] = frozenset({"dotlock", "fcntl"})
+
+
+LOCK_KINDS = frozenset({"dotlock", "dotlock_try", "fcntl", "flock", "lockf"})
 
 
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
@@ -517,23 +521,27 @@ class _Box:
     def locked(self, write: bool) -> Iterator[BinaryIO | None]:
         """The file open and locked (None when it does not exist)."""
         ls = self.storage.locks
+        kinds = ls.write if write else ls.read
         deadline = time.monotonic()  # one try: the caller retries later (see retrying)
         dot = None
-        if write and ls.write_dotlock:
+        if kinds & {"dotlock", "dotlock_try"}:
             dot = Dotlock(self.path, stale=ls.dotlock_change_timeout, wait=0.0)
             try:
                 dot.acquire()
             except LockTimeout:
                 raise _Busy("the mbox dotlock is held") from None
             except PermissionError:
-                # /var/mail without Dovecot's mail_privileged_group: fcntl only
+                # /var/mail without Dovecot's mail_privileged_group: the other locks only
                 dot = None
                 if not self.storage.warned_dotlock:
                     self.storage.warned_dotlock = True
                     log.warn("{path}: can't create the mbox dotlock (no write access to "
-                             "the directory): using fcntl locks only", path=self.path + ".lock")
+                             "the directory): using the other locks only",
+                             path=self.path + ".lock")
             except OSError as e:
-                raise StorageError(f"Can't create the mbox dotlock: {e.strerror}") from e
+                if "dotlock" in kinds:
+                    raise StorageError(f"Can't create the mbox dotlock: {e.strerror}") from e
+                dot = None  # dotlock_try: go on without
         try:
             for _ in range(10):
                 try:
@@ -542,12 +550,18 @@ class _Box:
                     yield None
                     return
                 try:
-                    if (ls.write_fcntl if write else ls.read_fcntl):
+                    if kinds & {"fcntl", "lockf"}:
                         try:
                             _fcntl_lock(f.fileno(), fcntl.LOCK_EX if write else fcntl.LOCK_SH,
                                         deadline)
                         except LockTimeout:
                             raise _Busy("the mbox is fcntl-locked") from None
+                    if "flock" in kinds:
+                        try:
+                            fcntl.flock(f.fileno(), (fcntl.LOCK_EX if write else fcntl.LOCK_SH)
+                                        | fcntl.LOCK_NB)
+                        except BlockingIOError:
+                            raise _Busy("the mbox is flock-locked") from None
                     try:
                         same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
                     except FileNotFoundError:
@@ -1221,12 +1235,14 @@ class MboxStorage:
                           ("mbox_dotlock_change_timeout", "dotlock_change_timeout")):
             if settings.get(key):
                 setattr(self.locks, attr, parse_time(str(settings[key])))
-        if settings.get("mbox_read_locks") is not None:
-            self.locks.read_fcntl = "fcntl" in str(settings["mbox_read_locks"]).split()
-        if settings.get("mbox_write_locks") is not None:
-            kinds = str(settings["mbox_write_locks"]).split()
-            self.locks.write_fcntl = "fcntl" in kinds
-            self.locks.write_dotlock = "dotlock" in kinds
+        for key, attr in (("mbox_read_locks", "read"), ("mbox_write_locks", "write")):
+            if settings.get(key) is None:
+                continue
+            kinds = frozenset(str(settings[key]).split())
+            if kinds - LOCK_KINDS:
+                raise StorageError(f"{key}: unknown lock method(s) "
+                                   f"{', '.join(sorted(kinds - LOCK_KINDS))}")
+            setattr(self.locks, attr, kinds)
 
     def sender_of(self, headers: bytes) -> bytes:
         """The From_ line's sender: Return-Path (a delivery) or user@host,
