@@ -660,6 +660,71 @@ def _flag_order(answers: list[list[bytes]]) -> list[list[bytes]]:
     return [[re.sub(rb"FLAGS \(([^)]*)\)", fix, r) for r in a] for a in answers]
 
 
+IMPORT_CHILD = r"""
+import io, os, sys, tempfile, shutil
+import pydovecot.mailproc.main as main
+from twisted.internet import reactor, defer
+from pydovecot.mailproc.rehearsal import rehearse
+from pydovecot.storage import open_storage
+from pydovecot.storage.search import SearchProgram
+
+main.preload_codecs()
+
+class Guard:
+    def find_spec(self, name, path=None, target=None):
+        raise ImportError(f"imported after the rehearsal: {name}")
+
+@defer.inlineCallbacks
+def go():
+    yield rehearse({})
+    root = tempfile.mkdtemp()
+    sys.meta_path.insert(0, Guard())
+    s = open_storage("u", f"mbox:{root}/mail:INBOX={root}/inbox", root)
+    yield s.configure({"mbox_lock_timeout": "10 secs", "mbox_write_locks": "fcntl dotlock"})
+    msg = b"Return-Path: <a@b>\r\nSubject: x\r\nFrom: A <a@b>\r\n\r\nFrom here\r\n"
+    yield s.append("INBOX", io.BytesIO(msg), ["\\Seen", "$K"])
+    yield s.create("Sub/F")
+    yield s.subscribe("Sub/F")
+    box = yield s.open("INBOX")
+    yield box.store([1], ["\\Flagged"], "+")
+    yield box.fetch_data(1, ["envelope", "bodystructure", "preview", "header:subject"])
+    yield s.copy(box, [1], "Sub/F")
+    yield s.set_attribute("Sub/F", "/private/comment", b"c")
+    yield box.store([1], ["\\Deleted"], "+")
+    yield box.expunge()
+    yield s.rename("Sub/F", "G")
+    yield s.rename("INBOX", "Old")
+    yield s.status("G")
+    yield s.list_mailboxes()
+    yield s.delete("G")
+    box.close()
+    sys.meta_path.remove(sys.meta_path[0])
+    shutil.rmtree(root)
+    print("DONE")
+
+def run():
+    d = go()
+    d.addErrback(lambda f: print("FAILED", f.getTraceback()))
+    d.addBoth(lambda _: reactor.stop())
+
+reactor.callWhenRunning(run)
+reactor.run()
+"""
+
+
+class ImportsTests(unittest.TestCase):
+    def test_no_import_after_the_rehearsal(self) -> None:
+        """What the mail process does on mbox imports nothing new (after the
+        privilege drop it could not)."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run([sys.executable, "-c", IMPORT_CHILD], capture_output=True,
+                              env=dict(os.environ, PYTHONPATH=root), timeout=120, cwd=root)
+        out = proc.stdout.decode() + proc.stderr.decode()
+        self.assertNotIn("imported after the rehearsal", out)
+        self.assertNotIn("FAILED", out)
+        self.assertIn("DONE", out)
+
+
 # -- through the real master ----------------------------------------------
 
 

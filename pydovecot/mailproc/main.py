@@ -49,6 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import pydovecot.storage.maildir  # noqa: F401  (open_storage imports it lazily)
+import pydovecot.storage.mbox  # noqa: F401  (likewise)
 from pydovecot import privileges
 from pydovecot.admin.protocol import AdminRequest
 from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel, stop_process

@@ -69,11 +69,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.python import failure
 from zope.interface import implementer
 
+from pydovecot.config.settings import parse_time
 from pydovecot.log import sanitize
 from pydovecot.storage import attributes as A
 from pydovecot.storage import names as N
@@ -1197,8 +1198,6 @@ class MboxStorage:
         self.utf8 = utf8
         self.locks = LockSettings()
         self.warned_dotlock = False
-        from twisted.internet import reactor
-
         self.clock = reactor  # retries of held locks (tests may give a Clock)
         self.cache_limits = CacheLimits()
         self.attributes = A.AttributeDict(
@@ -1224,8 +1223,6 @@ class MboxStorage:
     @answers
     def configure(self, settings: dict) -> None:
         """``mail_cache_*`` limits, attribute bounds and the ``mbox_*`` locks."""
-        from pydovecot.config.settings import parse_time
-
         limits = CacheLimits.from_settings(settings)
         self.cache_limits.max_size = limits.max_size
         self.cache_limits.max_headers = limits.max_headers
