@@ -215,6 +215,27 @@ class FormatTests(unittest.TestCase):
         R(self.s.delete("Other"))
         self.failureResultOf(self.s.create(".imap"))
 
+    def test_index_and_control_options(self) -> None:
+        s = open_storage("alice", f"mbox:~/mail:INBOX=~/in:INDEX={self.d}/idx:CONTROL=~/ctl",
+                         self.d)
+        R(s.append("INBOX", io.BytesIO(M2)))
+        R(s.create("A/B"))
+        R(s.subscribe("A/B"))
+        R(s.status("A/B"))
+        self.assertTrue(os.path.exists(os.path.join(self.d, "idx", "INBOX", "dovecot.index.pydovecot-mbox")))
+        self.assertTrue(os.path.exists(os.path.join(self.d, "idx", "A", "B", "dovecot.index.pydovecot-mbox")))
+        self.assertTrue(os.path.exists(os.path.join(self.d, "ctl", ".subscriptions")))
+        self.assertFalse(os.path.exists(os.path.join(self.d, "mail", ".imap")))
+
+    def test_settings_classified(self) -> None:
+        from pydovecot.config.settings import classify
+        for name in ("mbox_lock_timeout", "mbox_dotlock_change_timeout", "mbox_read_locks",
+                     "mbox_write_locks"):
+            self.assertEqual(classify(name), "implemented", name)
+        for name in ("mbox_dirty_syncs", "mbox_lazy_writes", "mbox_min_index_size",
+                     "mbox_very_dirty_syncs", "mbox_md5"):
+            self.assertEqual(classify(name), "warned", name)
+
     def test_location(self) -> None:
         s = open_storage("alice", "mbox:~/mail:INBOX=~/spool/alice:LAYOUT=fs", self.d)
         self.assertIsInstance(s, MboxStorage)
@@ -521,6 +542,28 @@ namespace inbox {{
         out = self.dovecot([b"SELECT INBOX", b"FETCH 1:* (UID FLAGS)"])
         self.assertIn(b"* 1 FETCH (UID 2 FLAGS (\\Flagged \\Seen $Foo))", out)
         self.assertIn(b"* 2 FETCH (UID 4 FLAGS (\\Recent))", out)
+
+    def test_dovecots_changes_reach_our_open_view(self) -> None:
+        s = self.ours()
+        for m in (M1, M2, M2):
+            R(s.append("INBOX", io.BytesIO(m)))
+        box = R(s.open("INBOX"))
+        self.addCleanup(box.close)
+        lit = b"{%d+}\r\n" % len(M1) + M1
+        # two sessions: Dovecot 2.3.19's own mbox skips an EXPUNGE pipelined
+        # after a STORE that adds a new keyword (seen on a file it wrote too)
+        self.dovecot([b"SELECT INBOX", b"STORE 1 +FLAGS (\\Answered $Dv)"])
+        out = self.dovecot([b"SELECT INBOX", b"STORE 2 +FLAGS (\\Deleted)", b"EXPUNGE",
+                            b"APPEND INBOX " + lit])
+        self.assertIn(b"* 2 EXPUNGE", out)
+        self.assertIn(b"T3 OK [APPENDUID %d 4]" % box.uidvalidity, out)
+        result = R(box.sync())
+        self.assertEqual((result.expunged, result.flags_changed, result.added), ([2], [1], [4]))
+        self.assertEqual([(m.uid, m.flags) for m in box.messages],
+                         [(1, {"\\Answered", "$Dv"}), (3, set()), (4, set())])
+        self.assertIn("$Dv", box.keywords)
+        self.assertGreater(box.highestmodseq, 1)
+        self.assertEqual(R(box.message_file(4)).read().replace(b"\n", b"\r\n"), M1)
 
     def test_our_dotlock_makes_dovecot_wait(self) -> None:
         s = self.ours()

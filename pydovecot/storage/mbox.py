@@ -1216,6 +1216,8 @@ class MboxStorage:
             except OSError as e:  # /var/mail not writable: the MDA creates it
                 log.warn("{path}: INBOX not created: {err}", path=self.inbox_path, err=e.strerror)
         self._subs = Subscriptions(self.root, utf8)
+        if control:
+            os.makedirs(control, 0o700, exist_ok=True)
         self._subs.path = os.path.join(os.path.abspath(control) if control else self.root,
                                        SUBSCRIPTIONS)
         self._host = socket.gethostname().split(".")[0]
@@ -1296,7 +1298,8 @@ class MboxStorage:
         return box
 
     def next_uidvalidity(self) -> int:
-        path = os.path.join(self.root, INDEX_DIR, "dovecot-uidvalidity.pydovecot")
+        path = os.path.join(self.index_root or os.path.join(self.root, INDEX_DIR),
+                            "dovecot-uidvalidity.pydovecot")
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
         with Dotlock(path):
             try:
