@@ -213,7 +213,11 @@ class FormatTests(unittest.TestCase):
         self.assertEqual(R(self.s.status("Other")).uidvalidity, uidv)
         self.failureResultOf(self.s.create("Other/Child"))
         R(self.s.delete("Other"))
-        self.failureResultOf(self.s.create(".imap"))
+        for bad in (".imap", "a/.imap", "..", "a/../b", "x.lock", "../x", "a/b/"):
+            self.failureResultOf(self.s.create(bad))
+        R(self.s.create("v1.2/r.c"))  # dots are fine in mbox names, as in Dovecot
+        self.assertTrue(os.path.isfile(os.path.join(self.d, "mail", "v1.2", "r.c")))
+        self.assertIn("v1.2/r.c", [m.name for m in R(self.s.list_mailboxes())])
 
     def test_index_and_control_options(self) -> None:
         s = open_storage("alice", f"mbox:~/mail:INBOX=~/in:INDEX={self.d}/idx:CONTROL=~/ctl",

@@ -116,6 +116,25 @@ _FROM_DATE = re.compile(
     rb"(?: +([A-Z]{3,5}|[+-]\d{4}))? +(\d{4})(?: +[+-]\d{4})?\s*$")
 
 
+_DOT = "\ue000"  # stands for "." while names.normalize (Maildir++'s rules) checks
+
+
+def _normalize(name: str, for_create: bool = False) -> str:
+    """names.normalize, but with ``.`` allowed inside a component (mbox
+    names are paths, as in Dovecot: ``v1.2``); a component that begins
+    with ``.`` or ends with ``.lock`` is refused (index dirs, dotlocks)."""
+    if not isinstance(name, str):
+        raise MailboxNameError("Mailbox name must be text")
+    if _DOT in name:
+        raise MailboxNameError("Mailbox name contains invalid characters")
+    name = N.normalize(name.replace(".", _DOT), for_create).replace(_DOT, ".")
+    for part in name.split(N.SEP):
+        if part.startswith(".") or part.lower().endswith(".lock"):
+            raise MailboxNameError(f"Mailbox name component must not begin with '.' "
+                                   f"or end with '.lock': {name}")
+    return name
+
+
 def canon_flag(flag: str) -> str:
     return _CANON.get(flag.lower(), flag)
 
@@ -1281,7 +1300,7 @@ class MboxStorage:
         return os.path.join(self.root, *parts[:-1], INDEX_DIR, parts[-1])
 
     def _box(self, name: str) -> _Box:
-        name = N.normalize(name)
+        name = _normalize(name)
         box = self._boxes.get(name)
         path = self._path(name)
         if not os.path.isfile(path):
@@ -1339,7 +1358,7 @@ class MboxStorage:
                     continue
                 try:
                     part = n if self.utf8 else N.mutf7_decode(n)
-                    name = N.normalize(N.SEP.join([*prefix, part]))
+                    name = _normalize(N.SEP.join([*prefix, part]))
                 except (ValueError, MailboxNameError):
                     continue
                 if e.is_dir(follow_symlinks=False):
@@ -1368,7 +1387,7 @@ class MboxStorage:
 
     @answers
     def create(self, name: str) -> None:
-        name = N.normalize(name, for_create=True)
+        name = _normalize(name, for_create=True)
         path = self._path(name)
         if name == "INBOX" or os.path.exists(path):
             raise MailboxExists(f"Mailbox already exists: {name}")
@@ -1388,7 +1407,7 @@ class MboxStorage:
 
     @answers
     def delete(self, name: str) -> None:
-        name = N.normalize(name)
+        name = _normalize(name)
         if name == "INBOX":
             raise StorageError("INBOX can't be deleted.")
         path = self._path(name)
@@ -1416,7 +1435,7 @@ class MboxStorage:
 
     @retrying
     def rename(self, old: str, new: str) -> None:
-        old, new = N.normalize(old), N.normalize(new, for_create=True)
+        old, new = _normalize(old), _normalize(new, for_create=True)
         dst = self._path(new)
         if new == "INBOX" or os.path.exists(dst):
             raise MailboxExists(f"Mailbox already exists: {new}")
@@ -1473,12 +1492,12 @@ class MboxStorage:
 
     @answers
     def subscribe(self, name: str) -> None:
-        self._subs.change(N.normalize(name), True)
+        self._subs.change(_normalize(name), True)
         self._tree_changed("subscribe", name)
 
     @answers
     def unsubscribe(self, name: str) -> None:
-        self._subs.change(N.normalize(name), False)
+        self._subs.change(_normalize(name), False)
         self._tree_changed("unsubscribe", name)
 
     # -- messages ------------------------------------------------------
@@ -1615,10 +1634,10 @@ class MboxStorage:
     # -- listeners -----------------------------------------------------
 
     def add_listener(self, name: str, callback: Callable[[], None]) -> None:
-        self._listeners.setdefault(N.normalize(name), []).append(callback)
+        self._listeners.setdefault(_normalize(name), []).append(callback)
 
     def remove_listener(self, name: str, callback: Callable[[], None]) -> None:
-        cbs = self._listeners.get(N.normalize(name), [])
+        cbs = self._listeners.get(_normalize(name), [])
         if callback in cbs:
             cbs.remove(callback)
 
