@@ -126,6 +126,37 @@ class FormatTests(unittest.TestCase):
         self.assertIn(b"X-UID: 2\n", data)
         self.assertIn(b"Content-Length: 7\n", data)
 
+    def test_index_is_rebuilt(self) -> None:
+        R(self.s.append("INBOX", io.BytesIO(M1), ["\\Seen", "$A"]))
+        R(self.s.append("INBOX", io.BytesIO(M2)))
+        box = R(self.s.open("INBOX"))
+        self.addCleanup(box.close)
+        R(box.store([2], ["\\Flagged"], "+"))
+        shutil.rmtree(os.path.join(self.d, "mail", ".imap"))
+        again = R(storage(self.d).open("INBOX"))
+        self.addCleanup(again.close)
+        self.assertEqual((again.uidvalidity, again.uidnext), (box.uidvalidity, box.uidnext))
+        self.assertEqual([(m.uid, m.flags, m.size) for m in again.messages],
+                         [(m.uid, m.flags, m.size) for m in box.messages])
+
+    def test_failed_append_is_truncated_away(self) -> None:
+        R(self.s.append("INBOX", io.BytesIO(M1)))
+        before = self.read()
+        real = os.fsync
+
+        def full(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        os.fsync = full
+        try:
+            err = self.failureResultOf(self.s.append("INBOX", io.BytesIO(M2)), StorageError)
+        finally:
+            os.fsync = real
+        self.assertEqual(err.value.code, "OVERQUOTA")
+        self.assertEqual(self.read(), before)
+        self.assertEqual(R(self.s.append("INBOX", io.BytesIO(M2)))[1], 2)
+        self.assertEqual(R(self.s.status("INBOX")).messages, 2)
+
     def test_uw_imap_pseudo_message_is_hidden(self) -> None:
         with open(os.path.join(self.d, "inbox"), "wb") as f:
             f.write(b"From MAILER-DAEMON Mon Dec  7 10:00:00 2026\n"
@@ -782,7 +813,6 @@ class MasterDeliveryTests(unittest.TestCase):
         if os.geteuid() != 0 and harness.IN_CI:
             self.fail("needs root")
         kwargs = harness.privileged()
-        spool = "/tmp/pydovecot-mbox-spool-placeholder"
         master = harness.Master(extra_config="", **kwargs)
         self.addCleanup(master.cleanup)
         spool = os.path.join(master.dir, "spool")

@@ -26,8 +26,16 @@ as they are (Dovecot does not unescape either).
 Locking as Dovecot's defaults: reads take an fcntl read lock
 (``mbox_read_locks = fcntl``), writes ``<mbox>.lock`` (dotlock, stale
 after ``mbox_dotlock_change_timeout`` or when its owner on this host is
-gone) then an fcntl write lock (``mbox_write_locks = dotlock fcntl``),
-each waited for at most ``mbox_lock_timeout`` (blocking polls).
+gone) then an fcntl write lock (``mbox_write_locks = dotlock fcntl``;
+``dotlock_try``, ``lockf`` and ``flock`` are honoured too).  The fcntl
+locks are Linux's open-file-description locks, which conflict with
+Dovecot's classic ones but survive this process closing another
+descriptor of the file.  A held lock is never waited for on the reactor
+(one mail process may serve many users): the answer is retried on the
+reactor every 50 ms until ``mbox_lock_timeout``, then fails (``INUSE``).
+Where the spool directory is not writable (``/var/mail`` without
+Dovecot's ``mail_privileged_group``) the dotlock is skipped with one
+warning.
 
 Crash safety: APPEND/COPY add at the end of the file in place (under the
 write locks, fsync; on an error the file is truncated back), so earlier
@@ -39,7 +47,11 @@ file, so a crash never loses an acknowledged message (Dovecot's in-place
 rewrite needs a careful ordering to get there; the rename costs a full
 copy and needs write access to the directory, which the dotlock needs
 anyway).  After taking the locks the inode is checked against the path,
-so a writer that waited on the old inode retries on the new one.
+so a writer that waited on the old inode retries on the new one.  Offsets
+into a file are trusted only while it is unchanged (or renamed away).
+Appending parses nothing when the file is as this process last read it;
+a rewrite parses the file twice and copies it once (O(size) per STORE or
+EXPUNGE, where Dovecot rewrites headers in place into padding).
 
 Trusts its caller (the mail process, already the user's uid); validates
 every mailbox name and keeps every path inside the root; trusts the file
