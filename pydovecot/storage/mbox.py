@@ -41,8 +41,9 @@ Crash safety: APPEND/COPY add at the end of the file in place (under the
 write locks, fsync; on an error the file is truncated back), so earlier
 messages are never touched.  STORE writes the new ``Status``/``X-Status``/
 ``X-Keywords`` block over the old one when it fits its padding (as
-Dovecot's in-place sync: same length, no byte of any other line moves, so
-a torn write can garble flags but never a message).  EXPUNGE, a STORE
+Dovecot's in-place sync: one small pwrite of the same length, no byte
+outside the block moves, so even a torn write can garble only that
+message's state headers, never lose a message).  EXPUNGE, a STORE
 that does not fit, and assigning UIDs to messages another MDA delivered
 rewrite the whole file: a temp file next to it, fsync, ``rename()`` over
 it, fsync of the directory, all under the locks.  At every instant the
