@@ -788,7 +788,8 @@ WARNED: dict[str, str] = {
     "auth_stats": "not supported",
     "auth_cache_verify_password_with_worker": "tuning only",
     "auth_worker_max_count": "tuning only",
-    "mail_privileged_group": "used only for mbox dotlocks, which pydovecot doesn't write",
+    "mail_privileged_group": ("pydovecot doesn't take it for mbox dotlocks: where the spool "
+                              "directory isn't writable it locks with fcntl only"),
     "default_internal_group": "processes run with default_internal_user's primary group",
     "default_idle_kill": "idle processes are not killed",
     "postmaster_address": "pydovecot sends no bounces",
