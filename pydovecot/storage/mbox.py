@@ -291,7 +291,8 @@ def parse_mbox(data: bytes, base: int = 0) -> tuple[list[dict], bool]:
             offs.append(off)
             off += len(raw)
         out.append({"from": fline, "fields": fields, "offs": offs, "body_off": base + bstart,
-                    "body_len": max(0, end - bstart), "body": data[bstart:end]})
+                    "body_len": max(0, end - bstart),
+                    "body_size": _crlf_size(data[bstart:end])})  # no copy kept
         pos = nxt
     return out, True
 
@@ -341,9 +342,8 @@ def build(raws: list[dict], known: dict | None) -> _Parsed:
         parsed = parse_from_line(r["from"])
         sender, when = parsed if parsed else (b"MAILER-DAEMON", 0.0)
         headers = b"".join(visible)
-        body = r["body"]
         m = _Msg(uid, flags, when, sender, headers, r["body_off"], r["body_len"],
-                 _crlf_size(headers) + 2 + _crlf_size(body), old)
+                 _crlf_size(headers) + 2 + r["body_size"], old)
         names = [name for name, _raw in r["fields"]]
         for j in range(len(names) - 2):
             if names[j:j + 3] == [b"status", b"x-status", b"x-keywords"]:
