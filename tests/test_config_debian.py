@@ -3,10 +3,13 @@
 A process-level test: the installed tree (with its conf.d/ and the
 protocols.d of the installed packages) is copied, and only what a test must
 change goes into its ``local.conf`` (which the stock dovecot.conf includes
-with ``!include_try``): addresses and ports, paths, the certificate, and
-mail_location (Debian's default is mbox, which pydovecot refuses until mbox
-storage lands).  Its PAM passdb and passwd userdb are used as they are,
-with a real system user.  With CI=true a missing Dovecot or non-root run
+with ``!include_try``): addresses and ports, paths, the certificate.
+Debian's ``mail_location = mbox:~/mail:INBOX=/var/mail/%u`` is used as it
+is: the test creates the user's spool file as an MTA would (pydovecot does
+not take ``mail_privileged_group`` to create it in /var/mail), LMTP
+appends to it and IMAP's \\Seen rewrites it in place (the spool directory
+is not writable by the user).  Its PAM passdb and passwd userdb are used as
+they are, with a real system user.  With CI=true a missing Dovecot or non-root run
 fails instead of skipping.
 """
 
@@ -16,6 +19,7 @@ import imaplib
 import os
 import poplib
 import secrets
+import shutil
 import socket
 import subprocess
 import time
@@ -46,8 +50,6 @@ state_dir = {self.dir}/state
 log_path = {self.log_path}
 ssl_cert = <{self.cert_path}
 ssl_key = <{self.key_path}
-# Debian's mbox:~/mail:INBOX=/var/mail/%u needs mbox storage (not yet).
-mail_location = maildir:~/Maildir
 service imap-login {{
   inet_listener imap {{
     port = {self.ports['imap']}
@@ -112,6 +114,12 @@ class DebianStockTreeTests(unittest.TestCase):
         self.addCleanup(subprocess.run, ["userdel", "-r", self.user], capture_output=True)
         subprocess.run(["chpasswd"], input=f"{self.user}:{self.password}\n", text=True,
                        check=True, capture_output=True)
+        # the spool file an MTA would have created (root:mail 2775 /var/mail)
+        self.spool = os.path.join("/var/mail", self.user)
+        fd = os.open(self.spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+        os.close(fd)
+        self.addCleanup(lambda: os.path.exists(self.spool) and os.unlink(self.spool))
+        shutil.chown(self.spool, self.user, "mail")
         self.master = DebianTreeMaster(users=[], ssl=True)
         self.addCleanup(self.master.cleanup)
         self.master.start(timeout=90)
@@ -145,6 +153,13 @@ class DebianStockTreeTests(unittest.TestCase):
         typ, data = imap.fetch("1", "(BODY[TEXT])")
         self.assertIn(b"hello from lmtp", data[0][1])
         imap.logout()
+        # the mail is in Debian's mbox INBOX, with Dovecot's headers
+        with open(self.spool, "rb") as f:
+            spool = f.read()
+        self.assertTrue(spool.startswith(b"From bob@example.org  "), spool[:100])
+        self.assertIn(b"\nX-UID: 1\nStatus: R", spool)
+        self.assertIn(b"hello from lmtp", spool)
+        self.assertTrue(os.path.isdir(os.path.join("/home", self.user, "mail", ".imap", "INBOX")))
         # pop3s with the test's certificate
         import ssl
 

@@ -156,7 +156,7 @@ class MailProcessTests(unittest.SynchronousTestCase):
                          "INBOX")
         self.assertEqual(os.stat(home).st_mode & 0o777, 0o700)
         with self.assertRaises(DeliveryFailed) as e:
-            deliver("carol", {"home": home + "2", "mail": "mbox:~/mbox"})
+            deliver("carol", {"home": home + "2", "mail": "mdbox:~/mdbox"})
         self.assertTrue(e.exception.reply.startswith("451 4.3.0"))
         # An undeclared error is contained: logged, answered as a declared one.
         self.patch(process, "deliver", lambda **kw: 1 / 0)

@@ -44,7 +44,7 @@ class StorageTests(unittest.TestCase):
 
     def test_location(self) -> None:
         self.assertEqual(parse_location("maildir:~/Maildir:UTF-8", "/h"), ("/h/Maildir", {"UTF-8": ""}))
-        for bad in ("mbox:~/mail", "maildir:rel", "maildir:~/M:LAYOUT=fs", "maildir:~/M:FOO=1",
+        for bad in ("mdbox:~/mdbox", "maildir:rel", "maildir:~/M:LAYOUT=fs", "maildir:~/M:FOO=1",
                     "maildir:~/M:INBOX=/var/mail/u"):
             self.assertRaises(StorageError, open_storage, "u", bad, self.home)
         self.assertTrue(verifyObject(IMailStorage, self.st))

@@ -30,6 +30,7 @@ from zope.interface.verify import verifyObject
 import pydovecot
 from pydovecot.storage.interfaces import IMailbox, IMailStorage, MailboxNotFound, StorageError
 from pydovecot.storage.maildir import MaildirStorage
+from pydovecot.storage.mbox import MboxStorage
 from tests.imap_fakes import FakeStorage
 from tests.remote_storage import SYNCHRONOUS, RemoteMailbox, RemoteStorage
 from tests.storage_now import result_now
@@ -110,6 +111,16 @@ class VerifyObjectTests(unittest.TestCase):
         self.addCleanup(ro.close)
         verify(self, IMailbox, ro)
 
+    def test_mbox(self) -> None:
+        d = self.mktemp()
+        storage = MboxStorage("alice", os.path.join(d, "mail"), home=d)
+        result_now(storage.append("INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n")))
+        verify(self, IMailStorage, storage)
+        for readonly in (False, True):
+            box = result_now(storage.open("INBOX", readonly=readonly))
+            self.addCleanup(box.close)
+            verify(self, IMailbox, box)
+
     def test_fakes(self) -> None:
         for cls in (FakeStorage, ModseqStorage):
             storage = cls()
@@ -158,6 +169,7 @@ class VerifyObjectTests(unittest.TestCase):
         raise)."""
         d = self.mktemp()
         for storage in (MaildirStorage("alice", os.path.join(d, "Maildir"), home=d),
+                        MboxStorage("alice", os.path.join(d, "mail"), home=d),
                         FakeStorage(), ModseqStorage()):
             name = type(storage).__name__
             self.assertIsInstance(storage.status("INBOX"), defer.Deferred, name)

@@ -111,6 +111,11 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     # quota (pydovecot/storage/quota.py; RCPT check: pydovecot/lmtp)
     "quota_full_tempfail": (BOOL, "no"),
     "mail_cache_max_size": (SIZE, "1G"),
+    # mbox storage (pydovecot/storage/mbox.py)
+    "mbox_lock_timeout": (TIME, "5 mins"),
+    "mbox_dotlock_change_timeout": (TIME, "2 mins"),
+    "mbox_read_locks": (LIST, "fcntl"),
+    "mbox_write_locks": (LIST, "fcntl dotlock"),
     "mail_cache_max_headers_count": (UINT, "32"),
     "mail_cache_max_header_name_length": (UINT, "100"),
     "imap_urlauth_host": (STR, ""),
@@ -813,7 +818,8 @@ WARNED: dict[str, str] = {
     "auth_stats": "not supported",
     "auth_cache_verify_password_with_worker": "tuning only",
     "auth_worker_max_count": "tuning only",
-    "mail_privileged_group": "used only for mbox dotlocks, which pydovecot doesn't write",
+    "mail_privileged_group": ("pydovecot doesn't take it for mbox dotlocks: where the spool "
+                              "directory isn't writable it locks with fcntl only"),
     "default_internal_group": "processes run with default_internal_user's primary group",
     "default_idle_kill": "idle processes are not killed",
     "rejection_reason": "pydovecot sends no rejections",
@@ -886,7 +892,7 @@ _GROUPS: tuple[tuple[str, bool, str], ...] = (
     ("submission_", False, _NOT_SERVED + " (submission)"),
     ("imapc_", False, "imapc storage is refused through mail_location"),
     ("pop3c_", False, "pop3c storage is refused through mail_location"),
-    ("mbox_", False, "mbox storage is refused through mail_location"),
+    ("mbox_", False, "mbox tuning: pydovecot always re-reads a changed mbox and writes at once"),
     ("mdbox_", False, "mdbox storage is refused through mail_location"),
     ("ssl_client_", False, "pydovecot makes no outgoing TLS connections"),
     ("login_proxy_", False, "login proxying is not supported"),
@@ -1117,8 +1123,11 @@ def plugin_key_owner(key: str) -> str | None:
 
 #: mail_location formats and options pydovecot honours (storage/__init__.py
 #: enforces the same rules for userdb ``mail`` overrides).
-LOCATION_FORMATS = frozenset({"maildir"})
+LOCATION_FORMATS = frozenset({"maildir", "mbox"})
 LOCATION_OPTIONS = {"UTF-8": None, "LAYOUT": frozenset({"maildir++"})}
+#: mbox (pydovecot/storage/mbox.py): INBOX= file, INDEX=/CONTROL= dirs, LAYOUT=fs
+MBOX_LOCATION_OPTIONS = {"UTF-8": None, "LAYOUT": frozenset({"fs"}), "INBOX": None,
+                         "INDEX": None, "CONTROL": None}
 
 
 #: The attribute dicts pydovecot keeps (pydovecot/storage/attributes.py):
@@ -1143,13 +1152,14 @@ def check_location(value: str) -> str | None:
     if not sep:
         return f"mail_location needs a format prefix: {value!r}"
     if fmt not in LOCATION_FORMATS:
-        return f"mail storage format {fmt!r} is not supported (only maildir)"
+        return f"mail storage format {fmt!r} is not supported (only maildir and mbox)"
+    options = MBOX_LOCATION_OPTIONS if fmt == "mbox" else LOCATION_OPTIONS
     for opt in rest.split(":")[1:]:
         key, _, arg = opt.partition("=")
         key = key.upper()
-        if key not in LOCATION_OPTIONS:
-            return f"mail_location option {key} is not supported"
-        allowed = LOCATION_OPTIONS[key]
+        if key not in options:
+            return f"mail_location option {key} is not supported for {fmt}"
+        allowed = options[key]
         if allowed is not None and arg.lower() not in allowed:
             return f"mail_location {key}={arg} is not supported"
     return None

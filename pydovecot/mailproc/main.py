@@ -49,6 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import pydovecot.storage.maildir  # noqa: F401  (open_storage imports it lazily)
+import pydovecot.storage.mbox  # noqa: F401  (likewise)
 from pydovecot import privileges
 from pydovecot.admin.protocol import AdminRequest
 from pydovecot.channel import MASTER_FD, ChannelAMP, ChannelLocator, adopt_channel, stop_process
@@ -366,7 +367,8 @@ def quota_settings(config, fields: dict) -> dict[str, str]:
 
 
 CACHE_SETTINGS = ("mail_cache_max_size", "mail_cache_max_headers_count",
-                  "mail_cache_max_header_name_length")
+                  "mail_cache_max_header_name_length", "mbox_lock_timeout",
+                  "mbox_dotlock_change_timeout", "mbox_read_locks", "mbox_write_locks")
 SESSION_SETTINGS = (
     "imap_max_line_length", "imap_idle_notify_interval", "imap_capability", "imap_literal_minus",
     "imap_metadata", "mail_plugins",

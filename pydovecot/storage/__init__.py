@@ -22,8 +22,9 @@ def parse_location(location: str, home: str) -> tuple[str, dict[str, str]]:
     fmt, sep, rest = location.partition(":")
     if not sep:
         raise UnsupportedLocation(f"mail_location needs a format prefix: {location!r}")
-    if fmt != "maildir":
-        raise UnsupportedLocation(f"mail storage format {fmt!r} is not supported (only maildir)")
+    if fmt not in ("maildir", "mbox"):
+        raise UnsupportedLocation(
+            f"mail storage format {fmt!r} is not supported (only maildir and mbox)")
     path, *opts = rest.split(":")
     if path == "~" or path.startswith("~/"):
         if not home:
@@ -38,11 +39,45 @@ def parse_location(location: str, home: str) -> tuple[str, dict[str, str]]:
     return os.path.normpath(path), options
 
 
+def _expand_home(path: str, home: str) -> str:
+    if path == "~" or path.startswith("~/"):
+        if not home:
+            raise UnsupportedLocation("mail_location uses ~ but the user has no home")
+        path = os.path.join(home, path[2:]) if path != "~" else home
+    if not path or not os.path.isabs(path):
+        raise UnsupportedLocation(f"mail_location path must be absolute: {path!r}")
+    return os.path.normpath(path)
+
+
+def _open_mbox(user: str, root: str, options: dict[str, str], home: str) -> IMailStorage:
+    """``mbox:~/mail:INBOX=/var/mail/%u[:INDEX=…][:CONTROL=…][:LAYOUT=fs][:UTF-8]``."""
+    from pydovecot.storage.mbox import MboxStorage
+
+    inbox = index = control = None
+    utf8 = False
+    for key, value in options.items():
+        if key == "UTF-8":
+            utf8 = True
+        elif key == "LAYOUT" and value.lower() != "fs":
+            raise UnsupportedLocation(f"mail_location LAYOUT={value} is not supported for mbox (only fs)")
+        elif key == "INBOX":
+            inbox = _expand_home(value, home)
+        elif key == "INDEX":
+            index = None if value.upper() == "MEMORY" else _expand_home(value, home)
+        elif key == "CONTROL":
+            control = _expand_home(value, home)
+        elif key != "LAYOUT":
+            raise UnsupportedLocation(f"mail_location option {key}= is not supported for mbox")
+    return MboxStorage(user, root, inbox=inbox, index=index, control=control, utf8=utf8, home=home or None)
+
+
 def open_storage(user: str, location: str, home: str) -> IMailStorage:
-    """Open (creating if needed) the user's Maildir++ storage."""
+    """Open (creating if needed) the user's Maildir++ or mbox storage."""
     from pydovecot.storage.maildir import MaildirStorage
 
     root, options = parse_location(location, home)
+    if location.partition(":")[0] == "mbox":
+        return _open_mbox(user, root, options, home)
     utf8 = False
     for key, value in options.items():
         if key == "UTF-8":
