@@ -854,3 +854,31 @@ class MasterDeliveryTests(unittest.TestCase):
         self.assertNotIn(b"Subject: first", data)
         self.assertIn(b"X-UID: 2\n", data)
         self.assertIn(b"X-IMAPbase: ", data)
+
+
+class QuotaOnMboxTests(unittest.TestCase):
+    """Quota is counted on Maildir only: the quota plugin with an mbox
+    mail_location is refused at start (usage would not be enforced), and
+    the mbox storage answers as a storage without quota."""
+
+    def test_config_refuses_quota_with_mbox(self):
+        from pydovecot.config import ConfigError, load_config
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("mail_location = mbox:~/mail:INBOX=/var/mail/%u\n"
+                    "mail_plugins = $mail_plugins quota\n"
+                    "plugin {\n  quota = count:User quota\n  quota_vsizes = yes\n"
+                    "  quota_rule = *:storage=1G\n}\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path)
+        self.assertIn("mbox", str(caught.exception))
+
+    def test_no_quota_roots(self):
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        storage = open_storage("alice", f"mbox:{d}/mail:INBOX={d}/inbox", d)
+        self.assertEqual(self.successResultOf(storage.quota_roots("INBOX")), [])
+        self.assertEqual(self.successResultOf(storage.recalc_quota()), [])
+        self.successResultOf(storage.check_quota("INBOX", 10**9))
+        self.failureResultOf(storage.get_quota("User quota"), StorageError)

@@ -919,6 +919,12 @@ class _Parser:
             why = S.check_quota_plugin(cfg.plugin)
             if why:
                 self.refuse(cfg.path, f"plugin {{ }}: {why}")
+            location = cfg.settings.get("mail_location", "")
+            if location.startswith("mbox:") and "quota" in S.split_list(
+                    cfg.settings.get("mail_plugins", "")):
+                self.refuse(cfg.origins.get("mail_location", cfg.path),
+                            "mail_location = mbox: with the quota plugin: pydovecot counts "
+                            "quota on Maildir only yet (usage would not be enforced)")
         for name in S.IMPLEMENTED_SERVICES:
             cfg.services[name] = self.build_service(name)
         self.check_metrics()

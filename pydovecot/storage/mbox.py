@@ -1644,6 +1644,33 @@ class MboxStorage:
         self._notify(box.name)
         return box.uidvalidity, uid
 
+    @answers
+    def move(self, source: IMailbox, uids: Sequence[int],
+             dest: str) -> tuple[int, list[tuple[int, int]]]:
+        """MOVE's copy half: a copy (no quota on mbox; see quota_roots)."""
+        return MboxStorage.copy.now(self, source, uids, dest)
+
+    # -- quota: none on mbox (the config refuses the quota plugin with an
+    # mbox mail_location), answered as Dovecot answers without quota --------
+
+    @answers
+    def quota_roots(self, mailbox: str) -> list[str]:
+        return []
+
+    @answers
+    def get_quota(self, root: str, mailbox: str = "") -> list:
+        err = StorageError("Quota root does not exist")
+        err.code = "NONEXISTENT"
+        raise err
+
+    @answers
+    def check_quota(self, mailbox: str, size: int, count: int = 1) -> None:
+        return None
+
+    @answers
+    def recalc_quota(self) -> list:
+        return []
+
     @retrying
     def copy(self, source: IMailbox, uids: Sequence[int],
              dest: str) -> tuple[int, list[tuple[int, int]]]:
