@@ -125,7 +125,7 @@ class DeliverTestCase(SynchronousTestCase):
 
 class ErrorIsolationTests(DeliverTestCase):
     users = [User("alice", "secret"), User("bob", "hunter2"),
-             User("carol", "pw", extra="userdb_mail=mbox:~/mail"), User("dave", "pw")]
+             User("carol", "pw", extra="userdb_mail=mdbox:~/mail"), User("dave", "pw")]
 
     def test_failed_deliveries_are_their_recipients_alone(self) -> None:
         rcpt, data = lmtp_session(self.master, [b"alice@example.org"], "first")
@@ -164,7 +164,7 @@ class ErrorIsolationTests(DeliverTestCase):
         self.assertIn("msgid=<mixed@example.org>", alice[0])
         carol = [ln for ln in log.splitlines() if "lmtp(carol)" in ln and "Error" in ln]
         self.assertEqual(len(carol), 1, carol)
-        self.assertIn("mbox", carol[0])
+        self.assertIn("mdbox", carol[0])
         self.assertNotIn("Traceback", log)
         self.assertNotIn("master went away", log)
         bob.close()

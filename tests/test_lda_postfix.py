@@ -121,7 +121,11 @@ mailbox_command = {wrapper} -c {conf} -f "$SENDER" -a "$RECIPIENT"
         self.assertIn(b"Subject: via postfix", data)
         self.assertIn(f"Delivered-To: {LOCAL_USER}@lda.test".encode(), data)  # Postfix's own
         self.assertTrue(data.rstrip().endswith(b"hello"))
-        self.assertIn("status=sent (delivered to command:", postfix.log())
+        # the file is there before the LDA exits and local(8) logs the status
+        while "status=sent (delivered to command:" not in postfix.log():
+            if time.monotonic() > deadline:
+                self.fail(f"no status=sent:\n{postfix.log()}")
+            time.sleep(0.2)
 
 
 class FetchmailMdaTests(unittest.TestCase):

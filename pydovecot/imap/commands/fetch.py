@@ -110,12 +110,15 @@ async def _prepare(client: Client, info: MessageInfo, items: list[fetch.FetchIte
     (``fetch_data``), and the parsed message only for the items that need
     its text (header only where that is enough; None if none does)."""
     rest = [i for i in items if not fetch.streamable(i)] if stream else items
-    wanted = sorted({DATA_ITEMS[i.name] for i in rest if i.name in DATA_ITEMS})
-    others = [i for i in rest if i.needs_message() and i.name not in DATA_ITEMS]
+    msg = loaded if loaded is not None else client.cached_message(info)
+    # A message the session has parsed already (a big one FETCH parsed in
+    # slices and pinned) renders from that; the others ask the index.
+    wanted = [] if msg is not None else sorted(
+        {DATA_ITEMS[i.name] for i in rest if i.name in DATA_ITEMS})
+    others = [i for i in rest if i.needs_message() and (i.name not in DATA_ITEMS or not wanted)]
     data: dict[str, Any] = {}
     if wanted:
         data = await client.selected().fetch_data(info.uid, wanted)
-    msg = loaded
     if msg is None and others:
         msg = await (client.load_header(info) if fetch.header_only(others) else client.load(info))
     return msg, data
