@@ -747,8 +747,8 @@ class GrammarTests(_Files):
                       self.error("mail_location = mdbox:~/mdbox\n"))
         self.assertIn("mail_location option INDEX is not supported",
                       self.error("mail_location = maildir:~/Maildir:INDEX=/var/idx\n"))
-        self.assertIn("refused: the HAProxy PROXY protocol",
-                      self.error("service imap-login {\n  inet_listener imap {\n"
+        self.assertIn("refused: only login services read the PROXY protocol",
+                      self.error("service lmtp {\n  inet_listener lmtp {\n"
                                  "    haproxy = yes\n  }\n}\n"))
         self.assertIn("dovecot.conf:2: service_count = 1 inside service { }: refused",
                       self.error("service imap-login {\n  service_count = 1\n}\n"))

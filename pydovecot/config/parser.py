@@ -742,6 +742,11 @@ class _Parser:
                 return
             tables = (S.LISTENER_REFUSED, S.LISTENER_WARNED, {})
             defaults = {"haproxy": "no", "reuse_port": "no"}
+            if (key == "haproxy" and parent.arg not in S.HAPROXY_SERVICES
+                    and value != "no"):
+                self.refuse_value(where, key, f"haproxy = {value} inside service {parent.arg}: "
+                                  "refused: only login services read the PROXY protocol")
+                return
         elif kind == "namespace":
             tables = (S.NAMESPACE_REFUSED, S.NAMESPACE_WARNED, {})
             if key == "type" and value != "private":

@@ -77,6 +77,9 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "ssl_require_crl": (BOOL, "yes"),
     "ssl_cert_username_field": (STR, "commonName"),
     "login_trusted_networks": (LIST, ""),
+    # The PROXY protocol on ``inet_listener { haproxy = yes }`` (login.haproxy).
+    "haproxy_trusted_networks": (LIST, ""),
+    "haproxy_timeout": (TIME, "3 secs"),
     # pydovecot-only: Dovecot's login processes have these built in
     # (LOGIN_MAX_INBUF_SIZE, CLIENT_LOGIN_TIMEOUT_MSECS); the last two are new.
     "login_max_inbuf_size": (SIZE, "1k"),
@@ -754,8 +757,6 @@ REFUSED: dict[str, str] = {
     "auth_krb5_keytab": "GSSAPI is not supported",
     "login_access_sockets": "login access checks (tcpwrap) are not supported",
     "login_plugins": "login plugins are not supported",
-    "haproxy_trusted_networks": "the HAProxy PROXY protocol is not supported yet",
-    "haproxy_timeout": "the HAProxy PROXY protocol is not supported yet",
     "pop3_delete_type": "POP3 DELE always expunges",
     "pop3_deleted_flag": "POP3 DELE always expunges",
     "pop3_lock_session": "POP3 sessions are not locked",
@@ -951,7 +952,9 @@ SERVICE_WARNED: dict[str, str] = {
     "type": "service types are fixed",
 }
 #: Listener settings refused / warned (others are honoured).
-LISTENER_REFUSED: dict[str, str] = {"haproxy": "the HAProxy PROXY protocol is not supported yet"}
+LISTENER_REFUSED: dict[str, str] = {}
+#: Services whose listeners may say ``haproxy = yes`` (pydovecot.login.haproxy).
+HAPROXY_SERVICES = frozenset({"imap-login", "pop3-login", "managesieve-login"})
 LISTENER_WARNED: dict[str, str] = {"reuse_port": "SO_REUSEPORT is not used"}
 #: Namespace keys: honoured only for the one private inbox namespace.
 NAMESPACE_IMPLEMENTED = frozenset({"name", "inbox", "type", "prefix", "location", "separator"})

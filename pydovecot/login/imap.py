@@ -268,8 +268,21 @@ class IMAPLoginProtocol(LoginProtocol):
             }
             log.debug("imap-login: client ID: {id}", id=sanitize(
                 ", ".join(f"{k}={v}" for k, v in self.client_id.items()), 1024))
+            if self.forward_trusted:
+                self.forward_id(self.client_id)
         self.write(b'* ID ("name" "pydovecot")\r\n')
         self.tagged(tag, "OK ID completed.")
+
+    def forward_id(self, fields: dict[str, str | None]) -> None:
+        """A trusted proxy's ID fields (Dovecot's client_update_info):
+        x-originating-ip/-port, x-connected-ip/-port and x-session-id (or
+        x-session-ext-id) describe the real client; invalid ones are ignored."""
+        def get(key: str) -> str | None:
+            return fields.get(key)
+
+        self.forward(remote_ip=get("x-originating-ip"), remote_port=get("x-originating-port"),
+                     local_ip=get("x-connected-ip"), local_port=get("x-connected-port"),
+                     session=get("x-session-id") or get("x-session-ext-id"))
 
     def cmd_STARTTLS(self, tag: bytes, args: list) -> None:
         if args:

@@ -50,6 +50,7 @@ from pydovecot.channel import (
 from pydovecot.config import load_config
 from pydovecot.log import sanitize
 from pydovecot.login.common import ClientRegistry
+from pydovecot.login.haproxy import HAProxyFactory, unwrap_transport
 from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.login.managesieve import ManageSieveLoginFactory
@@ -360,6 +361,7 @@ class LoginBackend:
             fd = mail_end.fileno()
         else:
             mail_end = None
+            transport = unwrap_transport(transport)  # under a PROXY wrapper
             fd = transport.getHandle().fileno()
         kwargs = dict(
             fd=fd, cookie=reply.cookie, service=service, pending=pending, mechanism=mechanism,
@@ -455,6 +457,11 @@ def start(args) -> defer.Deferred:
                 os.close(fd)
                 continue
             factory = TLSMemoryBIOFactory(tls_context, False, factory)
+        listener = service.inet_listeners.get(name) if service is not None else None
+        if listener is not None and listener.haproxy:
+            # The PROXY header comes before anything else, TLS included.
+            factory = HAProxyFactory(factory, config.get_list("haproxy_trusted_networks"),
+                                     timeout=config.get_time("haproxy_timeout"))
         adopt_listener(fd, factory)
 
     if privileges.is_root():
