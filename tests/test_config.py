@@ -750,8 +750,8 @@ class GrammarTests(_Files):
         self.assertIn("refused: only login services read the PROXY protocol",
                       self.error("service lmtp {\n  inet_listener lmtp {\n"
                                  "    haproxy = yes\n  }\n}\n"))
-        self.assertIn("dovecot.conf:2: service_count = 1 inside service { }: refused",
-                      self.error("service imap-login {\n  service_count = 1\n}\n"))
+        self.assertIn("dovecot.conf:2: service_count = 1 inside service lmtp { }: refused",
+                      self.error("service lmtp {\n  service_count = 1\n}\n"))
         self.assertIn("autoexpunge = 30d inside mailbox { }: refused",
                       self.error("namespace inbox {\n  mailbox Trash {\n"
                                  "    autoexpunge = 30d\n  }\n}\n"))

@@ -734,6 +734,16 @@ class _Parser:
                 return
             builtin = S.SERVICE_DEFAULTS.get(section.arg, {}).get("settings", {})
             defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
+            if key == "service_count" and value != defaults.get(key, "0"):
+                if section.arg in S.SERVICE_COUNT_WARNED:
+                    self.warn(where, f"service_count inside service {section.arg} {{ }} is not "
+                                     "supported by pydovecot; ignored (one mail process serves "
+                                     "many sessions of its uid)", once=f"service_count {section.arg}")
+                elif section.arg not in S.SERVICE_COUNT_SERVICES:
+                    self.refuse_value(where, key, f"service_count = {value} inside service "
+                                      f"{section.arg} {{ }}: refused: only login services "
+                                      "honour it")
+                return
         elif kind.endswith("_listener"):
             parent = self.stack[-2]
             if parent.arg not in S.IMPLEMENTED_SERVICES:

@@ -943,14 +943,16 @@ SERVICE_REFUSED: dict[str, str] = {
     "extra_groups": "extra groups for a service are not supported",
     "privileged_group": "privileged groups for a service are not supported",
     "executable": "pydovecot runs its own programs",
-    "service_count": "a login or mail process always serves many clients",
 }
 SERVICE_WARNED: dict[str, str] = {
     "drop_priv_before_exec": "pydovecot drops privileges itself",
-    "vsz_limit": "address-space limits are not applied yet",
-    "idle_kill": "idle processes are not killed",
     "type": "service types are fixed",
 }
+#: ``service_count`` is honoured by the login services (pydovecot.login.process
+#: ServiceCount); a mail process serves many sessions of its uid (warned);
+#: anywhere else it is refused.
+SERVICE_COUNT_SERVICES = frozenset({"imap-login", "pop3-login", "managesieve-login"})
+SERVICE_COUNT_WARNED = frozenset({"imap", "pop3"})
 #: Listener settings refused / warned (others are honoured).
 LISTENER_REFUSED: dict[str, str] = {}
 #: Services whose listeners may say ``haproxy = yes`` (pydovecot.login.haproxy).

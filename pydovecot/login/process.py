@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from authd.protocol import AuthCancel, AuthContinue, AuthStart, MechList
-from pydovecot import privileges
+from pydovecot import channel, privileges
 from pydovecot.channel import (
     MASTER_FD,
     ChannelAMP,
@@ -55,6 +55,7 @@ from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.login.managesieve import ManageSieveLoginFactory
 from pydovecot.login.pop3 import POP3LoginFactory
+from pydovecot.master.children import ServiceRetire
 from pydovecot.master.protocol import HandOff
 from pydovecot.tls import channel_binding, client_cert_user, server_context_factory, tls_connection
 
@@ -405,6 +406,63 @@ class LoginBackend:
             session=conn.session_id)
 
 
+class ServiceCount:
+    """``service_count``: after that many connections this process stops
+    accepting, asks the master for its successor (ServiceRetire) and exits
+    once its last connection (a TLS relay included) is gone.  With 1 each
+    client gets a login process of its own (Dovecot's high-security mode)."""
+
+    def __init__(self, limit: int, master: amp.AMP):
+        self.limit = limit
+        self.master = master
+        self.ports: list = []
+        self.served = 0
+        self.active = 0
+        self.retired = False
+
+    def count(self, factory) -> None:
+        """Count the connections ``factory`` (a listener's outermost) builds."""
+        build = factory.buildProtocol
+
+        def buildProtocol(addr):
+            if self.retired:
+                return None
+            proto = build(addr)
+            if proto is None:
+                return None
+            self.active += 1
+            self.served += 1
+            lost = proto.connectionLost
+
+            def connectionLost(reason=None):
+                try:
+                    lost(reason)
+                finally:
+                    self.active -= 1
+                    self._check()
+
+            proto.connectionLost = connectionLost
+            if self.served >= self.limit:
+                self._retire()
+            return proto
+
+        factory.buildProtocol = buildProtocol
+
+    def _retire(self) -> None:
+        self.retired = True
+        for port in self.ports:
+            port.stopListening()
+        self.master.callRemote(ServiceRetire).addErrback(
+            lambda f: log.warn("service_count: the master did not answer: {e}",
+                               e=f.getErrorMessage()))
+
+    def _check(self) -> None:
+        if self.retired and self.active <= 0 and reactor.running:
+            log.debug("service_count={n} reached and served; exiting", n=self.limit)
+            channel._stopping = True  # an expected end: no "master went away"
+            reactor.callLater(0, reactor.stop)
+
+
 def _keep_transport(factory) -> None:
     """Let each ConnectionInfo keep its transport (for the TLS session)."""
     build = factory.connection_info
@@ -444,6 +502,8 @@ def start(args) -> defer.Deferred:
         client_limit=service.client_limit if service is not None else 0,
         max_ip_connections=config.get_int("login_max_ip_connections"),
         exempt_networks=trusted)
+    counter = ServiceCount(service.service_count, master) if (
+        service is not None and service.service_count) else None
     limits = dict(login_timeout=config.get_time("login_timeout"),
                   max_inbuf=config.get_size("login_max_inbuf_size"), registry=registry)
     for spec in args.listener:
@@ -462,7 +522,11 @@ def start(args) -> defer.Deferred:
             # The PROXY header comes before anything else, TLS included.
             factory = HAProxyFactory(factory, config.get_list("haproxy_trusted_networks"),
                                      timeout=config.get_time("haproxy_timeout"))
-        adopt_listener(fd, factory)
+        if counter is not None:
+            counter.count(factory)
+        port = adopt_listener(fd, factory)
+        if counter is not None:
+            counter.ports.append(port)
 
     if privileges.is_root():
         uid, gid = privileges.lookup_user(config.get("default_login_user"))

@@ -36,7 +36,13 @@ from pydovecot.config.variables import expand_path, fixed_prefix
 from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
 from pydovecot.master import sdnotify
 from pydovecot.master.admin import AdminServer
-from pydovecot.master.children import Child, SupervisedChild, python_module_argv
+from pydovecot.master.children import (
+    Child,
+    ProcessLimit,
+    SupervisedChild,
+    mail_vsz_limit,
+    python_module_argv,
+)
 from pydovecot.master.mailpool import MailProcessPool
 from pydovecot.master.protocol import (
     Deliver,
@@ -409,6 +415,7 @@ class MasterService(Service):
             client_limit=imap.client_limit,
             process_limit=imap.process_limit,
         )
+        self.pool.idle_kill = imap.idle_kill
         self.pool.start()
         self.stats.start()
 
@@ -422,15 +429,16 @@ class MasterService(Service):
                 # Dovecot's high-performance mode): process_min_avail of
                 # them, never more than process_limit.
                 count = min(max(1, service.process_min_avail), service.process_limit)
+                limit = ProcessLimit(service.process_limit)  # service_count successors
                 for _ in range(count):
-                    self._supervise(name, lambda n=name: self._make_login(n))
+                    self._supervise(name, lambda n=name: self._make_login(n), limit)
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
             elif name == "stats" or name == "health-check" and not self._has_port("stats"):
                 self._supervise("stats", self._make_stats)  # serves both
 
-    def _supervise(self, role: str, make) -> None:
-        supervised = SupervisedChild(role, make)
+    def _supervise(self, role: str, make, limit: ProcessLimit | None = None) -> None:
+        supervised = SupervisedChild(role, make, limit)
         self.supervised.setdefault(role, []).append(supervised)
         supervised.start()
 
@@ -458,6 +466,7 @@ class MasterService(Service):
             "--protocol", LOGIN_SERVICES[name], "--chroot", self.chroot_dir, *args)
         locator = LoginLocator(self)
         child = Child(name, argv, locator=locator, extra_fds=fds)
+        child.vsz_limit = self.config.services[name].vsz_limit  # RLIMIT_AS
         locator.child = child
         return child
 
@@ -480,6 +489,8 @@ class MasterService(Service):
         locator = MailLocator(self)
         child = Child("mail", python_module_argv("pydovecot.mailproc.main",
                                                  *self._config_args()), locator=locator)
+        # One mail process serves many sessions: only an explicit limit.
+        child.vsz_limit = mail_vsz_limit(self.config)
         locator.child = child
         child.exited.addCallback(lambda _: self.anvil_process_gone(child.pid))
         return child
