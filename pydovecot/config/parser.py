@@ -682,6 +682,8 @@ class _Parser:
                 why = check(value)
                 if why:
                     self.refuse_value(where, key, why)
+            elif key == "syslog_facility" and value not in S.SYSLOG_FACILITIES:
+                self.refuse_value(where, key, f"syslog_facility = {value}: unknown facility")
             return
         if value.strip() == S.default_of(key).strip():
             return

@@ -41,6 +41,11 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "base_dir": (STR, "/run/pydovecot"),
     "state_dir": (STR, "/var/lib/pydovecot"),
     "log_path": (STR, ""),
+    # pydovecot.log.MasterLog, as Dovecot routes them.
+    "info_log_path": (STR, ""),
+    "debug_log_path": (STR, ""),
+    "syslog_facility": (STR, "mail"),
+    "log_timestamp": (STR, "%b %d %H:%M:%S "),
     "login_greeting": (STR, "pydovecot ready."),
     "mail_location": (STR, ""),
     "imap_metadata": (BOOL, "no"),
@@ -50,6 +55,8 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "mail_gid": (STR, ""),
     "first_valid_uid": (UINT, "500"),
     "last_valid_uid": (UINT, "0"),
+    "first_valid_gid": (UINT, "1"),
+    "last_valid_gid": (UINT, "0"),
     "disable_plaintext_auth": (BOOL, "yes"),
     "ssl": ("enum", "yes"),
     "ssl_cert": (STR, ""),
@@ -77,6 +84,10 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "ssl_require_crl": (BOOL, "yes"),
     "ssl_cert_username_field": (STR, "commonName"),
     "login_trusted_networks": (LIST, ""),
+    # The login processes' Info lines (pydovecot.login.process), as Dovecot's.
+    "login_log_format_elements": (
+        STR, "user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{session}>"),
+    "login_log_format": (STR, "%$: %s"),
     # The PROXY protocol on ``inet_listener { haproxy = yes }`` (login.haproxy).
     "haproxy_trusted_networks": (LIST, ""),
     "haproxy_timeout": (TIME, "3 secs"),
@@ -126,6 +137,11 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "managesieve_notify_capability": (STR, ""),
     "managesieve_sieve_capability": (STR, ""),
 }
+
+#: syslog_facility values (Dovecot's; pydovecot.log opens syslog with them).
+SYSLOG_FACILITIES = frozenset({"auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr",
+                               "mail", "news", "syslog", "user", "uucp",
+                               *(f"local{i}" for i in range(8))})
 
 #: Settings valid inside ``service NAME { }``, with their types.
 SERVICE_SETTINGS: dict[str, str] = {
@@ -717,8 +733,6 @@ _NOT_SERVED = "a service pydovecot does not run"
 
 #: name -> why pydovecot refuses a non-default value.
 REFUSED: dict[str, str] = {
-    "first_valid_gid": "mail process gid limits are not enforced by pydovecot yet",
-    "last_valid_gid": "mail process gid limits are not enforced by pydovecot yet",
     "ssl_cipher_list": "pydovecot can't apply a cipher list yet (TLS uses Twisted's defaults)",
     "ssl_cipher_suites": "pydovecot can't apply TLSv1.3 cipher suites yet",
     "ssl_curve_list": "pydovecot can't apply a curve list yet",
@@ -766,14 +780,8 @@ REFUSED: dict[str, str] = {
 }
 #: name -> why pydovecot only warns about a non-default value.
 WARNED: dict[str, str] = {
-    "info_log_path": "info lines go to log_path",
-    "debug_log_path": "debug lines go to log_path",
-    "syslog_facility": "pydovecot logs to syslog's mail facility",
-    "log_timestamp": "pydovecot's log timestamp format is fixed",
     "log_core_filter": "not supported",
     "log_debug": "not supported",
-    "login_log_format_elements": "login lines use pydovecot's own format",
-    "login_log_format": "login lines use pydovecot's own format",
     "mail_log_prefix": "mail lines use pydovecot's own prefix",
     "deliver_log_format": "delivery lines use pydovecot's own format",
     "verbose_proctitle": "process titles are always short",

@@ -48,6 +48,7 @@ from pydovecot.channel import (
     stop_process,
 )
 from pydovecot.config import load_config
+from pydovecot.config.variables import expand
 from pydovecot.log import sanitize
 from pydovecot.login.common import ClientRegistry
 from pydovecot.login.haproxy import HAProxyFactory, unwrap_transport
@@ -389,21 +390,49 @@ class LoginBackend:
         return None
 
     def log_login(self, conn, service, user, mechanism, mpid) -> None:
-        extra = ", TLS" if conn.tls else ""
-        extra += ", secured" if conn.trusted and not conn.tls else ""
-        log.info(
-            "Login: user=<{user}>, method={method}, rip={rip}, lip={lip}, mpid={mpid}"
-            "{extra}, session=<{session}>",
-            user=sanitize(user), method=sanitize(mechanism, 32), rip=conn.remote_ip,
-            lip=conn.local_ip, mpid=mpid, extra=extra, session=conn.session_id)
+        log.info("{line}", line=self.login_log_line("Login", conn, service, user, mechanism,
+                                                    mpid))
 
     def log_disconnect(self, conn, service, reason, user, auth_attempts) -> None:
-        who = f"user=<{sanitize(user)}>, " if user else ""
-        extra = ", TLS" if conn.tls else ""
-        log.info(
-            "Disconnected ({reason}): {who}rip={rip}, lip={lip}{extra}, session=<{session}>",
-            reason=sanitize(reason), who=who, rip=conn.remote_ip, lip=conn.local_ip, extra=extra,
-            session=conn.session_id)
+        log.info("{line}", line=self.login_log_line(f"Disconnected ({sanitize(reason)})", conn,
+                                                    service, user))
+
+    def login_log_line(self, message: str, conn, service: str, user, mechanism: str = "",
+                       mpid=None) -> str:
+        """``login_log_format`` (``%$: %s``) over ``login_log_format_elements``
+        as Dovecot's login processes build it: the elements expanded and
+        joined by ", ", an element whose variables are all empty left out
+        unless it names the user (``user=<>`` stays)."""
+        values = {
+            "user": sanitize(user) if user else "", "mech": sanitize(mechanism or "", 32),
+            "rip": conn.remote_ip, "lip": conn.local_ip, "rport": str(conn.remote_port or ""),
+            "lport": str(conn.local_port or ""), "mail_pid": str(mpid or ""),
+            "secured": "TLS" if conn.tls else ("secured" if conn.secured else ""),
+            "ssl_security": "", "session": conn.session_id, "service": service,
+            "real_rip": conn.remote_ip, "real_lip": conn.local_ip, "orig_user": "",
+            "original_user": sanitize(user) if user else "", "auth_user": "", "login_user": "",
+        }
+        empty = dict.fromkeys(values, "")
+        parts = []
+        for element in self.config.get("login_log_format_elements").split():
+            try:
+                text = expand(element, values)
+                blank = expand(element, empty)
+            except ValueError:
+                text = blank = element
+            if text == blank and "%" in element and not _names_user(element):
+                continue
+            parts.append(text)
+        try:
+            return expand(self.config.get("login_log_format"),
+                          {"$": message, "s": ", ".join(parts)})
+        except ValueError:
+            return f"{message}: {', '.join(parts)}"
+
+
+def _names_user(element: str) -> bool:
+    """Dovecot's have_username_key: %u, %n, %{user}, %{username}."""
+    return any(key in element for key in ("%u", "%n", "%{user}", "%{username}", "%Lu", "%Ln"))
 
 
 class ServiceCount:

@@ -33,7 +33,7 @@ from pydovecot import privileges
 from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand_path, fixed_prefix
-from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
+from pydovecot.log import DovecotLineObserver, MasterLog, QuietTwisted, sanitize
 from pydovecot.master import sdnotify
 from pydovecot.master.admin import AdminServer
 from pydovecot.master.children import (
@@ -249,30 +249,22 @@ class MasterService(Service):
     def _start_logging(self) -> None:
         from twisted.logger import globalLogPublisher
 
-        path = self.config.path_setting("log_path")
-        if path and path not in ("syslog", "/dev/stderr"):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-            self._log_line_observer = DovecotLineObserver(self._log_file, "master", timestamps=True)
+        # log_path / info_log_path / debug_log_path / syslog (pydovecot.log)
+        master_log = MasterLog(self.config)
+        if master_log.active:
+            self._log_file = self._log_line_observer = master_log
             self._log_observer = FilteringLogObserver(
-                self._log_line_observer, [TwistedChatter(), QuietTwisted()])
+                master_log, [TwistedChatter(), QuietTwisted()])
             globalLogPublisher.addObserver(self._log_observer)
 
     def reopen_log(self) -> None:
         """SIGUSR1 (Dovecot's ``doveadm log reopen``; logrotate's
-        postrotate): reopen ``log_path``.  Children log through the master,
-        so its file is the only one."""
+        postrotate): reopen the log files.  Children log through the master,
+        so its files are the only ones."""
         if self._log_file is None:
             return
-        path = self._log_file.name
-        try:
-            new = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        except OSError as e:
-            log.error("SIGUSR1: can't reopen {path}: {e}", path=path, e=e, log_prefix="master")
-            return
-        old, self._log_file = self._log_file, new
-        self._log_line_observer.stream = new
-        old.close()
+        for path in self._log_file.reopen():
+            log.error("SIGUSR1: can't reopen {path}", path=path, log_prefix="master")
         log.info("log file reopened", log_prefix="master")
 
     def _prepare_dirs(self) -> None:
@@ -567,6 +559,11 @@ class MasterService(Service):
         if uid < first or (last and uid > last) or uid == 0:
             raise RuntimeError(f"user {user}: mail access for uid {uid} is not permitted "
                                f"(first_valid_uid={first})")
+        first_gid = self.config.get_int("first_valid_gid")
+        last_gid = self.config.get_int("last_valid_gid")
+        if gid < first_gid or (last_gid and gid > last_gid):
+            raise RuntimeError(f"user {user}: Mail access for users with GID {gid} not permitted "
+                               f"(see first_valid_gid in config file, gid from userdb lookup)")
         return uid, gid
 
     def prepare_home(self, user: str, fields: dict, uid: int, gid: int) -> str:
