@@ -668,6 +668,9 @@ class _Parser:
     def classify_global(self, where: str, key: str, value: str, section: _Section | None) -> None:
         """Refuse or warn for a setting pydovecot doesn't honour."""
         outer = [s for s in self.stack if s.kind in ("local", "remote", "local_name")]
+        if (len(outer) == 1 and outer[0].kind == "local_name" and self.stack[-1] is outer[0]
+                and key in S.LOCAL_NAME_SETTINGS):
+            return  # kept in cfg.filters: pydovecot.tls serves it by SNI
         if outer and key not in S.WARNED:
             s = outer[-1]
             self.refuse(where, f"{key} inside {s.kind} {s.arg} {{ }}: pydovecot does not apply "

@@ -63,6 +63,14 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "ssl_key": (STR, ""),
     "ssl_key_password": (STR, ""),
     "ssl_min_protocol": ("enum", "TLSv1.2"),
+    # pydovecot.tls applies these to every server context (Fatal if it can't).
+    "ssl_cipher_list": (STR, "ALL:!kRSA:!SRP:!kDHd:!DSS:!aNULL:!eNULL:!EXPORT:!DES:!3DES:!MD5:"
+                             "!PSK:!RC4:!ADH:!LOW@STRENGTH"),
+    "ssl_cipher_suites": (STR, ""),
+    "ssl_curve_list": (STR, ""),
+    "ssl_prefer_server_ciphers": (BOOL, "no"),
+    "ssl_alt_cert": (STR, ""),
+    "ssl_alt_key": (STR, ""),
     "auth_mechanisms": (LIST, "plain"),
     "auth_username_format": (STR, "%Lu"),
     "auth_failure_delay": (TIME, "2 secs"),
@@ -137,6 +145,10 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "managesieve_notify_capability": (STR, ""),
     "managesieve_sieve_capability": (STR, ""),
 }
+
+#: Settings honoured inside ``local_name NAME { }`` (SNI, pydovecot.tls).
+LOCAL_NAME_SETTINGS = frozenset({"ssl_cert", "ssl_key", "ssl_key_password", "ssl_alt_cert",
+                                 "ssl_alt_key"})
 
 #: syslog_facility values (Dovecot's; pydovecot.log opens syslog with them).
 SYSLOG_FACILITIES = frozenset({"auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr",
@@ -733,13 +745,7 @@ _NOT_SERVED = "a service pydovecot does not run"
 
 #: name -> why pydovecot refuses a non-default value.
 REFUSED: dict[str, str] = {
-    "ssl_cipher_list": "pydovecot can't apply a cipher list yet (TLS uses Twisted's defaults)",
-    "ssl_cipher_suites": "pydovecot can't apply TLSv1.3 cipher suites yet",
-    "ssl_curve_list": "pydovecot can't apply a curve list yet",
-    "ssl_prefer_server_ciphers": "pydovecot can't apply server cipher preference yet",
     "ssl_options": "pydovecot can't apply ssl_options yet",
-    "ssl_alt_cert": "a second (alternative) certificate is not supported yet",
-    "ssl_alt_key": "a second (alternative) certificate is not supported yet",
     "lmtp_save_to_detail_mailbox": "lmtp does not deliver to the +detail mailbox yet",
     "lda_mailbox_autocreate": "delivery does not create mailboxes yet",
     "lda_original_recipient_header": "delivery ignores original-recipient headers",

@@ -54,6 +54,7 @@ from pydovecot.master.protocol import (
     SessionEnded,
 )
 from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
+from pydovecot.tls import check_server_tls
 
 log = Logger(namespace="master")
 
@@ -206,6 +207,7 @@ class MasterService(Service):
             log.warn("{warning}", warning=warning, log_prefix="config")
         try:
             self._prepare_dirs()
+            check_server_tls(self.config)  # Fatal FILE:LINE for unusable TLS settings
             self._write_snapshot(self.config)
             self._check_users()
             self.bound = self._open_listeners()
