@@ -96,6 +96,8 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "login_log_format_elements": (
         STR, "user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{session}>"),
     "login_log_format": (STR, "%$: %s"),
+    # A mail-process session's log prefix (pydovecot.session.SessionContext).
+    "mail_log_prefix": (STR, "%s(%u)<%{pid}><%{session}>: "),
     # The PROXY protocol on ``inet_listener { haproxy = yes }`` (login.haproxy).
     "haproxy_trusted_networks": (LIST, ""),
     "haproxy_timeout": (TIME, "3 secs"),
@@ -788,7 +790,6 @@ REFUSED: dict[str, str] = {
 WARNED: dict[str, str] = {
     "log_core_filter": "not supported",
     "log_debug": "not supported",
-    "mail_log_prefix": "mail lines use pydovecot's own prefix",
     "deliver_log_format": "delivery lines use pydovecot's own format",
     "verbose_proctitle": "process titles are always short",
     "verbose_ssl": "not supported",
@@ -982,12 +983,10 @@ NAMESPACE_WARNED: dict[str, str] = {
     "order": "cosmetic for the only namespace",
 }
 NAMESPACE_REFUSED: dict[str, str] = {"alias_for": "namespace aliases are not supported"}
-MAILBOX_IMPLEMENTED = frozenset({"name", "auto", "special_use"})
+MAILBOX_IMPLEMENTED = frozenset({"name", "auto", "special_use", "autoexpunge",
+                                 "autoexpunge_max_mails"})  # mailproc.autoexpunge
 MAILBOX_WARNED: dict[str, str] = {"comment": "cosmetic", "driver": "cosmetic"}
-MAILBOX_REFUSED: dict[str, str] = {
-    "autoexpunge": "autoexpunge is not supported yet",
-    "autoexpunge_max_mails": "autoexpunge is not supported yet",
-}
+MAILBOX_REFUSED: dict[str, str] = {}
 #: passdb/userdb keys pydovecot refuses (authd honours the rest).
 DB_REFUSED: dict[str, str] = {"username_filter": "passdb/userdb username_filter is not supported"}
 

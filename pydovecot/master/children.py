@@ -235,10 +235,19 @@ def _describe_exit(reason) -> str:
 def _prefix_allowed(role: str, prefix: str) -> bool:
     if prefix == role:
         return True
-    # Mail and lmtp processes log per session: imap(alice)<…>, pop3(…), lmtp(…).
-    if role in ("mail", "lmtp"):
+    # Mail and lmtp processes log per session: imap(alice)<…>, pop3(…), lmtp(…);
+    # a mail process's mail_log_prefix may say anything but another role.
+    if role == "lmtp":
         return prefix.split("(", 1)[0] in ("imap", "pop3", "lmtp", "mail")
+    if role == "mail":
+        head = prefix.split("(", 1)[0].split("<", 1)[0].split("[", 1)[0].strip()
+        return head not in OTHER_ROLES and not head.startswith("service")
     return False
+
+
+#: Prefixes a mail process may not log under.
+OTHER_ROLES = frozenset({"master", "auth", "imap-login", "pop3-login", "managesieve-login",
+                         "stats", "config", "health-check", "anvil", "log"})
 
 
 def _single(protocol):
