@@ -135,3 +135,22 @@ def _title(pid: int) -> str:
     from tests.harness import title
 
     return title(pid)
+
+
+class VerboseProctitleTests(MasterCase):
+    extra = "verbose_proctitle = yes\n"
+
+    def test_login_title_counts_clients(self) -> None:
+        from tests.harness import title
+
+        (pid,) = self.logins()
+        self.master.wait_for(lambda: title(pid) == "pydovecot/imap-login [0 pre-login]", 20,
+                             "the idle title")
+        clients = [self.client() for _ in range(2)]
+        for c in clients:
+            c.line()
+        self.master.wait_for(lambda: title(pid) == "pydovecot/imap-login [2 pre-login]", 20,
+                             "the title with two clients")
+        clients[0].close()
+        self.master.wait_for(lambda: title(pid) == "pydovecot/imap-login [1 pre-login]", 20,
+                             "the title with one client")

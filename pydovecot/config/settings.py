@@ -98,6 +98,8 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "login_log_format": (STR, "%$: %s"),
     # A mail-process session's log prefix (pydovecot.session.SessionContext).
     "mail_log_prefix": (STR, "%s(%u)<%{pid}><%{session}>: "),
+    # Login process titles with their client counts (pydovecot.login.process).
+    "verbose_proctitle": (BOOL, "no"),
     # The PROXY protocol on ``inet_listener { haproxy = yes }`` (login.haproxy).
     "haproxy_trusted_networks": (LIST, ""),
     "haproxy_timeout": (TIME, "3 secs"),
@@ -791,7 +793,6 @@ WARNED: dict[str, str] = {
     "log_core_filter": "not supported",
     "log_debug": "not supported",
     "deliver_log_format": "delivery lines use pydovecot's own format",
-    "verbose_proctitle": "process titles are always short",
     "verbose_ssl": "not supported",
     "mail_debug": "not supported",
     "auth_debug_passwords": "pydovecot never logs passwords",
@@ -799,7 +800,8 @@ WARNED: dict[str, str] = {
     "auth_stats": "not supported",
     "auth_cache_verify_password_with_worker": "tuning only",
     "auth_worker_max_count": "tuning only",
-    "mail_privileged_group": "used only for mbox dotlocks, which pydovecot doesn't write",
+    "mail_privileged_group": ("not applied: Dovecot enables it only while dotlocking "
+                              "/var/mail; a permanent group would open every spool to every user"),
     "default_internal_group": "processes run with default_internal_user's primary group",
     "default_idle_kill": "idle processes are not killed",
     "postmaster_address": "pydovecot sends no bounces",

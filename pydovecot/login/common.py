@@ -153,6 +153,17 @@ class ClientRegistry:
         #: Pre-login clients and the IP they were counted under (a trusted
         #: proxy's ID/XCLIENT may change ``conn.remote_ip`` later).
         self._preauth: dict[LoginProtocol, str] = {}
+        #: Called after every change (verbose_proctitle's counts).
+        self.on_change = None
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(pre-login clients, relayed TLS sessions)."""
+        return len(self._preauth), len(self.clients) - len(self._preauth)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     def admit(self, protocol: LoginProtocol) -> str | None:
         """Register a new client; the reason it is refused, or None."""
@@ -171,6 +182,7 @@ class ClientRegistry:
         self._preauth[protocol] = ip
         if ip:
             self.preauth_by_ip[ip] = self.preauth_by_ip.get(ip, 0) + 1
+        self._changed()
         return None
 
     def logged_in(self, protocol: LoginProtocol) -> None:
@@ -182,11 +194,13 @@ class ClientRegistry:
                 self.preauth_by_ip[ip] = left
             else:
                 self.preauth_by_ip.pop(ip, None)
+            self._changed()
 
     def remove(self, protocol: LoginProtocol) -> None:
         """The client is gone from this process."""
         self.logged_in(protocol)
-        self.clients.pop(protocol, None)
+        if self.clients.pop(protocol, 0) is None:
+            self._changed()
 
 
 def _in_network(ip: str, net) -> bool:

@@ -28,6 +28,7 @@ import itertools
 import os
 import socket
 
+import setproctitle
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -435,6 +436,13 @@ def _names_user(element: str) -> bool:
     return any(key in element for key in ("%u", "%n", "%{user}", "%{username}", "%Lu", "%Ln"))
 
 
+def verbose_title(service: str, prelogin: int, tls_proxies: int) -> str:
+    """The process title under ``verbose_proctitle``, as Dovecot's login
+    processes show it: ``[2 pre-login + 1 TLS proxies]``."""
+    extra = f" + {tls_proxies} TLS proxies" if tls_proxies else ""
+    return f"pydovecot/{service} [{prelogin} pre-login{extra}]"
+
+
 class ServiceCount:
     """``service_count``: after that many connections this process stops
     accepting, asks the master for its successor (ServiceRetire) and exits
@@ -533,6 +541,10 @@ def start(args) -> defer.Deferred:
         exempt_networks=trusted)
     counter = ServiceCount(service.service_count, master) if (
         service is not None and service.service_count) else None
+    if config.get_bool("verbose_proctitle"):
+        registry.on_change = lambda reg: setproctitle.setproctitle(
+            verbose_title(args.service, *reg.counts))
+        registry.on_change(registry)
     limits = dict(login_timeout=config.get_time("login_timeout"),
                   max_inbuf=config.get_size("login_max_inbuf_size"), registry=registry)
     for spec in args.listener:
