@@ -40,8 +40,10 @@ def tlv(kind: int, value: bytes) -> bytes:
 
 
 #: PP2_TYPE_ALPN "imap" and PP2_TYPE_SSL (client used TLS, verified, with
-#: a PP2_SUBTYPE_SSL_VERSION sub-TLV): ignored, safely.
+#: a PP2_SUBTYPE_SSL_VERSION sub-TLV): as in Dovecot 2.3.19 the client then
+#: counts as secured; PLAIN_SSL has the client bit clear.
 TLVS = tlv(0x01, b"imap") + tlv(0x20, b"\x01" + struct.pack("!I", 0) + tlv(0x21, b"TLSv1.3"))
+PLAIN_SSL = tlv(0x01, b"imap") + tlv(0x20, b"\x00" + struct.pack("!I", 0))
 
 
 class ParserTests(SynchronousTestCase):
@@ -61,7 +63,7 @@ class ParserTests(SynchronousTestCase):
             (b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n", "Unknown proxied protocol"),
             (b"PROXY TCP4 1.2.3.4\r\n", "local address is missing"),
             (b"PROXY " + b"A" * 200, "Too long header"),
-            (b"GET / HTTP/1.0\r\n", "No valid proxy header found"),
+            (b"GET / HTTP/1.0\r\n", "Failed to read valid HAproxy data"),
         ]:
             with self.assertRaises(ProxyHeaderError) as cm:
                 parse_header(header)
@@ -167,17 +169,26 @@ class ProxyTests(ProxyMasterCase):
         client.tagged(b"LOGOUT")
 
     def test_imap_v2_with_tlvs_untrusted_client_gets_no_plaintext(self) -> None:
-        client = self.proxied("imap_proxy", v2("198.51.100.7", "127.0.0.1", 50008, 993, TLVS))
+        client = self.proxied("imap_proxy", v2("198.51.100.7", "127.0.0.1", 50008, 993,
+                                               PLAIN_SSL))
         greeting = client.line()
         self.assertIn(b"LOGINDISABLED", greeting)
         reply = client.tagged(b"LOGIN alice secret")
         self.assertNotIn(b"OK", reply[-1])
-        # (The SSL TLV does not make the connection count as TLS.)
+        # (An SSL TLV without the client bit does not make it secured.)
         # ID forwarding is ignored from an untrusted client.
         client.tagged(b'ID ("x-originating-ip" "203.0.113.1")')
         client.tagged(b"LOGOUT")
         self.wait_log("rip=198.51.100.7")
         self.assertNotIn("203.0.113.1", self.master.log())
+
+    def test_imap_v2_ssl_tlv_counts_as_secured(self) -> None:
+        client = self.proxied("imap_proxy", v2("198.51.100.17", "127.0.0.1", 50018, 993, TLVS))
+        self.assertNotIn(b"LOGINDISABLED", client.line())
+        self.assertTrue(client.tagged(b"LOGIN alice secret")[-1].startswith(b"t1 OK"))
+        self.wait_log("rip=198.51.100.17")
+        line = next(x for x in self.master.log().splitlines() if "rip=198.51.100.17" in x)
+        self.assertIn(", secured, session=", line)  # secured, not TLS (as Dovecot 2.3.19)
 
     def test_imap_id_forwarding_from_a_trusted_proxy(self) -> None:
         client = self.proxied("imap_proxy", v1("192.0.2.8", "127.0.0.1", 50009, 143))
@@ -219,7 +230,8 @@ class ProxyTests(ProxyMasterCase):
     def test_bad_and_silent_headers_are_disconnected(self) -> None:
         client = self.proxied("imap_proxy", b"a LOGIN alice secret\r\n")
         self.assertEqual(recv_all(client.sock), b"")
-        self.wait_log("haproxy: Client disconnected: No valid proxy header found (rip=127.0.0.1)")
+        self.wait_log("haproxy: Client disconnected: Failed to read valid HAproxy data "
+                      "(rip=127.0.0.1)")
         silent = LineClient(self.master.ports["pop3_proxy"], timeout=20)
         self.addCleanup(silent.close)
         start = time.monotonic()

@@ -98,6 +98,8 @@ def connection_info(transport, networks: Iterable = (), tls: bool = False,
     local_ip, local_port = getattr(host, "host", ""), getattr(host, "port", 0)
     remote_ip, remote_port = getattr(peer, "host", ""), getattr(peer, "port", 0)
     trusted = is_trusted(remote_ip, networks) if remote_ip else True
+    # A trusted proxy's PROXY v2 SSL TLV: the client used TLS up to the proxy.
+    trusted = trusted or getattr(transport, "proxied_ssl", False) is True
     return ConnectionInfo(
         local_ip=local_ip, local_port=local_port, remote_ip=remote_ip,
         remote_port=remote_port, session_id=session_id or new_session_id(),

@@ -61,6 +61,7 @@ def parse_header(buf: bytes) -> tuple[tuple[str, int, str, int] | None, int] | N
     Returns None while more bytes are needed, else ((remote ip, remote port,
     local ip, local port) or None to keep the socket's, header length).
     Raises :class:`ProxyHeaderError` for an invalid or over-long header.
+    See :func:`client_used_ssl` for the v2 SSL TLV.
     """
     if buf[:len(V2_SIGNATURE)] == V2_SIGNATURE[:len(buf)] and len(buf) < 16:
         return None
@@ -70,7 +71,7 @@ def parse_header(buf: bytes) -> tuple[tuple[str, int, str, int] | None, int] | N
         return None
     if buf.startswith(b"PROXY"):
         return _parse_v1(buf)
-    raise ProxyHeaderError("haproxy: Client disconnected: No valid proxy header found")
+    raise ProxyHeaderError("haproxy: Client disconnected: Failed to read valid HAproxy data")
 
 
 def _parse_v2(buf: bytes) -> tuple[tuple[str, int, str, int] | None, int] | None:
@@ -113,6 +114,27 @@ def _parse_v2(buf: bytes) -> tuple[tuple[str, int, str, int] | None, int] | None
                                f"family={family:02x}")
     _check_tlvs(tlvs, cmd)
     return addrs, size
+
+
+def client_used_ssl(buf: bytes) -> bool:
+    """True when a complete, valid v2 header at the start of ``buf`` carries
+    a PP2_TYPE_SSL TLV with PP2_CLIENT_SSL set: the proxy says the client
+    spoke TLS to it.  Dovecot 2.3.19 then counts the connection as secured
+    (not as TLS here: there is no TLS session to bind to)."""
+    if not buf.startswith(V2_SIGNATURE) or len(buf) < 16:
+        return False
+    fam = buf[13] >> 4
+    (length,) = struct.unpack("!H", buf[14:16])
+    start = 16 + {0x01: 12, 0x02: 36, 0x03: 216}.get(fam, length)
+    end = 16 + length
+    pos = start
+    while pos + 3 <= end:
+        kind = buf[pos]
+        (n,) = struct.unpack("!H", buf[pos + 1:pos + 3])
+        if kind == 0x20 and n >= 1:
+            return bool(buf[pos + 3] & 0x01)
+        pos += 3 + n
+    return False
 
 
 def _ip6(raw: bytes) -> str:
@@ -196,6 +218,8 @@ class HAProxyProtocol(ProtocolWrapper):
         self._timer = None
         self._done = False
         self._peer = self._host = None
+        #: The proxy's SSL TLV says the client used TLS (counts as secured).
+        self.proxied_ssl = False
 
     @property
     def raw_transport(self):
@@ -246,6 +270,7 @@ class HAProxyProtocol(ProtocolWrapper):
                 self._fail()
             return
         addrs, size = result
+        self.proxied_ssl = addrs is not None and client_used_ssl(self._buffer[:size])
         rest, self._buffer = self._buffer[size:], b""
         self._done = True
         if self._timer is not None and self._timer.active():
