@@ -739,6 +739,14 @@ class _Parser:
                 return
             builtin = S.SERVICE_DEFAULTS.get(section.arg, {}).get("settings", {})
             defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
+            honoured = S.SERVICE_KEY_HONOURED.get(key)
+            if (honoured is not None and section.arg not in honoured
+                    and value != defaults.get(key, "")):
+                why = ("pop3 sessions run in the imap service's mail processes: set it in "
+                       "service imap" if section.arg == "pop3" else "not applied to this service")
+                self.warn(where, f"{key} inside service {section.arg} {{ }} is not supported by "
+                                 f"pydovecot; ignored ({why})", once=f"{section.arg} {key}")
+                return
             if key == "service_count" and value != defaults.get(key, "0"):
                 if section.arg in S.SERVICE_COUNT_WARNED:
                     self.warn(where, f"service_count inside service {section.arg} {{ }} is not "

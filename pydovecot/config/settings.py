@@ -970,6 +970,17 @@ SERVICE_WARNED: dict[str, str] = {
 #: anywhere else it is refused.
 SERVICE_COUNT_SERVICES = frozenset({"imap-login", "pop3-login", "managesieve-login"})
 SERVICE_COUNT_WARNED = frozenset({"imap", "pop3"})
+_LOGINS = ("imap-login", "pop3-login", "managesieve-login")
+#: Process-limit keys and the services whose processes honour them; in any
+#: other service they warn (pop3 sessions live in the imap service's mail
+#: processes, whose limits are ``service imap``'s).
+SERVICE_KEY_HONOURED: dict[str, frozenset[str]] = {
+    "process_limit": frozenset({*_LOGINS, "imap"}),
+    "client_limit": frozenset({*_LOGINS, "imap"}),
+    "process_min_avail": frozenset({*_LOGINS, "imap"}),
+    "vsz_limit": frozenset({*_LOGINS, "imap"}),
+    "idle_kill": frozenset({"imap"}),
+}
 #: Listener settings refused / warned (others are honoured).
 LISTENER_REFUSED: dict[str, str] = {}
 #: Services whose listeners may say ``haproxy = yes`` (pydovecot.login.haproxy).
