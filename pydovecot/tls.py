@@ -55,6 +55,10 @@ def server_context_factory(config) -> twisted_ssl.CertificateOptions | None:
     :class:`TLSSettingError` (or OpenSSL's error) for what can't be applied."""
     if config.get("ssl") == "no" or not config.get("ssl_cert") or not config.get("ssl_key"):
         return None
+    unknown = set(config.get_list("ssl_options")) - SSL_OPTIONS
+    if unknown:
+        raise TLSSettingError(f"ssl_options = {config.get('ssl_options')}: unknown option "
+                              f"{sorted(unknown)[0]}")
     tuning = _tuning(config)
     main = _identity(config.read_value("ssl_cert"), config.read_value("ssl_key"),
                      config.get("ssl_key_password"))
@@ -108,6 +112,28 @@ def _file_value(config, value: str) -> str:
         return f.read(64 * 1024)
 
 
+#: ``ssl_options`` Dovecot 2.3 knows; Twisted's contexts already do both.
+SSL_OPTIONS = frozenset({"no_compression", "no_ticket"})
+
+
+def _dh_parameters(config, value: str):
+    """``ssl_dh = </path``: DHE parameters (Twisted loads them into each
+    context, which server_context_factory builds before any chroot)."""
+    import os
+
+    from twisted.python.filepath import FilePath
+
+    path = value[1:].strip() if value.startswith("<") else value
+    path = os.path.join(getattr(config, "cwd", "") or "", path)
+    if not os.path.isfile(path):
+        raise TLSSettingError(f"ssl_dh = {value}: no such file")
+    try:
+        SSL.Context(SSL.TLS_SERVER_METHOD).load_tmp_dh(path.encode())
+    except SSL.Error:
+        raise TLSSettingError(f"ssl_dh = {value}: not DH parameters in PEM") from None
+    return twisted_ssl.DiffieHellmanParameters.fromFile(FilePath(path))
+
+
 def _identity(cert: str, key: str, password: str | None) -> tuple:
     certs = _load_chain(cert.encode())
     pkey = crypto.load_privatekey(crypto.FILETYPE_PEM, key.encode(),
@@ -132,6 +158,9 @@ def _options(config, ident: tuple, alt: tuple | None, tuning: dict,
     minimum = MIN_PROTOCOLS.get(config.get("ssl_min_protocol"), twisted_ssl.TLSVersion.TLSv1_2)
     options = dict(privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
                    raiseMinimumTo=minimum)
+    dh = config.get("ssl_dh")
+    if dh:
+        options["dhParameters"] = _dh_parameters(config, dh)
     crls: list = []
     if _get_bool(config, "ssl_verify_client_cert") and config.get("ssl_ca"):
         ca_pem = config.read_value("ssl_ca").encode()

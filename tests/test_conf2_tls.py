@@ -121,3 +121,34 @@ class TLSFatalTests(SynchronousTestCase):
         self.assertEqual(proc.wait(60), 89, master.output())
         self.assertRegex(master.output(), r"pydovecot\.conf:\d+: TLS: ssl_cipher_list = "
                                           r"NOSUCHCIPHER: no usable cipher")
+
+
+class DHAndOptionsTests(SynchronousTestCase):
+    """``ssl_dh`` (Debian's /usr/share/dovecot/dh.pem) enables DHE suites;
+    ``ssl_options`` takes Dovecot's two options; anything else is Fatal."""
+
+    def test_dhe_with_debian_parameters(self) -> None:
+        dh = "/usr/share/dovecot/dh.pem"
+        if not os.path.exists(dh) or shutil.which("openssl") is None:
+            if IN_CI:
+                self.fail("Debian's dh.pem and openssl are required")
+            raise SkipTest("no dh.pem")
+        rsa_pair = rsa_self_signed("rsa.example")
+        master = Master(users=[User("alice", "secret")], ssl=True, **privileged())
+        self.addCleanup(master.cleanup)
+        cert, key = write_pair(master.dir, "rsa", rsa_pair)
+        master.extra_config = (f"ssl_cert = <{cert}\nssl_key = <{key}\nssl_dh = <{dh}\n"
+                               "ssl_options = no_compression no_ticket\n"
+                               "ssl_cipher_list = DHE-RSA-AES256-GCM-SHA384\n")
+        master.write_config()
+        master.start()
+        out = s_client(master.ports["imaps"], "-tls1_2", "-cipher", "DHE-RSA-AES256-GCM-SHA384")
+        self.assertIn("Ciphersuite: DHE-RSA-AES256-GCM-SHA384", out)
+
+    def test_unknown_ssl_option_is_fatal(self) -> None:
+        master = Master(users=[User("alice", "secret")], ssl=True,
+                        extra_config="ssl_options = no_such_option\n", **privileged())
+        self.addCleanup(master.cleanup)
+        self.assertEqual(master.spawn().wait(60), 89, master.output())
+        self.assertRegex(master.output(), r"pydovecot\.conf:\d+: TLS: ssl_options = "
+                                          r"no_such_option: unknown option")

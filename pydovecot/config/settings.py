@@ -71,6 +71,8 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "ssl_prefer_server_ciphers": (BOOL, "no"),
     "ssl_alt_cert": (STR, ""),
     "ssl_alt_key": (STR, ""),
+    "ssl_dh": (STR, ""),  # DHE parameters, loaded by pydovecot.tls
+    "ssl_options": (LIST, ""),  # no_compression, no_ticket: always on (Twisted)
     "auth_mechanisms": (LIST, "plain"),
     "auth_username_format": (STR, "%Lu"),
     "auth_failure_delay": (TIME, "2 secs"),
@@ -749,7 +751,6 @@ _NOT_SERVED = "a service pydovecot does not run"
 
 #: name -> why pydovecot refuses a non-default value.
 REFUSED: dict[str, str] = {
-    "ssl_options": "pydovecot can't apply ssl_options yet",
     "lmtp_save_to_detail_mailbox": "lmtp does not deliver to the +detail mailbox yet",
     "lda_mailbox_autocreate": "delivery does not create mailboxes yet",
     "lda_original_recipient_header": "delivery ignores original-recipient headers",
@@ -856,7 +857,6 @@ WARNED: dict[str, str] = {
     "lmtp_user_concurrency_limit": "tuning only",
     "lmtp_verbose_replies": "cosmetic",
     "login_source_ips": "login proxying is not supported",
-    "ssl_dh": "DHE key exchange is not offered (ECDHE is)",
     "ssl_crypto_device": "not supported",
     "process_shutdown_filter": "not supported",
     "stats_writer_socket_path": _NOT_SERVED,
