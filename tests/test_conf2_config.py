@@ -62,3 +62,11 @@ class ClassificationTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             self.load("local_name mail.example.com {\n  disable_plaintext_auth = no\n}\n")
         self.assertIn("dovecot.conf:2: disable_plaintext_auth inside local_name", str(cm.exception))
+
+    def test_mail_idle_kill(self) -> None:
+        from pydovecot.master.mailpool import mail_idle_kill
+
+        self.assertEqual(mail_idle_kill(self.load("")), 0.0)  # Dovecot's 1 min: not applied
+        self.assertEqual(mail_idle_kill(self.load("default_idle_kill = 5 mins\n")), 300.0)
+        self.assertEqual(mail_idle_kill(self.load(
+            "default_idle_kill = 5 mins\nservice imap {\n  idle_kill = 7 secs\n}\n")), 7.0)

@@ -116,6 +116,7 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "default_client_limit": (UINT, "1000"),
     "default_process_limit": (UINT, "100"),
     "default_vsz_limit": (SIZE, "256 M"),
+    "default_idle_kill": (TIME, "1 mins"),  # mail processes, when set (master.mailpool)
     "imap_capability": (STR, ""),
     "imap_idle_notify_interval": (TIME, "2 mins"),
     # pydovecot-only: Dovecot's fixed autologout timers (imap 30 min, pop3 10 min).
@@ -804,7 +805,6 @@ WARNED: dict[str, str] = {
     "mail_privileged_group": ("not applied: Dovecot enables it only while dotlocking "
                               "/var/mail; a permanent group would open every spool to every user"),
     "default_internal_group": "processes run with default_internal_user's primary group",
-    "default_idle_kill": "idle processes are not killed",
     "postmaster_address": "pydovecot sends no bounces",
     "rejection_reason": "pydovecot sends no rejections",
     "rejection_subject": "pydovecot sends no rejections",

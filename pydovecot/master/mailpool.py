@@ -28,6 +28,19 @@ Key = tuple[int, int]
 REFILL_AFTER = 0.05
 
 
+def mail_idle_kill(config) -> float:
+    """Seconds an assigned mail process may sit without sessions:
+    ``service imap { idle_kill }``, else ``default_idle_kill`` when the file
+    sets it (Dovecot's 1 min default is not applied to these many-session
+    processes), else 0 (kept)."""
+    service = config.services.get("imap")
+    if service is not None and service.idle_kill:
+        return service.idle_kill
+    if "default_idle_kill" in getattr(config, "explicit", ()):
+        return config.get_time("default_idle_kill")
+    return 0.0
+
+
 class MailProcess:
     """The master's view of one mail process."""
 

@@ -43,7 +43,7 @@ from pydovecot.master.children import (
     mail_vsz_limit,
     python_module_argv,
 )
-from pydovecot.master.mailpool import MailProcessPool
+from pydovecot.master.mailpool import MailProcessPool, mail_idle_kill
 from pydovecot.master.protocol import (
     Deliver,
     DeliverRequest,
@@ -409,7 +409,7 @@ class MasterService(Service):
             client_limit=imap.client_limit,
             process_limit=imap.process_limit,
         )
-        self.pool.idle_kill = imap.idle_kill
+        self.pool.idle_kill = mail_idle_kill(self.config)
         self.pool.start()
         self.stats.start()
 
@@ -737,6 +737,7 @@ class MasterService(Service):
         imap = config.services["imap"]
         self.pool.reconfigure(imap.process_min_avail or 1, imap.client_limit,
                               imap.process_limit)
+        self.pool.idle_kill = mail_idle_kill(config)
 
         def restart(_):
             self.listeners = new_listeners
