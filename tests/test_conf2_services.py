@@ -154,3 +154,19 @@ class VerboseProctitleTests(MasterCase):
         clients[0].close()
         self.master.wait_for(lambda: title(pid) == "pydovecot/imap-login [1 pre-login]", 20,
                              "the title with one client")
+
+    def test_mail_title_names_its_sessions(self) -> None:
+        from tests.harness import title
+
+        c = self.client()
+        c.line()
+        self.assertTrue(c.tagged(b"LOGIN alice secret")[-1].startswith(b"t1 OK"))
+
+        def titles() -> list[str]:
+            return [title(p) for p in self.master.children("pydovecot/mail")]
+
+        self.master.wait_for(lambda: any(t.endswith(" [alice 127.0.0.1]") for t in titles()),
+                             20, "the mail title with the session")
+        c.tagged(b"LOGOUT")
+        self.master.wait_for(lambda: any(t.endswith(" [idling]") for t in titles()), 20,
+                             "the idle mail title")

@@ -12,7 +12,10 @@ that triggered it; a mailbox that does not exist is skipped; failures are
 logged once, never shown to the client.
 
 The session's ``mail_log_prefix`` (Dovecot's ``%s(%u)<%{pid}><%{session}>: ``)
-is put into its settings here too, for :meth:`SessionContext.log_prefix`.
+is put into its settings here too, for :meth:`SessionContext.log_prefix`,
+and with ``verbose_proctitle = yes`` the process title names its sessions
+(``pydovecot/mail alice [alice 192.0.2.1]``, as Dovecot's ``imap [alice
+192.0.2.1]``), refreshed every second while it changes.
 
 Trusts: the config and the session context (from the master).
 """
@@ -22,7 +25,8 @@ from __future__ import annotations
 import datetime
 import time
 
-from twisted.internet import defer
+import setproctitle
+from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
 
 from pydovecot.config import settings as S
@@ -52,11 +56,16 @@ def rules(config) -> list[tuple[str, float, int]]:
     return found
 
 
-def session_starting(config, storage, ctx, service: str) -> defer.Deferred | None:
-    """Called by the mail process for each new session, before the
-    protocol object reads its context: sets ``mail_log_prefix`` and starts
-    the user's autoexpunge (a Deferred that never fails; None if not due)."""
+def session_starting(process, storage, ctx, service: str) -> defer.Deferred | None:
+    """Called by the mail process (``process``: its config and its
+    sessions) for each new session, before the protocol object reads its
+    context: sets ``mail_log_prefix``, keeps the verbose process title and
+    starts the user's autoexpunge (a Deferred that never fails; None if not
+    due)."""
+    config = process.config
     ctx.settings["mail_log_prefix"] = config.get("mail_log_prefix", protocol=service)
+    if config.get_bool("verbose_proctitle"):
+        ProcTitle.watch(process)
     todo = rules(config)
     if not todo:
         return None
@@ -108,3 +117,36 @@ def pick(messages, seconds: float, max_mails: int, now: datetime.datetime) -> li
             break
         doomed.append(info.uid)
     return doomed
+
+
+class ProcTitle:
+    """``verbose_proctitle`` for a mail process: its sessions' users and IPs."""
+
+    INTERVAL = 1.0
+    MAX_SHOWN = 3
+    _instance: ProcTitle | None = None
+
+    def __init__(self, process) -> None:
+        self.process = process
+        self.setproctitle = setproctitle.setproctitle
+        self.base = setproctitle.getproctitle().split(" [", 1)[0]
+        self.shown = ""
+        self.loop = task.LoopingCall(self.refresh)
+        self.loop.start(self.INTERVAL, now=False)
+
+    @classmethod
+    def watch(cls, process) -> None:
+        if cls._instance is None:
+            cls._instance = cls(process)
+        reactor.callLater(0, cls._instance.refresh)  # once the session is adopted
+
+    def refresh(self) -> None:
+        contexts = [p.ctx for p in list(self.process.sessions) if getattr(p, "ctx", None)]
+        parts = [f"{sanitize(c.user, 64)} {c.remote_ip}".strip()
+                 for c in contexts[:self.MAX_SHOWN]]
+        if len(contexts) > self.MAX_SHOWN:
+            parts.append(f"+{len(contexts) - self.MAX_SHOWN}")
+        title = f"{self.base} [{', '.join(parts) if parts else 'idling'}]"
+        if title != self.shown:
+            self.shown = title
+            self.setproctitle(title)

@@ -186,7 +186,7 @@ class MailProcess:
                 settings=self.session_settings(service),
                 namespaces=getattr(self.config, "namespaces", None) or {},
             )
-            autoexpunge.session_starting(self.config, storage, ctx, service)
+            autoexpunge.session_starting(self, storage, ctx, service)
             if service == "pop3":
                 proto = POP3Session(storage, ctx)
             elif service == "sieve":
