@@ -12,8 +12,9 @@ Client disconnected: …``).
 
 Bounds: a v1 header is at most 108 bytes (the protocol's own maximum), a v2
 header at most :data:`MAX_V2_HEADER` bytes; v2 TLVs (SSL, ALPN, authority,
-…) are checked for structure and otherwise ignored, so a proxy's TLS
-termination never makes a connection count as TLS here.  ``LOCAL`` (v2) and
+…) are checked for structure; an SSL TLV with the client bit makes the
+connection count as secured (Dovecot 2.3.19 does the same), never as TLS
+(there is no TLS session here to bind to or read a certificate from).  ``LOCAL`` (v2) and
 ``UNKNOWN`` (v1) keep the socket's own addresses, as Dovecot does.
 
 Trusts: the configured trusted networks.  Does not trust the header bytes:
