@@ -253,3 +253,45 @@ class UntrustedProxyTests(ProxyMasterCase):
             self.assertEqual(recv_all(client.sock), b"")
         self.wait_log("haproxy: Client not trusted (rip=127.0.0.1)")
         self.assertNotIn("rip=192.0.2.7", self.master.log())
+
+
+class ProxiedTLSTests(SynchronousTestCase):
+    """``inet_listener { ssl = yes, haproxy = yes }``: the PROXY header, then
+    the TLS handshake, then a relayed session."""
+
+    def test_header_then_tls_then_relay(self) -> None:
+        import ssl
+
+        master = Master(users=[User("alice", "secret")], ssl=True, **privileged())
+        self.addCleanup(master.cleanup)
+        master.sockets["imaps_proxy"] = listening_socket()
+        port = master.ports["imaps_proxy"] = master.sockets["imaps_proxy"].getsockname()[1]
+        master.extra_config = f"""
+haproxy_trusted_networks = 127.0.0.1
+service imap-login {{
+  inet_listener imaps_proxy {{
+    port = {port}
+    ssl = yes
+    haproxy = yes
+  }}
+}}
+"""
+        master.write_config()
+        master.start()
+        raw = socket.create_connection(("127.0.0.1", port), 20)
+        raw.sendall(v2("203.0.113.50", "127.0.0.1", 40000, 993))
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.addCleanup(tls.close)
+        f = tls.makefile("rwb")
+        self.assertTrue(f.readline().startswith(b"* OK"))
+        f.write(b"a LOGIN alice secret\r\nb NOOP\r\n")
+        f.flush()
+        lines = [f.readline() for _ in range(2)]
+        self.assertTrue(lines[0].startswith(b"a OK"), lines)
+        self.assertTrue(lines[1].startswith(b"b OK"), lines)
+        master.wait_for(lambda: "rip=203.0.113.50" in master.log(), 20, "the Login line")
+        line = next(x for x in master.log().splitlines() if "rip=203.0.113.50" in x)
+        self.assertIn(", TLS, session=", line)
