@@ -11,6 +11,7 @@ session.  Nothing here ever sees a password: callers must not log one.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -96,6 +97,99 @@ class DovecotLineObserver:
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+_SYSLOG_PRIORITIES = {"Debug": "LOG_DEBUG", "Info": "LOG_INFO", "Warning": "LOG_WARNING",
+                      "Error": "LOG_ERR", "Fatal": "LOG_CRIT"}
+
+
+@implementer(ILogObserver)
+class MasterLog:
+    """The master's log sinks, as Dovecot routes them: ``log_path`` (a file,
+    ``syslog`` or ``/dev/stderr``) gets everything unless ``info_log_path``
+    takes the Info lines and ``debug_log_path`` (default: the info sink) the
+    Debug ones.  File lines start with ``log_timestamp`` (strftime); syslog
+    lines go through Python's syslog module under ``syslog_facility``, with
+    no time stamp and no ``Info:`` word (the priority says it), as Dovecot's."""
+
+    def __init__(self, config, syslog_module=None):
+        self.timestamp = config.get("log_timestamp") or ""
+        self.files: dict[str, IO[str]] = {}
+        self._syslog = syslog_module
+        log_path = config.path_setting("log_path") if config.get("log_path") else ""
+        info = config.get("info_log_path") and config.path_setting("info_log_path") or log_path
+        debug = config.get("debug_log_path") and config.path_setting("debug_log_path") or info
+        self.sinks = {"Debug": debug, "Info": info}
+        self.default = log_path
+        for path in {log_path, info, debug}:
+            if path == "syslog":
+                self._open_syslog(config.get("syslog_facility") or "mail")
+            elif path and path != "/dev/stderr":
+                self._open(path)
+
+    def _open_syslog(self, facility: str) -> None:
+        if self._syslog is None:
+            import syslog
+
+            self._syslog = syslog
+        self._syslog.openlog("pydovecot", self._syslog.LOG_NDELAY,
+                             getattr(self._syslog, f"LOG_{facility.upper()}"))
+
+    def _open(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.files[path] = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    @property
+    def active(self) -> bool:
+        """Something besides the terminal gets lines."""
+        return bool(self.files) or self._syslog is not None
+
+    def __call__(self, event: dict) -> None:
+        line = format_line(event, "master")
+        if line is None:
+            return
+        level = LEVEL_NAMES.get(event.get("log_level"), "Info")
+        sink = self.sinks.get(level, self.default)
+        if not sink:
+            return
+        if sink == "syslog":
+            prefix, _, rest = line.partition(": ")
+            if rest.startswith("Info: "):
+                rest = rest[len("Info: "):]
+            priority = getattr(self._syslog, _SYSLOG_PRIORITIES.get(level, "LOG_INFO"))
+            for part in f"{prefix}: {rest}".split("\n"):
+                self._syslog.syslog(priority, part)
+            return
+        if sink == "/dev/stderr":
+            return  # the console observer writes every line there already
+        stamp = time.strftime(self.timestamp, time.localtime(event.get("log_time")))
+        stream = self.files.get(sink)
+        if stream is None:
+            return
+        try:
+            stream.write(stamp + line + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        for stream in self.files.values():
+            stream.close()
+        self.files = {}
+        if self._syslog is not None:
+            self._syslog.closelog()
+
+    def reopen(self) -> list[str]:
+        """Reopen the files (SIGUSR1, logrotate); the paths that failed."""
+        failed = []
+        for path, old in list(self.files.items()):
+            try:
+                self.files[path] = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            except OSError:
+                failed.append(path)
+                continue
+            old.close()
+        return failed
 
 
 #: Twisted's own chatter about factories and ports, which Dovecot's logs

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydovecot.config.variables import expand
+
 
 @dataclass
 class SessionContext:
@@ -28,5 +30,20 @@ class SessionContext:
     namespaces: dict[str, Any] = field(default_factory=dict)
 
     def log_prefix(self, service: str) -> str:
-        """``imap(alice)<1234><sessionid>`` as Dovecot writes it."""
+        """``imap(alice)<1234><sessionid>`` as Dovecot writes it, or the
+        session's ``mail_log_prefix`` (``%s %u %p %r %l %{session}``…), set
+        by pydovecot.mailproc.autoexpunge, without its trailing ": "."""
+        template = self.settings.get("mail_log_prefix")
+        if template:
+            values = {"service": service, "user": self.user, "rip": self.remote_ip,
+                      "lip": self.local_ip, "rport": str(self.remote_port),
+                      "lport": str(self.local_port), "session": self.session_id,
+                      "pid": str(os.getpid())}
+            try:
+                text = expand(template, values).rstrip()
+            except ValueError:
+                text = ""
+            text = text[:-1] if text.endswith(":") else text
+            if text and ": " not in text and "\n" not in text:
+                return text
         return f"{service}({self.user})<{os.getpid()}><{self.session_id}>"

@@ -668,6 +668,9 @@ class _Parser:
     def classify_global(self, where: str, key: str, value: str, section: _Section | None) -> None:
         """Refuse or warn for a setting pydovecot doesn't honour."""
         outer = [s for s in self.stack if s.kind in ("local", "remote", "local_name")]
+        if (len(outer) == 1 and outer[0].kind == "local_name" and self.stack[-1] is outer[0]
+                and key in S.LOCAL_NAME_SETTINGS):
+            return  # kept in cfg.filters: pydovecot.tls serves it by SNI
         if outer and key not in S.WARNED:
             s = outer[-1]
             self.refuse(where, f"{key} inside {s.kind} {s.arg} {{ }}: pydovecot does not apply "
@@ -682,6 +685,8 @@ class _Parser:
                 why = check(value)
                 if why:
                     self.refuse_value(where, key, why)
+            elif key == "syslog_facility" and value not in S.SYSLOG_FACILITIES:
+                self.refuse_value(where, key, f"syslog_facility = {value}: unknown facility")
             return
         if value.strip() == S.default_of(key).strip():
             return
@@ -748,6 +753,24 @@ class _Parser:
                 return
             builtin = S.SERVICE_DEFAULTS.get(section.arg, {}).get("settings", {})
             defaults = {k: v for k, v in builtin.items() if isinstance(v, str)}
+            honoured = S.SERVICE_KEY_HONOURED.get(key)
+            if (honoured is not None and section.arg not in honoured
+                    and value != defaults.get(key, "")):
+                why = ("pop3 sessions run in the imap service's mail processes: set it in "
+                       "service imap" if section.arg == "pop3" else "not applied to this service")
+                self.warn(where, f"{key} inside service {section.arg} {{ }} is not supported by "
+                                 f"pydovecot; ignored ({why})", once=f"{section.arg} {key}")
+                return
+            if key == "service_count" and value != defaults.get(key, "0"):
+                if section.arg in S.SERVICE_COUNT_WARNED:
+                    self.warn(where, f"service_count inside service {section.arg} {{ }} is not "
+                                     "supported by pydovecot; ignored (one mail process serves "
+                                     "many sessions of its uid)", once=f"service_count {section.arg}")
+                elif section.arg not in S.SERVICE_COUNT_SERVICES:
+                    self.refuse_value(where, key, f"service_count = {value} inside service "
+                                      f"{section.arg} {{ }}: refused: only login services "
+                                      "honour it")
+                return
         elif kind.endswith("_listener"):
             parent = self.stack[-2]
             if parent.arg == "quota-warning":
@@ -758,6 +781,11 @@ class _Parser:
                 return
             tables = (S.LISTENER_REFUSED, S.LISTENER_WARNED, {})
             defaults = {"haproxy": "no", "reuse_port": "no"}
+            if (key == "haproxy" and parent.arg not in S.HAPROXY_SERVICES
+                    and value != "no"):
+                self.refuse_value(where, key, f"haproxy = {value} inside service {parent.arg}: "
+                                  "refused: only login services read the PROXY protocol")
+                return
         elif kind == "namespace":
             tables = (S.NAMESPACE_REFUSED, S.NAMESPACE_WARNED, {})
             if key == "type" and value != "private":

@@ -42,6 +42,11 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "base_dir": (STR, "/run/pydovecot"),
     "state_dir": (STR, "/var/lib/pydovecot"),
     "log_path": (STR, ""),
+    # pydovecot.log.MasterLog, as Dovecot routes them.
+    "info_log_path": (STR, ""),
+    "debug_log_path": (STR, ""),
+    "syslog_facility": (STR, "mail"),
+    "log_timestamp": (STR, "%b %d %H:%M:%S "),
     "login_greeting": (STR, "pydovecot ready."),
     "mail_location": (STR, ""),
     "imap_metadata": (BOOL, "no"),
@@ -51,12 +56,24 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "mail_gid": (STR, ""),
     "first_valid_uid": (UINT, "500"),
     "last_valid_uid": (UINT, "0"),
+    "first_valid_gid": (UINT, "1"),
+    "last_valid_gid": (UINT, "0"),
     "disable_plaintext_auth": (BOOL, "yes"),
     "ssl": ("enum", "yes"),
     "ssl_cert": (STR, ""),
     "ssl_key": (STR, ""),
     "ssl_key_password": (STR, ""),
     "ssl_min_protocol": ("enum", "TLSv1.2"),
+    # pydovecot.tls applies these to every server context (Fatal if it can't).
+    "ssl_cipher_list": (STR, "ALL:!kRSA:!SRP:!kDHd:!DSS:!aNULL:!eNULL:!EXPORT:!DES:!3DES:!MD5:"
+                             "!PSK:!RC4:!ADH:!LOW@STRENGTH"),
+    "ssl_cipher_suites": (STR, ""),
+    "ssl_curve_list": (STR, ""),
+    "ssl_prefer_server_ciphers": (BOOL, "no"),
+    "ssl_alt_cert": (STR, ""),
+    "ssl_alt_key": (STR, ""),
+    "ssl_dh": (STR, ""),  # DHE parameters, loaded by pydovecot.tls
+    "ssl_options": (LIST, ""),  # no_compression, no_ticket: always on (Twisted)
     "auth_mechanisms": (LIST, "plain"),
     "auth_username_format": (STR, "%Lu"),
     "auth_failure_delay": (TIME, "2 secs"),
@@ -78,6 +95,17 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "ssl_require_crl": (BOOL, "yes"),
     "ssl_cert_username_field": (STR, "commonName"),
     "login_trusted_networks": (LIST, ""),
+    # The login processes' Info lines (pydovecot.login.process), as Dovecot's.
+    "login_log_format_elements": (
+        STR, "user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{session}>"),
+    "login_log_format": (STR, "%$: %s"),
+    # A mail-process session's log prefix (pydovecot.session.SessionContext).
+    "mail_log_prefix": (STR, "%s(%u)<%{pid}><%{session}>: "),
+    # Login process titles with their client counts (pydovecot.login.process).
+    "verbose_proctitle": (BOOL, "no"),
+    # The PROXY protocol on ``inet_listener { haproxy = yes }`` (login.haproxy).
+    "haproxy_trusted_networks": (LIST, ""),
+    "haproxy_timeout": (TIME, "3 secs"),
     # pydovecot-only: Dovecot's login processes have these built in
     # (LOGIN_MAX_INBUF_SIZE, CLIENT_LOGIN_TIMEOUT_MSECS); the last two are new.
     "login_max_inbuf_size": (SIZE, "1k"),
@@ -89,6 +117,7 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "default_client_limit": (UINT, "1000"),
     "default_process_limit": (UINT, "100"),
     "default_vsz_limit": (SIZE, "256 M"),
+    "default_idle_kill": (TIME, "1 mins"),  # mail processes, when set (master.mailpool)
     "imap_capability": (STR, ""),
     "imap_idle_notify_interval": (TIME, "2 mins"),
     # pydovecot-only: Dovecot's fixed autologout timers (imap 30 min, pop3 10 min).
@@ -146,6 +175,15 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "ssl_client_cert": (STR, ""),
     "ssl_client_key": (STR, ""),
 }
+
+#: Settings honoured inside ``local_name NAME { }`` (SNI, pydovecot.tls).
+LOCAL_NAME_SETTINGS = frozenset({"ssl_cert", "ssl_key", "ssl_key_password", "ssl_alt_cert",
+                                 "ssl_alt_key"})
+
+#: syslog_facility values (Dovecot's; pydovecot.log opens syslog with them).
+SYSLOG_FACILITIES = frozenset({"auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr",
+                               "mail", "news", "syslog", "user", "uucp",
+                               *(f"local{i}" for i in range(8))})
 
 #: Settings valid inside ``service NAME { }``, with their types.
 SERVICE_SETTINGS: dict[str, str] = {
@@ -753,15 +791,6 @@ _NOT_SERVED = "a service pydovecot does not run"
 
 #: name -> why pydovecot refuses a non-default value.
 REFUSED: dict[str, str] = {
-    "first_valid_gid": "mail process gid limits are not enforced by pydovecot yet",
-    "last_valid_gid": "mail process gid limits are not enforced by pydovecot yet",
-    "ssl_cipher_list": "pydovecot can't apply a cipher list yet (TLS uses Twisted's defaults)",
-    "ssl_cipher_suites": "pydovecot can't apply TLSv1.3 cipher suites yet",
-    "ssl_curve_list": "pydovecot can't apply a curve list yet",
-    "ssl_prefer_server_ciphers": "pydovecot can't apply server cipher preference yet",
-    "ssl_options": "pydovecot can't apply ssl_options yet",
-    "ssl_alt_cert": "a second (alternative) certificate is not supported yet",
-    "ssl_alt_key": "a second (alternative) certificate is not supported yet",
     "lmtp_proxy": "lmtp proxying is not supported",
     # the backend's check_quota is there (pydovecot/lmtp/process.py); lmtp's
     # RCPT TO calls it once the protocol side reads this setting
@@ -789,8 +818,6 @@ REFUSED: dict[str, str] = {
     "auth_krb5_keytab": "GSSAPI is not supported",
     "login_access_sockets": "login access checks (tcpwrap) are not supported",
     "login_plugins": "login plugins are not supported",
-    "haproxy_trusted_networks": "the HAProxy PROXY protocol is not supported yet",
-    "haproxy_timeout": "the HAProxy PROXY protocol is not supported yet",
     "pop3_delete_type": "POP3 DELE always expunges",
     "pop3_deleted_flag": "POP3 DELE always expunges",
     "pop3_lock_session": "POP3 sessions are not locked",
@@ -800,17 +827,9 @@ REFUSED: dict[str, str] = {
 }
 #: name -> why pydovecot only warns about a non-default value.
 WARNED: dict[str, str] = {
-    "info_log_path": "info lines go to log_path",
-    "debug_log_path": "debug lines go to log_path",
-    "syslog_facility": "pydovecot logs to syslog's mail facility",
-    "log_timestamp": "pydovecot's log timestamp format is fixed",
     "log_core_filter": "not supported",
     "log_debug": "not supported",
-    "login_log_format_elements": "login lines use pydovecot's own format",
-    "login_log_format": "login lines use pydovecot's own format",
-    "mail_log_prefix": "mail lines use pydovecot's own prefix",
     "deliver_log_format": "delivery lines use pydovecot's own format",
-    "verbose_proctitle": "process titles are always short",
     "verbose_ssl": "not supported",
     "mail_debug": "not supported",
     "auth_debug_passwords": "pydovecot never logs passwords",
@@ -818,10 +837,11 @@ WARNED: dict[str, str] = {
     "auth_stats": "not supported",
     "auth_cache_verify_password_with_worker": "tuning only",
     "auth_worker_max_count": "tuning only",
-    "mail_privileged_group": ("pydovecot doesn't take it for mbox dotlocks: where the spool "
-                              "directory isn't writable it locks with fcntl only"),
+    "mail_privileged_group": ("not applied: Dovecot enables it only while dotlocking "
+                              "/var/mail (a permanent group would open every spool to every "
+                              "user); mbox in a spool directory the user can't write locks "
+                              "with fcntl only"),
     "default_internal_group": "processes run with default_internal_user's primary group",
-    "default_idle_kill": "idle processes are not killed",
     "rejection_reason": "pydovecot sends no rejections",
     "rejection_subject": "pydovecot sends no rejections",
     "instance_name": "cosmetic",
@@ -871,7 +891,6 @@ WARNED: dict[str, str] = {
     "pop3_uidl_duplicates": "tuning only",
     "lmtp_verbose_replies": "cosmetic",
     "login_source_ips": "login proxying is not supported",
-    "ssl_dh": "DHE key exchange is not offered (ECDHE is)",
     "ssl_crypto_device": "not supported",
     "process_shutdown_filter": "not supported",
     "stats_writer_socket_path": _NOT_SERVED,
@@ -975,16 +994,31 @@ SERVICE_REFUSED: dict[str, str] = {
     "extra_groups": "extra groups for a service are not supported",
     "privileged_group": "privileged groups for a service are not supported",
     "executable": "pydovecot runs its own programs",
-    "service_count": "a login or mail process always serves many clients",
 }
 SERVICE_WARNED: dict[str, str] = {
     "drop_priv_before_exec": "pydovecot drops privileges itself",
-    "vsz_limit": "address-space limits are not applied yet",
-    "idle_kill": "idle processes are not killed",
     "type": "service types are fixed",
 }
+#: ``service_count`` is honoured by the login services (pydovecot.login.process
+#: ServiceCount); a mail process serves many sessions of its uid (warned);
+#: anywhere else it is refused.
+SERVICE_COUNT_SERVICES = frozenset({"imap-login", "pop3-login", "managesieve-login"})
+SERVICE_COUNT_WARNED = frozenset({"imap", "pop3"})
+_LOGINS = ("imap-login", "pop3-login", "managesieve-login")
+#: Process-limit keys and the services whose processes honour them; in any
+#: other service they warn (pop3 sessions live in the imap service's mail
+#: processes, whose limits are ``service imap``'s).
+SERVICE_KEY_HONOURED: dict[str, frozenset[str]] = {
+    "process_limit": frozenset({*_LOGINS, "imap"}),
+    "client_limit": frozenset({*_LOGINS, "imap"}),
+    "process_min_avail": frozenset({*_LOGINS, "imap"}),
+    "vsz_limit": frozenset({*_LOGINS, "imap"}),
+    "idle_kill": frozenset({"imap"}),
+}
 #: Listener settings refused / warned (others are honoured).
-LISTENER_REFUSED: dict[str, str] = {"haproxy": "the HAProxy PROXY protocol is not supported yet"}
+LISTENER_REFUSED: dict[str, str] = {}
+#: Services whose listeners may say ``haproxy = yes`` (pydovecot.login.haproxy).
+HAPROXY_SERVICES = frozenset({"imap-login", "pop3-login", "managesieve-login"})
 LISTENER_WARNED: dict[str, str] = {"reuse_port": "SO_REUSEPORT is not used"}
 #: Namespace keys: honoured only for the one private inbox namespace.
 NAMESPACE_IMPLEMENTED = frozenset({"name", "inbox", "type", "prefix", "location", "separator"})
@@ -996,12 +1030,10 @@ NAMESPACE_WARNED: dict[str, str] = {
     "order": "cosmetic for the only namespace",
 }
 NAMESPACE_REFUSED: dict[str, str] = {"alias_for": "namespace aliases are not supported"}
-MAILBOX_IMPLEMENTED = frozenset({"name", "auto", "special_use"})
+MAILBOX_IMPLEMENTED = frozenset({"name", "auto", "special_use", "autoexpunge",
+                                 "autoexpunge_max_mails"})  # mailproc.autoexpunge
 MAILBOX_WARNED: dict[str, str] = {"comment": "cosmetic", "driver": "cosmetic"}
-MAILBOX_REFUSED: dict[str, str] = {
-    "autoexpunge": "autoexpunge is not supported yet",
-    "autoexpunge_max_mails": "autoexpunge is not supported yet",
-}
+MAILBOX_REFUSED: dict[str, str] = {}
 #: passdb/userdb keys pydovecot refuses (authd honours the rest).
 DB_REFUSED: dict[str, str] = {"username_filter": "passdb/userdb username_filter is not supported"}
 

@@ -31,6 +31,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import re
 import time
 from collections.abc import Iterable
 from enum import Enum
@@ -50,6 +51,11 @@ log = Logger()
 
 #: SASL mechanisms that send the password in the clear.
 PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+
+#: Dovecot's LOGIN_MAX_SESSION_ID_LEN, for forwarded session ids.
+MAX_SESSION_ID = 64
+#: What a forwarded session id may hold (it lands in every log line).
+SESSION_ID_CHARS = re.compile(r"^[\x21-\x7e]+$")
 
 #: Returned by :meth:`LoginProtocol.process_command` when more input is needed.
 NEED_MORE = object()
@@ -95,6 +101,8 @@ def connection_info(transport, networks: Iterable = (), tls: bool = False,
     local_ip, local_port = getattr(host, "host", ""), getattr(host, "port", 0)
     remote_ip, remote_port = getattr(peer, "host", ""), getattr(peer, "port", 0)
     trusted = is_trusted(remote_ip, networks) if remote_ip else True
+    # A trusted proxy's PROXY v2 SSL TLV: the client used TLS up to the proxy.
+    trusted = trusted or getattr(transport, "proxied_ssl", False) is True
     return ConnectionInfo(
         local_ip=local_ip, local_port=local_port, remote_ip=remote_ip,
         remote_port=remote_port, session_id=session_id or new_session_id(),
@@ -147,7 +155,20 @@ class ClientRegistry:
         self.exempt = parse_networks(exempt_networks)
         self.clients: dict[LoginProtocol, None] = {}  # in connect order
         self.preauth_by_ip: dict[str, int] = {}
-        self._preauth: set[LoginProtocol] = set()
+        #: Pre-login clients and the IP they were counted under (a trusted
+        #: proxy's ID/XCLIENT may change ``conn.remote_ip`` later).
+        self._preauth: dict[LoginProtocol, str] = {}
+        #: Called after every change (verbose_proctitle's counts).
+        self.on_change = None
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(pre-login clients, relayed TLS sessions)."""
+        return len(self._preauth), len(self.clients) - len(self._preauth)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     def admit(self, protocol: LoginProtocol) -> str | None:
         """Register a new client; the reason it is refused, or None."""
@@ -163,26 +184,28 @@ class ClientRegistry:
             oldest.disconnect_queue_full()
             self.remove(oldest)
         self.clients[protocol] = None
-        self._preauth.add(protocol)
+        self._preauth[protocol] = ip
         if ip:
             self.preauth_by_ip[ip] = self.preauth_by_ip.get(ip, 0) + 1
+        self._changed()
         return None
 
     def logged_in(self, protocol: LoginProtocol) -> None:
         """The client left the pre-login state (it may still be relayed)."""
         if protocol in self._preauth:
-            self._preauth.discard(protocol)
-            ip = protocol.conn.remote_ip
+            ip = self._preauth.pop(protocol)
             left = self.preauth_by_ip.get(ip, 0) - 1
             if left > 0:
                 self.preauth_by_ip[ip] = left
             else:
                 self.preauth_by_ip.pop(ip, None)
+            self._changed()
 
     def remove(self, protocol: LoginProtocol) -> None:
         """The client is gone from this process."""
         self.logged_in(protocol)
-        self.clients.pop(protocol, None)
+        if self.clients.pop(protocol, 0) is None:
+            self._changed()
 
 
 def _in_network(ip: str, net) -> bool:
@@ -253,6 +276,7 @@ class LoginProtocol(Protocol):
         self.auth_attempts = 0
         self.auth_failures = 0
         self.user: str | None = None
+        self.forward_trusted = False  # from login_trusted_networks (connectionMade)
         self.relay: IRelay | None = None
         self._lost_reason: Failure | None = None
         self._tls_started = False
@@ -272,6 +296,10 @@ class LoginProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.conn = self.factory.connection_info(self.transport)
+        # Dovecot's client->trusted: login_trusted_networks only (loopback
+        # counts as secured, but may not forward another client's address).
+        self.forward_trusted = bool(self.conn.remote_ip) and any(
+            _in_network(self.conn.remote_ip, n) for n in self.factory.trusted_networks)
         self._tls_data_seen = self.conn.tls
         if self.factory.login_timeout is not None:
             self.login_timeout = self.factory.login_timeout
@@ -381,6 +409,36 @@ class LoginProtocol(Protocol):
         self._buffer = b""
         if self.transport is not None:
             self.transport.loseConnection()
+
+    # -- forwarding from a trusted proxy (ID x-originating-*, XCLIENT) -------
+
+    def forward(self, remote_ip: str | None = None, remote_port: str | None = None,
+                local_ip: str | None = None, local_port: str | None = None,
+                session: str | None = None, strict: bool = False) -> bool:
+        """Take a trusted proxy's view of the client (its address, port,
+        session id); the caller checked :attr:`forward_trusted`.  Invalid
+        values are ignored (IMAP ID) or, with ``strict`` (POP3 XCLIENT),
+        reject the whole update: False, nothing changed."""
+        update: dict = {}
+        for key, value in (("remote_ip", remote_ip), ("local_ip", local_ip)):
+            if value is not None:
+                addr = _address(value)
+                if addr is not None:
+                    update[key] = str(addr)
+                elif strict:
+                    return False
+        for key, value in (("remote_port", remote_port), ("local_port", local_port)):
+            if value is not None:
+                if value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536:
+                    update[key] = int(value)
+                elif strict:
+                    return False
+        if session is not None and 0 < len(session) <= MAX_SESSION_ID and SESSION_ID_CHARS.match(
+                session):
+            update["session_id"] = session
+        for key, value in update.items():
+            setattr(self.conn, key, value)
+        return True
 
     # -- login timeout ------------------------------------------------------
 

@@ -57,6 +57,13 @@ MAX_ID_LINE = 2 * MAX_ID_FIELDS * (2 * MAX_ID_VALUE + 16) + 256
 _ID_COMMAND = re.compile(rb"[^ \r\n]{1,64} ID[ (]", re.I)
 
 
+#: Dovecot's alert when a client sent a password in the clear where that is
+#: disallowed (client_check_plaintext_auth with pass_sent).
+PASSWORD_EXPOSED = (b"* BAD [ALERT] Plaintext authentication not allowed without SSL/TLS, but "
+                    b"your client did it anyway. If anyone was listening, the password was "
+                    b"exposed.\r\n")
+
+
 def quote(value: str) -> str:
     """An IMAP quoted string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -268,8 +275,21 @@ class IMAPLoginProtocol(LoginProtocol):
             }
             log.debug("imap-login: client ID: {id}", id=sanitize(
                 ", ".join(f"{k}={v}" for k, v in self.client_id.items()), 1024))
+            if self.forward_trusted:
+                self.forward_id(self.client_id)
         self.write(b'* ID ("name" "pydovecot")\r\n')
         self.tagged(tag, "OK ID completed.")
+
+    def forward_id(self, fields: dict[str, str | None]) -> None:
+        """A trusted proxy's ID fields (Dovecot's client_update_info):
+        x-originating-ip/-port, x-connected-ip/-port and x-session-id (or
+        x-session-ext-id) describe the real client; invalid ones are ignored."""
+        def get(key: str) -> str | None:
+            return fields.get(key)
+
+        self.forward(remote_ip=get("x-originating-ip"), remote_port=get("x-originating-port"),
+                     local_ip=get("x-connected-ip"), local_port=get("x-connected-port"),
+                     session=get("x-session-id") or get("x-session-ext-id"))
 
     def cmd_STARTTLS(self, tag: bytes, args: list) -> None:
         if args:
@@ -287,6 +307,7 @@ class IMAPLoginProtocol(LoginProtocol):
             self.bad(tag, "Error in IMAP command LOGIN: Invalid arguments.")
             return None
         if not self.plaintext_allowed():
+            self.write(PASSWORD_EXPOSED)
             self.tagged(tag, "NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
                              "on non-secure (SSL/TLS) connections.")
             self.auth_attempts += 1
@@ -310,6 +331,8 @@ class IMAPLoginProtocol(LoginProtocol):
                 self.bad(tag, "Invalid base64 data in initial response")
                 return None
         if mech in PLAINTEXT_MECHANISMS and not self.plaintext_allowed():
+            if initial is not None:  # the password already went by
+                self.write(PASSWORD_EXPOSED)
             self.tagged(tag, "NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
                              "on non-secure (SSL/TLS) connections.")
             self.auth_attempts += 1

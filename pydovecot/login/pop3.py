@@ -36,7 +36,9 @@ class POP3LoginProtocol(LoginProtocol):
         self._user_arg: bytes | None = None
 
     def send_greeting(self) -> None:
-        self.write(f"+OK {self.backend.greeting}\r\n".encode())
+        # Dovecot's pop3-login tells a trusted proxy it may send XCLIENT.
+        xclient = "[XCLIENT] " if self.forward_trusted else ""
+        self.write(f"+OK {xclient}{self.backend.greeting}\r\n".encode())
 
     # -- replies --------------------------------------------------------------
 
@@ -117,6 +119,34 @@ class POP3LoginProtocol(LoginProtocol):
 
     def cmd_NOOP(self, arg: bytes) -> None:
         self.write(b"+OK\r\n")
+
+    def cmd_XCLIENT(self, arg: bytes) -> None:
+        """A trusted proxy's view of the client, as Dovecot's pop3-login takes
+        it: ADDR, PORT, SESSION, TTL, FORWARD (base64 forward fields, checked
+        and not used); any invalid value rejects the whole update."""
+        if not self.forward_trusted:
+            self.write(b"+OK You are not from trusted IP - ignoring\r\n")
+            return
+        values: dict[str, str] = {}
+        ok = True
+        for item in arg.decode("utf-8", "replace").split(" "):
+            key, eq, value = item.partition("=")
+            key = key.upper()
+            if not eq:
+                continue
+            if key in ("ADDR", "PORT", "SESSION"):
+                values[key] = value
+            elif key == "TTL":
+                ok = ok and value.isdigit() and len(value) <= 10
+            elif key == "FORWARD":
+                ok = ok and decode_sasl(value.encode("ascii", "replace")) is not None
+        if ok:
+            ok = self.forward(remote_ip=values.get("ADDR"), remote_port=values.get("PORT"),
+                              session=values.get("SESSION"), strict=True)
+        if not ok:
+            self.err("Invalid parameters")
+            return
+        self.write(b"+OK Updated\r\n")
 
     def cmd_APOP(self, arg: bytes) -> None:
         self.bad("APOP not supported.")

@@ -28,6 +28,7 @@ import itertools
 import os
 import socket
 
+import setproctitle
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -38,7 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from authd.protocol import AuthCancel, AuthContinue, AuthStart, MechList
-from pydovecot import privileges
+from pydovecot import channel, privileges
 from pydovecot.channel import (
     MASTER_FD,
     ChannelAMP,
@@ -48,12 +49,15 @@ from pydovecot.channel import (
     stop_process,
 )
 from pydovecot.config import load_config
+from pydovecot.config.variables import expand
 from pydovecot.log import sanitize
 from pydovecot.login.common import ClientRegistry
+from pydovecot.login.haproxy import HAProxyFactory, unwrap_transport
 from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.login.managesieve import ManageSieveLoginFactory
 from pydovecot.login.pop3 import POP3LoginFactory
+from pydovecot.master.children import ServiceRetire
 from pydovecot.master.protocol import HandOff
 from pydovecot.tls import channel_binding, client_cert_user, server_context_factory, tls_connection
 
@@ -360,6 +364,7 @@ class LoginBackend:
             fd = mail_end.fileno()
         else:
             mail_end = None
+            transport = unwrap_transport(transport)  # under a PROXY wrapper
             fd = transport.getHandle().fileno()
         kwargs = dict(
             fd=fd, cookie=reply.cookie, service=service, pending=pending, mechanism=mechanism,
@@ -386,21 +391,113 @@ class LoginBackend:
         return None
 
     def log_login(self, conn, service, user, mechanism, mpid) -> None:
-        extra = ", TLS" if conn.tls else ""
-        extra += ", secured" if conn.trusted and not conn.tls else ""
-        log.info(
-            "Login: user=<{user}>, method={method}, rip={rip}, lip={lip}, mpid={mpid}"
-            "{extra}, session=<{session}>",
-            user=sanitize(user), method=sanitize(mechanism, 32), rip=conn.remote_ip,
-            lip=conn.local_ip, mpid=mpid, extra=extra, session=conn.session_id)
+        log.info("{line}", line=self.login_log_line("Login", conn, service, user, mechanism,
+                                                    mpid))
 
     def log_disconnect(self, conn, service, reason, user, auth_attempts) -> None:
-        who = f"user=<{sanitize(user)}>, " if user else ""
-        extra = ", TLS" if conn.tls else ""
-        log.info(
-            "Disconnected ({reason}): {who}rip={rip}, lip={lip}{extra}, session=<{session}>",
-            reason=sanitize(reason), who=who, rip=conn.remote_ip, lip=conn.local_ip, extra=extra,
-            session=conn.session_id)
+        log.info("{line}", line=self.login_log_line(f"Disconnected ({sanitize(reason)})", conn,
+                                                    service, user))
+
+    def login_log_line(self, message: str, conn, service: str, user, mechanism: str = "",
+                       mpid=None) -> str:
+        """``login_log_format`` (``%$: %s``) over ``login_log_format_elements``
+        as Dovecot's login processes build it: the elements expanded and
+        joined by ", ", an element whose variables are all empty left out
+        unless it names the user (``user=<>`` stays)."""
+        values = {
+            "user": sanitize(user) if user else "", "mech": sanitize(mechanism or "", 32),
+            "rip": conn.remote_ip, "lip": conn.local_ip, "rport": str(conn.remote_port or ""),
+            "lport": str(conn.local_port or ""), "mail_pid": str(mpid or ""),
+            "secured": "TLS" if conn.tls else ("secured" if conn.secured else ""),
+            "ssl_security": "", "session": conn.session_id, "service": service,
+            "real_rip": conn.remote_ip, "real_lip": conn.local_ip, "orig_user": "",
+            "original_user": sanitize(user) if user else "", "auth_user": "", "login_user": "",
+        }
+        empty = dict.fromkeys(values, "")
+        parts = []
+        for element in self.config.get("login_log_format_elements").split():
+            try:
+                text = expand(element, values)
+                blank = expand(element, empty)
+            except ValueError:
+                text = blank = element
+            if text == blank and "%" in element and not _names_user(element):
+                continue
+            parts.append(text)
+        try:
+            return expand(self.config.get("login_log_format"),
+                          {"$": message, "s": ", ".join(parts)})
+        except ValueError:
+            return f"{message}: {', '.join(parts)}"
+
+
+def _names_user(element: str) -> bool:
+    """Dovecot's have_username_key: %u, %n, %{user}, %{username}."""
+    return any(key in element for key in ("%u", "%n", "%{user}", "%{username}", "%Lu", "%Ln"))
+
+
+def verbose_title(service: str, prelogin: int, tls_proxies: int) -> str:
+    """The process title under ``verbose_proctitle``, as Dovecot's login
+    processes show it: ``[2 pre-login + 1 TLS proxies]``."""
+    extra = f" + {tls_proxies} TLS proxies" if tls_proxies else ""
+    return f"pydovecot/{service} [{prelogin} pre-login{extra}]"
+
+
+class ServiceCount:
+    """``service_count``: after that many connections this process stops
+    accepting, asks the master for its successor (ServiceRetire) and exits
+    once its last connection (a TLS relay included) is gone.  With 1 each
+    client gets a login process of its own (Dovecot's high-security mode)."""
+
+    def __init__(self, limit: int, master: amp.AMP):
+        self.limit = limit
+        self.master = master
+        self.ports: list = []
+        self.served = 0
+        self.active = 0
+        self.retired = False
+
+    def count(self, factory) -> None:
+        """Count the connections ``factory`` (a listener's outermost) builds."""
+        build = factory.buildProtocol
+
+        def buildProtocol(addr):
+            if self.retired:
+                return None
+            proto = build(addr)
+            if proto is None:
+                return None
+            self.active += 1
+            self.served += 1
+            lost = proto.connectionLost
+
+            def connectionLost(reason=None):
+                try:
+                    lost(reason)
+                finally:
+                    self.active -= 1
+                    self._check()
+
+            proto.connectionLost = connectionLost
+            if self.served >= self.limit:
+                self._retire()
+            return proto
+
+        factory.buildProtocol = buildProtocol
+
+    def _retire(self) -> None:
+        self.retired = True
+        for port in self.ports:
+            port.stopListening()
+        self.master.callRemote(ServiceRetire).addErrback(
+            lambda f: log.warn("service_count: the master did not answer: {e}",
+                               e=f.getErrorMessage()))
+
+    def _check(self) -> None:
+        if self.retired and self.active <= 0 and reactor.running:
+            log.debug("service_count={n} reached and served; exiting", n=self.limit)
+            channel._stopping = True  # an expected end: no "master went away"
+            reactor.callLater(0, reactor.stop)
 
 
 def _keep_transport(factory) -> None:
@@ -442,6 +539,12 @@ def start(args) -> defer.Deferred:
         client_limit=service.client_limit if service is not None else 0,
         max_ip_connections=config.get_int("login_max_ip_connections"),
         exempt_networks=trusted)
+    counter = ServiceCount(service.service_count, master) if (
+        service is not None and service.service_count) else None
+    if config.get_bool("verbose_proctitle"):
+        registry.on_change = lambda reg: setproctitle.setproctitle(
+            verbose_title(args.service, *reg.counts))
+        registry.on_change(registry)
     limits = dict(login_timeout=config.get_time("login_timeout"),
                   max_inbuf=config.get_size("login_max_inbuf_size"), registry=registry)
     for spec in args.listener:
@@ -455,7 +558,16 @@ def start(args) -> defer.Deferred:
                 os.close(fd)
                 continue
             factory = TLSMemoryBIOFactory(tls_context, False, factory)
-        adopt_listener(fd, factory)
+        listener = service.inet_listeners.get(name) if service is not None else None
+        if listener is not None and listener.haproxy:
+            # The PROXY header comes before anything else, TLS included.
+            factory = HAProxyFactory(factory, config.get_list("haproxy_trusted_networks"),
+                                     timeout=config.get_time("haproxy_timeout"))
+        if counter is not None:
+            counter.count(factory)
+        port = adopt_listener(fd, factory)
+        if counter is not None:
+            counter.ports.append(port)
 
     if privileges.is_root():
         uid, gid = privileges.lookup_user(config.get("default_login_user"))

@@ -57,7 +57,7 @@ from pydovecot.config import load_config
 from pydovecot.config.variables import expand_path
 from pydovecot.imap.session import IMAPSession
 from pydovecot.log import sanitize, start_child_logging
-from pydovecot.mailproc import admin, delivery
+from pydovecot.mailproc import admin, autoexpunge, delivery
 from pydovecot.mailproc.rehearsal import rehearse
 from pydovecot.managesieve.session import new_session as new_managesieve_session
 from pydovecot.master.protocol import (
@@ -202,6 +202,7 @@ class MailProcess:
                 settings=self.session_settings(service),
                 namespaces=getattr(self.config, "namespaces", None) or {},
             )
+            autoexpunge.session_starting(self, storage, ctx, service)
             if service == "pop3":
                 proto = POP3Session(storage, ctx)
             elif service == "sieve":

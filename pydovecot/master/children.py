@@ -95,18 +95,23 @@ class Child:
         self.lost = False
         #: Signals the master sent (see :meth:`signal`).
         self.sent_signals: set[int] = set()
+        #: RLIMIT_AS for the child (the service's ``vsz_limit``); 0: none.
+        self.vsz_limit = 0
+        #: Called when the child says it reached its service_count.
+        self.on_retire: Callable[[Child], None] | None = None
 
     def spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fds: dict[int, object] = {0: "w", 1: "r", 2: "r", MASTER_FD: theirs.fileno()}
         child_fds.update(self.extra_fds)
         self.started_at = time.monotonic()
+        argv = limited_argv(self.argv, self.vsz_limit)
         self.process = reactor.spawnProcess(
-            ChildLogProtocol(self), self.argv[0], self.argv, env=child_environment(),
+            ChildLogProtocol(self), argv[0], argv, env=child_environment(),
             childFDs=child_fds)
         self.pid = self.process.pid
         theirs.close()
-        self.channel = ChannelAMP(self.locator, on_lost=self._channel_lost)
+        self.channel = _ChildChannel(self, self.locator, on_lost=self._channel_lost)
         self.channel.child = self
         self.channel_transport = reactor.adoptStreamConnection(
             ours.fileno(), socket.AF_UNIX, _single(self.channel))
@@ -156,6 +161,70 @@ class Child:
         self.exited.callback(None)
 
 
+class ServiceRetire(amp.Command):
+    """Child → master: I reached my ``service_count``; I stop accepting and
+    exit once my clients are gone, so start my successor now."""
+
+    arguments: list = []
+    response: list = []
+
+
+class _RetireResponder(amp.CommandLocator):
+    def __init__(self, child: Child):
+        self.child = child
+
+    @ServiceRetire.responder
+    def retire(self) -> dict:
+        if self.child.on_retire is not None:
+            self.child.on_retire(self.child)
+        return {}
+
+
+class _ChildChannel(ChannelAMP):
+    """A child's channel: its role's locator, plus ServiceRetire."""
+
+    def __init__(self, child: Child, locator, on_lost) -> None:
+        super().__init__(locator, on_lost=on_lost)
+        self.locator = _WithRetire(_RetireResponder(child), self.locator)
+
+
+class _WithRetire:
+    """A locator: ServiceRetire here, every other command from ``inner``."""
+
+    def __init__(self, retire: _RetireResponder, inner) -> None:
+        self.retire = retire
+        self.inner = inner
+
+    def locateResponder(self, name):
+        if name == ServiceRetire.commandName:
+            return self.retire.locateResponder(name)
+        return self.inner.locateResponder(name)
+
+
+#: Runs a module under an address-space limit (``vsz_limit``): spawnProcess
+#: has no preexec hook, so the child sets RLIMIT_AS on itself first.
+_RLIMIT_LAUNCHER = (
+    "import resource, runpy, sys; n = int(sys.argv.pop(1)); "
+    "resource.setrlimit(resource.RLIMIT_AS, (n, n)); m = sys.argv.pop(1); "
+    "runpy.run_module(m, run_name='__main__', alter_sys=True)"
+)
+
+
+def limited_argv(argv: list[str], vsz_limit: int) -> list[str]:
+    """``python -m MODULE ARGS`` rewritten to run under RLIMIT_AS = vsz_limit."""
+    if not vsz_limit or len(argv) < 3 or argv[1] != "-m":
+        return argv
+    return [argv[0], "-c", _RLIMIT_LAUNCHER, str(vsz_limit), argv[2], *argv[3:]]
+
+
+def mail_vsz_limit(config) -> int:
+    """RLIMIT_AS for mail processes: ``service imap { vsz_limit }`` when set
+    explicitly (a mail process serves many sessions, so Dovecot's per-session
+    default_vsz_limit is not applied to it); 0 otherwise."""
+    service = config.services.get("imap")
+    return service.vsz_limit if service is not None and service.get("vsz_limit") else 0
+
+
 def _describe_exit(reason) -> str:
     value = reason.value
     if getattr(value, "signal", None):
@@ -166,10 +235,19 @@ def _describe_exit(reason) -> str:
 def _prefix_allowed(role: str, prefix: str) -> bool:
     if prefix == role:
         return True
-    # Mail and lmtp processes log per session: imap(alice)<…>, pop3(…), lmtp(…).
-    if role in ("mail", "lmtp"):
+    # Mail and lmtp processes log per session: imap(alice)<…>, pop3(…), lmtp(…);
+    # a mail process's mail_log_prefix may say anything but another role.
+    if role == "lmtp":
         return prefix.split("(", 1)[0] in ("imap", "pop3", "lmtp", "mail")
+    if role == "mail":
+        head = prefix.split("(", 1)[0].split("<", 1)[0].split("[", 1)[0].strip()
+        return head not in OTHER_ROLES and not head.startswith("service")
     return False
+
+
+#: Prefixes a mail process may not log under.
+OTHER_ROLES = frozenset({"master", "auth", "imap-login", "pop3-login", "managesieve-login",
+                         "stats", "config", "health-check", "anvil", "log"})
 
 
 def _single(protocol):
@@ -191,10 +269,15 @@ class SupervisedChild:
     MAX_DELAY = 60.0
     STABLE_AFTER = 3.0
 
-    def __init__(self, role: str, make_child: Callable[[], Child]):
+    def __init__(self, role: str, make_child: Callable[[], Child],
+                 limit: ProcessLimit | None = None):
         self.role = role
         self.make_child = make_child
+        self.limit = limit
         self.child: Child | None = None
+        #: Children that reached their service_count: they serve their last
+        #: clients and exit; their end is not a crash and starts nothing.
+        self.retired: set[Child] = set()
         self.stopping = False
         self.delay = self.MIN_DELAY
         self._restart_call = None
@@ -209,17 +292,38 @@ class SupervisedChild:
         self._restart_call = None
         if self.stopping:
             return
+        if self.limit is not None and not self.limit.take(self):
+            return  # at process_limit: spawned when a retired child exits
         child = self.make_child()
         child.on_end = self._ended
+        child.on_retire = self._retire
         try:
             child.spawn()
         except Exception:
+            if self.limit is not None:
+                self.limit.release()
             log.failure("cannot spawn {role}", role=self.role, log_prefix="master")
             self._schedule()
             return
         self.child = child
 
+    def _retire(self, child: Child) -> None:
+        """The child reached its service_count: its successor starts now."""
+        if child is not self.child:
+            return
+        self.retired.add(child)
+        self.child = None
+        if not self.stopping:
+            self._spawn()
+
     def _ended(self, child: Child, reason) -> None:
+        if self.limit is not None:
+            self.limit.release()
+        if child in self.retired:
+            self.retired.discard(child)
+            if self.limit is not None:
+                self.limit.wake()
+            return
         if child is self.child:
             self.child = None
         if self.stopping:
@@ -252,8 +356,48 @@ class SupervisedChild:
         self.stopping = True
         if self._restart_call is not None and self._restart_call.active():
             self._restart_call.cancel()
-        child = self.child
-        if child is None or child.process is None:
+        if self.limit is not None:
+            self.limit.forget(self)
+        waits = []
+        for child in [self.child, *self.retired]:
+            if child is not None and child.process is not None:
+                child.signal(signo)
+                waits.append(child.exited)
+        if not waits:
             return defer.succeed(None)
-        child.signal(signo)
-        return child.exited
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+class ProcessLimit:
+    """A service's ``process_limit``, shared by its supervised slots: a slot
+    whose child retired (service_count) waits here while the service's
+    processes, retired ones included, are at the limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.running = 0
+        self.waiting: list[SupervisedChild] = []
+
+    def take(self, slot: SupervisedChild) -> bool:
+        if self.limit and self.running >= self.limit:
+            if slot not in self.waiting:
+                self.waiting.append(slot)
+                log.warn("service({role}): process_limit ({limit}) reached, client "
+                         "connections are being dropped", role=slot.role, limit=self.limit,
+                         log_prefix="master")
+            return False
+        self.running += 1
+        return True
+
+    def release(self) -> None:
+        self.running = max(0, self.running - 1)
+
+    def wake(self) -> None:
+        while self.waiting and (not self.limit or self.running < self.limit):
+            slot = self.waiting.pop(0)
+            if not slot.stopping and slot.child is None:
+                slot._spawn()
+
+    def forget(self, slot: SupervisedChild) -> None:
+        if slot in self.waiting:
+            self.waiting.remove(slot)

@@ -28,6 +28,19 @@ Key = tuple[int, int]
 REFILL_AFTER = 0.05
 
 
+def mail_idle_kill(config) -> float:
+    """Seconds an assigned mail process may sit without sessions:
+    ``service imap { idle_kill }``, else ``default_idle_kill`` when the file
+    sets it (Dovecot's 1 min default is not applied to these many-session
+    processes), else 0 (kept)."""
+    service = config.services.get("imap")
+    if service is not None and service.idle_kill:
+        return service.idle_kill
+    if "default_idle_kill" in getattr(config, "explicit", ()):
+        return config.get_time("default_idle_kill")
+    return 0.0
+
+
 class MailProcess:
     """The master's view of one mail process."""
 
@@ -36,6 +49,8 @@ class MailProcess:
         self.key: Key | None = None
         self.sessions = 0
         self.alive = True
+        self.calls = 0  # master commands in flight (a delivery, an assignment)
+        self.idle_timer = None  # idle_kill, while it has no sessions
 
     @property
     def pid(self) -> int:
@@ -48,7 +63,18 @@ class MailProcess:
         return self.alive and not self.child.lost
 
     def call(self, command, **kwargs) -> defer.Deferred:
-        return self.child.channel.callRemote(command, **kwargs)
+        self.calls += 1
+
+        def done(result):
+            self.calls -= 1
+            return result
+
+        return self.child.channel.callRemote(command, **kwargs).addBoth(done)
+
+    def cancel_idle(self) -> None:
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.cancel()
+        self.idle_timer = None
 
 
 class MailProcessPool:
@@ -65,6 +91,10 @@ class MailProcessPool:
         self.stopping = False
         self.refill_delay = 0.0  # grows while fresh processes keep dying
         self._refill_call = None
+        #: ``service imap { idle_kill }``: an assigned process left without
+        #: sessions that long is stopped (0: kept; Dovecot's default_idle_kill
+        #: is not applied to these many-session processes).
+        self.idle_kill = 0.0
 
     # -- spawning ----------------------------------------------------------
 
@@ -87,6 +117,7 @@ class MailProcessPool:
 
     def _ended(self, process: MailProcess) -> None:
         process.alive = False
+        process.cancel_idle()
         self.by_pid.pop(process.pid, None)
         if process in self.idle:
             self.idle.remove(process)
@@ -179,11 +210,32 @@ class MailProcessPool:
 
     def session_started(self, process: MailProcess) -> None:
         process.sessions += 1
+        process.cancel_idle()
 
     def session_ended(self, pid: int) -> None:
         process = self.by_pid.get(pid)
         if process is not None and process.sessions > 0:
             process.sessions -= 1
+            if process.sessions == 0 and self.idle_kill and process.key is not None:
+                process.cancel_idle()
+                process.idle_timer = reactor.callLater(self.idle_kill, self._idle_kill, process)
+
+    def _idle_kill(self, process: MailProcess) -> None:
+        """idle_kill ran out: retire the process unless it got work meanwhile."""
+        process.idle_timer = None
+        if process.sessions or not process.usable or self.stopping:
+            return
+        if process.calls:  # a delivery is running: look again later
+            process.idle_timer = reactor.callLater(self.idle_kill, self._idle_kill, process)
+            return
+        procs = self.assigned.get(process.key, [])
+        if process in procs:
+            procs.remove(process)  # no new session picks it from now on
+            if not procs:
+                self.assigned.pop(process.key, None)
+        log.info("service(mail): process {pid} idle for {t:g}s (idle_kill), stopping",
+                 pid=process.pid, t=self.idle_kill, log_prefix="master")
+        process.child.signal(signal.SIGTERM)
 
     def all_processes(self) -> list[MailProcess]:
         return list(self.by_pid.values())

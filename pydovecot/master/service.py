@@ -33,11 +33,17 @@ from pydovecot import privileges
 from pydovecot.channel import ChannelAMP, ChannelLocator
 from pydovecot.config import ConfigError, load_config
 from pydovecot.config.variables import expand_path, fixed_prefix
-from pydovecot.log import DovecotLineObserver, QuietTwisted, sanitize
+from pydovecot.log import DovecotLineObserver, MasterLog, QuietTwisted, sanitize
 from pydovecot.master import sdnotify
 from pydovecot.master.admin import AdminServer
-from pydovecot.master.children import Child, SupervisedChild, python_module_argv
-from pydovecot.master.mailpool import MailProcessPool
+from pydovecot.master.children import (
+    Child,
+    ProcessLimit,
+    SupervisedChild,
+    mail_vsz_limit,
+    python_module_argv,
+)
+from pydovecot.master.mailpool import MailProcessPool, mail_idle_kill
 from pydovecot.master.protocol import (
     Deliver,
     DeliverRequest,
@@ -53,6 +59,7 @@ from pydovecot.master.protocol import (
 )
 from pydovecot.stats.relay import AuthLocator, StatsForwarding, StatsRelay
 from pydovecot.storage.rpc import broker as rpc_broker
+from pydovecot.tls import check_server_tls
 
 log = Logger(namespace="master")
 
@@ -244,6 +251,7 @@ class MasterService(Service):
             log.warn("{warning}", warning=warning, log_prefix="config")
         try:
             self._prepare_dirs()
+            check_server_tls(self.config)  # Fatal FILE:LINE for unusable TLS settings
             self._write_snapshot(self.config)
             self._check_users()
             self.bound = self._open_listeners()
@@ -287,30 +295,22 @@ class MasterService(Service):
     def _start_logging(self) -> None:
         from twisted.logger import globalLogPublisher
 
-        path = self.config.path_setting("log_path")
-        if path and path not in ("syslog", "/dev/stderr"):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-            self._log_line_observer = DovecotLineObserver(self._log_file, "master", timestamps=True)
+        # log_path / info_log_path / debug_log_path / syslog (pydovecot.log)
+        master_log = MasterLog(self.config)
+        if master_log.active:
+            self._log_file = self._log_line_observer = master_log
             self._log_observer = FilteringLogObserver(
-                self._log_line_observer, [TwistedChatter(), QuietTwisted()])
+                master_log, [TwistedChatter(), QuietTwisted()])
             globalLogPublisher.addObserver(self._log_observer)
 
     def reopen_log(self) -> None:
         """SIGUSR1 (Dovecot's ``doveadm log reopen``; logrotate's
-        postrotate): reopen ``log_path``.  Children log through the master,
-        so its file is the only one."""
+        postrotate): reopen the log files.  Children log through the master,
+        so its files are the only ones."""
         if self._log_file is None:
             return
-        path = self._log_file.name
-        try:
-            new = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        except OSError as e:
-            log.error("SIGUSR1: can't reopen {path}: {e}", path=path, e=e, log_prefix="master")
-            return
-        old, self._log_file = self._log_file, new
-        self._log_line_observer.stream = new
-        old.close()
+        for path in self._log_file.reopen():
+            log.error("SIGUSR1: can't reopen {path}", path=path, log_prefix="master")
         log.info("log file reopened", log_prefix="master")
 
     def _prepare_dirs(self) -> None:
@@ -457,6 +457,7 @@ class MasterService(Service):
             client_limit=imap.client_limit,
             process_limit=imap.process_limit,
         )
+        self.pool.idle_kill = mail_idle_kill(self.config)
         self.pool.start()
         self.stats.start()
 
@@ -470,8 +471,9 @@ class MasterService(Service):
                 # Dovecot's high-performance mode): process_min_avail of
                 # them, never more than process_limit.
                 count = min(max(1, service.process_min_avail), service.process_limit)
+                limit = ProcessLimit(service.process_limit)  # service_count successors
                 for _ in range(count):
-                    self._supervise(name, lambda n=name: self._make_login(n))
+                    self._supervise(name, lambda n=name: self._make_login(n), limit)
             elif name == "lmtp":
                 self._supervise("lmtp", self._make_lmtp)
             elif name == QUOTA_STATUS:
@@ -481,8 +483,8 @@ class MasterService(Service):
             elif name == "stats" or name == "health-check" and not self._has_port("stats"):
                 self._supervise("stats", self._make_stats)  # serves both
 
-    def _supervise(self, role: str, make) -> None:
-        supervised = SupervisedChild(role, make)
+    def _supervise(self, role: str, make, limit: ProcessLimit | None = None) -> None:
+        supervised = SupervisedChild(role, make, limit)
         self.supervised.setdefault(role, []).append(supervised)
         supervised.start()
 
@@ -510,6 +512,7 @@ class MasterService(Service):
             "--protocol", LOGIN_SERVICES[name], "--chroot", self.chroot_dir, *args)
         locator = LoginLocator(self)
         child = Child(name, argv, locator=locator, extra_fds=fds)
+        child.vsz_limit = self.config.services[name].vsz_limit  # RLIMIT_AS
         locator.child = child
         return child
 
@@ -544,6 +547,8 @@ class MasterService(Service):
         locator = MailLocator(self)
         child = Child("mail", python_module_argv("pydovecot.mailproc.main",
                                                  *self._config_args()), locator=locator)
+        # One mail process serves many sessions: only an explicit limit.
+        child.vsz_limit = mail_vsz_limit(self.config)
         locator.child = child
         child.exited.addCallback(lambda _: self.anvil_process_gone(child.pid))
         return child
@@ -620,6 +625,11 @@ class MasterService(Service):
         if uid < first or (last and uid > last) or uid == 0:
             raise RuntimeError(f"user {user}: mail access for uid {uid} is not permitted "
                                f"(first_valid_uid={first})")
+        first_gid = self.config.get_int("first_valid_gid")
+        last_gid = self.config.get_int("last_valid_gid")
+        if gid < first_gid or (last_gid and gid > last_gid):
+            raise RuntimeError(f"user {user}: Mail access for users with GID {gid} not permitted "
+                               f"(see first_valid_gid in config file, gid from userdb lookup)")
         return uid, gid
 
     def prepare_home(self, user: str, fields: dict, uid: int, gid: int) -> str:
@@ -822,6 +832,7 @@ class MasterService(Service):
         imap = config.services["imap"]
         self.pool.reconfigure(imap.process_min_avail or 1, imap.client_limit,
                               imap.process_limit)
+        self.pool.idle_kill = mail_idle_kill(config)
 
         def restart(_):
             self.listeners = new_listeners
