@@ -20,7 +20,7 @@ import time
 from tests.dovecot_pair import DOVECOT
 from tests.dovecot_side import require
 from tests.harness import free_port
-from tests.test_conf2_haproxy import PLAIN_SSL, TLVS, ProxyMasterCase, v1, v2
+from tests.test_settings_haproxy import PLAIN_SSL, TLVS, ProxyMasterCase, v1, v2
 
 
 class DovecotProxy:
