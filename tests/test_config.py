@@ -771,3 +771,24 @@ class GrammarTests(_Files):
         self.assertEqual(sum("mail_cache_fields" in w for w in cfg.warnings), 1)
         self.assertEqual(sum("'mail_log'" in w for w in cfg.warnings), 1)
         self.assertTrue(cfg.warnings[0].startswith(os.path.join(self.dir, "a.conf") + ":1: "))
+
+
+class SieveKeyTests(_Files):
+    """``plugin { sieve_* }``: the keys pydovecot's Sieve reads are taken,
+    the others warned once, and the ones that would change delivery
+    (Pigeonhole's extprograms and other plugins) refused."""
+
+    def test_read_keys_pass_quietly(self) -> None:
+        cfg = self.load("mail_plugins = $mail_plugins sieve\nplugin {\n"
+                        "  sieve = file:~/sieve;active=~/.dovecot.sieve\n"
+                        "  sieve_before = /etc/sieve/before.sieve\n  sieve_before2 = /x.sieve\n"
+                        "  sieve_max_redirects = 4\n  sieve_vacation_min_period = 1d\n"
+                        "  sieve_spamtest_text_value1 = x\n}\n")
+        self.assertFalse([w for w in cfg.warnings if "sieve" in w], cfg.warnings)
+
+    def test_unread_key_warned_and_plugins_refused(self) -> None:
+        cfg = self.load("plugin {\n  sieve_trace_dir = /tmp/trace\n}\n")
+        self.assertTrue([w for w in cfg.warnings if "sieve_trace_dir" in w], cfg.warnings)
+        msg = self.error("plugin {\n  sieve_plugins = sieve_extprograms\n}\n")
+        self.assertIn("sieve_plugins", msg)
+        self.assertIn("dovecot.conf:2", msg)

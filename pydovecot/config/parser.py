@@ -717,6 +717,16 @@ class _Parser:
             if why:
                 self.refuse_value(where, key, why)
             return
+        if owner == "sieve":
+            verdict = S.check_sieve_key(key, value)
+            if verdict is not None:
+                kind, why = verdict
+                if kind == "refused":
+                    self.refuse_value(where, key, f"{key} = {value}: refused: {why}")
+                else:
+                    self.warn(where, f"plugin setting '{key}' is not supported by pydovecot; "
+                                     f"ignored ({why})", once=f"plugin {key}")
+            return
         if owner in S.MAIL_PLUGINS_IMPLEMENTED or owner == "":
             return
         if owner is None:

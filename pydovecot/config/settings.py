@@ -1144,6 +1144,36 @@ def check_quota_plugin(plugin: dict[str, str]) -> str | None:
     return None
 
 
+#: ``plugin { }`` keys of Pigeonhole's Sieve that pydovecot/sieve and
+#: pydovecot/managesieve read (numbered ones by pattern); any other
+#: ``sieve_*`` key is warned, and those that would change delivery are
+#: refused (:data:`SIEVE_REFUSED`).
+SIEVE_KEYS_READ = re.compile(
+    r"sieve|sieve_(?:after|before)\d*|sieve_default(?:_name)?|sieve_dir|sieve_global(?:_dir|"
+    r"_extensions)?|sieve_extensions|sieve_max_(?:actions|cpu_time|redirects|script_size)|"
+    r"sieve_quota_max_(?:scripts|storage)|sieve_redirect_(?:duplicate_period|envelope_from)|"
+    r"sieve_duplicate_(?:default|max)_period|sieve_user_(?:email|log)|sieve_vacation_[a-z_]+|"
+    r"sieve_variables_max_(?:scope|variable)_size|sieve_(?:spamtest|virustest)_[a-z_]+\d*")
+#: Sieve keys that change delivery if ignored: refused at start.
+SIEVE_REFUSED: dict[str, str] = {
+    "sieve_plugins": "Sieve plugins (extprograms, imapsieve) are not supported",
+    "sieve_pipe_bin_dir": "the vnd.dovecot.pipe extension is not supported",
+    "sieve_filter_bin_dir": "the vnd.dovecot.filter extension is not supported",
+    "sieve_execute_bin_dir": "the vnd.dovecot.execute extension is not supported",
+    "sieve_discard": "sieve_discard scripts are not supported",
+}
+
+
+def check_sieve_key(key: str, value: str) -> tuple[str, str] | None:
+    """("refused" | "warned", why) for a ``sieve_*`` plugin key pydovecot
+    doesn't read; None for one it does (or an empty refused one)."""
+    if SIEVE_KEYS_READ.fullmatch(key):
+        return None
+    if key in SIEVE_REFUSED:
+        return None if not value.strip() else ("refused", SIEVE_REFUSED[key])
+    return ("warned", "pydovecot's Sieve does not use it")
+
+
 def plugin_key_owner(key: str) -> str | None:
     """The plugin a ``plugin {}`` key belongs to ("" = core), or None if unknown."""
     for prefix, owner in PLUGIN_KEY_OWNERS:
