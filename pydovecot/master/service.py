@@ -56,7 +56,8 @@ from pydovecot.storage.rpc import broker as rpc_broker
 
 log = Logger(namespace="master")
 
-LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve"}
+LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve",
+                  "submission-login": "submission"}
 #: Postfix's policy service (pydovecot/quotastatus), when it has a listener.
 QUOTA_STATUS = "quota-status"
 #: Served by the unprivileged stats process, when they have a listener.
