@@ -15,14 +15,13 @@ import ssl
 import subprocess
 import time
 
-imaplib.Commands.setdefault("GENURLAUTH", ("AUTH", "SELECTED"))
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import postfix as pf
 from tests.harness import IN_CI, Master, User, listening_socket, privileged
 
 DOMAIN = "sub.test"
+imaplib.Commands.setdefault("GENURLAUTH", ("AUTH", "SELECTED"))
 
 
 class SubmissionTests(SynchronousTestCase):
@@ -46,6 +45,7 @@ smtpd_relay_restrictions = permit_mynetworks, reject
 relay_domains = {DOMAIN}
 transport_maps = inline:{{{DOMAIN}=lmtp:inet:127.0.0.1:{lmtp}}}
 lmtp_host_lookup = native
+smtpd_authorized_xclient_hosts = 127.0.0.1
 """)
         self.addCleanup(self.postfix.cleanup)
         with open(os.path.join(self.postfix.config_dir, "master.cf"), "a") as f:
@@ -59,6 +59,7 @@ hostname = pydovecot.{DOMAIN}
 submission_relay_host = 127.0.0.1
 submission_relay_port = {self.postfix.port}
 submission_max_mail_size = 1M
+submission_relay_trusted = yes
 service submission-login {{
   inet_listener submission {{
     port = {self.port}
@@ -108,6 +109,8 @@ service submission-login {{
         self.assertIn("250-CHUNKING", result.stdout)
         data = self.wait_inbox(self.imap(), b"hello through submission")
         self.assertIn(b"Subject: via submission", data)
+        # submission_relay_trusted: XCLIENT told Postfix who logged in.
+        self.assertIn("sasl_username=bob", self.postfix.log())
 
     def test_burl_draft(self):
         m = self.imap()

@@ -71,10 +71,10 @@ from pydovecot.master.protocol import (
 from pydovecot.pop3.session import POP3Session
 from pydovecot.session import SessionContext
 from pydovecot.stats import events
-from pydovecot.submission.session import new_session as new_submission_session
 from pydovecot.storage import open_storage
 from pydovecot.storage.interfaces import IMailStorage, StorageError
 from pydovecot.storage.rpc import broker as rpc_broker
+from pydovecot.submission.session import new_session as new_submission_session
 
 log = Logger()
 

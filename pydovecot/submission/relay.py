@@ -108,21 +108,34 @@ class RelayProtocol(protocol.Protocol):
         self.transport.write(line + b"\r\n")
         return d
 
-    async def handshake(self, helo: str, user: str = "", password: str = "") -> None:
+    async def handshake(self, helo: str, user: str = "", password: str = "",
+                        xclient: dict[str, str] | None = None) -> None:
+        """Greeting, EHLO, then (``submission_relay_trusted``) XCLIENT with
+        the client's address and login when the relay offers it, and AUTH
+        PLAIN with ``submission_relay_user`` if set."""
         greeting = await self.expect()
         if greeting.code != 220:
             raise RelayError(f"relay greeting: {greeting.code}")
+        await self._ehlo(helo)
+        if xclient and "XCLIENT" in self.extensions:
+            args = " ".join(f"{k}={_xtext(v)}" for k, v in xclient.items() if v)
+            r = await self.command(b"XCLIENT " + args.encode())
+            if r.code != 220:
+                raise RelayError(f"relay refused XCLIENT: {r.code}")
+            await self._ehlo(helo)
+        if user:
+            token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
+            r = await self.command(b"AUTH PLAIN " + token)
+            if r.code != 235:
+                raise RelayError(f"relay refused AUTH: {r.code}")
+
+    async def _ehlo(self, helo: str) -> None:
         r = await self.command(b"EHLO " + helo.encode())
         if r.code != 250:
             r = await self.command(b"HELO " + helo.encode())
             if r.code != 250:
                 raise RelayError(f"relay refused HELO: {r.code}")
         self.extensions = {x.split(b" ")[0].decode("ascii", "replace").upper() for x in r.lines[1:]}
-        if user:
-            token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
-            r = await self.command(b"AUTH PLAIN " + token)
-            if r.code != 235:
-                raise RelayError(f"relay refused AUTH: {r.code}")
 
     async def send_message(self, spool, size: int) -> Reply:
         """Send the spooled message; the relay's final reply."""
@@ -155,7 +168,13 @@ class RelayProtocol(protocol.Protocol):
             self.transport.loseConnection()
 
 
-async def connect(config, helo: str) -> RelayProtocol:
+def _xtext(value: str) -> str:
+    """RFC 1891 xtext (XCLIENT attribute values)."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}"
+                   for c in value.encode("utf-8").decode("latin-1"))
+
+
+async def connect(config, helo: str, xclient: dict[str, str] | None = None) -> RelayProtocol:
     """A connected, greeted relay client per the submission_relay_* settings."""
     host = config.get("submission_relay_host")
     if not host:
@@ -171,6 +190,8 @@ async def connect(config, helo: str) -> RelayProtocol:
         await connectProtocol(endpoint, proto)
     except Exception as e:
         raise RelayError(f"cannot connect to relay {host}:{port}: {e}") from None
+    trusted = config.get_bool("submission_relay_trusted")
     await proto.handshake(helo, config.get("submission_relay_user"),
-                          config.get("submission_relay_password"))
+                          config.get("submission_relay_password"),
+                          xclient if trusted else None)
     return proto

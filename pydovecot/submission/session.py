@@ -239,7 +239,10 @@ class SubmissionSession(protocol.Protocol):
 
     async def _relay_cmd(self, line: bytes) -> Reply:
         if self.relay is None or self.relay.lost:
-            self.relay = await relay_mod.connect(self.config, self.helo or self.host)
+            ctx = self.ctx
+            xclient = {"ADDR": ctx.remote_ip, "PORT": str(ctx.remote_port or ""),
+                       "HELO": self.helo, "LOGIN": ctx.user}
+            self.relay = await relay_mod.connect(self.config, self.helo or self.host, xclient)
         r = await self.relay.command(line)
         self.send(r)
         return r
