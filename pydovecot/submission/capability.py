@@ -11,7 +11,7 @@ import socket
 #: Extensions advertised after the hostname (Dovecot 2.3's order), AUTH and
 #: STARTTLS added where they apply.
 EXTENSIONS = ("8BITMIME", "BURL imap", "CHUNKING", "ENHANCEDSTATUSCODES", "PIPELINING",
-              "SMTPUTF8")
+              "SMTPUTF8")  # SMTPUTF8 only when the relay offers it
 
 _DOMAIN = re.compile(rb"^(\[[0-9A-Za-z:.]{1,64}\]|[0-9A-Za-z_]([0-9A-Za-z_.-]{0,253}))$")
 
@@ -37,15 +37,18 @@ def max_mail_size(config) -> int:
         return 0
 
 
-def ehlo_lines(config, host: str, auth: list[str] | None = None, starttls: bool = False) -> bytes:
-    """The multi-line 250 reply to EHLO."""
+def ehlo_lines(config, host: str, auth: list[str] | None = None, starttls: bool = False,
+               smtputf8: bool = False) -> bytes:
+    """The multi-line 250 reply to EHLO (SMTPUTF8 only when the relay has it,
+    as Dovecot's)."""
     lines = [host, "8BITMIME"]
     if auth:
         lines.append("AUTH " + " ".join(auth))
     lines += ["BURL imap", "CHUNKING", "ENHANCEDSTATUSCODES"]
     size = max_mail_size(config)
     lines.append(f"SIZE {size}" if size else "SIZE")
-    lines.append("SMTPUTF8")
+    if smtputf8:
+        lines.append("SMTPUTF8")
     if starttls:
         lines.append("STARTTLS")
     lines.append("PIPELINING")

@@ -55,6 +55,7 @@ class RelayProtocol(protocol.Protocol):
         self._lines: list[bytes] = []
         self._waiting: list[defer.Deferred] = []
         self.extensions: set[str] = set()
+        self.size = 0  # the relay's SIZE, 0 if none
         self.lost = False
 
     def connectionMade(self) -> None:
@@ -136,6 +137,10 @@ class RelayProtocol(protocol.Protocol):
             if r.code != 250:
                 raise RelayError(f"relay refused HELO: {r.code}")
         self.extensions = {x.split(b" ")[0].decode("ascii", "replace").upper() for x in r.lines[1:]}
+        for x in r.lines[1:]:
+            words = x.split()
+            if len(words) == 2 and words[0].upper() == b"SIZE" and words[1].isdigit():
+                self.size = int(words[1][:15])
 
     async def send_message(self, spool, size: int) -> Reply:
         """Send the spooled message; the relay's final reply."""

@@ -35,7 +35,7 @@ from pydovecot.log import sanitize
 from pydovecot.session import SessionContext
 from pydovecot.storage.interfaces import IMailStorage
 from pydovecot.submission import relay as relay_mod
-from pydovecot.submission.capability import ehlo_lines, hostname, max_mail_size, valid_domain
+from pydovecot.submission.capability import hostname, max_mail_size, valid_domain
 from pydovecot.submission.relay import RelayError, Reply, reply
 
 log = Logger()
@@ -187,13 +187,31 @@ class SubmissionSession(protocol.Protocol):
 
     # -- commands -------------------------------------------------------------------
 
-    def cmd_EHLO(self, arg: bytes) -> None:
+    def cmd_EHLO(self, arg: bytes) -> defer.Deferred | None:
         if not valid_domain(arg):
             self.send(reply(501, "5.5.4 Invalid parameters"))
-            return
+            return None
         self.helo = arg.decode("ascii")
         self.reset_transaction()
-        self.transport.write(ehlo_lines(self.config, self.host))
+        return defer.ensureDeferred(self._ehlo())
+
+    async def _ehlo(self) -> None:
+        """The relay's extensions shape the reply (as Dovecot's): it is
+        connected first."""
+        try:
+            relay = await self._relay()
+        except RelayError as e:
+            self._relay_failed(e)
+            return
+        ext = relay.extensions
+        size = self.max_size
+        if relay.size:
+            size = min(size or relay.size, max(relay.size - 1024, 1))
+        lines = [self.host, "8BITMIME", "AUTH", f"BURL imap imap://{self.host}", "CHUNKING"]
+        lines += ["DSN"] if "DSN" in ext else []
+        lines += ["ENHANCEDSTATUSCODES", "PIPELINING", f"SIZE {size}" if size else "SIZE"]
+        lines += [x for x in ("SMTPUTF8", "VRFY") if x in ext]
+        self.send(Reply(250, [x.encode() for x in lines]))
 
     def cmd_HELO(self, arg: bytes) -> None:
         if not valid_domain(arg):
@@ -216,11 +234,23 @@ class SubmissionSession(protocol.Protocol):
     def cmd_NOOP(self, arg: bytes) -> None:
         self.send(reply(250, "2.0.0 OK"))
 
-    def cmd_VRFY(self, arg: bytes) -> None:
+    def cmd_VRFY(self, arg: bytes) -> defer.Deferred | None:
+        """Relayed when the relay offers VRFY (as Dovecot's)."""
         if not arg:
             self.send(reply(501, "5.5.4 Invalid parameters"))
-        else:
-            self.send(reply(252, "2.3.3 Try RCPT instead"))
+            return None
+
+        async def go() -> None:
+            try:
+                relay = await self._relay()
+                if "VRFY" not in relay.extensions:
+                    self.send(reply(252, "2.3.3 Try RCPT instead"))
+                    return
+                await self._relay_cmd(b"VRFY " + arg)
+            except RelayError as e:
+                self._relay_failed(e)
+
+        return defer.ensureDeferred(go())
 
     def cmd_QUIT(self, arg: bytes) -> None:
         self.quit(reply(221, "2.0.0 Bye"))
@@ -237,13 +267,17 @@ class SubmissionSession(protocol.Protocol):
             self.spool.close()
         self.reset()
 
-    async def _relay_cmd(self, line: bytes) -> Reply:
+    async def _relay(self) -> relay_mod.RelayProtocol:
         if self.relay is None or self.relay.lost:
             ctx = self.ctx
             xclient = {"ADDR": ctx.remote_ip, "PORT": str(ctx.remote_port or ""),
                        "HELO": self.helo, "LOGIN": ctx.user}
             self.relay = await relay_mod.connect(self.config, self.helo or self.host, xclient)
-        r = await self.relay.command(line)
+        return self.relay
+
+    async def _relay_cmd(self, line: bytes) -> Reply:
+        relay = await self._relay()
+        r = await relay.command(line)
         self.send(r)
         return r
 
@@ -252,6 +286,9 @@ class SubmissionSession(protocol.Protocol):
             self.send(reply(503, "5.5.1 MAIL already given"))
             return None
         m = _PATH.match(arg)
+        if arg[:5].upper() == b"FROM:" and not arg[5:].lstrip().startswith(b"<"):
+            self.send(reply(501, "5.5.4 Invalid FROM: Missing '<' at beginning of path"))
+            return None
         if not m or m.group(1).upper() != b"FROM":
             self.send(reply(501, "5.5.4 Invalid parameters"))
             return None
@@ -278,9 +315,12 @@ class SubmissionSession(protocol.Protocol):
 
     def cmd_RCPT(self, arg: bytes) -> defer.Deferred | None:
         if not self.mail_from:
-            self.send(reply(503, "5.5.1 MAIL needed first"))
+            self.send(reply(503, "5.5.0 MAIL needed first"))
             return None
         m = _PATH.match(arg)
+        if arg[:3].upper() == b"TO:" and not arg[3:].lstrip().startswith(b"<"):
+            self.send(reply(501, "5.5.4 Invalid TO: Missing '<' at beginning of path"))
+            return None
         if not m or m.group(1).upper() != b"TO" or not m.group(2):
             self.send(reply(501, "5.5.4 Invalid parameters"))
             return None
@@ -302,7 +342,7 @@ class SubmissionSession(protocol.Protocol):
 
     def _ready_for_data(self) -> bool:
         if not self.mail_from:
-            self.send(reply(503, "5.5.1 MAIL needed first"))
+            self.send(reply(503, "5.5.0 MAIL needed first"))
             return False
         if not self.rcpts:
             self.send(reply(554, "5.5.1 No valid recipients"))
