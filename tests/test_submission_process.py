@@ -24,6 +24,11 @@ DOMAIN = "sub.test"
 imaplib.Commands.setdefault("GENURLAUTH", ("AUTH", "SELECTED"))
 
 
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M).group(1)) * 1024
+
+
 class SubmissionTests(SynchronousTestCase):
     timeout = 240
 
@@ -36,8 +41,10 @@ class SubmissionTests(SynchronousTestCase):
         self.master = Master(users=[User("alice", "secret"), User("bob", "hunter2")], ssl=True,
                              **privileged())
         self.addCleanup(self.master.cleanup)
-        self.master.sockets["submission"] = listening_socket()
+        for name in ("submission", "submissions"):
+            self.master.sockets[name] = listening_socket()
         self.port = self.master.sockets["submission"].getsockname()[1]
+        self.ssl_port = self.master.sockets["submissions"].getsockname()[1]
         lmtp = self.master.ports["lmtp"]
         self.postfix = pf.Postfix("/nonexistent", extra_main_cf=f"""
 smtpd_sasl_auth_enable = no
@@ -65,7 +72,7 @@ service submission-login {{
     port = {self.port}
   }}
   inet_listener submissions {{
-    port = 0
+    port = {self.ssl_port}
   }}
 }}
 """
@@ -144,6 +151,45 @@ service submission-login {{
         s.rset()
         s.quit()
         self.wait_inbox(m, b"body from the draft")
+
+    def test_submissions_long_lines_and_a_client_that_never_reads(self):
+        # Implicit TLS (465), AUTH, then DATA with a 20 KB line and a dot line.
+        s = smtplib.SMTP_SSL("127.0.0.1", self.ssl_port, timeout=30,
+                             context=ssl._create_unverified_context())
+        self.addCleanup(s.close)
+        s.login("alice", "secret")
+        body = (b"Subject: long\r\n\r\n" + b"y" * 20000 + b"\r\n.dotted\r\nlong-end\r\n")
+        s.sendmail(f"alice@{DOMAIN}", [f"alice@{DOMAIN}"], body)
+        s.quit()
+        data = self.wait_inbox(self.imap(), b"long-end")
+        # (Postfix folds lines over 998 octets; the bytes all arrive.)
+        self.assertEqual(data.split(b"\r\n\r\n", 1)[1].count(b"y"), 20000)
+        self.assertTrue(b"y\r\n.dotted\r\nlong-end" in data, "dot line not unstuffed")
+        # A client that pipelines NOOPs and never reads: the mail process
+        # stays bounded and another session is served meanwhile.
+        hog = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        self.addCleanup(hog.close)
+        hog.ehlo("hog.test")
+        hog.login("bob", "hunter2")
+        [mail] = self.master.children("pydovecot/mail")
+        before = rss(mail)
+        hog.sock.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 30
+        while sent < 50_000_000 and time.monotonic() < deadline:
+            try:
+                sent += hog.sock.send(b"NOOP\r\n" * 10000)
+            except BlockingIOError:
+                time.sleep(0.05)
+                if time.monotonic() > deadline - 25:
+                    break
+        self.assertLess(sent, 50_000_000, "the mail process never stopped reading the hog")
+        other = self.smtp()
+        other.ehlo("other.test")
+        other.login("alice", "secret")
+        self.assertEqual(other.noop()[0], 250)
+        other.quit()
+        self.assertLess(rss(mail) - before, 30_000_000)
 
     def test_login_isolated_and_errors(self):
         [pid] = self.master.children("pydovecot/submission-login")

@@ -91,6 +91,7 @@ class SubmissionSession(protocol.Protocol):
         self.size = 0
         self.too_big = False
         self.data_mode = False
+        self.mid_line = False
         self.bdat_left = 0
         self.bdat_last = False
         self.chunk_failed = False
@@ -147,6 +148,10 @@ class SubmissionSession(protocol.Protocol):
             i = self.buf.find(b"\n", 0, MAX_LINE + 2)
             if i < 0:
                 if len(self.buf) > MAX_LINE:
+                    if self.data_mode:  # a long message line: stored in pieces
+                        piece, self.buf = self.buf[:MAX_LINE], self.buf[MAX_LINE:]
+                        self.data_line(piece, partial=True)
+                        continue
                     self.quit(reply(500, "5.5.2 Line too long"))
                 break
             line, self.buf = self.buf[:i].rstrip(b"\r"), self.buf[i + 1:]
@@ -370,14 +375,17 @@ class SubmissionSession(protocol.Protocol):
         self.data_mode = True
         self.send(reply(354, "OK"))
 
-    def data_line(self, line: bytes) -> None:
-        if line == b".":
-            self.data_mode = False
-            self.run(defer.ensureDeferred(self.finish()))
-            return
-        if line.startswith(b"."):
-            line = line[1:]
-        self.store(line + b"\r\n")
+    def data_line(self, line: bytes, partial: bool = False) -> None:
+        """One DATA line (or a piece of a long one), dot-unstuffed."""
+        mid_line, self.mid_line = self.mid_line, partial
+        if not mid_line:
+            if line == b"." and not partial:
+                self.data_mode = False
+                self.run(defer.ensureDeferred(self.finish()))
+                return
+            if line.startswith(b"."):
+                line = line[1:]
+        self.store(line if partial else line + b"\r\n")
 
     def cmd_BDAT(self, arg: bytes) -> None:
         parts = arg.split()
