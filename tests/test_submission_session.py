@@ -1,0 +1,143 @@
+"""Tests for pydovecot.submission.session against a scripted relay, over 127.0.0.1:
+relay replies passed back, size limits, bad sequences, a relay that is down."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.trial import unittest
+
+from pydovecot.config.parser import parse_config
+from pydovecot.session import SessionContext
+from pydovecot.submission.session import SubmissionSession
+
+
+class FakeRelay(protocol.Protocol):
+    """A minimal MTA: CHUNKING, and a RCPT it refuses (nobody@)."""
+
+    def connectionMade(self):
+        self.buf, self.bdat, self.messages = b"", 0, self.factory.messages
+        self.transport.write(b"220 relay.test ESMTP\r\n")
+
+    def dataReceived(self, data):
+        self.buf += data
+        while True:
+            if self.bdat:
+                if len(self.buf) < self.bdat:
+                    return
+                self.messages.append(self.buf[:self.bdat])
+                self.buf, self.bdat = self.buf[self.bdat:], 0
+                self.transport.write(b"250 2.0.0 Ok: queued as X\r\n")
+                continue
+            if b"\n" not in self.buf:
+                return
+            line, self.buf = self.buf.split(b"\n", 1)
+            cmd = line.strip().upper()
+            if cmd.startswith(b"EHLO"):
+                self.transport.write(b"250-relay.test\r\n250-CHUNKING\r\n250 SIZE 5000\r\n")
+            elif cmd.startswith(b"RCPT") and b"NOBODY" in cmd:
+                self.transport.write(b"550 5.1.1 <nobody@x>: Recipient address rejected\r\n")
+            elif cmd.startswith(b"BDAT"):
+                self.bdat = int(cmd.split()[1])
+            elif cmd.startswith(b"QUIT"):
+                self.transport.loseConnection()
+                return
+            else:
+                self.transport.write(b"250 2.0.0 Ok\r\n")
+
+
+def reply(f) -> list[bytes]:
+    lines = []
+    while True:
+        line = f.readline()
+        if not line:
+            return lines + [b"<eof>"]
+        lines.append(line.rstrip(b"\r\n"))
+        if line[3:4] != b"-":
+            return lines
+
+
+def converse(port: int, commands: list[bytes]) -> list[list[bytes]]:
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        f = s.makefile("rb")
+        out = [reply(f)]
+        for cmd in commands:
+            s.sendall(cmd)
+            out.append(reply(f))
+        return out
+
+
+class SessionTests(unittest.TestCase):
+    def setUp(self):
+        self.messages: list[bytes] = []
+        rf = protocol.Factory.forProtocol(FakeRelay)
+        rf.messages = self.messages
+        relay = reactor.listenTCP(0, rf, interface="127.0.0.1")
+        self.addCleanup(relay.stopListening)
+        self.relay_port = relay.getHost().port
+
+    def serve(self, relay_port: int, extra: str = "") -> int:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"submission_relay_host = 127.0.0.1\nsubmission_relay_port = {relay_port}\n"
+                    f"hostname = sub.test\nsubmission_max_mail_size = 100\n{extra}")
+        config = parse_config(path)
+        sessions = []
+
+        class Session(SubmissionSession):
+            def connectionMade(self):
+                sessions.append(self)
+                self.start(b"client.test")
+
+        def build():
+            ctx = SessionContext(user="alice", session_id="s1", remote_ip="127.0.0.1")
+            return Session(config, None, ctx)
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(build), interface="127.0.0.1")
+
+        def stop():
+            for s in sessions:
+                s.transport.loseConnection()
+            return port.stopListening()
+
+        self.addCleanup(stop)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_relay_replies_and_limits(self):
+        port = self.serve(self.relay_port)
+        out = yield threads.deferToThread(converse, port, [
+            b"EHLO client.test\r\n", b"DATA\r\n", b"BDAT 3 LAST\r\nabc", b"MAIL FROM:<a@x.test>\r\n",
+            b"RCPT TO:<nobody@x.test>\r\n", b"DATA\r\n", b"RCPT TO:<b@x.test>\r\n",
+            b"DATA\r\n", b"Subject: hi\r\n\r\n..dot\r\n.\r\n",
+            b"MAIL FROM:<a@x.test>\r\n", b"RCPT TO:<b@x.test>\r\n",
+            b"BDAT 200 LAST\r\n" + b"z" * 200,
+            b"MAIL FROM:<a@x.test> SIZE=1000\r\n", b"BURL nonsense LAST\r\n", b"QUIT\r\n",
+        ])
+        self.assertEqual(out[0], [b"235 2.7.0 Logged in."])
+        self.assertIn(b"250 SIZE 100", out[1])  # submission_max_mail_size < the relay's
+        self.assertEqual(out[2][0][:3], b"503")
+        self.assertEqual(out[3][0][:3], b"503")  # BDAT before MAIL
+        self.assertEqual(out[4], [b"250 2.0.0 Ok"])
+        # The relay's refusal, passed back unchanged.
+        self.assertEqual(out[5], [b"550 5.1.1 <nobody@x>: Recipient address rejected"])
+        self.assertEqual(out[6][0][:3], b"554")  # no valid recipients
+        self.assertEqual(out[8], [b"354 OK"])
+        self.assertEqual(out[9], [b"250 2.0.0 Ok: queued as X"])
+        self.assertEqual(self.messages[0], b"Subject: hi\r\n\r\n.dot\r\n")
+        self.assertEqual(out[12], [b"552 5.3.4 Message size exceeds fixed maximum message size"])
+        self.assertEqual(out[13], [b"552 5.3.4 Message size exceeds fixed maximum message size"])
+        self.assertEqual(out[14][0][:3], b"503")  # the MAIL was refused: no transaction
+        self.assertEqual(out[15], [b"221 2.0.0 Bye"])
+
+    @defer.inlineCallbacks
+    def test_relay_down(self):
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        self.addCleanup(closed.close)
+        port = self.serve(closed.getsockname()[1])
+        out = yield threads.deferToThread(converse, port, [
+            b"MAIL FROM:<a@x.test>\r\n", b"NOOP\r\n"])
+        self.assertEqual(out[1], [b"451 4.4.0 Failed to relay command to the mail server"])
+        self.assertEqual(out[2], [b"250 2.0.0 OK"])
