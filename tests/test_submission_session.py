@@ -141,3 +141,17 @@ class SessionTests(unittest.TestCase):
             b"MAIL FROM:<a@x.test>\r\n", b"NOOP\r\n"])
         self.assertEqual(out[1], [b"451 4.4.0 Failed to relay command to the mail server"])
         self.assertEqual(out[2], [b"250 2.0.0 OK"])
+
+    @defer.inlineCallbacks
+    def test_relay_that_stops_answering(self):
+        class Silent(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"220 relay.test\r\n")  # then nothing, ever
+
+        silent = reactor.listenTCP(0, protocol.Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        port = self.serve(silent.getHost().port, "submission_relay_command_timeout = 1 secs\n")
+        out = yield threads.deferToThread(converse, port, [b"MAIL FROM:<a@x.test>\r\n",
+                                                           b"NOOP\r\n"])
+        self.assertEqual(out[1], [b"451 4.4.0 Failed to relay command to the mail server"])
+        self.assertEqual(out[2], [b"250 2.0.0 OK"])

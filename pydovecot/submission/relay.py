@@ -56,6 +56,7 @@ class RelayProtocol(protocol.Protocol):
         self._waiting: list[defer.Deferred] = []
         self.extensions: set[str] = set()
         self.size = 0  # the relay's SIZE, 0 if none
+        self.timeout = 300.0  # submission_relay_command_timeout
         self.lost = False
 
     def connectionMade(self) -> None:
@@ -100,9 +101,16 @@ class RelayProtocol(protocol.Protocol):
         """Deferred[Reply]: the next reply."""
         if self.lost:
             return defer.fail(RelayError("relay connection lost"))
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
+        timer = reactor.callLater(self.timeout, self._timed_out, d)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
         return d
+
+    def _timed_out(self, d: defer.Deferred) -> None:
+        """A relay that stops answering fails this session's command only."""
+        if d in self._waiting:
+            self._fail("relay command timed out")
 
     def command(self, line: bytes) -> defer.Deferred:
         d = self.expect()
@@ -191,6 +199,7 @@ async def connect(config, helo: str, xclient: dict[str, str] | None = None) -> R
     if ssl == "smtps":
         endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
     proto = RelayProtocol()
+    proto.timeout = config.get_time("submission_relay_command_timeout") or 300.0
     try:
         await connectProtocol(endpoint, proto)
     except Exception as e:
