@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.trial import unittest
 
 from pydovecot.config.parser import parse_config
 from pydovecot.session import SessionContext
 from pydovecot.submission.session import SubmissionSession
+from tests.login_fakes import server_tls_context
 
 
 class FakeRelay(protocol.Protocol):
@@ -35,7 +36,13 @@ class FakeRelay(protocol.Protocol):
             line, self.buf = self.buf.split(b"\n", 1)
             cmd = line.strip().upper()
             if cmd.startswith(b"EHLO"):
-                self.transport.write(b"250-relay.test\r\n250-CHUNKING\r\n250 SIZE 5000\r\n")
+                tls = b"" if self.factory.tls is None else b"250-STARTTLS\r\n"
+                self.transport.write(b"250-relay.test\r\n" + tls +
+                                     b"250-CHUNKING\r\n250 SIZE 5000\r\n")
+            elif cmd == b"STARTTLS":
+                self.transport.write(b"220 2.0.0 Ready to start TLS\r\n")
+                self.transport.startTLS(self.factory.tls)
+                self.factory.tls_used = True
             elif cmd.startswith(b"RCPT") and b"NOBODY" in cmd:
                 self.transport.write(b"550 5.1.1 <nobody@x>: Recipient address rejected\r\n")
             elif cmd.startswith(b"BDAT"):
@@ -73,6 +80,8 @@ class SessionTests(unittest.TestCase):
         self.messages: list[bytes] = []
         rf = protocol.Factory.forProtocol(FakeRelay)
         rf.messages = self.messages
+        rf.tls, rf.tls_used = server_tls_context(), False
+        self.relay_factory = rf
         relay = reactor.listenTCP(0, rf, interface="127.0.0.1")
         self.addCleanup(relay.stopListening)
         self.relay_port = relay.getHost().port
@@ -96,10 +105,15 @@ class SessionTests(unittest.TestCase):
 
         port = reactor.listenTCP(0, protocol.Factory.forProtocol(build), interface="127.0.0.1")
 
+        @defer.inlineCallbacks
         def stop():
             for s in sessions:
                 s.transport.loseConnection()
-            return port.stopListening()
+            yield port.stopListening()
+            for _ in range(100):  # relay connections (TLS ones) close asynchronously
+                if all(s.relay is None or s.relay.lost for s in sessions):
+                    break
+                yield task.deferLater(reactor, 0.05, lambda: None)
 
         self.addCleanup(stop)
         return port.getHost().port
@@ -130,6 +144,17 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(out[13], [b"552 5.3.4 Message size exceeds fixed maximum message size"])
         self.assertEqual(out[14][0][:3], b"503")  # the MAIL was refused: no transaction
         self.assertEqual(out[15], [b"221 2.0.0 Bye"])
+
+    @defer.inlineCallbacks
+    def test_relay_starttls(self):
+        port = self.serve(self.relay_port, "submission_relay_ssl = starttls\n"
+                                           "submission_relay_ssl_verify = no\n")
+        out = yield threads.deferToThread(converse, port, [
+            b"MAIL FROM:<a@x.test>\r\n", b"RCPT TO:<b@x.test>\r\n",
+            b"BDAT 5 LAST\r\nhello"])
+        self.assertEqual([x[0][:3] for x in out[1:]], [b"250", b"250", b"250"])
+        self.assertTrue(self.relay_factory.tls_used)
+        self.assertEqual(self.messages, [b"hello"])
 
     @defer.inlineCallbacks
     def test_relay_down(self):

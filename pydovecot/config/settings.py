@@ -124,6 +124,7 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     "submission_relay_user": (STR, ""), "submission_relay_password": (STR, ""),
     "submission_relay_connect_timeout": (TIME, "30 secs"),
     "submission_relay_command_timeout": (TIME, "5 mins"),
+    "submission_relay_ssl_verify": (BOOL, "yes"),
     "submission_max_mail_size": (SIZE, "0"), "submission_max_recipients": (UINT, "0"),
     "submission_logout_format": (STR, "in=%i out=%o"),
     "lda_mailbox_autosubscribe": (BOOL, "no"),

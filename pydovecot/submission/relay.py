@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.protocols.basic import FileSender
 
 MAX_REPLY_LINE = 4096
@@ -118,7 +118,7 @@ class RelayProtocol(protocol.Protocol):
         return d
 
     async def handshake(self, helo: str, user: str = "", password: str = "",
-                        xclient: dict[str, str] | None = None) -> None:
+                        xclient: dict[str, str] | None = None, starttls=None) -> None:
         """Greeting, EHLO, then (``submission_relay_trusted``) XCLIENT with
         the client's address and login when the relay offers it, and AUTH
         PLAIN with ``submission_relay_user`` if set."""
@@ -126,6 +126,14 @@ class RelayProtocol(protocol.Protocol):
         if greeting.code != 220:
             raise RelayError(f"relay greeting: {greeting.code}")
         await self._ehlo(helo)
+        if starttls is not None:  # submission_relay_ssl = starttls
+            if "STARTTLS" not in self.extensions:
+                raise RelayError("relay does not offer STARTTLS")
+            r = await self.command(b"STARTTLS")
+            if r.code != 220:
+                raise RelayError(f"relay refused STARTTLS: {r.code}")
+            self.transport.startTLS(starttls)
+            await self._ehlo(helo)
         if xclient and "XCLIENT" in self.extensions:
             args = " ".join(f"{k}={_xtext(v)}" for k, v in xclient.items() if v)
             r = await self.command(b"XCLIENT " + args.encode())
@@ -196,8 +204,12 @@ async def connect(config, helo: str, xclient: dict[str, str] | None = None) -> R
     timeout = config.get_time("submission_relay_connect_timeout")
     ssl = config.get("submission_relay_ssl")
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    tls = None
+    if ssl in ("smtps", "starttls"):
+        tls = (optionsForClientTLS(host) if config.get_bool("submission_relay_ssl_verify")
+               else CertificateOptions(verify=False))
     if ssl == "smtps":
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        endpoint = wrapClientTLS(tls, endpoint)
     proto = RelayProtocol()
     proto.timeout = config.get_time("submission_relay_command_timeout") or 300.0
     try:
@@ -207,5 +219,6 @@ async def connect(config, helo: str, xclient: dict[str, str] | None = None) -> R
     trusted = config.get_bool("submission_relay_trusted")
     await proto.handshake(helo, config.get("submission_relay_user"),
                           config.get("submission_relay_password"),
-                          xclient if trusted else None)
+                          xclient if trusted else None,
+                          tls if ssl == "starttls" else None)
     return proto
