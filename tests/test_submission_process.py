@@ -227,3 +227,7 @@ service submission-login {{
         s.quit()
         self.wait_inbox(self.imap(), b"bdat-body")
         self.assertNotIn("Traceback", self.master.output())
+        self.master.wait_for(lambda: "submission(alice)<" in self.master.log(), 20,
+                             "the session's logout line")
+        self.assertRegex(self.master.log(), r"submission\(alice\)<\d+><[^>]+>: Info: "
+                                            r"Disconnected: Logged out in=\d+ out=\d+")

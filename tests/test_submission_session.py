@@ -38,7 +38,7 @@ class FakeRelay(protocol.Protocol):
             if cmd.startswith(b"EHLO"):
                 tls = b"" if self.factory.tls is None else b"250-STARTTLS\r\n"
                 self.transport.write(b"250-relay.test\r\n" + tls +
-                                     b"250-CHUNKING\r\n250 SIZE 5000\r\n")
+                                     b"250-CHUNKING\r\n250-SMTPUTF8\r\n250 SIZE 5000\r\n")
             elif cmd == b"STARTTLS":
                 self.transport.write(b"220 2.0.0 Ready to start TLS\r\n")
                 self.transport.startTLS(self.factory.tls)
@@ -130,7 +130,8 @@ class SessionTests(unittest.TestCase):
             b"MAIL FROM:<a@x.test> SIZE=1000\r\n", b"BURL nonsense LAST\r\n", b"QUIT\r\n",
         ])
         self.assertEqual(out[0], [b"235 2.7.0 Logged in."])
-        self.assertIn(b"250 SIZE 100", out[1])  # submission_max_mail_size < the relay's
+        self.assertIn(b"250-SIZE 100", out[1])  # submission_max_mail_size < the relay's
+        self.assertEqual(out[1][-1], b"250 SMTPUTF8")  # offered as the relay offers it
         self.assertEqual(out[2][0][:3], b"503")
         self.assertEqual(out[3][0][:3], b"503")  # BDAT before MAIL
         self.assertEqual(out[4], [b"250 2.0.0 Ok"])

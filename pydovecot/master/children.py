@@ -168,7 +168,7 @@ def _prefix_allowed(role: str, prefix: str) -> bool:
         return True
     # Mail and lmtp processes log per session: imap(alice)<…>, pop3(…), lmtp(…).
     if role in ("mail", "lmtp"):
-        return prefix.split("(", 1)[0] in ("imap", "pop3", "lmtp", "mail")
+        return prefix.split("(", 1)[0] in ("imap", "pop3", "lmtp", "mail", "submission")
     return False
 
 
