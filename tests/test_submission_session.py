@@ -6,11 +6,13 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.internet.interfaces import IPushProducer
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from pydovecot.config.parser import parse_config
 from pydovecot.session import SessionContext
-from pydovecot.submission.session import SubmissionSession
+from pydovecot.submission.session import SubmissionSession, _Output
 from tests.login_fakes import server_tls_context
 
 
@@ -101,7 +103,9 @@ class SessionTests(unittest.TestCase):
 
         def build():
             ctx = SessionContext(user="alice", session_id="s1", remote_ip="127.0.0.1")
-            return Session(config, None, ctx)
+            session = Session(config, None, ctx)
+            verifyObject(IPushProducer, _Output(session))
+            return session
 
         port = reactor.listenTCP(0, protocol.Factory.forProtocol(build), interface="127.0.0.1")
 
