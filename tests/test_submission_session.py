@@ -21,11 +21,21 @@ class FakeRelay(protocol.Protocol):
 
     def connectionMade(self):
         self.buf, self.bdat, self.messages = b"", 0, self.factory.messages
+        self.data = False
         self.transport.write(b"220 relay.test ESMTP\r\n")
 
     def dataReceived(self, data):
         self.buf += data
         while True:
+            if self.data:
+                end = self.buf.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                stuffed = b"\r\n" + self.buf[:end + 2]
+                self.messages.append(stuffed.replace(b"\r\n..", b"\r\n.")[2:])
+                self.buf, self.data = self.buf[end + 5:], False
+                self.transport.write(b"250 2.0.0 Ok: queued as D\r\n")
+                continue
             if self.bdat:
                 if len(self.buf) < self.bdat:
                     return
@@ -39,8 +49,12 @@ class FakeRelay(protocol.Protocol):
             cmd = line.strip().upper()
             if cmd.startswith(b"EHLO"):
                 tls = b"" if self.factory.tls is None else b"250-STARTTLS\r\n"
-                self.transport.write(b"250-relay.test\r\n" + tls +
-                                     b"250-CHUNKING\r\n250-SMTPUTF8\r\n250 SIZE 5000\r\n")
+                chunking = b"250-CHUNKING\r\n" if self.factory.chunking else b""
+                self.transport.write(b"250-relay.test\r\n" + tls + chunking +
+                                     b"250-SMTPUTF8\r\n250 SIZE 5000\r\n")
+            elif cmd == b"DATA":
+                self.data = True
+                self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
             elif cmd == b"STARTTLS":
                 self.transport.write(b"220 2.0.0 Ready to start TLS\r\n")
                 self.transport.startTLS(self.factory.tls)
@@ -82,7 +96,7 @@ class SessionTests(unittest.TestCase):
         self.messages: list[bytes] = []
         rf = protocol.Factory.forProtocol(FakeRelay)
         rf.messages = self.messages
-        rf.tls, rf.tls_used = server_tls_context(), False
+        rf.tls, rf.tls_used, rf.chunking = server_tls_context(), False, True
         self.relay_factory = rf
         relay = reactor.listenTCP(0, rf, interface="127.0.0.1")
         self.addCleanup(relay.stopListening)
@@ -160,6 +174,17 @@ class SessionTests(unittest.TestCase):
         self.assertEqual([x[0][:3] for x in out[1:]], [b"250", b"250", b"250"])
         self.assertTrue(self.relay_factory.tls_used)
         self.assertEqual(self.messages, [b"hello"])
+
+    @defer.inlineCallbacks
+    def test_relay_without_chunking_gets_dot_stuffed_data(self):
+        self.relay_factory.chunking = False
+        port = self.serve(self.relay_port)
+        body = b".lead\r\nmid\r\n.\r\nend"
+        out = yield threads.deferToThread(converse, port, [
+            b"MAIL FROM:<a@x.test>\r\n", b"RCPT TO:<b@x.test>\r\n",
+            b"BDAT %d LAST\r\n%s" % (len(body), body)])
+        self.assertEqual(out[3], [b"250 2.0.0 Ok: queued as D"])
+        self.assertEqual(self.messages, [body + b"\r\n"])
 
     @defer.inlineCallbacks
     def test_relay_down(self):
