@@ -275,7 +275,8 @@ class SubmissionSession(protocol.Protocol):
     async def _relay(self) -> relay_mod.RelayProtocol:
         if self.relay is None or self.relay.lost:
             ctx = self.ctx
-            xclient = {"ADDR": ctx.remote_ip, "PORT": str(ctx.remote_port or ""),
+            addr = f"IPV6:{ctx.remote_ip}" if ":" in ctx.remote_ip else ctx.remote_ip
+            xclient = {"ADDR": addr, "PORT": str(ctx.remote_port or ""),
                        "HELO": self.helo, "LOGIN": ctx.user}
             self.relay = await relay_mod.connect(self.config, self.helo or self.host, xclient)
         return self.relay
@@ -315,7 +316,10 @@ class SubmissionSession(protocol.Protocol):
     def _relay_failed(self, e: Exception) -> None:
         log.error("relay failed: {e}", e=sanitize(str(e)),
                   log_prefix=self.ctx.log_prefix("submission"))
+        if self.relay is not None:
+            self.relay.quit()
         self.relay = None
+        self.reset_transaction()  # the relay forgot it: the client starts again
         self.send(reply(451, "4.4.0 Failed to relay command to the mail server"))
 
     def cmd_RCPT(self, arg: bytes) -> defer.Deferred | None:
