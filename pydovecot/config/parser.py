@@ -134,7 +134,7 @@ class ServiceConfig:
 
 
 _MAIL_SERVICES = {"imap": ("imap-login", "imap"), "pop3": ("pop3-login", "pop3"), "lmtp": ("lmtp",),
-                  "sieve": ("managesieve-login",)}
+                  "sieve": ("managesieve-login",), "submission": ("submission-login",)}
 
 _FILTERS = ("protocol", "local", "remote", "local_name")
 _SECTIONS_IN: dict[str, frozenset[str]] = {

@@ -152,6 +152,15 @@ IMPLEMENTED: dict[str, tuple[str, str]] = {
     # Sieve's outgoing mail (pydovecot.sieve.deliver).
     "sendmail_path": (STR, "/usr/sbin/sendmail"),
     "submission_host": (STR, ""),
+    # Submission (pydovecot.submission, pydovecot.login.submission).
+    "submission_relay_host": (STR, ""), "submission_relay_port": (UINT, "25"),
+    "submission_relay_ssl": (STR, "no"), "submission_relay_trusted": (BOOL, "no"),
+    "submission_relay_user": (STR, ""), "submission_relay_password": (STR, ""),
+    "submission_relay_connect_timeout": (TIME, "30 secs"),
+    "submission_relay_command_timeout": (TIME, "5 mins"),
+    "submission_relay_ssl_verify": (BOOL, "yes"),
+    "submission_max_mail_size": (SIZE, "0"), "submission_max_recipients": (UINT, "0"),
+    "submission_logout_format": (STR, "in=%i out=%o"),
     "lda_mailbox_autosubscribe": (BOOL, "no"),
     # LMTP and LDA (pydovecot.lmtp.protocol, pydovecot.mailproc.delivery, pydovecot.lda).
     "lda_mailbox_autocreate": (BOOL, "no"),
@@ -252,7 +261,7 @@ MAILBOX_SETTINGS = frozenset(
 #: Services pydovecot runs.
 IMPLEMENTED_SERVICES = ("auth", "imap-login", "imap", "pop3-login", "pop3", "lmtp", "stats",
                         "health-check", "managesieve-login", "quota-status",
-                        "storage-rpc")
+                        "storage-rpc", "submission-login", "submission")
 
 #: Services Dovecot 2.3 knows but pydovecot does not run (configuring them warns).
 KNOWN_SERVICES = frozenset(
@@ -266,8 +275,8 @@ KNOWN_SERVICES = frozenset(
 )  # fmt: skip
 
 #: Protocols pydovecot serves; others known to Dovecot only warn.
-IMPLEMENTED_PROTOCOLS = ("imap", "pop3", "lmtp", "sieve")
-KNOWN_PROTOCOLS = frozenset({"submission", "lda", "doveadm", "none"})
+IMPLEMENTED_PROTOCOLS = ("imap", "pop3", "lmtp", "sieve", "submission")
+KNOWN_PROTOCOLS = frozenset({"lda", "doveadm", "none"})
 
 #: Built-in services: settings, and listeners as name -> settings.  Values starting
 #: with ``$`` are resolved against the global settings after loading.  Unlike
@@ -316,6 +325,23 @@ SERVICE_DEFAULTS: dict[str, dict[str, dict[str, dict[str, str]] | dict[str, str]
             "process_limit": "0", "user": "$default_login_user",
         },
         "inet_listeners": {"sieve": {"port": "4190", "ssl": "no"}},
+    },
+    "submission-login": {
+        "settings": {
+            "executable": "submission-login", "chroot": "login", "protocol": "submission",
+            "type": "login", "service_count": "0", "client_limit": "0",
+            "process_limit": "0", "user": "$default_login_user",
+        },
+        "inet_listeners": {
+            "submission": {"port": "587", "ssl": "no"},
+            "submissions": {"port": "465", "ssl": "yes"},
+        },
+    },
+    "submission": {
+        "settings": {
+            "executable": "submission", "protocol": "submission", "service_count": "0",
+            "client_limit": "0", "process_limit": "1024",
+        },
     },
     "imap": {
         "settings": {

@@ -57,6 +57,7 @@ from pydovecot.login.imap import IMAPLoginFactory
 from pydovecot.login.interfaces import AuthReply, ConnectionInfo, ILoginBackend, IRelay
 from pydovecot.login.managesieve import ManageSieveLoginFactory
 from pydovecot.login.pop3 import POP3LoginFactory
+from pydovecot.login.submission import SubmissionLoginFactory
 from pydovecot.master.children import ServiceRetire
 from pydovecot.master.protocol import HandOff
 from pydovecot.tls import channel_binding, client_cert_user, server_context_factory, tls_connection
@@ -64,7 +65,8 @@ from pydovecot.tls import channel_binding, client_cert_user, server_context_fact
 log = Logger()
 
 PROTOCOL_FACTORIES = {"imap": IMAPLoginFactory, "pop3": POP3LoginFactory,
-                      "sieve": ManageSieveLoginFactory}
+                      "sieve": ManageSieveLoginFactory,
+                      "submission": SubmissionLoginFactory}
 
 
 class _RelayProtocol(Protocol):

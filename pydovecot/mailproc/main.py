@@ -75,6 +75,7 @@ from pydovecot.stats import events
 from pydovecot.storage import open_storage
 from pydovecot.storage.interfaces import IMailStorage, StorageError
 from pydovecot.storage.rpc import broker as rpc_broker
+from pydovecot.submission.session import new_session as new_submission_session
 
 log = Logger()
 
@@ -207,6 +208,8 @@ class MailProcess:
                 proto = POP3Session(storage, ctx)
             elif service == "sieve":
                 proto = new_managesieve_session(self.config, ctx)
+            elif service == "submission":
+                proto = new_submission_session(self.config, storage, ctx)
             else:
                 proto = IMAPSession(storage, ctx)
             sock = socket.socket(fileno=fd)
@@ -222,8 +225,8 @@ class MailProcess:
         if adopted:
             if service == "pop3":
                 proto.start(pending)
-            elif service == "sieve":
-                proto.start(None, pending)
+            elif service in ("sieve", "submission"):
+                proto.start(tag if service == "submission" else None, pending)
             else:
                 proto.start(tag, pending)
         return {}

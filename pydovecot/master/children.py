@@ -238,7 +238,7 @@ def _prefix_allowed(role: str, prefix: str) -> bool:
     # Mail and lmtp processes log per session: imap(alice)<…>, pop3(…), lmtp(…);
     # a mail process's mail_log_prefix may say anything but another role.
     if role == "lmtp":
-        return prefix.split("(", 1)[0] in ("imap", "pop3", "lmtp", "mail")
+        return prefix.split("(", 1)[0] in ("imap", "pop3", "lmtp", "mail", "submission")
     if role == "mail":
         head = prefix.split("(", 1)[0].split("<", 1)[0].split("[", 1)[0].strip()
         return head not in OTHER_ROLES and not head.startswith("service")
@@ -247,7 +247,8 @@ def _prefix_allowed(role: str, prefix: str) -> bool:
 
 #: Prefixes a mail process may not log under.
 OTHER_ROLES = frozenset({"master", "auth", "imap-login", "pop3-login", "managesieve-login",
-                         "stats", "config", "health-check", "anvil", "log"})
+                         "submission-login", "stats", "config", "health-check", "anvil", "log",
+                         "quota-status", "storage-rpc"})
 
 
 def _single(protocol):

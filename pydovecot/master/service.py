@@ -63,7 +63,8 @@ from pydovecot.tls import check_server_tls
 
 log = Logger(namespace="master")
 
-LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve"}
+LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3", "managesieve-login": "sieve",
+                  "submission-login": "submission"}
 #: Postfix's policy service (pydovecot/quotastatus), when it has a listener.
 QUOTA_STATUS = "quota-status"
 #: Served by the unprivileged stats process, when they have a listener.
