@@ -312,3 +312,40 @@ class MailProcessTests(TestCase):
             fd=fd, user="alice", fields=json.dumps({"home": home + "/2"}), session="s"))
         self.assertEqual(result["mailbox"], "INBOX")
 
+
+
+class DefaultMailboxAndErejectTests(TestCase):
+    """As Dovecot with ``lmtp_save_to_detail_mailbox``: the implicit keep
+    goes to the +detail mailbox (checked against Dovecot's LMTP), and an
+    ``ereject`` at LMTP is that recipient's ``550 5.7.1`` (RFC 5429 2.1;
+    Pigeonhole 0.5 has no ereject)."""
+
+    def run_delivery(self, script: str, recipient: str):
+        home = tempfile.mkdtemp(prefix="sieve-keep-")
+        self.addCleanup(shutil.rmtree, home, True)
+        with open(os.path.join(home, ".dovecot.sieve"), "w") as f:
+            f.write(script)
+        process = mailproc.MailProcess(Config(
+            sendmail_path="/bin/false", recipient_delimiter="+",
+            lmtp_save_to_detail_mailbox="yes", lda_mailbox_autocreate="yes"))
+        fd = os.memfd_create("message")
+        os.write(fd, MESSAGE)
+        return defer.maybeDeferred(
+            mailproc.MailLocator(process).deliver, fd=fd, user="alice",
+            fields=json.dumps({"home": home}), session="s", sender="bob@example.org",
+            recipient=recipient)
+
+    @defer.inlineCallbacks
+    def test_implicit_keep_into_the_detail_mailbox(self) -> None:
+        result = yield self.run_delivery('require "fileinto"; if false { stop; }',
+                                         "alice+Lists@example.com")
+        self.assertEqual(result["mailbox"], "Lists")
+
+    @defer.inlineCallbacks
+    def test_ereject_is_the_recipients_reply(self) -> None:
+        from pydovecot.master.protocol import DeliveryFailed
+
+        with self.assertRaises(DeliveryFailed) as caught:
+            yield self.run_delivery('require "ereject"; ereject "Go\r\naway";',
+                                    "alice@example.com")
+        self.assertEqual(caught.exception.reply, "550 5.7.1 Go away")

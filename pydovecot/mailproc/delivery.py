@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from pydovecot.log import sanitize
 from pydovecot.master.protocol import DeliveryFailed
 from pydovecot.sieve.deliver import SieveDelivery, sieve_enabled
+from pydovecot.sieve.errors import ProtocolReject
 from pydovecot.sieve.interp import Envelope
 from pydovecot.sieve.message import Message, split_message
 from pydovecot.storage.interfaces import (
@@ -115,11 +116,12 @@ def deliver(config, storage: IMailStorage, user: str, fields: dict, message: Bin
             orig_recipient: str | None = None) -> defer.Deferred:
     """Deliver one message for one recipient: Sieve when enabled, else into
     ``mailbox`` (``-m``), the ``+detail`` mailbox, or INBOX."""
+    detail = detail_mailbox(config, recipient) if protocol == "lmtp" else None
     if wants_sieve(config, protocol):
         return defer.maybeDeferred(deliver_with_sieve, config, storage, user, fields, message,
                                    session, msgid, sender, recipient, prefix,
-                                   orig_recipient)
-    detail = detail_mailbox(config, recipient) if protocol == "lmtp" else None
+                                   orig_recipient, default_mailbox=mailbox or detail,
+                                   protocol_reject=protocol == "lmtp")
     box = mailbox or detail or "INBOX"
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to {sanitize(box)}"
     return save(storage, message, what, prefix, box, config)
@@ -179,9 +181,13 @@ async def _save(storage: IMailStorage, message: BinaryIO, what: str, prefix: str
 def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
                        message: BinaryIO, session: str, msgid: str, sender: str | None,
                        recipient: str | None, prefix: str,
-                       orig_recipient: str | None = None) -> defer.Deferred | dict:
+                       orig_recipient: str | None = None, default_mailbox: str | None = None,
+                       protocol_reject: bool = False) -> defer.Deferred | dict:
     """Filter ``message`` through the user's scripts and deliver it; fires
-    with the LMTP reply's ``uid``/``mailbox``."""
+    with the LMTP reply's ``uid``/``mailbox``.  The implicit keep goes to
+    ``default_mailbox`` (``-m``, the +detail mailbox; INBOX when unusable),
+    and with ``protocol_reject`` an ``ereject`` is this recipient's
+    ``550 5.7.1`` reply (LMTP) instead of a rejection mail."""
     what = f"msgid={sanitize(msgid or '<none>')}: save failed to INBOX"
     message.seek(0)
     raw = message.read(MAX_SIEVE_MESSAGE + 1)
@@ -194,6 +200,8 @@ def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
                    prefix)
     sieve.orig_recipient = orig_recipient or original_recipient(config, raw) or \
         sieve.recipient
+    sieve.default_mailbox = default_mailbox or "INBOX"
+    sieve.protocol_reject = protocol_reject
 
     def done(outcome) -> dict:
         return {"uid": outcome.uid, "mailbox": outcome.mailbox}
@@ -201,6 +209,8 @@ def deliver_with_sieve(config, storage: IMailStorage, user: str, fields: dict,
     def failed(failure):
         if failure.check(DeliveryFailed):
             return failure
+        if failure.check(ProtocolReject):  # ereject: this recipient's 550 (RFC 5429 2.1)
+            raise DeliveryFailed(f"550 5.7.1 {failure.value.reason}")
         e = failure.value
         if isinstance(e, (OSError, StorageError)):
             log.error("{what}: {e}", what=what, e=sanitize(_reason(e)), log_prefix=prefix)

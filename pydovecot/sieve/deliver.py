@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from pydovecot.config.settings import parse_size, parse_time
 from pydovecot.log import sanitize
 from pydovecot.sieve.binary import compile_file
-from pydovecot.sieve.errors import SieveError, SieveSyntaxError
+from pydovecot.sieve.errors import ProtocolReject, SieveError, SieveSyntaxError
 from pydovecot.sieve.interp import Context, Envelope, Interpreter, Limits, Result
 from pydovecot.sieve.message import Message, parse_addresses
 from pydovecot.sieve.parser import DEFAULT_MAX_SCRIPT_SIZE
@@ -124,6 +124,11 @@ class SieveDelivery:
         self.sender = sender
         self.recipient = recipient or user
         self.orig_recipient = self.recipient
+        #: where the implicit keep stores (the +detail mailbox with
+        #: lmtp_save_to_detail_mailbox, as Dovecot's default mailbox)
+        self.default_mailbox = "INBOX"
+        #: ereject refuses at the protocol level (LMTP) rather than by mail
+        self.protocol_reject = False
         self.session = session
         self.msgid = msgid
         self.prefix = prefix or f"lmtp({sanitize(user)})"
@@ -424,6 +429,11 @@ class SieveDelivery:
                     yield self.redirect(message, action.target)
                 elif action.kind == "vacation":
                     yield self.vacation(message, action.params)
+                elif action.kind == "ereject" and self.protocol_reject:
+                    reason = " ".join(action.target.split())[:200] or "Rejected"
+                    log.info("sieve: msgid={msgid}: rejected at the protocol level (ereject)",
+                             msgid=msgid, log_prefix=self.prefix)
+                    raise ProtocolReject(sanitize(reason, 200))
                 elif action.kind in ("reject", "ereject"):
                     yield self.reject(message, action.target)
                 elif action.kind == "discard":
@@ -438,13 +448,23 @@ class SieveDelivery:
                     keep_failed = True
         for ident, handle, seconds in result.duplicates:
             self.mark("duplicate", ident, handle, seconds)
-        if (result.implicit_keep or keep_failed) and "INBOX" not in outcome.stored:
+        keep_box = self.default_mailbox
+        if (result.implicit_keep or keep_failed) and keep_box not in outcome.stored:
             flags = result.keep_flags if result.implicit_keep else []
-            uid = yield self.store("INBOX", data, flags, False)  # a failure here fails delivery
-            outcome.stored.append("INBOX")
-            outcome.uid, outcome.mailbox = uid, "INBOX"
-            log.info("sieve: msgid={msgid}: stored mail into mailbox 'INBOX'", msgid=msgid,
-                     log_prefix=self.prefix)
+            uid = None
+            if keep_box != "INBOX":
+                try:  # the +detail mailbox; INBOX when it can't be used
+                    uid = yield self.store(keep_box, data, flags, False)
+                except (StorageError, OSError):
+                    keep_box = "INBOX"
+            if uid is None and keep_box not in outcome.stored:
+                keep_box = "INBOX"
+                uid = yield self.store(keep_box, data, flags, False)  # a failure fails delivery
+            if uid is not None:
+                outcome.stored.append(keep_box)
+                outcome.uid, outcome.mailbox = uid, keep_box
+                log.info("sieve: msgid={msgid}: stored mail into mailbox '{box}'", msgid=msgid,
+                         box=sanitize(keep_box), log_prefix=self.prefix)
         self.save_dupes()
         return outcome
 

@@ -32,3 +32,13 @@ class SieveRuntimeError(SieveError):
 
     def __str__(self) -> str:
         return f"line {self.line}: error: {self.message}" if self.line else self.message
+
+
+class ProtocolReject(Exception):
+    """``ereject`` where the protocol can refuse the message itself (LMTP:
+    the recipient's reply becomes ``550 5.7.1 <reason>``, RFC 5429 2.1);
+    ``reason`` is the script's text made one safe line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
