@@ -734,26 +734,8 @@ class MasterService(Service):
         :class:`DeliveryFailed` (LMTP 4xx), or KeyError for no such user."""
         prefix = f"lmtp({sanitize(user)})<{sanitize(session)}>"
         try:
-            try:
-                found = yield _within(self.auth.call(UserLookup, user=user, service="lmtp"),
-                                      USERDB_TIMEOUT, "authd did not answer")
-            except Exception as e:
-                log.error("userdb lookup failed: {e}", e=sanitize(e), log_prefix=prefix)
-                raise DeliveryFailed(DeliveryFailed.USERDB) from None
-            if not found["found"]:
-                if found.get("temporary"):
-                    raise DeliveryFailed(DeliveryFailed.USERDB)
-                raise KeyError(user)
-            name = found["user"]
+            name, fields, process = yield self._delivery_target(user, prefix, session)
             prefix = f"lmtp({sanitize(name)})<{sanitize(session)}>"
-            try:
-                fields = json.loads(found["fields"])
-                uid, gid = self.mail_ids(name, fields)
-                fields = self.prepare_home(name, fields, uid, gid)
-                process = yield self.pool.process_for(uid, gid, name)
-            except Exception as e:
-                log.error("delivery refused: {e}", e=sanitize(e), log_prefix=prefix)
-                raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
             kwargs = {"msgid": msgid} if msgid else {}
             if orig_recipient:
                 kwargs["orig_recipient"] = orig_recipient
@@ -772,10 +754,11 @@ class MasterService(Service):
             os.close(fd)
 
     @defer.inlineCallbacks
-    def check_quota(self, user: str, size: int):
-        """Ask the user's mail process whether ``size`` octets fit the
-        user's quota (the storage is read only there, as the user)."""
-        prefix = f"lmtp({sanitize(user)})"
+    def _delivery_target(self, user: str, prefix: str, session: str = ""):
+        """(canonical name, prepared userdb fields, the mail process) for a
+        delivery or a quota check: authd's userdb lookup for lmtp, the
+        user's ids and home, a mail process of that uid.  DeliveryFailed
+        (logged) on a temporary failure, KeyError for no such user."""
         try:
             found = yield _within(self.auth.call(UserLookup, user=user, service="lmtp"),
                                   USERDB_TIMEOUT, "authd did not answer")
@@ -787,11 +770,24 @@ class MasterService(Service):
                 raise DeliveryFailed(DeliveryFailed.USERDB)
             raise KeyError(user)
         name = found["user"]
+        where = f"lmtp({sanitize(name)})<{sanitize(session)}>" if session else prefix
         try:
             fields = json.loads(found["fields"])
             uid, gid = self.mail_ids(name, fields)
             fields = self.prepare_home(name, fields, uid, gid)
             process = yield self.pool.process_for(uid, gid, name)
+        except Exception as e:
+            log.error("delivery refused: {e}", e=sanitize(e), log_prefix=where)
+            raise DeliveryFailed(DeliveryFailed.TEMPORARY) from None
+        return name, fields, process
+
+    @defer.inlineCallbacks
+    def check_quota(self, user: str, size: int):
+        """Ask the user's mail process whether ``size`` octets fit the
+        user's quota (the storage is read only there, as the user)."""
+        prefix = f"lmtp({sanitize(user)})"
+        name, fields, process = yield self._delivery_target(user, prefix)
+        try:
             result = yield process.call(QuotaCheck, user=name, fields=fields, size=size)
         except DeliveryFailed:
             raise
