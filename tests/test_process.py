@@ -366,7 +366,16 @@ class ReloadAndStopTests(MasterTestCase):
         self.master.wait_for(lambda: "reloading configuration" in self.master.log(), 10,
                              "reload")
         self.master.wait_ready()
-        client = imap(self.master)
+        # A login racing the old processes' exit may get a temporary
+        # failure (NO [UNAVAILABLE]) and is retried, as a client would.
+        for attempt in range(5):
+            try:
+                client = imap(self.master)
+                break
+            except imaplib.IMAP4.error:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
         client.logout()
         # A session that was open across the reload goes on.  (A delivery
         # racing the old lmtp's exit is retried, as an MTA would.)
