@@ -917,7 +917,7 @@ class _Info(MessageInfo):
 
 
 @implementer(IMailbox)
-class MaildirMailbox:
+class MaildirMailbox(S.IndexedSearch):
     """One session's view of a mailbox (see :class:`IMailbox`)."""
 
     _ids = itertools.count(1)
@@ -1225,23 +1225,6 @@ class MaildirMailbox:
 
         return S.CallableSource(get, put, lambda uid: S.sync_result(self.message_file(uid)))
 
-    @S.answers_deferred
-    def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
-        self._check()
-        return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
-
-    @S.answers_deferred
-    def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
-        self._check()
-        return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
-
-    @S.answers_deferred
-    def fetch_data(self, uid: int, items: Sequence[str]):
-        self._check()
-        info = self._index.get(uid)
-        if info is None:
-            raise self._expunge_issued(uid)
-        return S.fetch_data(self._search_source(), info, items)
 
 
 @implementer(IMailStorage)

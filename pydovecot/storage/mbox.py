@@ -1006,7 +1006,7 @@ _UTC = datetime.UTC
 
 
 @implementer(IMailbox)
-class MboxMailbox:
+class MboxMailbox(S.IndexedSearch):
     """One session's view of an mbox (see :class:`IMailbox`)."""
 
     _ids = itertools.count(1)
@@ -1263,23 +1263,6 @@ class MboxMailbox:
 
         return S.CallableSource(get, put, open_message)
 
-    @S.answers_deferred
-    def search(self, program: S.SearchProgram, uids: Sequence[int] | None = None):
-        self._check()
-        return S.evaluate(self._search_source(), program, self.messages, self.recent, uids)
-
-    @S.answers_deferred
-    def sort(self, criteria: Sequence[tuple[str, bool]], program: S.SearchProgram):
-        self._check()
-        return S.sort(self._search_source(), criteria, program, self.messages, self.recent)
-
-    @S.answers_deferred
-    def fetch_data(self, uid: int, items: Sequence[str]):
-        self._check()
-        info = self._index.get(uid)
-        if info is None:
-            raise self._expunge_issued(uid)
-        return S.fetch_data(self._search_source(), info, items)
 
 
 def _read_lf(message: BinaryIO) -> tuple[bytes, bytes]:

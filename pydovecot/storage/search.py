@@ -522,3 +522,32 @@ def fetch_data(source: MessageSource, info: MessageInfo, items: Iterable[str]) -
     """Parsed data items of one message (see :class:`MessageData`)."""
     data = MessageData(info, source)
     return {name: data.item(name) for name in items}
+
+
+class IndexedSearch:
+    """IMailbox's search, sort and fetch_data for a storage view that keeps
+    its messages in ``messages``/``_index`` and reads them through
+    ``_search_source()`` (Maildir and mbox share it); ``_check()`` and
+    ``_expunge_issued(uid)`` are the view's own."""
+
+    messages: list
+    recent: set
+    _index: dict
+
+    @answers_deferred
+    def search(self, program: SearchProgram, uids: Sequence[int] | None = None):
+        self._check()
+        return evaluate(self._search_source(), program, self.messages, self.recent, uids)
+
+    @answers_deferred
+    def sort(self, criteria: Sequence[tuple[str, bool]], program: SearchProgram):
+        self._check()
+        return sort(self._search_source(), criteria, program, self.messages, self.recent)
+
+    @answers_deferred
+    def fetch_data(self, uid: int, items: Sequence[str]):
+        self._check()
+        info = self._index.get(uid)
+        if info is None:
+            raise self._expunge_issued(uid)
+        return fetch_data(self._search_source(), info, items)
